@@ -1,0 +1,46 @@
+# One entry point for every developer command. Each target installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROTO_SRC := $(shell find protos -name '*.proto')
+
+.PHONY: install dev test test-unit lint bench protos provision clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev,embedded]'
+	touch $@
+
+## Run the whole product locally on embedded defaults (Ctrl-C stops everything).
+dev: install
+	$(BIN)/wsched dev
+
+## Provision the real components (cached), then run every test against them.
+test: install provision
+	$(BIN)/pytest
+
+## Unit tests only: the fast inner loop.
+test-unit: install
+	$(BIN)/pytest tests/unit
+
+provision: install
+	$(BIN)/wsched infra provision
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy services actors tests
+
+bench: install provision
+	$(BIN)/wsched infra bench
+
+protos: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+		--mypy_out=. --mypy_grpc_out=. $(PROTO_SRC)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Protocol definitions and the Python code generated from them (`make protos`)."""

@@ -1,0 +1,1 @@
+"""The HTTP API: tenants, applications, pipelines and tasks (FastAPI)."""

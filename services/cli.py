@@ -1,0 +1,140 @@
+"""The ``wsched`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, help="Workload Scheduler.")
+infra_app = typer.Typer(no_args_is_help=True, help="Provision the real components for tests.")
+db_app = typer.Typer(no_args_is_help=True, help="Manage the database schema.")
+app.add_typer(infra_app, name="infra")
+app.add_typer(db_app, name="db")
+console = Console(stderr=True, soft_wrap=True)
+
+COMPONENTS = ("kafka", "tidb", "helm", "kube")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    return settings
+
+
+@app.command()
+def dev() -> None:
+    """Run the whole product locally: broker, API and scheduler (Ctrl-C stops all)."""
+    from services import devstack
+
+    code = devstack.run(
+        _settings(),
+        say=lambda text: console.print(f"[green]wsched dev[/]: {text}"),
+        warn=lambda text: console.print(f"[bold red]WARNING[/]: {text}"),
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    from services.api.app import create_app
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@app.command()
+def scheduler() -> None:
+    """Run a scheduler replica."""
+    from services.scheduler.main import serve
+
+    asyncio.run(serve(_settings()))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply the schema migrations to WSCHED_DATABASE_URL (SQLite under the data dir if unset)."""
+    import sqlalchemy as sa
+
+    from services.store import migrate
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(settings.effective_database_url())
+    try:
+        migrate.upgrade(engine, revision)
+        console.print(f"database at revision {migrate.current_revision(engine)}")
+    finally:
+        engine.dispose()
+
+
+@infra_app.command("provision")
+def infra_provision(
+    components: Annotated[list[str] | None, typer.Argument(help=f"any of {COMPONENTS}")] = None,
+) -> None:
+    """Build or resolve the pinned components into the cache (idempotent), with timings."""
+    from services.infra import provision_all
+
+    settings = _settings()
+    wanted = components or list(COMPONENTS)
+    unknown = sorted(set(wanted) - set(COMPONENTS))
+    if unknown:
+        raise typer.BadParameter(f"unknown component(s) {unknown}; choose from {COMPONENTS}")
+    started = time.monotonic()
+    for name, seconds in provision_all(settings.cache_dir, wanted):
+        console.print(f"[green]provisioned[/] {name} in {seconds:.1f}s")
+    console.print(f"all provisioned in {time.monotonic() - started:.1f}s")
+
+
+@infra_app.command("status")
+def infra_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show the figures recorded when each component was last built."""
+    from services.infra.cache import Cache
+
+    records = Cache(root=_settings().cache_dir).records()
+    if as_json:
+        typer.echo(json.dumps(records, indent=2))
+        return
+    table = Table("component", "version", "cold build/resolve s", "peak RSS MB")
+    for name, rec in records.items():
+        seconds = rec.get("build_s", rec.get("resolve_s", ""))
+        table.add_row(
+            name, str(rec.get("version", "")), str(seconds), str(rec.get("peak_rss_mb", ""))
+        )
+    Console().print(table)
+
+
+@infra_app.command("bench")
+def infra_bench() -> None:
+    """Print warm provisioning, start-up time and idle memory of each component (JSON)."""
+    from services.infra import bench
+    from services.infra.cache import Cache
+
+    typer.echo(json.dumps(bench.run(Cache(root=_settings().cache_dir)), indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Process settings: one object per process, read from ``WSCHED_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.infra.cache import default_cache_dir
+
+
+class Settings(BaseSettings):
+    """Everything a scheduler, API or dev process is configured with.
+
+    ``kafka_bootstrap`` unset means "start an embedded broker" in ``wsched dev`` and
+    "not configured" elsewhere; ``database_url`` unset means SQLite under ``data_dir``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="WSCHED_", extra="ignore")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    kafka_bootstrap: str | None = None
+    database_url: str | None = None
+    operator_key: SecretStr = SecretStr("dev-operator-key")
+    data_dir: Path = Path(".wsched")
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    #: ``auto`` runs Apache Kafka when Java and Maven are present, else the pip-installed
+    #: memory-only broker; ``kafka`` or ``memory`` force one.
+    dev_broker: str = Field(default="auto", pattern="^(auto|kafka|memory)$")
+    dev_kafka_port: int = Field(default=19092, ge=1, le=65535)
+    log_level: str = "INFO"
+
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'wsched.db').resolve()}"

@@ -1,0 +1,1 @@
+"""The system of record: schema, migrations and repositories over SQLAlchemy (TiDB, SQLite)."""

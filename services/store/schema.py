@@ -1,0 +1,147 @@
+"""Tables of the system of record (SQLAlchemy Core). Migrations live in ``migrations/``."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from services.store.types import Blob, JsonText, NonClusteredPrimaryKey, Timestamp
+
+metadata = sa.MetaData()
+
+NAME = sa.String(40)
+ID = sa.String(36)
+#: Client-supplied task ids (idempotency keys) may be longer than a UUID.
+TASK_ID = sa.String(128)
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", NAME, nullable=False, unique=True),
+    sa.Column("api_key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+applications = sa.Table(
+    "applications",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, nullable=False),
+    sa.Column("name", NAME, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("tenant_id", "name", name="uq_applications_tenant_name"),
+)
+
+pipelines = sa.Table(
+    "pipelines",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, nullable=False),
+    sa.Column("application_id", ID, nullable=False),
+    sa.Column("name", NAME, nullable=False),
+    # The name while the pipeline is live, NULL once it is being deleted, so that a
+    # pipeline of the same name can be created while the old one's topic is going away.
+    sa.Column("live_name", NAME, nullable=True),
+    sa.Column("chart", sa.String(1024), nullable=False),
+    sa.Column("chart_version", sa.String(128), nullable=True),
+    sa.Column("values_json", JsonText, nullable=False),
+    sa.Column("partitions", sa.Integer, nullable=False),
+    sa.Column("scaling_json", JsonText, nullable=False),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("lease_timeout_s", sa.Integer, nullable=False),
+    sa.Column("retention_s", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("state_reason", sa.Text, nullable=False, default=""),
+    sa.Column("deployment_json", JsonText, nullable=False),
+    sa.Column("worker_token_hash", sa.String(64), nullable=False),
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("application_id", "live_name", name="uq_pipelines_app_live_name"),
+    sa.Index("ix_pipelines_shard", "shard"),
+)
+
+#: Counters the pipeline's grain keeps, written with each flush; ``/stats`` reads them.
+pipeline_stats = sa.Table(
+    "pipeline_stats",
+    metadata,
+    sa.Column("pipeline_id", ID, primary_key=True),
+    sa.Column("counts_json", JsonText, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("pipeline_id", ID, nullable=False),
+    sa.Column("id", TASK_ID, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("due_at", Timestamp, nullable=False),
+    sa.Column("data", Blob, nullable=False),
+    sa.Column("data_sha256", sa.LargeBinary(32), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("started_at", Timestamp, nullable=True),
+    sa.Column("finished_at", Timestamp, nullable=True),
+    sa.Column("worker", sa.String(255), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("expire_at", Timestamp, nullable=True),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    NonClusteredPrimaryKey("pipeline_id", "id", name="pk_tasks"),
+    sa.Index("ix_tasks_pipeline_status_id", "pipeline_id", "status", "id"),
+)
+
+task_results = sa.Table(
+    "task_results",
+    metadata,
+    sa.Column("pipeline_id", ID, nullable=False),
+    sa.Column("id", TASK_ID, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("result", Blob, nullable=False),
+    sa.Column("expire_at", Timestamp, nullable=True),
+    NonClusteredPrimaryKey("pipeline_id", "id", name="pk_task_results"),
+)
+
+#: Fencing: one row per grain; activation increments the epoch, every flush checks it.
+grain_owners = sa.Table(
+    "grain_owners",
+    metadata,
+    sa.Column("grain_id", sa.String(64), primary_key=True),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+#: The next Kafka offset to admit per partition, written in the flush transaction.
+grain_offsets = sa.Table(
+    "grain_offsets",
+    metadata,
+    sa.Column("grain_id", sa.String(64), nullable=False),
+    sa.Column("topic_partition", sa.Integer, nullable=False),
+    sa.Column("next_offset", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("grain_id", "topic_partition", name="pk_grain_offsets"),
+)
+
+#: Records that could not be decoded: kept, counted and skipped.
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("pipeline_id", ID, nullable=False),
+    sa.Column("topic_partition", sa.Integer, nullable=False),
+    sa.Column("record_offset", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("raw", Blob, nullable=False),
+    sa.Column("quarantined_at", Timestamp, nullable=False),
+    sa.Index("ix_quarantine_pipeline", "pipeline_id"),
+)
+
+#: Tables that get a TTL attribute on TiDB (a batched purge elsewhere), by column.
+TTL_TABLES = {"tasks": "expire_at", "task_results": "expire_at"}
+#: Tables whose hidden row ids are scattered on TiDB to avoid a write hotspot.
+SHARDED_TABLES = ("tasks", "task_results")

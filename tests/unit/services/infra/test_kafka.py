@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from services.infra.kafka import KafkaBroker, _kafka_uuid
+
+
+def test_cluster_id_is_16_bytes_of_url_safe_base64() -> None:
+    cluster_id = _kafka_uuid("0123456789abcdef0123")
+    assert len(cluster_id) == 22
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_broker_config_listens_on_loopback_with_single_node_replication(tmp_path: Path) -> None:
+    broker = KafkaBroker(libs=tmp_path, data_dir=tmp_path / "k", port=1111, controller_port=2222)
+    config = broker._write_config().read_text()
+    assert "listeners=PLAINTEXT://127.0.0.1:1111,CONTROLLER://127.0.0.1:2222\n" in config
+    assert "controller.quorum.voters=1@127.0.0.1:2222\n" in config
+    assert "offsets.topic.replication.factor=1\n" in config
+    assert "auto.create.topics.enable=false\n" in config
+    assert broker.bootstrap == "127.0.0.1:1111"

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.settings import Settings
+
+
+def test_reads_wsched_prefixed_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("WSCHED_HTTP_PORT", "9999")
+    monkeypatch.setenv("WSCHED_KAFKA_BOOTSTRAP", "broker:9092")
+    monkeypatch.setenv("WSCHED_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("WSCHED_OPERATOR_KEY", "s3cret")
+    settings = Settings()
+    assert settings.http_port == 9999
+    assert settings.kafka_bootstrap == "broker:9092"
+    assert settings.operator_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert settings.effective_database_url() == f"sqlite:///{tmp_path.resolve() / 'wsched.db'}"
+
+
+def test_database_url_wins_over_the_sqlite_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSCHED_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:4000/wsched")
+    assert Settings().effective_database_url() == "mysql+pymysql://root@127.0.0.1:4000/wsched"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WSCHED_HTTP_PORT", "not-a-port"),
+        ("WSCHED_GRPC_PORT", "70000"),
+        ("WSCHED_DEV_BROKER", "redis"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_setting_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert name.removeprefix("WSCHED_").lower() in str(info.value)
