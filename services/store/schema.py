@@ -85,6 +85,7 @@ tasks = sa.Table(
     sa.Column("finished_at", Timestamp, nullable=True),
     sa.Column("worker", sa.String(255), nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    sa.Column("lease_epoch", sa.BigInteger, nullable=True),
     sa.Column("expire_at", Timestamp, nullable=True),
     sa.Column("updated_at", Timestamp, nullable=False),
     NonClusteredPrimaryKey("pipeline_id", "id", name="pk_tasks"),

@@ -5,6 +5,7 @@ Records on a pipeline's Kafka topic (`wsched.p.<pipeline-id>`), keyed by task id
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -30,6 +31,7 @@ class TaskEvent(_message.Message):
     PRODUCED_AT_MS_FIELD_NUMBER: _builtins.int
     SUBMIT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    REQUEUE_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """currently 1"""
     pipeline_id: _builtins.str
@@ -39,6 +41,8 @@ class TaskEvent(_message.Message):
     def submit(self) -> Global___SubmitTask: ...
     @_builtins.property
     def cancel(self) -> Global___CancelTask: ...
+    @_builtins.property
+    def requeue(self) -> Global___RequeueTask: ...
     def __init__(
         self,
         *,
@@ -48,12 +52,13 @@ class TaskEvent(_message.Message):
         produced_at_ms: _builtins.int = ...,
         submit: Global___SubmitTask | None = ...,
         cancel: Global___CancelTask | None = ...,
+        requeue: Global___RequeueTask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "submit", b"submit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "requeue", b"requeue", "submit", b"submit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "pipeline_id", b"pipeline_id", "produced_at_ms", b"produced_at_ms", "schema_version", b"schema_version", "submit", b"submit", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "pipeline_id", b"pipeline_id", "produced_at_ms", b"produced_at_ms", "requeue", b"requeue", "schema_version", b"schema_version", "submit", b"submit", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submit", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submit", "cancel", "requeue"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -105,3 +110,71 @@ class CancelTask(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelTask: _TypeAlias = CancelTask  # noqa: Y015
+
+@_typing.final
+class RequeueTask(_message.Message):
+    """Puts a `dead` task back in the queue with a fresh attempt count."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequeueTask: _TypeAlias = RequeueTask  # noqa: Y015
+
+@_typing.final
+class PlacementEvent(_message.Message):
+    """Records on the placement topic (`wsched.placement`), keyed by pipeline id and written to
+    partition `shard` of the pipeline: they tell the shard's owner to (re)load or drop the
+    pipeline's grain without waiting for its periodic scan of the pipeline table.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PlacementEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: PlacementEvent._Kind.ValueType  # 0
+        KIND_CREATED: PlacementEvent._Kind.ValueType  # 1
+        KIND_UPDATED: PlacementEvent._Kind.ValueType  # 2
+        KIND_DELETED: PlacementEvent._Kind.ValueType  # 3
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: PlacementEvent.Kind.ValueType  # 0
+    KIND_CREATED: PlacementEvent.Kind.ValueType  # 1
+    KIND_UPDATED: PlacementEvent.Kind.ValueType  # 2
+    KIND_DELETED: PlacementEvent.Kind.ValueType  # 3
+
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    PIPELINE_ID_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    schema_version: _builtins.int
+    """currently 1"""
+    pipeline_id: _builtins.str
+    shard: _builtins.int
+    kind: Global___PlacementEvent.Kind.ValueType
+    def __init__(
+        self,
+        *,
+        schema_version: _builtins.int = ...,
+        pipeline_id: _builtins.str = ...,
+        shard: _builtins.int = ...,
+        kind: Global___PlacementEvent.Kind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "pipeline_id", b"pipeline_id", "schema_version", b"schema_version", "shard", b"shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacementEvent: _TypeAlias = PlacementEvent  # noqa: Y015

@@ -120,6 +120,7 @@ def upgrade() -> None:
         sa.Column("finished_at", Timestamp, nullable=True),
         sa.Column("worker", sa.String(length=255), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("lease_epoch", sa.BigInteger(), nullable=True),
         sa.Column("expire_at", Timestamp, nullable=True),
         sa.Column("updated_at", Timestamp, nullable=False),
         NonClusteredPrimaryKey("pipeline_id", "id", name="pk_tasks"),

@@ -1,0 +1,310 @@
+"""The task book: the pure state machine behind a pipeline grain.
+
+It holds a bounded window of ready tasks, the leases in flight and the changes not yet
+flushed, and answers polls, heartbeats, reports, cancels and lease expiry. It does no
+I/O and reads no clock: the grain passes in the time (monotonic for lease deadlines, wall
+for timestamps) and does the durable writes the book asks for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from actors.pipeline.model import (
+    TERMINAL,
+    Grant,
+    LeaseToken,
+    Outcome,
+    PipelineConfig,
+    Report,
+    ReportAck,
+    Status,
+    Task,
+    TaskChange,
+    Verdict,
+)
+
+_OUTCOME_STATUS = {
+    Outcome.SUCCEEDED: Status.SUCCEEDED,
+    Outcome.FAILED: Status.FAILED,
+    Outcome.CANCELLED: Status.CANCELLED,
+}
+#: How many finished grants are remembered to answer a repeated report with its first ack.
+_RECENT_FINISHED = 100_000
+
+
+@dataclass(kw_only=True)
+class _Lease:
+    task: Task
+    token: LeaseToken
+    deadline: float
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flush:
+    """What one flush must write, taken from the book; given back if the write fails."""
+
+    changes: tuple[TaskChange, ...]
+    results: tuple[tuple[str, int, bytes], ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.changes or self.results)
+
+
+@dataclass(kw_only=True)
+class TaskBook:
+    config: PipelineConfig
+    epoch: int
+    counts: Counter[Status] = field(default_factory=Counter)
+    #: Monotonic totals for metrics: admitted, dispatched, retried, dead, ...
+    totals: Counter[str] = field(default_factory=Counter)
+    #: Queued tasks that are in the store but not in the window.
+    stored_backlog: int = 0
+    #: Paging cursor over the store's queued tasks (ordered by id).
+    page_after: str = ""
+    _ready: OrderedDict[str, Task] = field(default_factory=OrderedDict)
+    _ready_bytes: int = 0
+    _leases: dict[str, _Lease] = field(default_factory=dict)
+    _dirty: dict[str, TaskChange] = field(default_factory=dict)
+    _results: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    _finished: OrderedDict[str, LeaseToken] = field(default_factory=OrderedDict)
+
+    # -- loading -------------------------------------------------------------------------
+
+    def load_counts(self, counts: dict[Status, int]) -> None:
+        self.counts = Counter(counts)
+        self.stored_backlog = counts.get(Status.QUEUED, 0)
+
+    def restore_leases(self, tasks: Iterable[Task], *, now: float) -> None:
+        """Take over leases granted by an earlier incarnation, each with a fresh timeout."""
+        for task in tasks:
+            token = LeaseToken(task_id=task.id, attempt=task.attempt, epoch=task.lease_epoch or 0)
+            self._leases[task.id] = _Lease(
+                task=task, token=token, deadline=now + self.config.lease_timeout_s
+            )
+
+    # -- the window --------------------------------------------------------------------
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    @property
+    def leased_count(self) -> int:
+        return len(self._leases)
+
+    def window_room(self) -> int:
+        """How many tasks the window can take before it is full."""
+        if self._ready_bytes >= self.config.window_bytes:
+            return 0
+        return max(0, self.config.window_tasks - len(self._ready))
+
+    def wants_page(self) -> bool:
+        """True when the window is below half and the store holds more queued tasks."""
+        return self.stored_backlog > 0 and len(self._ready) < self.config.window_tasks // 2
+
+    def known(self, task_id: str) -> bool:
+        """Whether the book holds a newer state of the task than the store may show."""
+        return task_id in self._ready or task_id in self._leases or task_id in self._dirty
+
+    def admit(self, tasks: Sequence[Task]) -> None:
+        """Newly admitted (durable) tasks: queued, into the window while it has room."""
+        self.counts[Status.QUEUED] += len(tasks)
+        self.totals["admitted"] += len(tasks)
+        overflow = self._fill(tasks)
+        self.stored_backlog += len(overflow)
+
+    def page_in(self, tasks: Sequence[Task], *, exhausted: bool) -> None:
+        """Queued tasks read from the store in id order after ``page_after``."""
+        fresh = [task for task in tasks if not self.known(task.id)]
+        overflow = self._fill(fresh)
+        self.stored_backlog = max(0, self.stored_backlog - (len(fresh) - len(overflow)))
+        if tasks:
+            self.page_after = tasks[-1].id
+        if exhausted:
+            if not tasks and not self.page_after:
+                self.stored_backlog = 0  # a full pass found nothing more: the estimate was high
+            self.page_after = ""
+
+    def _fill(self, tasks: Sequence[Task]) -> list[Task]:
+        overflow: list[Task] = []
+        for task in tasks:
+            if self.window_room() > 0:
+                self._ready[task.id] = task
+                self._ready_bytes += task.size
+            else:
+                overflow.append(task)
+        return overflow
+
+    def _take_ready(self, task_id: str) -> Task:
+        task = self._ready.pop(task_id)
+        self._ready_bytes -= task.size
+        return task
+
+    # -- polls, heartbeats, reports -----------------------------------------------------
+
+    def lease(
+        self, *, worker: str, max_tasks: int, max_bytes: int, now: float, wall: dt.datetime
+    ) -> list[Grant]:
+        """Grant up to ``max_tasks`` due tasks within ``max_bytes`` (at least one if any)."""
+        grants: list[Grant] = []
+        size = 0
+        for task_id, task in list(self._ready.items()):
+            if len(grants) >= max_tasks:
+                break
+            if task.due_at > wall:
+                continue
+            if grants and size + task.size > max_bytes:
+                break
+            size += task.size
+            grants.append(self._grant(self._take_ready(task_id), worker=worker, now=now, wall=wall))
+        return grants
+
+    def _grant(self, task: Task, *, worker: str, now: float, wall: dt.datetime) -> Grant:
+        task.status, task.started_at, task.worker = Status.LEASED, wall, worker
+        task.lease_epoch = self.epoch
+        token = LeaseToken(task_id=task.id, attempt=task.attempt, epoch=self.epoch)
+        self._leases[task.id] = _Lease(
+            task=task, token=token, deadline=now + self.config.lease_timeout_s
+        )
+        self._move(Status.QUEUED, Status.LEASED)
+        self.totals["dispatched"] += 1
+        self._mark(task)
+        return Grant(token=token, task=task)
+
+    def heartbeat(self, tokens: Sequence[LeaseToken], *, now: float) -> list[Verdict]:
+        verdicts: list[Verdict] = []
+        for token in tokens:
+            lease = self._leases.get(token.task_id)
+            if lease is None or lease.token != token:
+                verdicts.append(Verdict.LEASE_LOST)
+                continue
+            lease.deadline = now + self.config.lease_timeout_s
+            verdicts.append(Verdict.CANCELLED if lease.cancel_requested else Verdict.OK)
+        return verdicts
+
+    def report(self, report: Report, *, wall: dt.datetime) -> ReportAck:
+        """Apply a worker's report. An accepted report is durable only after the next flush."""
+        token = report.token
+        lease = self._leases.get(token.task_id)
+        if lease is None or lease.token != token:
+            first = self._finished.get(token.task_id)
+            return ReportAck.DUPLICATE if first == token else ReportAck.STALE
+        del self._leases[token.task_id]
+        task = lease.task
+        status = _OUTCOME_STATUS[report.outcome]
+        if lease.cancel_requested and status is not Status.SUCCEEDED:
+            status = Status.CANCELLED
+        self._finish(task, status, wall=wall, error=report.error or None)
+        self._move(Status.LEASED, status)
+        if report.result or status is Status.SUCCEEDED:
+            self._results[task.id] = (task.attempt, report.result)
+        self._remember_finished(token)
+        return ReportAck.ACCEPTED
+
+    def _finish(self, task: Task, status: Status, *, wall: dt.datetime, error: str | None) -> None:
+        task.status, task.finished_at, task.error = status, wall, error
+        self.totals[status.value] += 1
+        self._mark(task)
+
+    def _remember_finished(self, token: LeaseToken) -> None:
+        self._finished[token.task_id] = token
+        if len(self._finished) > _RECENT_FINISHED:
+            self._finished.popitem(last=False)
+
+    # -- time and cancels ---------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return min((lease.deadline for lease in self._leases.values()), default=None)
+
+    def expire(self, *, now: float, wall: dt.datetime) -> list[Task]:
+        """Leases past their deadline: requeued with attempt + 1, or dead after the last."""
+        expired = [lease for lease in self._leases.values() if lease.deadline <= now]
+        for lease in expired:
+            del self._leases[lease.task.id]
+            task = lease.task
+            if lease.cancel_requested:
+                self._finish(task, Status.CANCELLED, wall=wall, error="cancelled; lease expired")
+                self._move(Status.LEASED, Status.CANCELLED)
+            elif task.attempt >= self.config.max_attempts:
+                error = f"lease expired on attempt {task.attempt} of {self.config.max_attempts}"
+                self._finish(task, Status.DEAD, wall=wall, error=error)
+                self._move(Status.LEASED, Status.DEAD)
+            else:
+                self._requeue(task)
+        return [lease.task for lease in expired]
+
+    def _requeue(self, task: Task) -> None:
+        task.attempt += 1
+        task.status, task.worker, task.started_at, task.lease_epoch = Status.QUEUED, None, None, None
+        self._move(Status.LEASED, Status.QUEUED)
+        self.totals["retried"] += 1
+        self._mark(task)
+        if self.window_room() > 0:
+            self._ready[task.id] = task
+            self._ready.move_to_end(task.id, last=False)  # it waited longest
+            self._ready_bytes += task.size
+        else:
+            self.stored_backlog += 1
+            self.page_after = ""  # its id may sort before the cursor
+
+    def cancel(self, task_ids: Iterable[str], *, wall: dt.datetime) -> list[str]:
+        """Cancel tasks the book holds; return the ids it does not hold (for the store)."""
+        elsewhere: list[str] = []
+        for task_id in task_ids:
+            if task_id in self._ready:
+                task = self._take_ready(task_id)
+                self._finish(task, Status.CANCELLED, wall=wall, error="cancelled")
+                self._move(Status.QUEUED, Status.CANCELLED)
+            elif task_id in self._leases:
+                self._leases[task_id].cancel_requested = True
+            elif task_id not in self._dirty:
+                elsewhere.append(task_id)
+        return elsewhere
+
+    def cancelled_in_store(self, count: int) -> None:
+        """``count`` queued tasks beyond the window were cancelled by the store."""
+        self._move(Status.QUEUED, Status.CANCELLED, count)
+        self.totals["cancelled"] += count
+        self.stored_backlog = max(0, self.stored_backlog - count)
+
+    # -- flushing ----------------------------------------------------------------------
+
+    def _mark(self, task: Task) -> None:
+        self._dirty[task.id] = TaskChange.of(task, retention_s=self.config.retention_s)
+
+    def _move(self, old: Status, new: Status, count: int = 1) -> None:
+        self.counts[old] -= count
+        self.counts[new] += count
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty or self._results)
+
+    def take_flush(self) -> Flush:
+        flush = Flush(
+            changes=tuple(self._dirty.values()),
+            results=tuple((tid, attempt, res) for tid, (attempt, res) in self._results.items()),
+        )
+        self._dirty, self._results = {}, {}
+        return flush
+
+    def restore_flush(self, flush: Flush) -> None:
+        """Give back a flush that failed; changes made since then stay newer."""
+        for change in flush.changes:
+            self._dirty.setdefault(change.id, change)
+        for task_id, attempt, result in flush.results:
+            self._results.setdefault(task_id, (attempt, result))
+
+    def stats(self) -> dict[str, int]:
+        out = {status.value: self.counts.get(status, 0) for status in Status}
+        out["backlog"] = out[Status.QUEUED.value]
+        return out
+
+    def is_terminal(self, task_id: str) -> bool:
+        change = self._dirty.get(task_id)
+        return change is not None and change.status in TERMINAL

@@ -1,0 +1,156 @@
+"""Value types of the task life cycle."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.DEAD, Status.CANCELLED})
+
+
+class InvalidToken(ValueError):
+    """A lease token that does not parse."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseToken:
+    """Identifies one grant of one attempt of a task by one incarnation of its grain.
+
+    A task granted again after a lease expiry (new attempt) or a failover (new epoch)
+    gets a different token, so a late report for the old grant can be told apart.
+    """
+
+    task_id: str
+    attempt: int
+    epoch: int
+
+    def encode(self) -> str:
+        return f"{self.epoch}.{self.attempt}.{self.task_id}"
+
+    @classmethod
+    def decode(cls, text: str) -> LeaseToken:
+        parts = text.split(".", 2)
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or not parts[2]:
+            raise InvalidToken(f"malformed lease token {text!r}")
+        return cls(epoch=int(parts[0]), attempt=int(parts[1]), task_id=parts[2])
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    pipeline_id: str
+    max_attempts: int = 3
+    lease_timeout_s: float = 30.0
+    retention_s: float = 7 * 24 * 3600
+    #: Ready tasks kept in memory; the rest of the backlog stays in the store.
+    window_tasks: int = 2000
+    window_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(kw_only=True)
+class Task:
+    """A task as the grain holds it. Mutable: only the grain changes it."""
+
+    id: str
+    attempt: int
+    status: Status
+    data: bytes
+    due_at: dt.datetime
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    worker: str | None = None
+    error: str | None = None
+    #: The epoch of the grain incarnation that granted the current lease.
+    lease_epoch: int | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + len(self.id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewTask:
+    """A submitted task read from the pipeline's topic, not yet admitted."""
+
+    id: str
+    data: bytes
+    data_sha256: bytes
+    due_at: dt.datetime
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskChange:
+    """The mutable columns of a task row, as the next flush must write them."""
+
+    id: str
+    attempt: int
+    status: Status
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    worker: str | None
+    error: str | None
+    lease_epoch: int | None
+    expire_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, task: Task, *, retention_s: float) -> TaskChange:
+        expire_at = (
+            task.finished_at + dt.timedelta(seconds=retention_s)
+            if task.finished_at is not None and task.status in TERMINAL
+            else None
+        )
+        return cls(
+            id=task.id, attempt=task.attempt, status=task.status, started_at=task.started_at,
+            finished_at=task.finished_at, worker=task.worker, error=task.error,
+            lease_epoch=task.lease_epoch, expire_at=expire_at,
+        )
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    token: LeaseToken
+    outcome: Outcome
+    result: bytes = b""
+    error: str = ""
+
+
+class Verdict(StrEnum):
+    """What a heartbeat tells the worker about one of its leases."""
+
+    OK = "ok"
+    CANCELLED = "cancelled"
+    LEASE_LOST = "lease_lost"
+
+
+class ReportAck(StrEnum):
+    """What became of a report. ``ACCEPTED`` is only answered once it is durable."""
+
+    ACCEPTED = "accepted"
+    #: The token is not the task's current grant (expired, re-granted, or from another epoch).
+    STALE = "stale"
+    #: The same grant reported before; its first report stands.
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grant:
+    token: LeaseToken
+    task: Task

@@ -1,0 +1,153 @@
+"""The grain's state machine: window, leases, epochs, reports, cancels, dead-lettering."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from actors.pipeline.book import TaskBook
+from actors.pipeline.model import (
+    InvalidToken,
+    LeaseToken,
+    Outcome,
+    PipelineConfig,
+    Report,
+    ReportAck,
+    Status,
+    Task,
+    Verdict,
+)
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def task(i: int, *, data: bytes = b"{}", due: dt.datetime = T0) -> Task:
+    return Task(id=f"t{i:04d}", attempt=1, status=Status.QUEUED, data=data, due_at=due,
+                created_at=T0)
+
+
+def book(**config: int | float) -> TaskBook:
+    return TaskBook(config=PipelineConfig(pipeline_id="p", **config), epoch=7)  # type: ignore[arg-type]
+
+
+def test_token_round_trips_and_rejects_garbage() -> None:
+    token = LeaseToken(task_id="a.b.c", attempt=2, epoch=9)
+    assert LeaseToken.decode(token.encode()) == token
+    for bad in ("", "1.2", "x.1.a", "1.y.a", "1.2."):
+        with pytest.raises(InvalidToken):
+            LeaseToken.decode(bad)
+
+
+def test_admitted_tasks_are_leased_in_order_with_the_grain_epoch() -> None:
+    b = book()
+    b.admit([task(i) for i in range(5)])
+    grants = b.lease(worker="w1", max_tasks=3, max_bytes=1 << 20, now=0, wall=T0)
+    assert [g.task.id for g in grants] == ["t0000", "t0001", "t0002"]
+    assert all(g.token.epoch == 7 and g.token.attempt == 1 for g in grants)
+    assert grants[0].task.status is Status.LEASED and grants[0].task.worker == "w1"
+    assert b.stats()["queued"] == 2 and b.stats()["leased"] == 3
+    assert b.totals["dispatched"] == 3
+
+
+def test_byte_bound_limits_a_poll_but_always_grants_one() -> None:
+    b = book()
+    b.admit([task(i, data=b"x" * 100) for i in range(3)])
+    assert len(b.lease(worker="w", max_tasks=10, max_bytes=50, now=0, wall=T0)) == 1
+    assert len(b.lease(worker="w", max_tasks=10, max_bytes=250, now=0, wall=T0)) == 2
+
+
+def test_tasks_not_yet_due_are_not_granted() -> None:
+    b = book()
+    b.admit([task(1, due=T0 + dt.timedelta(minutes=5)), task(2)])
+    assert [g.task.id for g in b.lease(worker="w", max_tasks=5, max_bytes=1 << 20, now=0,
+                                       wall=T0)] == ["t0002"]
+
+
+def test_window_is_bounded_and_the_rest_stays_in_the_store() -> None:
+    b = book(window_tasks=4)
+    b.admit([task(i) for i in range(10)])
+    assert b.ready_count == 4 and b.stored_backlog == 6 and b.stats()["backlog"] == 10
+    b.lease(worker="w", max_tasks=3, max_bytes=1 << 20, now=0, wall=T0)
+    assert b.wants_page()
+    b.page_in([task(i) for i in range(3, 8)], exhausted=False)  # t0003 is already held
+    assert b.ready_count == 4 and b.stored_backlog == 3 and b.page_after == "t0007"
+
+
+def test_a_full_pass_that_finds_nothing_resets_the_backlog_estimate() -> None:
+    b = book(window_tasks=2)
+    b.load_counts({Status.QUEUED: 5})
+    b.page_in([], exhausted=True)
+    assert b.stored_backlog == 0 and not b.wants_page()
+
+
+def test_report_success_then_a_repeat_is_a_duplicate_and_an_old_token_is_stale() -> None:
+    b = book()
+    b.admit([task(1)])
+    (grant,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
+    ok = Report(token=grant.token, outcome=Outcome.SUCCEEDED, result=b"42")
+    assert b.report(ok, wall=T0) is ReportAck.ACCEPTED
+    assert b.report(ok, wall=T0) is ReportAck.DUPLICATE
+    other = LeaseToken(task_id="t0001", attempt=1, epoch=6)
+    assert b.report(Report(token=other, outcome=Outcome.FAILED), wall=T0) is ReportAck.STALE
+    flush = b.take_flush()
+    assert flush.results == (("t0001", 1, b"42"),)
+    (change,) = flush.changes
+    assert change.status is Status.SUCCEEDED and change.expire_at is not None
+    assert b.stats()["succeeded"] == 1 and b.stats()["leased"] == 0
+
+
+def test_expired_lease_requeues_with_the_next_attempt_then_goes_dead() -> None:
+    b = book(max_attempts=2, lease_timeout_s=10)
+    b.admit([task(1)])
+    (first,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
+    assert b.heartbeat([first.token], now=8) == [Verdict.OK]  # extends to 18
+    assert b.expire(now=15, wall=T0) == []
+    assert len(b.expire(now=18, wall=T0)) == 1
+    assert b.totals["retried"] == 1 and b.stats()["queued"] == 1
+    (second,) = b.lease(worker="w2", max_tasks=1, max_bytes=1 << 20, now=20, wall=T0)
+    assert second.token.attempt == 2 and second.token != first.token
+    # the first worker's late report does not touch the second attempt
+    late = Report(token=first.token, outcome=Outcome.SUCCEEDED)
+    assert b.report(late, wall=T0) is ReportAck.STALE
+    assert b.heartbeat([first.token], now=21) == [Verdict.LEASE_LOST]
+    b.expire(now=31, wall=T0)
+    assert b.stats()["dead"] == 1 and b.stats()["queued"] == 0
+    assert b.take_flush().changes[0].status is Status.DEAD
+
+
+def test_cancel_a_queued_task_and_a_leased_one() -> None:
+    b = book()
+    b.admit([task(1), task(2)])
+    (grant,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
+    assert b.cancel(["t0001", "t0002", "t9999"], wall=T0) == ["t9999"]
+    assert b.stats()["cancelled"] == 1  # the queued one
+    assert b.heartbeat([grant.token], now=1) == [Verdict.CANCELLED]
+    failed = Report(token=grant.token, outcome=Outcome.FAILED, error="killed")
+    assert b.report(failed, wall=T0) is ReportAck.ACCEPTED
+    assert b.stats()["cancelled"] == 2 and b.stats()["leased"] == 0
+
+
+def test_failed_flush_is_restored_without_overwriting_newer_changes() -> None:
+    b = book()
+    b.admit([task(1)])
+    (grant,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
+    flush = b.take_flush()
+    assert not b.dirty
+    b.report(Report(token=grant.token, outcome=Outcome.SUCCEEDED, result=b"r"), wall=T0)
+    b.restore_flush(flush)
+    again = b.take_flush()
+    assert [c.status for c in again.changes] == [Status.SUCCEEDED]
+
+
+def test_takeover_gives_loaded_leases_a_fresh_timeout_and_accepts_their_tokens() -> None:
+    b = book(lease_timeout_s=30)
+    leased = task(1)
+    leased.status, leased.lease_epoch, leased.worker = Status.LEASED, 6, "w"
+    b.load_counts({Status.LEASED: 1})
+    b.restore_leases([leased], now=100)
+    old_token = LeaseToken(task_id="t0001", attempt=1, epoch=6)
+    assert b.heartbeat([old_token], now=120) == [Verdict.OK]
+    assert b.expire(now=140, wall=T0) == []
+    report = Report(token=old_token, outcome=Outcome.SUCCEEDED)
+    assert b.report(report, wall=T0) is ReportAck.ACCEPTED
