@@ -240,7 +240,12 @@ class TaskBook:
 
     def _requeue(self, task: Task) -> None:
         task.attempt += 1
-        task.status, task.worker, task.started_at, task.lease_epoch = Status.QUEUED, None, None, None
+        task.status, task.worker, task.started_at, task.lease_epoch = (
+            Status.QUEUED,
+            None,
+            None,
+            None,
+        )
         self._move(Status.LEASED, Status.QUEUED)
         self.totals["retried"] += 1
         self._mark(task)

@@ -112,9 +112,15 @@ class TaskChange:
             else None
         )
         return cls(
-            id=task.id, attempt=task.attempt, status=task.status, started_at=task.started_at,
-            finished_at=task.finished_at, worker=task.worker, error=task.error,
-            lease_epoch=task.lease_epoch, expire_at=expire_at,
+            id=task.id,
+            attempt=task.attempt,
+            status=task.status,
+            started_at=task.started_at,
+            finished_at=task.finished_at,
+            worker=task.worker,
+            error=task.error,
+            lease_epoch=task.lease_epoch,
+            expire_at=expire_at,
         )
 
 

@@ -23,8 +23,9 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def task(i: int, *, data: bytes = b"{}", due: dt.datetime = T0) -> Task:
-    return Task(id=f"t{i:04d}", attempt=1, status=Status.QUEUED, data=data, due_at=due,
-                created_at=T0)
+    return Task(
+        id=f"t{i:04d}", attempt=1, status=Status.QUEUED, data=data, due_at=due, created_at=T0
+    )
 
 
 def book(**config: int | float) -> TaskBook:
@@ -60,8 +61,9 @@ def test_byte_bound_limits_a_poll_but_always_grants_one() -> None:
 def test_tasks_not_yet_due_are_not_granted() -> None:
     b = book()
     b.admit([task(1, due=T0 + dt.timedelta(minutes=5)), task(2)])
-    assert [g.task.id for g in b.lease(worker="w", max_tasks=5, max_bytes=1 << 20, now=0,
-                                       wall=T0)] == ["t0002"]
+    assert [
+        g.task.id for g in b.lease(worker="w", max_tasks=5, max_bytes=1 << 20, now=0, wall=T0)
+    ] == ["t0002"]
 
 
 def test_window_is_bounded_and_the_rest_stays_in_the_store() -> None:

@@ -1,0 +1,102 @@
+"""What the pipeline grain needs from the outside world, as protocols.
+
+``services/`` implements them over TiDB/SQLite and Kafka; unit tests use in-memory ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from actors.pipeline.book import Flush
+from actors.pipeline.model import NewTask, Status, Task
+
+
+class StaleEpoch(Exception):
+    """Another incarnation owns the grain now: this one must drop its state and stop."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached; the caller keeps its data and retries later."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Loaded:
+    counts: dict[Status, int]
+    leased: list[Task]
+    #: Next offset to admit, per partition of the pipeline's topic.
+    offsets: dict[int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admission:
+    admitted: list[Task]
+    #: Ids already stored with the same data: an idempotent resubmit.
+    duplicates: list[str] = field(default_factory=list)
+    #: Ids already stored with different data: the first submit stands.
+    conflicts: list[str] = field(default_factory=list)
+    #: Tasks the store cancelled (queued, beyond the window) from cancel events.
+    cancelled: int = 0
+
+
+class TaskStore(Protocol):
+    async def claim(self, *, grain_id: str, owner: str) -> int:
+        """Become the grain's owner: increment and return its epoch."""
+        ...
+
+    async def load(self, *, grain_id: str, pipeline_id: str) -> Loaded: ...
+
+    async def admit(
+        self,
+        *,
+        grain_id: str,
+        epoch: int,
+        pipeline_id: str,
+        tasks: Sequence[NewTask],
+        offsets: Mapping[int, int],
+        now: dt.datetime,
+    ) -> Admission:
+        """Insert new task rows and record the next offsets, in one fenced transaction."""
+        ...
+
+    async def cancel_queued(
+        self,
+        *,
+        grain_id: str,
+        epoch: int,
+        pipeline_id: str,
+        task_ids: Sequence[str],
+        now: dt.datetime,
+        retention_s: float,
+    ) -> int:
+        """Cancel queued rows the grain does not hold; return how many were cancelled."""
+        ...
+
+    async def requeue_dead(
+        self,
+        *,
+        grain_id: str,
+        epoch: int,
+        pipeline_id: str,
+        task_ids: Sequence[str],
+        now: dt.datetime,
+    ) -> list[Task]:
+        """Put dead rows back to queued with attempt 1; return them."""
+        ...
+
+    async def page_queued(self, *, pipeline_id: str, after: str, limit: int) -> list[Task]: ...
+
+    async def flush(
+        self,
+        *,
+        grain_id: str,
+        epoch: int,
+        pipeline_id: str,
+        flush: Flush,
+        stats: Mapping[str, int],
+        now: dt.datetime,
+    ) -> None:
+        """Write the changes, results and counters in one fenced transaction."""
+        ...

@@ -1,0 +1,387 @@
+"""The pipeline grain's store over SQLAlchemy: TiDB in production, SQLite in development.
+
+Every write a grain makes runs in one transaction that first checks the grain's epoch
+(fencing): an ex-owner that was paused while its grain moved finds the epoch changed and
+writes nothing. SQLAlchemy here is synchronous (pymysql); calls run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from actors.pipeline.book import Flush
+from actors.pipeline.model import NewTask, Status, Task
+from actors.pipeline.ports import Admission, Loaded, StaleEpoch, StoreUnavailable
+from services.store.schema import grain_offsets, grain_owners, pipeline_stats, task_results, tasks
+from services.store.sql import chunks, from_db, from_db_required, to_db, upsert
+
+R = TypeVar("R")
+
+_TASK_COLUMNS = (
+    tasks.c.id,
+    tasks.c.attempt,
+    tasks.c.status,
+    tasks.c.data,
+    tasks.c.due_at,
+    tasks.c.created_at,
+    tasks.c.started_at,
+    tasks.c.finished_at,
+    tasks.c.worker,
+    tasks.c.error,
+    tasks.c.lease_epoch,
+)
+_MUTABLE = (
+    "attempt",
+    "status",
+    "started_at",
+    "finished_at",
+    "worker",
+    "error",
+    "lease_epoch",
+    "expire_at",
+    "updated_at",
+)
+
+
+def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
+    return Task(
+        id=row.id,
+        attempt=row.attempt,
+        status=Status(row.status),
+        data=row.data,
+        due_at=from_db_required(row.due_at),
+        created_at=from_db_required(row.created_at),
+        started_at=from_db(row.started_at),
+        finished_at=from_db(row.finished_at),
+        worker=row.worker,
+        error=row.error,
+        lease_epoch=row.lease_epoch,
+    )
+
+
+def fence(conn: sa.Connection, *, grain_id: str, epoch: int, now: dt.datetime) -> None:
+    """Fail with StaleEpoch unless ``epoch`` is still the grain's; locks the owner row."""
+    touched = conn.execute(
+        sa.update(grain_owners)
+        .where(grain_owners.c.grain_id == grain_id, grain_owners.c.epoch == epoch)
+        .values(updated_at=to_db(now))
+    )
+    if touched.rowcount != 1:
+        raise StaleEpoch(f"grain {grain_id} is no longer at epoch {epoch}")
+
+
+class SqlTaskStore:
+    """Implements ``actors.pipeline.ports.TaskStore``."""
+
+    def __init__(self, *, engine: sa.Engine, clock: Callable[[], dt.datetime]) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    async def _run(self, fn: Callable[[sa.Connection], R]) -> R:
+        def in_transaction() -> R:
+            with self._engine.begin() as conn:
+                return fn(conn)
+
+        try:
+            return await asyncio.to_thread(in_transaction)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+            raise StoreUnavailable(str(err.orig or err)) from err
+
+    async def claim(self, *, grain_id: str, owner: str) -> int:
+        now = to_db(self._clock())
+
+        def claim(conn: sa.Connection) -> int:
+            bumped = conn.execute(
+                sa.update(grain_owners)
+                .where(grain_owners.c.grain_id == grain_id)
+                .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=now)
+            )
+            if bumped.rowcount == 0:
+                conn.execute(
+                    sa.insert(grain_owners).values(
+                        grain_id=grain_id, epoch=1, owner=owner, updated_at=now
+                    )
+                )
+            return int(
+                conn.execute(
+                    sa.select(grain_owners.c.epoch).where(grain_owners.c.grain_id == grain_id)
+                ).scalar_one()
+            )
+
+        for _ in range(3):
+            try:
+                return await self._run(claim)
+            except sa.exc.IntegrityError:
+                continue  # another replica inserted the first row at the same moment
+        raise StoreUnavailable(f"could not claim grain {grain_id}: repeated conflicts")
+
+    async def load(self, *, grain_id: str, pipeline_id: str) -> Loaded:
+        def load(conn: sa.Connection) -> Loaded:
+            counts = conn.execute(
+                sa.select(tasks.c.status, sa.func.count())
+                .where(tasks.c.pipeline_id == pipeline_id)
+                .group_by(tasks.c.status)
+            ).all()
+            leased = conn.execute(
+                sa.select(*_TASK_COLUMNS).where(
+                    tasks.c.pipeline_id == pipeline_id, tasks.c.status == Status.LEASED.value
+                )
+            ).all()
+            offsets = conn.execute(
+                sa.select(grain_offsets.c.topic_partition, grain_offsets.c.next_offset).where(
+                    grain_offsets.c.grain_id == grain_id
+                )
+            ).all()
+            return Loaded(
+                counts={Status(status): int(n) for status, n in counts},
+                leased=[_task(row) for row in leased],
+                offsets={int(p): int(o) for p, o in offsets},
+            )
+
+        return await self._run(load)
+
+    async def admit(
+        self,
+        *,
+        grain_id: str,
+        epoch: int,
+        pipeline_id: str,
+        tasks: Sequence[NewTask],
+        offsets: Mapping[int, int],
+        now: dt.datetime,
+    ) -> Admission:
+        def admit(conn: sa.Connection) -> Admission:
+            fence(conn, grain_id=grain_id, epoch=epoch, now=now)
+            admission = _insert_new(conn, pipeline_id=pipeline_id, batch=tasks, now=now)
+            _save_offsets(conn, grain_id=grain_id, offsets=offsets)
+            return admission
+
+        return await self._run(admit)
+
+    async def cancel_queued(
+        self,
+        *,
+        grain_id: str,
+        epoch: int,
+        pipeline_id: str,
+        task_ids: Sequence[str],
+        now: dt.datetime,
+        retention_s: float,
+    ) -> int:
+        def cancel(conn: sa.Connection) -> int:
+            fence(conn, grain_id=grain_id, epoch=epoch, now=now)
+            done = 0
+            for chunk in chunks(task_ids):
+                done += conn.execute(
+                    sa.update(tasks)
+                    .where(
+                        tasks.c.pipeline_id == pipeline_id,
+                        tasks.c.id.in_(chunk),
+                        tasks.c.status == Status.QUEUED.value,
+                    )
+                    .values(
+                        status=Status.CANCELLED.value,
+                        error="cancelled",
+                        finished_at=to_db(now),
+                        updated_at=to_db(now),
+                        expire_at=to_db(now + dt.timedelta(seconds=retention_s)),
+                    )
+                ).rowcount
+            return done
+
+        return await self._run(cancel)
+
+    async def requeue_dead(
+        self,
+        *,
+        grain_id: str,
+        epoch: int,
+        pipeline_id: str,
+        task_ids: Sequence[str],
+        now: dt.datetime,
+    ) -> list[Task]:
+        def requeue(conn: sa.Connection) -> list[Task]:
+            fence(conn, grain_id=grain_id, epoch=epoch, now=now)
+            where = (tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(task_ids))
+            dead = (*where, tasks.c.status == Status.DEAD.value)
+            conn.execute(
+                sa.update(tasks)
+                .where(*dead)
+                .values(
+                    status=Status.QUEUED.value,
+                    attempt=1,
+                    error=None,
+                    finished_at=None,
+                    started_at=None,
+                    worker=None,
+                    lease_epoch=None,
+                    expire_at=None,
+                    updated_at=to_db(now),
+                )
+            )
+            rows = conn.execute(
+                sa.select(*_TASK_COLUMNS).where(*where, tasks.c.status == Status.QUEUED.value)
+            ).all()
+            return [_task(row) for row in rows]
+
+        return await self._run(requeue)
+
+    async def page_queued(self, *, pipeline_id: str, after: str, limit: int) -> list[Task]:
+        def page(conn: sa.Connection) -> list[Task]:
+            rows = conn.execute(
+                sa.select(*_TASK_COLUMNS)
+                .where(
+                    tasks.c.pipeline_id == pipeline_id,
+                    tasks.c.status == Status.QUEUED.value,
+                    tasks.c.id > after,
+                )
+                .order_by(tasks.c.id)
+                .limit(limit)
+            ).all()
+            return [_task(row) for row in rows]
+
+        return await self._run(page)
+
+    async def flush(
+        self,
+        *,
+        grain_id: str,
+        epoch: int,
+        pipeline_id: str,
+        flush: Flush,
+        stats: Mapping[str, int],
+        now: dt.datetime,
+    ) -> None:
+        def write(conn: sa.Connection) -> None:
+            fence(conn, grain_id=grain_id, epoch=epoch, now=now)
+            _write_changes(conn, pipeline_id=pipeline_id, flush=flush, now=now)
+            upsert(
+                conn,
+                pipeline_stats,
+                [
+                    {
+                        "pipeline_id": pipeline_id,
+                        "counts_json": json.dumps(dict(stats)),
+                        "updated_at": to_db(now),
+                    }
+                ],
+                keys=("pipeline_id",),
+                update=("counts_json", "updated_at"),
+            )
+
+        await self._run(write)
+
+
+def _insert_new(
+    conn: sa.Connection, *, pipeline_id: str, batch: Sequence[NewTask], now: dt.datetime
+) -> Admission:
+    unique: dict[str, NewTask] = {}
+    for task in batch:
+        unique.setdefault(task.id, task)  # a resubmit inside the batch: the first stands
+    existing: dict[str, bytes] = {}
+    for chunk in chunks(list(unique)):
+        rows = conn.execute(
+            sa.select(tasks.c.id, tasks.c.data_sha256).where(
+                tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(chunk)
+            )
+        )
+        existing.update((row.id, row.data_sha256) for row in rows)
+    fresh = [task for tid, task in unique.items() if tid not in existing]
+    inserts = [
+        {
+            "pipeline_id": pipeline_id,
+            "id": t.id,
+            "attempt": 1,
+            "status": Status.QUEUED.value,
+            "due_at": to_db(t.due_at),
+            "data": t.data,
+            "data_sha256": t.data_sha256,
+            "created_at": to_db(t.created_at),
+            "updated_at": to_db(now),
+        }
+        for t in fresh
+    ]
+    for insert_chunk in chunks(inserts):
+        conn.execute(sa.insert(tasks), list(insert_chunk))
+    same = [tid for tid, digest in existing.items() if digest == unique[tid].data_sha256]
+    return Admission(
+        admitted=[
+            Task(
+                id=t.id,
+                attempt=1,
+                status=Status.QUEUED,
+                data=t.data,
+                due_at=t.due_at,
+                created_at=t.created_at,
+            )
+            for t in fresh
+        ],
+        duplicates=same,
+        conflicts=[tid for tid in existing if tid not in same],
+    )
+
+
+def _save_offsets(conn: sa.Connection, *, grain_id: str, offsets: Mapping[int, int]) -> None:
+    if offsets:
+        upsert(
+            conn,
+            grain_offsets,
+            [
+                {"grain_id": grain_id, "topic_partition": p, "next_offset": o}
+                for p, o in offsets.items()
+            ],
+            keys=("grain_id", "topic_partition"),
+            update=("next_offset",),
+        )
+
+
+def _write_changes(
+    conn: sa.Connection, *, pipeline_id: str, flush: Flush, now: dt.datetime
+) -> None:
+    if flush.changes:
+        rows = [
+            {
+                "pipeline_id": pipeline_id,
+                "id": c.id,
+                "attempt": c.attempt,
+                "status": c.status.value,
+                "started_at": to_db(c.started_at),
+                "finished_at": to_db(c.finished_at),
+                "worker": c.worker,
+                "error": c.error,
+                "lease_epoch": c.lease_epoch,
+                "expire_at": to_db(c.expire_at),
+                "updated_at": to_db(now),
+                # Required by the INSERT half of the upsert; never written over an existing row.
+                "due_at": to_db(now),
+                "data": b"",
+                "data_sha256": b"",
+                "created_at": to_db(now),
+            }
+            for c in flush.changes
+        ]
+        upsert(conn, tasks, rows, keys=("pipeline_id", "id"), update=_MUTABLE)
+    if flush.results:
+        expire = {c.id: to_db(c.expire_at) for c in flush.changes}
+        upsert(
+            conn,
+            task_results,
+            [
+                {
+                    "pipeline_id": pipeline_id,
+                    "id": tid,
+                    "attempt": attempt,
+                    "result": result,
+                    "expire_at": expire.get(tid),
+                }
+                for tid, attempt, result in flush.results
+            ],
+            keys=("pipeline_id", "id"),
+            update=("attempt", "result", "expire_at"),
+        )
