@@ -18,8 +18,17 @@ def test_upgrade_creates_the_schema_and_is_idempotent(database_url: str) -> None
     assert migrate.current_revision(engine) == migrate.head_revision()
     tables = set(sa.inspect(engine).get_table_names())
     engine.dispose()
-    assert {"tenants", "applications", "pipelines", "tasks", "task_results",
-            "grain_owners", "grain_offsets", "quarantine", "pipeline_stats"} <= tables
+    assert {
+        "tenants",
+        "applications",
+        "pipelines",
+        "tasks",
+        "task_results",
+        "grain_owners",
+        "grain_offsets",
+        "quarantine",
+        "pipeline_stats",
+    } <= tables
 
 
 def test_tidb_tasks_table_is_nonclustered_sharded_and_has_a_ttl(tidb_url: str) -> None:
