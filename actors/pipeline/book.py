@@ -271,6 +271,12 @@ class TaskBook:
                 elsewhere.append(task_id)
         return elsewhere
 
+    def requeued_from_store(self, tasks: Sequence[Task]) -> None:
+        """Dead tasks the store put back in the queue with a fresh attempt count."""
+        self._move(Status.DEAD, Status.QUEUED, len(tasks))
+        self.totals["requeued"] += len(tasks)
+        self.stored_backlog += len(self._fill(tasks))
+
     def cancelled_in_store(self, count: int) -> None:
         """``count`` queued tasks beyond the window were cancelled by the store."""
         self._move(Status.QUEUED, Status.CANCELLED, count)

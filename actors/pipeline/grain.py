@@ -1,0 +1,309 @@
+"""The pipeline grain: one pipeline's task states, leases and waiting pollers.
+
+Its methods are called one at a time by the actor that hosts it (``actors.pipeline.actor``),
+so they need no locks. Long polls and reports do not hold up the mailbox: they return a
+future the caller awaits outside it, resolved when tasks arrive or the report is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from actors.pipeline.book import Flush, TaskBook
+from actors.pipeline.model import (
+    Grant,
+    LeaseToken,
+    NewTask,
+    PipelineConfig,
+    Report,
+    ReportAck,
+    Status,
+    Verdict,
+)
+from actors.pipeline.ports import StaleEpoch, StoreUnavailable, TaskStore
+
+log = logging.getLogger("wsched.actors.pipeline")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrainClock:
+    """Monotonic seconds for lease deadlines, UTC wall time for timestamps."""
+
+    monotonic: Callable[[], float]
+    wall: Callable[[], dt.datetime]
+
+
+@dataclass(kw_only=True)
+class _Waiter:
+    worker: str
+    max_tasks: int
+    max_bytes: int
+    future: asyncio.Future[list[Grant]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmitResult:
+    admitted: int
+    duplicates: int
+    conflicts: int
+    cancelled: int
+    requeued: int
+
+
+class PipelineGrain:
+    def __init__(
+        self,
+        *,
+        config: PipelineConfig,
+        grain_id: str,
+        owner: str,
+        store: TaskStore,
+        clock: GrainClock,
+    ) -> None:
+        self.config = config
+        self.grain_id = grain_id
+        self._owner = owner
+        self._store = store
+        self._clock = clock
+        self.book = TaskBook(config=config, epoch=0)
+        self._waiters: deque[_Waiter] = deque()
+        self._durable: list[asyncio.Future[None]] = []
+        self.fenced = False
+
+    @property
+    def epoch(self) -> int:
+        return self.book.epoch
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def activate(self) -> dict[int, int]:
+        """Claim the grain (a new epoch) and load its state; return the offsets to resume."""
+        epoch = await self._store.claim(grain_id=self.grain_id, owner=self._owner)
+        loaded = await self._store.load(grain_id=self.grain_id, pipeline_id=self.config.pipeline_id)
+        self.book = TaskBook(config=self.config, epoch=epoch)
+        self.book.load_counts(loaded.counts)
+        self.book.restore_leases(loaded.leased, now=self._clock.monotonic())
+        await self.page_in()
+        log.info("grain %s activated at epoch %d: %s", self.grain_id, epoch, self.book.stats())
+        return loaded.offsets
+
+    async def deactivate(self) -> None:
+        """Flush what changed and fail every waiter; a new owner takes over from the store."""
+        try:
+            if not self.fenced:
+                await self.flush()
+        finally:
+            self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result([])
+
+    # -- admission ----------------------------------------------------------------------
+
+    async def admit(
+        self,
+        *,
+        new: Sequence[NewTask],
+        cancels: Sequence[str],
+        requeues: Sequence[str],
+        offsets: Mapping[int, int],
+    ) -> AdmitResult:
+        """Make a batch of records from the topic durable, then apply it in memory.
+
+        ``new`` holds ``NewTask``s in topic order; offsets are the next offsets to read,
+        recorded in the same transaction so a replay after a crash skips what was admitted.
+        """
+        wall = self._clock.wall()
+        admission = await self._guard(
+            self._store.admit(
+                grain_id=self.grain_id,
+                epoch=self.epoch,
+                pipeline_id=self.config.pipeline_id,
+                tasks=new,
+                offsets=offsets,
+                now=wall,
+            )
+        )
+        self.book.admit(admission.admitted)
+        cancelled = await self._cancel(cancels, wall=wall)
+        requeued = await self._requeue(requeues, wall=wall)
+        self._serve_waiters()
+        return AdmitResult(
+            admitted=len(admission.admitted),
+            duplicates=len(admission.duplicates),
+            conflicts=len(admission.conflicts),
+            cancelled=cancelled,
+            requeued=requeued,
+        )
+
+    async def _cancel(self, task_ids: Sequence[str], *, wall: dt.datetime) -> int:
+        if not task_ids:
+            return 0
+        before = self.book.counts[Status.CANCELLED]
+        elsewhere = self.book.cancel(task_ids, wall=wall)
+        if elsewhere:
+            count = await self._guard(
+                self._store.cancel_queued(
+                    grain_id=self.grain_id,
+                    epoch=self.epoch,
+                    pipeline_id=self.config.pipeline_id,
+                    task_ids=elsewhere,
+                    now=wall,
+                    retention_s=self.config.retention_s,
+                )
+            )
+            self.book.cancelled_in_store(count)
+        return int(self.book.counts[Status.CANCELLED] - before)
+
+    async def _requeue(self, task_ids: Sequence[str], *, wall: dt.datetime) -> int:
+        if not task_ids:
+            return 0
+        tasks = await self._guard(
+            self._store.requeue_dead(
+                grain_id=self.grain_id,
+                epoch=self.epoch,
+                pipeline_id=self.config.pipeline_id,
+                task_ids=task_ids,
+                now=wall,
+            )
+        )
+        self.book.requeued_from_store(tasks)
+        return len(tasks)
+
+    async def page_in(self) -> None:
+        """Refill the window from the store's backlog when it runs low."""
+        if not self.book.wants_page():
+            return
+        limit = self.book.window_room()
+        page = await self._guard(
+            self._store.page_queued(
+                pipeline_id=self.config.pipeline_id,
+                after=self.book.page_after,
+                limit=limit,
+            )
+        )
+        self.book.page_in(page, exhausted=len(page) < limit)
+        self._serve_waiters()
+
+    # -- workers ------------------------------------------------------------------------
+
+    def poll(self, *, worker: str, max_tasks: int, max_bytes: int) -> asyncio.Future[list[Grant]]:
+        """Tasks now if any are ready, else a future resolved when some arrive.
+
+        The caller bounds its wait and then calls ``withdraw``; tasks handed to a future
+        that nobody awaits any more are not lost: their leases simply expire.
+        """
+        waiter = _Waiter(worker=worker, max_tasks=max_tasks, max_bytes=max_bytes)
+        grants = self._lease(waiter)
+        if grants:
+            waiter.future.set_result(grants)
+        else:
+            self._waiters.append(waiter)
+        return waiter.future
+
+    def withdraw(self, future: asyncio.Future[list[Grant]]) -> None:
+        for waiter in self._waiters:
+            if waiter.future is future:
+                self._waiters.remove(waiter)
+                if not future.done():
+                    future.set_result([])
+                return
+
+    def _lease(self, waiter: _Waiter) -> list[Grant]:
+        return self.book.lease(
+            worker=waiter.worker,
+            max_tasks=waiter.max_tasks,
+            max_bytes=waiter.max_bytes,
+            now=self._clock.monotonic(),
+            wall=self._clock.wall(),
+        )
+
+    def _serve_waiters(self) -> None:
+        while self._waiters and self.book.ready_count:
+            waiter = self._waiters.popleft()
+            if waiter.future.done():
+                continue
+            grants = self._lease(waiter)
+            if not grants:
+                self._waiters.appendleft(waiter)  # ready tasks exist but none is due yet
+                return
+            waiter.future.set_result(grants)
+
+    def heartbeat(self, tokens: Sequence[LeaseToken]) -> list[Verdict]:
+        return self.book.heartbeat(tokens, now=self._clock.monotonic())
+
+    def report(self, reports: Sequence[Report]) -> tuple[list[ReportAck], asyncio.Future[None]]:
+        """Apply reports; the future resolves once they are durable (after the next flush)."""
+        wall = self._clock.wall()
+        acks = [self.book.report(report, wall=wall) for report in reports]
+        durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.book.dirty:
+            self._durable.append(durable)
+        else:
+            durable.set_result(None)
+        return acks, durable
+
+    # -- time ---------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Expire leases, refill the window, hand tasks to waiters (called periodically)."""
+        expired = self.book.expire(now=self._clock.monotonic(), wall=self._clock.wall())
+        if expired:
+            log.info("grain %s: %d lease(s) expired", self.grain_id, len(expired))
+        await self.page_in()
+        self._serve_waiters()
+
+    async def flush(self) -> None:
+        """Write every change since the last flush in one fenced transaction."""
+        waiting, self._durable = self._durable, []
+        taken: Flush = self.book.take_flush()
+        try:
+            if taken:
+                await self._guard(
+                    self._store.flush(
+                        grain_id=self.grain_id,
+                        epoch=self.epoch,
+                        pipeline_id=self.config.pipeline_id,
+                        flush=taken,
+                        stats=self.book.stats(),
+                        now=self._clock.wall(),
+                    )
+                )
+        except BaseException as err:
+            if not self.fenced:
+                self.book.restore_flush(taken)
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(
+                        err if isinstance(err, Exception) else StoreUnavailable("flush interrupted")
+                    )
+            raise
+        for future in waiting:
+            if not future.done():
+                future.set_result(None)
+
+    @property
+    def wants_flush(self) -> bool:
+        return self.book.dirty or bool(self._durable)
+
+    async def _guard(self, call: Awaitable[R]) -> R:
+        """Await a store call; on StaleEpoch drop the state so nothing more is written."""
+        try:
+            return await call
+        except StaleEpoch:
+            self.fenced = True
+            self._release_waiters()
+            log.warning("grain %s lost ownership at epoch %d; stopping", self.grain_id, self.epoch)
+            raise

@@ -1,0 +1,74 @@
+"""Turn records of a pipeline's topic into domain events, or a reason to quarantine them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from actors.pipeline.model import NewTask
+from protos.wsched.v1 import events_pb2
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelEvent:
+    task_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequeueEvent:
+    task_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Undecodable:
+    """A record kept aside (quarantined): counted and skipped, never retried."""
+
+    reason: str
+    raw: bytes
+
+
+Event = NewTask | CancelEvent | RequeueEvent | Undecodable
+
+
+def _ms(value: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(value / 1000, tz=dt.UTC)
+
+
+def decode(raw: bytes | None, *, pipeline_id: str, timestamp_ms: int) -> Event:
+    """Decode one record value. Never raises: a bad record becomes ``Undecodable``."""
+    if raw is None:
+        return Undecodable(reason="empty record (tombstone)", raw=b"")
+    event = events_pb2.TaskEvent()
+    try:
+        event.ParseFromString(raw)
+    except DecodeError as err:
+        return Undecodable(reason=f"not a TaskEvent: {err}", raw=raw)
+    if event.schema_version != SCHEMA_VERSION:
+        return Undecodable(reason=f"unknown schema_version {event.schema_version}", raw=raw)
+    if event.pipeline_id != pipeline_id:
+        return Undecodable(reason=f"event for pipeline {event.pipeline_id!r}", raw=raw)
+    if not event.task_id:
+        return Undecodable(reason="event without a task id", raw=raw)
+    return _domain(event, raw=raw, timestamp_ms=timestamp_ms)
+
+
+def _domain(event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int) -> Event:
+    kind = event.WhichOneof("kind")
+    if kind == "submit":
+        submit = event.submit
+        digest = submit.data_sha256 or hashlib.sha256(submit.data).digest()
+        created = _ms(event.produced_at_ms or timestamp_ms)
+        due = _ms(submit.due_at_ms) if submit.due_at_ms else created
+        return NewTask(
+            id=event.task_id, data=submit.data, data_sha256=digest, due_at=due, created_at=created
+        )
+    if kind == "cancel":
+        return CancelEvent(task_id=event.task_id)
+    if kind == "requeue":
+        return RequeueEvent(task_id=event.task_id)
+    return Undecodable(reason="event of no known kind", raw=raw)

@@ -1,0 +1,168 @@
+"""The grain over the in-memory store: long polls, durable reports, fencing, takeover."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+
+import pytest
+
+from actors.pipeline.grain import GrainClock, PipelineGrain
+from actors.pipeline.memory import InMemoryTaskStore
+from actors.pipeline.model import NewTask, Outcome, PipelineConfig, Report, ReportAck, Status
+from actors.pipeline.ports import StaleEpoch, StoreUnavailable
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def grain_clock(self) -> GrainClock:
+        return GrainClock(
+            monotonic=lambda: self.now, wall=lambda: T0 + dt.timedelta(seconds=self.now)
+        )
+
+
+def new(i: int) -> NewTask:
+    data = f'{{"i":{i}}}'.encode()
+    return NewTask(
+        id=f"t{i:03d}",
+        data=data,
+        data_sha256=hashlib.sha256(data).digest(),
+        due_at=T0,
+        created_at=T0,
+    )
+
+
+def grain(store: InMemoryTaskStore, clock: Clock, owner: str = "a", **cfg: float) -> PipelineGrain:
+    config = PipelineConfig(pipeline_id="p", **cfg)  # type: ignore[arg-type]
+    return PipelineGrain(
+        config=config, grain_id="p/0", owner=owner, store=store, clock=clock.grain_clock()
+    )
+
+
+async def test_a_waiting_poll_is_served_when_tasks_are_admitted() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = grain(store, clock)
+    await g.activate()
+    waiting = g.poll(worker="w", max_tasks=5, max_bytes=1 << 20)
+    assert not waiting.done()
+    result = await g.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={0: 2})
+    assert result.admitted == 2
+    grants = await asyncio.wait_for(waiting, 1)
+    assert [gr.task.id for gr in grants] == ["t001", "t002"]
+    assert store.offsets["p/0"] == {0: 2}
+
+
+async def test_withdrawn_poll_gets_nothing_and_keeps_tasks_for_others() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = grain(store, clock)
+    await g.activate()
+    waiting = g.poll(worker="w", max_tasks=5, max_bytes=1 << 20)
+    g.withdraw(waiting)
+    assert waiting.result() == []
+    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    assert g.book.ready_count == 1
+
+
+async def test_report_is_acknowledged_only_after_the_flush() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = grain(store, clock)
+    await g.activate()
+    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    (grant,) = g.poll(worker="w", max_tasks=1, max_bytes=1 << 20).result()
+    acks, durable = g.report([Report(token=grant.token, outcome=Outcome.SUCCEEDED, result=b"done")])
+    assert acks == [ReportAck.ACCEPTED] and not durable.done()
+    assert store.results == {}
+    await g.flush()
+    assert durable.done() and durable.exception() is None
+    assert store.results[("p", "t001")] == b"done"
+    assert store.rows[("p", "t001")].status is Status.SUCCEEDED
+
+
+async def test_a_failed_flush_fails_the_report_and_keeps_the_change() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = grain(store, clock)
+    await g.activate()
+    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    (grant,) = g.poll(worker="w", max_tasks=1, max_bytes=1 << 20).result()
+    _, durable = g.report([Report(token=grant.token, outcome=Outcome.SUCCEEDED)])
+    store.down = True
+    with pytest.raises(StoreUnavailable):
+        await g.flush()
+    assert isinstance(durable.exception(), StoreUnavailable)
+    store.down = False
+    # the worker retries the same report: the grant is finished, its change still pending
+    acks, again = g.report([Report(token=grant.token, outcome=Outcome.SUCCEEDED)])
+    assert acks == [ReportAck.DUPLICATE]
+    await g.flush()
+    assert again.exception() is None
+    assert store.rows[("p", "t001")].status is Status.SUCCEEDED
+
+
+async def test_a_paused_ex_owner_writes_nothing_after_the_takeover() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    old = grain(store, clock, owner="a")
+    await old.activate()
+    await old.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={})
+    first, _second = old.poll(worker="w", max_tasks=2, max_bytes=1 << 20).result()
+    await old.flush()  # leases are now in the store
+    new_owner = grain(store, clock, owner="b")
+    await new_owner.activate()
+    assert new_owner.epoch == old.epoch + 1 and new_owner.book.leased_count == 2
+    old.report([Report(token=first.token, outcome=Outcome.FAILED, error="late")])
+    with pytest.raises(StaleEpoch):
+        await old.flush()
+    assert old.fenced
+    assert store.rows[("p", "t001")].status is Status.LEASED  # untouched
+    # the worker still running the task reports to the new owner with its old token
+    acks, durable = new_owner.report([Report(token=first.token, outcome=Outcome.SUCCEEDED)])
+    await new_owner.flush()
+    assert acks == [ReportAck.ACCEPTED] and durable.exception() is None
+    assert store.rows[("p", "t001")].status is Status.SUCCEEDED
+
+
+async def test_tick_expires_leases_and_serves_the_requeued_task() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = grain(store, clock, lease_timeout_s=10)
+    await g.activate()
+    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    (lost,) = g.poll(worker="w1", max_tasks=1, max_bytes=1 << 20).result()
+    waiting = g.poll(worker="w2", max_tasks=1, max_bytes=1 << 20)
+    clock.now = 11
+    await g.tick()
+    (again,) = waiting.result()
+    assert again.task.id == lost.task.id and again.token.attempt == 2
+
+
+async def test_backlog_beyond_the_window_is_paged_in_from_the_store() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = grain(store, clock, window_tasks=4)
+    await g.activate()
+    await g.admit(new=[new(i) for i in range(10)], cancels=[], requeues=[], offsets={})
+    assert g.book.ready_count == 4
+    seen: list[str] = []
+    while len(seen) < 10:
+        grants = g.poll(worker="w", max_tasks=3, max_bytes=1 << 20).result()
+        assert grants, f"ran dry after {seen}"
+        seen += [gr.task.id for gr in grants]
+        await g.flush()
+        await g.tick()
+    assert sorted(seen) == [f"t{i:03d}" for i in range(10)]
+
+
+async def test_cancel_and_requeue_through_admission() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = grain(store, clock, window_tasks=1)
+    await g.activate()
+    await g.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={})
+    result = await g.admit(new=[], cancels=["t001", "t002"], requeues=[], offsets={})
+    assert result.cancelled == 2  # one from the window, one from the store
+    assert g.book.stats()["cancelled"] == 2 and g.book.stats()["queued"] == 0
+    store.rows[("p", "t002")].status = Status.DEAD
+    g.book.load_counts({Status.DEAD: 1})
+    result = await g.admit(new=[], cancels=[], requeues=["t002"], offsets={})
+    assert result.requeued == 1 and g.book.stats()["queued"] == 1

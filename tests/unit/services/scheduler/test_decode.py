@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from actors.pipeline.model import NewTask
+from protos.wsched.v1 import events_pb2
+from services.scheduler.decode import CancelEvent, RequeueEvent, Undecodable, decode
+
+
+def event(**fields: object) -> bytes:
+    base: dict[str, object] = {"schema_version": 1, "pipeline_id": "p1", "task_id": "t1"}
+    return events_pb2.TaskEvent(**{**base, **fields}).SerializeToString()
+
+
+def test_submit_carries_the_raw_data_and_its_digest() -> None:
+    raw = event(produced_at_ms=1_700_000_000_000, submit=events_pb2.SubmitTask(data=b'{"a": 1}'))
+    got = decode(raw, pipeline_id="p1", timestamp_ms=0)
+    assert isinstance(got, NewTask)
+    assert got.data == b'{"a": 1}' and got.data_sha256 == hashlib.sha256(b'{"a": 1}').digest()
+    assert got.due_at == got.created_at and got.created_at.year == 2023
+
+
+def test_cancel_and_requeue() -> None:
+    assert decode(
+        event(cancel=events_pb2.CancelTask()), pipeline_id="p1", timestamp_ms=0
+    ) == CancelEvent(task_id="t1")
+    assert decode(
+        event(requeue=events_pb2.RequeueTask()), pipeline_id="p1", timestamp_ms=0
+    ) == RequeueEvent(task_id="t1")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "tombstone"),
+        (b"\xff\xff\xff", "not a TaskEvent"),
+        (event(schema_version=2, submit=events_pb2.SubmitTask()), "schema_version 2"),
+        (event(pipeline_id="other", submit=events_pb2.SubmitTask()), "pipeline 'other'"),
+        (event(task_id="", submit=events_pb2.SubmitTask()), "without a task id"),
+        (event(), "no known kind"),
+    ],
+)
+def test_bad_records_are_quarantined_with_a_reason(raw: bytes | None, reason: str) -> None:
+    got = decode(raw, pipeline_id="p1", timestamp_ms=0)
+    assert isinstance(got, Undecodable) and reason in got.reason
