@@ -56,7 +56,9 @@ class InMemoryTaskStore:
         now: dt.datetime,
     ) -> Admission:
         self._check(grain_id, epoch)
-        admitted, duplicates, conflicts = [], [], []
+        admitted: list[Task] = []
+        duplicates: list[str] = []
+        conflicts: list[str] = []
         for new in tasks:
             key = (pipeline_id, new.id)
             if key in self.digests:

@@ -117,12 +117,12 @@ async def test_a_paused_ex_owner_writes_nothing_after_the_takeover() -> None:
     with pytest.raises(StaleEpoch):
         await old.flush()
     assert old.fenced
-    assert store.rows[("p", "t001")].status is Status.LEASED  # untouched
+    assert store.rows[("p", "t001")].status == Status.LEASED  # untouched
     # the worker still running the task reports to the new owner with its old token
     acks, durable = new_owner.report([Report(token=first.token, outcome=Outcome.SUCCEEDED)])
     await new_owner.flush()
     assert acks == [ReportAck.ACCEPTED] and durable.exception() is None
-    assert store.rows[("p", "t001")].status is Status.SUCCEEDED
+    assert store.rows[("p", "t001")].status == Status.SUCCEEDED
 
 
 async def test_tick_expires_leases_and_serves_the_requeued_task() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 
@@ -9,8 +10,8 @@ from protos.wsched.v1 import events_pb2
 from services.scheduler.decode import CancelEvent, RequeueEvent, Undecodable, decode
 
 
-def event(**fields: object) -> bytes:
-    base: dict[str, object] = {"schema_version": 1, "pipeline_id": "p1", "task_id": "t1"}
+def event(**fields: Any) -> bytes:
+    base: dict[str, Any] = {"schema_version": 1, "pipeline_id": "p1", "task_id": "t1"}
     return events_pb2.TaskEvent(**{**base, **fields}).SerializeToString()
 
 
