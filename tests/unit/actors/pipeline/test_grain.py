@@ -113,16 +113,17 @@ async def test_a_paused_ex_owner_writes_nothing_after_the_takeover() -> None:
     new_owner = grain(store, clock, owner="b")
     await new_owner.activate()
     assert new_owner.epoch == old.epoch + 1 and new_owner.book.leased_count == 2
-    old.report([Report(token=first.token, outcome=Outcome.FAILED, error="late")])
+    _, stale = old.report([Report(token=first.token, outcome=Outcome.FAILED, error="late")])
     with pytest.raises(StaleEpoch):
         await old.flush()
+    assert isinstance(stale.exception(), StaleEpoch)
     assert old.fenced
     assert store.rows[("p", "t001")].status == Status.LEASED  # untouched
     # the worker still running the task reports to the new owner with its old token
     acks, durable = new_owner.report([Report(token=first.token, outcome=Outcome.SUCCEEDED)])
     await new_owner.flush()
     assert acks == [ReportAck.ACCEPTED] and durable.exception() is None
-    assert store.rows[("p", "t001")].status == Status.SUCCEEDED
+    assert store.rows[("p", "t001")].status.value == "succeeded"
 
 
 async def test_tick_expires_leases_and_serves_the_requeued_task() -> None:
