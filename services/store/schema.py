@@ -139,7 +139,9 @@ quarantine = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("raw", Blob, nullable=False),
     sa.Column("quarantined_at", Timestamp, nullable=False),
-    sa.Index("ix_quarantine_pipeline", "pipeline_id"),
+    sa.UniqueConstraint(
+        "pipeline_id", "topic_partition", "record_offset", name="uq_quarantine_record"
+    ),
 )
 
 #: Tables that get a TTL attribute on TiDB (a batched purge elsewhere), by column.

@@ -93,9 +93,10 @@ def upgrade() -> None:
         sa.Column("raw", Blob, nullable=False),
         sa.Column("quarantined_at", Timestamp, nullable=False),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint(
+            "pipeline_id", "topic_partition", "record_offset", name="uq_quarantine_record"
+        ),
     )
-    with op.batch_alter_table("quarantine", schema=None) as batch_op:
-        batch_op.create_index("ix_quarantine_pipeline", ["pipeline_id"], unique=False)
 
     op.create_table(
         "task_results",
@@ -166,9 +167,6 @@ def downgrade() -> None:
 
     op.drop_table("tasks")
     op.drop_table("task_results")
-    with op.batch_alter_table("quarantine", schema=None) as batch_op:
-        batch_op.drop_index("ix_quarantine_pipeline")
-
     op.drop_table("quarantine")
     with op.batch_alter_table("pipelines", schema=None) as batch_op:
         batch_op.drop_index("ix_pipelines_shard")
