@@ -26,7 +26,7 @@ from actors.pipeline.model import (
     Status,
     Verdict,
 )
-from actors.pipeline.ports import StaleEpoch, StoreUnavailable, TaskStore
+from actors.pipeline.ports import Admission, StaleEpoch, StoreUnavailable, TaskStore
 
 log = logging.getLogger("wsched.actors.pipeline")
 R = TypeVar("R")
@@ -126,19 +126,15 @@ class PipelineGrain:
         recorded in the same transaction so a replay after a crash skips what was admitted.
         """
         wall = self._clock.wall()
-        admission = await self._guard(
-            self._store.admit(
-                grain_id=self.grain_id,
-                epoch=self.epoch,
-                pipeline_id=self.config.pipeline_id,
-                tasks=new,
-                offsets=offsets,
-                now=wall,
-            )
-        )
+        # The offsets go with the batch's last write, so that a crash in between replays
+        # the cancels and requeues instead of skipping them.
+        later = bool(cancels or requeues)
+        admission = await self._store_admit(new, {} if later else offsets, wall=wall)
         self.book.admit(admission.admitted)
         cancelled = await self._cancel(cancels, wall=wall)
         requeued = await self._requeue(requeues, wall=wall)
+        if later and offsets:
+            await self._store_admit([], offsets, wall=wall)
         self._serve_waiters()
         return AdmitResult(
             admitted=len(admission.admitted),
@@ -146,6 +142,20 @@ class PipelineGrain:
             conflicts=len(admission.conflicts),
             cancelled=cancelled,
             requeued=requeued,
+        )
+
+    async def _store_admit(
+        self, tasks: Sequence[NewTask], offsets: Mapping[int, int], *, wall: dt.datetime
+    ) -> Admission:
+        return await self._guard(
+            self._store.admit(
+                grain_id=self.grain_id,
+                epoch=self.epoch,
+                pipeline_id=self.config.pipeline_id,
+                tasks=tasks,
+                offsets=offsets,
+                now=wall,
+            )
         )
 
     async def _cancel(self, task_ids: Sequence[str], *, wall: dt.datetime) -> int:

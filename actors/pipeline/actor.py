@@ -1,0 +1,225 @@
+"""The pipeline grain hosted as a virtual actor: messages in, grain calls out.
+
+The actor runtime guarantees one message at a time, so the grain needs no locks. Polls
+and reports answer with futures that the caller awaits outside the mailbox, so a long
+poll or a report waiting for its flush never blocks other messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from actors.actor import Actor, ActorContext
+from actors.clock import Cancellable
+from actors.pipeline.grain import AdmitResult, GrainClock, PipelineGrain
+from actors.pipeline.model import Grant, LeaseToken, NewTask, PipelineConfig, Report, ReportAck
+from actors.pipeline.ports import StaleEpoch, StoreUnavailable, TaskStore
+
+log = logging.getLogger("wsched.actors.pipeline")
+
+KIND = "pipeline"
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Activate:
+    """Answered with the offsets to resume forwarding from."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admit:
+    new: Sequence[NewTask]
+    cancels: Sequence[str]
+    requeues: Sequence[str]
+    offsets: Mapping[int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Poll:
+    worker: str
+    max_tasks: int
+    max_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Withdraw:
+    future: asyncio.Future[list[Grant]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat:
+    tokens: Sequence[LeaseToken]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportBatch:
+    reports: Sequence[Report]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stats:
+    pass
+
+
+class _Tick:
+    pass
+
+
+class _Flush:
+    pass
+
+
+TICK, FLUSH = _Tick(), _Flush()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    tick_s: float = 0.5
+    #: The periodic flush of lease state and counters (the seed's "every few seconds").
+    flush_s: float = 2.0
+    #: How long a report waits for others to share its flush (group commit).
+    report_linger_s: float = 0.005
+
+
+class ConfigSource(Protocol):
+    async def pipeline_config(self, pipeline_id: str) -> PipelineConfig | None: ...
+
+
+class UnknownPipeline(LookupError):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failed:
+    """The reply to a message the grain could not carry out; ``unwrap`` raises it again."""
+
+    error: StoreUnavailable | StaleEpoch
+
+
+def unwrap(reply: R | Failed) -> R:
+    if isinstance(reply, Failed):
+        raise reply.error
+    return reply
+
+
+class PipelineActor(Actor[object, Any]):
+    def __init__(
+        self,
+        *,
+        key: str,
+        context: ActorContext,
+        store: TaskStore,
+        configs: ConfigSource,
+        owner: str,
+        timing: Timing,
+    ) -> None:
+        self._key = key
+        self._ctx = context
+        self._store = store
+        self._configs = configs
+        self._owner = owner
+        self._timing = timing
+        self._grain: PipelineGrain | None = None
+        self._offsets: dict[int, int] = {}
+        self._flush_timer: Cancellable | None = None
+
+    @property
+    def grain(self) -> PipelineGrain:
+        if self._grain is None:
+            raise RuntimeError("the grain is not active")
+        return self._grain
+
+    async def on_activate(self) -> None:
+        pipeline_id = self._key.split("/", 1)[0]
+        config = await self._configs.pipeline_config(pipeline_id)
+        if config is None:
+            raise UnknownPipeline(f"pipeline {pipeline_id} does not exist or is not ready")
+        clock = self._ctx.clock
+        self._grain = PipelineGrain(
+            config=config,
+            grain_id=self._key,
+            owner=self._owner,
+            store=self._store,
+            clock=GrainClock(monotonic=clock.now, wall=clock.wall),
+        )
+        self._offsets = await self._fenced(self._grain.activate())
+        self._ctx.every(self._timing.tick_s, TICK)
+        self._ctx.every(self._timing.flush_s, FLUSH)
+
+    async def on_deactivate(self, reason: str) -> None:
+        if self._grain is not None:
+            log.info("grain %s deactivating (%s)", self._key, reason)
+            await self._grain.deactivate()
+
+    async def receive(self, message: object) -> Any:
+        """Expected failures (store down, fenced) come back as values, not exceptions:
+        raising would count against the actor's restart budget."""
+        handler = self._handlers().get(type(message))
+        if handler is None:
+            raise TypeError(f"pipeline grain cannot handle {type(message).__name__}")
+        try:
+            return await self._fenced(handler(message))
+        except (StoreUnavailable, StaleEpoch) as err:
+            if isinstance(message, _Tick | _Flush):
+                log.warning("grain %s: %s failed: %s", self._key, type(message).__name__, err)
+                return None
+            return Failed(error=err)
+
+    def _handlers(self) -> dict[type, Callable[[Any], Awaitable[Any]]]:
+        return {
+            Activate: self._activate,
+            Admit: self._admit,
+            Poll: self._poll,
+            Withdraw: self._withdraw,
+            Heartbeat: self._heartbeat,
+            ReportBatch: self._report,
+            Stats: self._stats,
+            _Tick: self._tick,
+            _Flush: self._flush,
+        }
+
+    async def _fenced(self, call: Awaitable[R]) -> R:
+        """A grain that lost its epoch stops at once: it must not write or serve again."""
+        try:
+            return await call
+        except StaleEpoch:
+            self._ctx.self_stop("fenced")
+            raise
+
+    async def _activate(self, _: Activate) -> dict[int, int]:
+        return dict(self._offsets)
+
+    async def _admit(self, msg: Admit) -> AdmitResult:
+        return await self.grain.admit(
+            new=msg.new, cancels=msg.cancels, requeues=msg.requeues, offsets=msg.offsets
+        )
+
+    async def _poll(self, msg: Poll) -> asyncio.Future[list[Grant]]:
+        return self.grain.poll(worker=msg.worker, max_tasks=msg.max_tasks, max_bytes=msg.max_bytes)
+
+    async def _withdraw(self, msg: Withdraw) -> None:
+        self.grain.withdraw(msg.future)
+
+    async def _heartbeat(self, msg: Heartbeat) -> list[Any]:
+        return self.grain.heartbeat(msg.tokens)
+
+    async def _report(self, msg: ReportBatch) -> tuple[list[ReportAck], asyncio.Future[None]]:
+        acks, durable = self.grain.report(msg.reports)
+        if not durable.done() and self._flush_timer is None:
+            self._flush_timer = self._ctx.schedule(self._timing.report_linger_s, FLUSH)
+        return acks, durable
+
+    async def _stats(self, _: Stats) -> dict[str, int]:
+        return self.grain.book.stats()
+
+    async def _tick(self, _: _Tick) -> None:
+        await self.grain.tick()
+
+    async def _flush(self, _: _Flush) -> None:
+        self._flush_timer = None
+        if self.grain.wants_flush:
+            await self.grain.flush()

@@ -1,0 +1,240 @@
+"""The gRPC worker API: Poll, Heartbeat and Report, translated to and from the grain.
+
+Protobuf <-> domain conversion happens here and nowhere else. Workers authenticate with
+their pipeline's worker token; a replica that does not own the pipeline redirects them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn, Protocol, TypeVar
+
+import grpc
+
+from actors.pipeline.model import (
+    Grant,
+    InvalidToken,
+    LeaseToken,
+    Outcome,
+    ReportAck,
+    Verdict,
+)
+from actors.pipeline.model import (
+    Report as TaskReport,
+)
+from actors.pipeline.ports import StaleEpoch, StoreUnavailable
+from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger("wsched.scheduler.worker_api")
+T = TypeVar("T")
+
+OWNER_KEY = "wsched-owner"
+RETRY_AFTER_KEY = "retry-after-ms"
+
+_VERDICTS = {
+    Verdict.OK: worker_pb2.VERDICT_OK,
+    Verdict.CANCELLED: worker_pb2.VERDICT_CANCELLED,
+    Verdict.LEASE_LOST: worker_pb2.VERDICT_LEASE_LOST,
+}
+_ACKS = {
+    ReportAck.ACCEPTED: worker_pb2.ACK_ACCEPTED,
+    ReportAck.DUPLICATE: worker_pb2.ACK_DUPLICATE,
+    ReportAck.STALE: worker_pb2.ACK_STALE,
+}
+_OUTCOMES = {
+    worker_pb2.OUTCOME_SUCCEEDED: Outcome.SUCCEEDED,
+    worker_pb2.OUTCOME_FAILED: Outcome.FAILED,
+    worker_pb2.OUTCOME_CANCELLED: Outcome.CANCELLED,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    max_tasks: int = 1000
+    #: Below gRPC's default 4 MiB message limit, with room for the envelope.
+    max_bytes: int = 3 * 1024 * 1024
+    max_wait_ms: int = 30_000
+    max_result_bytes: int = 256 * 1024
+    max_error_chars: int = 8192
+
+
+class LocalGrain(Protocol):
+    """A grain this replica hosts, as the worker API sees it."""
+
+    @property
+    def lease_timeout_s(self) -> float: ...
+
+    async def poll(
+        self, *, worker: str, max_tasks: int, max_bytes: int, wait_s: float
+    ) -> list[Grant]: ...
+
+    async def heartbeat(self, tokens: Sequence[LeaseToken]) -> list[Verdict]: ...
+
+    async def report(self, reports: Sequence[TaskReport]) -> list[ReportAck]: ...
+
+
+class GrainDirectory(Protocol):
+    async def authenticate(self, pipeline_id: str, token: str) -> bool: ...
+
+    async def local(self, pipeline_id: str) -> LocalGrain | None:
+        """The grain if this replica owns it (activating it if needed), else None."""
+        ...
+
+    async def owner_address(self, pipeline_id: str) -> str | None: ...
+
+
+class Unavailable(Exception):
+    """The grain cannot serve right now (store down, moving); the worker should retry."""
+
+
+class WorkerService(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, *, directory: GrainDirectory, address: str, limits: Limits) -> None:
+        self._directory = directory
+        self._address = address
+        self._limits = limits
+
+    async def Poll(
+        self, request: worker_pb2.PollRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.PollResponse:
+        grain = await self._grain(request.pipeline_id, context)
+        limits = self._limits
+        max_tasks = max(1, min(request.max_tasks or 1, limits.max_tasks))
+        max_bytes = max(1, min(request.max_bytes or limits.max_bytes, limits.max_bytes))
+        wait_s = min(request.wait_ms, limits.max_wait_ms) / 1000
+        grants = await self._call(
+            context,
+            grain.poll(
+                worker=request.worker or context.peer(),
+                max_tasks=max_tasks,
+                max_bytes=max_bytes,
+                wait_s=wait_s,
+            ),
+        )
+        return worker_pb2.PollResponse(
+            tasks=[_leased(grant) for grant in grants],
+            lease_timeout_ms=int(grain.lease_timeout_s * 1000),
+        )
+
+    async def Heartbeat(
+        self, request: worker_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.HeartbeatResponse:
+        grain = await self._grain(request.pipeline_id, context)
+        parsed = [_parse(token) for token in request.lease_tokens]
+        valid = [token for token in parsed if token is not None]
+        verdicts = iter(await self._call(context, grain.heartbeat(valid)))
+        return worker_pb2.HeartbeatResponse(
+            verdicts=[
+                worker_pb2.LeaseVerdict(
+                    lease_token=text,
+                    verdict=_VERDICTS[next(verdicts)] if token else worker_pb2.VERDICT_LEASE_LOST,
+                )
+                for text, token in zip(request.lease_tokens, parsed, strict=True)
+            ],
+            lease_timeout_ms=int(grain.lease_timeout_s * 1000),
+        )
+
+    async def Report(
+        self, request: worker_pb2.ReportRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.ReportResponse:
+        grain = await self._grain(request.pipeline_id, context)
+        acks: list[worker_pb2.ReportAck | None] = []
+        reports: list[TaskReport] = []
+        for result in request.results:
+            report, rejection = self._report(result)
+            acks.append(rejection)
+            if report is not None:
+                reports.append(report)
+        answers = iter(await self._call(context, grain.report(reports)))
+        return worker_pb2.ReportResponse(
+            acks=[
+                ack
+                if ack is not None
+                else worker_pb2.ReportAck(lease_token=result.lease_token, ack=_ACKS[next(answers)])
+                for ack, result in zip(acks, request.results, strict=True)
+            ]
+        )
+
+    def _report(
+        self, result: worker_pb2.TaskResult
+    ) -> tuple[TaskReport | None, worker_pb2.ReportAck | None]:
+        def reject(detail: str) -> tuple[None, worker_pb2.ReportAck]:
+            return None, worker_pb2.ReportAck(
+                lease_token=result.lease_token, ack=worker_pb2.ACK_REJECTED, detail=detail
+            )
+
+        token = _parse(result.lease_token)
+        if token is None:
+            return reject(f"malformed lease token {result.lease_token!r}")
+        outcome = _OUTCOMES.get(result.outcome)
+        if outcome is None:
+            return reject("outcome must be SUCCEEDED, FAILED or CANCELLED")
+        if len(result.result) > self._limits.max_result_bytes:
+            return reject(
+                f"result is {len(result.result)} bytes; the limit is "
+                f"{self._limits.max_result_bytes}: store large outputs elsewhere "
+                "and report a reference"
+            )
+        error = result.error[-self._limits.max_error_chars :]
+        return TaskReport(token=token, outcome=outcome, result=result.result, error=error), None
+
+    async def _grain(self, pipeline_id: str, context: grpc.aio.ServicerContext) -> LocalGrain:
+        token = _bearer(context)
+        if not pipeline_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pipeline_id is required")
+        if token is None or not await self._directory.authenticate(pipeline_id, token):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong worker token for this pipeline "
+                "(metadata 'authorization: Bearer <token>')",
+            )
+        grain = await self._directory.local(pipeline_id)
+        if grain is not None:
+            return grain
+        owner = await self._directory.owner_address(pipeline_id)
+        if owner and owner != self._address:
+            context.set_trailing_metadata(((OWNER_KEY, owner),))
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"pipeline {pipeline_id} is served by {owner}"
+            )
+        await _unavailable(context, f"pipeline {pipeline_id} is moving between replicas")
+
+    async def _call(self, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+        """Await the grain; a grain that cannot serve now answers UNAVAILABLE, not INTERNAL."""
+        try:
+            return await call
+        except (Unavailable, StoreUnavailable, StaleEpoch) as err:
+            log.info("worker call unavailable: %s: %s", type(err).__name__, err)
+            await _unavailable(context, f"{type(err).__name__}: {err}; retry shortly")
+
+
+async def _unavailable(context: grpc.aio.ServicerContext, detail: str) -> NoReturn:
+    context.set_trailing_metadata(((RETRY_AFTER_KEY, "1000"),))
+    await context.abort(grpc.StatusCode.UNAVAILABLE, detail)
+    raise AssertionError("abort returned")  # pragma: no cover - abort always raises
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value.removeprefix("Bearer ").strip()
+    return None
+
+
+def _parse(text: str) -> LeaseToken | None:
+    try:
+        return LeaseToken.decode(text)
+    except InvalidToken:
+        return None
+
+
+def _leased(grant: Grant) -> worker_pb2.LeasedTask:
+    task = grant.task
+    return worker_pb2.LeasedTask(
+        lease_token=grant.token.encode(),
+        task_id=task.id,
+        attempt=task.attempt,
+        data=task.data,
+        created_at_ms=int(task.created_at.timestamp() * 1000),
+    )
