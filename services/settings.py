@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -23,6 +24,14 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    #: The address workers are redirected to for the grains this replica owns.
+    grpc_advertise: str | None = None
+    #: A stable name per scheduler replica (the pod name): its static group membership.
+    replica_name: str | None = None
+    #: The consumer group of the scheduler replicas over the placement topic.
+    placement_group: str = "wsched.scheduler"
+    #: Ready tasks each pipeline grain keeps in memory; the rest stays in the store.
+    window_tasks: int = Field(default=2000, ge=10, le=1_000_000)
     kafka_bootstrap: str | None = None
     database_url: str | None = None
     operator_key: SecretStr = SecretStr("dev-operator-key")
@@ -33,6 +42,12 @@ class Settings(BaseSettings):
     dev_broker: str = Field(default="auto", pattern="^(auto|kafka|memory)$")
     dev_kafka_port: int = Field(default=19092, ge=1, le=65535)
     log_level: str = "INFO"
+
+    def advertised_grpc(self) -> str:
+        return self.grpc_advertise or f"{self.grpc_host}:{self.grpc_port}"
+
+    def effective_replica_name(self) -> str:
+        return self.replica_name or f"{socket.gethostname()}-{self.grpc_port}"
 
     def effective_database_url(self) -> str:
         if self.database_url:

@@ -1,0 +1,113 @@
+"""What the scheduler reads about pipelines from the store: configs, tokens, owners."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+
+from actors.pipeline.model import PipelineConfig
+from services.store.schema import grain_owners, pipelines
+
+READY = "ready"
+
+
+def grain_key(pipeline_id: str, slice_no: int = 0) -> str:
+    """Grains are keyed (pipeline, slice) so a hot pipeline can later be split."""
+    return f"{pipeline_id}/{slice_no}"
+
+
+class PipelineDirectory:
+    """Reads pipelines for the scheduler, caching worker token hashes briefly."""
+
+    def __init__(self, *, engine: sa.Engine, window_tasks: int, token_ttl_s: float = 30) -> None:
+        self._engine = engine
+        self._window_tasks = window_tasks
+        self._token_ttl_s = token_ttl_s
+        self._tokens: dict[str, tuple[float, str | None]] = {}
+
+    async def pipeline_config(self, pipeline_id: str) -> PipelineConfig | None:
+        def read() -> PipelineConfig | None:
+            with self._engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(
+                        pipelines.c.max_attempts,
+                        pipelines.c.lease_timeout_s,
+                        pipelines.c.retention_s,
+                    ).where(pipelines.c.id == pipeline_id, pipelines.c.state == READY)
+                ).first()
+            if row is None:
+                return None
+            return PipelineConfig(
+                pipeline_id=pipeline_id,
+                max_attempts=row.max_attempts,
+                lease_timeout_s=float(row.lease_timeout_s),
+                retention_s=float(row.retention_s),
+                window_tasks=self._window_tasks,
+            )
+
+        return await asyncio.to_thread(read)
+
+    async def ready_pipelines(self, shards: Iterable[int]) -> dict[str, int]:
+        """Ready pipelines of the given shards: id -> number of topic partitions."""
+        wanted = sorted(set(shards))
+        if not wanted:
+            return {}
+
+        def read() -> dict[str, int]:
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(pipelines.c.id, pipelines.c.partitions).where(
+                        pipelines.c.shard.in_(wanted), pipelines.c.state == READY
+                    )
+                ).all()
+            return {row.id: int(row.partitions) for row in rows}
+
+        return await asyncio.to_thread(read)
+
+    async def partitions(self, pipeline_id: str) -> int | None:
+        def read() -> int | None:
+            with self._engine.connect() as conn:
+                value = conn.execute(
+                    sa.select(pipelines.c.partitions).where(
+                        pipelines.c.id == pipeline_id, pipelines.c.state == READY
+                    )
+                ).scalar()
+            return int(value) if value is not None else None
+
+        return await asyncio.to_thread(read)
+
+    async def authenticate(self, pipeline_id: str, token: str) -> bool:
+        cached = self._tokens.get(pipeline_id)
+        if cached is None or cached[0] < time.monotonic():
+            expected = await asyncio.to_thread(self._token_hash, pipeline_id)
+            cached = (time.monotonic() + self._token_ttl_s, expected)
+            self._tokens[pipeline_id] = cached
+        expected_hash = cached[1]
+        if expected_hash is None:
+            return False
+        given = hashlib.sha256(token.encode()).hexdigest()
+        return hmac.compare_digest(given, expected_hash)
+
+    def _token_hash(self, pipeline_id: str) -> str | None:
+        with self._engine.connect() as conn:
+            value = conn.execute(
+                sa.select(pipelines.c.worker_token_hash).where(pipelines.c.id == pipeline_id)
+            ).scalar()
+        return str(value) if value is not None else None
+
+    async def owner_address(self, pipeline_id: str) -> str | None:
+        def read() -> str | None:
+            with self._engine.connect() as conn:
+                value = conn.execute(
+                    sa.select(grain_owners.c.owner).where(
+                        grain_owners.c.grain_id == grain_key(pipeline_id)
+                    )
+                ).scalar()
+            return str(value) if value is not None else None
+
+        return await asyncio.to_thread(read)

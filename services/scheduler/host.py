@@ -1,0 +1,341 @@
+"""A scheduler replica: owns shards of the placement space, hosts their pipelines' grains.
+
+Placement: one consumer group (static membership, the replica's stable name) over the
+placement topic, one partition per shard. The owner of a shard activates the grains of
+the shard's ready pipelines, runs their forwarders and serves their workers over gRPC.
+Revoking a shard stops its forwarders and deactivates its grains (which flush); the new
+owner claims them with a higher epoch, which fences any write the old one still tries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from actors.errors import ActorError
+from actors.pipeline import actor as grain_actor
+from actors.pipeline.grain import AdmitResult
+from actors.pipeline.model import Grant, LeaseToken, Report, ReportAck, Verdict
+from actors.pipeline.ports import StaleEpoch
+from actors.runtime import ActorSystem, GrainId, KindConfig
+from protos.wsched.v1 import events_pb2, worker_pb2_grpc
+from services.kafka.admin import KafkaTopicAdmin
+from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
+from services.scheduler.directory import PipelineDirectory, grain_key
+from services.scheduler.forwarder import Forwarder
+from services.scheduler.worker_api import Limits, LocalGrain, Unavailable, WorkerService
+from services.settings import Settings
+from services.store.quarantine import Quarantined, SqlQuarantine
+from services.store.tasks import SqlTaskStore
+
+log = logging.getLogger("wsched.scheduler")
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(kw_only=True)
+class _Hosted:
+    grain: GrainId
+    forwarder: Forwarder
+    task: asyncio.Task[None]
+    lease_timeout_s: float
+
+
+class _Grain:
+    """A hosted grain as the worker API sees it: asks into the actor, waits outside it."""
+
+    def __init__(self, *, system: ActorSystem, grain: GrainId, lease_timeout_s: float) -> None:
+        self._system = system
+        self._grain = grain
+        self.lease_timeout_s = lease_timeout_s
+
+    async def _ask(self, message: object) -> Any:
+        try:
+            return grain_actor.unwrap(await self._system.ask(self._grain, message))
+        except ActorError as err:
+            raise Unavailable(str(err)) from err
+
+    async def poll(
+        self, *, worker: str, max_tasks: int, max_bytes: int, wait_s: float
+    ) -> list[Grant]:
+        future: asyncio.Future[list[Grant]] = await self._ask(
+            grain_actor.Poll(worker=worker, max_tasks=max_tasks, max_bytes=max_bytes)
+        )
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), wait_s)
+        except TimeoutError:
+            # Processed in mailbox order: once withdrawn nobody resolves the future, and
+            # grants made just before the withdrawal are returned, not lost.
+            await self._ask(grain_actor.Withdraw(future=future))
+            return future.result() if future.done() else []
+        except asyncio.CancelledError:
+            with contextlib.suppress(ActorError):
+                self._system.tell(self._grain, grain_actor.Withdraw(future=future))
+            raise
+
+    async def heartbeat(self, tokens: Sequence[LeaseToken]) -> list[Verdict]:
+        verdicts: list[Verdict] = await self._ask(grain_actor.Heartbeat(tokens=tokens))
+        return verdicts
+
+    async def report(self, reports: Sequence[Report]) -> list[ReportAck]:
+        acks, durable = await self._ask(grain_actor.ReportBatch(reports=reports))
+        await durable  # acknowledged only once the results are in the store
+        return list(acks)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, host: SchedulerHost) -> None:
+        self._host = host
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._host.release_shards({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._host.take_shards({tp.partition for tp in assigned})
+
+
+class SchedulerHost:
+    """Use as ``async with SchedulerHost(settings=...) as host``."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        timing: grain_actor.Timing | None = None,
+        rescan_s: float = 10.0,
+    ) -> None:
+        if not settings.kafka_bootstrap:
+            raise ValueError("WSCHED_KAFKA_BOOTSTRAP must be set for the scheduler")
+        self._settings = settings
+        self._bootstrap = settings.kafka_bootstrap
+        self._address = settings.advertised_grpc()
+        self._timing = timing or grain_actor.Timing()
+        self._rescan_s = rescan_s
+        self._engine = sa.create_engine(settings.effective_database_url(), pool_pre_ping=True)
+        self._store = SqlTaskStore(engine=self._engine, clock=_utcnow)
+        self._quarantine = SqlQuarantine(engine=self._engine)
+        self._directory = PipelineDirectory(engine=self._engine, window_tasks=settings.window_tasks)
+        self._system = ActorSystem()
+        self._system.register(
+            grain_actor.KIND, self._make_grain, config=KindConfig(idle_timeout_s=None)
+        )
+        self._hosted: dict[str, _Hosted] = {}
+        self._shards: set[int] = set()
+        self._changes = asyncio.Lock()
+        self._placement: asyncio.Task[None] | None = None
+        self._server: grpc.aio.Server | None = None
+        self.grpc_port = 0
+
+    def _make_grain(self, key: str, context: Any) -> grain_actor.PipelineActor:
+        return grain_actor.PipelineActor(
+            key=key,
+            context=context,
+            store=self._store,
+            configs=self._directory,
+            owner=self._address,
+            timing=self._timing,
+        )
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        await KafkaTopicAdmin(bootstrap=self._bootstrap).ensure_placement_topic()
+        self._server = grpc.aio.server()
+        worker_pb2_grpc.add_WorkerServicer_to_server(
+            WorkerService(directory=self, address=self._address, limits=Limits()), self._server
+        )
+        bind = f"{self._settings.grpc_host}:{self._settings.grpc_port}"
+        self.grpc_port = self._server.add_insecure_port(bind)
+        await self._server.start()
+        self._placement = asyncio.create_task(self._run_placement(), name="placement")
+        log.info(
+            "scheduler %s serving workers on %s",
+            self._settings.effective_replica_name(),
+            self._address,
+        )
+
+    async def stop(self) -> None:
+        if self._placement is not None:
+            self._placement.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._placement
+        await self.release_shards(set(self._shards))
+        await self._system.stop()
+        if self._server is not None:
+            await self._server.stop(grace=5)
+        self._engine.dispose()
+
+    # -- placement ----------------------------------------------------------------------
+
+    async def _run_placement(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=self._settings.placement_group,
+            group_instance_id=self._settings.effective_replica_name(),
+            auto_offset_reset="latest",
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+        await consumer.start()
+        try:
+            consumer.subscribe([PLACEMENT_TOPIC], listener=_Rebalance(self))
+            loop = asyncio.get_running_loop()
+            rescan_at = loop.time() + self._rescan_s
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    for record in records:
+                        await self._placement_event(record.value)
+                if loop.time() >= rescan_at:
+                    rescan_at = loop.time() + self._rescan_s
+                    await self.reconcile()
+        finally:
+            await consumer.stop()
+
+    async def _placement_event(self, raw: bytes | None) -> None:
+        event = events_pb2.PlacementEvent()
+        try:
+            event.ParseFromString(raw or b"")
+        except Exception:  # noqa: BLE001 - a bad placement record only delays a rescan
+            log.warning("ignored an undecodable placement record")
+            return
+        if event.shard not in self._shards:
+            return
+        if event.kind == events_pb2.PlacementEvent.KIND_DELETED:
+            await self._drop(event.pipeline_id)
+        else:
+            await self.reconcile()
+
+    async def take_shards(self, shards: set[int]) -> None:
+        self._shards = set(shards)
+        log.info("placement: this replica owns %d shard(s)", len(shards))
+        await self.reconcile()
+
+    async def release_shards(self, shards: set[int]) -> None:
+        for pipeline_id in list(self._hosted):
+            if shard_of(pipeline_id) in shards:
+                await self._drop(pipeline_id)
+        self._shards -= shards
+
+    async def reconcile(self) -> None:
+        """Host exactly the ready pipelines of the owned shards."""
+        async with self._changes:
+            try:
+                wanted = await self._directory.ready_pipelines(self._shards)
+            except sa.exc.SQLAlchemyError as err:
+                log.warning("placement: cannot read pipelines now: %s", err)
+                return
+            for pipeline_id in set(self._hosted) - set(wanted):
+                await self._drop_locked(pipeline_id)
+            for pipeline_id, partitions in wanted.items():
+                if pipeline_id not in self._hosted:
+                    await self._ensure(pipeline_id, partitions)
+
+    async def _ensure(self, pipeline_id: str, partitions: int) -> None:
+        grain = GrainId(kind=grain_actor.KIND, key=grain_key(pipeline_id))
+        try:
+            offsets = grain_actor.unwrap(await self._system.ask(grain, grain_actor.Activate()))
+            config = await self._directory.pipeline_config(pipeline_id)
+        except Exception as err:  # noqa: BLE001 - retried at the next reconcile
+            log.warning(
+                "pipeline %s: grain not activated: %s: %s", pipeline_id, type(err).__name__, err
+            )
+            return
+        forwarder = Forwarder(
+            bootstrap=self._bootstrap,
+            pipeline_id=pipeline_id,
+            topic=pipeline_topic(pipeline_id),
+            partitions=partitions,
+            admit=self._admitter(grain),
+            keep=self._keep,
+        )
+        task = asyncio.create_task(forwarder.run(offsets), name=f"forwarder {pipeline_id}")
+        task.add_done_callback(lambda _: self._forwarder_ended(pipeline_id, task))
+        self._hosted[pipeline_id] = _Hosted(
+            grain=grain,
+            forwarder=forwarder,
+            task=task,
+            lease_timeout_s=config.lease_timeout_s if config else 30.0,
+        )
+        log.info("pipeline %s: grain active, forwarding %d partition(s)", pipeline_id, partitions)
+
+    def _admitter(self, grain: GrainId) -> Any:
+        async def admit(**batch: Any) -> AdmitResult:
+            reply = await self._system.ask(grain, grain_actor.Admit(**batch))
+            result: AdmitResult = grain_actor.unwrap(reply)
+            return result
+
+        return admit
+
+    async def _keep(self, records: Sequence[Quarantined]) -> None:
+        await self._quarantine.keep(records, now=_utcnow())
+
+    def _forwarder_ended(self, pipeline_id: str, task: asyncio.Task[None]) -> None:
+        hosted = self._hosted.get(pipeline_id)
+        if hosted is None or hosted.task is not task or task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and not isinstance(error, StaleEpoch):
+            log.error("pipeline %s: forwarder failed: %r", pipeline_id, error)
+        # Fenced or failed: forget the grain; the next reconcile decides again.
+        del self._hosted[pipeline_id]
+        asyncio.get_running_loop().create_task(
+            self._system.deactivate(hosted.grain, "forwarder ended")
+        )
+
+    async def _drop(self, pipeline_id: str) -> None:
+        async with self._changes:
+            await self._drop_locked(pipeline_id)
+
+    async def _drop_locked(self, pipeline_id: str) -> None:
+        hosted = self._hosted.pop(pipeline_id, None)
+        if hosted is None:
+            return
+        hosted.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await hosted.task
+        await self._system.deactivate(hosted.grain, "revoked")
+        log.info("pipeline %s: grain released", pipeline_id)
+
+    # -- the worker API's directory -----------------------------------------------------
+
+    async def authenticate(self, pipeline_id: str, token: str) -> bool:
+        return await self._directory.authenticate(pipeline_id, token)
+
+    async def local(self, pipeline_id: str) -> LocalGrain | None:
+        hosted = self._hosted.get(pipeline_id)
+        if hosted is None:
+            return None
+        return _Grain(
+            system=self._system, grain=hosted.grain, lease_timeout_s=hosted.lease_timeout_s
+        )
+
+    async def owner_address(self, pipeline_id: str) -> str | None:
+        return await self._directory.owner_address(pipeline_id)
+
+    def hosted_pipelines(self) -> list[str]:
+        return sorted(self._hosted)

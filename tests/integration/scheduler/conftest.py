@@ -1,0 +1,100 @@
+"""A ready pipeline in the store and its topic, without going through the HTTP API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
+
+from protos.wsched.v1 import events_pb2
+from services.kafka.admin import KafkaTopicAdmin
+from services.placement import pipeline_topic, shard_of
+from services.store import migrate
+from services.store.schema import pipelines
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadyPipeline:
+    id: str
+    token: str
+    topic: str
+    partitions: int
+
+
+@pytest.fixture
+def engine(tidb_url: str) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(tidb_url)
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def pipeline(engine: sa.Engine, kafka_bootstrap: str) -> ReadyPipeline:
+    pipeline_id = str(uuid.uuid4())
+    token = f"wst_{uuid.uuid4().hex}"
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(pipelines).values(
+                id=pipeline_id,
+                tenant_id="t",
+                application_id="a",
+                name="p",
+                live_name="p",
+                chart="charts/examples/echo",
+                values_json="{}",
+                partitions=2,
+                scaling_json="{}",
+                max_attempts=3,
+                lease_timeout_s=5,
+                retention_s=3600,
+                state="ready",
+                state_reason="",
+                deployment_json="{}",
+                worker_token_hash=hashlib.sha256(token.encode()).hexdigest(),
+                shard=shard_of(pipeline_id),
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    await KafkaTopicAdmin(bootstrap=kafka_bootstrap).create_pipeline_topic(pipeline_id, 2)
+    return ReadyPipeline(
+        id=pipeline_id, token=token, topic=pipeline_topic(pipeline_id), partitions=2
+    )
+
+
+@pytest.fixture
+async def submit(kafka_bootstrap: str) -> AsyncIterator[object]:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await producer.start()
+
+    async def send(pipeline: ReadyPipeline, items: dict[str, dict[str, object]]) -> None:
+        futures = []
+        for task_id, data in items.items():
+            raw = json.dumps(data).encode()
+            event = events_pb2.TaskEvent(
+                schema_version=1,
+                pipeline_id=pipeline.id,
+                task_id=task_id,
+                produced_at_ms=int(time.time() * 1000),
+                submit=events_pb2.SubmitTask(data=raw, data_sha256=hashlib.sha256(raw).digest()),
+            )
+            futures.append(
+                await producer.send(pipeline.topic, event.SerializeToString(), key=task_id.encode())
+            )
+        for future in futures:
+            await future
+
+    yield send
+    await producer.stop()

@@ -1,0 +1,190 @@
+"""The scheduler against real Kafka and TiDB: admit, poll, report, status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
+from services.infra.process import free_port
+from services.scheduler.host import SchedulerHost
+from services.settings import Settings
+from services.store.schema import grain_offsets, task_results, tasks
+from tests.integration.scheduler.conftest import ReadyPipeline
+
+pytestmark = pytest.mark.integration
+
+Submit = Callable[[ReadyPipeline, dict[str, dict[str, object]]], Awaitable[None]]
+
+
+def settings_for(kafka_bootstrap: str, tidb_url: str, group: str) -> Settings:
+    port = free_port()
+    return Settings(
+        kafka_bootstrap=kafka_bootstrap,
+        database_url=tidb_url,
+        grpc_port=port,
+        replica_name=f"replica-{port}",
+        placement_group=group,
+    )
+
+
+@pytest.fixture
+async def host(
+    kafka_bootstrap: str, tidb_url: str, kafka_group: str
+) -> AsyncIterator[SchedulerHost]:
+    async with SchedulerHost(
+        settings=settings_for(kafka_bootstrap, tidb_url, kafka_group), rescan_s=1
+    ) as running:
+        yield running
+
+
+async def wait_hosted(host: SchedulerHost, pipeline_id: str, timeout_s: float = 30) -> None:
+    async with asyncio.timeout(timeout_s):
+        while pipeline_id not in host.hosted_pipelines():  # noqa: ASYNC110 - host state
+            await asyncio.sleep(0.1)
+
+
+def stub(host: SchedulerHost) -> tuple[grpc.aio.Channel, worker_pb2_grpc.WorkerStub]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+    return channel, worker_pb2_grpc.WorkerStub(channel)
+
+
+async def test_submitted_tasks_are_polled_reported_and_stored(
+    host: SchedulerHost, pipeline: ReadyPipeline, submit: Submit, engine: sa.Engine
+) -> None:
+    await wait_hosted(host, pipeline.id)
+    items: dict[str, dict[str, object]] = {f"task-{i:03d}": {"n": i} for i in range(40)}
+    await submit(pipeline, items)
+    channel, worker = stub(host)
+    auth = (("authorization", f"Bearer {pipeline.token}"),)
+    got: dict[str, worker_pb2.LeasedTask] = {}
+    async with channel, asyncio.timeout(60):
+        while len(got) < len(items):
+            reply = await worker.Poll(
+                worker_pb2.PollRequest(
+                    pipeline_id=pipeline.id, worker="w1", max_tasks=15, wait_ms=2000
+                ),
+                metadata=auth,
+            )
+            got.update({task.task_id: task for task in reply.tasks})
+        assert reply.lease_timeout_ms == 5000
+        report = await worker.Report(
+            worker_pb2.ReportRequest(
+                pipeline_id=pipeline.id,
+                worker="w1",
+                results=[
+                    worker_pb2.TaskResult(
+                        lease_token=t.lease_token,
+                        outcome=worker_pb2.OUTCOME_SUCCEEDED,
+                        result=t.data,
+                    )
+                    for t in got.values()
+                ],
+            ),
+            metadata=auth,
+        )
+    assert {ack.ack for ack in report.acks} == {worker_pb2.ACK_ACCEPTED}
+    assert {json.loads(t.data)["n"] for t in got.values()} == set(range(40))
+    # acknowledged means durable: the rows are there right now
+    with engine.connect() as conn:
+        statuses = conn.execute(
+            sa.select(tasks.c.status, sa.func.count())
+            .where(tasks.c.pipeline_id == pipeline.id)
+            .group_by(tasks.c.status)
+        ).all()
+        results = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(task_results)
+            .where(task_results.c.pipeline_id == pipeline.id)
+        ).scalar()
+        offsets = conn.execute(sa.select(sa.func.sum(grain_offsets.c.next_offset))).scalar()
+    assert [tuple(row) for row in statuses] == [("succeeded", 40)]
+    assert results == 40 and offsets == 40
+
+
+async def test_workers_need_their_pipeline_token(
+    host: SchedulerHost, pipeline: ReadyPipeline
+) -> None:
+    await wait_hosted(host, pipeline.id)
+    channel, worker = stub(host)
+    async with channel:
+        for metadata in ((), (("authorization", "Bearer wst_wrong"),)):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await worker.Poll(
+                    worker_pb2.PollRequest(pipeline_id=pipeline.id, wait_ms=0), metadata=metadata
+                )
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_stale_report_does_not_touch_the_newer_attempt(
+    host: SchedulerHost, pipeline: ReadyPipeline, submit: Submit, engine: sa.Engine
+) -> None:
+    await wait_hosted(host, pipeline.id)
+    await submit(pipeline, {"only": {"x": 1}})
+    channel, worker = stub(host)
+    auth = (("authorization", f"Bearer {pipeline.token}"),)
+
+    async def poll_one() -> Any:
+        reply = await worker.Poll(
+            worker_pb2.PollRequest(
+                pipeline_id=pipeline.id, worker=str(uuid.uuid4()), max_tasks=1, wait_ms=10_000
+            ),
+            metadata=auth,
+        )
+        assert len(reply.tasks) == 1
+        return reply.tasks[0]
+
+    async with channel:
+        first = await poll_one()
+        second = await poll_one()  # the first lease (5 s) expired: attempt 2
+        assert second.attempt == 2 and second.lease_token != first.lease_token
+        late = await worker.Report(
+            worker_pb2.ReportRequest(
+                pipeline_id=pipeline.id,
+                results=[
+                    worker_pb2.TaskResult(
+                        lease_token=first.lease_token,
+                        outcome=worker_pb2.OUTCOME_FAILED,
+                        error="late",
+                    )
+                ],
+            ),
+            metadata=auth,
+        )
+        beat = await worker.Heartbeat(
+            worker_pb2.HeartbeatRequest(
+                pipeline_id=pipeline.id, lease_tokens=[first.lease_token, second.lease_token]
+            ),
+            metadata=auth,
+        )
+        done = await worker.Report(
+            worker_pb2.ReportRequest(
+                pipeline_id=pipeline.id,
+                results=[
+                    worker_pb2.TaskResult(
+                        lease_token=second.lease_token,
+                        outcome=worker_pb2.OUTCOME_SUCCEEDED,
+                        result=b"ok",
+                    )
+                ],
+            ),
+            metadata=auth,
+        )
+    assert late.acks[0].ack == worker_pb2.ACK_STALE
+    assert [v.verdict for v in beat.verdicts] == [
+        worker_pb2.VERDICT_LEASE_LOST,
+        worker_pb2.VERDICT_OK,
+    ]
+    assert done.acks[0].ack == worker_pb2.ACK_ACCEPTED
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(tasks.c.status, tasks.c.attempt).where(tasks.c.pipeline_id == pipeline.id)
+        ).one()
+    assert tuple(row) == ("succeeded", 2)
