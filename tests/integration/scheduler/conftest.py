@@ -37,39 +37,34 @@ def engine(tidb_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-async def pipeline(engine: sa.Engine, kafka_bootstrap: str) -> ReadyPipeline:
+async def create_ready_pipeline(
+    engine: sa.Engine, kafka_bootstrap: str, *, shard: int | None = None,
+    lease_timeout_s: int = 5, partitions: int = 2,
+) -> ReadyPipeline:
+    """A pipeline row in state ready, and its topic; ``shard`` picks an id on that shard."""
     pipeline_id = str(uuid.uuid4())
+    while shard is not None and shard_of(pipeline_id) != shard:
+        pipeline_id = str(uuid.uuid4())
     token = f"wst_{uuid.uuid4().hex}"
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with engine.begin() as conn:
-        conn.execute(
-            sa.insert(pipelines).values(
-                id=pipeline_id,
-                tenant_id="t",
-                application_id="a",
-                name="p",
-                live_name="p",
-                chart="charts/examples/echo",
-                values_json="{}",
-                partitions=2,
-                scaling_json="{}",
-                max_attempts=3,
-                lease_timeout_s=5,
-                retention_s=3600,
-                state="ready",
-                state_reason="",
-                deployment_json="{}",
-                worker_token_hash=hashlib.sha256(token.encode()).hexdigest(),
-                shard=shard_of(pipeline_id),
-                created_at=now,
-                updated_at=now,
-            )
-        )
-    await KafkaTopicAdmin(bootstrap=kafka_bootstrap).create_pipeline_topic(pipeline_id, 2)
-    return ReadyPipeline(
-        id=pipeline_id, token=token, topic=pipeline_topic(pipeline_id), partitions=2
-    )
+        conn.execute(sa.insert(pipelines).values(
+            id=pipeline_id, tenant_id="t", application_id="a", name="p", live_name=None,
+            chart="charts/examples/echo", values_json="{}", partitions=partitions,
+            scaling_json="{}", max_attempts=3, lease_timeout_s=lease_timeout_s,
+            retention_s=3600, state="ready", state_reason="", deployment_json="{}",
+            worker_token_hash=hashlib.sha256(token.encode()).hexdigest(),
+            shard=shard_of(pipeline_id), created_at=now, updated_at=now,
+        ))
+    admin = KafkaTopicAdmin(bootstrap=kafka_bootstrap)
+    await admin.create_pipeline_topic(pipeline_id, partitions)
+    return ReadyPipeline(id=pipeline_id, token=token, topic=pipeline_topic(pipeline_id),
+                         partitions=partitions)
+
+
+@pytest.fixture
+async def pipeline(engine: sa.Engine, kafka_bootstrap: str) -> ReadyPipeline:
+    return await create_ready_pipeline(engine, kafka_bootstrap)
 
 
 @pytest.fixture

@@ -1,0 +1,107 @@
+"""Scheduler replicas as real processes, and test workers that keep an execution log."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protos.wsched.v1 import worker_pb2
+from services.infra.process import Service, free_port, port_open
+from services.worker.client import SchedulerClient
+
+
+@dataclass(kw_only=True)
+class Replica:
+    name: str
+    kafka_bootstrap: str
+    database_url: str
+    group: str
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    service: Service | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {
+            "WSCHED_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "WSCHED_DATABASE_URL": self.database_url,
+            "WSCHED_GRPC_PORT": str(self.port),
+            "WSCHED_REPLICA_NAME": self.name,
+            "WSCHED_PLACEMENT_GROUP": self.group,
+            "WSCHED_LOG_LEVEL": "INFO",
+        }
+        self.service = Service(name=self.name, argv=[sys.executable, "-m", "services.cli",
+                                                     "scheduler"],
+                               log_path=self.log_dir / f"{self.name}.log", env=env)
+        self.service.start()
+        self.service.wait_ready(lambda: port_open(self.port), timeout_s=60)
+
+    def _signal(self, signum: int) -> None:
+        assert self.service is not None
+        self.service.signal(signum)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.signal(signal.SIGCONT)
+            self.service.stop(grace_s=30)
+
+    def log(self) -> str:
+        return self.service.log_tail(400) if self.service else ""
+
+
+@dataclass(kw_only=True)
+class ExecutionLog:
+    """Every execution a test worker started: (task id, lease token)."""
+
+    runs: list[tuple[str, str]] = field(default_factory=list)
+    acked: dict[str, str] = field(default_factory=dict)
+
+    def tokens_by_task(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for task_id, token in self.runs:
+            out.setdefault(task_id, []).append(token)
+        return out
+
+
+async def run_worker(
+    *, addresses: Sequence[str], pipeline_id: str, token: str, name: str,
+    log: ExecutionLog, stop: asyncio.Event, work_s: float = 0.005,
+) -> None:
+    """Poll, 'execute' (sleep), report until ``stop``; keep results until acknowledged."""
+    client = SchedulerClient(addresses=addresses, pipeline_id=pipeline_id, token=token,
+                             worker=name)
+    try:
+        while not stop.is_set():
+            reply = await client.poll(max_tasks=20, wait_ms=1000)
+            if not reply.tasks:
+                continue
+            for task in reply.tasks:
+                log.runs.append((task.task_id, task.lease_token))
+            await asyncio.sleep(work_s * random.random())  # noqa: S311 - test jitter
+            results = [worker_pb2.TaskResult(lease_token=t.lease_token,
+                                             outcome=worker_pb2.OUTCOME_SUCCEEDED,
+                                             result=t.data) for t in reply.tasks]
+            answer = await client.report(results)
+            for task, ack in zip(reply.tasks, answer.acks, strict=True):
+                if ack.ack == worker_pb2.ACK_ACCEPTED:
+                    log.acked[task.task_id] = task.lease_token
+    finally:
+        await client.close()
+

@@ -1,0 +1,131 @@
+"""Several scheduler replicas as processes over real Kafka and TiDB: sharing and failover.
+
+The test workers keep an execution log of (task, lease token). The guarantees checked:
+every accepted task reaches a terminal state, none is lost, and a task executed more
+than once shows a distinct lease token for every execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from services.store.schema import grain_owners, tasks
+from tests.integration.scheduler.cluster import ExecutionLog, Replica, run_worker
+from tests.integration.scheduler.conftest import ReadyPipeline, create_ready_pipeline
+
+pytestmark = pytest.mark.integration
+
+Submit = Callable[[ReadyPipeline, dict[str, dict[str, object]]], Awaitable[None]]
+#: Shards that any even split of the 64 shards between two replicas puts on both sides.
+SPREAD_SHARDS = (0, 1, 32, 33)
+
+
+@pytest.fixture
+def replicas(
+    kafka_bootstrap: str, tidb_url: str, kafka_group: str, tmp_path: Path
+) -> Iterator[list[Replica]]:
+    made = [
+        Replica(name=f"replica-{c}-{uuid.uuid4().hex[:6]}", kafka_bootstrap=kafka_bootstrap,
+                database_url=tidb_url, group=kafka_group, log_dir=tmp_path)
+        for c in "ab"
+    ]
+    yield made
+    for replica in made:
+        replica.stop()
+
+
+@pytest.fixture
+async def spread(engine: sa.Engine, kafka_bootstrap: str) -> list[ReadyPipeline]:
+    return [await create_ready_pipeline(engine, kafka_bootstrap, shard=shard)
+            for shard in SPREAD_SHARDS]
+
+
+async def owners(engine: sa.Engine, pipelines: list[ReadyPipeline]) -> dict[str, str]:
+    keys = [f"{p.id}/0" for p in pipelines]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(grain_owners.c.grain_id, grain_owners.c.owner)
+                            .where(grain_owners.c.grain_id.in_(keys))).all()
+    return {row.grain_id.split("/")[0]: row.owner for row in rows}
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not await check():
+                await asyncio.sleep(0.5)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}") from None
+
+
+def statuses(engine: sa.Engine, pipelines: list[ReadyPipeline]) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(tasks.c.status, sa.func.count())
+                            .where(tasks.c.pipeline_id.in_([p.id for p in pipelines]))
+                            .group_by(tasks.c.status)).all()
+    return {status: int(n) for status, n in rows}
+
+
+@pytest.fixture
+async def workers(
+    replicas: list[Replica], spread: list[ReadyPipeline]
+) -> AsyncIterator[ExecutionLog]:
+    log, stop = ExecutionLog(), asyncio.Event()
+    addresses = [r.address for r in replicas]
+    running = [
+        asyncio.create_task(run_worker(addresses=addresses, pipeline_id=p.id, token=p.token,
+                                       name=f"w{i}-{p.id[:4]}", log=log, stop=stop))
+        for p in spread for i in range(2)
+    ]
+    yield log
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), 30)
+
+
+def check_execution_log(log: ExecutionLog, submitted: set[str]) -> None:
+    by_task = log.tokens_by_task()
+    assert set(by_task) == submitted, "some tasks never ran"
+    for task_id, tokens in by_task.items():
+        assert len(tokens) == len(set(tokens)), f"{task_id} ran twice under one lease token"
+
+
+async def test_two_replicas_share_pipelines_and_survive_a_kill_9_under_load(
+    replicas: list[Replica], spread: list[ReadyPipeline], engine: sa.Engine, submit: Submit,
+    workers: ExecutionLog,
+) -> None:
+    for replica in replicas:
+        replica.start()
+
+    async def all_owned() -> bool:
+        return len(await owners(engine, spread)) == len(spread)
+
+    await wait_for(all_owned, timeout_s=60, what="every grain to be owned")
+    before = await owners(engine, spread)
+    assert set(before.values()) == {r.address for r in replicas}, "one replica hosts all"
+
+    submitted: set[str] = set()
+    for wave in range(6):
+        for p in spread:
+            items = {f"{p.id[:8]}-{wave}-{i}": {"wave": wave, "i": i} for i in range(60)}
+            await submit(p, items)
+            submitted |= set(items)
+        if wave == 2:
+            victim = next(r for r in replicas if r.address == before[spread[0].id])
+            victim.kill()
+        await asyncio.sleep(0.5)
+
+    async def all_done() -> bool:
+        counts = statuses(engine, spread)
+        return counts.get("succeeded", 0) == len(submitted)
+
+    await wait_for(all_done, timeout_s=120, what=f"{len(submitted)} tasks to succeed")
+    after = await owners(engine, spread)
+    survivor = next(r for r in replicas if r is not victim)
+    assert set(after.values()) == {survivor.address}
+    check_execution_log(workers, submitted)
+    assert statuses(engine, spread) == {"succeeded": len(submitted)}
