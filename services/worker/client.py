@@ -23,8 +23,11 @@ log = logging.getLogger("wsched.worker.client")
 T = TypeVar("T")
 
 OWNER_KEY = "wsched-owner"
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-              grpc.StatusCode.RESOURCE_EXHAUSTED}
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 class WorkerRejected(Exception):
@@ -41,7 +44,12 @@ class Backoff:
 
 class SchedulerClient:
     def __init__(
-        self, *, addresses: Sequence[str], pipeline_id: str, token: str, worker: str,
+        self,
+        *,
+        addresses: Sequence[str],
+        pipeline_id: str,
+        token: str,
+        worker: str,
         backoff: Backoff | None = None,
     ) -> None:
         if not addresses:
@@ -90,8 +98,13 @@ class SchedulerClient:
                     raise WorkerRejected(f"{what}: {err.code().name}: {err.details()}") from err
                 if attempt % 3 == 0:
                     self._rotate()  # the replica may be gone: try another
-                log.info("%s on %s failed (%s); retry in %.2fs", what, self.target,
-                         err.code().name, delay)
+                log.info(
+                    "%s on %s failed (%s); retry in %.2fs",
+                    what,
+                    self.target,
+                    err.code().name,
+                    delay,
+                )
             await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
             delay = min(delay * 2, self._backoff.max_s)
         raise WorkerRejected(f"{what}: gave up after {self._backoff.attempts} attempts")
@@ -112,21 +125,30 @@ class SchedulerClient:
     async def poll(
         self, *, max_tasks: int, max_bytes: int = 1024 * 1024, wait_ms: int = 10_000
     ) -> worker_pb2.PollResponse:
-        request = worker_pb2.PollRequest(pipeline_id=self.pipeline_id, worker=self.worker,
-                                         max_tasks=max_tasks, max_bytes=max_bytes,
-                                         wait_ms=wait_ms)
+        request = worker_pb2.PollRequest(
+            pipeline_id=self.pipeline_id,
+            worker=self.worker,
+            max_tasks=max_tasks,
+            max_bytes=max_bytes,
+            wait_ms=wait_ms,
+        )
         timeout = wait_ms / 1000 + 10
-        return await self._call("poll", lambda s: s.Poll(request, metadata=self._metadata,
-                                                         timeout=timeout))
+        return await self._call(
+            "poll", lambda s: s.Poll(request, metadata=self._metadata, timeout=timeout)
+        )
 
     async def heartbeat(self, tokens: Sequence[str]) -> worker_pb2.HeartbeatResponse:
-        request = worker_pb2.HeartbeatRequest(pipeline_id=self.pipeline_id, worker=self.worker,
-                                              lease_tokens=list(tokens))
-        return await self._call("heartbeat", lambda s: s.Heartbeat(
-            request, metadata=self._metadata, timeout=10))
+        request = worker_pb2.HeartbeatRequest(
+            pipeline_id=self.pipeline_id, worker=self.worker, lease_tokens=list(tokens)
+        )
+        return await self._call(
+            "heartbeat", lambda s: s.Heartbeat(request, metadata=self._metadata, timeout=10)
+        )
 
     async def report(self, results: Sequence[worker_pb2.TaskResult]) -> worker_pb2.ReportResponse:
-        request = worker_pb2.ReportRequest(pipeline_id=self.pipeline_id, worker=self.worker,
-                                           results=list(results))
-        return await self._call("report", lambda s: s.Report(
-            request, metadata=self._metadata, timeout=30))
+        request = worker_pb2.ReportRequest(
+            pipeline_id=self.pipeline_id, worker=self.worker, results=list(results)
+        )
+        return await self._call(
+            "report", lambda s: s.Report(request, metadata=self._metadata, timeout=30)
+        )

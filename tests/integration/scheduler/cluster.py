@@ -38,9 +38,12 @@ class Replica:
             "WSCHED_PLACEMENT_GROUP": self.group,
             "WSCHED_LOG_LEVEL": "INFO",
         }
-        self.service = Service(name=self.name, argv=[sys.executable, "-m", "services.cli",
-                                                     "scheduler"],
-                               log_path=self.log_dir / f"{self.name}.log", env=env)
+        self.service = Service(
+            name=self.name,
+            argv=[sys.executable, "-m", "services.cli", "scheduler"],
+            log_path=self.log_dir / f"{self.name}.log",
+            env=env,
+        )
         self.service.start()
         self.service.wait_ready(lambda: port_open(self.port), timeout_s=60)
 
@@ -81,12 +84,17 @@ class ExecutionLog:
 
 
 async def run_worker(
-    *, addresses: Sequence[str], pipeline_id: str, token: str, name: str,
-    log: ExecutionLog, stop: asyncio.Event, work_s: float = 0.005,
+    *,
+    addresses: Sequence[str],
+    pipeline_id: str,
+    token: str,
+    name: str,
+    log: ExecutionLog,
+    stop: asyncio.Event,
+    work_s: float = 0.005,
 ) -> None:
     """Poll, 'execute' (sleep), report until ``stop``; keep results until acknowledged."""
-    client = SchedulerClient(addresses=addresses, pipeline_id=pipeline_id, token=token,
-                             worker=name)
+    client = SchedulerClient(addresses=addresses, pipeline_id=pipeline_id, token=token, worker=name)
     try:
         while not stop.is_set():
             reply = await client.poll(max_tasks=20, wait_ms=1000)
@@ -95,13 +103,15 @@ async def run_worker(
             for task in reply.tasks:
                 log.runs.append((task.task_id, task.lease_token))
             await asyncio.sleep(work_s * random.random())  # noqa: S311 - test jitter
-            results = [worker_pb2.TaskResult(lease_token=t.lease_token,
-                                             outcome=worker_pb2.OUTCOME_SUCCEEDED,
-                                             result=t.data) for t in reply.tasks]
+            results = [
+                worker_pb2.TaskResult(
+                    lease_token=t.lease_token, outcome=worker_pb2.OUTCOME_SUCCEEDED, result=t.data
+                )
+                for t in reply.tasks
+            ]
             answer = await client.report(results)
             for task, ack in zip(reply.tasks, answer.acks, strict=True):
                 if ack.ack == worker_pb2.ACK_ACCEPTED:
                     log.acked[task.task_id] = task.lease_token
     finally:
         await client.close()
-

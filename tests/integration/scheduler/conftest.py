@@ -38,8 +38,12 @@ def engine(tidb_url: str) -> Iterator[sa.Engine]:
 
 
 async def create_ready_pipeline(
-    engine: sa.Engine, kafka_bootstrap: str, *, shard: int | None = None,
-    lease_timeout_s: int = 5, partitions: int = 2,
+    engine: sa.Engine,
+    kafka_bootstrap: str,
+    *,
+    shard: int | None = None,
+    lease_timeout_s: int = 5,
+    partitions: int = 2,
 ) -> ReadyPipeline:
     """A pipeline row in state ready, and its topic; ``shard`` picks an id on that shard."""
     pipeline_id = str(uuid.uuid4())
@@ -48,18 +52,34 @@ async def create_ready_pipeline(
     token = f"wst_{uuid.uuid4().hex}"
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with engine.begin() as conn:
-        conn.execute(sa.insert(pipelines).values(
-            id=pipeline_id, tenant_id="t", application_id="a", name="p", live_name=None,
-            chart="charts/examples/echo", values_json="{}", partitions=partitions,
-            scaling_json="{}", max_attempts=3, lease_timeout_s=lease_timeout_s,
-            retention_s=3600, state="ready", state_reason="", deployment_json="{}",
-            worker_token_hash=hashlib.sha256(token.encode()).hexdigest(),
-            shard=shard_of(pipeline_id), created_at=now, updated_at=now,
-        ))
+        conn.execute(
+            sa.insert(pipelines).values(
+                id=pipeline_id,
+                tenant_id="t",
+                application_id="a",
+                name="p",
+                live_name=None,
+                chart="charts/examples/echo",
+                values_json="{}",
+                partitions=partitions,
+                scaling_json="{}",
+                max_attempts=3,
+                lease_timeout_s=lease_timeout_s,
+                retention_s=3600,
+                state="ready",
+                state_reason="",
+                deployment_json="{}",
+                worker_token_hash=hashlib.sha256(token.encode()).hexdigest(),
+                shard=shard_of(pipeline_id),
+                created_at=now,
+                updated_at=now,
+            )
+        )
     admin = KafkaTopicAdmin(bootstrap=kafka_bootstrap)
     await admin.create_pipeline_topic(pipeline_id, partitions)
-    return ReadyPipeline(id=pipeline_id, token=token, topic=pipeline_topic(pipeline_id),
-                         partitions=partitions)
+    return ReadyPipeline(
+        id=pipeline_id, token=token, topic=pipeline_topic(pipeline_id), partitions=partitions
+    )
 
 
 @pytest.fixture

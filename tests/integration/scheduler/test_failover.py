@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from services.infra import tidb
+from services.infra.cache import Cache
+from services.store import migrate
 from services.store.schema import grain_owners, tasks
 from tests.integration.scheduler.cluster import ExecutionLog, Replica, run_worker
 from tests.integration.scheduler.conftest import ReadyPipeline, create_ready_pipeline
@@ -31,8 +34,13 @@ def replicas(
     kafka_bootstrap: str, tidb_url: str, kafka_group: str, tmp_path: Path
 ) -> Iterator[list[Replica]]:
     made = [
-        Replica(name=f"replica-{c}-{uuid.uuid4().hex[:6]}", kafka_bootstrap=kafka_bootstrap,
-                database_url=tidb_url, group=kafka_group, log_dir=tmp_path)
+        Replica(
+            name=f"replica-{c}-{uuid.uuid4().hex[:6]}",
+            kafka_bootstrap=kafka_bootstrap,
+            database_url=tidb_url,
+            group=kafka_group,
+            log_dir=tmp_path,
+        )
         for c in "ab"
     ]
     yield made
@@ -42,15 +50,19 @@ def replicas(
 
 @pytest.fixture
 async def spread(engine: sa.Engine, kafka_bootstrap: str) -> list[ReadyPipeline]:
-    return [await create_ready_pipeline(engine, kafka_bootstrap, shard=shard)
-            for shard in SPREAD_SHARDS]
+    return [
+        await create_ready_pipeline(engine, kafka_bootstrap, shard=shard) for shard in SPREAD_SHARDS
+    ]
 
 
 async def owners(engine: sa.Engine, pipelines: list[ReadyPipeline]) -> dict[str, str]:
     keys = [f"{p.id}/0" for p in pipelines]
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(grain_owners.c.grain_id, grain_owners.c.owner)
-                            .where(grain_owners.c.grain_id.in_(keys))).all()
+        rows = conn.execute(
+            sa.select(grain_owners.c.grain_id, grain_owners.c.owner).where(
+                grain_owners.c.grain_id.in_(keys)
+            )
+        ).all()
     return {row.grain_id.split("/")[0]: row.owner for row in rows}
 
 
@@ -65,9 +77,11 @@ async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout_s: float, wh
 
 def statuses(engine: sa.Engine, pipelines: list[ReadyPipeline]) -> dict[str, int]:
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(tasks.c.status, sa.func.count())
-                            .where(tasks.c.pipeline_id.in_([p.id for p in pipelines]))
-                            .group_by(tasks.c.status)).all()
+        rows = conn.execute(
+            sa.select(tasks.c.status, sa.func.count())
+            .where(tasks.c.pipeline_id.in_([p.id for p in pipelines]))
+            .group_by(tasks.c.status)
+        ).all()
     return {status: int(n) for status, n in rows}
 
 
@@ -78,9 +92,18 @@ async def workers(
     log, stop = ExecutionLog(), asyncio.Event()
     addresses = [r.address for r in replicas]
     running = [
-        asyncio.create_task(run_worker(addresses=addresses, pipeline_id=p.id, token=p.token,
-                                       name=f"w{i}-{p.id[:4]}", log=log, stop=stop))
-        for p in spread for i in range(2)
+        asyncio.create_task(
+            run_worker(
+                addresses=addresses,
+                pipeline_id=p.id,
+                token=p.token,
+                name=f"w{i}-{p.id[:4]}",
+                log=log,
+                stop=stop,
+            )
+        )
+        for p in spread
+        for i in range(2)
     ]
     yield log
     stop.set()
@@ -95,7 +118,10 @@ def check_execution_log(log: ExecutionLog, submitted: set[str]) -> None:
 
 
 async def test_two_replicas_share_pipelines_and_survive_a_kill_9_under_load(
-    replicas: list[Replica], spread: list[ReadyPipeline], engine: sa.Engine, submit: Submit,
+    replicas: list[Replica],
+    spread: list[ReadyPipeline],
+    engine: sa.Engine,
+    submit: Submit,
     workers: ExecutionLog,
 ) -> None:
     for replica in replicas:
@@ -133,9 +159,16 @@ async def test_two_replicas_share_pipelines_and_survive_a_kill_9_under_load(
 
 def task_rows(engine: sa.Engine, pipelines: list[ReadyPipeline]) -> set[tuple[object, ...]]:
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(tasks.c.id, tasks.c.status, tasks.c.attempt,
-                                      tasks.c.lease_epoch, tasks.c.worker, tasks.c.updated_at)
-                            .where(tasks.c.pipeline_id.in_([p.id for p in pipelines]))).all()
+        rows = conn.execute(
+            sa.select(
+                tasks.c.id,
+                tasks.c.status,
+                tasks.c.attempt,
+                tasks.c.lease_epoch,
+                tasks.c.worker,
+                tasks.c.updated_at,
+            ).where(tasks.c.pipeline_id.in_([p.id for p in pipelines]))
+        ).all()
     return {tuple(row) for row in rows}
 
 
@@ -153,7 +186,10 @@ async def submit_waves(
 
 
 async def test_a_paused_ex_owner_writes_nothing_once_resumed(
-    replicas: list[Replica], spread: list[ReadyPipeline], engine: sa.Engine, submit: Submit,
+    replicas: list[Replica],
+    spread: list[ReadyPipeline],
+    engine: sa.Engine,
+    submit: Submit,
     workers: ExecutionLog,
 ) -> None:
     for replica in replicas:
@@ -188,7 +224,10 @@ async def test_a_paused_ex_owner_writes_nothing_once_resumed(
 
 
 async def test_restarting_every_replica_recovers_from_the_store_and_kafka(
-    replicas: list[Replica], spread: list[ReadyPipeline], engine: sa.Engine, submit: Submit,
+    replicas: list[Replica],
+    spread: list[ReadyPipeline],
+    engine: sa.Engine,
+    submit: Submit,
     workers: ExecutionLog,
 ) -> None:
     for replica in replicas:
@@ -205,3 +244,66 @@ async def test_restarting_every_replica_recovers_from_the_store_and_kafka(
 
     await wait_for(all_done, timeout_s=120, what="every task to succeed after the restart")
     check_execution_log(workers, submitted)
+
+
+@pytest.fixture
+async def own_tidb(infra_cache: Cache, tmp_path: Path) -> AsyncIterator[tidb.TidbServer]:
+    """A tidb-server of this test alone, with its data on disk so it survives a stop."""
+    server = tidb.TidbServer(binary=tidb.provision(infra_cache), data_dir=tmp_path / "tidb")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_tidb_down_for_20_s_under_load_loses_nothing(
+    own_tidb: tidb.TidbServer,
+    kafka_bootstrap: str,
+    kafka_group: str,
+    submit: Submit,
+    tmp_path: Path,
+) -> None:
+    admin = sa.create_engine(own_tidb.url())
+    with admin.begin() as conn:
+        conn.execute(sa.text("CREATE DATABASE wsched"))
+    admin.dispose()
+    engine = sa.create_engine(own_tidb.url("wsched"), pool_pre_ping=True)
+    migrate.upgrade(engine)
+    pipeline = await create_ready_pipeline(engine, kafka_bootstrap)
+    replica = Replica(
+        name=f"replica-{uuid.uuid4().hex[:6]}",
+        kafka_bootstrap=kafka_bootstrap,
+        database_url=own_tidb.url("wsched"),
+        group=kafka_group,
+        log_dir=tmp_path,
+    )
+    replica.start()
+    log, stop = ExecutionLog(), asyncio.Event()
+    worker = asyncio.create_task(
+        run_worker(
+            addresses=[replica.address],
+            pipeline_id=pipeline.id,
+            token=pipeline.token,
+            name="w",
+            log=log,
+            stop=stop,
+        )
+    )
+    try:
+        submitted = await submit_waves(submit, [pipeline], range(3))
+        own_tidb.stop()
+        started = asyncio.get_running_loop().time()
+        # Submissions keep being accepted: Kafka holds them while the store is away.
+        submitted |= await submit_waves(submit, [pipeline], range(3, 10), size=40)
+        await asyncio.sleep(max(0.0, 20 - (asyncio.get_running_loop().time() - started)))
+        own_tidb.start()
+
+        async def all_done() -> bool:
+            return statuses(engine, [pipeline]).get("succeeded", 0) == len(submitted)
+
+        await wait_for(all_done, timeout_s=120, what="every task to succeed after TiDB returns")
+        check_execution_log(log, submitted)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 30)
+        replica.stop()
+        engine.dispose()
