@@ -102,7 +102,7 @@ async def run_worker(
                 continue
             for task in reply.tasks:
                 log.runs.append((task.task_id, task.lease_token))
-            await asyncio.sleep(work_s * random.random())  # noqa: S311 - test jitter
+            await asyncio.sleep(work_s * random.random())
             results = [
                 worker_pb2.TaskResult(
                     lease_token=t.lease_token, outcome=worker_pb2.OUTCOME_SUCCEEDED, result=t.data

@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 
 import pytest
@@ -94,7 +94,7 @@ async def submit(kafka_bootstrap: str) -> AsyncIterator[object]:
     )
     await producer.start()
 
-    async def send(pipeline: ReadyPipeline, items: dict[str, dict[str, object]]) -> None:
+    async def send(pipeline: ReadyPipeline, items: Mapping[str, Mapping[str, object]]) -> None:
         futures = []
         for task_id, data in items.items():
             raw = json.dumps(data).encode()

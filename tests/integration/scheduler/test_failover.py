@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from tests.integration.scheduler.conftest import ReadyPipeline, create_ready_pip
 
 pytestmark = pytest.mark.integration
 
-Submit = Callable[[ReadyPipeline, dict[str, dict[str, object]]], Awaitable[None]]
+Submit = Callable[[ReadyPipeline, Mapping[str, Mapping[str, object]]], Awaitable[None]]
 #: Shards that any even split of the 64 shards between two replicas puts on both sides.
 SPREAD_SHARDS = (0, 1, 32, 33)
 
@@ -69,7 +69,7 @@ async def owners(engine: sa.Engine, pipelines: list[ReadyPipeline]) -> dict[str,
 async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
     try:
         async with asyncio.timeout(timeout_s):
-            while not await check():
+            while not await check():  # noqa: ASYNC110 - polling the store
                 await asyncio.sleep(0.5)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout_s}s waiting for {what}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -21,7 +21,7 @@ from tests.integration.scheduler.conftest import ReadyPipeline
 
 pytestmark = pytest.mark.integration
 
-Submit = Callable[[ReadyPipeline, dict[str, dict[str, object]]], Awaitable[None]]
+Submit = Callable[[ReadyPipeline, Mapping[str, Mapping[str, object]]], Awaitable[None]]
 
 
 def settings_for(kafka_bootstrap: str, tidb_url: str, group: str) -> Settings:
