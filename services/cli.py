@@ -73,13 +73,13 @@ def scheduler() -> None:
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply the schema migrations to WSCHED_DATABASE_URL (SQLite under the data dir if unset)."""
-    import sqlalchemy as sa
 
     from services.store import migrate
+    from services.store.engine import make_engine
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(settings.effective_database_url())
+    engine = make_engine(settings.effective_database_url())
     try:
         migrate.upgrade(engine, revision)
         console.print(f"database at revision {migrate.current_revision(engine)}")

@@ -16,14 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from services.infra import kafka
 from services.infra.cache import Cache
 from services.infra.memory_broker import MemoryBroker
 from services.infra.process import Service, port_open
 from services.settings import Settings
 from services.store import migrate
+from services.store.engine import make_engine
 
 log = logging.getLogger("wsched.dev")
 
@@ -71,6 +70,7 @@ def _child(name: str, settings: Settings, bootstrap: str, data_dir: Path) -> Ser
         "WSCHED_HTTP_PORT": str(settings.http_port),
         "WSCHED_GRPC_HOST": settings.grpc_host,
         "WSCHED_GRPC_PORT": str(settings.grpc_port),
+        "WSCHED_METRICS_PORT": str(settings.metrics_port),
         "WSCHED_OPERATOR_KEY": settings.operator_key.get_secret_value(),
     }
     return Service(
@@ -82,7 +82,7 @@ def _child(name: str, settings: Settings, bootstrap: str, data_dir: Path) -> Ser
 
 
 def _migrate(settings: Settings) -> None:
-    engine = sa.create_engine(settings.effective_database_url())
+    engine = make_engine(settings.effective_database_url())
     try:
         migrate.upgrade(engine)
     finally:

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    #: The scheduler replica's /metrics, /healthz and /readyz; 0 turns the endpoint off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
     #: The address workers are redirected to for the grains this replica owns.
     grpc_advertise: str | None = None
     #: A stable name per scheduler replica (the pod name): its static group membership.

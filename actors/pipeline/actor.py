@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -116,8 +116,13 @@ class PipelineActor(Actor[object, Any]):
         configs: ConfigSource,
         owner: str,
         timing: Timing,
+        registry: MutableMapping[str, PipelineGrain] | None = None,
+        observe_flush: Callable[[int, float], None] | None = None,
     ) -> None:
         self._key = key
+        #: Active grains by key, read by the metrics layer at scrape time.
+        self._registry: MutableMapping[str, PipelineGrain] = {} if registry is None else registry
+        self._observe_flush = observe_flush
         self._ctx = context
         self._store = store
         self._configs = configs
@@ -145,14 +150,18 @@ class PipelineActor(Actor[object, Any]):
             owner=self._owner,
             store=self._store,
             clock=GrainClock(monotonic=clock.now, wall=clock.wall),
+            observe_flush=self._observe_flush,
         )
         self._offsets = await self._fenced(self._grain.activate())
+        self._registry[self._key] = self._grain
         self._ctx.every(self._timing.tick_s, TICK)
         self._ctx.every(self._timing.flush_s, FLUSH)
 
     async def on_deactivate(self, reason: str) -> None:
         if self._grain is not None:
             log.info("grain %s deactivating (%s)", self._key, reason)
+            if self._registry.get(self._key) is self._grain:
+                del self._registry[self._key]
             await self._grain.deactivate()
 
     async def receive(self, message: object) -> Any:

@@ -68,8 +68,11 @@ class PipelineGrain:
         owner: str,
         store: TaskStore,
         clock: GrainClock,
+        observe_flush: Callable[[int, float], None] | None = None,
     ) -> None:
         self.config = config
+        #: Called with (rows written, seconds taken) after each successful flush.
+        self._observe_flush = observe_flush or (lambda _rows, _seconds: None)
         self.grain_id = grain_id
         self._owner = owner
         self._store = store
@@ -279,30 +282,36 @@ class PipelineGrain:
         """Write every change since the last flush in one fenced transaction."""
         waiting, self._durable = self._durable, []
         taken: Flush = self.book.take_flush()
+        started = self._clock.monotonic()
         try:
             if taken:
-                await self._guard(
-                    self._store.flush(
-                        grain_id=self.grain_id,
-                        epoch=self.epoch,
-                        pipeline_id=self.config.pipeline_id,
-                        flush=taken,
-                        stats=self.book.stats(),
-                        now=self._clock.wall(),
-                    )
-                )
+                await self._write(taken)
         except BaseException as err:
             if not self.fenced:
                 self.book.restore_flush(taken)
+            failure = err if isinstance(err, Exception) else StoreUnavailable("flush interrupted")
             for future in waiting:
                 if not future.done():
-                    future.set_exception(
-                        err if isinstance(err, Exception) else StoreUnavailable("flush interrupted")
-                    )
+                    future.set_exception(failure)
             raise
+        if taken:
+            rows = len(taken.changes) + len(taken.results)
+            self._observe_flush(rows, self._clock.monotonic() - started)
         for future in waiting:
             if not future.done():
                 future.set_result(None)
+
+    async def _write(self, taken: Flush) -> None:
+        await self._guard(
+            self._store.flush(
+                grain_id=self.grain_id,
+                epoch=self.epoch,
+                pipeline_id=self.config.pipeline_id,
+                flush=taken,
+                stats=self.book.stats(),
+                now=self._clock.wall(),
+            )
+        )
 
     @property
     def wants_flush(self) -> bool:

@@ -20,21 +20,25 @@ from typing import Any, Self
 
 import grpc
 import sqlalchemy as sa
+import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from actors.errors import ActorError
 from actors.pipeline import actor as grain_actor
-from actors.pipeline.grain import AdmitResult
+from actors.pipeline.grain import AdmitResult, PipelineGrain
 from actors.pipeline.model import Grant, LeaseToken, Report, ReportAck, Verdict
 from actors.pipeline.ports import StaleEpoch
-from actors.runtime import ActorSystem, GrainId, KindConfig
+from actors.runtime import ActorSystem, GrainId, KindConfig, KindStats
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
 from services.scheduler.directory import PipelineDirectory, grain_key
-from services.scheduler.forwarder import Forwarder
+from services.scheduler.forwarder import Forwarder, ForwarderStats
+from services.scheduler.metrics import FlushMetrics, SchedulerCollector, http_app
 from services.scheduler.worker_api import Limits, LocalGrain, Unavailable, WorkerService
 from services.settings import Settings
+from services.store.engine import make_engine
 from services.store.quarantine import Quarantined, SqlQuarantine
 from services.store.tasks import SqlTaskStore
 
@@ -123,7 +127,7 @@ class SchedulerHost:
         self._address = settings.advertised_grpc()
         self._timing = timing or grain_actor.Timing()
         self._rescan_s = rescan_s
-        self._engine = sa.create_engine(settings.effective_database_url(), pool_pre_ping=True)
+        self._engine = make_engine(settings.effective_database_url())
         self._store = SqlTaskStore(engine=self._engine, clock=_utcnow)
         self._quarantine = SqlQuarantine(engine=self._engine)
         self._directory = PipelineDirectory(engine=self._engine, window_tasks=settings.window_tasks)
@@ -132,6 +136,13 @@ class SchedulerHost:
             grain_actor.KIND, self._make_grain, config=KindConfig(idle_timeout_s=None)
         )
         self._hosted: dict[str, _Hosted] = {}
+        self._grains: dict[str, PipelineGrain] = {}
+        self.registry = CollectorRegistry()
+        self._flush_metrics = FlushMetrics(self.registry)
+        self.registry.register(SchedulerCollector(self))
+        self._joined = False
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
         self._shards: set[int] = set()
         self._changes = asyncio.Lock()
         self._placement: asyncio.Task[None] | None = None
@@ -146,6 +157,8 @@ class SchedulerHost:
             configs=self._directory,
             owner=self._address,
             timing=self._timing,
+            registry=self._grains,
+            observe_flush=self._flush_metrics.observe,
         )
 
     # -- life cycle ---------------------------------------------------------------------
@@ -172,13 +185,30 @@ class SchedulerHost:
         self.grpc_port = self._server.add_insecure_port(bind)
         await self._server.start()
         self._placement = asyncio.create_task(self._run_placement(), name="placement")
+        await self._start_http()
         log.info(
             "scheduler %s serving workers on %s",
             self._settings.effective_replica_name(),
             self._address,
         )
 
+    async def _start_http(self) -> None:
+        if not self._settings.metrics_port:
+            return
+        config = uvicorn.Config(
+            http_app(self.registry, lambda: self._joined),
+            host=self._settings.metrics_host,
+            port=self._settings.metrics_port,
+            log_level="warning",
+            lifespan="off",
+        )
+        self._http = uvicorn.Server(config)
+        self._http_task = asyncio.create_task(self._http.serve(), name="metrics http")
+
     async def stop(self) -> None:
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
         if self._placement is not None:
             self._placement.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -232,6 +262,7 @@ class SchedulerHost:
 
     async def take_shards(self, shards: set[int]) -> None:
         self._shards = set(shards)
+        self._joined = True
         log.info("placement: this replica owns %d shard(s)", len(shards))
         await self.reconcile()
 
@@ -337,5 +368,20 @@ class SchedulerHost:
     async def owner_address(self, pipeline_id: str) -> str | None:
         return await self._directory.owner_address(pipeline_id)
 
+    @property
+    def metrics_port(self) -> int:
+        return self._settings.metrics_port
+
     def hosted_pipelines(self) -> list[str]:
         return sorted(self._hosted)
+
+    # -- what the metrics collector reads ------------------------------------------------
+
+    def grains(self) -> dict[str, PipelineGrain]:
+        return dict(self._grains)
+
+    def forwarders(self) -> dict[str, ForwarderStats]:
+        return {pid: hosted.forwarder.stats for pid, hosted in self._hosted.items()}
+
+    def actor_stats(self) -> dict[str, KindStats]:
+        return self._system.stats()

@@ -27,6 +27,7 @@ def wsched_dev(data_dir: Path, *, http_port: int, kafka_port: int, broker: str) 
         "WSCHED_DATA_DIR": str(data_dir),
         "WSCHED_HTTP_PORT": str(http_port),
         "WSCHED_GRPC_PORT": str(free_port()),
+        "WSCHED_METRICS_PORT": str(free_port()),
         "WSCHED_DEV_KAFKA_PORT": str(kafka_port),
         "WSCHED_DEV_BROKER": broker,
     }

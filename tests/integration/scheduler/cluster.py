@@ -34,6 +34,7 @@ class Replica:
             "WSCHED_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "WSCHED_DATABASE_URL": self.database_url,
             "WSCHED_GRPC_PORT": str(self.port),
+            "WSCHED_METRICS_PORT": str(free_port()),
             "WSCHED_REPLICA_NAME": self.name,
             "WSCHED_PLACEMENT_GROUP": self.group,
             "WSCHED_LOG_LEVEL": "INFO",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -107,6 +108,22 @@ async def test_submitted_tasks_are_polled_reported_and_stored(
         offsets = conn.execute(sa.select(sa.func.sum(grain_offsets.c.next_offset))).scalar()
     assert [tuple(row) for row in statuses] == [("succeeded", 40)]
     assert results == 40 and offsets == 40
+    await assert_metrics(host, pipeline.id)
+
+
+async def assert_metrics(host: SchedulerHost, pipeline_id: str) -> None:
+    async with httpx.AsyncClient() as client:
+        ready = await client.get(f"http://127.0.0.1:{host.metrics_port}/readyz")
+        text = (await client.get(f"http://127.0.0.1:{host.metrics_port}/metrics")).text
+    assert ready.status_code == 200
+    for line in (
+        f'wsched_tasks_total{{event="admitted",pipeline="{pipeline_id}"}} 40.0',
+        f'wsched_tasks_total{{event="succeeded",pipeline="{pipeline_id}"}} 40.0',
+        f'wsched_pipeline_backlog{{pipeline="{pipeline_id}"}} 0.0',
+        'wsched_active_grains{kind="pipeline"} 1.0',
+    ):
+        assert line in text, f"{line!r} not in /metrics:\n{text}"
+    assert "wsched_flush_seconds_count" in text
 
 
 async def test_workers_need_their_pipeline_token(

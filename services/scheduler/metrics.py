@@ -1,0 +1,148 @@
+"""Prometheus metrics of a scheduler replica, and its small HTTP endpoint.
+
+Per-pipeline figures are read from the live grains and forwarders at scrape time, so the
+hot path only counts in plain integers; a replica exports only the pipelines it hosts
+and the series of a pipeline vanish when its grain moves away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from actors.pipeline.grain import PipelineGrain
+from actors.runtime import KindStats
+from services.scheduler.forwarder import ForwarderStats
+
+FLUSH_ROW_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000, 20000)
+FLUSH_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Sources(Protocol):
+    """What the collector reads: the hosted grains, their forwarders, the actor system."""
+
+    def grains(self) -> Mapping[str, PipelineGrain]: ...
+
+    def forwarders(self) -> Mapping[str, ForwarderStats]: ...
+
+    def actor_stats(self) -> Mapping[str, KindStats]: ...
+
+
+class SchedulerCollector(Collector):
+    def __init__(self, sources: Sources) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._grain_metrics(dict(self._sources.grains()))
+        yield from self._forwarder_metrics(dict(self._sources.forwarders()))
+        yield from self._actor_metrics(dict(self._sources.actor_stats()))
+
+    def _grain_metrics(self, grains: dict[str, PipelineGrain]) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "wsched_tasks",
+            "Task events handled by this replica's grains, by pipeline.",
+            labels=["pipeline", "event"],
+        )
+        tasks = GaugeMetricFamily(
+            "wsched_pipeline_tasks", "Tasks by status, by pipeline.", labels=["pipeline", "status"]
+        )
+        backlog = GaugeMetricFamily(
+            "wsched_pipeline_backlog", "Queued tasks waiting for a worker.", labels=["pipeline"]
+        )
+        leased = GaugeMetricFamily(
+            "wsched_pipeline_leased", "Tasks held by workers now.", labels=["pipeline"]
+        )
+        for key, grain in grains.items():
+            pipeline = key.split("/", 1)[0]
+            for event, value in sorted(grain.book.totals.items()):
+                events.add_metric([pipeline, event], value)
+            stats = grain.book.stats()
+            for status, value in stats.items():
+                if status != "backlog":
+                    tasks.add_metric([pipeline, status], value)
+            backlog.add_metric([pipeline], stats["backlog"])
+            leased.add_metric([pipeline], grain.book.leased_count)
+        yield from (events, tasks, backlog, leased)
+
+    def _forwarder_metrics(self, forwarders: dict[str, ForwarderStats]) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "wsched_consumer_lag",
+            "Records of the pipeline topic not yet admitted.",
+            labels=["pipeline", "partition"],
+        )
+        quarantined = CounterMetricFamily(
+            "wsched_quarantined_records", "Undecodable records kept aside.", labels=["pipeline"]
+        )
+        retries = CounterMetricFamily(
+            "wsched_admission_retries", "Admissions retried after a failure.", labels=["pipeline"]
+        )
+        for pipeline, stats in forwarders.items():
+            for partition, value in sorted(stats.lag.items()):
+                lag.add_metric([pipeline, str(partition)], value)
+            quarantined.add_metric([pipeline], stats.quarantined)
+            retries.add_metric([pipeline], stats.retries)
+        yield from (lag, quarantined, retries)
+
+    def _actor_metrics(self, kinds: dict[str, KindStats]) -> Iterator[Metric]:
+        active = GaugeMetricFamily(
+            "wsched_active_grains", "Active actors by kind.", labels=["kind"]
+        )
+        restarts = CounterMetricFamily(
+            "wsched_actor_restarts", "Actor instances discarded after a failure.", labels=["kind"]
+        )
+        quarantined = GaugeMetricFamily(
+            "wsched_actors_quarantined",
+            "Actor keys refusing messages after repeated failures.",
+            labels=["kind"],
+        )
+        for kind, stats in kinds.items():
+            active.add_metric([kind], stats.active)
+            restarts.add_metric([kind], stats.restarts)
+            quarantined.add_metric([kind], stats.quarantined)
+        yield from (active, restarts, quarantined)
+
+
+class FlushMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rows = Histogram(
+            "wsched_flush_rows",
+            "Rows written per grain flush.",
+            buckets=FLUSH_ROW_BUCKETS,
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "wsched_flush_seconds",
+            "Duration of a grain flush.",
+            buckets=FLUSH_SECONDS_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, rows: int, seconds: float) -> None:
+        self.rows.observe(rows)
+        self.seconds.observe(seconds)
+
+
+def http_app(registry: CollectorRegistry, ready: Callable[[], bool]) -> FastAPI:
+    """``/metrics``, ``/healthz`` and ``/readyz`` (ready once placement has joined)."""
+    app = FastAPI(title="Workload Scheduler: scheduler replica", docs_url=None, redoc_url=None)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(response: Response) -> dict[str, str]:
+        ok = ready()
+        response.status_code = 200 if ok else 503
+        return {"status": "ready" if ok else "joining placement"}
+
+    return app

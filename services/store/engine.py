@@ -1,0 +1,33 @@
+"""One way to open the database, so every process tunes it the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+
+def make_engine(url: str, **kwargs: Any) -> sa.Engine:
+    """An engine for TiDB (``mysql+pymysql://``) or SQLite.
+
+    SQLite is shared by the API and the scheduler processes of ``wsched dev``: WAL lets
+    readers run beside the writer, and the busy timeout makes a writer wait for the lock
+    instead of failing at once.
+    """
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    # A short connect timeout turns "TiDB unreachable" into a quick, retryable error
+    # instead of holding a request for pymysql's default 10 s per attempt.
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_recycle=3600, connect_args={"connect_timeout": 3}, **kwargs
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
