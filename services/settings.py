@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     dev_kafka_port: int = Field(default=19092, ge=1, le=65535)
     log_level: str = "INFO"
 
+    # -- HTTP API bounds and timings ------------------------------------------------------
+    max_task_data_bytes: int = Field(default=256 * 1024, ge=1)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_batch_items: int = Field(default=10_000, ge=1)
+    #: How long a submit waits for the broker's acknowledgement before answering 503.
+    produce_deadline_s: float = Field(default=5.0, gt=0)
+    retry_after_s: int = Field(default=5, ge=1)
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    #: How old a remembered tenant or pipeline may be to accept submits while the
+    #: database is unreachable (Kafka absorbs the submissions meanwhile).
+    stale_lookup_s: float = Field(default=600.0, ge=0)
+    #: Replication factor of new topics; unset means min(3, brokers in the cluster).
+    kafka_replication_factor: int | None = Field(default=None, ge=1)
+
     def advertised_grpc(self) -> str:
         return self.grpc_advertise or f"{self.grpc_host}:{self.grpc_port}"
 

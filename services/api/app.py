@@ -4,27 +4,90 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from services.api import errors
+from services.api.context import ApiContext
+from services.api.limits import Limits
+from services.api.metrics import ApiMetrics
+from services.api.middleware import BodyLimit, RequestMetrics
+from services.api.reconciler import Reconciler
+from services.api.routes import applications, pipelines, tasks, tenants
+from services.deploy.ports import Deployer, NoopDeployer
 from services.health import check_database, check_kafka
+from services.kafka.admin import KafkaTopicAdmin, TopicAdmin
+from services.kafka.producer import EventProducer, KafkaProducer
 from services.settings import Settings
+from services.store.control import ControlStore
+from services.store.engine import make_engine
 
 
-def create_app(settings: Settings) -> FastAPI:
-    engine = sa.create_engine(settings.effective_database_url(), pool_pre_ping=True)
+def create_app(
+    settings: Settings,
+    *,
+    limits: Limits | None = None,
+    producer: EventProducer | None = None,
+    admin: TopicAdmin | None = None,
+    deployer: Deployer | None = None,
+) -> FastAPI:
+    """The API. Ports not given are built from ``settings`` and owned by the app (started
+    and stopped with it); ports given are the caller's to start and stop."""
+    limits = limits or Limits.from_settings(settings)
+    engine = make_engine(settings.effective_database_url())
     registry = CollectorRegistry()
+    own_producer = KafkaProducer(
+        bootstrap=settings.kafka_bootstrap or "", deadline_s=limits.produce_deadline_s
+    )
+    ctx = ApiContext(
+        settings=settings,
+        limits=limits,
+        store=ControlStore(engine=engine),
+        producer=producer or own_producer,
+        admin=admin
+        or KafkaTopicAdmin(
+            bootstrap=settings.kafka_bootstrap or "",
+            replication_factor=settings.kafka_replication_factor,
+        ),
+        deployer=deployer or NoopDeployer(),
+        metrics=ApiMetrics(registry=registry),
+    )
+    reconciler = Reconciler(
+        store=ctx.store,
+        admin=ctx.admin,
+        deployer=ctx.deployer,
+        producer=ctx.producer,
+        limits=limits,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
+        async with AsyncExitStack() as stack:
+            stack.callback(engine.dispose)
+            if producer is None:
+                await stack.enter_async_context(own_producer)
+            await stack.enter_async_context(reconciler.running())
+            ctx.nudge = reconciler.nudge
+            yield
 
     app = FastAPI(title="Workload Scheduler", version="0.1.0", lifespan=lifespan)
+    app.state.ctx = ctx
+    app.state.reconciler = reconciler
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=ctx.metrics)
+    for module in (tenants, applications, pipelines, tasks):
+        app.include_router(module.router)
+    _health_routes(app, settings=settings, engine=engine, registry=registry)
+    return app
 
+
+def _health_routes(
+    app: FastAPI, *, settings: Settings, engine: sa.Engine, registry: CollectorRegistry
+) -> None:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
@@ -48,5 +111,3 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app

@@ -1,0 +1,150 @@
+"""What the routes work with: the store, the Kafka and deployer ports, limits and metrics.
+
+One :class:`ApiContext` per application, kept on ``app.state`` and handed to routes as a
+dependency, so that tests build the app with in-memory ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from fastapi import Depends, Request
+
+from services.api.errors import unavailable
+from services.api.limits import Limits
+from services.api.metrics import ApiMetrics
+from services.deploy.ports import Deployer
+from services.kafka.admin import TopicAdmin
+from services.kafka.producer import EventProducer
+from services.settings import Settings
+from services.store.control import ControlStore, Pipeline, Tenant, hash_secret
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class DatabaseUnavailable(Exception):
+    pass
+
+
+async def in_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run a blocking store call in a worker thread; an unreachable database is a
+    :class:`DatabaseUnavailable` (the routes answer 503), never a 500."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as err:
+        cause = getattr(err, "orig", None) or err
+        raise DatabaseUnavailable(f"{type(err).__name__}: {cause}") from err
+
+
+@dataclass(kw_only=True)
+class _Entry:
+    value: object
+    at: float
+
+
+class LastKnown:
+    """The last value read for each key, to fall back on while the database is down.
+
+    Bounded (least recently used entries go first). Only used when a read fails: a read
+    that succeeds always wins, so nothing stale is served while the database answers.
+    """
+
+    def __init__(
+        self, *, max_age_s: float, max_entries: int = 10_000, clock: Callable[[], float]
+    ) -> None:
+        self._entries: OrderedDict[object, _Entry] = OrderedDict()
+        self._max_age_s = max_age_s
+        self._max_entries = max_entries
+        self._clock = clock
+
+    def put(self, key: object, value: object) -> None:
+        self._entries[key] = _Entry(value=value, at=self._clock())
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def drop(self, key: object) -> None:
+        self._entries.pop(key, None)
+
+    def get(self, key: object) -> tuple[bool, object]:
+        entry = self._entries.get(key)
+        if entry is None or self._clock() - entry.at > self._max_age_s:
+            return False, None
+        return True, entry.value
+
+
+@dataclass(kw_only=True)
+class ApiContext:
+    settings: Settings
+    limits: Limits
+    store: ControlStore
+    producer: EventProducer
+    admin: TopicAdmin
+    deployer: Deployer
+    metrics: ApiMetrics
+    #: Set by the lifespan once the reconciler runs; routes nudge it after a change.
+    nudge: Callable[[str], None] = lambda _pipeline_id: None
+    clock: Callable[[], float] = time.monotonic
+    _last_known: LastKnown = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._last_known = LastKnown(max_age_s=self.limits.stale_lookup_s, clock=self.clock)
+
+    def database_unavailable(self, err: DatabaseUnavailable) -> Exception:
+        return unavailable(
+            "database_unavailable",
+            f"the database cannot be reached ({err}); retry later",
+            retry_after_s=self.limits.retry_after_s,
+        )
+
+    async def db(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await in_thread(fn, *args, **kwargs)
+        except DatabaseUnavailable as err:
+            raise self.database_unavailable(err) from err
+
+    async def tenant_by_key(self, api_key: str) -> Tenant | None:
+        key = ("tenant", hash_secret(api_key))
+        return await self._remembered(key, functools.partial(self.store.tenant_by_key, api_key))
+
+    async def find_pipeline(
+        self, *, tenant_id: str, application: str, name: str
+    ) -> Pipeline | None:
+        key = ("pipeline", tenant_id, application, name)
+        read = functools.partial(
+            self.store.find_pipeline, tenant_id=tenant_id, application=application, name=name
+        )
+        return await self._remembered(key, read)
+
+    async def _remembered(self, key: object, read: Callable[[], R]) -> R:
+        """Read through; while the database is down, answer what was last read, so that
+        submissions keep flowing into Kafka (the design's "Kafka absorbs submissions")."""
+        try:
+            value = await in_thread(read)
+        except DatabaseUnavailable as err:
+            found, last = self._last_known.get(key)
+            if not found:
+                raise self.database_unavailable(err) from err
+            self.metrics.stale_lookups.inc()
+            return last  # type: ignore[return-value]  # stored from the same reader
+        if value is None:
+            self._last_known.drop(key)  # deleted: never fall back on it
+        else:
+            self._last_known.put(key, value)
+        return value
+
+
+def _context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[ApiContext, Depends(_context)]

@@ -1,0 +1,45 @@
+"""Bounds and timings of the HTTP API, with their defaults.
+
+The configurable ones come from the process's ``WSCHED_*`` settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.settings import Settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    #: Bytes of one task's data (the JSON object as sent).
+    max_task_data_bytes: int = 256 * 1024
+    #: Bytes of one request body, checked from Content-Length and while reading.
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_batch_items: int = 10_000
+    #: How long a produce may wait for the broker's acknowledgement before a 503.
+    produce_deadline_s: float = 5.0
+    #: Seconds a client is told to wait (Retry-After) after a 503.
+    retry_after_s: int = 5
+    default_page_size: int = 100
+    max_page_size: int = 1000
+    #: How often the reconciler looks for pipelines left half-provisioned or half-deleted.
+    reconcile_interval_s: float = 30.0
+    #: Attempts at provisioning a pipeline before it is marked failed, and the first pause.
+    reconcile_attempts: int = 3
+    reconcile_backoff_s: float = 1.0
+    #: How old a remembered tenant or pipeline may be to serve submits while the database
+    #: is unreachable (Kafka absorbs submissions meanwhile).
+    stale_lookup_s: float = 600.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_task_data_bytes=settings.max_task_data_bytes,
+            max_request_bytes=settings.max_request_bytes,
+            max_batch_items=settings.max_batch_items,
+            produce_deadline_s=settings.produce_deadline_s,
+            retry_after_s=settings.retry_after_s,
+            reconcile_interval_s=settings.reconcile_interval_s,
+            stale_lookup_s=settings.stale_lookup_s,
+        )

@@ -1,0 +1,266 @@
+"""Brings pipelines to the state their row asks for: provisioning -> ready | failed, a
+pending redeploy, and deleting -> gone.
+
+Runs in the API process. Every step is idempotent and every state change is a
+compare-and-set on the row, so a crash at any point is repaired by the next pass (one
+at start-up, then every ``reconcile_interval_s``), and two API replicas reconciling the
+same pipeline do no harm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from protos.wsched.v1 import events_pb2
+from services.api.context import DatabaseUnavailable, in_thread
+from services.api.limits import Limits
+from services.deploy.ports import Deployer, DeployFailed, DeploymentStatus
+from services.kafka.admin import TopicAdmin
+from services.kafka.producer import BrokerUnavailable, EventProducer
+from services.store.control import DEPLOYMENT_PENDING, ControlStore, Pipeline, PipelineState
+
+log = logging.getLogger("wsched.api.reconciler")
+
+Kind = events_pb2.PlacementEvent.Kind
+#: Pipelines reconciled at once: a slow chart install must not hold up the others.
+_CONCURRENCY = 8
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        store: ControlStore,
+        admin: TopicAdmin,
+        deployer: Deployer,
+        producer: EventProducer,
+        limits: Limits,
+    ) -> None:
+        self._store = store
+        self._admin = admin
+        self._deployer = deployer
+        self._producer = producer
+        self._limits = limits
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._slots = asyncio.Semaphore(_CONCURRENCY)
+        self._placement_topic_ready = False
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Reconciler]:
+        loop = asyncio.create_task(self._scan_forever(), name="wsched-reconciler")
+        try:
+            yield self
+        finally:
+            loop.cancel()
+            tasks = [loop, *self._running.values()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def nudge(self, pipeline_id: str) -> None:
+        """Reconcile this pipeline soon (again, if a pass is under way)."""
+        if pipeline_id in self._running:
+            self._again.add(pipeline_id)
+            return
+        task = asyncio.create_task(self._reconcile_repeatedly(pipeline_id))
+        self._running[pipeline_id] = task
+
+    async def idle(self) -> None:
+        """Wait until no pipeline is being reconciled (for tests and orderly shutdown)."""
+        while self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+
+    async def _scan_forever(self) -> None:
+        while True:
+            await self.scan()
+            await asyncio.sleep(self._limits.reconcile_interval_s)
+
+    async def scan(self) -> None:
+        if not self._placement_topic_ready:
+            await self._ensure_placement_topic()
+        try:
+            pending = await in_thread(self._store.pending_reconcile)
+        except DatabaseUnavailable as err:
+            log.warning("reconciler: cannot list pipelines, retrying next pass: %s", err)
+            return
+        for pipeline in pending:
+            self.nudge(pipeline.id)
+
+    async def _ensure_placement_topic(self) -> None:
+        try:
+            await self._admin.ensure_placement_topic()
+        except Exception as err:  # noqa: BLE001 - the broker's many errors; retried next pass
+            log.warning("reconciler: placement topic not ensured, retrying next pass: %s", err)
+            return
+        self._placement_topic_ready = True
+
+    async def _reconcile_repeatedly(self, pipeline_id: str) -> None:
+        try:
+            while True:
+                self._again.discard(pipeline_id)
+                async with self._slots:
+                    await self._reconcile_logged(pipeline_id)
+                if pipeline_id not in self._again:
+                    return
+        finally:
+            self._running.pop(pipeline_id, None)
+
+    async def _reconcile_logged(self, pipeline_id: str) -> None:
+        try:
+            await self.reconcile(pipeline_id)
+        except DatabaseUnavailable as err:
+            log.warning("reconciler: pipeline %s waits for the database: %s", pipeline_id, err)
+        except Exception:  # one pipeline's bug must not stop the others
+            log.exception("reconciler: pipeline %s failed unexpectedly", pipeline_id)
+
+    async def reconcile(self, pipeline_id: str) -> None:
+        pipeline = await in_thread(self._store.pipeline_by_id, pipeline_id)
+        if pipeline is None:
+            return
+        if pipeline.state is PipelineState.PROVISIONING:
+            await self._provision(pipeline)
+        elif pipeline.state is PipelineState.DELETING:
+            await self._delete(pipeline)
+        elif (
+            pipeline.state is PipelineState.READY
+            and pipeline.deployment.get("status") == DEPLOYMENT_PENDING
+        ):
+            await self._redeploy(pipeline)
+
+    # -- provisioning ------------------------------------------------------------------------
+
+    async def _provision(self, pipeline: Pipeline) -> None:
+        try:
+            status = await self._retrying(
+                f"provisioning pipeline {pipeline.id}", self._deploy_steps(pipeline)
+            )
+        except Exception as err:  # noqa: BLE001 - shown as the reason; a PATCH retries
+            reason = _reason(err)
+            log.warning("pipeline %s failed to provision: %s", pipeline.id, reason)
+            deployment = DeploymentStatus(
+                status="failed", revision=_revision(pipeline), detail=reason
+            )
+            await in_thread(
+                self._store.mark_failed,
+                pipeline.id,
+                reason=reason,
+                deployment=deployment.to_json(),
+                seen=pipeline.updated_at,
+            )
+            return
+        ready = await in_thread(
+            self._store.mark_ready,
+            pipeline.id,
+            deployment=status.to_json(),
+            seen=pipeline.updated_at,
+        )
+        if ready:
+            log.info("pipeline %s is ready (revision %d)", pipeline.id, status.revision)
+            await self._announce(pipeline, Kind.KIND_CREATED)
+
+    def _deploy_steps(self, pipeline: Pipeline) -> Callable[[], Awaitable[DeploymentStatus]]:
+        async def steps() -> DeploymentStatus:
+            await self._admin.create_pipeline_topic(pipeline.id, pipeline.partitions)
+            return await self._deployer.deploy(pipeline)
+
+        return steps
+
+    async def _retrying(
+        self, what: str, attempt: Callable[[], Awaitable[DeploymentStatus]]
+    ) -> DeploymentStatus:
+        """Bounded retries with doubling pauses for transient broker trouble; a deployer's
+        definite failure is not retried."""
+        pause = self._limits.reconcile_backoff_s
+        for number in range(1, self._limits.reconcile_attempts + 1):
+            try:
+                return await attempt()
+            except DeployFailed:
+                raise
+            except Exception as err:
+                if number == self._limits.reconcile_attempts:
+                    raise
+                log.warning(
+                    "%s: attempt %d failed (%s); retrying in %.1f s",
+                    what,
+                    number,
+                    _reason(err),
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _redeploy(self, pipeline: Pipeline) -> None:
+        try:
+            status = await self._deployer.deploy(pipeline)
+        except Exception as err:  # noqa: BLE001 - a ready pipeline keeps its old workers
+            reason = _reason(err)
+            log.warning("pipeline %s: redeploy failed: %s", pipeline.id, reason)
+            failed = DeploymentStatus(status="failed", revision=_revision(pipeline), detail=reason)
+            await in_thread(
+                self._store.mark_ready,
+                pipeline.id,
+                deployment=failed.to_json(),
+                reason=reason,
+                seen=pipeline.updated_at,
+            )
+        else:
+            await in_thread(
+                self._store.mark_ready,
+                pipeline.id,
+                deployment=status.to_json(),
+                seen=pipeline.updated_at,
+            )
+        # Settings such as max_attempts changed too: the owning grain reloads them.
+        await self._announce(pipeline, Kind.KIND_UPDATED)
+
+    # -- deleting ----------------------------------------------------------------------------
+
+    async def _delete(self, pipeline: Pipeline) -> None:
+        # The grain goes first, so that nothing serves the pipeline while it is torn down.
+        await self._announce(pipeline, Kind.KIND_DELETED)
+        try:
+            await self._deployer.remove(pipeline)
+            await self._admin.delete_pipeline_topic(pipeline.id)
+            deleted = await in_thread(self._store.purge_pipeline, pipeline.id)
+        except DatabaseUnavailable:
+            raise
+        except Exception as err:  # noqa: BLE001 - stays deleting; the next pass retries
+            reason = _reason(err)
+            log.warning(
+                "pipeline %s: delete incomplete, retrying next pass: %s", pipeline.id, reason
+            )
+            await in_thread(self._store.note_deleting_problem, pipeline.id, reason=reason)
+            return
+        log.info("pipeline %s deleted with %d tasks", pipeline.id, deleted)
+
+    async def _announce(
+        self, pipeline: Pipeline, kind: events_pb2.PlacementEvent.Kind.ValueType
+    ) -> None:
+        """Tell the shard's owner at once; if the broker is away, its periodic scan of the
+        pipeline table catches up, so a failure here is only logged."""
+        if not self._placement_topic_ready:
+            await self._ensure_placement_topic()
+        try:
+            await self._producer.placement(pipeline.id, pipeline.shard, kind)
+        except BrokerUnavailable as err:
+            log.warning(
+                "pipeline %s: placement event %s not produced: %s",
+                pipeline.id,
+                Kind.Name(kind),
+                err,
+            )
+
+
+def _revision(pipeline: Pipeline) -> int:
+    value = pipeline.deployment.get("revision", 0)
+    return value if isinstance(value, int) else 0
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text[:2000]

@@ -1,0 +1,163 @@
+"""Pipelines: created, listed, changed and deleted by their tenant.
+
+The routes only write the row; the reconciler does the slow work (topic, deployment,
+placement) and moves the state on: provisioning -> ready | failed -> deleting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fastapi import APIRouter
+
+from services.api.auth import CurrentTenant
+from services.api.context import Ctx
+from services.api.errors import ApiError, not_found
+from services.api.routes.applications import find_application
+from services.api.schemas import (
+    CreatePipeline,
+    PatchPipeline,
+    PipelineCreated,
+    PipelineDeleting,
+    PipelineList,
+    PipelineOut,
+)
+from services.store.control import (
+    Application,
+    NameTaken,
+    NotFound,
+    Pipeline,
+    PipelineChanges,
+    PipelineSpec,
+    PipelineStats,
+)
+
+router = APIRouter(prefix="/api/applications/{app}/pipelines", tags=["pipelines"])
+
+
+def counts_of(stats: PipelineStats | None) -> dict[str, int]:
+    if stats is None:
+        return {}
+    return {name: int(value) for name, value in stats.counts.items()}
+
+
+def pipeline_out(
+    pipeline: Pipeline, *, application: str, stats: Mapping[str, PipelineStats]
+) -> PipelineOut:
+    return PipelineOut(
+        id=pipeline.id,
+        name=pipeline.name,
+        application=application,
+        chart=pipeline.chart,
+        chart_version=pipeline.chart_version,
+        values=dict(pipeline.values),
+        partitions=pipeline.partitions,
+        scaling=dict(pipeline.scaling),
+        max_attempts=pipeline.max_attempts,
+        lease_timeout_s=pipeline.lease_timeout_s,
+        retention_s=pipeline.retention_s,
+        state=pipeline.state.value,
+        reason=pipeline.state_reason,
+        deployment=dict(pipeline.deployment),
+        topic=pipeline.topic,
+        counts=counts_of(stats.get(pipeline.id)),
+        created_at=pipeline.created_at,
+        updated_at=pipeline.updated_at,
+    )
+
+
+async def find_pipeline(ctx: Ctx, application: Application, name: str) -> Pipeline:
+    pipeline = await ctx.db(ctx.store.get_pipeline, application_id=application.id, name=name)
+    if pipeline is None:
+        raise not_found(
+            f"no pipeline named {name!r} in application {application.name!r}; "
+            f"GET /api/applications/{application.name}/pipelines lists them"
+        )
+    return pipeline
+
+
+@router.post("", status_code=201)
+async def create_pipeline(
+    app: str, body: CreatePipeline, tenant: CurrentTenant, ctx: Ctx
+) -> PipelineCreated:
+    """Create a pipeline (state ``provisioning``); its worker token is in this answer only."""
+    application = await find_application(ctx, tenant.id, app)
+    spec = PipelineSpec(
+        name=body.name,
+        chart=body.chart,
+        chart_version=body.chart_version,
+        values=body.values,
+        partitions=body.partitions,
+        scaling=body.scaling,
+        max_attempts=body.max_attempts,
+        lease_timeout_s=body.lease_timeout_s,
+        retention_s=body.retention,
+    )
+    try:
+        pipeline, token = await ctx.db(ctx.store.create_pipeline, app=application, spec=spec)
+    except NameTaken as err:
+        raise ApiError(409, "name_taken", f"{err}; choose another name") from err
+    ctx.nudge(pipeline.id)
+    out = pipeline_out(pipeline, application=application.name, stats={})
+    return PipelineCreated(**out.model_dump(), worker_token=token)
+
+
+@router.get("")
+async def list_pipelines(app: str, tenant: CurrentTenant, ctx: Ctx) -> PipelineList:
+    """The application's pipelines, including those being deleted."""
+    application = await find_application(ctx, tenant.id, app)
+    pipelines = await ctx.db(ctx.store.list_pipelines, application_id=application.id)
+    stats = await ctx.db(ctx.store.stats, [p.id for p in pipelines])
+    return PipelineList(
+        pipelines=[pipeline_out(p, application=application.name, stats=stats) for p in pipelines]
+    )
+
+
+@router.get("/{pipeline}")
+async def get_pipeline(app: str, pipeline: str, tenant: CurrentTenant, ctx: Ctx) -> PipelineOut:
+    application = await find_application(ctx, tenant.id, app)
+    found = await find_pipeline(ctx, application, pipeline)
+    stats = await ctx.db(ctx.store.stats, [found.id])
+    return pipeline_out(found, application=application.name, stats=stats)
+
+
+@router.patch("/{pipeline}")
+async def patch_pipeline(
+    app: str, pipeline: str, body: PatchPipeline, tenant: CurrentTenant, ctx: Ctx
+) -> PipelineOut:
+    """Change a pipeline's chart or settings; the chart is redeployed in the background.
+
+    A ``failed`` pipeline is provisioned again: patching is how a failure is fixed.
+    """
+    application = await find_application(ctx, tenant.id, app)
+    found = await find_pipeline(ctx, application, pipeline)
+    changes = PipelineChanges(
+        chart=body.chart,
+        chart_version=body.chart_version,
+        values=body.values,
+        scaling=body.scaling,
+        max_attempts=body.max_attempts,
+        lease_timeout_s=body.lease_timeout_s,
+        retention_s=body.retention,
+    )
+    try:
+        updated = await ctx.db(ctx.store.update_pipeline, found, changes)
+    except NotFound as err:
+        raise not_found(str(err)) from err
+    ctx.nudge(updated.id)
+    stats = await ctx.db(ctx.store.stats, [updated.id])
+    return pipeline_out(updated, application=application.name, stats=stats)
+
+
+@router.delete("/{pipeline}", status_code=202)
+async def delete_pipeline(
+    app: str, pipeline: str, tenant: CurrentTenant, ctx: Ctx
+) -> PipelineDeleting:
+    """Start deleting: the name is free at once; workers, topic and tasks go in the
+    background."""
+    application = await find_application(ctx, tenant.id, app)
+    found = await find_pipeline(ctx, application, pipeline)
+    if not await ctx.db(ctx.store.start_deleting, found.id):
+        raise not_found(f"pipeline {pipeline!r} is already being deleted")
+    ctx.nudge(found.id)
+    return PipelineDeleting(id=found.id, state="deleting")

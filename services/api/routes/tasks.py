@@ -1,0 +1,327 @@
+"""Tasks: submit (single and batch), read, list, cancel, requeue; the pipeline's stats."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from actors.pipeline.model import TERMINAL, Status
+from services.api.auth import CurrentTenant
+from services.api.context import Ctx
+from services.api.errors import ApiError, error_body_schema, not_found
+from services.api.routes.pipelines import counts_of
+from services.api.schemas import (
+    TASK_ID_RE,
+    Accepted,
+    BatchOut,
+    StatsOut,
+    SubmitBatch,
+    TaskOut,
+    TaskPage,
+    TaskSummary,
+)
+from services.api.submit import (
+    Candidate,
+    compact,
+    data_too_large,
+    digest,
+    existing_tasks,
+    parse_object,
+    plan,
+    produced,
+    require_ready,
+)
+from services.kafka.producer import OutgoingTask
+from services.store.control import Pipeline, TaskRecord, new_id
+
+router = APIRouter(prefix="/api/applications/{app}/pipelines/{pipeline}", tags=["tasks"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"content": {"application/json": {"schema": error_body_schema()}}}
+    for code in (400, 401, 404, 409, 413, 422, 503)
+}
+
+
+async def resolve(ctx: Ctx, tenant_id: str, app: str, name: str) -> Pipeline:
+    """The tenant's live pipeline; remembered while the database is down (see context)."""
+    pipeline = await ctx.find_pipeline(tenant_id=tenant_id, application=app, name=name)
+    if pipeline is not None:
+        return pipeline
+    if await ctx.db(ctx.store.get_application, tenant_id=tenant_id, name=app) is None:
+        raise not_found(f"no application named {app!r}; GET /api/applications lists yours")
+    raise not_found(
+        f"no pipeline named {name!r} in application {app!r}; "
+        f"GET /api/applications/{app}/pipelines lists them"
+    )
+
+
+def _client_id(value: str | None) -> str | None:
+    if value is not None and not TASK_ID_RE.match(value):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{value[:140]!r} is not a valid task id: use 1 to 128 letters, digits and "
+            "'._:~@+=-', starting with a letter or digit",
+        )
+    return value
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Accepted,
+    responses={
+        200: {"model": TaskOut, "description": "The task existed: an idempotent resubmit"},
+        **_ERRORS,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+async def submit_task(
+    app: str,
+    pipeline: str,
+    request: Request,
+    tenant: CurrentTenant,
+    ctx: Ctx,
+    task_id: Annotated[
+        str | None, Query(alias="id", description="Idempotency key: the task's id.")
+    ] = None,
+    idempotency_key: Annotated[str | None, Header(description="Alias of ?id=.")] = None,
+) -> JSONResponse:
+    """Submit one task: the body (any JSON object) is its data, carried byte for byte."""
+    raw = await request.body()
+    parse_object(raw, max_bytes=ctx.limits.max_task_data_bytes)
+    target = await resolve(ctx, tenant.id, app, pipeline)
+    require_ready(target)
+    client_id = _client_id(task_id or idempotency_key)
+    task = OutgoingTask(id=client_id or new_id(), data=raw, data_sha256=digest(raw))
+    if client_id is not None:
+        stored = (await existing_tasks(ctx, target, [client_id])).get(client_id)
+        if stored is not None:
+            return await _resubmitted(ctx, target, task, stored.data_sha256)
+    await produced(ctx, ctx.producer.submit(target.id, [task]))
+    ctx.metrics.tasks_created.labels(target.id).inc()
+    return JSONResponse(Accepted(id=task.id, status="queued").model_dump(), status_code=202)
+
+
+async def _resubmitted(
+    ctx: Ctx, pipeline: Pipeline, task: OutgoingTask, stored_sha256: bytes
+) -> JSONResponse:
+    if stored_sha256 != task.data_sha256:
+        raise ApiError(
+            409,
+            "task_conflict",
+            f"task {task.id!r} already exists with different data; use another id",
+        )
+    record = await ctx.db(ctx.store.get_task, pipeline_id=pipeline.id, task_id=task.id)
+    if record is None:  # deleted (expired) in between: as good as never stored
+        raise not_found(f"task {task.id!r} expired while it was being read; submit it again")
+    return JSONResponse(task_out(record).model_dump(mode="json"), status_code=200)
+
+
+@router.post("/tasks", status_code=202, responses=_ERRORS)
+async def submit_batch(
+    app: str, pipeline: str, body: SubmitBatch, tenant: CurrentTenant, ctx: Ctx
+) -> BatchOut:
+    """Submit up to 10,000 tasks; one result per item, in order.
+
+    Each item's data is re-serialised compactly (see ``submit.compact``); use the
+    single-task route to have the exact bytes carried.
+    """
+    if len(body.tasks) > ctx.limits.max_batch_items:
+        raise ApiError(
+            413,
+            "batch_too_large",
+            f"{len(body.tasks)} tasks in one request, over the limit of "
+            f"{ctx.limits.max_batch_items}; split the batch",
+        )
+    candidates = _candidates(body, ctx.limits.max_task_data_bytes)
+    target = await resolve(ctx, tenant.id, app, pipeline)
+    require_ready(target)
+    client_ids = sorted({item.id for item in body.tasks if item.id is not None})
+    planned = plan(candidates, await existing_tasks(ctx, target, client_ids))
+    if planned.produce:
+        await produced(ctx, ctx.producer.submit(target.id, planned.produce))
+        ctx.metrics.tasks_created.labels(target.id).inc(len(planned.produce))
+    results = planned.results
+    return BatchOut(
+        results=results,
+        queued=sum(1 for r in results if r.result == "queued"),
+        existing=sum(1 for r in results if r.result == "existing"),
+        conflicts=sum(1 for r in results if r.result == "conflict"),
+    )
+
+
+def _candidates(body: SubmitBatch, max_bytes: int) -> list[Candidate]:
+    candidates = []
+    for index, item in enumerate(body.tasks):
+        data = compact(item.data)
+        if len(data) > max_bytes:
+            raise data_too_large(len(data), max_bytes, index=index)
+        task_id = item.id or new_id()
+        candidates.append(Candidate(index=index, id=task_id, data=data, sha256=digest(data)))
+    return candidates
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+Encoding = Literal["json", "text", "base64"]
+
+
+def _decoded(payload: bytes | None) -> tuple[Any, Encoding | None]:
+    if payload is None:
+        return None, None
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(payload).decode(), "base64"
+    try:
+        return json.loads(text), "json"
+    except ValueError:
+        return text, "text"
+
+
+def _summary_fields(record: TaskRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "status": record.status,
+        "attempt": record.attempt,
+        "error": record.error,
+        "created_at": record.created_at,
+        "due_at": record.due_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "worker": record.worker,
+    }
+
+
+def task_out(record: TaskRecord) -> TaskOut:
+    data, _ = _decoded(record.data)
+    result, encoding = _decoded(record.result)
+    return TaskOut(**_summary_fields(record), data=data, result=result, result_encoding=encoding)
+
+
+def _task_missing(task_id: str, pipeline: str) -> ApiError:
+    return not_found(
+        f"no task {task_id!r} in pipeline {pipeline!r}; a task just submitted appears once "
+        "the scheduler has admitted it (normally within a second or two)"
+    )
+
+
+@router.get("/tasks/{task_id}", responses=_ERRORS)
+async def get_task(
+    app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
+) -> TaskOut:
+    target = await resolve(ctx, tenant.id, app, pipeline)
+    record = await ctx.db(ctx.store.get_task, pipeline_id=target.id, task_id=task_id)
+    if record is None:
+        raise _task_missing(task_id, pipeline)
+    return task_out(record)
+
+
+def _encode_cursor(task_id: str) -> str:
+    return base64.urlsafe_b64encode(task_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    invalid = ApiError(
+        400, "invalid_cursor", "the cursor is not one this API returned; start without it"
+    )
+    padded = cursor + "=" * (-len(cursor) % 4)
+    try:
+        task_id = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as err:
+        raise invalid from err
+    if not TASK_ID_RE.match(task_id):
+        raise invalid
+    return task_id
+
+
+@router.get("/tasks", responses=_ERRORS)
+async def list_tasks(
+    app: str,
+    pipeline: str,
+    tenant: CurrentTenant,
+    ctx: Ctx,
+    status: Status | None = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    cursor: str | None = None,
+) -> TaskPage:
+    """Tasks ordered by id, a page at a time; pass ``next_cursor`` back for the next."""
+    size = min(limit or ctx.limits.default_page_size, ctx.limits.max_page_size)
+    after = _decode_cursor(cursor) if cursor else None
+    target = await resolve(ctx, tenant.id, app, pipeline)
+    records = await ctx.db(
+        ctx.store.list_tasks,
+        pipeline_id=target.id,
+        status=status.value if status else None,
+        after=after,
+        limit=size,
+    )
+    next_cursor = _encode_cursor(records[-1].id) if len(records) == size else None
+    return TaskPage(
+        tasks=[TaskSummary(**_summary_fields(r)) for r in records], next_cursor=next_cursor
+    )
+
+
+@router.get("/stats", responses=_ERRORS)
+async def pipeline_stats(app: str, pipeline: str, tenant: CurrentTenant, ctx: Ctx) -> StatsOut:
+    """Counts by status and the backlog, as the scheduler last flushed them."""
+    target = await resolve(ctx, tenant.id, app, pipeline)
+    stats = (await ctx.db(ctx.store.stats, [target.id])).get(target.id)
+    counts = counts_of(stats)
+    backlog = counts.pop("backlog", counts.get(Status.QUEUED.value, 0))
+    return StatsOut(
+        counts={s.value: counts.get(s.value, 0) for s in Status},
+        backlog=backlog,
+        updated_at=stats.updated_at if stats else None,
+    )
+
+
+# -- cancel and requeue --------------------------------------------------------------------
+
+
+@router.delete("/tasks/{task_id}", status_code=202, responses=_ERRORS)
+async def cancel_task(
+    app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
+) -> Accepted:
+    """Cancel a task that has not finished. The cancel travels behind the submit on the
+    task's partition, so a task still on its way to the scheduler is cancelled too."""
+    _client_id(task_id)
+    target = await resolve(ctx, tenant.id, app, pipeline)
+    require_ready(target)
+    stored = (await existing_tasks(ctx, target, [task_id])).get(task_id)
+    if stored is not None and stored.status in TERMINAL:
+        raise ApiError(409, "task_finished", f"task {task_id!r} already finished ({stored.status})")
+    await produced(ctx, ctx.producer.cancel(target.id, task_id, reason="cancelled by the tenant"))
+    return Accepted(id=task_id, status="cancelling")
+
+
+@router.post("/tasks/{task_id}/requeue", status_code=202, responses=_ERRORS)
+async def requeue_task(
+    app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
+) -> Accepted:
+    """Put a ``dead`` task back in the queue with a fresh attempt count."""
+    target = await resolve(ctx, tenant.id, app, pipeline)
+    require_ready(target)
+    record = await ctx.db(ctx.store.get_task, pipeline_id=target.id, task_id=task_id)
+    if record is None:
+        raise _task_missing(task_id, pipeline)
+    if record.status != Status.DEAD.value:
+        raise ApiError(
+            409,
+            "task_not_dead",
+            f"task {task_id!r} is {record.status}; only dead tasks can be requeued",
+        )
+    await produced(ctx, ctx.producer.requeue(target.id, task_id))
+    return Accepted(id=task_id, status="requeueing")

@@ -1,0 +1,230 @@
+"""Request and response bodies of the HTTP API (pydantic models; OpenAPI at /docs)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+#: Client task ids appear in URLs and lease tokens: no '/', no spaces, at most 128 chars.
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:~@+=-]{0,127}$")
+_DURATION_RE = re.compile(r"^(\d+)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MIN_RETENTION_S = 60
+MAX_RETENTION_S = 3650 * 86400
+
+
+def _name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1 to 40 lowercase letters, digits and '-', "
+            "starting with a letter"
+        )
+    return value
+
+
+def _task_id(value: str) -> str:
+    if not TASK_ID_RE.match(value):
+        raise ValueError(
+            f"{value[:140]!r} is not a valid task id: use 1 to 128 letters, digits and "
+            "'._:~@+=-', starting with a letter or digit"
+        )
+    return value
+
+
+def parse_retention(value: object) -> int:
+    """Seconds, from an integer or a duration such as ``90s``, ``15m``, ``24h``, ``7d``."""
+    if isinstance(value, bool):
+        raise ValueError("retention must be seconds or a duration such as '7d'")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str) and (match := _DURATION_RE.match(value.strip())):
+        seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    else:
+        raise ValueError("retention must be seconds or a duration such as '90s', '24h', '7d'")
+    if not MIN_RETENTION_S <= seconds <= MAX_RETENTION_S:
+        raise ValueError(f"retention must be between {MIN_RETENTION_S} s and 3650 days")
+    return seconds
+
+
+Name = Annotated[str, AfterValidator(_name)]
+TaskId = Annotated[str, AfterValidator(_task_id)]
+Retention = Annotated[int, BeforeValidator(parse_retention)]
+Chart = Annotated[str, Field(min_length=1, max_length=1024)]
+ChartVersion = Annotated[str, Field(min_length=1, max_length=128)]
+MaxAttempts = Annotated[int, Field(ge=1, le=100)]
+LeaseTimeout = Annotated[int, Field(ge=1, le=86400)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- tenants and applications ---------------------------------------------------------------
+
+
+class CreateTenant(_Request):
+    name: Name
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    created_at: dt.datetime
+
+
+class TenantCreated(TenantOut):
+    api_key: str = Field(description="Shown once: keep it; only its digest is stored.")
+
+
+class TenantList(BaseModel):
+    tenants: list[TenantOut]
+
+
+class CreateApplication(_Request):
+    name: Name
+
+
+class ApplicationOut(BaseModel):
+    id: str
+    name: str
+    created_at: dt.datetime
+
+
+class ApplicationList(BaseModel):
+    applications: list[ApplicationOut]
+
+
+# -- pipelines -----------------------------------------------------------------------------
+
+
+class CreatePipeline(_Request):
+    name: Name
+    chart: Chart = Field(description="Chart path, repository URL or OCI reference.")
+    chart_version: ChartVersion | None = None
+    values: dict[str, Any] = Field(default_factory=dict)
+    partitions: int = Field(default=2, ge=1, le=128)
+    scaling: dict[str, Any] = Field(default_factory=dict)
+    max_attempts: MaxAttempts = 3
+    lease_timeout_s: LeaseTimeout = 30
+    retention: Retention = Field(default=7 * 86400, description="Seconds, or e.g. '7d'.")
+
+
+class PatchPipeline(_Request):
+    chart: Chart | None = None
+    chart_version: ChartVersion | None = None
+    values: dict[str, Any] | None = None
+    scaling: dict[str, Any] | None = None
+    max_attempts: MaxAttempts | None = None
+    lease_timeout_s: LeaseTimeout | None = None
+    retention: Retention | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _immutable(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "partitions" in data:
+                raise ValueError(
+                    "partitions cannot change: tasks are routed to partitions by id; "
+                    "create a new pipeline instead"
+                )
+            if "name" in data:
+                raise ValueError("a pipeline cannot be renamed; create a new one instead")
+        return data
+
+
+class PipelineOut(BaseModel):
+    id: str
+    name: str
+    application: str
+    chart: str
+    chart_version: str | None
+    values: dict[str, Any]
+    partitions: int
+    scaling: dict[str, Any]
+    max_attempts: int
+    lease_timeout_s: int
+    retention_s: int
+    state: Literal["provisioning", "ready", "failed", "deleting"]
+    reason: str = Field(description="Why the pipeline is failed, or what its deployment hit.")
+    deployment: dict[str, Any]
+    topic: str
+    counts: dict[str, int] = Field(description="Tasks by status, as the scheduler last flushed.")
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class PipelineCreated(PipelineOut):
+    worker_token: str = Field(description="Shown once: the workers' credential for gRPC.")
+
+
+class PipelineList(BaseModel):
+    pipelines: list[PipelineOut]
+
+
+class PipelineDeleting(BaseModel):
+    id: str
+    state: Literal["deleting"]
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+
+class BatchItem(_Request):
+    data: dict[str, Any]
+    id: TaskId | None = None
+
+
+class SubmitBatch(_Request):
+    tasks: list[BatchItem] = Field(min_length=1)
+
+
+class Accepted(BaseModel):
+    id: str
+    status: str
+
+
+class BatchResult(BaseModel):
+    id: str
+    result: Literal["queued", "existing", "conflict"]
+    status: str | None = Field(description="The task's status: queued, or the stored one.")
+    detail: str | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchResult]
+    queued: int
+    existing: int
+    conflicts: int
+
+
+class TaskSummary(BaseModel):
+    id: str
+    status: str
+    attempt: int
+    error: str | None
+    created_at: dt.datetime
+    due_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    worker: str | None
+
+
+class TaskOut(TaskSummary):
+    data: Any = Field(description="The task's data, as submitted.")
+    result: Any = Field(description="The worker's result, decoded as result_encoding says.")
+    result_encoding: Literal["json", "text", "base64"] | None
+
+
+class TaskPage(BaseModel):
+    tasks: list[TaskSummary]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+class StatsOut(BaseModel):
+    counts: dict[str, int]
+    backlog: int
+    updated_at: dt.datetime | None

@@ -1,0 +1,64 @@
+"""The deployer port: puts a pipeline's workers in place (Helm chart, local processes...).
+
+Kept small on purpose: the reconciler only needs "make it so" and "take it away", and
+records the status each call returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from services.store.control import Pipeline
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploymentStatus:
+    """What a deployer reports; stored with the pipeline and shown by the API."""
+
+    status: str
+    revision: int
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "revision": self.revision, "detail": self.detail}
+
+
+class DeployFailed(Exception):
+    """The chart could not be deployed; the message is shown as the pipeline's reason."""
+
+
+class Deployer(Protocol):
+    async def deploy(self, pipeline: Pipeline) -> DeploymentStatus:
+        """Install or upgrade the pipeline's workers (idempotent); raise DeployFailed."""
+        ...
+
+    async def remove(self, pipeline: Pipeline) -> None:
+        """Remove the pipeline's workers; removing what is not there is not an error."""
+        ...
+
+
+def _revision(deployment: Mapping[str, Any]) -> int:
+    value = deployment.get("revision", 0)
+    return value if isinstance(value, int) else 0
+
+
+class NoopDeployer:
+    """Deploys nothing and says "deployed": for tests, and until a real deployer is set.
+
+    Each deploy bumps the revision recorded with the pipeline, as Helm would.
+    """
+
+    def __init__(self) -> None:
+        self.deployed: dict[str, DeploymentStatus] = {}
+        self.removed: list[str] = []
+
+    async def deploy(self, pipeline: Pipeline) -> DeploymentStatus:
+        status = DeploymentStatus(status="deployed", revision=_revision(pipeline.deployment) + 1)
+        self.deployed[pipeline.id] = status
+        return status
+
+    async def remove(self, pipeline: Pipeline) -> None:
+        self.deployed.pop(pipeline.id, None)
+        self.removed.append(pipeline.id)

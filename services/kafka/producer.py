@@ -1,0 +1,295 @@
+"""Producing task and placement events, with a deadline on the broker's acknowledgement.
+
+One long-lived :class:`KafkaProducer` per API process. A call returns once every record
+it produced is acknowledged by all in-sync replicas (``acks=all``, idempotent producer),
+or raises :class:`BrokerUnavailable` when the deadline passes first: the API then answers
+503 instead of hanging. Records of a call that timed out may still be delivered later
+(at-least-once): clients that retry should resubmit with the same task ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+
+from protos.wsched.v1 import events_pb2
+from services.placement import PLACEMENT_TOPIC, pipeline_topic
+
+log = logging.getLogger("wsched.kafka.producer")
+
+SCHEMA_VERSION = 1
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not acknowledge within the deadline (or could not be reached)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutgoingTask:
+    id: str
+    #: The client's JSON object, as bytes; carried as is.
+    data: bytes
+    data_sha256: bytes
+    due_at_ms: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    topic: str
+    key: bytes
+    value: bytes
+    partition: int | None = None
+
+
+class EventProducer(Protocol):
+    async def submit(self, pipeline_id: str, tasks: Sequence[OutgoingTask]) -> None: ...
+
+    async def cancel(self, pipeline_id: str, task_id: str, *, reason: str = "") -> None: ...
+
+    async def requeue(self, pipeline_id: str, task_id: str) -> None: ...
+
+    async def placement(
+        self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
+    ) -> None: ...
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def _envelope(pipeline_id: str, task_id: str, now_ms: int) -> events_pb2.TaskEvent:
+    return events_pb2.TaskEvent(
+        schema_version=SCHEMA_VERSION,
+        pipeline_id=pipeline_id,
+        task_id=task_id,
+        produced_at_ms=now_ms,
+    )
+
+
+def submit_records(pipeline_id: str, tasks: Sequence[OutgoingTask], *, now_ms: int) -> list[Record]:
+    topic = pipeline_topic(pipeline_id)
+    records = []
+    for task in tasks:
+        event = _envelope(pipeline_id, task.id, now_ms)
+        event.submit.data = task.data
+        event.submit.due_at_ms = task.due_at_ms
+        event.submit.data_sha256 = task.data_sha256
+        records.append(Record(topic=topic, key=task.id.encode(), value=event.SerializeToString()))
+    return records
+
+
+def cancel_record(pipeline_id: str, task_id: str, *, reason: str, now_ms: int) -> Record:
+    event = _envelope(pipeline_id, task_id, now_ms)
+    event.cancel.reason = reason
+    # Same topic and key as the submit, so the cancel lands after it on the same partition.
+    return Record(
+        topic=pipeline_topic(pipeline_id), key=task_id.encode(), value=event.SerializeToString()
+    )
+
+
+def requeue_record(pipeline_id: str, task_id: str, *, now_ms: int) -> Record:
+    event = _envelope(pipeline_id, task_id, now_ms)
+    event.requeue.SetInParent()
+    return Record(
+        topic=pipeline_topic(pipeline_id), key=task_id.encode(), value=event.SerializeToString()
+    )
+
+
+def placement_record(
+    pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
+) -> Record:
+    event = events_pb2.PlacementEvent(
+        schema_version=SCHEMA_VERSION, pipeline_id=pipeline_id, shard=shard, kind=kind
+    )
+    return Record(
+        topic=PLACEMENT_TOPIC,
+        key=pipeline_id.encode(),
+        value=event.SerializeToString(),
+        partition=shard,
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# -- the real producer ----------------------------------------------------------------------
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    # A send abandoned at the deadline may fail later; reading its exception keeps asyncio
+    # from logging "exception was never retrieved" for an outcome we already reported.
+    if not future.cancelled():
+        future.exception()
+
+
+class KafkaProducer:
+    """The :class:`EventProducer` on Kafka: ``acks=all``, idempotent, byte-bounded batches.
+
+    Started lazily and restarted after a failed start, so that an API that came up while
+    the broker was down starts producing once it is back, without a restart.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        deadline_s: float = 5.0,
+        linger_ms: int = 5,
+        max_batch_bytes: int = 512 * 1024,
+        max_request_bytes: int = 1024 * 1024,
+        client_id: str = "wsched-api",
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._deadline_s = deadline_s
+        self._options = {
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": linger_ms,
+            "max_batch_size": max_batch_bytes,
+            "max_request_size": max_request_bytes,
+            "client_id": client_id,
+        }
+        self._clock_ms = clock_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def deadline_s(self) -> float:
+        return self._deadline_s
+
+    async def start(self) -> None:
+        """Connect now if the broker is there; otherwise the first produce retries."""
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                await self._started()
+        except (BrokerUnavailable, TimeoutError) as err:
+            log.warning("Kafka producer not started yet: %s", str(err) or "no answer in time")
+
+    async def stop(self) -> None:
+        async with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def __aenter__(self) -> KafkaProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def submit(self, pipeline_id: str, tasks: Sequence[OutgoingTask]) -> None:
+        await self.send(submit_records(pipeline_id, tasks, now_ms=self._clock_ms()))
+
+    async def cancel(self, pipeline_id: str, task_id: str, *, reason: str = "") -> None:
+        await self.send(
+            [cancel_record(pipeline_id, task_id, reason=reason, now_ms=self._clock_ms())]
+        )
+
+    async def requeue(self, pipeline_id: str, task_id: str) -> None:
+        await self.send([requeue_record(pipeline_id, task_id, now_ms=self._clock_ms())])
+
+    async def placement(
+        self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
+    ) -> None:
+        await self.send([placement_record(pipeline_id, shard, kind)])
+
+    async def send(self, records: Sequence[Record]) -> None:
+        """Produce ``records`` and wait for all their acks, within the deadline."""
+        futures: list[asyncio.Future[object]] = []
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                producer = await self._started()
+                for record in records:
+                    future = await producer.send(
+                        record.topic, record.value, key=record.key, partition=record.partition
+                    )
+                    future.add_done_callback(_retrieve)
+                    futures.append(future)
+                await asyncio.gather(*futures)
+        except TimeoutError as err:
+            acked = sum(1 for f in futures if f.done() and not f.cancelled() and not f.exception())
+            raise BrokerUnavailable(
+                f"Kafka at {self._bootstrap} acknowledged {acked} of {len(records)} records "
+                f"within {self._deadline_s:g} s"
+            ) from err
+        except BrokerUnavailable:
+            raise
+        except Exception as err:  # aiokafka's errors have no common base worth naming
+            raise BrokerUnavailable(
+                f"Kafka at {self._bootstrap}: {type(err).__name__}: {err}"
+            ) from err
+
+    async def _started(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is not None:
+                return self._producer
+            if not self._bootstrap:
+                raise BrokerUnavailable("Kafka is not configured: set WSCHED_KAFKA_BOOTSTRAP")
+            producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._options)
+            try:
+                await producer.start()
+            except BaseException as err:
+                await producer.stop()  # a half-started client still holds connections
+                if isinstance(err, Exception):
+                    raise BrokerUnavailable(
+                        f"cannot connect to Kafka at {self._bootstrap}: {type(err).__name__}: {err}"
+                    ) from err
+                raise
+            self._producer = producer
+            return producer
+
+
+# -- in memory ------------------------------------------------------------------------------
+
+
+class MemoryProducer:
+    """The :class:`EventProducer` in memory, for unit tests.
+
+    Keeps every record it was given; ``fail`` (a message) makes every call raise
+    :class:`BrokerUnavailable`, as a broker that does not acknowledge would.
+    """
+
+    def __init__(self, *, clock_ms: Callable[[], int] = _now_ms) -> None:
+        self.records: list[Record] = []
+        self.fail: str | None = None
+        self._clock_ms = clock_ms
+
+    def task_events(self, pipeline_id: str) -> list[events_pb2.TaskEvent]:
+        topic = pipeline_topic(pipeline_id)
+        return [events_pb2.TaskEvent.FromString(r.value) for r in self.records if r.topic == topic]
+
+    def placements(self) -> list[events_pb2.PlacementEvent]:
+        return [
+            events_pb2.PlacementEvent.FromString(r.value)
+            for r in self.records
+            if r.topic == PLACEMENT_TOPIC
+        ]
+
+    async def _send(self, records: Sequence[Record]) -> None:
+        if self.fail is not None:
+            raise BrokerUnavailable(self.fail)
+        self.records.extend(records)
+
+    async def submit(self, pipeline_id: str, tasks: Sequence[OutgoingTask]) -> None:
+        await self._send(submit_records(pipeline_id, tasks, now_ms=self._clock_ms()))
+
+    async def cancel(self, pipeline_id: str, task_id: str, *, reason: str = "") -> None:
+        await self._send(
+            [cancel_record(pipeline_id, task_id, reason=reason, now_ms=self._clock_ms())]
+        )
+
+    async def requeue(self, pipeline_id: str, task_id: str) -> None:
+        await self._send([requeue_record(pipeline_id, task_id, now_ms=self._clock_ms())])
+
+    async def placement(
+        self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
+    ) -> None:
+        await self._send([placement_record(pipeline_id, shard, kind)])

@@ -1,0 +1,638 @@
+"""The control plane's repository: tenants, applications, pipelines, and reads of tasks.
+
+SQLAlchemy Core, synchronous (pymysql / sqlite3); async callers run it in worker threads.
+Secrets (tenant API keys, worker tokens) are returned once, when issued, and stored only
+as SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+import uuid6
+
+from services.placement import pipeline_topic, shard_of
+from services.store.schema import (
+    applications,
+    grain_offsets,
+    grain_owners,
+    pipeline_stats,
+    pipelines,
+    task_results,
+    tasks,
+    tenants,
+)
+from services.store.sql import chunks, from_db, from_db_required, to_db
+
+TENANT_KEY_PREFIX = "wsk_"
+WORKER_TOKEN_PREFIX = "wst_"  # noqa: S105 - a prefix, not a secret
+#: Rows per DELETE when purging a pipeline's tasks: one bounded transaction each, well
+#: inside TiDB's transaction size limit.
+PURGE_BATCH = 1000
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id() -> str:
+    """A time-ordered id (UUIDv7): rows of one period sort together, ids never repeat."""
+    return str(uuid6.uuid7())
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def issue_secret(prefix: str) -> tuple[str, str]:
+    """A new random secret and its digest; the secret itself is never stored."""
+    secret = prefix + secrets.token_urlsafe(32)
+    return secret, hash_secret(secret)
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    # Compact and sorted, so that equal documents are equal strings (and LIKE can match).
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class ControlError(Exception):
+    """A request the control plane refuses; the message says why."""
+
+
+class NameTaken(ControlError):
+    pass
+
+
+class NotFound(ControlError):
+    pass
+
+
+class HasPipelines(ControlError):
+    pass
+
+
+class PipelineState(StrEnum):
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    FAILED = "failed"
+    DELETING = "deleting"
+
+
+#: ``deployment`` status of a pipeline whose chart must be (re)deployed by the reconciler.
+DEPLOYMENT_PENDING = "pending"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tenant:
+    id: str
+    name: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Application:
+    id: str
+    tenant_id: str
+    name: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineSpec:
+    """What a tenant asks for when creating a pipeline."""
+
+    name: str
+    chart: str
+    chart_version: str | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)
+    partitions: int = 2
+    scaling: Mapping[str, Any] = field(default_factory=dict)
+    max_attempts: int = 3
+    lease_timeout_s: int = 30
+    retention_s: int = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineChanges:
+    """A PATCH: ``None`` leaves a field as it is. Partitions never change (key routing)."""
+
+    chart: str | None = None
+    chart_version: str | None = None
+    values: Mapping[str, Any] | None = None
+    scaling: Mapping[str, Any] | None = None
+    max_attempts: int | None = None
+    lease_timeout_s: int | None = None
+    retention_s: int | None = None
+
+    def columns(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("chart", "chart_version", "max_attempts", "lease_timeout_s", "retention_s"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.values is not None:
+            out["values_json"] = _json(self.values)
+        if self.scaling is not None:
+            out["scaling_json"] = _json(self.scaling)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pipeline:
+    id: str
+    tenant_id: str
+    application_id: str
+    name: str
+    chart: str
+    chart_version: str | None
+    values: Mapping[str, Any]
+    partitions: int
+    scaling: Mapping[str, Any]
+    max_attempts: int
+    lease_timeout_s: int
+    retention_s: int
+    state: PipelineState
+    state_reason: str
+    deployment: Mapping[str, Any]
+    shard: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @property
+    def topic(self) -> str:
+        return pipeline_topic(self.id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskRecord:
+    """A task row as the API shows it; ``data`` and ``result`` only when asked for."""
+
+    id: str
+    status: str
+    attempt: int
+    due_at: dt.datetime
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    worker: str | None
+    error: str | None
+    data: bytes | None = None
+    result: bytes | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExistingTask:
+    data_sha256: bytes
+    status: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineStats:
+    counts: Mapping[str, int]
+    updated_at: dt.datetime | None
+
+
+def _pipeline(row: sa.Row[*tuple[Any, ...]]) -> Pipeline:
+    return Pipeline(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        application_id=row.application_id,
+        name=row.name,
+        chart=row.chart,
+        chart_version=row.chart_version,
+        values=json.loads(row.values_json),
+        partitions=row.partitions,
+        scaling=json.loads(row.scaling_json),
+        max_attempts=row.max_attempts,
+        lease_timeout_s=row.lease_timeout_s,
+        retention_s=row.retention_s,
+        state=PipelineState(row.state),
+        state_reason=row.state_reason,
+        deployment=json.loads(row.deployment_json),
+        shard=row.shard,
+        created_at=from_db_required(row.created_at),
+        updated_at=from_db_required(row.updated_at),
+    )
+
+
+def _task_record(row: sa.Row[*tuple[Any, ...]], *, with_payloads: bool) -> TaskRecord:
+    return TaskRecord(
+        id=row.id,
+        status=row.status,
+        attempt=row.attempt,
+        due_at=from_db_required(row.due_at),
+        created_at=from_db_required(row.created_at),
+        started_at=from_db(row.started_at),
+        finished_at=from_db(row.finished_at),
+        worker=row.worker,
+        error=row.error,
+        data=row.data if with_payloads else None,
+        result=row.result if with_payloads else None,
+    )
+
+
+_TASK_SUMMARY = (
+    tasks.c.id,
+    tasks.c.status,
+    tasks.c.attempt,
+    tasks.c.due_at,
+    tasks.c.created_at,
+    tasks.c.started_at,
+    tasks.c.finished_at,
+    tasks.c.worker,
+    tasks.c.error,
+)
+
+
+class ControlStore:
+    """Tenants, applications and pipelines; reads of tasks and of the grains' counters."""
+
+    def __init__(self, *, engine: sa.Engine, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def _now(self) -> dt.datetime | None:
+        return to_db(self._clock())
+
+    # -- tenants ---------------------------------------------------------------------------
+
+    def create_tenant(self, name: str) -> tuple[Tenant, str]:
+        """The new tenant and its API key (shown once: only its digest is kept)."""
+        key, digest = issue_secret(TENANT_KEY_PREFIX)
+        tenant = Tenant(id=new_id(), name=name, created_at=self._clock())
+        row = {"id": tenant.id, "name": name, "api_key_hash": digest, "created_at": self._now()}
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(tenants.insert().values(row))
+        except sa.exc.IntegrityError as err:
+            raise NameTaken(f"a tenant named {name!r} already exists") from err
+        return tenant, key
+
+    def list_tenants(self) -> list[Tenant]:
+        query = sa.select(tenants.c.id, tenants.c.name, tenants.c.created_at).order_by(
+            tenants.c.name
+        )
+        with self._engine.connect() as conn:
+            return [_tenant(row) for row in conn.execute(query)]
+
+    def tenant_by_key(self, api_key: str) -> Tenant | None:
+        query = sa.select(tenants.c.id, tenants.c.name, tenants.c.created_at).where(
+            tenants.c.api_key_hash == hash_secret(api_key)
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _tenant(row) if row is not None else None
+
+    # -- applications ----------------------------------------------------------------------
+
+    def create_application(self, *, tenant_id: str, name: str) -> Application:
+        app = Application(id=new_id(), tenant_id=tenant_id, name=name, created_at=self._clock())
+        row = {"id": app.id, "tenant_id": tenant_id, "name": name, "created_at": self._now()}
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(applications.insert().values(row))
+        except sa.exc.IntegrityError as err:
+            raise NameTaken(f"an application named {name!r} already exists") from err
+        return app
+
+    def list_applications(self, *, tenant_id: str) -> list[Application]:
+        query = (
+            sa.select(applications)
+            .where(applications.c.tenant_id == tenant_id)
+            .order_by(applications.c.name)
+        )
+        with self._engine.connect() as conn:
+            return [_application(row) for row in conn.execute(query)]
+
+    def get_application(self, *, tenant_id: str, name: str) -> Application | None:
+        query = sa.select(applications).where(
+            applications.c.tenant_id == tenant_id, applications.c.name == name
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _application(row) if row is not None else None
+
+    def delete_application(self, app: Application) -> None:
+        """Delete an application that has no pipelines left (not even ones being deleted)."""
+        count = (
+            sa.select(sa.func.count())
+            .select_from(pipelines)
+            .where(pipelines.c.application_id == app.id)
+        )
+        with self._engine.begin() as conn:
+            if conn.execute(count).scalar_one():
+                raise HasPipelines(
+                    f"application {app.name!r} still has pipelines; delete them first "
+                    "(pipelines being deleted disappear once their topic and workers are gone)"
+                )
+            conn.execute(applications.delete().where(applications.c.id == app.id))
+
+    # -- pipelines -------------------------------------------------------------------------
+
+    def create_pipeline(self, *, app: Application, spec: PipelineSpec) -> tuple[Pipeline, str]:
+        """Insert the pipeline in state ``provisioning``; returns it and its worker token."""
+        token, digest = issue_secret(WORKER_TOKEN_PREFIX)
+        pipeline_id = new_id()
+        now = self._now()
+        row = {
+            "id": pipeline_id,
+            "tenant_id": app.tenant_id,
+            "application_id": app.id,
+            "name": spec.name,
+            "live_name": spec.name,
+            "chart": spec.chart,
+            "chart_version": spec.chart_version,
+            "values_json": _json(spec.values),
+            "partitions": spec.partitions,
+            "scaling_json": _json(spec.scaling),
+            "max_attempts": spec.max_attempts,
+            "lease_timeout_s": spec.lease_timeout_s,
+            "retention_s": spec.retention_s,
+            "state": PipelineState.PROVISIONING.value,
+            "state_reason": "",
+            "deployment_json": _json({"status": DEPLOYMENT_PENDING, "revision": 0}),
+            "worker_token_hash": digest,
+            "shard": shard_of(pipeline_id),
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(pipelines.insert().values(row))
+        except sa.exc.IntegrityError as err:
+            raise NameTaken(
+                f"application {app.name!r} already has a pipeline named {spec.name!r}"
+            ) from err
+        created = self.pipeline_by_id(pipeline_id)
+        if created is None:  # pragma: no cover - deleted between two statements
+            raise NotFound(f"pipeline {spec.name!r} disappeared while it was being created")
+        return created, token
+
+    def list_pipelines(self, *, application_id: str) -> list[Pipeline]:
+        query = (
+            sa.select(pipelines)
+            .where(pipelines.c.application_id == application_id)
+            .order_by(pipelines.c.name, pipelines.c.id)
+        )
+        with self._engine.connect() as conn:
+            return [_pipeline(row) for row in conn.execute(query)]
+
+    def get_pipeline(self, *, application_id: str, name: str) -> Pipeline | None:
+        """The live pipeline of that name (one being deleted no longer answers to it)."""
+        query = sa.select(pipelines).where(
+            pipelines.c.application_id == application_id, pipelines.c.live_name == name
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _pipeline(row) if row is not None else None
+
+    def find_pipeline(self, *, tenant_id: str, application: str, name: str) -> Pipeline | None:
+        """One query for the submit path: the tenant's application and its live pipeline."""
+        query = (
+            sa.select(pipelines)
+            .join(applications, applications.c.id == pipelines.c.application_id)
+            .where(
+                applications.c.tenant_id == tenant_id,
+                applications.c.name == application,
+                pipelines.c.live_name == name,
+            )
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _pipeline(row) if row is not None else None
+
+    def pipeline_by_id(self, pipeline_id: str) -> Pipeline | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(pipelines).where(pipelines.c.id == pipeline_id)).first()
+        return _pipeline(row) if row is not None else None
+
+    def pipelines_of_shards(self, shards: Iterable[int]) -> list[Pipeline]:
+        """Every pipeline placed on one of ``shards`` (for a shard's owner to load)."""
+        query = sa.select(pipelines).where(pipelines.c.shard.in_(list(shards)))
+        with self._engine.connect() as conn:
+            return [_pipeline(row) for row in conn.execute(query.order_by(pipelines.c.id))]
+
+    def verify_worker_token(self, *, pipeline_id: str, token: str) -> bool:
+        query = sa.select(pipelines.c.worker_token_hash).where(pipelines.c.id == pipeline_id)
+        with self._engine.connect() as conn:
+            digest = conn.execute(query).scalar_one_or_none()
+        return digest is not None and hmac.compare_digest(digest, hash_secret(token))
+
+    def update_pipeline(self, pipeline: Pipeline, changes: PipelineChanges) -> Pipeline:
+        """Apply a PATCH; the chart is redeployed by the reconciler.
+
+        A ``failed`` pipeline goes back to ``provisioning`` (the patch is how a tenant
+        fixes what failed); a ``ready`` one stays ready, its deployment marked pending.
+        """
+        values = changes.columns()
+        values["updated_at"] = self._now()
+        values["deployment_json"] = _json(
+            {**pipeline.deployment, "status": DEPLOYMENT_PENDING, "detail": ""}
+        )
+        if pipeline.state is PipelineState.FAILED:
+            values["state"] = PipelineState.PROVISIONING.value
+            values["state_reason"] = ""
+        live = pipelines.c.state != PipelineState.DELETING.value
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                pipelines.update().where(pipelines.c.id == pipeline.id, live).values(values)
+            ).rowcount
+        updated = self.pipeline_by_id(pipeline.id)
+        if not done or updated is None:
+            raise NotFound(f"pipeline {pipeline.name!r} is being deleted")
+        return updated
+
+    def _transition(
+        self,
+        pipeline_id: str,
+        *,
+        when: Sequence[PipelineState],
+        values: Mapping[str, Any],
+        seen: dt.datetime | None = None,
+    ) -> bool:
+        """Set ``values`` if the pipeline is in one of the ``when`` states and, given
+        ``seen``, unchanged since then (compare-and-set: a delete that raced with
+        provisioning is never undone, and a PATCH made meanwhile is not marked deployed)."""
+        where = [pipelines.c.id == pipeline_id, pipelines.c.state.in_([s.value for s in when])]
+        if seen is not None:
+            where.append(pipelines.c.updated_at == to_db(seen))
+        stmt = pipelines.update().where(*where).values({**values, "updated_at": self._now()})
+        with self._engine.begin() as conn:
+            return bool(conn.execute(stmt).rowcount)
+
+    def mark_ready(
+        self,
+        pipeline_id: str,
+        *,
+        deployment: Mapping[str, Any],
+        reason: str = "",
+        seen: dt.datetime | None = None,
+    ) -> bool:
+        """Provisioned, or redeployed (``reason`` says what a failed redeploy hit: a ready
+        pipeline keeps serving with its previous workers). ``seen``: the ``updated_at`` of
+        the row the work was done for; a row changed since is left for another pass."""
+        return self._transition(
+            pipeline_id,
+            when=[PipelineState.PROVISIONING, PipelineState.READY],
+            values={
+                "state": PipelineState.READY.value,
+                "state_reason": reason,
+                "deployment_json": _json(deployment),
+            },
+            seen=seen,
+        )
+
+    def mark_failed(
+        self,
+        pipeline_id: str,
+        *,
+        reason: str,
+        deployment: Mapping[str, Any] | None = None,
+        seen: dt.datetime | None = None,
+    ) -> bool:
+        values: dict[str, Any] = {"state": PipelineState.FAILED.value, "state_reason": reason}
+        if deployment is not None:
+            values["deployment_json"] = _json(deployment)
+        return self._transition(
+            pipeline_id, when=[PipelineState.PROVISIONING], values=values, seen=seen
+        )
+
+    def start_deleting(self, pipeline_id: str) -> bool:
+        """Enter ``deleting``: the name is free at once, submissions are refused."""
+        return self._transition(
+            pipeline_id,
+            when=[PipelineState.PROVISIONING, PipelineState.READY, PipelineState.FAILED],
+            values={"state": PipelineState.DELETING.value, "live_name": None, "state_reason": ""},
+        )
+
+    def note_deleting_problem(self, pipeline_id: str, *, reason: str) -> bool:
+        return self._transition(
+            pipeline_id, when=[PipelineState.DELETING], values={"state_reason": reason}
+        )
+
+    def pending_reconcile(self) -> list[Pipeline]:
+        """Pipelines the reconciler still has work for (after a restart, or a missed nudge)."""
+        busy = [PipelineState.PROVISIONING.value, PipelineState.DELETING.value]
+        redeploy = sa.and_(
+            pipelines.c.state == PipelineState.READY.value,
+            pipelines.c.deployment_json.like(f'%"status":"{DEPLOYMENT_PENDING}"%'),
+        )
+        query = sa.select(pipelines).where(sa.or_(pipelines.c.state.in_(busy), redeploy))
+        with self._engine.connect() as conn:
+            return [_pipeline(row) for row in conn.execute(query.order_by(pipelines.c.id))]
+
+    def purge_pipeline(self, pipeline_id: str, *, batch: int = PURGE_BATCH) -> int:
+        """Delete a deleting pipeline's tasks (in bounded batches), counters and row.
+
+        Returns how many task rows were deleted. Grain rows go too: a grain still active
+        somewhere then fails its next epoch check and stops instead of writing.
+        """
+        deleted = 0
+        for table in (tasks, task_results):
+            deleted += self._purge_rows(table, pipeline_id, batch=batch)
+        grains = f"{pipeline_id}%"
+        with self._engine.begin() as conn:
+            conn.execute(pipeline_stats.delete().where(pipeline_stats.c.pipeline_id == pipeline_id))
+            conn.execute(grain_owners.delete().where(grain_owners.c.grain_id.like(grains)))
+            conn.execute(grain_offsets.delete().where(grain_offsets.c.grain_id.like(grains)))
+            conn.execute(
+                pipelines.delete().where(
+                    pipelines.c.id == pipeline_id,
+                    pipelines.c.state == PipelineState.DELETING.value,
+                )
+            )
+        return deleted
+
+    def _purge_rows(self, table: sa.Table, pipeline_id: str, *, batch: int) -> int:
+        # SELECT then DELETE by key: portable (SQLite has no DELETE ... LIMIT) and each
+        # transaction stays small.
+        deleted = 0
+        pick = sa.select(table.c.id).where(table.c.pipeline_id == pipeline_id).limit(batch)
+        while True:
+            with self._engine.begin() as conn:
+                ids = list(conn.execute(pick).scalars())
+                if not ids:
+                    return deleted
+                conn.execute(
+                    table.delete().where(table.c.pipeline_id == pipeline_id, table.c.id.in_(ids))
+                )
+            deleted += len(ids)
+
+    # -- counters and tasks ----------------------------------------------------------------
+
+    def stats(self, pipeline_ids: Sequence[str]) -> dict[str, PipelineStats]:
+        """The counters the grains last flushed, by pipeline (absent: nothing flushed yet)."""
+        out: dict[str, PipelineStats] = {}
+        for chunk in chunks(pipeline_ids):
+            query = sa.select(pipeline_stats).where(pipeline_stats.c.pipeline_id.in_(chunk))
+            with self._engine.connect() as conn:
+                for row in conn.execute(query):
+                    out[row.pipeline_id] = PipelineStats(
+                        counts=json.loads(row.counts_json), updated_at=from_db(row.updated_at)
+                    )
+        return out
+
+    def get_task(self, *, pipeline_id: str, task_id: str) -> TaskRecord | None:
+        query = (
+            sa.select(*_TASK_SUMMARY, tasks.c.data, task_results.c.result)
+            .select_from(
+                tasks.outerjoin(
+                    task_results,
+                    sa.and_(
+                        task_results.c.pipeline_id == tasks.c.pipeline_id,
+                        task_results.c.id == tasks.c.id,
+                    ),
+                )
+            )
+            .where(tasks.c.pipeline_id == pipeline_id, tasks.c.id == task_id)
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _task_record(row, with_payloads=True) if row is not None else None
+
+    def list_tasks(
+        self, *, pipeline_id: str, status: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        """A page of tasks ordered by id, after the cursor ``after`` (exclusive)."""
+        query = sa.select(*_TASK_SUMMARY).where(tasks.c.pipeline_id == pipeline_id)
+        if status is not None:
+            query = query.where(tasks.c.status == status)
+        if after is not None:
+            query = query.where(tasks.c.id > after)
+        query = query.order_by(tasks.c.id).limit(limit)
+        with self._engine.connect() as conn:
+            return [_task_record(row, with_payloads=False) for row in conn.execute(query)]
+
+    def existing_tasks(self, *, pipeline_id: str, ids: Sequence[str]) -> dict[str, ExistingTask]:
+        """The already admitted tasks among ``ids``: the idempotency check of a submit."""
+        out: dict[str, ExistingTask] = {}
+        with self._engine.connect() as conn:
+            for chunk in chunks(ids):
+                query = sa.select(tasks.c.id, tasks.c.data_sha256, tasks.c.status).where(
+                    tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(chunk)
+                )
+                for row in conn.execute(query):
+                    out[row.id] = ExistingTask(data_sha256=row.data_sha256, status=row.status)
+        return out
+
+
+def _tenant(row: sa.Row[*tuple[Any, ...]]) -> Tenant:
+    return Tenant(id=row.id, name=row.name, created_at=from_db_required(row.created_at))
+
+
+def _application(row: sa.Row[*tuple[Any, ...]]) -> Application:
+    return Application(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        name=row.name,
+        created_at=from_db_required(row.created_at),
+    )

@@ -1,0 +1,325 @@
+"""Task routes over SQLite and an in-memory producer: submit, idempotency, reads, cancel,
+requeue, and the answers when the pipeline or the broker is not there."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from services.store.schema import pipeline_stats, pipelines
+from tests.unit.services.api.conftest import Fakes
+from tests.unit.services.api.harness import Api, assert_error, bearer, insert_task
+
+SUBMIT = "/api/applications/a/pipelines/p"
+TASKS = f"{SUBMIT}/tasks"
+
+
+async def test_single_submit_carries_the_raw_body_keyed_by_a_fresh_id(
+    api: Api, fakes: Fakes
+) -> None:
+    key, pipeline = await api.ready_pipeline()
+    raw = b'{ "b": 2,   "a": [1, 2.50, "\\u00e9"] }'
+    answer = await api.client.post(SUBMIT, content=raw, headers=bearer(key))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["status"] == "queued"
+    [event] = fakes.producer.task_events(pipeline["id"])
+    assert event.task_id == answer.json()["id"]
+    assert event.submit.data == raw
+    assert event.submit.data_sha256 == hashlib.sha256(raw).digest()
+    assert event.schema_version == 1
+    [record] = [r for r in fakes.producer.records if r.topic == pipeline["topic"]]
+    assert record.key == event.task_id.encode()
+
+
+async def test_generated_ids_are_time_ordered_uuids(api: Api) -> None:
+    key, _ = await api.ready_pipeline()
+    ids = []
+    for _ in range(5):
+        answer = await api.client.post(SUBMIT, json={"n": 1}, headers=bearer(key))
+        ids.append(answer.json()["id"])
+    assert ids == sorted(ids)
+    assert all(len(i) == 36 and i[14] == "7" for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b'{"a": ', 400, "malformed_json"),
+        (b'{"a": NaN}', 400, "malformed_json"),
+        (b"\xff\xfe{}", 400, "malformed_json"),
+        (b"[1, 2]", 422, "invalid_request"),
+        (b'"text"', 422, "invalid_request"),
+        (b"", 400, "malformed_json"),
+    ],
+)
+async def test_single_submit_needs_one_json_object(
+    api: Api, fakes: Fakes, body: bytes, status: int, error: str
+) -> None:
+    key, pipeline = await api.ready_pipeline()
+    answer = await api.client.post(SUBMIT, content=body, headers=bearer(key))
+    assert_error(answer, status, error)
+    assert fakes.producer.task_events(pipeline["id"]) == []
+
+
+async def test_a_client_id_is_used_and_validated(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    answer = await api.client.post(f"{SUBMIT}?id=order-42", json={"n": 1}, headers=bearer(key))
+    assert answer.json() == {"id": "order-42", "status": "queued"}
+    header = {**bearer(key), "Idempotency-Key": "order-43"}
+    answer = await api.client.post(SUBMIT, json={"n": 1}, headers=header)
+    assert answer.json()["id"] == "order-43"
+    bad = await api.client.post(f"{SUBMIT}?id=a/b", json={"n": 1}, headers=bearer(key))
+    assert "task id" in assert_error(bad, 422, "invalid_request")
+    assert [e.task_id for e in fakes.producer.task_events(pipeline["id"])] == [
+        "order-42",
+        "order-43",
+    ]
+
+
+async def test_resubmitting_a_stored_task_answers_it_or_409_on_other_data(
+    api: Api, fakes: Fakes
+) -> None:
+    key, pipeline = await api.ready_pipeline()
+    raw = b'{"n": 1}'
+    insert_task(api.database_url, pipeline_id=pipeline["id"], task_id="t1", data=raw)
+    same = await api.client.post(f"{SUBMIT}?id=t1", content=raw, headers=bearer(key))
+    assert same.status_code == 200, same.text
+    assert same.json()["id"] == "t1"
+    assert same.json()["status"] == "queued"
+    assert same.json()["data"] == {"n": 1}
+    other = await api.client.post(f"{SUBMIT}?id=t1", content=b'{"n": 2}', headers=bearer(key))
+    assert "different data" in assert_error(other, 409, "task_conflict")
+    assert fakes.producer.task_events(pipeline["id"]) == []
+
+
+async def test_a_batch_answers_one_result_per_item(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    stored = json.dumps({"n": 0}, separators=(",", ":")).encode()
+    insert_task(
+        api.database_url, pipeline_id=pipeline["id"], task_id="s0", data=stored, status="leased"
+    )
+    insert_task(api.database_url, pipeline_id=pipeline["id"], task_id="s1", data=b'{"n":1}')
+    items = [
+        {"data": {"n": 0}, "id": "s0"},  # stored, same data
+        {"data": {"n": 9}, "id": "s1"},  # stored, other data
+        {"data": {"n": 2}, "id": "new"},
+        {"data": {"n": 2}, "id": "new"},  # a repeat: collapses onto the item before
+        {"data": {"n": 3}, "id": "new"},  # a repeat with other data
+        {"data": {"é": [1.5, None, True]}},
+    ]
+    answer = await api.client.post(TASKS, json={"tasks": items}, headers=bearer(key))
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    results = [(r["id"], r["result"], r["status"]) for r in body["results"]]
+    assert results[:5] == [
+        ("s0", "existing", "leased"),
+        ("s1", "conflict", "queued"),
+        ("new", "queued", "queued"),
+        ("new", "queued", "queued"),
+        ("new", "conflict", None),
+    ]
+    assert results[5][1:] == ("queued", "queued")
+    assert (body["queued"], body["existing"], body["conflicts"]) == (3, 1, 2)
+    events = fakes.producer.task_events(pipeline["id"])
+    assert [e.task_id for e in events] == ["new", results[5][0]]
+    # Batch items are re-serialised compactly (UTF-8, no spaces).
+    assert events[0].submit.data == b'{"n":2}'
+    assert events[1].submit.data == '{"é":[1.5,null,true]}'.encode()
+
+
+async def test_submits_to_unknown_pipelines_are_404(api: Api) -> None:
+    key, _ = await api.ready_pipeline()
+    answer = await api.client.post(
+        "/api/applications/a/pipelines/nope", json={}, headers=bearer(key)
+    )
+    assert "no pipeline named 'nope'" in assert_error(answer, 404, "not_found")
+    answer = await api.client.post("/api/applications/zz/pipelines/p", json={}, headers=bearer(key))
+    assert "no application named 'zz'" in assert_error(answer, 404, "not_found")
+
+
+async def test_submits_to_a_pipeline_that_is_not_ready_are_409_with_state_and_reason(
+    api: Api, fakes: Fakes
+) -> None:
+    key = await api.tenant("acme")
+    await api.application(key, "a")
+    fakes.admin.fail = "broker said no"
+    failed = await api.pipeline(key, "a", "p")
+    assert failed["state"] == "failed"
+    for path, body in ((SUBMIT, {"n": 1}), (TASKS, {"tasks": [{"data": {}}]})):
+        answer = await api.client.post(path, json=body, headers=bearer(key))
+        detail = assert_error(answer, 409, "pipeline_not_ready")
+        assert "failed" in detail
+        assert "broker said no" in detail
+    with sa.create_engine(api.database_url).begin() as conn:
+        conn.execute(pipelines.update().values(state="provisioning", state_reason=""))
+    answer = await api.client.post(SUBMIT, json={"n": 1}, headers=bearer(key))
+    assert "provisioning" in assert_error(answer, 409, "pipeline_not_ready")
+    assert fakes.producer.task_events(failed["id"]) == []
+
+
+async def test_a_broker_that_does_not_ack_is_503_with_retry_after(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    fakes.producer.fail = "no ack within 5 s"
+    for path, body in ((SUBMIT, {"n": 1}), (TASKS, {"tasks": [{"data": {}}]})):
+        answer = await api.client.post(path, json=body, headers=bearer(key))
+        assert "no ack within 5 s" in assert_error(answer, 503, "broker_unavailable")
+        assert answer.headers["retry-after"] == str(api.ctx.limits.retry_after_s)
+    metrics = (await api.client.get("/metrics")).text
+    assert "wsched_api_broker_unavailable_total 2.0" in metrics
+    assert f'wsched_tasks_created_total{{pipeline="{pipeline["id"]}"}}' not in metrics
+
+
+async def test_created_tasks_are_counted_by_pipeline(api: Api) -> None:
+    key, pipeline = await api.ready_pipeline()
+    await api.client.post(SUBMIT, json={"n": 1}, headers=bearer(key))
+    await api.client.post(TASKS, json={"tasks": [{"data": {}}, {"data": {}}]}, headers=bearer(key))
+    metrics = (await api.client.get("/metrics")).text
+    assert f'wsched_tasks_created_total{{pipeline="{pipeline["id"]}"}} 3.0' in metrics
+    assert 'route="/api/applications/{app}/pipelines/{pipeline}/tasks",status="202"' in metrics
+
+
+async def test_a_task_reads_with_its_result(api: Api) -> None:
+    key, pipeline = await api.ready_pipeline()
+    pid = pipeline["id"]
+    insert_task(
+        api.database_url,
+        pipeline_id=pid,
+        task_id="j",
+        data=b'{"a":1}',
+        status="succeeded",
+        result=b'{"ok": true}',
+    )
+    insert_task(
+        api.database_url,
+        pipeline_id=pid,
+        task_id="t",
+        data=b"{}",
+        status="failed",
+        result=b"plain words",
+    )
+    insert_task(
+        api.database_url,
+        pipeline_id=pid,
+        task_id="b",
+        data=b"{}",
+        status="succeeded",
+        result=b"\xff\x00",
+    )
+    insert_task(api.database_url, pipeline_id=pid, task_id="q", data=b"{}")
+    got = {}
+    for task_id in ("j", "t", "b", "q"):
+        answer = await api.client.get(f"{TASKS}/{task_id}", headers=bearer(key))
+        assert answer.status_code == 200, answer.text
+        got[task_id] = answer.json()
+    assert (got["j"]["result"], got["j"]["result_encoding"], got["j"]["data"]) == (
+        {"ok": True},
+        "json",
+        {"a": 1},
+    )
+    assert (got["t"]["result"], got["t"]["result_encoding"], got["t"]["error"]) == (
+        "plain words",
+        "text",
+        "boom",
+    )
+    assert (got["b"]["result"], got["b"]["result_encoding"]) == ("/wA=", "base64")
+    assert (got["q"]["result"], got["q"]["status"], got["q"]["attempt"]) == (None, "queued", 1)
+    missing = await api.client.get(f"{TASKS}/nope", headers=bearer(key))
+    assert "admitted" in assert_error(missing, 404, "not_found")
+
+
+async def test_tasks_list_in_pages_with_a_status_filter(api: Api) -> None:
+    key, pipeline = await api.ready_pipeline()
+    for n in range(7):
+        status = "dead" if n % 3 == 0 else "queued"
+        insert_task(
+            api.database_url, pipeline_id=pipeline["id"], task_id=f"t{n}", data=b"{}", status=status
+        )
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = (await api.client.get(TASKS, params=params, headers=bearer(key))).json()
+        seen += [t["id"] for t in page["tasks"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"t{n}" for n in range(7)]
+    dead = await api.client.get(TASKS, params={"status": "dead"}, headers=bearer(key))
+    assert [t["id"] for t in dead.json()["tasks"]] == ["t0", "t3", "t6"]
+    bad = await api.client.get(TASKS, params={"status": "zombie"}, headers=bearer(key))
+    assert "status" in assert_error(bad, 422, "invalid_request")
+    bad = await api.client.get(TASKS, params={"cursor": "%%%"}, headers=bearer(key))
+    assert_error(bad, 400, "invalid_cursor")
+    bad = await api.client.get(TASKS, params={"limit": "0"}, headers=bearer(key))
+    assert "limit" in assert_error(bad, 422, "invalid_request")
+
+
+async def test_stats_and_pipeline_counts_come_from_the_grains_counters(api: Api) -> None:
+    key, pipeline = await api.ready_pipeline()
+    empty = (await api.client.get(f"{SUBMIT}/stats", headers=bearer(key))).json()
+    assert empty["backlog"] == 0
+    assert empty["counts"]["queued"] == 0
+    assert empty["updated_at"] is None
+    counts = {
+        "queued": 5,
+        "leased": 2,
+        "succeeded": 9,
+        "failed": 0,
+        "dead": 1,
+        "cancelled": 0,
+        "backlog": 5,
+    }
+    with sa.create_engine(api.database_url).begin() as conn:
+        conn.execute(
+            pipeline_stats.insert().values(
+                pipeline_id=pipeline["id"], counts_json=json.dumps(counts), updated_at=sa.func.now()
+            )
+        )
+    stats = (await api.client.get(f"{SUBMIT}/stats", headers=bearer(key))).json()
+    assert stats["backlog"] == 5
+    assert stats["counts"] == {k: v for k, v in counts.items() if k != "backlog"}
+    assert stats["updated_at"] is not None
+    shown = (await api.client.get(SUBMIT, headers=bearer(key))).json()
+    assert shown["counts"]["succeeded"] == 9
+
+
+async def test_cancel_produces_a_cancel_event_unless_the_task_finished(
+    api: Api, fakes: Fakes
+) -> None:
+    key, pipeline = await api.ready_pipeline()
+    insert_task(
+        api.database_url, pipeline_id=pipeline["id"], task_id="done", data=b"{}", status="succeeded"
+    )
+    insert_task(
+        api.database_url, pipeline_id=pipeline["id"], task_id="busy", data=b"{}", status="leased"
+    )
+    finished = await api.client.delete(f"{TASKS}/done", headers=bearer(key))
+    assert "succeeded" in assert_error(finished, 409, "task_finished")
+    for task_id in ("busy", "not-admitted-yet"):
+        answer = await api.client.delete(f"{TASKS}/{task_id}", headers=bearer(key))
+        assert answer.status_code == 202, answer.text
+        assert answer.json() == {"id": task_id, "status": "cancelling"}
+    events = fakes.producer.task_events(pipeline["id"])
+    assert [(e.task_id, e.WhichOneof("kind")) for e in events] == [
+        ("busy", "cancel"),
+        ("not-admitted-yet", "cancel"),
+    ]
+
+
+async def test_requeue_only_for_dead_tasks(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    insert_task(
+        api.database_url, pipeline_id=pipeline["id"], task_id="d", data=b"{}", status="dead"
+    )
+    insert_task(api.database_url, pipeline_id=pipeline["id"], task_id="q", data=b"{}")
+    answer = await api.client.post(f"{TASKS}/d/requeue", headers=bearer(key))
+    assert answer.status_code == 202, answer.text
+    queued = await api.client.post(f"{TASKS}/q/requeue", headers=bearer(key))
+    assert "only dead tasks" in assert_error(queued, 409, "task_not_dead")
+    missing = await api.client.post(f"{TASKS}/zz/requeue", headers=bearer(key))
+    assert_error(missing, 404, "not_found")
+    events = fakes.producer.task_events(pipeline["id"])
+    assert [(e.task_id, e.WhichOneof("kind")) for e in events] == [("d", "requeue")]
