@@ -1,0 +1,171 @@
+"""The product as a tenant and a worker use it: the API and a scheduler as processes, over
+real Kafka and TiDB. Create a pipeline, submit, work, read status; cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from protos.wsched.v1 import worker_pb2
+from services.infra.process import Service, free_port, port_open
+from services.store import migrate
+from services.worker.client import SchedulerClient
+
+pytestmark = pytest.mark.integration
+OPERATOR = "e2e-operator-key"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stack:
+    api: str
+    grpc: str
+
+
+@pytest.fixture
+def stack(
+    kafka_bootstrap: str, tidb_url: str, kafka_group: str, tmp_path: Path
+) -> Iterator[Stack]:
+    engine = sa.create_engine(tidb_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    http_port, grpc_port = free_port(), free_port()
+    env = {
+        "WSCHED_KAFKA_BOOTSTRAP": kafka_bootstrap, "WSCHED_DATABASE_URL": tidb_url,
+        "WSCHED_OPERATOR_KEY": OPERATOR, "WSCHED_HTTP_PORT": str(http_port),
+        "WSCHED_GRPC_PORT": str(grpc_port), "WSCHED_METRICS_PORT": str(free_port()),
+        "WSCHED_PLACEMENT_GROUP": kafka_group, "WSCHED_REPLICA_NAME": f"e2e-{grpc_port}",
+        "WSCHED_RECONCILE_INTERVAL_S": "1",
+    }
+    services = [
+        Service(name=name, argv=[sys.executable, "-m", "services.cli", name],
+                log_path=tmp_path / f"{name}.log", env=env)
+        for name in ("api", "scheduler")
+    ]
+    for service in services:
+        service.start()
+    services[0].wait_ready(lambda: port_open(http_port), timeout_s=60)
+    services[1].wait_ready(lambda: port_open(grpc_port), timeout_s=60)
+    yield Stack(api=f"http://127.0.0.1:{http_port}", grpc=f"127.0.0.1:{grpc_port}")
+    for service in services:
+        service.stop()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tenant:
+    http: httpx.AsyncClient
+    pipeline_url: str
+    pipeline_id: str
+    worker_token: str
+
+
+@pytest.fixture
+async def tenant(stack: Stack) -> AsyncIterator[Tenant]:
+    async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
+        created = await http.post("/api/tenants", json={"name": f"acme-{uuid.uuid4().hex[:6]}"},
+                                  headers={"Authorization": f"Bearer {OPERATOR}"})
+        assert created.status_code == 201, created.text
+        http.headers["Authorization"] = f"Bearer {created.json()['api_key']}"
+        assert (await http.post("/api/applications", json={"name": "shop"})).status_code == 201
+        pipeline = await http.post("/api/applications/shop/pipelines",
+                                   json={"name": "echo", "chart": "charts/examples/echo",
+                                         "lease_timeout_s": 5})
+        assert pipeline.status_code == 201, pipeline.text
+        url = "/api/applications/shop/pipelines/echo"
+        async with asyncio.timeout(60):
+            while (await http.get(url)).json()["state"] != "ready":
+                await asyncio.sleep(0.3)
+        body = pipeline.json()
+        yield Tenant(http=http, pipeline_url=url, pipeline_id=body["id"],
+                     worker_token=body["worker_token"])
+
+
+async def work(stack: Stack, tenant: Tenant, count: int) -> list[worker_pb2.LeasedTask]:
+    """Poll until ``count`` tasks arrived; report each with its data as the result."""
+    client = SchedulerClient(addresses=[stack.grpc], pipeline_id=tenant.pipeline_id,
+                             token=tenant.worker_token, worker="e2e-worker")
+    got: list[worker_pb2.LeasedTask] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(got) < count:
+                reply = await client.poll(max_tasks=count - len(got), wait_ms=2000)
+                got.extend(reply.tasks)
+        answer = await client.report([
+            worker_pb2.TaskResult(lease_token=t.lease_token, outcome=worker_pb2.OUTCOME_SUCCEEDED,
+                                  result=t.data) for t in got])
+        assert {a.ack for a in answer.acks} == {worker_pb2.ACK_ACCEPTED}
+    finally:
+        await client.close()
+    return got
+
+
+async def status(tenant: Tenant, task_id: str, wanted: str) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while True:
+            answer = await tenant.http.get(f"{tenant.pipeline_url}/tasks/{task_id}")
+            if answer.status_code == 200 and answer.json()["status"] == wanted:
+                body: dict[str, Any] = answer.json()
+                return body
+            await asyncio.sleep(0.2)
+
+
+async def test_submit_single_and_batch_then_read_results(stack: Stack, tenant: Tenant) -> None:
+    single = await tenant.http.post(tenant.pipeline_url, content=b'{"message": "hello"}',
+                                    headers={"Content-Type": "application/json"})
+    assert single.status_code == 202 and single.json()["status"] == "queued"
+    batch = await tenant.http.post(f"{tenant.pipeline_url}/tasks", json={"tasks": [
+        {"data": {"message": f"m{i}"}, "id": f"order-{i}"} for i in range(20)]})
+    assert batch.status_code == 202 and batch.json()["queued"] == 20
+    leased = await work(stack, tenant, 21)
+    assert sorted(json.loads(t.data)["message"] for t in leased) == sorted(
+        ["hello"] + [f"m{i}" for i in range(20)])
+    done = await status(tenant, single.json()["id"], "succeeded")
+    assert done["result"] == {"message": "hello"} and done["attempt"] == 1
+    assert done["worker"] == "e2e-worker" and done["finished_at"] is not None
+    again = await tenant.http.post(f"{tenant.pipeline_url}/tasks",
+                                   json={"tasks": [{"data": {"message": "m3"}, "id": "order-3"}]})
+    assert again.json()["results"][0]["result"] == "existing"
+    async with asyncio.timeout(30):
+        while (await tenant.http.get(f"{tenant.pipeline_url}/stats")).json()["counts"].get(
+                "succeeded") != 21:
+            await asyncio.sleep(0.5)
+
+
+async def test_cancel_a_queued_task_and_a_leased_one(stack: Stack, tenant: Tenant) -> None:
+    queued = (await tenant.http.post(tenant.pipeline_url, json={"n": 1})).json()["id"]
+    await status(tenant, queued, "queued")
+    assert (await tenant.http.delete(f"{tenant.pipeline_url}/tasks/{queued}")).status_code == 202
+    await status(tenant, queued, "cancelled")
+
+    leased_id = (await tenant.http.post(tenant.pipeline_url, json={"n": 2})).json()["id"]
+    client = SchedulerClient(addresses=[stack.grpc], pipeline_id=tenant.pipeline_id,
+                             token=tenant.worker_token, worker="w")
+    try:
+        async with asyncio.timeout(30):
+            tasks: list[worker_pb2.LeasedTask] = []
+            while not tasks:
+                tasks = list((await client.poll(max_tasks=1, wait_ms=2000)).tasks)
+        (task,) = tasks
+        assert task.task_id == leased_id
+        assert (await tenant.http.delete(f"{tenant.pipeline_url}/tasks/{leased_id}")
+                ).status_code == 202
+        async with asyncio.timeout(30):
+            while True:
+                beat = await client.heartbeat([task.lease_token])
+                if beat.verdicts[0].verdict == worker_pb2.VERDICT_CANCELLED:
+                    break
+                await asyncio.sleep(0.2)
+        await client.report([worker_pb2.TaskResult(lease_token=task.lease_token,
+                                                   outcome=worker_pb2.OUTCOME_CANCELLED)])
+    finally:
+        await client.close()
+    await status(tenant, leased_id, "cancelled")
