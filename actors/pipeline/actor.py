@@ -118,11 +118,13 @@ class PipelineActor(Actor[object, Any]):
         timing: Timing,
         registry: MutableMapping[str, PipelineGrain] | None = None,
         observe_flush: Callable[[int, float], None] | None = None,
+        observe_dispatch: Callable[[float], None] | None = None,
     ) -> None:
         self._key = key
         #: Active grains by key, read by the metrics layer at scrape time.
         self._registry: MutableMapping[str, PipelineGrain] = {} if registry is None else registry
         self._observe_flush = observe_flush
+        self._observe_dispatch = observe_dispatch
         self._ctx = context
         self._store = store
         self._configs = configs
@@ -151,6 +153,7 @@ class PipelineActor(Actor[object, Any]):
             store=self._store,
             clock=GrainClock(monotonic=clock.now, wall=clock.wall),
             observe_flush=self._observe_flush,
+            observe_dispatch=self._observe_dispatch,
         )
         self._offsets = await self._fenced(self._grain.activate())
         self._registry[self._key] = self._grain

@@ -235,11 +235,12 @@ class TaskBook:
                 self._finish(task, Status.DEAD, wall=wall, error=error)
                 self._move(Status.LEASED, Status.DEAD)
             else:
-                self._requeue(task)
+                self._requeue(task, now=now)
         return [lease.task for lease in expired]
 
-    def _requeue(self, task: Task) -> None:
+    def _requeue(self, task: Task, *, now: float) -> None:
         task.attempt += 1
+        task.ready_at = now
         task.status, task.worker, task.started_at, task.lease_epoch = (
             Status.QUEUED,
             None,

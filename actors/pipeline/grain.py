@@ -24,6 +24,7 @@ from actors.pipeline.model import (
     Report,
     ReportAck,
     Status,
+    Task,
     Verdict,
 )
 from actors.pipeline.ports import Admission, StaleEpoch, StoreUnavailable, TaskStore
@@ -69,10 +70,13 @@ class PipelineGrain:
         store: TaskStore,
         clock: GrainClock,
         observe_flush: Callable[[int, float], None] | None = None,
+        observe_dispatch: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         #: Called with (rows written, seconds taken) after each successful flush.
         self._observe_flush = observe_flush or (lambda _rows, _seconds: None)
+        #: Called with the seconds each granted task waited since it became ready.
+        self._observe_dispatch = observe_dispatch or (lambda _seconds: None)
         self.grain_id = grain_id
         self._owner = owner
         self._store = store
@@ -133,6 +137,7 @@ class PipelineGrain:
         # the cancels and requeues instead of skipping them.
         later = bool(cancels or requeues)
         admission = await self._store_admit(new, {} if later else offsets, wall=wall)
+        self._stamp_ready(admission.admitted)
         self.book.admit(admission.admitted)
         cancelled = await self._cancel(cancels, wall=wall)
         requeued = await self._requeue(requeues, wall=wall)
@@ -207,6 +212,7 @@ class PipelineGrain:
                 limit=limit,
             )
         )
+        self._stamp_ready(page)
         self.book.page_in(page, exhausted=len(page) < limit)
         self._serve_waiters()
 
@@ -235,13 +241,23 @@ class PipelineGrain:
                 return
 
     def _lease(self, waiter: _Waiter) -> list[Grant]:
-        return self.book.lease(
+        now = self._clock.monotonic()
+        grants = self.book.lease(
             worker=waiter.worker,
             max_tasks=waiter.max_tasks,
             max_bytes=waiter.max_bytes,
-            now=self._clock.monotonic(),
+            now=now,
             wall=self._clock.wall(),
         )
+        for grant in grants:
+            if grant.task.ready_at is not None:
+                self._observe_dispatch(now - grant.task.ready_at)
+        return grants
+
+    def _stamp_ready(self, tasks: Sequence[Task]) -> None:
+        now = self._clock.monotonic()
+        for task in tasks:
+            task.ready_at = now
 
     def _serve_waiters(self) -> None:
         while self._waiters and self.book.ready_count:

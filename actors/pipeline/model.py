@@ -73,6 +73,8 @@ class Task:
     error: str | None = None
     #: The epoch of the grain incarnation that granted the current lease.
     lease_epoch: int | None = None
+    #: Monotonic time the task became ready in this grain (for dispatch latency).
+    ready_at: float | None = None
 
     @property
     def size(self) -> int:

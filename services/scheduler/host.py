@@ -35,7 +35,7 @@ from services.kafka.admin import KafkaTopicAdmin
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
 from services.scheduler.directory import PipelineDirectory, grain_key
 from services.scheduler.forwarder import Forwarder, ForwarderStats
-from services.scheduler.metrics import FlushMetrics, SchedulerCollector, http_app
+from services.scheduler.metrics import GrainMetrics, SchedulerCollector, http_app
 from services.scheduler.worker_api import Limits, LocalGrain, Unavailable, WorkerService
 from services.settings import Settings
 from services.store.engine import make_engine
@@ -138,7 +138,7 @@ class SchedulerHost:
         self._hosted: dict[str, _Hosted] = {}
         self._grains: dict[str, PipelineGrain] = {}
         self.registry = CollectorRegistry()
-        self._flush_metrics = FlushMetrics(self.registry)
+        self._grain_metrics = GrainMetrics(self.registry)
         self.registry.register(SchedulerCollector(self))
         self._joined = False
         self._http: uvicorn.Server | None = None
@@ -158,7 +158,8 @@ class SchedulerHost:
             owner=self._address,
             timing=self._timing,
             registry=self._grains,
-            observe_flush=self._flush_metrics.observe,
+            observe_flush=self._grain_metrics.observe,
+            observe_dispatch=self._grain_metrics.dispatch.observe,
         )
 
     # -- life cycle ---------------------------------------------------------------------

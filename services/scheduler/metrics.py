@@ -20,6 +20,24 @@ from actors.runtime import KindStats
 from services.scheduler.forwarder import ForwarderStats
 
 FLUSH_ROW_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000, 20000)
+DISPATCH_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
 FLUSH_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -107,7 +125,7 @@ class SchedulerCollector(Collector):
         yield from (active, restarts, quarantined)
 
 
-class FlushMetrics:
+class GrainMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.rows = Histogram(
             "wsched_flush_rows",
@@ -119,6 +137,13 @@ class FlushMetrics:
             "wsched_flush_seconds",
             "Duration of a grain flush.",
             buckets=FLUSH_SECONDS_BUCKETS,
+            registry=registry,
+        )
+
+        self.dispatch = Histogram(
+            "wsched_dispatch_seconds",
+            "Time from a task becoming ready in its grain to being handed to a worker.",
+            buckets=DISPATCH_BUCKETS,
             registry=registry,
         )
 
