@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from protos.wsched.v1 import worker_pb2
 from services.infra.process import Service, free_port, port_open
 from services.worker.client import SchedulerClient
+from tests.integration.scheduler.conftest import ReadyPipeline
 
 
 @dataclass(kw_only=True)
@@ -116,3 +119,86 @@ async def run_worker(
                     log.acked[task.task_id] = task.lease_token
     finally:
         await client.close()
+
+
+OPERATOR_KEY = "test-operator-key"
+
+
+@dataclass(kw_only=True)
+class ApiProcess:
+    """``wsched api`` as a process, and the calls a tenant makes through it."""
+
+    kafka_bootstrap: str
+    database_url: str
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    service: Service | None = None
+    api_key: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {
+            "WSCHED_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "WSCHED_DATABASE_URL": self.database_url,
+            "WSCHED_HTTP_PORT": str(self.port),
+            "WSCHED_OPERATOR_KEY": OPERATOR_KEY,
+            "WSCHED_RECONCILE_INTERVAL_S": "1",
+        }
+        self.service = Service(
+            name="api",
+            argv=[sys.executable, "-m", "services.cli", "api"],
+            log_path=self.log_dir / "api.log",
+            env=env,
+        )
+        self.service.start()
+        self.service.wait_ready(lambda: port_open(self.port), timeout_s=60)
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+
+    def tenant_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=30)
+
+    async def create_pipeline(self, http: httpx.AsyncClient, *, name: str) -> ReadyPipeline:
+        operator = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+        tenant = await http.post("/api/tenants", json={"name": f"t-{name}"}, headers=operator)
+        tenant.raise_for_status()
+        http.headers["Authorization"] = f"Bearer {tenant.json()['api_key']}"
+        (await http.post("/api/applications", json={"name": "app"})).raise_for_status()
+        created = await http.post(
+            "/api/applications/app/pipelines",
+            json={"name": name, "chart": "charts/examples/echo", "lease_timeout_s": 5},
+        )
+        created.raise_for_status()
+        async with asyncio.timeout(60):
+            while True:
+                view = await http.get(f"/api/applications/app/pipelines/{name}")
+                if view.json()["state"] == "ready":
+                    break
+                await asyncio.sleep(0.3)
+        body = created.json()
+        return ReadyPipeline(
+            id=body["id"],
+            token=body["worker_token"],
+            topic=body["topic"],
+            partitions=body["partitions"],
+            name=name,
+        )
+
+    async def submit_waves(
+        self, http: httpx.AsyncClient, pipeline: ReadyPipeline, waves: range, size: int = 50
+    ) -> set[str]:
+        submitted: set[str] = set()
+        url = f"/api/applications/app/pipelines/{pipeline.name}/tasks"
+        for wave in waves:
+            ids = [f"{wave}-{i}" for i in range(size)]
+            items = [{"id": tid, "data": {"wave": wave, "i": i}} for i, tid in enumerate(ids)]
+            answer = await http.post(url, json={"tasks": items})
+            assert answer.status_code == 202, answer.text
+            submitted |= set(ids)
+            await asyncio.sleep(0.3)
+        return submitted

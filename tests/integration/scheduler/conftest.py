@@ -27,6 +27,7 @@ class ReadyPipeline:
     token: str
     topic: str
     partitions: int
+    name: str = "p"
 
 
 @pytest.fixture

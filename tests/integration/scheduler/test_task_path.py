@@ -12,12 +12,13 @@ import grpc
 import httpx
 import pytest
 import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
 
 from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
 from services.infra.process import free_port
 from services.scheduler.host import SchedulerHost
 from services.settings import Settings
-from services.store.schema import grain_offsets, task_results, tasks
+from services.store.schema import grain_offsets, quarantine, task_results, tasks
 from tests.integration.scheduler.conftest import ReadyPipeline
 
 pytestmark = pytest.mark.integration
@@ -205,3 +206,40 @@ async def test_a_stale_report_does_not_touch_the_newer_attempt(
             sa.select(tasks.c.status, tasks.c.attempt).where(tasks.c.pipeline_id == pipeline.id)
         ).one()
     assert tuple(row) == ("succeeded", 2)
+
+
+async def test_undecodable_records_are_quarantined_and_skipped(
+    host: SchedulerHost,
+    pipeline: ReadyPipeline,
+    submit: Submit,
+    engine: sa.Engine,
+    kafka_bootstrap: str,
+) -> None:
+    await wait_hosted(host, pipeline.id)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            pipeline.topic, b"\x00not a protobuf\xff", key=b"bad", partition=0
+        )
+    finally:
+        await producer.stop()
+    await submit(pipeline, {"good": {"ok": True}})
+    channel, worker = stub(host)
+    auth = (("authorization", f"Bearer {pipeline.token}"),)
+    async with channel, asyncio.timeout(30):
+        reply = await worker.Poll(
+            worker_pb2.PollRequest(
+                pipeline_id=pipeline.id, worker="w", max_tasks=5, wait_ms=10_000
+            ),
+            metadata=auth,
+        )
+    assert [t.task_id for t in reply.tasks] == ["good"]
+    with engine.connect() as conn:
+        kept = conn.execute(
+            sa.select(quarantine.c.topic_partition, quarantine.c.raw, quarantine.c.reason).where(
+                quarantine.c.pipeline_id == pipeline.id
+            )
+        ).all()
+    assert len(kept) == 1 and kept[0].raw == b"\x00not a protobuf\xff"
+    assert kept[0].topic_partition == 0 and "TaskEvent" in kept[0].reason
