@@ -32,23 +32,29 @@ class Stack:
 
 
 @pytest.fixture
-def stack(
-    kafka_bootstrap: str, tidb_url: str, kafka_group: str, tmp_path: Path
-) -> Iterator[Stack]:
+def stack(kafka_bootstrap: str, tidb_url: str, kafka_group: str, tmp_path: Path) -> Iterator[Stack]:
     engine = sa.create_engine(tidb_url)
     migrate.upgrade(engine)
     engine.dispose()
     http_port, grpc_port = free_port(), free_port()
     env = {
-        "WSCHED_KAFKA_BOOTSTRAP": kafka_bootstrap, "WSCHED_DATABASE_URL": tidb_url,
-        "WSCHED_OPERATOR_KEY": OPERATOR, "WSCHED_HTTP_PORT": str(http_port),
-        "WSCHED_GRPC_PORT": str(grpc_port), "WSCHED_METRICS_PORT": str(free_port()),
-        "WSCHED_PLACEMENT_GROUP": kafka_group, "WSCHED_REPLICA_NAME": f"e2e-{grpc_port}",
+        "WSCHED_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "WSCHED_DATABASE_URL": tidb_url,
+        "WSCHED_OPERATOR_KEY": OPERATOR,
+        "WSCHED_HTTP_PORT": str(http_port),
+        "WSCHED_GRPC_PORT": str(grpc_port),
+        "WSCHED_METRICS_PORT": str(free_port()),
+        "WSCHED_PLACEMENT_GROUP": kafka_group,
+        "WSCHED_REPLICA_NAME": f"e2e-{grpc_port}",
         "WSCHED_RECONCILE_INTERVAL_S": "1",
     }
     services = [
-        Service(name=name, argv=[sys.executable, "-m", "services.cli", name],
-                log_path=tmp_path / f"{name}.log", env=env)
+        Service(
+            name=name,
+            argv=[sys.executable, "-m", "services.cli", name],
+            log_path=tmp_path / f"{name}.log",
+            env=env,
+        )
         for name in ("api", "scheduler")
     ]
     for service in services:
@@ -71,37 +77,51 @@ class Tenant:
 @pytest.fixture
 async def tenant(stack: Stack) -> AsyncIterator[Tenant]:
     async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
-        created = await http.post("/api/tenants", json={"name": f"acme-{uuid.uuid4().hex[:6]}"},
-                                  headers={"Authorization": f"Bearer {OPERATOR}"})
+        created = await http.post(
+            "/api/tenants",
+            json={"name": f"acme-{uuid.uuid4().hex[:6]}"},
+            headers={"Authorization": f"Bearer {OPERATOR}"},
+        )
         assert created.status_code == 201, created.text
         http.headers["Authorization"] = f"Bearer {created.json()['api_key']}"
         assert (await http.post("/api/applications", json={"name": "shop"})).status_code == 201
-        pipeline = await http.post("/api/applications/shop/pipelines",
-                                   json={"name": "echo", "chart": "charts/examples/echo",
-                                         "lease_timeout_s": 5})
+        pipeline = await http.post(
+            "/api/applications/shop/pipelines",
+            json={"name": "echo", "chart": "charts/examples/echo", "lease_timeout_s": 5},
+        )
         assert pipeline.status_code == 201, pipeline.text
         url = "/api/applications/shop/pipelines/echo"
         async with asyncio.timeout(60):
             while (await http.get(url)).json()["state"] != "ready":
                 await asyncio.sleep(0.3)
         body = pipeline.json()
-        yield Tenant(http=http, pipeline_url=url, pipeline_id=body["id"],
-                     worker_token=body["worker_token"])
+        yield Tenant(
+            http=http, pipeline_url=url, pipeline_id=body["id"], worker_token=body["worker_token"]
+        )
 
 
 async def work(stack: Stack, tenant: Tenant, count: int) -> list[worker_pb2.LeasedTask]:
     """Poll until ``count`` tasks arrived; report each with its data as the result."""
-    client = SchedulerClient(addresses=[stack.grpc], pipeline_id=tenant.pipeline_id,
-                             token=tenant.worker_token, worker="e2e-worker")
+    client = SchedulerClient(
+        addresses=[stack.grpc],
+        pipeline_id=tenant.pipeline_id,
+        token=tenant.worker_token,
+        worker="e2e-worker",
+    )
     got: list[worker_pb2.LeasedTask] = []
     try:
         async with asyncio.timeout(60):
             while len(got) < count:
                 reply = await client.poll(max_tasks=count - len(got), wait_ms=2000)
                 got.extend(reply.tasks)
-        answer = await client.report([
-            worker_pb2.TaskResult(lease_token=t.lease_token, outcome=worker_pb2.OUTCOME_SUCCEEDED,
-                                  result=t.data) for t in got])
+        answer = await client.report(
+            [
+                worker_pb2.TaskResult(
+                    lease_token=t.lease_token, outcome=worker_pb2.OUTCOME_SUCCEEDED, result=t.data
+                )
+                for t in got
+            ]
+        )
         assert {a.ack for a in answer.acks} == {worker_pb2.ACK_ACCEPTED}
     finally:
         await client.close()
@@ -119,24 +139,33 @@ async def status(tenant: Tenant, task_id: str, wanted: str) -> dict[str, Any]:
 
 
 async def test_submit_single_and_batch_then_read_results(stack: Stack, tenant: Tenant) -> None:
-    single = await tenant.http.post(tenant.pipeline_url, content=b'{"message": "hello"}',
-                                    headers={"Content-Type": "application/json"})
+    single = await tenant.http.post(
+        tenant.pipeline_url,
+        content=b'{"message": "hello"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert single.status_code == 202 and single.json()["status"] == "queued"
-    batch = await tenant.http.post(f"{tenant.pipeline_url}/tasks", json={"tasks": [
-        {"data": {"message": f"m{i}"}, "id": f"order-{i}"} for i in range(20)]})
+    batch = await tenant.http.post(
+        f"{tenant.pipeline_url}/tasks",
+        json={"tasks": [{"data": {"message": f"m{i}"}, "id": f"order-{i}"} for i in range(20)]},
+    )
     assert batch.status_code == 202 and batch.json()["queued"] == 20
     leased = await work(stack, tenant, 21)
     assert sorted(json.loads(t.data)["message"] for t in leased) == sorted(
-        ["hello"] + [f"m{i}" for i in range(20)])
+        ["hello"] + [f"m{i}" for i in range(20)]
+    )
     done = await status(tenant, single.json()["id"], "succeeded")
     assert done["result"] == {"message": "hello"} and done["attempt"] == 1
     assert done["worker"] == "e2e-worker" and done["finished_at"] is not None
-    again = await tenant.http.post(f"{tenant.pipeline_url}/tasks",
-                                   json={"tasks": [{"data": {"message": "m3"}, "id": "order-3"}]})
+    again = await tenant.http.post(
+        f"{tenant.pipeline_url}/tasks",
+        json={"tasks": [{"data": {"message": "m3"}, "id": "order-3"}]},
+    )
     assert again.json()["results"][0]["result"] == "existing"
     async with asyncio.timeout(30):
         while (await tenant.http.get(f"{tenant.pipeline_url}/stats")).json()["counts"].get(
-                "succeeded") != 21:
+            "succeeded"
+        ) != 21:
             await asyncio.sleep(0.5)
 
 
@@ -147,8 +176,12 @@ async def test_cancel_a_queued_task_and_a_leased_one(stack: Stack, tenant: Tenan
     await status(tenant, queued, "cancelled")
 
     leased_id = (await tenant.http.post(tenant.pipeline_url, json={"n": 2})).json()["id"]
-    client = SchedulerClient(addresses=[stack.grpc], pipeline_id=tenant.pipeline_id,
-                             token=tenant.worker_token, worker="w")
+    client = SchedulerClient(
+        addresses=[stack.grpc],
+        pipeline_id=tenant.pipeline_id,
+        token=tenant.worker_token,
+        worker="w",
+    )
     try:
         async with asyncio.timeout(30):
             tasks: list[worker_pb2.LeasedTask] = []
@@ -156,16 +189,22 @@ async def test_cancel_a_queued_task_and_a_leased_one(stack: Stack, tenant: Tenan
                 tasks = list((await client.poll(max_tasks=1, wait_ms=2000)).tasks)
         (task,) = tasks
         assert task.task_id == leased_id
-        assert (await tenant.http.delete(f"{tenant.pipeline_url}/tasks/{leased_id}")
-                ).status_code == 202
+        assert (
+            await tenant.http.delete(f"{tenant.pipeline_url}/tasks/{leased_id}")
+        ).status_code == 202
         async with asyncio.timeout(30):
             while True:
                 beat = await client.heartbeat([task.lease_token])
                 if beat.verdicts[0].verdict == worker_pb2.VERDICT_CANCELLED:
                     break
                 await asyncio.sleep(0.2)
-        await client.report([worker_pb2.TaskResult(lease_token=task.lease_token,
-                                                   outcome=worker_pb2.OUTCOME_CANCELLED)])
+        await client.report(
+            [
+                worker_pb2.TaskResult(
+                    lease_token=task.lease_token, outcome=worker_pb2.OUTCOME_CANCELLED
+                )
+            ]
+        )
     finally:
         await client.close()
     await status(tenant, leased_id, "cancelled")

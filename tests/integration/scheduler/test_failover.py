@@ -69,7 +69,7 @@ async def owners(engine: sa.Engine, pipelines: list[ReadyPipeline]) -> dict[str,
 async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
     try:
         async with asyncio.timeout(timeout_s):
-            while not await check():  # noqa: ASYNC110 - polling the store
+            while not await check():
                 await asyncio.sleep(0.5)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout_s}s waiting for {what}") from None

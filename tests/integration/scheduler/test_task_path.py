@@ -49,7 +49,7 @@ async def host(
 
 async def wait_hosted(host: SchedulerHost, pipeline_id: str, timeout_s: float = 30) -> None:
     async with asyncio.timeout(timeout_s):
-        while pipeline_id not in host.hosted_pipelines():  # noqa: ASYNC110 - host state
+        while pipeline_id not in host.hosted_pipelines():
             await asyncio.sleep(0.1)
 
 
