@@ -39,6 +39,7 @@ from services.scheduler.metrics import GrainMetrics, SchedulerCollector, http_ap
 from services.scheduler.worker_api import Limits, LocalGrain, Unavailable, WorkerService
 from services.settings import Settings
 from services.store.engine import make_engine
+from services.store.purge import needs_purge, purge_forever
 from services.store.quarantine import Quarantined, SqlQuarantine
 from services.store.tasks import SqlTaskStore
 
@@ -146,6 +147,7 @@ class SchedulerHost:
         self._shards: set[int] = set()
         self._changes = asyncio.Lock()
         self._placement: asyncio.Task[None] | None = None
+        self._purge: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self.grpc_port = 0
 
@@ -186,6 +188,8 @@ class SchedulerHost:
         self.grpc_port = self._server.add_insecure_port(bind)
         await self._server.start()
         self._placement = asyncio.create_task(self._run_placement(), name="placement")
+        if needs_purge(self._engine):
+            self._purge = asyncio.create_task(purge_forever(self._engine), name="purge")
         await self._start_http()
         log.info(
             "scheduler %s serving workers on %s",
@@ -210,6 +214,10 @@ class SchedulerHost:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await self._http_task
+        if self._purge is not None:
+            self._purge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purge
         if self._placement is not None:
             self._placement.cancel()
             with contextlib.suppress(asyncio.CancelledError):

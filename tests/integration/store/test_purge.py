@@ -1,0 +1,70 @@
+"""The batched purge of expired tasks on SQLite (TiDB purges through its TTL attribute)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+
+from services.store import migrate
+from services.store.purge import needs_purge, purge_expired
+from services.store.schema import task_results, tasks
+
+pytestmark = pytest.mark.integration
+NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+
+
+def test_expired_rows_go_in_batches_and_the_rest_stays(sqlite_url: str) -> None:
+    engine = sa.create_engine(sqlite_url)
+    migrate.upgrade(engine)
+    naive = NOW.replace(tzinfo=None)
+    rows = []
+    for i in range(25):
+        expire = (
+            naive - dt.timedelta(hours=1)
+            if i < 15
+            else (naive + dt.timedelta(hours=1) if i < 20 else None)
+        )
+        rows.append(
+            {
+                "pipeline_id": "p",
+                "id": f"t{i}",
+                "attempt": 1,
+                "status": "succeeded",
+                "due_at": naive,
+                "data": b"{}",
+                "data_sha256": b"x" * 32,
+                "created_at": naive,
+                "updated_at": naive,
+                "expire_at": expire,
+            }
+        )
+    with engine.begin() as conn:
+        conn.execute(sa.insert(tasks), rows)
+        conn.execute(
+            sa.insert(task_results),
+            [
+                {
+                    "pipeline_id": "p",
+                    "id": r["id"],
+                    "attempt": 1,
+                    "result": b"r",
+                    "expire_at": r["expire_at"],
+                }
+                for r in rows
+            ],
+        )
+    assert needs_purge(engine)
+    assert purge_expired(engine, now=NOW, batch=4) == 30  # 15 tasks + 15 results
+    with engine.connect() as conn:
+        left = {r.id for r in conn.execute(sa.select(tasks.c.id))}
+        results = conn.execute(sa.select(sa.func.count()).select_from(task_results)).scalar()
+    engine.dispose()
+    assert left == {f"t{i}" for i in range(15, 25)} and results == 10
+
+
+def test_tidb_needs_no_purge(tidb_url: str) -> None:
+    engine = sa.create_engine(tidb_url)
+    assert not needs_purge(engine)
+    engine.dispose()
