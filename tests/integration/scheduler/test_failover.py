@@ -75,6 +75,20 @@ async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout_s: float, wh
         raise AssertionError(f"timed out after {timeout_s}s waiting for {what}") from None
 
 
+async def wait_shared(
+    engine: sa.Engine, spread: list[ReadyPipeline], replicas: list[Replica]
+) -> dict[str, str]:
+    """Wait until both replicas own grains; the first one up takes every shard at first."""
+
+    async def shared() -> bool:
+        hosts = set((await owners(engine, spread)).values())
+        return hosts == {r.address for r in replicas}
+
+    await wait_for(shared, timeout_s=60, what="the grains to be shared by both replicas")
+    await asyncio.sleep(1)  # let the rebalance settle before picking a victim
+    return await owners(engine, spread)
+
+
 def statuses(engine: sa.Engine, pipelines: list[ReadyPipeline]) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(
@@ -127,12 +141,7 @@ async def test_two_replicas_share_pipelines_and_survive_a_kill_9_under_load(
     for replica in replicas:
         replica.start()
 
-    async def all_owned() -> bool:
-        return len(await owners(engine, spread)) == len(spread)
-
-    await wait_for(all_owned, timeout_s=60, what="every grain to be owned")
-    before = await owners(engine, spread)
-    assert set(before.values()) == {r.address for r in replicas}, "one replica hosts all"
+    before = await wait_shared(engine, spread, replicas)
 
     submitted: set[str] = set()
     for wave in range(6):
@@ -195,11 +204,7 @@ async def test_a_paused_ex_owner_writes_nothing_once_resumed(
     for replica in replicas:
         replica.start()
 
-    async def all_owned() -> bool:
-        return len(await owners(engine, spread)) == len(spread)
-
-    await wait_for(all_owned, timeout_s=60, what="every grain to be owned")
-    before = await owners(engine, spread)
+    before = await wait_shared(engine, spread, replicas)
     paused = next(r for r in replicas if r.address == before[spread[0].id])
     other = next(r for r in replicas if r is not paused)
     submitted = await submit_waves(submit, spread, range(2))
