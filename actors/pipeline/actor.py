@@ -133,6 +133,7 @@ class PipelineActor(Actor[object, Any]):
         self._grain: PipelineGrain | None = None
         self._offsets: dict[int, int] = {}
         self._flush_timer: Cancellable | None = None
+        self._handlers = self._dispatch_table()
 
     @property
     def grain(self) -> PipelineGrain:
@@ -170,7 +171,7 @@ class PipelineActor(Actor[object, Any]):
     async def receive(self, message: object) -> Any:
         """Expected failures (store down, fenced) come back as values, not exceptions:
         raising would count against the actor's restart budget."""
-        handler = self._handlers().get(type(message))
+        handler = self._handlers.get(type(message))
         if handler is None:
             raise TypeError(f"pipeline grain cannot handle {type(message).__name__}")
         try:
@@ -181,7 +182,7 @@ class PipelineActor(Actor[object, Any]):
                 return None
             return Failed(error=err)
 
-    def _handlers(self) -> dict[type, Callable[[Any], Awaitable[Any]]]:
+    def _dispatch_table(self) -> dict[type, Callable[[Any], Awaitable[Any]]]:
         return {
             Activate: self._activate,
             Admit: self._admit,

@@ -148,6 +148,7 @@ class SchedulerHost:
         self._changes = asyncio.Lock()
         self._placement: asyncio.Task[None] | None = None
         self._purge: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._server: grpc.aio.Server | None = None
         self.grpc_port = 0
 
@@ -343,9 +344,12 @@ class SchedulerHost:
             log.error("pipeline %s: forwarder failed: %r", pipeline_id, error)
         # Fenced or failed: forget the grain; the next reconcile decides again.
         del self._hosted[pipeline_id]
-        asyncio.get_running_loop().create_task(
+        cleanup = asyncio.get_running_loop().create_task(
             self._system.deactivate(hosted.grain, "forwarder ended")
         )
+        # The loop keeps only weak references to tasks: hold it until it is done.
+        self._background.add(cleanup)
+        cleanup.add_done_callback(self._background.discard)
 
     async def _drop(self, pipeline_id: str) -> None:
         async with self._changes:
