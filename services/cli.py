@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services import client_cli
 from services.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Workload Scheduler.")
@@ -19,6 +20,7 @@ infra_app = typer.Typer(no_args_is_help=True, help="Provision the real component
 db_app = typer.Typer(no_args_is_help=True, help="Manage the database schema.")
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
+client_cli.register(app)
 console = Console(stderr=True, soft_wrap=True)
 
 COMPONENTS = ("kafka", "tidb", "helm", "kube")
@@ -68,6 +70,35 @@ def scheduler() -> None:
     from services.scheduler.main import serve
 
     asyncio.run(serve(_settings()))
+
+
+@app.command()
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    tasks: Annotated[
+        int | None, typer.Option(help="Tasks end to end [default: 100000; 2000 with --quick].")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    backlog: Annotated[
+        int | None,
+        typer.Option(help="Backlog tasks, 0 skips [default: 1000000; 5000 with --quick]."),
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes: a smoke run.")] = False,
+) -> None:
+    """Benchmark the stated workload end to end, beside Kafka and TiDB alone (the floor)."""
+    from services.bench import run as bench_run
+    from services.infra.cache import Cache
+
+    options = bench_run.Options.build(tasks=tasks, workers=workers, backlog=backlog, quick=quick)
+    report = bench_run.run(
+        options,
+        cache=Cache(root=_settings().cache_dir),
+        say=lambda text: console.print(f"[cyan]bench[/]: {text}"),
+    )
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        Console().print(bench_run.render(report))
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,312 @@
+"""``wsched tenants|apps|pipelines|tasks``: the HTTP API from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+tenants = typer.Typer(no_args_is_help=True, help="Tenants (operator key).")
+apps = typer.Typer(no_args_is_help=True, help="A tenant's applications.")
+pipelines = typer.Typer(no_args_is_help=True, help="Pipelines of an application.")
+tasks = typer.Typer(no_args_is_help=True, help="Submit, read, watch and cancel tasks.")
+
+TERMINAL = ("succeeded", "failed", "dead", "cancelled")
+
+
+class ClientSettings(BaseSettings):
+    """Where the API is and who the caller is: ``WSCHED_API_URL``, ``WSCHED_API_KEY``."""
+
+    model_config = SettingsConfigDict(env_prefix="WSCHED_", extra="ignore")
+
+    api_url: str = "http://127.0.0.1:8080"
+    api_key: SecretStr | None = None
+    operator_key: SecretStr = SecretStr("dev-operator-key")
+
+
+class ApiError(Exception):
+    pass
+
+
+@contextmanager
+def _client(*, operator: bool = False) -> Iterator[httpx.Client]:
+    settings = ClientSettings()
+    key = settings.operator_key if operator else settings.api_key
+    if key is None:
+        err.print(
+            "[red]No API key[/]: set WSCHED_API_KEY to the key `wsched tenants create` printed."
+        )
+        raise typer.Exit(2)
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"}
+    with httpx.Client(base_url=settings.api_url, headers=headers, timeout=60) as client:
+        try:
+            yield client
+        except httpx.TransportError as error:
+            err.print(
+                f"[red]Cannot reach the API at {settings.api_url}[/]: {error}. "
+                "Is `wsched dev` running? Set WSCHED_API_URL otherwise."
+            )
+            raise typer.Exit(1) from error
+        except ApiError as error:
+            err.print(f"[red]{error}[/]")
+            raise typer.Exit(1) from error
+
+
+def _call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
+    answer = client.request(method, url, **kwargs)
+    if answer.status_code >= 400:
+        try:
+            body = answer.json()
+            raise ApiError(f"{answer.status_code} {body['error']}: {body['detail']}")
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(f"{answer.status_code}: {answer.text[:500]}") from None
+    return answer.json() if answer.content else None
+
+
+def _show(value: Any) -> None:
+    out.print_json(json.dumps(value, default=str))
+
+
+def _pipe(app: str, pipeline: str) -> str:
+    return f"/api/applications/{app}/pipelines/{pipeline}"
+
+
+# -- tenants and applications -----------------------------------------------------------
+
+
+@tenants.command("create")
+def tenant_create(name: str) -> None:
+    """Create a tenant; prints its API key (shown once)."""
+    with _client(operator=True) as client:
+        body = _call(client, "POST", "/api/tenants", json={"name": name})
+    _show(body)
+    err.print(f"export WSCHED_API_KEY={body['api_key']}")
+
+
+@tenants.command("list")
+def tenant_list() -> None:
+    with _client(operator=True) as client:
+        _show(_call(client, "GET", "/api/tenants"))
+
+
+@apps.command("create")
+def app_create(name: str) -> None:
+    with _client() as client:
+        _show(_call(client, "POST", "/api/applications", json={"name": name}))
+
+
+@apps.command("list")
+def app_list() -> None:
+    with _client() as client:
+        _show(_call(client, "GET", "/api/applications"))
+
+
+@apps.command("delete")
+def app_delete(name: str) -> None:
+    with _client() as client:
+        _call(client, "DELETE", f"/api/applications/{name}")
+    err.print(f"deleted application {name}")
+
+
+# -- pipelines --------------------------------------------------------------------------
+
+
+@pipelines.command("create")
+def pipeline_create(
+    app: str,
+    name: str,
+    chart: Annotated[str, typer.Option(help="Chart path, repository URL or oci:// reference.")],
+    partitions: Annotated[int, typer.Option()] = 2,
+    max_attempts: Annotated[int, typer.Option()] = 3,
+    lease_timeout_s: Annotated[int, typer.Option()] = 30,
+    values: Annotated[Path | None, typer.Option(help="A JSON file of chart values.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the pipeline is ready.")] = True,
+) -> None:
+    """Create a pipeline; prints its worker token (shown once)."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "chart": chart,
+        "partitions": partitions,
+        "max_attempts": max_attempts,
+        "lease_timeout_s": lease_timeout_s,
+    }
+    if values is not None:
+        spec["values"] = json.loads(values.read_text())
+    with _client() as client:
+        body = _call(client, "POST", f"/api/applications/{app}/pipelines", json=spec)
+        if wait:
+            body["state"] = _wait_ready(client, app, name)
+    _show(body)
+
+
+def _wait_ready(client: httpx.Client, app: str, name: str, timeout_s: float = 120) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        view = _call(client, "GET", _pipe(app, name))
+        if view["state"] in ("ready", "failed"):
+            if view["state"] == "failed":
+                raise ApiError(f"pipeline {name} failed: {view['reason']}")
+            return str(view["state"])
+        time.sleep(0.5)
+    raise ApiError(f"pipeline {name} was not ready within {timeout_s:.0f}s")
+
+
+@pipelines.command("list")
+def pipeline_list(app: str) -> None:
+    with _client() as client:
+        _show(_call(client, "GET", f"/api/applications/{app}/pipelines"))
+
+
+@pipelines.command("get")
+def pipeline_get(app: str, name: str) -> None:
+    with _client() as client:
+        _show(_call(client, "GET", _pipe(app, name)))
+
+
+@pipelines.command("delete")
+def pipeline_delete(app: str, name: str) -> None:
+    with _client() as client:
+        _show(_call(client, "DELETE", _pipe(app, name)))
+
+
+# -- tasks ------------------------------------------------------------------------------
+
+
+def _read_tasks(data: str | None, file: Path | None) -> list[dict[str, Any]]:
+    """One JSON object, a JSON array of objects, or JSON lines (from a file or stdin)."""
+    text = data if data is not None else (file.read_text() if file else sys.stdin.read())
+    text = text.strip()
+    try:
+        parsed = json.loads(text)
+        items = parsed if isinstance(parsed, list) else [parsed]
+    except json.JSONDecodeError:
+        try:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as error:
+            raise typer.BadParameter(f"not JSON, a JSON array or JSON lines: {error}") from None
+    if not items or not all(isinstance(item, dict) for item in items):
+        raise typer.BadParameter("each task must be a JSON object")
+    return items
+
+
+@tasks.command("submit")
+def task_submit(
+    app: str,
+    pipeline: str,
+    data: Annotated[str | None, typer.Argument(help="A JSON object; else --file or stdin.")] = None,
+    file: Annotated[Path | None, typer.Option(help="JSON, a JSON array or JSON lines.")] = None,
+    task_id: Annotated[str | None, typer.Option("--id", help="Idempotency key (one task).")] = None,
+) -> None:
+    """Submit one task or many (batches of up to 10,000)."""
+    items = _read_tasks(data, file)
+    with _client() as client:
+        if len(items) == 1:
+            headers = {"Idempotency-Key": task_id} if task_id else {}
+            _show(_call(client, "POST", _pipe(app, pipeline), json=items[0], headers=headers))
+            return
+        queued = 0
+        for start in range(0, len(items), 10_000):
+            chunk = [{"data": item} for item in items[start : start + 10_000]]
+            body = _call(client, "POST", f"{_pipe(app, pipeline)}/tasks", json={"tasks": chunk})
+            queued += body["queued"]
+    err.print(f"queued {queued} of {len(items)} tasks")
+
+
+@tasks.command("get")
+def task_get(app: str, pipeline: str, task_id: str) -> None:
+    with _client() as client:
+        _show(_call(client, "GET", f"{_pipe(app, pipeline)}/tasks/{task_id}"))
+
+
+@tasks.command("list")
+def task_list(
+    app: str,
+    pipeline: str,
+    status: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 50,
+) -> None:
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    with _client() as client:
+        page = _call(client, "GET", f"{_pipe(app, pipeline)}/tasks", params=params)
+    table = Table("id", "status", "attempt", "worker", "finished_at", "error")
+    for task in page["tasks"]:
+        table.add_row(
+            task["id"],
+            task["status"],
+            str(task["attempt"]),
+            task["worker"] or "",
+            str(task["finished_at"] or ""),
+            (task["error"] or "")[:60],
+        )
+    out.print(table)
+    if page.get("next_cursor"):
+        err.print("more: use the API's ?cursor= to page on")
+
+
+@tasks.command("cancel")
+def task_cancel(app: str, pipeline: str, task_id: str) -> None:
+    with _client() as client:
+        _show(_call(client, "DELETE", f"{_pipe(app, pipeline)}/tasks/{task_id}"))
+
+
+@tasks.command("requeue")
+def task_requeue(app: str, pipeline: str, task_id: str) -> None:
+    with _client() as client:
+        _show(_call(client, "POST", f"{_pipe(app, pipeline)}/tasks/{task_id}/requeue"))
+
+
+@tasks.command("watch")
+def task_watch(
+    app: str,
+    pipeline: str,
+    until_done: Annotated[
+        bool, typer.Option(help="Exit once nothing is queued or running.")
+    ] = False,
+    interval_s: Annotated[float, typer.Option()] = 1.0,
+) -> None:
+    """A live progress bar of the pipeline's tasks by status (Ctrl-C stops watching)."""
+    with (
+        _client() as client,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=err,
+        ) as progress,
+    ):
+        bar = progress.add_task(pipeline, total=None, detail="")
+        while True:
+            counts = _call(client, "GET", f"{_pipe(app, pipeline)}/stats")["counts"]
+            done = sum(counts.get(status, 0) for status in TERMINAL)
+            total = done + counts.get("queued", 0) + counts.get("leased", 0)
+            detail = " ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
+            progress.update(bar, total=total or None, completed=done, detail=detail)
+            if until_done and total and done == total:
+                break
+            time.sleep(interval_s)
+    _show(counts)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(tenants, name="tenants")
+    app.add_typer(apps, name="apps")
+    app.add_typer(pipelines, name="pipelines")
+    app.add_typer(tasks, name="tasks")

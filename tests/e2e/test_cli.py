@@ -1,0 +1,128 @@
+"""The `wsched` CLI against the real API and scheduler, as a tenant would use it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from protos.wsched.v1 import worker_pb2
+from services.worker.client import SchedulerClient
+from tests.e2e.conftest import OPERATOR, Stack
+
+pytestmark = pytest.mark.integration
+
+
+def wsched(
+    stack: Stack, *args: str, key: str = "", stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "WSCHED_API_URL": stack.api,
+        "WSCHED_OPERATOR_KEY": OPERATOR,
+        "WSCHED_API_KEY": key,
+        "COLUMNS": "200",
+    }
+    if not key:
+        env.pop("WSCHED_API_KEY")
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result.stdout
+
+
+async def drain(stack: Stack, pipeline_id: str, token: str, count: int) -> None:
+    client = SchedulerClient(
+        addresses=[stack.grpc], pipeline_id=pipeline_id, token=token, worker="cli-worker"
+    )
+    seen = 0
+    try:
+        async with asyncio.timeout(60):
+            while seen < count:
+                reply = await client.poll(max_tasks=50, wait_ms=2000)
+                if reply.tasks:
+                    await client.report(
+                        [
+                            worker_pb2.TaskResult(
+                                lease_token=t.lease_token,
+                                outcome=worker_pb2.OUTCOME_SUCCEEDED,
+                                result=t.data,
+                            )
+                            for t in reply.tasks
+                        ]
+                    )
+                    seen += len(reply.tasks)
+    finally:
+        await client.close()
+
+
+async def test_the_readme_walkthrough_with_the_cli(stack: Stack) -> None:
+    tenant = json.loads(ok(wsched(stack, "tenants", "create", "acme")))
+    key = tenant["api_key"]
+    ok(wsched(stack, "apps", "create", "shop", key=key))
+    created = json.loads(
+        ok(
+            wsched(
+                stack,
+                "pipelines",
+                "create",
+                "shop",
+                "echo",
+                "--chart",
+                "charts/examples/echo",
+                key=key,
+            )
+        )
+    )
+    assert created["state"] == "ready" and created["worker_token"].startswith("wst_")
+    single = json.loads(
+        ok(
+            wsched(
+                stack,
+                "tasks",
+                "submit",
+                "shop",
+                "echo",
+                '{"message": "hi"}',
+                "--id",
+                "greeting",
+                key=key,
+            )
+        )
+    )
+    assert single == {"id": "greeting", "status": "queued"}
+    lines = "\n".join(json.dumps({"message": f"m{i}"}) for i in range(30))
+    batch = wsched(stack, "tasks", "submit", "shop", "echo", key=key, stdin=lines)
+    assert "queued 30 of 30 tasks" in ok(batch) + batch.stderr
+    await drain(stack, created["id"], created["worker_token"], 31)
+    watched = wsched(
+        stack, "tasks", "watch", "shop", "echo", "--until-done", "--interval-s", "0.3", key=key
+    )
+    assert json.loads(ok(watched))["succeeded"] == 31
+    task = json.loads(ok(wsched(stack, "tasks", "get", "shop", "echo", "greeting", key=key)))
+    assert task["status"] == "succeeded" and task["result"] == {"message": "hi"}
+    listing = ok(wsched(stack, "tasks", "list", "shop", "echo", "--status", "succeeded", key=key))
+    assert "greeting" in listing
+
+
+def test_cli_errors_say_what_was_wrong(stack: Stack) -> None:
+    no_key = wsched(stack, "apps", "list")
+    assert no_key.returncode == 2 and "WSCHED_API_KEY" in no_key.stderr
+    wrong = wsched(stack, "apps", "list", key="wsk_wrong")
+    assert wrong.returncode == 1 and "401" in wrong.stderr
+    bad_json = wsched(stack, "tasks", "submit", "shop", "echo", "{not json", key="wsk_x")
+    assert bad_json.returncode == 2 and "not JSON" in bad_json.stderr
