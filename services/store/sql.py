@@ -48,20 +48,26 @@ def upsert(
 ) -> None:
     """Insert ``rows`` or, where the key exists, overwrite the ``update`` columns.
 
-    One multi-row statement per chunk: a row-by-row UPDATE costs a round trip per task.
+    One statement, compiled once and cached, run as an executemany: pymysql rewrites it
+    into multi-row ``INSERT ... VALUES (...), (...) ON DUPLICATE KEY UPDATE`` batches, so a
+    flush costs a few round trips, not one per task.
     """
-    dialect = conn.dialect.name
-    for chunk in chunks(rows):
-        if dialect == "mysql":
-            my = mysql.insert(table).values(list(chunk))
-            stmt: sa.Executable = my.on_duplicate_key_update(
-                {col: my.inserted[col] for col in update}
-            )
-        elif dialect == "sqlite":
-            lite = sqlite.insert(table).values(list(chunk))
-            stmt = lite.on_conflict_do_update(
-                index_elements=list(keys), set_={col: lite.excluded[col] for col in update}
-            )
-        else:
-            raise NotImplementedError(f"upsert is not implemented for {dialect}")
-        conn.execute(stmt)
+    if not rows:
+        return
+    conn.execute(
+        _upsert_statement(conn.dialect.name, table, tuple(keys), tuple(update)), list(rows)
+    )
+
+
+def _upsert_statement(
+    dialect: str, table: sa.Table, keys: tuple[str, ...], update: tuple[str, ...]
+) -> sa.Executable:
+    if dialect == "mysql":
+        my = mysql.insert(table)
+        return my.on_duplicate_key_update({col: my.inserted[col] for col in update})
+    if dialect == "sqlite":
+        lite = sqlite.insert(table)
+        return lite.on_conflict_do_update(
+            index_elements=list(keys), set_={col: lite.excluded[col] for col in update}
+        )
+    raise NotImplementedError(f"upsert is not implemented for {dialect}")
