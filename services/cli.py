@@ -118,6 +118,27 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
         engine.dispose()
 
 
+@app.command()
+def worker() -> None:
+    """Run a worker agent: poll the pipeline's tasks and run their steps (WSCHED_WORKER_*)."""
+    from services.worker.agent import worker_main
+
+    worker_main()
+
+
+@app.command()
+def executor(
+    listen: Annotated[
+        str | None,
+        typer.Option(help="unix:///path.sock or host:port (WSCHED_WORKER_EXECUTOR_LISTEN)"),
+    ] = None,
+) -> None:
+    """Run a command executor: the agent sends it each command of its steps."""
+    from services.worker.executor import executor_main
+
+    executor_main(listen=listen)
+
+
 @infra_app.command("provision")
 def infra_provision(
     components: Annotated[list[str] | None, typer.Argument(help=f"any of {COMPONENTS}")] = None,

@@ -1,0 +1,427 @@
+"""``wsched worker``: the agent of a pipeline pod. Polls the scheduler, runs tasks on the
+pod's executors, heartbeats their leases and reports their results.
+
+Polling. Whenever it has free slots (``WSCHED_WORKER_CONCURRENCY`` tasks run at once)
+the agent long-polls for as many tasks as it has slots. The client follows the
+scheduler's redirects to the replica serving the pipeline and retries transient errors
+with backoff.
+
+Leases. Every third of the lease timeout the agent heartbeats the leases of its running
+tasks and of results not yet acknowledged, and obeys the verdicts: CANCELLED stops the
+running command (cancelling the executor call kills it) and reports the task
+cancelled; LEASE_LOST (another attempt owns the task) stops it and drops its result.
+
+Results go out in batches and are kept until the scheduler acknowledged them (see
+:mod:`services.worker.reporter`).
+
+Shutdown. On SIGTERM (or SIGINT) the agent stops polling; a poll in flight is
+cancelled, and tasks it had already been granted run again once their leases expire.
+Running tasks get ``WSCHED_WORKER_GRACE_S`` (default 30) to finish and be reported.
+Tasks still running then are abandoned without a report: their commands are killed, and
+their leases expire, so they run again elsewhere with the next attempt. A second signal
+abandons them at once. The process then exits 0. (Handing leases back at once instead
+of letting them expire would need a Release call in the worker protocol.) The pod's
+``terminationGracePeriodSeconds`` should exceed the grace by ten seconds or so, for the
+last report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from protos.wsched.v1 import worker_pb2
+from services.worker.client import SchedulerClient, WorkerRejected
+from services.worker.command import ExecutorError
+from services.worker.definition import DefinitionError, PipelineDefinition, load_definition
+from services.worker.executor import ExecutorClients
+from services.worker.reporter import Reporter, ReportPort
+from services.worker.runner import Outcome, TaskOutcome, TaskRunner, TaskSpec, failed
+from services.worker.settings import WorkerSettings, explain
+
+log = logging.getLogger("wsched.worker")
+
+Runner = Callable[[TaskSpec], Awaitable[TaskOutcome]]
+
+_OUTCOMES = {
+    Outcome.SUCCEEDED: worker_pb2.OUTCOME_SUCCEEDED,
+    Outcome.FAILED: worker_pb2.OUTCOME_FAILED,
+    Outcome.CANCELLED: worker_pb2.OUTCOME_CANCELLED,
+}
+
+
+class Scheduler(ReportPort, Protocol):
+    async def poll(
+        self, *, max_tasks: int, max_bytes: int = ..., wait_ms: int = ...
+    ) -> worker_pb2.PollResponse: ...
+
+    async def heartbeat(self, tokens: Sequence[str]) -> worker_pb2.HeartbeatResponse: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentOptions:
+    concurrency: int = 4
+    grace_s: float = 30.0
+    poll_wait_ms: int = 10_000
+    poll_max_bytes: int = 1024 * 1024
+    report_linger_s: float = 0.02
+    report_batch: int = 100
+    #: Until the scheduler names its lease timeout in a poll answer.
+    lease_timeout_s: float = 30.0
+    #: The last report after the grace period gets at least this long.
+    final_flush_s: float = 5.0
+
+    @classmethod
+    def of(cls, settings: WorkerSettings) -> AgentOptions:
+        return cls(
+            concurrency=settings.concurrency,
+            grace_s=settings.grace_s,
+            poll_wait_ms=settings.poll_wait_ms,
+            poll_max_bytes=settings.poll_max_bytes,
+            report_linger_s=settings.report_linger_ms / 1000,
+            report_batch=settings.report_batch,
+        )
+
+
+class _Stop(Enum):
+    CANCELLED = "cancelled"  # report it cancelled
+    LEASE_LOST = "lease lost"  # drop the result
+    ABANDONED = "abandoned"  # shutting down: no report, the lease expires
+
+
+@dataclass(kw_only=True)
+class _Job:
+    spec: TaskSpec
+    token: str
+    task: asyncio.Task[None] | None = None
+    stop: _Stop | None = None
+
+    def halt(self, why: _Stop) -> None:
+        self.stop = why
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def _wait_any(events: Sequence[asyncio.Event], timeout_s: float | None = None) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+class Agent:
+    """Use as ``await Agent(...).run(stopping=event)``; returns after a clean shutdown."""
+
+    def __init__(self, *, scheduler: Scheduler, runner: Runner, options: AgentOptions) -> None:
+        self._scheduler = scheduler
+        self._runner = runner
+        self._options = options
+        self._reporter = Reporter(
+            scheduler=scheduler,
+            linger_s=options.report_linger_s,
+            max_batch=options.report_batch,
+        )
+        self._jobs: dict[str, _Job] = {}
+        self._slot_freed = asyncio.Event()
+        self._lease_timeout_s = options.lease_timeout_s
+        self._lease_timeout_changed = asyncio.Event()
+
+    async def run(self, *, stopping: asyncio.Event, now: asyncio.Event | None = None) -> None:
+        """Work until ``stopping``, then finish within the grace period (``now`` cuts it
+        short). Raises WorkerRejected, after that shutdown, if polling failed for good."""
+        background = [
+            asyncio.create_task(self._reporter.run(), name="reporter"),
+            asyncio.create_task(self._heartbeats(), name="heartbeats"),
+        ]
+        failure: WorkerRejected | None = None
+        try:
+            try:
+                await self._poll_until(stopping)
+            except WorkerRejected as err:
+                failure = err
+                log.error("polling failed: %s; finishing the running tasks", err)
+            await self._drain(now or asyncio.Event())
+        finally:
+            for job in list(self._jobs.values()):
+                job.halt(_Stop.ABANDONED)
+            for task in background:
+                task.cancel()
+            jobs = [job.task for job in self._jobs.values() if job.task is not None]
+            await asyncio.gather(*background, *jobs, return_exceptions=True)
+        if failure is not None:
+            raise failure
+
+    # -- polling --------------------------------------------------------------------------
+
+    async def _poll_until(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            while len(self._jobs) >= self._options.concurrency and not stopping.is_set():
+                self._slot_freed.clear()
+                await _wait_any([self._slot_freed, stopping])
+            if stopping.is_set():
+                return
+            reply = await self._poll(self._options.concurrency - len(self._jobs), stopping)
+            if reply is None:
+                return
+            self._learn_lease_timeout(reply.lease_timeout_ms)
+            for task in reply.tasks:
+                self._start(task)
+
+    async def _poll(self, free: int, stopping: asyncio.Event) -> worker_pb2.PollResponse | None:
+        """A poll's answer, or None if ``stopping`` came first (the poll is cancelled)."""
+        poll = asyncio.create_task(
+            self._scheduler.poll(
+                max_tasks=free,
+                max_bytes=self._options.poll_max_bytes,
+                wait_ms=self._options.poll_wait_ms,
+            )
+        )
+        stop = asyncio.create_task(stopping.wait())
+        try:
+            await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not poll.done():
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WorkerRejected):
+                    await poll
+        if poll.cancelled():
+            return None
+        return poll.result()  # granted tasks are run even when stopping came meanwhile
+
+    # -- running --------------------------------------------------------------------------
+
+    def _start(self, task: worker_pb2.LeasedTask) -> None:
+        spec = TaskSpec(task_id=task.task_id, attempt=task.attempt, data=task.data)
+        job = _Job(spec=spec, token=task.lease_token)
+        self._jobs[job.token] = job
+        job.task = asyncio.create_task(self._execute(job), name=f"task {task.task_id}")
+
+    async def _execute(self, job: _Job) -> None:
+        outcome: TaskOutcome | None
+        try:
+            outcome = await self._runner(job.spec)
+        except asyncio.CancelledError:
+            if job.stop is None:
+                raise  # not ours: the agent itself is being torn down
+            outcome = self._after_stop(job)
+        except Exception as err:  # a bug must fail the task, not the agent
+            log.exception("task %s: the worker failed to run it", job.spec.task_id)
+            outcome = failed(f"the worker failed to run the task: {type(err).__name__}: {err}")
+        finally:
+            del self._jobs[job.token]
+            self._slot_freed.set()
+        if outcome is not None:
+            self._log_outcome(job, outcome)
+            self._reporter.add(
+                worker_pb2.TaskResult(
+                    lease_token=job.token,
+                    outcome=_OUTCOMES[outcome.outcome],
+                    result=outcome.result,
+                    error=outcome.error,
+                )
+            )
+
+    def _after_stop(self, job: _Job) -> TaskOutcome | None:
+        if job.stop is _Stop.CANCELLED:
+            log.info("task %s cancelled: its command was stopped", job.spec.task_id)
+            return TaskOutcome(outcome=Outcome.CANCELLED, error="cancelled while running")
+        if job.stop is _Stop.LEASE_LOST:
+            log.warning(
+                "task %s attempt %d: lease lost (another attempt owns the task); "
+                "stopped, result dropped",
+                job.spec.task_id,
+                job.spec.attempt,
+            )
+        return None
+
+    @staticmethod
+    def _log_outcome(job: _Job, outcome: TaskOutcome) -> None:
+        if outcome.outcome is Outcome.FAILED:
+            headline = outcome.error.splitlines()[0] if outcome.error else ""
+            log.info("task %s attempt %d failed: %s", job.spec.task_id, job.spec.attempt, headline)
+        else:
+            log.debug("task %s attempt %d %s", job.spec.task_id, job.spec.attempt, outcome.outcome)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _learn_lease_timeout(self, lease_timeout_ms: int) -> None:
+        if lease_timeout_ms and lease_timeout_ms / 1000 != self._lease_timeout_s:
+            self._lease_timeout_s = lease_timeout_ms / 1000
+            self._lease_timeout_changed.set()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            self._lease_timeout_changed.clear()
+            await _wait_any([self._lease_timeout_changed], self._lease_timeout_s / 3)
+            if self._lease_timeout_changed.is_set():
+                continue  # the first poll's answer: beat on its schedule from now
+            tokens = [*self._jobs, *self._reporter.pending_tokens()]
+            if not tokens:
+                continue
+            try:
+                reply = await self._scheduler.heartbeat(tokens)
+            except WorkerRejected as err:
+                log.warning("heartbeat of %d lease(s) failed: %s", len(tokens), err)
+                continue
+            self._learn_lease_timeout(reply.lease_timeout_ms)
+            for verdict in reply.verdicts:
+                self._obey(verdict.lease_token, verdict.verdict)
+
+    def _obey(self, token: str, verdict: worker_pb2.Verdict.ValueType) -> None:
+        job = self._jobs.get(token)
+        if verdict == worker_pb2.VERDICT_CANCELLED and job is not None and job.stop is None:
+            job.halt(_Stop.CANCELLED)
+        elif verdict == worker_pb2.VERDICT_LEASE_LOST:
+            if job is not None:
+                job.halt(_Stop.LEASE_LOST)
+            elif self._reporter.drop(token):
+                log.warning("lease %s lost before its result was acknowledged: dropped", token)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def _drain(self, now: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.grace_s
+        if self._jobs:
+            log.info(
+                "stopping: %d task(s) running get up to %g s to finish",
+                len(self._jobs),
+                self._options.grace_s,
+            )
+        while self._jobs and not now.is_set() and loop.time() < deadline:
+            self._slot_freed.clear()
+            await _wait_any([self._slot_freed, now], deadline - loop.time())
+        await self._abandon()
+        flush_s = max(deadline - loop.time(), self._options.final_flush_s)
+        if not await self._reporter.flush(flush_s):
+            log.warning(
+                "%d result(s) not acknowledged within %g s: those tasks run again once "
+                "their leases expire",
+                len(self._reporter.pending_tokens()),
+                flush_s,
+            )
+
+    async def _abandon(self) -> None:
+        jobs = list(self._jobs.values())
+        if not jobs:
+            return
+        log.warning(
+            "abandoning %d unfinished task(s) (%s): their leases expire and they run again",
+            len(jobs),
+            ", ".join(job.spec.task_id for job in jobs),
+        )
+        for job in jobs:
+            job.halt(_Stop.ABANDONED)
+        await asyncio.gather(*(job.task for job in jobs if job.task), return_exceptions=True)
+
+
+# -- the process ----------------------------------------------------------------------------
+
+
+def check_executors(definition: PipelineDefinition, addresses: Mapping[str, str]) -> None:
+    missing = sorted(definition.executors() - set(addresses))
+    if missing:
+        raise DefinitionError(
+            f"the pipeline's executor(s) {', '.join(missing)} have no address in "
+            f"WSCHED_WORKER_EXECUTORS (it names: {', '.join(sorted(addresses)) or 'none'}); "
+            "add name=host:port or name=unix:///path.sock"
+        )
+
+
+async def _until_ready(executors: ExecutorClients, stopping: asyncio.Event) -> bool:
+    """Wait for every executor (bounded); False if a signal came first."""
+    ready = asyncio.create_task(executors.wait_ready())
+    stop = asyncio.create_task(stopping.wait())
+    await asyncio.wait({ready, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not ready.done():
+        ready.cancel()
+        await asyncio.gather(ready, return_exceptions=True)
+        return False
+    ready.result()  # raises ExecutorError naming an executor that never came
+    return True
+
+
+async def serve(settings: WorkerSettings, definition: PipelineDefinition) -> int:
+    """Run the agent until a signal; the process's exit code."""
+    stopping, now = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stopping.is_set():
+            now.set()
+        stopping.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    executors = ExecutorClients(
+        addresses=settings.executor_addresses(), connect_timeout_s=settings.executor_wait_s
+    )
+    client = SchedulerClient(
+        addresses=settings.scheduler_addresses(),
+        pipeline_id=settings.pipeline_id,
+        token=settings.token.get_secret_value(),
+        worker=settings.name,
+    )
+    runner = TaskRunner(
+        definition=definition,
+        executors=executors,
+        work_root=settings.workdir,
+        timeout_s=settings.task_timeout_s,
+        max_result_bytes=settings.max_result_bytes,
+    )
+    try:
+        if not await _until_ready(executors, stopping):
+            return 0
+        log.info(
+            "worker %s for pipeline %s: %d slot(s), scheduler %s",
+            settings.name,
+            settings.pipeline_id,
+            settings.concurrency,
+            settings.scheduler,
+        )
+        agent = Agent(scheduler=client, runner=runner, options=AgentOptions.of(settings))
+        await agent.run(stopping=stopping, now=now)
+    except (ExecutorError, WorkerRejected) as err:
+        log.error("worker stopped: %s", err)
+        return 1
+    finally:
+        await executors.close()
+        await client.close()
+    log.info("worker stopped")
+    return 0
+
+
+def worker_main() -> None:
+    """``wsched worker``: everything comes from ``WSCHED_WORKER_*`` (see WorkerSettings)."""
+    try:
+        settings = WorkerSettings()  # type: ignore[call-arg]  # required fields come from env
+        definition = load_definition(settings.definition)
+        check_executors(definition, settings.executor_addresses())
+    except ValidationError as err:
+        print(f"wsched worker: {explain(err, prefix='WSCHED_WORKER_')}", file=sys.stderr)
+        raise SystemExit(2) from err
+    except ValueError as err:  # DefinitionError, a malformed executor list
+        print(f"wsched worker: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    raise SystemExit(asyncio.run(serve(settings, definition)))
+
+
+if __name__ == "__main__":
+    worker_main()

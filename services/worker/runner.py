@@ -1,0 +1,217 @@
+"""Runs one task: a fresh work directory, the pipeline's steps in order on their executors.
+
+Outcome. The first command that exits non-zero stops the task: FAILED, with an error
+naming the step and command, its exit code and the tail of its stderr. The task's time
+is bounded (the definition's ``timeout_s``, else ``WSCHED_WORKER_TASK_TIMEOUT_S``): the
+running command gets what is left as its timeout, and its executor kills it then.
+
+Result and per-step outputs. The result is the stdout of the last command, at most
+``max_result_bytes`` (the scheduler's limit, 256 KiB): longer output is cut and ends
+with a note saying so. Every other command's output is kept only as diagnostics: the
+first bytes of its stdout and the tail of its stderr go into the error when a later
+command fails (bounded so the error fits the scheduler's 8192 characters), and into the
+agent's debug log when the task succeeds. Large outputs belong in files the last
+command uploads somewhere, with a reference as the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from services.worker.command import Command, CommandResult, ExecutorError, Executors
+from services.worker.definition import PipelineDefinition, RenderedStep
+from services.worker.settings import MAX_RESULT_BYTES
+
+log = logging.getLogger("wsched.worker.runner")
+
+#: Bytes of stdout kept from commands other than the last (diagnostics only).
+_DIAGNOSTIC_STDOUT = 200
+#: Of a failing command's stderr tail, the characters that go into the error.
+_ERROR_STDERR = 3000
+#: Room for earlier commands' summaries in the error.
+_ERROR_TRAIL = 3000
+
+
+class Outcome(Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSpec:
+    task_id: str
+    attempt: int
+    data: bytes  # the client's JSON
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskOutcome:
+    outcome: Outcome
+    result: bytes = b""
+    error: str = ""
+
+
+def _make_dir(work_dir: Path) -> None:
+    work_dir.parent.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir()
+    # Executors in other containers share the pod's fsGroup, not the agent's user.
+    work_dir.chmod(0o770)
+
+
+def failed(error: str) -> TaskOutcome:
+    return TaskOutcome(outcome=Outcome.FAILED, error=error)
+
+
+def truncate_result(stdout: bytes, *, total_bytes: int, limit: int) -> bytes:
+    """``stdout`` if it is whole and fits ``limit``; else its head and a note, within ``limit``."""
+    total = max(total_bytes, len(stdout))
+    if total <= limit and len(stdout) == total:
+        return stdout
+
+    def note(kept: int) -> bytes:
+        return f"\n[wsched: output truncated: {total} bytes, the first {kept} kept]\n".encode()
+
+    if len(note(limit)) >= limit:  # no room for the note (the settings forbid such limits)
+        return stdout[:limit]
+    kept = limit - len(note(limit))
+    return stdout[:kept] + note(kept)
+
+
+@dataclass(kw_only=True)
+class _Trail:
+    """One line per command that ran, for the error of a later failure and the debug log."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, where: str, result: CommandResult) -> None:
+        excerpt = result.stdout[:_DIAGNOSTIC_STDOUT].decode(errors="replace")
+        more = "..." if result.stdout_total_bytes > _DIAGNOSTIC_STDOUT else ""
+        self.lines.append(
+            f"{where}: exit {result.exit_code} in {result.duration_ms} ms; "
+            f"stdout {result.stdout_total_bytes} bytes: {excerpt!r}{more}"
+        )
+
+    def text(self, room: int) -> str:
+        if not self.lines:
+            return ""
+        kept: list[str] = []
+        for line in reversed(self.lines):  # the commands just before the failure matter most
+            if sum(len(k) + 1 for k in kept) + len(line) > room:
+                kept.append("(earlier commands left out)")
+                break
+            kept.append(line)
+        return "\nearlier commands:\n" + "\n".join(reversed(kept))
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        *,
+        definition: PipelineDefinition,
+        executors: Executors,
+        work_root: Path,
+        timeout_s: float,
+        max_result_bytes: int = MAX_RESULT_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._definition = definition
+        self._executors = executors
+        self._work_root = work_root
+        self._timeout_s = definition.timeout_s or timeout_s
+        self._max_result_bytes = max_result_bytes
+        self._clock = clock
+
+    async def __call__(self, task: TaskSpec) -> TaskOutcome:
+        work_dir = self._work_root / f"task-{uuid.uuid4().hex[:12]}"
+        try:
+            await asyncio.to_thread(_make_dir, work_dir)
+            return await self._run_in(task, work_dir)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work_dir, ignore_errors=True)
+
+    async def _run_in(self, task: TaskSpec, work_dir: Path) -> TaskOutcome:
+        deadline = self._clock() + self._timeout_s
+        try:
+            data = json.loads(task.data) if task.data else None
+            steps = self._definition.render(data, work_dir=str(work_dir))
+        except ValueError as err:  # not JSON, or a placeholder the data cannot fill
+            return failed(str(err))
+        trail = _Trail()
+        last: CommandResult | None = None
+        for step in steps:
+            for index, text in enumerate(step.commands):
+                final = step is steps[-1] and index == len(step.commands) - 1
+                where = step.describe(index)
+                result = await self._run_command(task, step, text, work_dir, deadline, final)
+                if isinstance(result, str):
+                    return failed(f"{where}: {result}{trail.text(_ERROR_TRAIL)}")
+                if not result.ok:
+                    return failed(self._failure(where, result) + trail.text(_ERROR_TRAIL))
+                trail.add(where, result)
+                last = result
+        log.debug("task %s attempt %d:%s", task.task_id, task.attempt, trail.text(10_000))
+        if last is None:  # a validated definition has at least one command
+            return failed("the pipeline definition has no commands")
+        return TaskOutcome(
+            outcome=Outcome.SUCCEEDED,
+            result=truncate_result(
+                last.stdout, total_bytes=last.stdout_total_bytes, limit=self._max_result_bytes
+            ),
+        )
+
+    async def _run_command(
+        self,
+        task: TaskSpec,
+        step: RenderedStep,
+        text: str,
+        work_dir: Path,
+        deadline: float,
+        final: bool,
+    ) -> CommandResult | str:
+        """The command's result, or why it could not run."""
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            return self._timeout_text()
+        command = Command(
+            text=text,
+            work_dir=str(work_dir),
+            env={
+                "WSCHED_TASK_ID": task.task_id,
+                "WSCHED_TASK_ATTEMPT": str(task.attempt),
+                "WSCHED_WORK_DIR": str(work_dir),
+            },
+            timeout_s=remaining,
+            max_stdout_bytes=self._max_result_bytes if final else _DIAGNOSTIC_STDOUT,
+        )
+        try:
+            return await self._executors.run(step.executor, command)
+        except ExecutorError as err:
+            return str(err)
+
+    def _timeout_text(self) -> str:
+        return (
+            f"timed out: the task may run {self._timeout_s:g} s (the definition's timeout_s, "
+            "else WSCHED_WORKER_TASK_TIMEOUT_S)"
+        )
+
+    def _failure(self, where: str, result: CommandResult) -> str:
+        if result.timed_out:
+            headline = f"{where} {self._timeout_text()}"
+        elif result.killed:
+            headline = (
+                f"{where} was killed by signal {result.signal} (exit code {result.exit_code})"
+            )
+        else:
+            headline = f"{where} exited with code {result.exit_code}"
+        stderr = result.stderr_tail.decode(errors="replace")[-_ERROR_STDERR:]
+        return f"{headline}\nstderr (tail):\n{stderr}" if stderr else f"{headline} (no stderr)"

@@ -1,0 +1,219 @@
+"""The agent's loop on an in-memory scheduler and fake runners: slots, verdicts, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from protos.wsched.v1 import worker_pb2
+from services.worker.agent import Agent, AgentOptions, check_executors
+from services.worker.client import WorkerRejected
+from services.worker.definition import DefinitionError, PipelineDefinition
+from services.worker.runner import Outcome, TaskOutcome, TaskSpec
+from tests.unit.services.worker.fakes import FakeScheduler, leased
+
+OPTIONS = AgentOptions(
+    concurrency=3, grace_s=5.0, poll_wait_ms=100, report_linger_s=0.005, final_flush_s=0.2
+)
+
+
+@dataclass(kw_only=True)
+class FakeRunner:
+    """Runs a task until its event is set (``hold``) or at once; records what it saw."""
+
+    hold: set[str] = field(default_factory=set)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    running: set[str] = field(default_factory=set)
+    most_at_once: int = 0
+    started: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    crash: set[str] = field(default_factory=set)
+
+    async def __call__(self, task: TaskSpec) -> TaskOutcome:
+        self.started.append(task.task_id)
+        self.running.add(task.task_id)
+        self.most_at_once = max(self.most_at_once, len(self.running))
+        try:
+            await asyncio.sleep(0.01)
+            if task.task_id in self.crash:
+                raise RuntimeError("disk full")
+            if task.task_id in self.hold:
+                await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(task.task_id)
+            raise
+        finally:
+            self.running.discard(task.task_id)
+        return TaskOutcome(outcome=Outcome.SUCCEEDED, result=f"done {task.task_id}".encode())
+
+
+@asynccontextmanager
+async def agent_running(
+    scheduler: FakeScheduler, runner: FakeRunner, options: AgentOptions = OPTIONS
+) -> AsyncIterator[tuple[asyncio.Event, asyncio.Event, asyncio.Task[None]]]:
+    stopping, now = asyncio.Event(), asyncio.Event()
+    agent = Agent(scheduler=scheduler, runner=runner, options=options)
+    task = asyncio.create_task(agent.run(stopping=stopping, now=now))
+    try:
+        yield stopping, now, task
+    finally:
+        stopping.set()
+        now.set()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_runs_at_most_concurrency_tasks_and_reports_every_one() -> None:
+    scheduler = FakeScheduler(queue=[leased(f"t{i}") for i in range(10)])
+    runner = FakeRunner()
+    async with agent_running(scheduler, runner) as (stopping, _, task):
+        await scheduler.until(lambda: len(scheduler.reported()) == 10)
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+    assert runner.most_at_once == 3
+    assert max(scheduler.polls) <= 3
+    assert {r.result for r in scheduler.reported().values()} == {
+        f"done t{i}".encode() for i in range(10)
+    }
+    assert {r.outcome for r in scheduler.reported().values()} == {worker_pb2.OUTCOME_SUCCEEDED}
+
+
+async def test_polls_ask_only_for_free_slots() -> None:
+    scheduler = FakeScheduler(queue=[leased("a"), leased("b")])
+    runner = FakeRunner(hold={"a", "b"})
+    async with agent_running(scheduler, runner):
+        await scheduler.until(lambda: len(runner.running) == 2 and len(scheduler.polls) >= 3)
+        assert set(scheduler.polls[1:]) == {1}  # one slot left while a and b run
+        runner.release.set()
+        await scheduler.until(lambda: len(scheduler.reported()) == 2)
+
+
+async def test_running_and_unacknowledged_leases_are_heartbeaten() -> None:
+    scheduler = FakeScheduler(queue=[leased("run"), leased("done")], fail_reports=10_000)
+    runner = FakeRunner(hold={"run"})
+    async with agent_running(scheduler, runner):
+        await scheduler.until(
+            lambda: any(
+                set(beat) == {"lease-run-1", "lease-done-1"} for beat in scheduler.heartbeats
+            )
+        )
+    assert scheduler.reported() == {}
+
+
+async def test_a_cancelled_verdict_stops_the_task_and_reports_it_cancelled() -> None:
+    scheduler = FakeScheduler(queue=[leased("c"), leased("ok")])
+    runner = FakeRunner(hold={"c"})
+    async with agent_running(scheduler, runner):
+        await scheduler.until(lambda: "c" in runner.running)
+        scheduler.verdicts["lease-c-1"] = worker_pb2.VERDICT_CANCELLED
+        await scheduler.until(lambda: "lease-c-1" in scheduler.reported())
+    cancelled = scheduler.reported()["lease-c-1"]
+    assert cancelled.outcome == worker_pb2.OUTCOME_CANCELLED
+    assert cancelled.error == "cancelled while running"
+    assert runner.cancelled == ["c"]
+    assert scheduler.reported()["lease-ok-1"].outcome == worker_pb2.OUTCOME_SUCCEEDED
+
+
+async def test_a_lost_lease_stops_the_task_and_drops_its_result() -> None:
+    scheduler = FakeScheduler(queue=[leased("lost"), leased("ok")])
+    runner = FakeRunner(hold={"lost"})
+    async with agent_running(scheduler, runner):
+        await scheduler.until(lambda: "lost" in runner.running)
+        scheduler.verdicts["lease-lost-1"] = worker_pb2.VERDICT_LEASE_LOST
+        await scheduler.until(lambda: runner.cancelled == ["lost"] and scheduler.reported())
+        await asyncio.sleep(0.3)  # a report of it would have gone out by now
+    assert list(scheduler.reported()) == ["lease-ok-1"]
+
+
+async def test_a_lost_lease_drops_a_result_still_waiting_for_its_ack() -> None:
+    scheduler = FakeScheduler(queue=[leased("t")], fail_reports=10_000)
+    runner = FakeRunner()
+    async with agent_running(scheduler, runner):
+        await scheduler.until(lambda: scheduler.report_attempts >= 1)
+        before = len(scheduler.heartbeats)
+        scheduler.verdicts["lease-t-1"] = worker_pb2.VERDICT_LEASE_LOST
+        await scheduler.until(lambda: any("lease-t-1" in b for b in scheduler.heartbeats[before:]))
+        beats = len(scheduler.heartbeats)
+        await asyncio.sleep(0.5)  # several heartbeat periods
+    # once dropped, the lease is no longer heartbeaten
+    assert all("lease-t-1" not in beat for beat in scheduler.heartbeats[beats:])
+
+
+async def test_a_runner_bug_fails_the_task_not_the_agent() -> None:
+    scheduler = FakeScheduler(queue=[leased("bad"), leased("good")])
+    runner = FakeRunner(crash={"bad"})
+    async with agent_running(scheduler, runner):
+        await scheduler.until(lambda: len(scheduler.reported()) == 2)
+    bad = scheduler.reported()["lease-bad-1"]
+    assert bad.outcome == worker_pb2.OUTCOME_FAILED
+    assert bad.error == "the worker failed to run the task: RuntimeError: disk full"
+
+
+async def test_stopping_ends_polling_and_finishes_running_tasks_within_the_grace() -> None:
+    scheduler = FakeScheduler(queue=[leased(f"t{i}") for i in range(5)])
+    runner = FakeRunner(hold={"t0", "t1", "t2"})
+    async with agent_running(scheduler, runner) as (stopping, _, task):
+        await scheduler.until(lambda: len(runner.running) == 3)
+        stopping.set()
+        await asyncio.sleep(0.1)
+        polls = len(scheduler.polls)
+        assert not task.done()  # waiting for its tasks
+        runner.release.set()
+        await asyncio.wait_for(task, 10)
+    assert len(scheduler.polls) == polls
+    assert set(scheduler.reported()) == {"lease-t0-1", "lease-t1-1", "lease-t2-1"}
+    assert [t.task_id for t in scheduler.queue] == ["t3", "t4"]  # never taken
+
+
+async def test_tasks_unfinished_after_the_grace_are_abandoned_without_a_report() -> None:
+    scheduler = FakeScheduler(queue=[leased("slow"), leased("quick")])
+    runner = FakeRunner(hold={"slow"})
+    options = AgentOptions(concurrency=2, grace_s=0.3, poll_wait_ms=100, report_linger_s=0)
+    async with agent_running(scheduler, runner, options) as (stopping, _, task):
+        await scheduler.until(lambda: "lease-quick-1" in scheduler.reported())
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+    assert runner.cancelled == ["slow"]
+    assert list(scheduler.reported()) == ["lease-quick-1"]
+
+
+async def test_a_second_signal_abandons_at_once() -> None:
+    scheduler = FakeScheduler(queue=[leased("slow")])
+    runner = FakeRunner(hold={"slow"})
+    options = AgentOptions(concurrency=1, grace_s=300, poll_wait_ms=100)
+    async with agent_running(scheduler, runner, options) as (stopping, now, task):
+        await scheduler.until(lambda: "slow" in runner.running)
+        stopping.set()
+        now.set()
+        await asyncio.wait_for(task, 10)
+    assert runner.cancelled == ["slow"] and scheduler.reported() == {}
+
+
+async def test_a_rejected_poll_ends_the_agent_after_its_tasks_are_reported() -> None:
+    scheduler = FakeScheduler(queue=[leased("t")])
+    runner = FakeRunner(hold={"t"})
+    async with agent_running(scheduler, runner) as (_, _, task):
+        await scheduler.until(lambda: "t" in runner.running)
+        scheduler.fail_polls = True
+        await asyncio.sleep(0.1)
+        runner.release.set()
+        with pytest.raises(WorkerRejected, match="UNAUTHENTICATED"):
+            await asyncio.wait_for(task, 10)
+    assert list(scheduler.reported()) == ["lease-t-1"]
+
+
+def test_every_executor_of_the_definition_needs_an_address() -> None:
+    definition = PipelineDefinition.model_validate(
+        {
+            "pipeline": [
+                {"executor": "wget", "commands": ["x"]},
+                {"executor": "ocr", "commands": ["y"]},
+            ]
+        }
+    )
+    check_executors(definition, {"wget": "unix:///a", "ocr": "127.0.0.1:1"})
+    with pytest.raises(DefinitionError, match=r"executor\(s\) ocr have no address .*names: wget"):
+        check_executors(definition, {"wget": "unix:///a"})

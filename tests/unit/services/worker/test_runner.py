@@ -1,0 +1,215 @@
+"""One task through its steps, on fake executors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from services.worker.command import Command, CommandResult, ExecutorError
+from services.worker.definition import PipelineDefinition
+from services.worker.runner import Outcome, TaskRunner, TaskSpec, truncate_result
+
+Script = Callable[[str, Command], CommandResult]
+
+
+def is_dir(path: str) -> bool:
+    return Path(path).is_dir()
+
+
+@dataclass(kw_only=True)
+class FakeExecutors:
+    """Answers each command with ``script``; remembers what ran and whether its dir existed."""
+
+    script: Script
+    ran: list[tuple[str, Command]] = field(default_factory=list)
+    dirs_existed: list[bool] = field(default_factory=list)
+
+    async def run(self, executor: str, command: Command) -> CommandResult:
+        self.ran.append((executor, command))
+        self.dirs_existed.append(is_dir(command.work_dir))
+        return self.script(executor, command)
+
+
+def ok(stdout: bytes = b"") -> CommandResult:
+    return CommandResult(exit_code=0, stdout=stdout, stdout_total_bytes=len(stdout))
+
+
+def echo_script(executor: str, command: Command) -> CommandResult:
+    return ok(f"{executor}:{command.text}".encode())
+
+
+DEFINITION = PipelineDefinition.model_validate(
+    {
+        "pipeline": [
+            {"executor": "fetch", "commands": ["get {{url}} /mnt/pipe/in"]},
+            {"executor": "convert", "commands": ["convert /mnt/pipe/in", "cat /mnt/pipe/out"]},
+        ]
+    }
+)
+
+
+def runner_for(executors: FakeExecutors, tmp_path: Path, **kwargs: object) -> TaskRunner:
+    return TaskRunner(
+        definition=kwargs.pop("definition", DEFINITION),  # type: ignore[arg-type]
+        executors=executors,
+        work_root=tmp_path / "work",
+        timeout_s=kwargs.pop("timeout_s", 60.0),  # type: ignore[arg-type]
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def task(data: object, task_id: str = "t1") -> TaskSpec:
+    return TaskSpec(task_id=task_id, attempt=2, data=json.dumps(data).encode())
+
+
+async def test_steps_run_in_order_and_the_result_is_the_last_stdout(tmp_path: Path) -> None:
+    executors = FakeExecutors(script=echo_script)
+    outcome = await runner_for(executors, tmp_path)(task({"url": "http://x/a b"}))
+    work_dir = executors.ran[0][1].work_dir
+    assert [(e, c.text) for e, c in executors.ran] == [
+        ("fetch", f"get 'http://x/a b' {work_dir}/in"),
+        ("convert", f"convert {work_dir}/in"),
+        ("convert", f"cat {work_dir}/out"),
+    ]
+    assert outcome.outcome is Outcome.SUCCEEDED
+    assert outcome.result == f"convert:cat {work_dir}/out".encode()
+    assert all(executors.dirs_existed) and Path(work_dir).parent == tmp_path / "work"
+    assert not is_dir(work_dir)  # emptied afterwards
+    env = executors.ran[0][1].env
+    assert env == {"WSCHED_TASK_ID": "t1", "WSCHED_TASK_ATTEMPT": "2", "WSCHED_WORK_DIR": work_dir}
+
+
+async def test_only_the_last_command_may_return_a_large_stdout(tmp_path: Path) -> None:
+    executors = FakeExecutors(script=echo_script)
+    await runner_for(executors, tmp_path, max_result_bytes=4096)(task({"url": "u"}))
+    assert [c.max_stdout_bytes for _, c in executors.ran] == [200, 200, 4096]
+
+
+async def test_each_task_gets_a_fresh_work_dir(tmp_path: Path) -> None:
+    executors = FakeExecutors(script=echo_script)
+    runner = runner_for(executors, tmp_path)
+    await asyncio.gather(runner(task({"url": "a"}, "t1")), runner(task({"url": "b"}, "t2")))
+    assert len({c.work_dir for _, c in executors.ran}) == 2
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+async def test_the_first_failing_command_stops_the_task(tmp_path: Path) -> None:
+    def script(executor: str, command: Command) -> CommandResult:
+        if command.text.startswith("convert"):
+            return CommandResult(exit_code=3, stderr_tail=b"line 1\nbad input format\n")
+        return ok(b"fetched 10 bytes")
+
+    executors = FakeExecutors(script=script)
+    outcome = await runner_for(executors, tmp_path)(task({"url": "u"}))
+    assert len(executors.ran) == 2  # `cat` never ran
+    assert outcome.outcome is Outcome.FAILED
+    assert outcome.error.startswith("step 2 (convert), command 1 exited with code 3\n")
+    assert "bad input format" in outcome.error
+    assert "step 1 (fetch), command 1: exit 0" in outcome.error  # per-step diagnostics
+    assert "fetched 10 bytes" in outcome.error
+
+
+async def test_a_killed_or_timed_out_command_says_so(tmp_path: Path) -> None:
+    results = iter(
+        [
+            CommandResult(exit_code=137, killed=True, signal=9),
+            CommandResult(exit_code=137, killed=True, signal=9, timed_out=True),
+        ]
+    )
+    executors = FakeExecutors(script=lambda _e, _c: next(results))
+    runner = runner_for(executors, tmp_path, timeout_s=7.0)
+    killed = await runner(task({"url": "u"}))
+    timed_out = await runner(task({"url": "u"}))
+    assert "was killed by signal 9 (exit code 137) (no stderr)" in killed.error
+    assert timed_out.error.startswith("step 1 (fetch), command 1 timed out: the task may run 7 s")
+
+
+async def test_each_command_gets_what_is_left_of_the_task_time(tmp_path: Path) -> None:
+    now = [100.0]
+
+    def script(executor: str, command: Command) -> CommandResult:
+        now[0] += 4.0  # every command takes 4 s
+        return ok()
+
+    executors = FakeExecutors(script=script)
+    runner = runner_for(executors, tmp_path, timeout_s=10.0, clock=lambda: now[0])
+    outcome = await runner(task({"url": "u"}))
+    assert [c.timeout_s for _, c in executors.ran] == [10.0, 6.0, 2.0]
+    assert outcome.outcome is Outcome.SUCCEEDED
+    now[0] = 100.0
+    slow = runner_for(executors, tmp_path, timeout_s=7.0, clock=lambda: now[0])
+    late = await slow(task({"url": "u"}))
+    assert late.outcome is Outcome.FAILED and "step 2 (convert), command 2: timed out" in late.error
+
+
+async def test_the_definition_timeout_wins_over_the_agent_default(tmp_path: Path) -> None:
+    definition = DEFINITION.model_copy(update={"timeout_s": 5.0})
+    executors = FakeExecutors(script=echo_script)
+    await runner_for(executors, tmp_path, definition=definition, timeout_s=60.0)(task({"url": "u"}))
+    assert executors.ran[0][1].timeout_s == pytest.approx(5.0, abs=0.5)
+
+
+async def test_a_missing_field_fails_before_anything_runs(tmp_path: Path) -> None:
+    executors = FakeExecutors(script=echo_script)
+    runner = runner_for(executors, tmp_path)
+    missing = await runner(task({"href": "u"}))
+    not_json = await runner(TaskSpec(task_id="t", attempt=1, data=b"{oops"))
+    assert executors.ran == []
+    assert missing.outcome is Outcome.FAILED
+    assert missing.error == "step 1 (fetch) needs the field 'url', which the task data lacks"
+    assert not_json.outcome is Outcome.FAILED and "Expecting property name" in not_json.error
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+async def test_an_unreachable_executor_fails_the_task_naming_it(tmp_path: Path) -> None:
+    def script(executor: str, command: Command) -> CommandResult:
+        raise ExecutorError("executor 'fetch' at unix:///x.sock: UNAVAILABLE: connection refused")
+
+    outcome = await runner_for(FakeExecutors(script=script), tmp_path)(task({"url": "u"}))
+    assert outcome.outcome is Outcome.FAILED
+    assert outcome.error.startswith("step 1 (fetch), command 1: executor 'fetch' at unix:///x.sock")
+
+
+async def test_a_large_result_is_truncated_with_a_note(tmp_path: Path) -> None:
+    big = b"x" * 5000
+    executors = FakeExecutors(
+        script=lambda _e, c: CommandResult(exit_code=0, stdout=big[:4096], stdout_total_bytes=5000)
+    )
+    outcome = await runner_for(executors, tmp_path, max_result_bytes=4096)(task({"url": "u"}))
+    assert outcome.outcome is Outcome.SUCCEEDED
+    assert len(outcome.result) <= 4096
+    assert outcome.result.startswith(b"xxxx")
+    assert outcome.result.endswith(b"[wsched: output truncated: 5000 bytes, the first 4035 kept]\n")
+
+
+@pytest.mark.parametrize(
+    ("stdout", "total", "limit", "expected"),
+    [
+        (b"abc", 3, 10, b"abc"),
+        (b"", 0, 10, b""),
+        (b"0123456789", 10, 10, b"0123456789"),
+    ],
+)
+def test_whole_outputs_within_the_limit_stay_as_they_are(
+    stdout: bytes, total: int, limit: int, expected: bytes
+) -> None:
+    assert truncate_result(stdout, total_bytes=total, limit=limit) == expected
+
+
+@pytest.mark.parametrize(("size", "limit"), [(11, 10), (300_000, 262_144), (5, 4)])
+def test_cut_outputs_fit_the_limit(size: int, limit: int) -> None:
+    cut = truncate_result(b"y" * size, total_bytes=size, limit=limit)
+    assert len(cut) <= limit
+    head = cut.split(b"\n")[0]
+    assert set(head) == {ord("y")}
+    if limit > 100:
+        assert (
+            cut
+            == head
+            + f"\n[wsched: output truncated: {size} bytes, the first {len(head)} kept]\n".encode()
+        )
