@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/mypy services actors tests
 
 bench: install provision
-	$(BIN)/wsched infra bench
+	$(BIN)/wsched bench
 
 protos: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \

@@ -85,6 +85,7 @@ class PipelineGrain:
         self._waiters: deque[_Waiter] = deque()
         self._durable: list[asyncio.Future[None]] = []
         self.fenced = False
+        self._written_stats: dict[str, int] | None = None
 
     @property
     def epoch(self) -> int:
@@ -298,10 +299,14 @@ class PipelineGrain:
         """Write every change since the last flush in one fenced transaction."""
         waiting, self._durable = self._durable, []
         taken: Flush = self.book.take_flush()
+        stats = self.book.stats()
         started = self._clock.monotonic()
         try:
-            if taken:
-                await self._write(taken)
+            # Counters change on admission alone (no task row to update): /stats must
+            # still show a backlog that no worker has touched yet.
+            if taken or stats != self._written_stats:
+                await self._write(taken, stats)
+                self._written_stats = stats
         except BaseException as err:
             if not self.fenced:
                 self.book.restore_flush(taken)
@@ -317,21 +322,21 @@ class PipelineGrain:
             if not future.done():
                 future.set_result(None)
 
-    async def _write(self, taken: Flush) -> None:
+    async def _write(self, taken: Flush, stats: dict[str, int]) -> None:
         await self._guard(
             self._store.flush(
                 grain_id=self.grain_id,
                 epoch=self.epoch,
                 pipeline_id=self.config.pipeline_id,
                 flush=taken,
-                stats=self.book.stats(),
+                stats=stats,
                 now=self._clock.wall(),
             )
         )
 
     @property
     def wants_flush(self) -> bool:
-        return self.book.dirty or bool(self._durable)
+        return self.book.dirty or bool(self._durable) or self.book.stats() != self._written_stats
 
     async def _guard(self, call: Awaitable[R]) -> R:
         """Await a store call; on StaleEpoch drop the state so nothing more is written."""

@@ -112,9 +112,9 @@ class Service:
                 if check():
                     return
             time.sleep(0.2)
-        raise ProvisionError(
-            f"{self.name} was not ready within {timeout_s:.0f}s:\n{self.log_tail()}"
-        )
+        tail = self.log_tail()
+        self.stop()  # a half-started process is of no use to anyone: do not leave it behind
+        raise ProvisionError(f"{self.name} was not ready within {timeout_s:.0f}s:\n{tail}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:

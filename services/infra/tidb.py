@@ -69,6 +69,8 @@ class TidbServer:
                 f"-socket={run_dir / 'tidb.sock'}",
                 f"-log-file={run_dir / 'tidb.log'}",
                 "-L=error",
+                # By default the slow-query log lands in the working directory.
+                f"-log-slow-query={run_dir / 'tidb-slow.log'}",
             ],
             log_path=run_dir / "stdout.log",
         )

@@ -167,3 +167,14 @@ async def test_cancel_and_requeue_through_admission() -> None:
     g.book.load_counts({Status.DEAD: 1})
     result = await g.admit(new=[], cancels=[], requeues=["t002"], offsets={})
     assert result.requeued == 1 and g.book.stats()["queued"] == 1
+
+
+async def test_counters_reach_the_store_even_when_only_admission_changed_them() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = grain(store, clock)
+    await g.activate()
+    await g.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={})
+    assert g.wants_flush
+    await g.flush()
+    assert store.stats["p"]["backlog"] == 2
+    assert not g.wants_flush  # nothing changed since

@@ -1,0 +1,43 @@
+"""``wsched bench`` in quick mode over the session's Kafka and TiDB: the machinery works.
+
+Every figure must be present and sane; none is compared with a target (timings belong in
+the benchmark's output, never in a pass/fail test).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.bench.run import FIGURES, Components, Options, run
+from services.infra.cache import Cache
+from services.infra.kafka import KafkaBroker
+from services.infra.tidb import TidbServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(900)
+def test_quick_bench_reports_every_figure(
+    kafka_broker: KafkaBroker, tidb_server: TidbServer, infra_cache: Cache
+) -> None:
+    options = Options.build(tasks=2000, workers=2, backlog=5000, quick=True)
+    components = Components(bootstrap=kafka_broker.bootstrap, tidb_root_url=tidb_server.url())
+    said: list[str] = []
+
+    report = run(options, cache=infra_cache, say=said.append, components=components)
+
+    assert json.loads(json.dumps(report)) == report
+    for key, _ in FIGURES:
+        value = report[key]
+        assert isinstance(value, int | float) and value > 0, (key, value)
+    details = report["details"]
+    assert details["throughput"]["tasks_succeeded"] == 2000
+    assert details["paced"]["tasks"] == 2000
+    assert details["backlog"]["grain_backlog"] == 5000
+    assert report["fraction_of_floor"] == pytest.approx(
+        report["e2e_tasks_per_s"] / report["floor_tasks_per_s"], rel=0.01
+    )
+    assert report["machine"]["cores"] >= 1 and report["versions"]["kafka"]
+    assert any("backlog" in line for line in said)
