@@ -87,6 +87,7 @@ def bench(
 ) -> None:
     """Benchmark the stated workload end to end, beside Kafka and TiDB alone (the floor)."""
     from services.bench import run as bench_run
+    from services.bench.report import render
     from services.infra.cache import Cache
 
     options = bench_run.Options.build(tasks=tasks, workers=workers, backlog=backlog, quick=quick)
@@ -98,7 +99,7 @@ def bench(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        Console().print(bench_run.render(report))
+        Console().print(render(report))
 
 
 @db_app.command("upgrade")

@@ -27,40 +27,42 @@ is turned into the same interrupt).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import logging
-import math
-import os
-import platform
-import resource
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
-from rich.table import Table
 
 from services.bench import floor
+from services.bench.measure import (
+    CpuUse,
+    PeakRss,
+    dispatch_buckets,
+    histogram_quantile,
+    last_finished_unix,
+    percentile,
+    pipeline_gauge,
+    scrape,
+    settled_rss_mb,
+)
+from services.bench.report import FIGURES, machine, versions
 from services.infra import kafka, tidb
 from services.infra.cache import Cache
 from services.infra.process import Service, free_port, port_open
 from services.store import migrate
 from services.store.engine import make_engine
-from services.store.schema import tasks
 
 Report = dict[str, Any]
 Say = Callable[[str], None]
@@ -319,154 +321,6 @@ def _workers(run: Run, pipeline: Pipeline, count: int, *, hold: int = 0) -> Iter
 # -- measuring the scheduler -----------------------------------------------------------------
 
 
-def rss_mb(pid: int) -> float:
-    """The process's resident set size now, from /proc (0 once it is gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def settled_rss_mb(pid: int, *, seconds: float = 1.0) -> float:
-    """The median of a few readings: one reading can catch a short-lived allocation."""
-    readings = []
-    for _ in range(5):
-        readings.append(rss_mb(pid))
-        time.sleep(seconds / 5)
-    return sorted(readings)[2]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuUse:
-    """CPU seconds each named process used inside the block; ``bench processes`` is the
-    client and the workers, counted once they have been waited for (``RUSAGE_CHILDREN``)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self._pids = {name: pid for name, pid in pids.items() if pid}
-        self.seconds: dict[str, float] = {}
-
-    @staticmethod
-    def _children() -> float:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return usage.ru_utime + usage.ru_stime
-
-    def __enter__(self) -> CpuUse:
-        self._before = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
-        self._children_before = self._children()
-        self._started = time.monotonic()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        for name, pid in self._pids.items():
-            self.seconds[name] = round(cpu_seconds(pid) - self._before[name], 1)
-        self.seconds["bench processes"] = round(self._children() - self._children_before, 1)
-        self.seconds["wall"] = round(time.monotonic() - self._started, 1)
-
-
-class PeakRss:
-    """Samples a process's RSS every 100 ms in a thread; ``peak_mb`` is the largest seen."""
-
-    def __init__(self, pid: int) -> None:
-        self._pid = pid
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.1):
-            self.peak_mb = max(self.peak_mb, rss_mb(self._pid))
-
-    def __enter__(self) -> PeakRss:
-        self.peak_mb = rss_mb(self._pid)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def scrape(metrics_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The scheduler's samples by (name, sorted labels)."""
-    text = httpx.get(metrics_url, timeout=10).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def pipeline_gauge(metrics_url: str, name: str, pipeline: Pipeline) -> float:
-    return scrape(metrics_url).get((name, (("pipeline", pipeline.id),)), 0.0)
-
-
-def dispatch_buckets(metrics_url: str) -> dict[float, float]:
-    samples = scrape(metrics_url)
-    return {
-        float(dict(labels)["le"]): value
-        for (name, labels), value in samples.items()
-        if name == "wsched_dispatch_seconds_bucket"
-    }
-
-
-def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
-    """The ``q`` quantile of the observations between two scrapes of a histogram.
-
-    Linear inside the bucket the rank falls in, as PromQL's ``histogram_quantile``; a rank
-    in the ``+Inf`` bucket answers the largest finite bound.
-    """
-    bounds = sorted(after)
-    counts = [after[b] - before.get(b, 0.0) for b in bounds]
-    total = counts[-1]
-    if total <= 0:
-        return 0.0
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for bound, cumulative in zip(bounds, counts, strict=True):
-        if cumulative >= rank:
-            if math.isinf(bound):
-                return lower
-            inside = cumulative - below
-            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
-        lower, below = bound, cumulative
-    return lower
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..1)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def last_finished_unix(database_url: str, pipeline: Pipeline) -> tuple[int, float]:
-    """(tasks succeeded, the last one's ``finished_at``) as the store holds them."""
-    query = sa.select(sa.func.count(), sa.func.max(tasks.c.finished_at)).where(
-        tasks.c.pipeline_id == pipeline.id, tasks.c.status == "succeeded"
-    )
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            count, last = conn.execute(query).one()
-    finally:
-        engine.dispose()
-    return int(count), last.replace(tzinfo=dt.UTC).timestamp()
-
-
-# -- phases ----------------------------------------------------------------------------------
-
-
 def _succeeded(run: Run, pipeline: Pipeline, count: int, what: str) -> None:
     timeout = 600 + count / 50
     _until(lambda: run.tenant.succeeded(pipeline) >= count, timeout, what, pause_s=0.5)
@@ -505,7 +359,7 @@ def _memory_phase(run: Run) -> Report:
     with _workers(run, pipeline, 1, hold=opts.hold):
 
         def all_leased() -> bool:
-            leased = pipeline_gauge(run.system.metrics, "wsched_pipeline_leased", pipeline)
+            leased = pipeline_gauge(run.system.metrics, "wsched_pipeline_leased", pipeline.id)
             return leased >= opts.hold
 
         _until(all_leased, 600, f"{opts.hold} leases held")
@@ -526,7 +380,7 @@ def _throughput_phase(run: Run) -> Report:
     with CpuUse(run.system.pids) as cpu, _workers(run, pipeline, opts.workers):
         summary = _client(run, pipeline, opts.tasks)
         _succeeded(run, pipeline, opts.tasks, "every task succeeded")
-    count, last = last_finished_unix(run.system.database_url, pipeline)
+    count, last = last_finished_unix(run.system.database_url, pipeline.id)
     elapsed = last - summary["first_submit_unix"]
     latencies = summary["latencies_ms"]
     submit_s = summary["last_ack_unix"] - summary["first_submit_unix"]
@@ -577,7 +431,7 @@ def _backlog_phase(run: Run) -> Report:
     run.say(f"backlog: {opts.backlog:,} tasks submitted with no worker running")
 
     def backlog() -> float:
-        return pipeline_gauge(run.system.metrics, "wsched_pipeline_backlog", pipeline)
+        return pipeline_gauge(run.system.metrics, "wsched_pipeline_backlog", pipeline.id)
 
     with PeakRss(pid) as peak:
         summary = _client(run, pipeline, opts.backlog)
@@ -683,7 +537,7 @@ def _run(
     with contextlib.ExitStack() as stack:
         if components is None:
             components = stack.enter_context(start_components(cache, work, say))
-        report["machine"], report["versions"] = machine(), versions(components)
+        report["machine"], report["versions"] = machine(), versions(components.tidb_root_url)
         report["workload"] = {k: v for k, v in vars(options).items() if k != "quick"}
         _merge(report, _floor(components, options, work, say))
         system = stack.enter_context(start_system(components, work, say))
@@ -691,98 +545,3 @@ def _run(
         stack.callback(tenant.http.close)
         _phases(Run(system=system, tenant=tenant, options=options, work=work, say=say), report)
     return report
-
-
-# -- machine, versions, and the table ------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    meminfo = dict(
-        line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line
-    )
-    cpus = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ]
-    return {
-        "cores": os.cpu_count(),
-        "cpu": cpus[0] if cpus else platform.processor(),
-        "memory_gb": round(int(meminfo["MemTotal"].split()[0]) / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        # Other work on the machine skews every figure: the load when the run began.
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
-
-
-def _java_version() -> str:
-    java = shutil.which("java")
-    if java is None:
-        return "absent"
-    shown = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
-    return (shown.stderr or shown.stdout).splitlines()[0]
-
-
-def _tidb_release(shown: str) -> str:
-    """``tidb_version()``'s release and commit (a build from Go modules has no release)."""
-    lines = dict(line.split(":", 1) for line in shown.splitlines() if ":" in line)
-    release = lines.get("Release Version", "").strip()
-    commit = lines.get("Git Commit Hash", "").strip()
-    return f"{release} (commit {commit})" if commit else release
-
-
-def versions(components: Components) -> dict[str, str]:
-    engine = make_engine(components.tidb_root_url)
-    try:
-        with engine.connect() as conn:
-            shown = str(conn.execute(sa.text("SELECT tidb_version()")).scalar_one())
-    finally:
-        engine.dispose()
-    packages = (
-        "workload-scheduler",
-        "aiokafka",
-        "grpcio",
-        "protobuf",
-        "sqlalchemy",
-        "pymysql",
-        "fastapi",
-        "uvicorn",
-        "httpx",
-    )
-    return {
-        "python": platform.python_version(),
-        "kafka": kafka.KAFKA_VERSION,
-        "java": _java_version(),
-        "tidb": _tidb_release(shown),
-        **{name: metadata.version(name) for name in packages},
-    }
-
-
-FIGURES = (
-    ("e2e_tasks_per_s", "end to end, tasks/s"),
-    ("submit_p50_ms", "submit p50 per batch of 1,000, ms"),
-    ("submit_p99_ms", "submit p99 per batch of 1,000, ms"),
-    ("dispatch_p99_ms", "dispatch p99 at half the peak, ms"),
-    ("scheduler_rss_mb", "scheduler peak RSS, MB"),
-    ("memory_per_inflight_task_bytes", "scheduler memory per in-flight task, bytes"),
-    ("backlog_rss_mb", "scheduler RSS with the backlog, MB"),
-    ("floor_kafka_tasks_per_s", "floor: Kafka alone, tasks/s"),
-    ("floor_tidb_tasks_per_s", "floor: TiDB alone, tasks/s"),
-    ("floor_tasks_per_s", "floor, tasks/s"),
-    ("fraction_of_floor", "end to end as a fraction of the floor"),
-    ("duration_s", "benchmark duration, s"),
-)
-
-
-def render(report: Report) -> Table:
-    table = Table("figure", "value", title="wsched bench")
-    for key, label in FIGURES:
-        value = report.get(key)
-        table.add_row(label, "-" if value is None else f"{value:,}")
-    for phase, figures in report["details"].items():
-        for key, value in figures.items():
-            table.add_row(f"{phase}: {key}", json.dumps(value))
-    for section in ("machine", "versions", "workload"):
-        for key, value in report[section].items():
-            table.add_row(f"{section}: {key}", str(value))
-    return table

@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from services.bench.run import FIGURES, Components, Options, run
+from services.bench.report import FIGURES
+from services.bench.run import Components, Options, run
 from services.infra.cache import Cache
 from services.infra.kafka import KafkaBroker
 from services.infra.tidb import TidbServer

@@ -1,0 +1,164 @@
+"""What the benchmark reads off the running processes: memory, CPU, metrics, the store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import resource
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.store.engine import make_engine
+from services.store.schema import tasks
+
+
+def rss_mb(pid: int) -> float:
+    """The process's resident set size now, from /proc (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def settled_rss_mb(pid: int, *, seconds: float = 1.0) -> float:
+    """The median of a few readings: one reading can catch a short-lived allocation."""
+    readings = []
+    for _ in range(5):
+        readings.append(rss_mb(pid))
+        time.sleep(seconds / 5)
+    return sorted(readings)[2]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuUse:
+    """CPU seconds each named process used inside the block; ``bench processes`` is the
+    client and the workers, counted once they have been waited for (``RUSAGE_CHILDREN``)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = {name: pid for name, pid in pids.items() if pid}
+        self.seconds: dict[str, float] = {}
+
+    @staticmethod
+    def _children() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def __enter__(self) -> CpuUse:
+        self._before = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._children_before = self._children()
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for name, pid in self._pids.items():
+            self.seconds[name] = round(cpu_seconds(pid) - self._before[name], 1)
+        self.seconds["bench processes"] = round(self._children() - self._children_before, 1)
+        self.seconds["wall"] = round(time.monotonic() - self._started, 1)
+
+
+class PeakRss:
+    """Samples a process's RSS every 100 ms in a thread; ``peak_mb`` is the largest seen."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak_mb = max(self.peak_mb, rss_mb(self._pid))
+
+    def __enter__(self) -> PeakRss:
+        self.peak_mb = rss_mb(self._pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def scrape(metrics_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The scheduler's samples by (name, sorted labels)."""
+    text = httpx.get(metrics_url, timeout=10).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def pipeline_gauge(metrics_url: str, name: str, pipeline_id: str) -> float:
+    return scrape(metrics_url).get((name, (("pipeline", pipeline_id),)), 0.0)
+
+
+def dispatch_buckets(metrics_url: str) -> dict[float, float]:
+    samples = scrape(metrics_url)
+    return {
+        float(dict(labels)["le"]): value
+        for (name, labels), value in samples.items()
+        if name == "wsched_dispatch_seconds_bucket"
+    }
+
+
+def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """The ``q`` quantile of the observations between two scrapes of a histogram.
+
+    Linear inside the bucket the rank falls in, as PromQL's ``histogram_quantile``; a rank
+    in the ``+Inf`` bucket answers the largest finite bound.
+    """
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1]
+    if total <= 0:
+        return 0.0
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if cumulative >= rank:
+            if math.isinf(bound):
+                return lower
+            inside = cumulative - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, cumulative
+    return lower
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..1)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def last_finished_unix(database_url: str, pipeline_id: str) -> tuple[int, float]:
+    """(tasks succeeded, the last one's ``finished_at``) as the store holds them."""
+    query = sa.select(sa.func.count(), sa.func.max(tasks.c.finished_at)).where(
+        tasks.c.pipeline_id == pipeline_id, tasks.c.status == "succeeded"
+    )
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            count, last = conn.execute(query).one()
+    finally:
+        engine.dispose()
+    return int(count), last.replace(tzinfo=dt.UTC).timestamp()
