@@ -76,12 +76,12 @@ def scheduler() -> None:
 def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     tasks: Annotated[
-        int | None, typer.Option(help="Tasks end to end [default: 100000; 2000 with --quick].")
+        int | None, typer.Option(help="Tasks end to end (default 100,000; 2,000 with --quick).")
     ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     backlog: Annotated[
         int | None,
-        typer.Option(help="Backlog tasks, 0 skips [default: 1000000; 5000 with --quick]."),
+        typer.Option(help="Backlog tasks, 0 skips (default 1,000,000; 5,000 with --quick)."),
     ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes: a smoke run.")] = False,
 ) -> None:
