@@ -3,6 +3,11 @@
 It starts a broker (Apache Kafka when Java is present, durable under the data dir; else a
 memory-only broker), then the API and the scheduler as child processes, and stops all of
 them on Ctrl-C. ``WSCHED_KAFKA_BOOTSTRAP`` set means: use that broker, start none.
+
+The API runs the pipelines' workers as local processes (``WSCHED_DEPLOYER=local``, unless
+set otherwise) from charts on this machine, relative to the directory ``wsched dev`` was
+started in, and stops them when it stops. Should the API die without doing so, the
+workers it recorded under the data dir are stopped here.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.deploy.processes import stop_recorded
 from services.infra import kafka
 from services.infra.cache import Cache
 from services.infra.memory_broker import MemoryBroker
@@ -25,6 +31,10 @@ from services.store import migrate
 from services.store.engine import make_engine
 
 log = logging.getLogger("wsched.dev")
+
+#: The API stops its pipelines' workers when it stops (agents get a few seconds to
+#: finish their tasks), so it gets longer than the others before it is killed.
+_API_STOP_S = 30.0
 
 MEMORY_BROKER_WARNING = (
     "using the memory-only broker ({reason}). QUEUED TASKS WILL NOT SURVIVE A RESTART of "
@@ -72,6 +82,7 @@ def _child(name: str, settings: Settings, bootstrap: str, data_dir: Path) -> Ser
         "WSCHED_GRPC_PORT": str(settings.grpc_port),
         "WSCHED_METRICS_PORT": str(settings.metrics_port),
         "WSCHED_OPERATOR_KEY": settings.operator_key.get_secret_value(),
+        "WSCHED_DEPLOYER": _deployer(settings),
     }
     return Service(
         name=name,
@@ -79,6 +90,18 @@ def _child(name: str, settings: Settings, bootstrap: str, data_dir: Path) -> Ser
         log_path=data_dir / "logs" / f"{name}.log",
         env=env,
     )
+
+
+def _deployer(settings: Settings) -> str:
+    # Local workers, unless WSCHED_DEPLOYER says otherwise (noop: bring your own workers).
+    return settings.deployer if "deployer" in settings.model_fields_set else "local"
+
+
+def _stop(children: list[Service], data_dir: Path) -> None:
+    for child in children:
+        child.stop(grace_s=_API_STOP_S if child.name == "api" else 10)
+    # Workers an API killed before it could stop them (they run in sessions of their own).
+    stop_recorded(data_dir / "pipelines")
 
 
 def _migrate(settings: Settings) -> None:
@@ -115,7 +138,6 @@ def run(settings: Settings, *, say: Callable[[str], None], warn: Callable[[str],
                 return 1
         return 0
     finally:
-        for child in children:
-            child.stop()
+        _stop(children, data_dir)
         broker.stop()
         say("stopped")

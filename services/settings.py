@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.infra.cache import default_cache_dir
+from services.store.tokens import check_key, derive_key
 
 
 class Settings(BaseSettings):
@@ -18,7 +19,10 @@ class Settings(BaseSettings):
     "not configured" elsewhere; ``database_url`` unset means SQLite under ``data_dir``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="WSCHED_", extra="ignore")
+    # Errors name the variable but never echo its value: some values are secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="WSCHED_", extra="ignore", hide_input_in_errors=True
+    )
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -38,6 +42,13 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = None
     database_url: str | None = None
     operator_key: SecretStr = SecretStr("dev-operator-key")
+    #: Encrypts the worker tokens kept for deployers (a Fernet key). Unset, it is derived
+    #: from the operator key: fine in development; change both outside development.
+    secret_key: SecretStr | None = None
+    #: Who runs a pipeline's workers: ``noop`` (nobody: bring your own workers) or
+    #: ``local`` (the API runs them as processes on its machine, as ``wsched dev`` does:
+    #: for development only, since every tenant's commands then run on that machine).
+    deployer: str = Field(default="noop", pattern="^(noop|local)$")
     data_dir: Path = Path(".wsched")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     #: ``auto`` runs Apache Kafka when Java and Maven are present, else the pip-installed
@@ -59,6 +70,18 @@ class Settings(BaseSettings):
     stale_lookup_s: float = Field(default=600.0, ge=0)
     #: Replication factor of new topics; unset means min(3, brokers in the cluster).
     kafka_replication_factor: int | None = Field(default=None, ge=1)
+
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_key(value.get_secret_value())
+        return value
+
+    def effective_secret_key(self) -> bytes:
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        return derive_key(self.operator_key.get_secret_value())
 
     def advertised_grpc(self) -> str:
         return self.grpc_advertise or f"{self.grpc_host}:{self.grpc_port}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
@@ -17,6 +18,7 @@ from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
 from services.api.reconciler import Reconciler
 from services.api.routes import applications, pipelines, tasks, tenants
+from services.deploy import local
 from services.deploy.ports import Deployer, NoopDeployer
 from services.health import check_database, check_kafka
 from services.kafka.admin import KafkaTopicAdmin, TopicAdmin
@@ -24,6 +26,21 @@ from services.kafka.producer import EventProducer, KafkaProducer
 from services.settings import Settings
 from services.store.control import ControlStore
 from services.store.engine import make_engine
+from services.store.tokens import TokenCipher
+
+
+def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
+    """The deployer ``WSCHED_DEPLOYER`` names (the Helm one comes with Kubernetes)."""
+    if settings.deployer == "local":
+        options = local.LocalOptions(
+            data_dir=settings.data_dir,
+            scheduler=settings.advertised_grpc(),
+            # Charts are paths relative to where the API (or `wsched dev`) was started.
+            base_dir=Path.cwd(),
+            log_level=settings.log_level,
+        )
+        return local.LocalDeployer(options=options, token_of=store.worker_token)
+    return NoopDeployer()
 
 
 def create_app(
@@ -38,6 +55,9 @@ def create_app(
     and stopped with it); ports given are the caller's to start and stop."""
     limits = limits or Limits.from_settings(settings)
     engine = make_engine(settings.effective_database_url())
+    store = ControlStore(engine=engine, cipher=TokenCipher(key=settings.effective_secret_key()))
+    own_deployer = deployer is None
+    the_deployer = make_deployer(settings, store) if deployer is None else deployer
     registry = CollectorRegistry()
     own_producer = KafkaProducer(
         bootstrap=settings.kafka_bootstrap or "", deadline_s=limits.produce_deadline_s
@@ -45,14 +65,14 @@ def create_app(
     ctx = ApiContext(
         settings=settings,
         limits=limits,
-        store=ControlStore(engine=engine),
+        store=store,
         producer=producer or own_producer,
         admin=admin
         or KafkaTopicAdmin(
             bootstrap=settings.kafka_bootstrap or "",
             replication_factor=settings.kafka_replication_factor,
         ),
-        deployer=deployer or NoopDeployer(),
+        deployer=the_deployer,
         metrics=ApiMetrics(registry=registry),
     )
     reconciler = Reconciler(
@@ -61,6 +81,7 @@ def create_app(
         deployer=ctx.deployer,
         producer=ctx.producer,
         limits=limits,
+        restart_deployer=local.KIND if isinstance(the_deployer, local.LocalDeployer) else None,
     )
 
     @asynccontextmanager
@@ -69,6 +90,10 @@ def create_app(
             stack.callback(engine.dispose)
             if producer is None:
                 await stack.enter_async_context(own_producer)
+            if own_deployer and isinstance(the_deployer, local.LocalDeployer):
+                # Entered before the reconciler, left after it: no deploy is under way
+                # when the workers are stopped.
+                await stack.enter_async_context(the_deployer)
             await stack.enter_async_context(reconciler.running())
             ctx.nudge = reconciler.nudge
             yield

@@ -5,6 +5,9 @@ Runs in the API process. Every step is idempotent and every state change is a
 compare-and-set on the row, so a crash at any point is repaired by the next pass (one
 at start-up, then every ``reconcile_interval_s``), and two API replicas reconciling the
 same pipeline do no harm.
+
+Workers that live only as long as this process (the local deployer's) are gone after a
+restart: the first pass deploys every ready pipeline they served again.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ class Reconciler:
         deployer: Deployer,
         producer: EventProducer,
         limits: Limits,
+        restart_deployer: str | None = None,
     ) -> None:
+        """``restart_deployer``: the kind of deployment (``DeploymentStatus.deployer``)
+        that does not survive a restart of this process; deployed again at start."""
         self._store = store
         self._admin = admin
         self._deployer = deployer
@@ -48,6 +54,9 @@ class Reconciler:
         self._again: set[str] = set()
         self._slots = asyncio.Semaphore(_CONCURRENCY)
         self._placement_topic_ready = False
+        self._restart_deployer = restart_deployer
+        self._restart_pending = restart_deployer is not None
+        self._restarts: set[str] = set()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Reconciler]:
@@ -89,6 +98,19 @@ class Reconciler:
             return
         for pipeline in pending:
             self.nudge(pipeline.id)
+        if self._restart_pending and self._restart_deployer is not None:
+            await self._restart_lost_deployments(self._restart_deployer)
+
+    async def _restart_lost_deployments(self, kind: str) -> None:
+        try:
+            lost = await in_thread(self._store.deployed_by, kind)
+        except DatabaseUnavailable as err:
+            log.warning("reconciler: cannot list %s deployments, retrying: %s", kind, err)
+            return
+        self._restart_pending = False  # once per start
+        for pipeline in lost:
+            self._restarts.add(pipeline.id)
+            self.nudge(pipeline.id)
 
     async def _ensure_placement_topic(self) -> None:
         try:
@@ -125,11 +147,13 @@ class Reconciler:
             await self._provision(pipeline)
         elif pipeline.state is PipelineState.DELETING:
             await self._delete(pipeline)
-        elif (
-            pipeline.state is PipelineState.READY
-            and pipeline.deployment.get("status") == DEPLOYMENT_PENDING
-        ):
-            await self._redeploy(pipeline)
+        elif pipeline.state is PipelineState.READY:
+            restart = pipeline.id in self._restarts
+            self._restarts.discard(pipeline.id)
+            if pipeline.deployment.get("status") == DEPLOYMENT_PENDING:
+                await self._redeploy(pipeline)
+            elif restart:
+                await self._restart(pipeline)
 
     # -- provisioning ------------------------------------------------------------------------
 
@@ -200,7 +224,7 @@ class Reconciler:
         except Exception as err:  # noqa: BLE001 - a ready pipeline keeps its old workers
             reason = _reason(err)
             log.warning("pipeline %s: redeploy failed: %s", pipeline.id, reason)
-            failed = DeploymentStatus(status="failed", revision=_revision(pipeline), detail=reason)
+            failed = _failed(pipeline, reason)
             await in_thread(
                 self._store.mark_ready,
                 pipeline.id,
@@ -217,6 +241,30 @@ class Reconciler:
             )
         # Settings such as max_attempts changed too: the owning grain reloads them.
         await self._announce(pipeline, Kind.KIND_UPDATED)
+
+    async def _restart(self, pipeline: Pipeline) -> None:
+        """Deploy again what this process ran before it restarted; nothing else changed,
+        so the owning grain is not told."""
+        try:
+            status = await self._deployer.deploy(pipeline)
+        except Exception as err:  # noqa: BLE001 - shown as the reason; a PATCH retries
+            reason = _reason(err)
+            log.warning("pipeline %s: restarting its workers failed: %s", pipeline.id, reason)
+            await in_thread(
+                self._store.mark_ready,
+                pipeline.id,
+                deployment=_failed(pipeline, reason).to_json(),
+                reason=reason,
+                seen=pipeline.updated_at,
+            )
+            return
+        await in_thread(
+            self._store.mark_ready,
+            pipeline.id,
+            deployment=status.to_json(),
+            seen=pipeline.updated_at,
+        )
+        log.info("pipeline %s: workers restarted (revision %d)", pipeline.id, status.revision)
 
     # -- deleting ----------------------------------------------------------------------------
 
@@ -259,6 +307,18 @@ class Reconciler:
 def _revision(pipeline: Pipeline) -> int:
     value = pipeline.deployment.get("revision", 0)
     return value if isinstance(value, int) else 0
+
+
+def _failed(pipeline: Pipeline, reason: str) -> DeploymentStatus:
+    """A ready pipeline's failed redeploy; it keeps its deployer, so that the next start
+    of this process tries its lost workers again."""
+    deployer = pipeline.deployment.get("deployer", "")
+    return DeploymentStatus(
+        status="failed",
+        revision=_revision(pipeline),
+        detail=reason,
+        deployer=deployer if isinstance(deployer, str) else "",
+    )
 
 
 def _reason(err: BaseException) -> str:

@@ -20,9 +20,19 @@ class DeploymentStatus:
     status: str
     revision: int
     detail: str = ""
+    #: Which deployer put the workers in place ("local" ...), when it matters later: local
+    #: processes are gone after a restart of the API, so the reconciler starts them again.
+    deployer: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"status": self.status, "revision": self.revision, "detail": self.detail}
+        out: dict[str, Any] = {
+            "status": self.status,
+            "revision": self.revision,
+            "detail": self.detail,
+        }
+        if self.deployer:
+            out["deployer"] = self.deployer
+        return out
 
 
 class DeployFailed(Exception):

@@ -1,8 +1,10 @@
 """The control plane's repository: tenants, applications, pipelines, and reads of tasks.
 
 SQLAlchemy Core, synchronous (pymysql / sqlite3); async callers run it in worker threads.
-Secrets (tenant API keys, worker tokens) are returned once, when issued, and stored only
-as SHA-256 digests.
+Secrets (tenant API keys, worker tokens) are returned once, when issued, and checked by
+their SHA-256 digests. A worker token is also kept encrypted (see
+:mod:`services.store.tokens`), because a deployer must hand it to the workers it starts;
+only :meth:`ControlStore.worker_token` decrypts it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from services.store.schema import (
     tenants,
 )
 from services.store.sql import chunks, from_db, from_db_required, to_db
+from services.store.tokens import TokenCipher, TokenUnreadable
 
 TENANT_KEY_PREFIX = "wsk_"
 WORKER_TOKEN_PREFIX = "wst_"  # noqa: S105 - a prefix, not a secret
@@ -78,6 +81,10 @@ class NotFound(ControlError):
 
 class HasPipelines(ControlError):
     pass
+
+
+class TokenUnavailable(ControlError):
+    """A pipeline's worker token cannot be given to a deployer; the message says why."""
 
 
 class PipelineState(StrEnum):
@@ -256,9 +263,18 @@ _TASK_SUMMARY = (
 class ControlStore:
     """Tenants, applications and pipelines; reads of tasks and of the grains' counters."""
 
-    def __init__(self, *, engine: sa.Engine, clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        *,
+        engine: sa.Engine,
+        clock: Callable[[], dt.datetime] = utcnow,
+        cipher: TokenCipher | None = None,
+    ) -> None:
+        """``cipher`` encrypts the worker tokens of new pipelines for deployers; without
+        one, tokens are kept as digests only and :meth:`worker_token` cannot answer."""
         self._engine = engine
         self._clock = clock
+        self._cipher = cipher
 
     def _now(self) -> dt.datetime | None:
         return to_db(self._clock())
@@ -361,6 +377,7 @@ class ControlStore:
             "state_reason": "",
             "deployment_json": _json({"status": DEPLOYMENT_PENDING, "revision": 0}),
             "worker_token_hash": digest,
+            "worker_token_enc": self._cipher.encrypt(token) if self._cipher else None,
             "shard": shard_of(pipeline_id),
             "created_at": now,
             "updated_at": now,
@@ -426,6 +443,39 @@ class ControlStore:
         with self._engine.connect() as conn:
             digest = conn.execute(query).scalar_one_or_none()
         return digest is not None and hmac.compare_digest(digest, hash_secret(token))
+
+    def worker_token(self, pipeline_id: str) -> str:
+        """The pipeline's worker token in plain text, for a deployer to hand to its workers.
+
+        Raises NotFound, or TokenUnavailable saying why the token cannot be had.
+        """
+        query = sa.select(pipelines.c.worker_token_enc).where(pipelines.c.id == pipeline_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"no pipeline with id {pipeline_id}")
+        if row.worker_token_enc is None:
+            raise TokenUnavailable(
+                f"pipeline {pipeline_id} has no stored worker token (it was created before "
+                "tokens were kept for deployers, or by a process without WSCHED_SECRET_KEY); "
+                "delete and recreate the pipeline"
+            )
+        if self._cipher is None:
+            raise TokenUnavailable("this process has no key to decrypt worker tokens with")
+        try:
+            return self._cipher.decrypt(row.worker_token_enc)
+        except TokenUnreadable as err:
+            raise TokenUnavailable(f"pipeline {pipeline_id}: {err}") from None
+
+    def deployed_by(self, deployer: str) -> list[Pipeline]:
+        """Ready pipelines whose workers the named deployer put in place (its ``deployer``
+        in the recorded deployment)."""
+        query = sa.select(pipelines).where(
+            pipelines.c.state == PipelineState.READY.value,
+            pipelines.c.deployment_json.like(f'%"deployer":{json.dumps(deployer)}%'),
+        )
+        with self._engine.connect() as conn:
+            return [_pipeline(row) for row in conn.execute(query.order_by(pipelines.c.id))]
 
     def update_pipeline(self, pipeline: Pipeline, changes: PipelineChanges) -> Pipeline:
         """Apply a PATCH; the chart is redeployed by the reconciler.

@@ -54,6 +54,9 @@ pipelines = sa.Table(
     sa.Column("state_reason", sa.Text, nullable=False, default=""),
     sa.Column("deployment_json", JsonText, nullable=False),
     sa.Column("worker_token_hash", sa.String(64), nullable=False),
+    # The token itself, Fernet-encrypted, for deployers to hand to the workers they start
+    # (authentication uses the hash only). NULL for pipelines created before it was kept.
+    sa.Column("worker_token_enc", sa.String(512), nullable=True),
     sa.Column("shard", sa.Integer, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
