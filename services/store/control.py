@@ -10,19 +10,39 @@ only :meth:`ControlStore.worker_token` decrypts it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import json
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-import uuid6
 
-from services.placement import pipeline_topic, shard_of
+from services.placement import shard_of
+from services.store.records import (
+    DEPLOYMENT_PENDING,
+    PURGE_BATCH,
+    TENANT_KEY_PREFIX,
+    WORKER_TOKEN_PREFIX,
+    Application,
+    ControlError,
+    ExistingTask,
+    HasPipelines,
+    NameTaken,
+    NotFound,
+    Pipeline,
+    PipelineChanges,
+    PipelineSpec,
+    PipelineState,
+    PipelineStats,
+    TaskRecord,
+    Tenant,
+    TokenUnavailable,
+    _json,
+    hash_secret,
+    issue_secret,
+    new_id,
+    utcnow,
+)
 from services.store.schema import (
     applications,
     grain_offsets,
@@ -36,176 +56,31 @@ from services.store.schema import (
 from services.store.sql import chunks, from_db, from_db_required, to_db
 from services.store.tokens import TokenCipher, TokenUnreadable
 
-TENANT_KEY_PREFIX = "wsk_"
-WORKER_TOKEN_PREFIX = "wst_"  # noqa: S105 - a prefix, not a secret
-#: Rows per DELETE when purging a pipeline's tasks: one bounded transaction each, well
-#: inside TiDB's transaction size limit.
-PURGE_BATCH = 1000
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def new_id() -> str:
-    """A time-ordered id (UUIDv7): rows of one period sort together, ids never repeat."""
-    return str(uuid6.uuid7())
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def issue_secret(prefix: str) -> tuple[str, str]:
-    """A new random secret and its digest; the secret itself is never stored."""
-    secret = prefix + secrets.token_urlsafe(32)
-    return secret, hash_secret(secret)
-
-
-def _json(value: Mapping[str, Any]) -> str:
-    # Compact and sorted, so that equal documents are equal strings (and LIKE can match).
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-class ControlError(Exception):
-    """A request the control plane refuses; the message says why."""
-
-
-class NameTaken(ControlError):
-    pass
-
-
-class NotFound(ControlError):
-    pass
-
-
-class HasPipelines(ControlError):
-    pass
-
-
-class TokenUnavailable(ControlError):
-    """A pipeline's worker token cannot be given to a deployer; the message says why."""
-
-
-class PipelineState(StrEnum):
-    PROVISIONING = "provisioning"
-    READY = "ready"
-    FAILED = "failed"
-    DELETING = "deleting"
-
-
-#: ``deployment`` status of a pipeline whose chart must be (re)deployed by the reconciler.
-DEPLOYMENT_PENDING = "pending"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Tenant:
-    id: str
-    name: str
-    created_at: dt.datetime
-
-
-@dataclass(frozen=True, kw_only=True)
-class Application:
-    id: str
-    tenant_id: str
-    name: str
-    created_at: dt.datetime
-
-
-@dataclass(frozen=True, kw_only=True)
-class PipelineSpec:
-    """What a tenant asks for when creating a pipeline."""
-
-    name: str
-    chart: str
-    chart_version: str | None = None
-    values: Mapping[str, Any] = field(default_factory=dict)
-    partitions: int = 2
-    scaling: Mapping[str, Any] = field(default_factory=dict)
-    max_attempts: int = 3
-    lease_timeout_s: int = 30
-    retention_s: int = 7 * 24 * 3600
-
-
-@dataclass(frozen=True, kw_only=True)
-class PipelineChanges:
-    """A PATCH: ``None`` leaves a field as it is. Partitions never change (key routing)."""
-
-    chart: str | None = None
-    chart_version: str | None = None
-    values: Mapping[str, Any] | None = None
-    scaling: Mapping[str, Any] | None = None
-    max_attempts: int | None = None
-    lease_timeout_s: int | None = None
-    retention_s: int | None = None
-
-    def columns(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in ("chart", "chart_version", "max_attempts", "lease_timeout_s", "retention_s"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        if self.values is not None:
-            out["values_json"] = _json(self.values)
-        if self.scaling is not None:
-            out["scaling_json"] = _json(self.scaling)
-        return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class Pipeline:
-    id: str
-    tenant_id: str
-    application_id: str
-    name: str
-    chart: str
-    chart_version: str | None
-    values: Mapping[str, Any]
-    partitions: int
-    scaling: Mapping[str, Any]
-    max_attempts: int
-    lease_timeout_s: int
-    retention_s: int
-    state: PipelineState
-    state_reason: str
-    deployment: Mapping[str, Any]
-    shard: int
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-    @property
-    def topic(self) -> str:
-        return pipeline_topic(self.id)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TaskRecord:
-    """A task row as the API shows it; ``data`` and ``result`` only when asked for."""
-
-    id: str
-    status: str
-    attempt: int
-    due_at: dt.datetime
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    worker: str | None
-    error: str | None
-    data: bytes | None = None
-    result: bytes | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExistingTask:
-    data_sha256: bytes
-    status: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class PipelineStats:
-    counts: Mapping[str, int]
-    updated_at: dt.datetime | None
+__all__ = [
+    "DEPLOYMENT_PENDING",
+    "PURGE_BATCH",
+    "TENANT_KEY_PREFIX",
+    "WORKER_TOKEN_PREFIX",
+    "Application",
+    "ControlError",
+    "ControlStore",
+    "ExistingTask",
+    "HasPipelines",
+    "NameTaken",
+    "NotFound",
+    "Pipeline",
+    "PipelineChanges",
+    "PipelineSpec",
+    "PipelineState",
+    "PipelineStats",
+    "TaskRecord",
+    "Tenant",
+    "TokenUnavailable",
+    "hash_secret",
+    "issue_secret",
+    "new_id",
+    "utcnow",
+]
 
 
 def _pipeline(row: sa.Row[*tuple[Any, ...]]) -> Pipeline:
