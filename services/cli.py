@@ -111,7 +111,9 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url())
+    url = settings.effective_database_url()
+    migrate.create_database(url)
+    engine = make_engine(url)
     try:
         migrate.upgrade(engine, revision)
         console.print(f"database at revision {migrate.current_revision(engine)}")

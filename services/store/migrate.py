@@ -20,6 +20,19 @@ def _config(connection: sa.Connection) -> Config:
     return config
 
 
+def create_database(url: str) -> None:
+    """Create the URL's database on a MySQL-protocol server (TiDB) if it does not exist."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "mysql" or not parsed.database:
+        return
+    server = sa.create_engine(parsed.set(database=""))
+    try:
+        with server.begin() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS `{parsed.database}`"))
+    finally:
+        server.dispose()
+
+
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
         command.upgrade(_config(connection), revision)

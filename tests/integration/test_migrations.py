@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import sqlalchemy as sa
 
+from services.infra.tidb import TidbServer
 from services.store import migrate
 
 pytestmark = pytest.mark.integration
@@ -41,3 +44,17 @@ def test_tidb_tasks_table_is_nonclustered_sharded_and_has_a_ttl(tidb_url: str) -
     assert "SHARD_ROW_ID_BITS=4" in ddl
     assert "TTL=`expire_at` + INTERVAL 0 DAY" in ddl
     assert "KEY `ix_tasks_pipeline_status_id` (`pipeline_id`,`status`,`id`)" in ddl
+
+
+def test_db_upgrade_creates_a_missing_tidb_database(tidb_server: TidbServer) -> None:
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    migrate.create_database(tidb_server.url(name))
+    migrate.create_database(tidb_server.url(name))  # idempotent
+    engine = sa.create_engine(tidb_server.url(name))
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    engine.dispose()
+    admin = sa.create_engine(tidb_server.url())
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP DATABASE `{name}`"))
+    admin.dispose()
