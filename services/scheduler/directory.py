@@ -11,7 +11,8 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 
 from actors.pipeline.model import PipelineConfig
-from services.store.schema import grain_owners, pipelines
+from services.deploy.naming import namespace_for, release_name
+from services.store.schema import applications, grain_owners, pipelines, tenants
 
 READY = "ready"
 
@@ -49,6 +50,28 @@ class PipelineDirectory:
                 retention_s=float(row.retention_s),
                 window_tasks=self._window_tasks,
             )
+
+        return await asyncio.to_thread(read)
+
+    async def queue_labels(self, pipeline_id: str) -> tuple[str, str] | None:
+        """(Helm release, namespace) of the pipeline's workers: the KEDA gauge's labels."""
+
+        def read() -> tuple[str, str] | None:
+            query = (
+                sa.select(
+                    tenants.c.name.label("tenant"),
+                    applications.c.name.label("app"),
+                    pipelines.c.name.label("pipeline"),
+                )
+                .join_from(pipelines, tenants, tenants.c.id == pipelines.c.tenant_id)
+                .join(applications, applications.c.id == pipelines.c.application_id)
+                .where(pipelines.c.id == pipeline_id)
+            )
+            with self._engine.connect() as conn:
+                row = conn.execute(query).first()
+            if row is None:
+                return None
+            return release_name(row.tenant, row.app, row.pipeline), namespace_for(row.tenant)
 
         return await asyncio.to_thread(read)
 

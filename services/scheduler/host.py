@@ -56,6 +56,8 @@ class _Hosted:
     forwarder: Forwarder
     task: asyncio.Task[None]
     lease_timeout_s: float
+    #: (worker, namespace) labels of the seed's KEDA gauge; None if the names are unknown.
+    queue_labels: tuple[str, str] | None = None
 
 
 class _Grain:
@@ -301,6 +303,7 @@ class SchedulerHost:
         try:
             offsets = grain_actor.unwrap(await self._system.ask(grain, grain_actor.Activate()))
             config = await self._directory.pipeline_config(pipeline_id)
+            labels = await self._directory.queue_labels(pipeline_id)
         except Exception as err:  # noqa: BLE001 - retried at the next reconcile
             log.warning(
                 "pipeline %s: grain not activated: %s: %s", pipeline_id, type(err).__name__, err
@@ -320,6 +323,7 @@ class SchedulerHost:
             grain=grain,
             forwarder=forwarder,
             task=task,
+            queue_labels=labels,
             lease_timeout_s=config.lease_timeout_s if config else 30.0,
         )
         log.info("pipeline %s: grain active, forwarding %d partition(s)", pipeline_id, partitions)
@@ -395,6 +399,9 @@ class SchedulerHost:
 
     def forwarders(self) -> dict[str, ForwarderStats]:
         return {pid: hosted.forwarder.stats for pid, hosted in self._hosted.items()}
+
+    def queue_labels(self) -> dict[str, tuple[str, str]]:
+        return {pid: h.queue_labels for pid, h in self._hosted.items() if h.queue_labels}
 
     def actor_stats(self) -> dict[str, KindStats]:
         return self._system.stats()

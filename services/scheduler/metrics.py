@@ -48,6 +48,8 @@ class Sources(Protocol):
 
     def forwarders(self) -> Mapping[str, ForwarderStats]: ...
 
+    def queue_labels(self) -> Mapping[str, tuple[str, str]]: ...
+
     def actor_stats(self) -> Mapping[str, KindStats]: ...
 
 
@@ -56,7 +58,9 @@ class SchedulerCollector(Collector):
         self._sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._grain_metrics(dict(self._sources.grains()))
+        grains = dict(self._sources.grains())
+        yield from self._grain_metrics(grains)
+        yield self._queue_length(grains, dict(self._sources.queue_labels()))
         yield from self._forwarder_metrics(dict(self._sources.forwarders()))
         yield from self._actor_metrics(dict(self._sources.actor_stats()))
 
@@ -86,6 +90,21 @@ class SchedulerCollector(Collector):
             backlog.add_metric([pipeline], stats["backlog"])
             leased.add_metric([pipeline], grain.book.leased_count)
         yield from (events, tasks, backlog, leased)
+
+    def _queue_length(
+        self, grains: dict[str, PipelineGrain], labels: dict[str, tuple[str, str]]
+    ) -> Metric:
+        """The seed design's autoscaling contract, read by KEDA's Prometheus trigger."""
+        gauge = GaugeMetricFamily(
+            "server_scheduler_queue_length",
+            "Tasks waiting for a worker, by the pipeline's worker Deployment and namespace.",
+            labels=["worker", "namespace"],
+        )
+        for key, grain in grains.items():
+            names = labels.get(key.split("/", 1)[0])
+            if names is not None:
+                gauge.add_metric(list(names), grain.book.stats()["backlog"])
+        return gauge
 
     def _forwarder_metrics(self, forwarders: dict[str, ForwarderStats]) -> Iterator[Metric]:
         lag = GaugeMetricFamily(

@@ -20,6 +20,7 @@ OPERATOR = "e2e-operator-key"
 class Stack:
     api: str
     grpc: str
+    metrics: str
 
 
 @pytest.fixture
@@ -27,14 +28,14 @@ def stack(kafka_bootstrap: str, tidb_url: str, kafka_group: str, tmp_path: Path)
     engine = sa.create_engine(tidb_url)
     migrate.upgrade(engine)
     engine.dispose()
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     env = {
         "WSCHED_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "WSCHED_DATABASE_URL": tidb_url,
         "WSCHED_OPERATOR_KEY": OPERATOR,
         "WSCHED_HTTP_PORT": str(http_port),
         "WSCHED_GRPC_PORT": str(grpc_port),
-        "WSCHED_METRICS_PORT": str(free_port()),
+        "WSCHED_METRICS_PORT": str(metrics_port),
         "WSCHED_PLACEMENT_GROUP": kafka_group,
         "WSCHED_REPLICA_NAME": f"e2e-{grpc_port}",
         "WSCHED_RECONCILE_INTERVAL_S": "1",
@@ -52,6 +53,10 @@ def stack(kafka_bootstrap: str, tidb_url: str, kafka_group: str, tmp_path: Path)
         service.start()
     services[0].wait_ready(lambda: port_open(http_port), timeout_s=60)
     services[1].wait_ready(lambda: port_open(grpc_port), timeout_s=60)
-    yield Stack(api=f"http://127.0.0.1:{http_port}", grpc=f"127.0.0.1:{grpc_port}")
+    yield Stack(
+        api=f"http://127.0.0.1:{http_port}",
+        grpc=f"127.0.0.1:{grpc_port}",
+        metrics=f"http://127.0.0.1:{metrics_port}/metrics",
+    )
     for service in services:
         service.stop()

@@ -26,14 +26,16 @@ class Tenant:
     pipeline_url: str
     pipeline_id: str
     worker_token: str
+    name: str
 
 
 @pytest.fixture
 async def tenant(stack: Stack) -> AsyncIterator[Tenant]:
+    tenant_name = f"acme-{uuid.uuid4().hex[:6]}"
     async with httpx.AsyncClient(base_url=stack.api, timeout=30) as http:
         created = await http.post(
             "/api/tenants",
-            json={"name": f"acme-{uuid.uuid4().hex[:6]}"},
+            json={"name": tenant_name},
             headers={"Authorization": f"Bearer {OPERATOR}"},
         )
         assert created.status_code == 201, created.text
@@ -50,7 +52,11 @@ async def tenant(stack: Stack) -> AsyncIterator[Tenant]:
                 await asyncio.sleep(0.3)
         body = pipeline.json()
         yield Tenant(
-            http=http, pipeline_url=url, pipeline_id=body["id"], worker_token=body["worker_token"]
+            http=http,
+            pipeline_url=url,
+            pipeline_id=body["id"],
+            worker_token=body["worker_token"],
+            name=tenant_name,
         )
 
 
@@ -104,6 +110,14 @@ async def test_submit_single_and_batch_then_read_results(stack: Stack, tenant: T
         json={"tasks": [{"data": {"message": f"m{i}"}, "id": f"order-{i}"} for i in range(20)]},
     )
     assert batch.status_code == 202 and batch.json()["queued"] == 20
+    # The seed design's KEDA gauge, labelled with the pipeline's release and namespace.
+    gauge = (
+        f'server_scheduler_queue_length{{namespace="wsched-{tenant.name}",'
+        f'worker="{tenant.name}-shop-echo"}} 21.0'
+    )
+    async with asyncio.timeout(30):
+        while gauge not in (await tenant.http.get(stack.metrics)).text:
+            await asyncio.sleep(0.3)
     leased = await work(stack, tenant, 21)
     assert sorted(json.loads(t.data)["message"] for t in leased) == sorted(
         ["hello"] + [f"m{i}" for i in range(20)]
