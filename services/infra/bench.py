@@ -14,26 +14,23 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from services.bench.measure import rss_mb
 from services.infra import helm, kafka, kube, tidb
 from services.infra.cache import Cache
 
 
 def children_rss_mb() -> float:
     """Resident memory of this process's direct children, from /proc."""
-    total_kb = 0
     me = str(os.getpid())
+    total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[1] != me:
-                continue
-            status = (stat.parent / "status").read_text()
+            parent = stat.read_text().rsplit(")", 1)[1].split()[1]
         except (OSError, IndexError):
             continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total_kb += int(line.split()[1])
-    return total_kb / 1024
+        if parent == me:
+            total += rss_mb(int(stat.parent.name))
+    return total
 
 
 def _timed(fn: Callable[[], object]) -> float:
