@@ -45,10 +45,34 @@ class Settings(BaseSettings):
     #: Encrypts the worker tokens kept for deployers (a Fernet key). Unset, it is derived
     #: from the operator key: fine in development; change both outside development.
     secret_key: SecretStr | None = None
-    #: Who runs a pipeline's workers: ``noop`` (nobody: bring your own workers) or
+    #: Who runs a pipeline's workers: ``noop`` (nobody: bring your own workers),
     #: ``local`` (the API runs them as processes on its machine, as ``wsched dev`` does:
-    #: for development only, since every tenant's commands then run on that machine).
-    deployer: str = Field(default="noop", pattern="^(noop|local)$")
+    #: for development only, since every tenant's commands then run on that machine) or
+    #: ``helm`` (each pipeline's chart is a Helm release in its tenant's namespace).
+    deployer: str = Field(default="noop", pattern="^(noop|local|helm)$")
+
+    # -- Kubernetes: the Helm deployer (API) and the built-in scaler (scheduler) ----------
+    #: The kubeconfig to use; unset means the in-cluster service account, else
+    #: ``$KUBECONFIG`` or ``~/.kube/config``.
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    #: The helm executable (a name on ``PATH`` or a path).
+    helm_executable: str = "helm"
+    #: How long one ``helm upgrade --install`` may take.
+    helm_timeout_s: int = Field(default=300, ge=10, le=3600)
+    #: The scheduler's gRPC address deployed workers poll (the scheduler chart's Service);
+    #: unset means this process's advertised gRPC address.
+    workers_scheduler: str | None = None
+    #: The image deployed agents run, ``repository:tag`` (the chart's ``image``), e.g. a
+    #: mirror of the wsched image in a private registry; unset keeps each chart's own.
+    worker_image: str | None = Field(default=None, pattern=r"^\S+$")
+    #: Who sets the replicas of pipeline Deployments: ``none`` (the chart's
+    #: ``scaling.min_replicas``, or KEDA when a pipeline enables it) or ``builtin`` (the
+    #: scheduler replica owning a pipeline scales its Deployment on its backlog). The API
+    #: and the scheduler must agree: the chart leaves ``replicas`` to the scaler.
+    autoscaler: str = Field(default="none", pattern="^(none|builtin)$")
+    #: How often the built-in scaler looks at each owned pipeline.
+    scaler_interval_s: float = Field(default=5.0, gt=0, le=600)
     data_dir: Path = Path(".wsched")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     #: ``auto`` runs Apache Kafka when Java and Maven are present, else the pip-installed
@@ -82,6 +106,9 @@ class Settings(BaseSettings):
         if self.secret_key is not None:
             return self.secret_key.get_secret_value().encode()
         return derive_key(self.operator_key.get_secret_value())
+
+    def workers_scheduler_address(self) -> str:
+        return self.workers_scheduler or self.advertised_grpc()
 
     def advertised_grpc(self) -> str:
         return self.grpc_advertise or f"{self.grpc_host}:{self.grpc_port}"
