@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     produce_deadline_s: float = Field(default=5.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1)
     reconcile_interval_s: float = Field(default=30.0, gt=0)
+    #: How often the API checks that ready pipelines' workers (Helm releases, local
+    #: processes) are still in place, and deploys again those that are not.
+    drift_check_s: float = Field(default=300.0, gt=0)
     #: How old a remembered tenant or pipeline may be to accept submits while the
     #: database is unreachable (Kafka absorbs the submissions meanwhile).
     stale_lookup_s: float = Field(default=600.0, ge=0)

@@ -18,7 +18,7 @@ from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
 from services.api.reconciler import Reconciler
 from services.api.routes import applications, pipelines, tasks, tenants
-from services.deploy import local
+from services.deploy import helm, local
 from services.deploy.ports import Deployer, NoopDeployer
 from services.health import check_database, check_kafka
 from services.kafka.admin import KafkaTopicAdmin, TopicAdmin
@@ -30,7 +30,23 @@ from services.store.tokens import TokenCipher
 
 
 def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
-    """The deployer ``WSCHED_DEPLOYER`` names (the Helm one comes with Kubernetes)."""
+    """The deployer ``WSCHED_DEPLOYER`` names."""
+    if settings.deployer == "helm":
+        return helm.HelmDeployer(
+            options=helm.HelmOptions(
+                scheduler=settings.workers_scheduler_address(),
+                base_dir=Path.cwd(),
+                work_dir=settings.data_dir / "helm",
+                executable=settings.helm_executable,
+                kubeconfig=settings.kubeconfig,
+                kube_context=settings.kube_context,
+                worker_image=settings.worker_image,
+                autoscaler=settings.autoscaler,
+                timeout_s=settings.helm_timeout_s,
+            ),
+            token_of=store.worker_token,
+            names_of=helm.names_from_store(store.pipeline_names),
+        )
     if settings.deployer == "local":
         options = local.LocalOptions(
             data_dir=settings.data_dir,
@@ -81,7 +97,7 @@ def create_app(
         deployer=ctx.deployer,
         producer=ctx.producer,
         limits=limits,
-        restart_deployer=local.KIND if isinstance(the_deployer, local.LocalDeployer) else None,
+        metrics=ctx.metrics,
     )
 
     @asynccontextmanager

@@ -28,6 +28,9 @@ class Limits:
     #: Attempts at provisioning a pipeline before it is marked failed, and the first pause.
     reconcile_attempts: int = 3
     reconcile_backoff_s: float = 1.0
+    #: How often the deployer is asked whether ready pipelines' workers are still in place
+    #: (and at start).
+    drift_check_s: float = 300.0
     #: How old a remembered tenant or pipeline may be to serve submits while the database
     #: is unreachable (Kafka absorbs submissions meanwhile).
     stale_lookup_s: float = 600.0
@@ -41,5 +44,6 @@ class Limits:
             produce_deadline_s=settings.produce_deadline_s,
             retry_after_s=settings.retry_after_s,
             reconcile_interval_s=settings.reconcile_interval_s,
+            drift_check_s=settings.drift_check_s,
             stale_lookup_s=settings.stale_lookup_s,
         )

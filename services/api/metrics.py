@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class ApiMetrics:
     def __init__(self, *, registry: CollectorRegistry) -> None:
+        self._deployment_status: dict[str, str] = {}
+        self.deploys = Counter(
+            "wsched_deploys",
+            "Deploys of pipelines' workers by this API replica's reconciler: deployed, "
+            "failed (the chart or its values were refused) or error (helm or the cluster "
+            "unreachable; retried).",
+            ["result"],
+            registry=registry,
+        )
+        self.deploy_seconds = Histogram(
+            "wsched_deploy_duration_seconds",
+            "Time one deploy of a pipeline's workers took (helm upgrade --install ...).",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=registry,
+        )
+        self.deployment = Gauge(
+            "wsched_pipeline_deployment_revision",
+            "The revision of each pipeline's deployment, labelled with its status "
+            "(deployed, failed), as this API replica's reconciler last recorded it.",
+            ["pipeline", "status"],
+            registry=registry,
+        )
         self.tasks_created = Counter(
             "wsched_tasks_created",
             "Tasks accepted by the API: produced and acknowledged by Kafka.",
@@ -35,3 +57,15 @@ class ApiMetrics:
             "Tenants or pipelines served from memory because the database was unreachable.",
             registry=registry,
         )
+
+    def deployment_recorded(self, pipeline: str, status: str, revision: int) -> None:
+        previous = self._deployment_status.get(pipeline)
+        if previous is not None and previous != status:
+            self.deployment.remove(pipeline, previous)
+        self.deployment.labels(pipeline, status).set(revision)
+        self._deployment_status[pipeline] = status
+
+    def deployment_forgotten(self, pipeline: str) -> None:
+        previous = self._deployment_status.pop(pipeline, None)
+        if previous is not None:
+            self.deployment.remove(pipeline, previous)

@@ -6,8 +6,10 @@ compare-and-set on the row, so a crash at any point is repaired by the next pass
 at start-up, then every ``reconcile_interval_s``), and two API replicas reconciling the
 same pipeline do no harm.
 
-Workers that live only as long as this process (the local deployer's) are gone after a
-restart: the first pass deploys every ready pipeline they served again.
+At start, and every ``drift_check_s`` after, it asks the deployer whether each ready
+pipeline's workers are still in place (``Deployer.in_place``) and deploys again those that
+are not: the local deployer's processes are gone after a restart of this process, a Helm
+release may have been deleted or changed behind our back.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from protos.wsched.v1 import events_pb2
 from services.api.context import DatabaseUnavailable, in_thread
 from services.api.limits import Limits
+from services.api.metrics import ApiMetrics
 from services.deploy.ports import Deployer, DeployFailed, DeploymentStatus
 from services.kafka.admin import TopicAdmin
 from services.kafka.producer import BrokerUnavailable, EventProducer
@@ -41,21 +45,20 @@ class Reconciler:
         deployer: Deployer,
         producer: EventProducer,
         limits: Limits,
-        restart_deployer: str | None = None,
+        metrics: ApiMetrics | None = None,
     ) -> None:
-        """``restart_deployer``: the kind of deployment (``DeploymentStatus.deployer``)
-        that does not survive a restart of this process; deployed again at start."""
         self._store = store
         self._admin = admin
         self._deployer = deployer
         self._producer = producer
         self._limits = limits
+        self._metrics = metrics
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._slots = asyncio.Semaphore(_CONCURRENCY)
         self._placement_topic_ready = False
-        self._restart_deployer = restart_deployer
-        self._restart_pending = restart_deployer is not None
+        #: When the next drift check is due (monotonic): at once, at start.
+        self._drift_due = 0.0 if deployer.kind else float("inf")
         self._restarts: set[str] = set()
 
     @contextlib.asynccontextmanager
@@ -98,19 +101,37 @@ class Reconciler:
             return
         for pipeline in pending:
             self.nudge(pipeline.id)
-        if self._restart_pending and self._restart_deployer is not None:
-            await self._restart_lost_deployments(self._restart_deployer)
+        if time.monotonic() >= self._drift_due:
+            await self._check_drift()
 
-    async def _restart_lost_deployments(self, kind: str) -> None:
+    async def _check_drift(self) -> None:
+        """Deploy again the ready pipelines whose workers are no longer in place."""
+        kind = self._deployer.kind
         try:
-            lost = await in_thread(self._store.deployed_by, kind)
+            deployed = await in_thread(self._store.deployed_by, kind)
         except DatabaseUnavailable as err:
             log.warning("reconciler: cannot list %s deployments, retrying: %s", kind, err)
             return
-        self._restart_pending = False  # once per start
-        for pipeline in lost:
-            self._restarts.add(pipeline.id)
-            self.nudge(pipeline.id)
+        self._drift_due = time.monotonic() + self._limits.drift_check_s
+        checks = [self._in_place(pipeline) for pipeline in deployed]
+        for pipeline, in_place in zip(deployed, await asyncio.gather(*checks), strict=True):
+            if in_place is False:
+                self._restarts.add(pipeline.id)
+                self.nudge(pipeline.id)
+            elif in_place is None:  # could not tell: look again at the next pass
+                self._drift_due = 0.0
+
+    async def _in_place(self, pipeline: Pipeline) -> bool | None:
+        async with self._slots:
+            try:
+                return await self._deployer.in_place(pipeline)
+            except Exception as err:  # noqa: BLE001 - helm's or the cluster's; next pass
+                log.warning(
+                    "reconciler: cannot tell whether pipeline %s is in place: %s",
+                    pipeline.id,
+                    _reason(err),
+                )
+                return None
 
     async def _ensure_placement_topic(self) -> None:
         try:
@@ -175,6 +196,7 @@ class Reconciler:
                 deployment=deployment.to_json(),
                 seen=pipeline.updated_at,
             )
+            self._observed(pipeline, deployment)
             return
         ready = await in_thread(
             self._store.mark_ready,
@@ -182,6 +204,7 @@ class Reconciler:
             deployment=status.to_json(),
             seen=pipeline.updated_at,
         )
+        self._observed(pipeline, status)
         if ready:
             log.info("pipeline %s is ready (revision %d)", pipeline.id, status.revision)
             await self._announce(pipeline, Kind.KIND_CREATED)
@@ -189,9 +212,36 @@ class Reconciler:
     def _deploy_steps(self, pipeline: Pipeline) -> Callable[[], Awaitable[DeploymentStatus]]:
         async def steps() -> DeploymentStatus:
             await self._admin.create_pipeline_topic(pipeline.id, pipeline.partitions)
-            return await self._deployer.deploy(pipeline)
+            return await self._timed_deploy(pipeline)
 
         return steps
+
+    def _deploy_only(self, pipeline: Pipeline) -> Callable[[], Awaitable[DeploymentStatus]]:
+        async def steps() -> DeploymentStatus:
+            return await self._timed_deploy(pipeline)
+
+        return steps
+
+    async def _timed_deploy(self, pipeline: Pipeline) -> DeploymentStatus:
+        started = time.monotonic()
+        result = "failed"
+        try:
+            status = await self._deployer.deploy(pipeline)
+            result = "deployed"
+            return status
+        except DeployFailed:
+            raise
+        except Exception:
+            result = "error"  # transient: helm or the cluster unreachable; retried
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.deploys.labels(result).inc()
+                self._metrics.deploy_seconds.observe(time.monotonic() - started)
+
+    def _observed(self, pipeline: Pipeline, status: DeploymentStatus) -> None:
+        if self._metrics is not None:
+            self._metrics.deployment_recorded(pipeline.id, status.status, status.revision)
 
     async def _retrying(
         self, what: str, attempt: Callable[[], Awaitable[DeploymentStatus]]
@@ -219,52 +269,37 @@ class Reconciler:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _redeploy(self, pipeline: Pipeline) -> None:
-        try:
-            status = await self._deployer.deploy(pipeline)
-        except Exception as err:  # noqa: BLE001 - a ready pipeline keeps its old workers
-            reason = _reason(err)
-            log.warning("pipeline %s: redeploy failed: %s", pipeline.id, reason)
-            failed = _failed(pipeline, reason)
-            await in_thread(
-                self._store.mark_ready,
-                pipeline.id,
-                deployment=failed.to_json(),
-                reason=reason,
-                seen=pipeline.updated_at,
-            )
-        else:
-            await in_thread(
-                self._store.mark_ready,
-                pipeline.id,
-                deployment=status.to_json(),
-                seen=pipeline.updated_at,
-            )
+        await self._deploy_ready(pipeline, "redeploy")
         # Settings such as max_attempts changed too: the owning grain reloads them.
         await self._announce(pipeline, Kind.KIND_UPDATED)
 
     async def _restart(self, pipeline: Pipeline) -> None:
-        """Deploy again what this process ran before it restarted; nothing else changed,
-        so the owning grain is not told."""
+        """Deploy again workers that are no longer in place; nothing else changed, so the
+        owning grain is not told."""
+        await self._deploy_ready(pipeline, "deploying again")
+
+    async def _deploy_ready(self, pipeline: Pipeline, what: str) -> None:
+        """Deploy a ready pipeline; a failure is shown as its deployment's status and
+        reason, and the pipeline stays ready (its old workers, if any, keep serving)."""
+        reason = ""
         try:
-            status = await self._deployer.deploy(pipeline)
+            status = await self._retrying(
+                f"pipeline {pipeline.id}: {what}", self._deploy_only(pipeline)
+            )
         except Exception as err:  # noqa: BLE001 - shown as the reason; a PATCH retries
             reason = _reason(err)
-            log.warning("pipeline %s: restarting its workers failed: %s", pipeline.id, reason)
-            await in_thread(
-                self._store.mark_ready,
-                pipeline.id,
-                deployment=_failed(pipeline, reason).to_json(),
-                reason=reason,
-                seen=pipeline.updated_at,
-            )
-            return
+            log.warning("pipeline %s: %s failed: %s", pipeline.id, what, reason)
+            status = _failed(pipeline, reason)
+        else:
+            log.info("pipeline %s: %s done (revision %d)", pipeline.id, what, status.revision)
         await in_thread(
             self._store.mark_ready,
             pipeline.id,
             deployment=status.to_json(),
+            reason=reason,
             seen=pipeline.updated_at,
         )
-        log.info("pipeline %s: workers restarted (revision %d)", pipeline.id, status.revision)
+        self._observed(pipeline, status)
 
     # -- deleting ----------------------------------------------------------------------------
 
@@ -275,6 +310,8 @@ class Reconciler:
             await self._deployer.remove(pipeline)
             await self._admin.delete_pipeline_topic(pipeline.id)
             deleted = await in_thread(self._store.purge_pipeline, pipeline.id)
+            if self._metrics is not None:
+                self._metrics.deployment_forgotten(pipeline.id)
         except DatabaseUnavailable:
             raise
         except Exception as err:  # noqa: BLE001 - stays deleting; the next pass retries

@@ -84,6 +84,8 @@ class _Deployment:
 class LocalDeployer:
     """The :class:`~services.deploy.ports.Deployer` of ``WSCHED_DEPLOYER=local``."""
 
+    kind = KIND
+
     def __init__(self, *, options: LocalOptions, token_of: Callable[[str], str]) -> None:
         """``token_of(pipeline_id)``: the pipeline's worker token (blocking; raises
         ControlError when there is none to have)."""
@@ -147,6 +149,11 @@ class LocalDeployer:
             revision = _revision(pipeline) + 1
             started = await self._start(pipeline, spec, token, fingerprint, revision)
             return self._status(started)
+
+    async def in_place(self, pipeline: Pipeline) -> bool:
+        """Processes live only as long as this deployer: after a restart none are in
+        place. Those that die meanwhile are restarted by the watcher."""
+        return pipeline.id in self._deployments
 
     async def remove(self, pipeline: Pipeline) -> None:
         async with self._lock(pipeline.id):

@@ -23,6 +23,9 @@ class DeploymentStatus:
     #: Which deployer put the workers in place ("local" ...), when it matters later: local
     #: processes are gone after a restart of the API, so the reconciler starts them again.
     deployer: str = ""
+    #: Where a Helm release lives, so that it is uninstalled from there later.
+    release: str = ""
+    namespace: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -30,8 +33,9 @@ class DeploymentStatus:
             "revision": self.revision,
             "detail": self.detail,
         }
-        if self.deployer:
-            out["deployer"] = self.deployer
+        for key in ("deployer", "release", "namespace"):
+            if value := getattr(self, key):
+                out[key] = value
         return out
 
 
@@ -40,12 +44,20 @@ class DeployFailed(Exception):
 
 
 class Deployer(Protocol):
+    #: Recorded as ``DeploymentStatus.deployer``; "" for a deployer with nothing to check.
+    kind: str
+
     async def deploy(self, pipeline: Pipeline) -> DeploymentStatus:
         """Install or upgrade the pipeline's workers (idempotent); raise DeployFailed."""
         ...
 
     async def remove(self, pipeline: Pipeline) -> None:
         """Remove the pipeline's workers; removing what is not there is not an error."""
+        ...
+
+    async def in_place(self, pipeline: Pipeline) -> bool:
+        """Whether the workers this deployer put in place are there and current (the
+        reconciler deploys again those that are not: lost processes, a deleted release)."""
         ...
 
 
@@ -60,6 +72,8 @@ class NoopDeployer:
     Each deploy bumps the revision recorded with the pipeline, as Helm would.
     """
 
+    kind = ""
+
     def __init__(self) -> None:
         self.deployed: dict[str, DeploymentStatus] = {}
         self.removed: list[str] = []
@@ -72,3 +86,6 @@ class NoopDeployer:
     async def remove(self, pipeline: Pipeline) -> None:
         self.deployed.pop(pipeline.id, None)
         self.removed.append(pipeline.id)
+
+    async def in_place(self, pipeline: Pipeline) -> bool:
+        return True

@@ -342,6 +342,19 @@ class ControlStore:
         except TokenUnreadable as err:
             raise TokenUnavailable(f"pipeline {pipeline_id}: {err}") from None
 
+    def pipeline_names(self, pipeline_id: str) -> tuple[str, str, str] | None:
+        """``(tenant, application, pipeline)`` names: what the workers' Kubernetes names
+        are made of."""
+        query = (
+            sa.select(tenants.c.name, applications.c.name, pipelines.c.name)
+            .join_from(pipelines, tenants, tenants.c.id == pipelines.c.tenant_id)
+            .join(applications, applications.c.id == pipelines.c.application_id)
+            .where(pipelines.c.id == pipeline_id)
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else (row[0], row[1], row[2])
+
     def deployed_by(self, deployer: str) -> list[Pipeline]:
         """Ready pipelines whose workers the named deployer put in place (its ``deployer``
         in the recorded deployment)."""

@@ -1,0 +1,126 @@
+"""The Helm deployer's pure parts: where a chart comes from, the values it injects, and
+the fingerprint that tells a current release from a stale one."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from services.deploy.helm import (
+    ChartSource,
+    HelmDeployer,
+    HelmOptions,
+    PipelineNames,
+    _fingerprint,
+    _image,
+    chart_source,
+    names_from_store,
+)
+from services.deploy.ports import DeployFailed
+from services.store.control import ControlStore
+from tests.unit.services.deploy.conftest import ECHO, REPO, new_pipeline
+
+
+def test_chart_references() -> None:
+    assert chart_source("oci://ghcr.io/acme/charts/ocr", "1.2.0", base_dir=REPO) == ChartSource(
+        ref="oci://ghcr.io/acme/charts/ocr", version="1.2.0"
+    )
+    assert chart_source(
+        "https://charts.example.com/stable/echo", "0.1.0", base_dir=REPO
+    ) == ChartSource(ref="echo", repo="https://charts.example.com/stable", version="0.1.0")
+    # An archive URL is installed as it is; its version is in its name.
+    assert chart_source(
+        "https://charts.example.com/echo-0.1.0.tgz", "9.9.9", base_dir=REPO
+    ) == ChartSource(ref="https://charts.example.com/echo-0.1.0.tgz")
+    local = chart_source("charts/examples/echo", None, base_dir=REPO)
+    assert (local.ref, local.directory) == (str(ECHO), True)
+
+
+@pytest.mark.parametrize(
+    ("chart", "message"),
+    [
+        ("https://charts.example.com", "chart repository URL followed by the chart's name"),
+        ("charts/none", "neither a local chart"),
+        ("charts", "is not a Helm chart (no Chart.yaml)"),
+    ],
+)
+def test_bad_chart_references_are_refused_clearly(chart: str, message: str) -> None:
+    with pytest.raises(DeployFailed, match=message.replace("(", r"\(").replace(")", r"\)")):
+        chart_source(chart, None, base_dir=REPO)
+
+
+def test_image_references() -> None:
+    assert _image("registry.example:5000/team/wsched:1.2") == {
+        "repository": "registry.example:5000/team/wsched",
+        "tag": "1.2",
+    }
+    # A registry's port is not a tag.
+    assert _image("registry.example:5000/team/wsched") == {
+        "repository": "registry.example:5000/team/wsched"
+    }
+
+
+def test_the_fingerprint_follows_chart_values_and_token_without_showing_the_token() -> None:
+    source = ChartSource(ref="/charts/echo", directory=True, digest="abc")
+    values = {"agent": {"concurrency": 2}, "workerToken": {"value": "wst_secret"}}
+    first = _fingerprint(source, values)
+    assert first == _fingerprint(
+        ChartSource(ref="/elsewhere", directory=True, digest="abc"), values
+    )
+    assert first != _fingerprint(
+        ChartSource(ref="/charts/echo", directory=True, digest="abd"), values
+    )
+    assert first != _fingerprint(source, {**values, "agent": {"concurrency": 3}})
+    assert first != _fingerprint(source, {**values, "workerToken": {"value": "wst_other"}})
+    assert "wst_secret" not in first
+
+
+def deployer(
+    tmp_path: Path, *, worker_image: str | None = None, autoscaler: str = "none"
+) -> HelmDeployer:
+    return HelmDeployer(
+        options=HelmOptions(
+            scheduler="sched:50051",
+            base_dir=REPO,
+            work_dir=tmp_path,
+            worker_image=worker_image,
+            autoscaler=autoscaler,
+        ),
+        token_of=lambda _: "wst_token",
+        names_of=lambda _: PipelineNames(tenant="t", application="a", pipeline="p"),
+    )
+
+
+def test_injected_values_win_and_the_operators_image_is_only_a_default(
+    store: ControlStore, tmp_path: Path
+) -> None:
+    pipeline, _ = new_pipeline(
+        store,
+        values={
+            "pipelineId": "forged",
+            "scheduler": {"address": "evil:1"},
+            "executors": {"echo": {}},
+        },
+        scaling={"min_replicas": 0, "max_replicas": 4},
+    )
+    values = deployer(tmp_path, worker_image="mirror/wsched:1", autoscaler="builtin")._values(
+        pipeline, "wst_token"
+    )
+    assert values["pipelineId"] == pipeline.id
+    assert values["scheduler"] == {"address": "sched:50051"}
+    assert values["workerToken"] == {"value": "wst_token"}
+    assert values["image"] == {"repository": "mirror/wsched", "tag": "1"}
+    assert values["scaling"] == {"min_replicas": 0, "max_replicas": 4, "autoscaler": "builtin"}
+    own_image = dataclasses.replace(pipeline, values={"image": {"tag": "2"}})
+    values = deployer(tmp_path, worker_image="mirror/wsched:1")._values(own_image, "t")
+    assert values["image"] == {"repository": "mirror/wsched", "tag": "2"}
+
+
+def test_names_come_from_the_store(store: ControlStore) -> None:
+    pipeline, _ = new_pipeline(store, "echo")
+    names = names_from_store(store.pipeline_names)(pipeline.id)
+    assert names == PipelineNames(tenant="t-echo", application="a", pipeline="echo")
+    assert (names.release, names.namespace) == ("t-echo-a-echo", "wsched-t-echo")
+    assert names_from_store(store.pipeline_names)("missing") is None
