@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+import yaml
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
@@ -126,15 +127,39 @@ def app_delete(name: str) -> None:
 # -- pipelines --------------------------------------------------------------------------
 
 
+ChartOption = Annotated[
+    str,
+    typer.Option(
+        help="A chart directory or .tgz, oci://REGISTRY/PATH/NAME, or a chart repository URL "
+        "followed by the chart's name (https://charts.example.com/stable/echo)."
+    ),
+]
+VersionOption = Annotated[
+    str | None, typer.Option(help="The chart's version (repository and OCI charts).")
+]
+ValuesOption = Annotated[
+    Path | None, typer.Option(help="A YAML or JSON file of chart values, as for helm -f.")
+]
+ScalingOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Scaling as JSON, e.g. "
+        '\'{"min_replicas": 0, "max_replicas": 5, "tasks_per_replica": 20}\'.'
+    ),
+]
+
+
 @pipelines.command("create")
 def pipeline_create(
     app: str,
     name: str,
-    chart: Annotated[str, typer.Option(help="Chart path, repository URL or oci:// reference.")],
+    chart: ChartOption,
+    chart_version: VersionOption = None,
     partitions: Annotated[int, typer.Option()] = 2,
     max_attempts: Annotated[int, typer.Option()] = 3,
     lease_timeout_s: Annotated[int, typer.Option()] = 30,
-    values: Annotated[Path | None, typer.Option(help="A JSON file of chart values.")] = None,
+    values: ValuesOption = None,
+    scaling: ScalingOption = None,
     wait: Annotated[bool, typer.Option(help="Wait until the pipeline is ready.")] = True,
 ) -> None:
     """Create a pipeline; prints its worker token (shown once)."""
@@ -144,14 +169,61 @@ def pipeline_create(
         "partitions": partitions,
         "max_attempts": max_attempts,
         "lease_timeout_s": lease_timeout_s,
+        **_chart_fields(chart_version, values, scaling),
     }
-    if values is not None:
-        spec["values"] = json.loads(values.read_text())
     with _client() as client:
         body = _call(client, "POST", f"/api/applications/{app}/pipelines", json=spec)
         if wait:
             body["state"] = _wait_ready(client, app, name)
     _show(body)
+
+
+@pipelines.command("update")
+def pipeline_update(
+    app: str,
+    name: str,
+    chart: Annotated[str | None, typer.Option(help="A new chart (see `create`).")] = None,
+    chart_version: VersionOption = None,
+    values: ValuesOption = None,
+    scaling: ScalingOption = None,
+    max_attempts: Annotated[int | None, typer.Option()] = None,
+    lease_timeout_s: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Change a pipeline; its chart is deployed again (a new Helm revision)."""
+    spec: dict[str, Any] = _chart_fields(chart_version, values, scaling)
+    for key, value in (
+        ("chart", chart),
+        ("max_attempts", max_attempts),
+        ("lease_timeout_s", lease_timeout_s),
+    ):
+        if value is not None:
+            spec[key] = value
+    if not spec:
+        err.print("[red]Nothing to change[/]: give --chart, --values, --scaling ...")
+        raise typer.Exit(2)
+    with _client() as client:
+        _show(_call(client, "PATCH", _pipe(app, name), json=spec))
+
+
+def _chart_fields(version: str | None, values: Path | None, scaling: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if version is not None:
+        fields["chart_version"] = version
+    if values is not None:
+        fields["values"] = _mapping_from(values.read_text(), f"--values {values}")
+    if scaling is not None:
+        fields["scaling"] = _mapping_from(scaling, "--scaling")
+    return fields
+
+
+def _mapping_from(text: str, what: str) -> dict[str, Any]:
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise typer.BadParameter(f"{what} is not YAML or JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter(f"{what} must be a mapping of keys to values")
+    return parsed
 
 
 def _wait_ready(client: httpx.Client, app: str, name: str, timeout_s: float = 120) -> str:

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 
 from actors.pipeline.model import PipelineConfig
 from services.deploy.naming import namespace_for, release_name
-from services.store.schema import applications, grain_owners, pipelines, tenants
+from services.store.control import pipeline_names
+from services.store.schema import grain_owners, pipelines
 
 READY = "ready"
 
@@ -57,21 +58,11 @@ class PipelineDirectory:
         """(Helm release, namespace) of the pipeline's workers: the KEDA gauge's labels."""
 
         def read() -> tuple[str, str] | None:
-            query = (
-                sa.select(
-                    tenants.c.name.label("tenant"),
-                    applications.c.name.label("app"),
-                    pipelines.c.name.label("pipeline"),
-                )
-                .join_from(pipelines, tenants, tenants.c.id == pipelines.c.tenant_id)
-                .join(applications, applications.c.id == pipelines.c.application_id)
-                .where(pipelines.c.id == pipeline_id)
-            )
-            with self._engine.connect() as conn:
-                row = conn.execute(query).first()
-            if row is None:
+            names = pipeline_names(self._engine, pipeline_id)
+            if names is None:
                 return None
-            return release_name(row.tenant, row.app, row.pipeline), namespace_for(row.tenant)
+            tenant, application, pipeline = names
+            return release_name(tenant, application, pipeline), namespace_for(tenant)
 
         return await asyncio.to_thread(read)
 

@@ -345,15 +345,7 @@ class ControlStore:
     def pipeline_names(self, pipeline_id: str) -> tuple[str, str, str] | None:
         """``(tenant, application, pipeline)`` names: what the workers' Kubernetes names
         are made of."""
-        query = (
-            sa.select(tenants.c.name, applications.c.name, pipelines.c.name)
-            .join_from(pipelines, tenants, tenants.c.id == pipelines.c.tenant_id)
-            .join(applications, applications.c.id == pipelines.c.application_id)
-            .where(pipelines.c.id == pipeline_id)
-        )
-        with self._engine.connect() as conn:
-            row = conn.execute(query).first()
-        return None if row is None else (row[0], row[1], row[2])
+        return pipeline_names(self._engine, pipeline_id)
 
     def deployed_by(self, deployer: str) -> list[Pipeline]:
         """Ready pipelines whose workers the named deployer put in place (its ``deployer``
@@ -561,6 +553,19 @@ class ControlStore:
                 for row in conn.execute(query):
                     out[row.id] = ExistingTask(data_sha256=row.data_sha256, status=row.status)
         return out
+
+
+def pipeline_names(engine: sa.Engine, pipeline_id: str) -> tuple[str, str, str] | None:
+    """``(tenant, application, pipeline)`` names of a pipeline (None if it is gone)."""
+    query = (
+        sa.select(tenants.c.name, applications.c.name, pipelines.c.name)
+        .join_from(pipelines, tenants, tenants.c.id == pipelines.c.tenant_id)
+        .join(applications, applications.c.id == pipelines.c.application_id)
+        .where(pipelines.c.id == pipeline_id)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def _tenant(row: sa.Row[*tuple[Any, ...]]) -> Tenant:
