@@ -1,7 +1,12 @@
 # The product image: every process of Workload Scheduler is `wsched <command>`.
 #   docker build -t workload-scheduler .
 #   docker run workload-scheduler api | scheduler | worker | executor | db upgrade
+# The API's Helm deployer runs helm: the same version our tests pin (services/infra/helm.py).
+FROM alpine/helm:3.19.5 AS helm
+
 FROM python:3.11-slim
+
+COPY --from=helm /usr/bin/helm /usr/local/bin/helm
 
 RUN useradd --create-home --uid 10001 wsched
 WORKDIR /app

@@ -11,7 +11,9 @@ agent's grace plus ten seconds; as native sidecars (`nativeSidecars: true`, Kube
 {{- define "pipeline-lib.deployment" -}}
 {{- $v := .Values.AsMap -}}
 {{- $grace := include "pipeline-lib.graceSeconds" . | int -}}
-{{- $keda := dig "scaling" "keda" "enabled" false $v -}}
+{{- /* Replicas are left to whoever scales the Deployment (KEDA or the scheduler's
+built-in scaler), so that a `helm upgrade` does not reset what it set. */ -}}
+{{- $scaled := or (dig "scaling" "keda" "enabled" false $v) (eq (toString (dig "scaling" "autoscaler" "" $v)) "builtin") -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -19,7 +21,7 @@ metadata:
   labels:
     {{- include "pipeline-lib.labels" . | nindent 4 }}
 spec:
-  {{- if not $keda }}
+  {{- if not $scaled }}
   replicas: {{ dig "scaling" "min_replicas" 1 $v | int }}
   {{- end }}
   selector:

@@ -1,12 +1,13 @@
 {{/*
-Optional KEDA autoscaling on the pipeline's backlog (disabled by default). The scheduler
-replica owning the pipeline exports `wsched_pipeline_backlog{pipeline="<id>"}`; the
+Optional KEDA autoscaling on the pipeline's queue (disabled by default). The scheduler
+replica owning the pipeline exports the seed design's gauge
+`server_scheduler_queue_length{worker="<release name>",namespace="<release namespace>"}`:
+the tasks waiting for a worker, labelled with this Helm release and its namespace. The
 query and the target per replica can be replaced under `scaling.keda`.
 */}}
 {{- define "pipeline-lib.scaledobject" -}}
 {{- $v := .Values.AsMap -}}
-{{- $id := dig "pipelineId" "" $v -}}
-{{- $default := printf "sum(wsched_pipeline_backlog{pipeline=%q}) + sum(wsched_pipeline_leased{pipeline=%q})" $id $id -}}
+{{- $default := printf "sum(server_scheduler_queue_length{worker=%q,namespace=%q})" .Release.Name .Release.Namespace -}}
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
 metadata:

@@ -1,15 +1,14 @@
-"""The pipeline charts with the real helm: lint, template, and the base chart's objects.
+"""The charts with the real helm: every chart lints and renders; the base chart's objects.
 
-Each test copies ``charts/`` to its own directory and runs ``helm dependency build``
-there (the examples use the library through ``file://../../pipeline-lib``), so that no
-generated archive lands in the repository.
+Each test copies ``charts/`` to its own directory (the ``charts`` fixture) and runs
+``helm dependency build`` there (the examples use the library through
+``file://../../pipeline-lib``), so that no generated archive lands in the repository.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,23 @@ import pytest
 from kubernetes import client as k8s
 
 from services.infra.kube import KubeCluster
+from tests.integration.charts.rendering import (
+    CHARTS,
+    built,
+    chart_metadata,
+    ci_values_files,
+    discover_charts,
+    helm,
+    load_yaml,
+    render,
+    render_all,
+    with_dependencies,
+)
 
 pytestmark = pytest.mark.integration
 
-CHARTS = Path(__file__).resolve().parents[3] / "charts"
+#: Every chart under charts/, found by its Chart.yaml: a new chart is checked as it lands.
+ALL_CHARTS = discover_charts()
 EXAMPLES = ("echo", "ocr")
 PIPE = "/mnt/pipe"
 
@@ -40,43 +52,6 @@ TWO_EXECUTORS: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def charts(tmp_path: Path, helm_bin: Path) -> Path:
-    """A copy of ``charts/``, plus ``examples/bare``: the base chart with no values of its
-    own (the examples' values would merge into the tests')."""
-    copy = tmp_path / "charts"
-    shutil.copytree(CHARTS, copy, ignore=shutil.ignore_patterns("*.tgz", "Chart.lock"))
-    bare = copy / "examples" / "bare"
-    (bare / "templates").mkdir(parents=True)
-    (bare / "Chart.yaml").write_text(
-        "apiVersion: v2\nname: bare\nversion: 0.1.0\ndependencies:\n"
-        "  - name: pipeline-lib\n    version: 0.1.0\n    repository: file://../../pipeline-lib\n"
-    )
-    shutil.copy(copy / "examples" / "echo" / "templates" / "pipeline.yaml", bare / "templates")
-    return copy
-
-
-async def helm(helm_bin: Path, *args: str) -> str:
-    # pyhelm3's Command raises on a non-zero exit, with helm's stderr.
-    output: bytes = await pyhelm3.Command(executable=str(helm_bin)).run(list(args))
-    return output.decode()
-
-
-async def built(helm_bin: Path, charts: Path, example: str) -> Path:
-    chart = charts / "examples" / example
-    await helm(helm_bin, "dependency", "build", str(chart))
-    return chart
-
-
-async def render(
-    helm_bin: Path, chart: Path, values: dict[str, Any] | None = None
-) -> dict[str, dict[str, Any]]:
-    client = pyhelm3.Client(executable=str(helm_bin))
-    loaded = await client.get_chart(chart)
-    docs = await client.template_resources(loaded, "demo", values or {}, namespace="pipelines")
-    return {doc["kind"]: doc for doc in docs if doc}
-
-
 def containers_by_name(pod: dict[str, Any], key: str = "containers") -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in pod.get(key, [])}
 
@@ -85,12 +60,37 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
-async def test_every_chart_passes_strict_lint(helm_bin: Path, charts: Path) -> None:
-    paths = [str(charts / "pipeline-lib")]
-    for example in EXAMPLES:
-        paths.append(str(await built(helm_bin, charts, example)))
-    output = await helm(helm_bin, "lint", "--strict", *paths)
-    assert f"{len(paths)} chart(s) linted, 0 chart(s) failed" in output
+def test_every_chart_is_found() -> None:
+    names = {chart_metadata(CHARTS / path)["name"] for path in ALL_CHARTS}
+    assert {"pipeline-lib", "echo", "ocr", "workload-scheduler"} <= names
+
+
+@pytest.mark.parametrize("chart", ALL_CHARTS, ids=str)
+async def test_every_chart_passes_strict_lint(helm_bin: Path, charts: Path, chart: Path) -> None:
+    path = await with_dependencies(helm_bin, charts / chart)
+    # With its defaults, and with each set of values it is checked with (ci/*-values.yaml).
+    runs: list[list[str]] = [[]] + [["--values", str(f)] for f in ci_values_files(path)]
+    for extra in runs:
+        output = await helm(helm_bin, "lint", "--strict", str(path), *extra)
+        assert "1 chart(s) linted, 0 chart(s) failed" in output, (extra, output)
+
+
+@pytest.mark.parametrize(
+    "chart",
+    [path for path in ALL_CHARTS if chart_metadata(CHARTS / path).get("type") != "library"],
+    ids=str,
+)
+async def test_every_application_chart_renders(helm_bin: Path, charts: Path, chart: Path) -> None:
+    # A library chart renders nothing of its own: its templates are checked through the
+    # examples that include them.
+    path = await with_dependencies(helm_bin, charts / chart)
+    values = [load_yaml(f) for f in ci_values_files(path)] or [{}]
+    for each in values:
+        docs = await render_all(helm_bin, path, each)
+        kinds = {doc["kind"] for doc in docs}
+        assert "Deployment" in kinds, (chart, kinds)
+        for doc in docs:
+            assert doc["apiVersion"] and doc["metadata"]["name"], doc
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
@@ -176,7 +176,8 @@ async def test_keda_scaling_is_optional(helm_bin: Path, charts: Path) -> None:
     scaled = rendered["ScaledObject"]["spec"]
     assert scaled["scaleTargetRef"]["name"] == rendered["Deployment"]["metadata"]["name"]
     assert scaled["minReplicaCount"] == 0  # scale to zero
-    assert '"0193-two"' in scaled["triggers"][0]["metadata"]["query"]
+    query = scaled["triggers"][0]["metadata"]["query"]
+    assert 'server_scheduler_queue_length{worker="demo",namespace="pipelines"}' in query
     assert "replicas" not in rendered["Deployment"]["spec"]  # KEDA owns the count
 
 

@@ -13,6 +13,7 @@ import yaml
 from typer.core import TyperGroup
 
 from services.cli import app
+from services.infra.helm import HELM_VERSION
 from services.settings import Settings
 from services.worker.definition import load_definition
 from services.worker.settings import ExecutorSettings, WorkerSettings
@@ -85,3 +86,10 @@ def test_the_image_runs_wsched_with_every_package() -> None:
     assert 'ENTRYPOINT ["wsched"]' in dockerfile
     for package in ("services", "actors", "protos", "charts"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+def test_the_image_has_the_helm_our_tests_pin() -> None:
+    """The API's Helm deployer runs helm inside the image."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"FROM alpine/helm:{HELM_VERSION.removeprefix('v')} AS helm" in dockerfile
+    assert "COPY --from=helm /usr/bin/helm /usr/local/bin/helm" in dockerfile
