@@ -35,7 +35,8 @@ from services.kafka.admin import KafkaTopicAdmin
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
 from services.scheduler.directory import PipelineDirectory, grain_key
 from services.scheduler.forwarder import Forwarder, ForwarderStats
-from services.scheduler.metrics import GrainMetrics, SchedulerCollector, http_app
+from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector, http_app
+from services.scheduler.scaler import KubePort, build_scaler, hosted_workloads
 from services.scheduler.worker_api import Limits, LocalGrain, Unavailable, WorkerService
 from services.settings import Settings
 from services.store.engine import make_engine
@@ -122,7 +123,10 @@ class SchedulerHost:
         settings: Settings,
         timing: grain_actor.Timing | None = None,
         rescan_s: float = 10.0,
+        kube: KubePort | None = None,
     ) -> None:
+        """``kube``: the built-in scaler's Kubernetes calls (tests inject one); only used
+        with ``autoscaler == "builtin"``."""
         if not settings.kafka_bootstrap:
             raise ValueError("WSCHED_KAFKA_BOOTSTRAP must be set for the scheduler")
         self._settings = settings
@@ -143,6 +147,14 @@ class SchedulerHost:
         self.registry = CollectorRegistry()
         self._grain_metrics = GrainMetrics(self.registry)
         self.registry.register(SchedulerCollector(self))
+        self._scaler = build_scaler(
+            settings=settings,
+            engine=self._engine,
+            workloads=lambda: hosted_workloads(self.grains(), self.queue_labels()),
+            kube_port=kube,
+        )
+        if self._scaler is not None:
+            self.registry.register(ScalerCollector(self._scaler))
         self._joined = False
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -194,6 +206,8 @@ class SchedulerHost:
         if needs_purge(self._engine):
             self._purge = asyncio.create_task(purge_forever(self._engine), name="purge")
         await self._start_http()
+        if self._scaler is not None:
+            self._scaler.start()
         log.info(
             "scheduler %s serving workers on %s",
             self._settings.effective_replica_name(),
@@ -214,6 +228,8 @@ class SchedulerHost:
         self._http_task = asyncio.create_task(self._http.serve(), name="metrics http")
 
     async def stop(self) -> None:
+        if self._scaler is not None:
+            await self._scaler.stop()
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await self._http_task
@@ -267,6 +283,8 @@ class SchedulerHost:
             return
         if event.shard not in self._shards:
             return
+        if self._scaler is not None:
+            self._scaler.invalidate(event.pipeline_id)
         if event.kind == events_pb2.PlacementEvent.KIND_DELETED:
             await self._drop(event.pipeline_id)
         else:

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from actors.pipeline.grain import PipelineGrain
 from actors.runtime import KindStats
 from services.scheduler.forwarder import ForwarderStats
+from services.scheduler.scaler import ScalerStats
 
 FLUSH_ROW_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000, 20000)
 DISPATCH_BUCKETS = (
@@ -142,6 +143,39 @@ class SchedulerCollector(Collector):
             restarts.add_metric([kind], stats.restarts)
             quarantined.add_metric([kind], stats.quarantined)
         yield from (active, restarts, quarantined)
+
+
+class ScalerSource(Protocol):
+    def stats(self) -> ScalerStats: ...
+
+
+class ScalerCollector(Collector):
+    """The built-in scaler's figures; a pipeline's series go when its grain moves away."""
+
+    def __init__(self, scaler: ScalerSource) -> None:
+        self._scaler = scaler
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._scaler.stats()
+        replicas = GaugeMetricFamily(
+            "wsched_scaler_replicas",
+            "Replicas the built-in scaler wants for the pipeline's workers.",
+            labels=["pipeline"],
+        )
+        changes = CounterMetricFamily(
+            "wsched_scaler_changes",
+            "Replica changes the built-in scaler made, by direction (up or down).",
+            labels=["pipeline", "direction"],
+        )
+        errors = CounterMetricFamily(
+            "wsched_scaler_errors", "Failed reads or changes of the built-in scaler."
+        )
+        for pipeline, value in sorted(stats.desired.items()):
+            replicas.add_metric([pipeline], value)
+        for (pipeline, direction), value in sorted(stats.changes.items()):
+            changes.add_metric([pipeline, direction], value)
+        errors.add_metric([], stats.errors)
+        yield from (replicas, changes, errors)
 
 
 class GrainMetrics:
