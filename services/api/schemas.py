@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from services.deploy.scaling import ScalingPolicy
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 #: Client task ids appear in URLs and lease tokens: no '/', no spaces, at most 128 chars.
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:~@+=-]{0,127}$")
@@ -56,6 +58,21 @@ Retention = Annotated[int, BeforeValidator(parse_retention)]
 Chart = Annotated[str, Field(min_length=1, max_length=1024)]
 ChartVersion = Annotated[str, Field(min_length=1, max_length=128)]
 MaxAttempts = Annotated[int, Field(ge=1, le=100)]
+
+
+def _scaling(value: dict[str, Any]) -> dict[str, Any]:
+    ScalingPolicy.from_mapping(value)  # ValueError: answered 422 with its message
+    return value
+
+
+Scaling = Annotated[
+    dict[str, Any],
+    AfterValidator(_scaling),
+    Field(
+        description="min_replicas (1), max_replicas (10), tasks_per_replica (10), idle_s "
+        "(300), cooldown_s (60), keda {enabled, ...}: see charts/pipeline-lib/README.md."
+    ),
+]
 LeaseTimeout = Annotated[int, Field(ge=1, le=86400)]
 
 
@@ -107,7 +124,7 @@ class CreatePipeline(_Request):
     chart_version: ChartVersion | None = None
     values: dict[str, Any] = Field(default_factory=dict)
     partitions: int = Field(default=2, ge=1, le=128)
-    scaling: dict[str, Any] = Field(default_factory=dict)
+    scaling: Scaling = Field(default_factory=dict)
     max_attempts: MaxAttempts = 3
     lease_timeout_s: LeaseTimeout = 30
     retention: Retention = Field(default=7 * 86400, description="Seconds, or e.g. '7d'.")
@@ -117,7 +134,7 @@ class PatchPipeline(_Request):
     chart: Chart | None = None
     chart_version: ChartVersion | None = None
     values: dict[str, Any] | None = None
-    scaling: dict[str, Any] | None = None
+    scaling: Scaling | None = None
     max_attempts: MaxAttempts | None = None
     lease_timeout_s: LeaseTimeout | None = None
     retention: Retention | None = None

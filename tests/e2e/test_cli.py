@@ -89,6 +89,20 @@ async def test_the_readme_walkthrough_with_the_cli(stack: Stack) -> None:
         )
     )
     assert created["state"] == "ready" and created["worker_token"].startswith("wst_")
+    updated = wsched(
+        stack, "pipelines", "update", "shop", "echo", "--scaling", '{"max_replicas": 3}', key=key
+    )
+    assert json.loads(ok(updated))["scaling"] == {"max_replicas": 3}
+    not_a_mapping = wsched(
+        stack, "pipelines", "update", "shop", "echo", "--scaling", "[1]", key=key
+    )
+    assert not_a_mapping.returncode == 2
+    assert "--scaling must be a mapping" in not_a_mapping.stderr
+    refused = wsched(
+        stack, "pipelines", "update", "shop", "echo", "--scaling", '{"max_replica": 3}', key=key
+    )
+    assert refused.returncode != 0
+    assert "scaling.max_replica is not a scaling setting" in refused.stderr
     single = json.loads(
         ok(
             wsched(

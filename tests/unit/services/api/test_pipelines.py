@@ -145,6 +145,41 @@ async def test_immutable_fields_cannot_be_patched(
     assert needle in assert_error(answer, 422, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    ("scaling", "needle"),
+    [
+        ({"max_replica": 3}, "scaling.max_replica is not a scaling setting"),
+        ({"min_replicas": 5, "max_replicas": 2}, "scaling.max_replicas must be at least"),
+        ({"tasks_per_replica": 0}, "scaling.tasks_per_replica"),
+        ({"min_replicas": "two"}, "scaling.min_replicas"),
+    ],
+)
+async def test_bad_scaling_is_refused_at_create_and_patch_and_nothing_changes(
+    api: Api, scaling: dict[str, Any], needle: str
+) -> None:
+    key, before = await api.ready_pipeline()
+    created = await api.client.post(
+        PIPELINES, json={"name": "q", "chart": "./c", "scaling": scaling}, headers=bearer(key)
+    )
+    assert needle in assert_error(created, 422, "invalid_request")
+    patched = await api.client.patch(
+        f"{PIPELINES}/p", json={"scaling": scaling}, headers=bearer(key)
+    )
+    assert needle in assert_error(patched, 422, "invalid_request")
+    after = (await api.client.get(f"{PIPELINES}/p", headers=bearer(key))).json()
+    assert after["scaling"] == before["scaling"]
+    assert after["deployment"] == before["deployment"]
+    missing = await api.client.get(f"{PIPELINES}/q", headers=bearer(key))
+    assert_error(missing, 404, "not_found")
+    fine = await api.client.patch(
+        f"{PIPELINES}/p",
+        json={"scaling": {"min_replicas": 0, "max_replicas": 4, "idle_s": 120}},
+        headers=bearer(key),
+    )
+    assert fine.status_code == 200, fine.text
+    assert fine.json()["scaling"] == {"min_replicas": 0, "max_replicas": 4, "idle_s": 120}
+
+
 async def test_delete_frees_the_name_at_once_and_removes_everything(api: Api, fakes: Fakes) -> None:
     key, pipeline = await api.ready_pipeline()
     insert_task(api.database_url, pipeline_id=pipeline["id"], task_id="t1", data=b"{}")
