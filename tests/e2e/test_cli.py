@@ -2,72 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from protos.wsched.v1 import worker_pb2
-from services.worker.client import SchedulerClient
-from tests.e2e.conftest import OPERATOR, Stack
+from tests.e2e.conftest import Stack, drain, ok, wsched
 
 pytestmark = pytest.mark.integration
-
-
-def wsched(
-    stack: Stack, *args: str, key: str = "", stdin: str = ""
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "WSCHED_API_URL": stack.api,
-        "WSCHED_OPERATOR_KEY": OPERATOR,
-        "WSCHED_API_KEY": key,
-        "COLUMNS": "200",
-    }
-    if not key:
-        env.pop("WSCHED_API_KEY")
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr + result.stdout
-    return result.stdout
-
-
-async def drain(stack: Stack, pipeline_id: str, token: str, count: int) -> None:
-    client = SchedulerClient(
-        addresses=[stack.grpc], pipeline_id=pipeline_id, token=token, worker="cli-worker"
-    )
-    seen = 0
-    try:
-        async with asyncio.timeout(60):
-            while seen < count:
-                reply = await client.poll(max_tasks=50, wait_ms=2000)
-                if reply.tasks:
-                    await client.report(
-                        [
-                            worker_pb2.TaskResult(
-                                lease_token=t.lease_token,
-                                outcome=worker_pb2.OUTCOME_SUCCEEDED,
-                                result=t.data,
-                            )
-                            for t in reply.tasks
-                        ]
-                    )
-                    seen += len(reply.tasks)
-    finally:
-        await client.close()
 
 
 async def test_the_readme_walkthrough_with_the_cli(stack: Stack) -> None:
