@@ -25,6 +25,8 @@ missing, failed or stale from one that is current.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -54,6 +56,13 @@ KIND = "helm"
 _DESCRIPTION_PREFIX = "wsched "
 #: Helm's message is the pipeline's reason; the API shows at most this much of it.
 _MAX_MESSAGE = 2000
+#: Helm's refusal while a release is pending (another operation, or a dead helm's).
+_IN_PROGRESS = "another operation (install/upgrade/rollback) is in progress"
+#: Past the helm timeout, how long a pending release may be another replica's operation.
+_PENDING_SLACK_S = 60
+_UNINSTALL_WHEN = frozenset(
+    {ReleaseRevisionStatus.PENDING_INSTALL, ReleaseRevisionStatus.UNINSTALLING}
+)
 
 
 class HelmUnavailable(Exception):
@@ -141,9 +150,11 @@ class HelmDeployer:
             values = self._values(pipeline, token)
             fingerprint = _fingerprint(source, values)
             client = self._helm()
+            what = f"helm upgrade --install {names.release}"
             try:
                 chart = await client.get_chart(source.ref, repo=source.repo, version=source.version)
-                revision = await client.install_or_upgrade_release(
+                install = functools.partial(
+                    client.install_or_upgrade_release,
                     names.release,
                     chart,
                     values,
@@ -153,8 +164,15 @@ class HelmDeployer:
                     timeout=f"{self._options.timeout_s}s",
                     wait=False,
                 )
+                try:
+                    revision = await install()
+                except helm_errors.Error as err:
+                    if _IN_PROGRESS not in str(err):
+                        raise
+                    await self._unstick(pipeline, names)
+                    revision = await install()
             except helm_errors.Error as err:
-                raise _classified(err, f"helm upgrade --install {names.release}") from err
+                raise _classified(err, what) from err
             log.info(
                 "pipeline %s: release %s/%s revision %d (%s)",
                 pipeline.id,
@@ -216,6 +234,36 @@ class HelmDeployer:
                 log.warning("pipeline %s: release %s is stale", pipeline.id, names.release)
                 return False
             return True
+
+    async def _unstick(self, pipeline: Pipeline, names: PipelineNames) -> None:
+        """A release left pending by a helm that died mid-operation (the API restarted, its
+        pod was evicted) blocks every later one. Once it is older than an operation may
+        take, finish it as helm would have failed it: uninstall a pending install, roll
+        back a pending upgrade. A recent one is another replica's, still running."""
+        current = await self._helm().get_current_revision(names.release, namespace=names.namespace)
+        updated = current.updated
+        if updated.tzinfo is None:
+            updated = updated.replace(tzinfo=dt.UTC)
+        age_s = (dt.datetime.now(dt.UTC) - updated).total_seconds()
+        if age_s < self._options.timeout_s + _PENDING_SLACK_S:
+            raise HelmUnavailable(
+                f"release {names.release} is {current.status.value} since {age_s:.0f} s: "
+                "another helm operation is under way; trying again later"
+            )
+        log.warning(
+            "pipeline %s: release %s has been %s for %.0f s; %s",
+            pipeline.id,
+            names.release,
+            current.status.value,
+            age_s,
+            "uninstalling it" if current.status in _UNINSTALL_WHEN else "rolling it back",
+        )
+        if current.status in _UNINSTALL_WHEN:
+            await current.release.uninstall(wait=False)
+        else:
+            await current.release.rollback(
+                cleanup_on_fail=True, timeout=f"{self._options.timeout_s}s", wait=False
+            )
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -401,7 +449,8 @@ def _classified(err: helm_errors.Error, what: str) -> Exception:
     message = (err.stderr or err.stdout).decode(errors="replace").strip()
     message = message.removeprefix("Error: ").strip() or f"exit {err.returncode}"
     text = f"{what}: {message}"[:_MAX_MESSAGE]
-    if isinstance(err, helm_errors.ConnectionError | helm_errors.CommandCancelledError):
+    transient = helm_errors.ConnectionError | helm_errors.CommandCancelledError
+    if isinstance(err, transient) or _IN_PROGRESS in str(err):
         return HelmUnavailable(text)
     return DeployFailed(text)
 
