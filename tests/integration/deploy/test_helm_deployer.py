@@ -17,9 +17,10 @@ from cryptography.fernet import Fernet
 from kubernetes import client as k8s
 
 from services.deploy.helm import HelmDeployer, HelmOptions, HelmUnavailable, names_from_store
+from services.deploy.naming import release_name
 from services.infra.kube import KubeCluster
 from services.store import migrate
-from services.store.control import ControlStore, Pipeline
+from services.store.control import ControlStore, Pipeline, PipelineSpec
 from services.store.tokens import TokenCipher
 from tests.unit.services.deploy.conftest import new_pipeline
 
@@ -111,3 +112,31 @@ async def test_a_recently_pending_release_is_another_operation_and_retried_later
     left_pending(kube, first.namespace, first.release, age_s=1)
     with pytest.raises(HelmUnavailable, match="another helm operation is under way"):
         await deployer.deploy(pipeline)
+
+
+async def test_names_at_their_longest_make_a_shortened_release_that_installs(
+    store: ControlStore, deployer: HelmDeployer, kube: k8s.ApiClient
+) -> None:
+    """40-character tenant, application and pipeline names: 122 characters joined, so the
+    release is cut to Helm's 53 with a hash suffix, and every object name still fits."""
+    suffix = dt.datetime.now(dt.UTC).strftime("%H%M%S%f")
+    tenant, _ = store.create_tenant(f"t{suffix}".ljust(40, "t"))
+    app = store.create_application(tenant_id=tenant.id, name="a" * 40)
+    pipeline, _ = store.create_pipeline(
+        app=app, spec=PipelineSpec(name="p" * 40, chart="charts/examples/echo")
+    )
+    status = await deployer.deploy(pipeline)
+    assert status.status == "deployed"
+    assert len(status.release) == 53
+    assert status.release == release_name(tenant.name, app.name, pipeline.name)
+    assert status.namespace == f"wsched-{tenant.name}"
+    [workers] = (
+        k8s.AppsV1Api(kube)
+        .list_namespaced_deployment(
+            status.namespace, label_selector=f"wsched.io/pipeline-id={pipeline.id}"
+        )
+        .items
+    )
+    assert workers.metadata is not None and workers.metadata.name is not None
+    assert status.release.startswith(workers.metadata.name)
+    assert await deployer.in_place(pipeline)
