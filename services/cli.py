@@ -23,7 +23,7 @@ app.add_typer(db_app, name="db")
 client_cli.register(app)
 console = Console(stderr=True, soft_wrap=True)
 
-COMPONENTS = ("kafka", "tidb", "helm", "kube")
+COMPONENTS = ("kafka", "tidb", "helm", "kube", "registry")
 
 
 def _settings() -> Settings:

@@ -1,4 +1,5 @@
-"""Provisioning of the real components: Apache Kafka, TiDB, helm, etcd and kube-apiserver.
+"""Provisioning of the real components: Apache Kafka, TiDB, helm, etcd and kube-apiserver,
+and an OCI registry (crane) for the tests of ``oci://`` charts.
 
 Everything is pinned, built or resolved once into a user cache directory and reused;
 the test fixtures and ``wsched dev`` start the cached binaries on free loopback ports.
@@ -19,6 +20,7 @@ MODULES = {
     "tidb": "services.infra.tidb",
     "helm": "services.infra.helm",
     "kube": "services.infra.kube",
+    "registry": "services.infra.registry",
 }
 
 

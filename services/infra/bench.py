@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from services.bench.measure import rss_mb
-from services.infra import helm, kafka, kube, tidb
+from services.infra import helm, kafka, kube, registry, tidb
 from services.infra.cache import Cache
 
 
@@ -64,6 +64,7 @@ def run(cache: Cache) -> dict[str, Any]:
         "tidb": _timed(lambda: tidb.provision(cache)),
         "helm": _timed(lambda: helm.provision(cache)),
         "kube": _timed(lambda: kube.provision(cache)),
+        "registry": _timed(lambda: registry.provision(cache)),
     }
     with tempfile.TemporaryDirectory() as scratch:
         broker = kafka.KafkaBroker(libs=kafka.provision(cache), data_dir=Path(scratch) / "kafka")

@@ -25,6 +25,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from services.infra.kube import KubeCluster
+from services.infra.registry import OciRegistry
 from services.settings import Settings
 from tests.integration.api.conftest import LIMITS
 from tests.unit.services.api.harness import Api, bearer, running_api, settings_for
@@ -282,6 +283,44 @@ async def test_a_chart_from_a_chart_repository(
     assert status["info"]["status"] == "deployed"
 
 
+async def test_a_chart_from_an_oci_registry(
+    helm_api: Api,
+    helm_bin: Path,
+    kube_cluster: KubeCluster,
+    oci_registry: OciRegistry,
+    tmp_path: Path,
+) -> None:
+    """``chart`` is an ``oci://`` reference with ``chart_version``, pushed with helm."""
+    archive = packaged_echo(helm_bin, tmp_path, tmp_path / "out")
+    path = f"{oci_registry.address}/{uuid.uuid4().hex[:8]}/charts"
+    pushed = await asyncio.create_subprocess_exec(
+        str(helm_bin), "push", str(archive), f"oci://{path}", stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await pushed.communicate()
+    assert pushed.returncode == 0, err
+    tenant, key = await tenant_with_app(helm_api)
+    pipeline = await create(
+        helm_api, key, "from-oci", chart=f"oci://{path}/echo", chart_version="0.1.0"
+    )
+    assert pipeline["state"] == "ready", pipeline
+    assert "chart echo 0.1.0" in pipeline["deployment"]["detail"]
+    status = helm_json(
+        helm_bin,
+        kube_cluster,
+        "status",
+        f"{tenant}-shop-from-oci",
+        "--namespace",
+        f"wsched-{tenant}",
+    )
+    assert status["info"]["status"] == "deployed"
+    # A version the registry does not have fails the pipeline with helm's words.
+    missing = await create(
+        helm_api, key, "missing", chart=f"oci://{path}/echo", chart_version="9.9.9"
+    )
+    assert missing["state"] == "failed", missing
+    assert "9.9.9" in missing["reason"] and "not found" in missing["reason"]
+
+
 async def wait_for_status(
     helm_bin: Path, cluster: KubeCluster, release: str, namespace: str, timeout_s: float = 60
 ) -> Any:
@@ -293,20 +332,26 @@ async def wait_for_status(
             await asyncio.sleep(0.5)
 
 
-@contextlib.contextmanager
-def chart_repository(helm_bin: Path, work: Path) -> Iterator[str]:
-    """The echo chart packaged into a chart repository served over HTTP."""
+def packaged_echo(helm_bin: Path, work: Path, destination: Path) -> Path:
+    """The echo chart as an archive (``echo-0.1.0.tgz``) in ``destination``."""
     source = work / "src"
     shutil.copytree(ECHO.parent.parent, source)
     chart = source / "examples" / "echo"
-    served = work / "repo"
-    served.mkdir()
+    destination.mkdir(parents=True, exist_ok=True)
     for args in (
         ["dependency", "build", str(chart)],
-        ["package", str(chart), "--destination", str(served)],
-        ["repo", "index", str(served)],
+        ["package", str(chart), "--destination", str(destination)],
     ):
         subprocess.run([str(helm_bin), *args], check=True, capture_output=True)
+    return destination / "echo-0.1.0.tgz"
+
+
+@contextlib.contextmanager
+def chart_repository(helm_bin: Path, work: Path) -> Iterator[str]:
+    """The echo chart packaged into a chart repository served over HTTP."""
+    served = work / "repo"
+    packaged_echo(helm_bin, work, served)
+    subprocess.run([str(helm_bin), "repo", "index", str(served)], check=True, capture_output=True)
     handler = functools.partial(_QuietHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
