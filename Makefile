@@ -37,6 +37,7 @@ lint: install
 
 bench: install provision
 	$(BIN)/wsched bench
+	$(BIN)/wsched bench-deploy
 
 protos: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \

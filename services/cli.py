@@ -102,6 +102,22 @@ def bench(
         Console().print(render(report))
 
 
+@app.command("bench-deploy")
+def bench_deploy(
+    pipelines: Annotated[int, typer.Option(help="Pipelines per phase.", min=1, max=500)] = 20,
+) -> None:
+    """Benchmark Helm deploys and the built-in scaler on the real kube-apiserver (JSON)."""
+    from services.bench import deploy
+    from services.infra.cache import Cache
+
+    report = deploy.run(
+        Cache(root=_settings().cache_dir),
+        pipelines=pipelines,
+        say=lambda text: console.print(f"[cyan]bench-deploy[/]: {text}"),
+    )
+    typer.echo(json.dumps(report, indent=2))
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply the schema migrations to WSCHED_DATABASE_URL (SQLite under the data dir if unset)."""
