@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     """
 
     # Errors name the variable but never echo its value: some values are secrets.
+    # An empty variable counts as unset (compose's `${WSCHED_SECRET_KEY:-}` when unset).
     model_config = SettingsConfigDict(
-        env_prefix="WSCHED_", extra="ignore", hide_input_in_errors=True
+        env_prefix="WSCHED_", extra="ignore", hide_input_in_errors=True, env_ignore_empty=True
     )
 
     http_host: str = "127.0.0.1"

@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client as k8s
 
 from services.infra.kube import KubeCluster
+from tests.contract import check_command, check_settings
 from tests.integration.charts.rendering import (
     CHARTS,
     built,
@@ -224,3 +225,16 @@ async def test_the_rendered_objects_are_valid_for_the_kube_apiserver(
         apps.create_namespaced_deployment(
             kube_namespace, deployment, dry_run="All", field_validation="Strict"
         )
+
+
+async def test_every_worker_container_is_a_real_wsched_command_with_real_settings(
+    helm_bin: Path, charts: Path
+) -> None:
+    rendered = await render(helm_bin, await built(helm_bin, charts, "bare"), TWO_EXECUTORS)
+    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+    for name, container in containers_by_name(pod).items():
+        command = container["command"]
+        assert command[0] == "wsched", name
+        check_command(command[1:], name)
+        literal = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        check_settings(literal, name)

@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client as k8s
 
 from services.infra.kube import KubeCluster
+from tests.contract import check_command, check_settings
 from tests.integration.charts.rendering import (
     CHARTS,
     built,
@@ -587,3 +588,26 @@ async def test_replicas_are_left_to_whoever_scales_the_deployment(
     assert deployment["spec"].get("replicas") == replicas
     # The built-in scaler finds the pipeline's Deployment by this label.
     assert deployment["metadata"]["labels"]["wsched.io/pipeline-id"] == "0193-echo"
+
+
+async def test_every_process_is_a_real_wsched_command_with_settings_it_accepts(
+    helm_bin: Path,
+) -> None:
+    """The chart and the code agree: each container runs ``wsched <command>`` with
+    options it has, and every WSCHED_* variable is a setting whose value is accepted."""
+    objects = await render_chart(
+        helm_bin,
+        {
+            "deployer": {"workerImage": "registry.example:5000/wsched:1.0", "helmTimeoutS": 120},
+            "logLevel": "DEBUG",
+            "metrics": {"serviceMonitor": {"enabled": True}},
+        },
+    )
+    workloads = {**of_kind(objects, "Deployment"), **of_kind(objects, "Job")}
+    assert len(workloads) == 3  # the API, the scheduler, the migrations
+    for name, workload in workloads.items():
+        process = container(workload)
+        assert process.get("command") is None  # the image's entrypoint: wsched
+        check_command(process["args"], name)
+        literal = {e["name"]: e["value"] for e in process["env"] if "value" in e}
+        check_settings(literal, name)

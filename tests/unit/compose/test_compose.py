@@ -5,18 +5,15 @@ is a real setting, and the echo worker's definition is the echo chart's."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-import typer
 import yaml
-from typer.core import TyperGroup
 
-from services.cli import app
 from services.infra.helm import HELM_VERSION
-from services.settings import Settings
 from services.worker.definition import load_definition
-from services.worker.settings import ExecutorSettings, WorkerSettings
+from tests.contract import check_command, check_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
@@ -31,17 +28,6 @@ def ours(services: dict[str, Any]) -> dict[str, Any]:
     return {name: s for name, s in services.items() if s.get("image") == "workload-scheduler:dev"}
 
 
-def known_env() -> set[str]:
-    names: set[str] = set()
-    for settings, prefix in (
-        (Settings, "WSCHED_"),
-        (WorkerSettings, "WSCHED_WORKER_"),
-        (ExecutorSettings, "WSCHED_WORKER_EXECUTOR_"),
-    ):
-        names |= {prefix + field.upper() for field in settings.model_fields}
-    return names
-
-
 def test_the_stack_has_the_documented_services() -> None:
     services = compose()["services"]
     assert {"kafka", "tidb", "migrate", "api", "scheduler", "echo-worker", "echo-executor"} <= set(
@@ -51,25 +37,24 @@ def test_the_stack_has_the_documented_services() -> None:
 
 
 def test_every_service_of_ours_runs_a_real_wsched_command() -> None:
-    group = typer.main.get_command(app)
-    assert isinstance(group, TyperGroup)
-    ctx = group.context_class(group)
     for name, service in ours(compose()["services"]).items():
-        argv = service["command"]
-        resolved = group.get_command(ctx, argv[0])
-        assert resolved is not None, f"{name}: wsched has no command {argv[0]!r}"
-        if isinstance(resolved, TyperGroup):
-            assert resolved.get_command(ctx, argv[1]) is not None, f"{name}: {argv}"
-        else:
-            resolved.make_context(argv[0], list(argv[1:]))  # raises on an unknown option
+        check_command(service["command"], name)
 
 
-def test_every_wsched_variable_is_a_real_setting() -> None:
-    valid = known_env()
+def test_every_wsched_variable_is_a_real_setting_with_a_valid_value() -> None:
     for name, service in ours(compose()["services"]).items():
-        for key in service.get("environment", {}):
-            if key.startswith("WSCHED_"):
-                assert key in valid, f"{name}: {key} is not a setting of any wsched process"
+        environment = {k: interpolated(str(v)) for k, v in service.get("environment", {}).items()}
+        check_settings(environment, name)
+
+
+def interpolated(value: str) -> str:
+    """``${NAME:-default}`` as compose reads it when NAME is unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_unset_variables_take_compose_defaults() -> None:
+    assert interpolated("${WSCHED_SECRET_KEY:-}") == ""
+    assert interpolated("${WSCHED_OPERATOR_KEY:-change-me}") == "change-me"
 
 
 def test_the_echo_worker_runs_the_echo_charts_definition() -> None:

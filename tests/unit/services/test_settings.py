@@ -32,6 +32,9 @@ def test_database_url_wins_over_the_sqlite_default(monkeypatch: pytest.MonkeyPat
         ("WSCHED_HTTP_PORT", "not-a-port"),
         ("WSCHED_GRPC_PORT", "70000"),
         ("WSCHED_DEV_BROKER", "redis"),
+        ("WSCHED_DEPLOYER", "kubectl"),
+        ("WSCHED_AUTOSCALER", "hpa"),
+        ("WSCHED_WORKER_IMAGE", "has a space"),
     ],
 )
 def test_bad_values_are_rejected_with_the_setting_named(
@@ -41,3 +44,12 @@ def test_bad_values_are_rejected_with_the_setting_named(
     with pytest.raises(ValidationError) as info:
         Settings()
     assert name.removeprefix("WSCHED_").lower() in str(info.value)
+
+
+def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compose passes ``${WSCHED_SECRET_KEY:-}`` as an empty string when it is not set."""
+    monkeypatch.setenv("WSCHED_SECRET_KEY", "")
+    monkeypatch.setenv("WSCHED_WORKERS_SCHEDULER", "")
+    settings = Settings()
+    assert settings.secret_key is None
+    assert settings.workers_scheduler_address() == settings.advertised_grpc()
