@@ -20,7 +20,11 @@ _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./-]+$")
 class WorkerSettings(BaseSettings):
     """What a worker agent is configured with; the chart sets these in the agent container."""
 
-    model_config = SettingsConfigDict(env_prefix="WSCHED_WORKER_", extra="ignore")
+    # Empty counts as unset: a compose file's `${ECHO_WORKER_TOKEN:-}` left unset is then
+    # "missing", naming the variable, not an empty token the scheduler refuses later.
+    model_config = SettingsConfigDict(
+        env_prefix="WSCHED_WORKER_", extra="ignore", env_ignore_empty=True
+    )
 
     #: Scheduler replicas' gRPC addresses, comma-separated; any one will redirect to the
     #: replica serving the pipeline.

@@ -55,3 +55,18 @@ def test_the_executor_reads_its_listen_address(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("WSCHED_WORKER_EXECUTOR_GRACE_S", "0")
     settings = ExecutorSettings()
     assert settings.listen == "unix:///mnt/pipe/.wget.sock" and settings.grace_s == 0
+
+
+def test_an_empty_token_is_missing_not_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compose's `${ECHO_WORKER_TOKEN:-}` left unset: the agent names what is missing."""
+    for name, value in {
+        "WSCHED_WORKER_PIPELINE_ID": "p-1",
+        "WSCHED_WORKER_TOKEN": "",
+        "WSCHED_WORKER_DEFINITION": "/etc/pipeline.json",
+        "WSCHED_WORKER_EXECUTORS": "echo=unix:///tmp/x/echo.sock",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as info:
+        WorkerSettings()  # type: ignore[call-arg]
+    [error] = info.value.errors()
+    assert (error["loc"], error["type"]) == (("token",), "missing")
