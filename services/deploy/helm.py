@@ -138,6 +138,7 @@ class HelmDeployer:
         self._client: Client | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._prepared: dict[str, Path] = {}
+        self._building: dict[str, asyncio.Lock] = {}
 
     # -- the port ----------------------------------------------------------------------------
 
@@ -346,10 +347,12 @@ class HelmDeployer:
         digest = await asyncio.to_thread(_tree_digest, directory)
         if not await asyncio.to_thread(_local_dependencies, directory):
             return ChartSource(ref=source.ref, version=source.version, digest=digest)
-        prepared = self._prepared.get(digest)
-        if prepared is None or not await asyncio.to_thread(prepared.is_dir):
-            prepared = await self._build_dependencies(directory, digest)
-            self._prepared[digest] = prepared
+        # One build per chart content, however many pipelines deploy it at once.
+        async with self._building.setdefault(digest, asyncio.Lock()):
+            prepared = self._prepared.get(digest)
+            if prepared is None or not await asyncio.to_thread(prepared.is_dir):
+                prepared = await self._build_dependencies(directory, digest)
+                self._prepared[digest] = prepared
         return ChartSource(ref=str(prepared), version=source.version, digest=digest)
 
     async def _build_dependencies(self, directory: Path, digest: str) -> Path:

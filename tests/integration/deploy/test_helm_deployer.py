@@ -3,6 +3,7 @@ releases a dead helm left pending."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import gzip
@@ -140,3 +141,16 @@ async def test_names_at_their_longest_make_a_shortened_release_that_installs(
     assert workers.metadata is not None and workers.metadata.name is not None
     assert status.release.startswith(workers.metadata.name)
     assert await deployer.in_place(pipeline)
+
+
+async def test_pipelines_of_one_chart_deployed_at_once_share_one_build(
+    store: ControlStore, deployer: HelmDeployer, tmp_path: Path
+) -> None:
+    """The first deploys of a local chart with dependencies, all at once: one build of
+    its dependencies, and every release installs."""
+    pipelines = [unique_pipeline(store) for _ in range(4)]
+    statuses = await asyncio.gather(*(deployer.deploy(p) for p in pipelines))
+    assert {s.status for s in statuses} == {"deployed"}
+    builds = list((tmp_path / "charts").iterdir())
+    assert len(builds) == 1
+    assert [p.name for p in builds[0].iterdir()] == ["echo"]
