@@ -25,9 +25,11 @@ class Limits:
     max_page_size: int = 1000
     #: How often the reconciler looks for pipelines left half-provisioned or half-deleted.
     reconcile_interval_s: float = 30.0
-    #: Attempts at provisioning a pipeline before it is marked failed, and the first pause.
-    reconcile_attempts: int = 3
-    reconcile_backoff_s: float = 1.0
+    #: Attempts at a deploy (or a pipeline's topic) before the failure is recorded, and
+    #: the first pause, doubled after each attempt: 2 + 4 + 8 + 16 s, so a cluster or a
+    #: broker away for half a minute does not fail a pipeline.
+    reconcile_attempts: int = 5
+    reconcile_backoff_s: float = 2.0
     #: How often the deployer is asked whether ready pipelines' workers are still in place
     #: (and at start).
     drift_check_s: float = 300.0
