@@ -45,7 +45,7 @@ from services.deploy.scaling import (
     next_idle_since,
 )
 from services.settings import Settings
-from services.store.schema import pipelines
+from services.store.schema import grain_owners, pipelines
 
 log = logging.getLogger("wsched.scheduler.scaler")
 
@@ -61,6 +61,9 @@ class Workload:
     namespace: str
     backlog: int
     leased: int
+    #: (grain id, epoch) of each of its grains here: a change is made only while every
+    #: epoch is still current, so a paused ex-owner that wakes up changes nothing.
+    grains: tuple[tuple[str, int], ...] = ()
 
 
 class KubePort(Protocol):
@@ -73,6 +76,12 @@ class KubePort(Protocol):
     async def set_replicas(self, namespace: str, name: str, replicas: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+class OwnerCheck(Protocol):
+    async def still_owned(self, grains: tuple[tuple[str, int], ...]) -> bool:
+        """Whether every ``(grain id, epoch)`` is still the grain's current epoch."""
+        ...
 
 
 class PolicySource(Protocol):
@@ -97,7 +106,10 @@ def hosted_workloads(
         seen = out.get(pipeline_id)
         backlog = grain.book.stats()["backlog"] + (seen.backlog if seen else 0)
         leased = grain.book.leased_count + (seen.leased if seen else 0)
-        out[pipeline_id] = Workload(namespace=names[1], backlog=backlog, leased=leased)
+        owned = (*(seen.grains if seen else ()), (grain.grain_id, grain.epoch))
+        out[pipeline_id] = Workload(
+            namespace=names[1], backlog=backlog, leased=leased, grains=owned
+        )
     return out
 
 
@@ -201,6 +213,29 @@ def _api_errors(what: str) -> Iterator[None]:
         ) from err
 
 
+class SqlOwnerCheck:
+    """:class:`OwnerCheck` on ``grain_owners``, the table every grain write is fenced by."""
+
+    def __init__(self, *, engine: sa.Engine) -> None:
+        self._engine = engine
+
+    async def still_owned(self, grains: tuple[tuple[str, int], ...]) -> bool:
+        return await asyncio.to_thread(self._read, grains)
+
+    def _read(self, grains: tuple[tuple[str, int], ...]) -> bool:
+        if not grains:
+            return False
+        current = sa.or_(
+            *(
+                sa.and_(grain_owners.c.grain_id == grain_id, grain_owners.c.epoch == epoch)
+                for grain_id, epoch in grains
+            )
+        )
+        query = sa.select(sa.func.count()).select_from(grain_owners).where(current)
+        with self._engine.connect() as conn:
+            return conn.execute(query).scalar_one() == len(grains)
+
+
 class SqlScalingSource:
     """A pipeline's scaling as its chart gets it: ``values.scaling`` (its known keys: the
     rest is the chart's business), then ``scaling``, merged as Helm merges values.
@@ -276,6 +311,7 @@ class Scaler:
         workloads: Callable[[], Mapping[str, Workload]],
         policies: PolicySource,
         interval_s: float,
+        owners: OwnerCheck | None = None,
         clock: Clock | None = None,
         policy_ttl_s: float = 60.0,
         resync_s: float = 60.0,
@@ -285,6 +321,7 @@ class Scaler:
         self._kube = kube
         self._workloads = workloads
         self._policies = policies
+        self._owners = owners
         self._interval_s = interval_s
         self._clock: Clock = clock or MonotonicClock()
         self._policy_ttl_s = policy_ttl_s
@@ -415,6 +452,12 @@ class Scaler:
         stale = {name: replicas for name, replicas in deployments.items() if replicas != want}
         if not stale:
             return
+        if self._owners is not None and not await self._owners.still_owned(work.grains):
+            # Another replica owns the grain now (this one was paused, or is about to
+            # hear of the move): the Deployment is the new owner's to scale.
+            log.info("pipeline %s: no longer its grain's owner; not scaled", pipeline_id)
+            del self._states[pipeline_id]
+            return
         direction = "up" if any(replicas < want for replicas in stale.values()) else "down"
         for name, replicas in sorted(stale.items()):
             await self._kube.set_replicas(work.namespace, name, want)
@@ -480,5 +523,6 @@ def build_scaler(
         kube=kube_port or KubeScale(kubeconfig=settings.kubeconfig, context=settings.kube_context),
         workloads=workloads,
         policies=SqlScalingSource(engine=engine),
+        owners=SqlOwnerCheck(engine=engine),
         interval_s=settings.scaler_interval_s,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 
 from actors.clock import FakeClock
@@ -18,11 +20,14 @@ from services.scheduler.metrics import ScalerCollector
 from services.scheduler.scaler import (
     KubeScale,
     Scaler,
+    SqlOwnerCheck,
     Workload,
     build_scaler,
     hosted_workloads,
 )
 from services.settings import Settings
+from services.store import migrate
+from services.store.tasks import SqlTaskStore
 
 NS = "wsched-acme"
 
@@ -360,19 +365,76 @@ async def test_a_failing_workload_source_is_logged(caplog: pytest.LogCaptureFixt
     assert "cannot list the hosted pipelines" in caplog.text
 
 
-def grain(backlog: int, leased: int) -> PipelineGrain:
+def grain(backlog: int, leased: int, grain_id: str = "g", epoch: int = 1) -> PipelineGrain:
     book = SimpleNamespace(stats=lambda: {"queued": backlog, "backlog": backlog})
     book.leased_count = leased
-    return cast(PipelineGrain, SimpleNamespace(book=book))
+    return cast(PipelineGrain, SimpleNamespace(book=book, grain_id=grain_id, epoch=epoch))
 
 
 def test_hosted_workloads_are_the_hosted_grains_with_names() -> None:
-    grains = {"p1/0": grain(5, 2), "p1/1": grain(1, 1), "p2/0": grain(9, 9), "p3/0": grain(0, 0)}
+    grains = {
+        "p1/0": grain(5, 2, "p1/0", 3),
+        "p1/1": grain(1, 1, "p1/1", 1),
+        "p2/0": grain(9, 9, "p2/0"),
+        "p3/0": grain(0, 0, "p3/0", 7),
+    }
     labels = {"p1": ("t-a-p1", "wsched-t"), "p3": ("t-a-p3", "wsched-t"), "p4": ("x", "y")}
     assert hosted_workloads(grains, labels) == {
-        "p1": Workload(namespace="wsched-t", backlog=6, leased=3),
-        "p3": Workload(namespace="wsched-t", backlog=0, leased=0),
+        "p1": Workload(
+            namespace="wsched-t", backlog=6, leased=3, grains=(("p1/0", 3), ("p1/1", 1))
+        ),
+        "p3": Workload(namespace="wsched-t", backlog=0, leased=0, grains=(("p3/0", 7),)),
     }
+
+
+class FakeOwners:
+    def __init__(self) -> None:
+        self.owned = True
+        self.asked: list[tuple[tuple[str, int], ...]] = []
+
+    async def still_owned(self, grains: tuple[tuple[str, int], ...]) -> bool:
+        self.asked.append(grains)
+        return self.owned
+
+
+async def test_a_replica_that_lost_the_grain_changes_nothing() -> None:
+    """A paused ex-owner wakes up with old figures: the epoch check stops its change."""
+    kube, owners = FakeKube(), FakeOwners()
+    kube.add("p1", replicas=1)
+    hosted = {"p1": Workload(namespace=NS, backlog=30, leased=0, grains=(("p1/0", 4),))}
+    scaler = Scaler(
+        kube=kube,
+        workloads=lambda: hosted,
+        policies=FakePolicies(p1=FAST),
+        owners=owners,
+        interval_s=5,
+        clock=FakeClock(start_s=1000),
+    )
+    owners.owned = False
+    await scaler.run_once()
+    assert kube.sets == [] and kube.replicas("p1") == 1
+    assert owners.asked == [(("p1/0", 4),)]
+    assert scaler.stats().changes == {}
+    owners.owned = True  # ours again (a new epoch, as the host would report)
+    await scaler.run_once()
+    assert kube.replicas("p1") == 3
+
+
+async def test_the_owner_check_reads_the_epochs_grain_writes_are_fenced_by(sqlite_url: str) -> None:
+    engine = sa.create_engine(sqlite_url)
+    migrate.upgrade(engine)
+    store = SqlTaskStore(engine=engine, clock=lambda: dt.datetime.now(dt.UTC))
+    check = SqlOwnerCheck(engine=engine)
+    try:
+        first = await store.claim(grain_id="p1/0", owner="replica-a")
+        assert await check.still_owned((("p1/0", first),))
+        second = await store.claim(grain_id="p1/0", owner="replica-b")
+        assert not await check.still_owned((("p1/0", first),))
+        assert await check.still_owned((("p1/0", second),))
+        assert not await check.still_owned((("p1/0", second), ("p1/1", 1)))
+        assert not await check.still_owned(())
+    finally:
+        engine.dispose()
 
 
 async def test_metrics() -> None:
