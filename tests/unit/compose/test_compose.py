@@ -78,3 +78,21 @@ def test_the_image_has_the_helm_our_tests_pin() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert f"FROM alpine/helm:{HELM_VERSION.removeprefix('v')} AS helm" in dockerfile
     assert "COPY --from=helm /usr/bin/helm /usr/local/bin/helm" in dockerfile
+
+
+def test_the_ocr_example_can_build_an_image_for_each_executor() -> None:
+    """Every executor of the ocr chart has a build target, from the wsched image, that
+    runs as the user pipeline-lib's pods run as, with the tool its commands call."""
+    chart = ROOT / "charts" / "examples" / "ocr"
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    dockerfile = (chart / "images" / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM \$\{WSCHED_IMAGE\} AS (\S+)$", dockerfile, flags=re.MULTILINE)
+    assert sorted(stages) == sorted(values["executors"])
+    for step in values["pipeline"]:
+        tool = step["commands"][0].split()[0]
+        section = dockerfile.split(f" AS {step['executor']}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert f"install -y --no-install-recommends {tool}" in section, step["executor"]
+        assert section.rstrip().endswith("USER 10001"), step["executor"]
+        repository = values["executors"][step["executor"]]["image"]["repository"]
+        assert repository.endswith(f"wsched-{step['executor']}")
+    assert "images/" in (chart / ".helmignore").read_text().split()
