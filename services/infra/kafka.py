@@ -197,7 +197,18 @@ class KafkaBroker:
             log_path=self.data_dir / "stdout.log",
         )
         self._service.start()
-        self._service.wait_ready(self._ready, timeout_s=timeout_s)
+        try:
+            self._service.wait_ready(self._ready, timeout_s=timeout_s)
+        except ProvisionError as err:
+            # Kafka logs to server.log (log4j), not to its stdout: show why it stopped.
+            raise ProvisionError(f"{err}\nserver.log:\n{self._server_log_tail()}") from None
+
+    def _server_log_tail(self, lines: int = 30) -> str:
+        try:
+            text = (self.data_dir / "server.log").read_text(errors="replace")
+        except OSError:
+            return "(none)"
+        return "\n".join(text.splitlines()[-lines:])
 
     def _ready(self) -> bool:
         if not port_open(self.port):

@@ -25,6 +25,21 @@ def free_port() -> int:
         return port
 
 
+def free_port_pair() -> int:
+    """A loopback port ``p`` such that ``p`` and ``p + 1`` are both free right now (a
+    Kafka broker and its KRaft controller, as ``wsched dev`` places them)."""
+    while True:
+        port = free_port()
+        with contextlib.ExitStack() as stack:
+            try:
+                for candidate in (port, port + 1):
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue  # the next port is taken (an outgoing connection, say): again
+            return port
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)

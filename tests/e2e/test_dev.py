@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.infra.process import free_port, port_open
+from services.infra.process import free_port, free_port_pair, port_open
 
 
 @contextmanager
@@ -88,7 +88,7 @@ async def _consume_one(bootstrap: str, topic: str) -> bytes:
 
 
 def test_dev_is_ready_stops_on_ctrl_c_and_keeps_queued_data(tmp_path: Path) -> None:
-    data_dir, http_port, kafka_port = tmp_path / "data", free_port(), free_port()
+    data_dir, http_port, kafka_port = tmp_path / "data", free_port(), free_port_pair()
     with wsched_dev(data_dir, http_port=http_port, kafka_port=kafka_port, broker="kafka") as boot:
         health = httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=3)
         assert health.json() == {"status": "ok"}
@@ -101,7 +101,7 @@ def test_dev_is_ready_stops_on_ctrl_c_and_keeps_queued_data(tmp_path: Path) -> N
 def test_dev_without_java_falls_back_to_the_memory_broker_and_says_so(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with wsched_dev(
-        data_dir, http_port=free_port(), kafka_port=free_port(), broker="memory"
+        data_dir, http_port=free_port(), kafka_port=free_port_pair(), broker="memory"
     ) as boot:
         asyncio.run(_produce(boot, "memory-topic", b"hello"))
         assert asyncio.run(_consume_one(boot, "memory-topic")) == b"hello"

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from services.deploy.processes import identity, read_record
-from services.infra.process import free_port, port_open
+from services.infra.process import free_port, free_port_pair, port_open
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def wsched_dev(tmp_path: Path) -> Iterator[Dev]:
     dev = Dev(
         api=f"http://127.0.0.1:{http_port}",
         http_port=http_port,
-        kafka_port=free_port(),
+        kafka_port=free_port_pair(),
         data_dir=tmp_path / "data",
     )
     env = {
