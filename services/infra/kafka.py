@@ -208,7 +208,13 @@ class KafkaBroker:
             text = (self.data_dir / "server.log").read_text(errors="replace")
         except OSError:
             return "(none)"
-        return "\n".join(text.splitlines()[-lines:])
+        # Stack frames would crowd out the messages that say what went wrong.
+        messages = [
+            line
+            for line in text.splitlines()
+            if not line.lstrip().startswith(("at ", "... ")) or not line[:1].isspace()
+        ]
+        return "\n".join(messages[-lines:])
 
     def _ready(self) -> bool:
         if not port_open(self.port):

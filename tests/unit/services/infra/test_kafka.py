@@ -20,3 +20,23 @@ def test_broker_config_listens_on_loopback_with_single_node_replication(tmp_path
     assert "offsets.topic.replication.factor=1\n" in config
     assert "auto.create.topics.enable=false\n" in config
     assert broker.bootstrap == "127.0.0.1:1111"
+
+
+def test_a_failed_start_shows_the_messages_of_server_log_not_its_stack_frames(
+    tmp_path: Path,
+) -> None:
+    broker = KafkaBroker(libs=tmp_path, data_dir=tmp_path, port=1111, controller_port=2222)
+    (tmp_path / "server.log").write_text(
+        "[2026-11-23 15:55:17,446] ERROR Unable to start acceptor for CONTROLLER\n"
+        "org.apache.kafka.common.KafkaException: Socket server failed to bind: in use.\n"
+        + "\tat kafka.network.SocketServer.enableRequestProcessing(SocketServer.scala:201)\n"
+        * 40
+        + "\t... 6 more\n"
+        "Caused by: java.net.BindException: Address already in use\n"
+    )
+    tail = broker._server_log_tail()
+    assert tail.splitlines() == [
+        "[2026-11-23 15:55:17,446] ERROR Unable to start acceptor for CONTROLLER",
+        "org.apache.kafka.common.KafkaException: Socket server failed to bind: in use.",
+        "Caused by: java.net.BindException: Address already in use",
+    ]
