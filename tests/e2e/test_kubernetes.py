@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.infra.kube import KubeCluster
 from tests.e2e.conftest import Stack, drain, ok, running_stack, wsched
@@ -114,6 +115,14 @@ async def test_a_pipeline_deployed_by_helm_scales_with_its_backlog(
 
     async with httpx.AsyncClient() as client:
         metrics = (await client.get(kube_stack.metrics)).text
-    pipeline = created["id"]
-    assert f'wsched_scaler_changes_total{{direction="up",pipeline="{pipeline}"}} 1.0' in metrics
-    assert f'wsched_scaler_changes_total{{direction="down",pipeline="{pipeline}"}} 2.0' in metrics
+    changes = {
+        sample.labels["direction"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "wsched_scaler_changes_total"
+        and sample.labels["pipeline"] == created["id"]
+    }
+    # Up to 3 and down to 0 twice, perhaps by steps as tasks are admitted and as the
+    # stand-in worker's reports arrive.
+    assert changes["up"] >= 1
+    assert changes["down"] >= 2

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
 
 from actors.clock import FakeClock
 from services.deploy.naming import namespace_for
@@ -204,9 +205,13 @@ async def test_the_owning_replica_scales_its_pipeline_on_backlog(
         await scaled_to(4)  # max_replicas
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"http://127.0.0.1:{settings.metrics_port}/metrics")).text
-    for line in (
-        f'wsched_scaler_replicas{{pipeline="{pipeline.id}"}} 4.0',
-        f'wsched_scaler_changes_total{{direction="up",pipeline="{pipeline.id}"}} 2.0',
-        "wsched_scaler_errors_total 0.0",
-    ):
-        assert line in text, f"{line!r} not in /metrics:\n{text}"
+    samples = {
+        (sample.name, sample.labels.get("direction", "")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("pipeline", pipeline.id) == pipeline.id
+    }
+    assert samples[("wsched_scaler_replicas", "")] == 4
+    # At least 1 -> 3 and 3 -> 4; more steps if the tasks were admitted in several batches.
+    assert samples[("wsched_scaler_changes_total", "up")] >= 2
+    assert samples[("wsched_scaler_errors_total", "")] == 0
