@@ -228,8 +228,13 @@ class HelmDeployer:
                     "pipeline %s: release %s is %s", pipeline.id, names.release, current.status
                 )
                 return False
-            source = await self._source(pipeline)
-            token = await self._token(pipeline.id)
+            try:
+                source = await self._source(pipeline)
+                token = await self._token(pipeline.id)
+            except DeployFailed as err:
+                # Deploying again fails too, but then says why, as the pipeline's reason.
+                log.warning("pipeline %s: cannot be deployed as it is now: %s", pipeline.id, err)
+                return False
             expected = _DESCRIPTION_PREFIX + _fingerprint(source, self._values(pipeline, token))
             if (current.description or "") != expected:
                 log.warning("pipeline %s: release %s is stale", pipeline.id, names.release)

@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import gzip
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from kubernetes import client as k8s
 
 from services.deploy.helm import HelmDeployer, HelmOptions, HelmUnavailable, names_from_store
 from services.deploy.naming import release_name
+from services.deploy.ports import DeployFailed
 from services.infra.kube import KubeCluster
 from services.store import migrate
 from services.store.control import ControlStore, Pipeline, PipelineSpec
@@ -154,3 +156,24 @@ async def test_pipelines_of_one_chart_deployed_at_once_share_one_build(
     builds = list((tmp_path / "charts").iterdir())
     assert len(builds) == 1
     assert [p.name for p in builds[0].iterdir()] == ["echo"]
+
+
+async def test_a_chart_gone_from_disk_is_not_in_place_so_its_redeploy_says_why(
+    store: ControlStore, deployer: HelmDeployer, tmp_path: Path
+) -> None:
+    chart = tmp_path / "mine"
+    shutil.copytree(REPO / "charts" / "examples" / "echo", chart)
+    (chart / "Chart.yaml").write_text(
+        (chart / "Chart.yaml")
+        .read_text()
+        .replace("../../pipeline-lib", str(REPO / "charts" / "pipeline-lib"))
+    )
+    tenant, _ = store.create_tenant(f"gone{dt.datetime.now(dt.UTC).strftime('%H%M%S%f')}")
+    app = store.create_application(tenant_id=tenant.id, name="a")
+    pipeline, _ = store.create_pipeline(app=app, spec=PipelineSpec(name="p", chart=str(chart)))
+    assert (await deployer.deploy(pipeline)).status == "deployed"
+    assert await deployer.in_place(pipeline)
+    shutil.rmtree(chart)
+    assert not await deployer.in_place(pipeline)
+    with pytest.raises(DeployFailed, match="neither a local chart"):
+        await deployer.deploy(pipeline)
