@@ -12,6 +12,7 @@ from services.deploy.helm import (
     ChartSource,
     HelmDeployer,
     HelmOptions,
+    HelmUnavailable,
     PipelineNames,
     _fingerprint,
     _image,
@@ -124,3 +125,15 @@ def test_names_come_from_the_store(store: ControlStore) -> None:
     assert names == PipelineNames(tenant="t-echo", application="a", pipeline="echo")
     assert (names.release, names.namespace) == ("t-echo-a-echo", "wsched-t-echo")
     assert names_from_store(store.pipeline_names)("missing") is None
+
+
+def test_a_missing_helm_is_named_with_its_setting(tmp_path: Path) -> None:
+    missing = HelmDeployer(
+        options=HelmOptions(
+            scheduler="s:1", base_dir=REPO, work_dir=tmp_path, executable=str(tmp_path / "helm")
+        ),
+        token_of=lambda _: "t",
+        names_of=lambda _: None,
+    )
+    with pytest.raises(HelmUnavailable, match="set WSCHED_HELM_EXECUTABLE"):
+        missing._helm()
