@@ -6,7 +6,9 @@ with helm, and for the migration Job, the API and the scheduler runs the contain
 Secret references resolved from the rendered Secrets, field references (pod name, pod IP)
 and ``$(VAR)`` expansion, as Kubernetes does them — against real Kafka and TiDB. The
 migrations must apply, both services must turn ready, and the operator key from the
-chart's Secret must create a tenant.
+chart's Secret must create a tenant. With the chart's defaults (the Helm deployer and the
+built-in scaler, pointed at the test cluster by a kubeconfig instead of a service
+account), a pipeline created through that API is installed as a Helm release.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import base64
 import re
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
+from kubernetes import client as k8s
 
+from services.infra.kube import KubeCluster
 from services.infra.process import Service, free_port
 from tests.integration.charts.rendering import CHARTS, render_all
 
@@ -89,6 +94,7 @@ async def test_the_charts_processes_start_with_the_environment_it_renders(
     kafka_group: str,
     tmp_path: Path,
     processes: list[Service],
+    kube_cluster: KubeCluster,
 ) -> None:
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     operator_key = f"op-{time.monotonic_ns()}"
@@ -98,11 +104,13 @@ async def test_the_charts_processes_start_with_the_environment_it_renders(
         "kafka": {"bootstrap": kafka_bootstrap},
         "database": {"url": migrated_nothing},
         "auth": {"operatorKey": operator_key, "secretKey": Fernet.generate_key().decode()},
-        "deployer": {"type": "noop"},
-        "autoscaler": "none",
         "extraEnv": [
             {"name": "WSCHED_PLACEMENT_GROUP", "value": kafka_group},
             {"name": "WSCHED_DATA_DIR", "value": str(tmp_path / "data")},
+            # In a pod: the service account, and helm from the image.
+            {"name": "WSCHED_KUBECONFIG", "value": str(kube_cluster.kubeconfig_path)},
+            {"name": "WSCHED_HELM_EXECUTABLE", "value": str(helm_bin)},
+            {"name": "HOME", "value": str(tmp_path / "home")},
         ],
         "api": {"extraEnv": [{"name": "WSCHED_HTTP_PORT", "value": str(http_port)}]},
         "scheduler": {
@@ -150,19 +158,54 @@ async def test_the_charts_processes_start_with_the_environment_it_renders(
 
     run("api", api)
     run("scheduler", scheduler)
+    base = f"http://127.0.0.1:{http_port}"
     async with httpx.AsyncClient(timeout=5) as client:
         for url in (
             f"http://127.0.0.1:{http_port}/readyz",
             f"http://127.0.0.1:{metrics_port}/readyz",
         ):
             await ready(client, url, processes)
+        tenant = f"chart{uuid.uuid4().hex[:8]}"
         created = await client.post(
-            f"http://127.0.0.1:{http_port}/api/tenants",
-            json={"name": "chart"},
+            f"{base}/api/tenants",
+            json={"name": tenant},
             headers={"Authorization": f"Bearer {operator_key}"},
         )
         assert created.status_code == 201, created.text
+        tenant_key = {"Authorization": f"Bearer {created.json()['api_key']}"}
+        app = await client.post(
+            f"{base}/api/applications", json={"name": "shop"}, headers=tenant_key
+        )
+        assert app.status_code == 201, app.text
+        pipeline = await client.post(
+            f"{base}/api/applications/shop/pipelines",
+            json={"name": "echo", "chart": "charts/examples/echo"},
+            headers=tenant_key,
+        )
+        assert pipeline.status_code == 201, pipeline.text
+        async with asyncio.timeout(60):
+            while (
+                shown := (
+                    await client.get(
+                        f"{base}/api/applications/shop/pipelines/echo", headers=tenant_key
+                    )
+                ).json()
+            )["state"] == "provisioning":
+                await asyncio.sleep(0.3)
         metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    assert shown["state"] == "ready", shown
+    deployment = shown["deployment"]
+    assert (deployment["status"], deployment["release"], deployment["namespace"]) == (
+        "deployed",
+        f"{tenant}-shop-echo",
+        f"wsched-{tenant}",
+    )
+    with kube_cluster.api_client() as kube:
+        workers = k8s.AppsV1Api(kube).read_namespaced_deployment(
+            f"{tenant}-shop-echo", f"wsched-{tenant}"
+        )
+    assert workers.metadata is not None and workers.metadata.labels is not None
+    assert workers.metadata.labels["wsched.io/pipeline-id"] == shown["id"]
     assert "wsched_active_grains" in metrics
 
 
