@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -130,6 +132,11 @@ async def test_the_charts_processes_start_with_the_environment_it_renders(
         for d in docs
         if d["kind"] in ("Deployment", "Job")
     }
+    [helm_test] = [
+        d["spec"]["containers"][0]
+        for d in docs
+        if d["kind"] == "Pod" and d["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    ]
     migrations = workloads[f"{RELEASE}-migrations"]
     api = workloads[f"{RELEASE}-api"]
     scheduler = workloads[f"{RELEASE}-scheduler"]
@@ -193,6 +200,16 @@ async def test_the_charts_processes_start_with_the_environment_it_renders(
             )["state"] == "provisioning":
                 await asyncio.sleep(0.3)
         metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    # `helm test`: its pod's script, with the Services' DNS names pointed at the processes.
+    passed = await run_helm_test(
+        helm_test, api=base, scheduler=f"127.0.0.1:{grpc_port}", release=RELEASE
+    )
+    assert passed.returncode == 0, passed.stdout
+    assert "API /readyz: 200" in passed.stdout and "accepts connections" in passed.stdout
+    refused = await run_helm_test(
+        helm_test, api=base, scheduler=f"127.0.0.1:{free_port()}", release=RELEASE
+    )
+    assert refused.returncode != 0, refused.stdout
     assert shown["state"] == "ready", shown
     deployment = shown["deployment"]
     assert (deployment["status"], deployment["release"], deployment["namespace"]) == (
@@ -207,6 +224,23 @@ async def test_the_charts_processes_start_with_the_environment_it_renders(
     assert workers.metadata is not None and workers.metadata.labels is not None
     assert workers.metadata.labels["wsched.io/pipeline-id"] == shown["id"]
     assert "wsched_active_grains" in metrics
+
+
+async def run_helm_test(
+    container: Mapping[str, Any], *, api: str, scheduler: str, release: str
+) -> subprocess.CompletedProcess[str]:
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["WSCHED_TEST_API"] == f"http://{release}-api.{NAMESPACE}.svc:8080"
+    assert env["WSCHED_TEST_SCHEDULER"] == f"{release}-scheduler.{NAMESPACE}.svc:50051"
+    assert container["command"][0] == "python"
+    argv = [sys.executable, *container["command"][1:], *container["args"]]
+    local = {**os.environ, "WSCHED_TEST_API": api, "WSCHED_TEST_SCHEDULER": scheduler}
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=local, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await process.communicate()
+    assert process.returncode is not None
+    return subprocess.CompletedProcess(argv, process.returncode, out.decode(), "")
 
 
 async def ready(client: httpx.AsyncClient, url: str, processes: list[Service]) -> None:
