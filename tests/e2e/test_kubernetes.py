@@ -110,6 +110,22 @@ async def test_a_pipeline_deployed_by_helm_scales_with_its_backlog(
     lines = "\n".join(json.dumps({"message": f"m{i}"}) for i in range(12))
     ok(wsched(kube_stack, "tasks", "submit", "shop", "echo", key=key, stdin=lines))
     await scaled_to(kube_cluster, namespace, release, 3)  # ceil(12 / 5)
+    # A lower cap, changed live: the release is upgraded (its replicas untouched) and the
+    # owning replica reads the new scaling when told of the change.
+    capped = wsched(
+        kube_stack,
+        "pipelines",
+        "update",
+        "shop",
+        "echo",
+        "--scaling",
+        json.dumps({**scaling, "max_replicas": 2}),
+        key=key,
+    )
+    assert json.loads(ok(capped))["scaling"]["max_replicas"] == 2
+    await scaled_to(kube_cluster, namespace, release, 2)
+    upgraded = json.loads(ok(wsched(kube_stack, "pipelines", "get", "shop", "echo", key=key)))
+    assert upgraded["deployment"]["revision"] == 2
     await drain(kube_stack, created["id"], created["worker_token"], 12)
     await scaled_to(kube_cluster, namespace, release, 0)  # idle again
 
