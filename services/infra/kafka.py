@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,21 +178,25 @@ class KafkaBroker:
     def start(self, *, timeout_s: float = 90) -> None:
         config = self._write_config()
         if not (self.data_dir / "kraft-logs" / "meta.properties").exists():
-            cluster_id = str(uuid.uuid4().hex[:22])
-            subprocess.run(
+            formatted = subprocess.run(
                 self._java(
                     "kafka.tools.StorageTool",
                     "format",
                     "-t",
-                    _kafka_uuid(cluster_id),
+                    new_cluster_id(),
                     "-c",
                     str(config),
                     "-g",
                 ),
-                check=True,
+                check=False,
                 capture_output=True,
                 text=True,
             )
+            if formatted.returncode != 0:
+                raise ProvisionError(
+                    f"kafka storage format failed (exit {formatted.returncode}):\n"
+                    f"{formatted.stderr or formatted.stdout}"
+                )
         self._service = Service(
             name="kafka",
             argv=self._java("kafka.Kafka", str(config)),
@@ -228,9 +234,13 @@ class KafkaBroker:
             self._service = None
 
 
-def _kafka_uuid(seed: str) -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    import base64
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
 
-    raw = uuid.UUID(hex=(seed + "0" * 32)[:32]).bytes
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    Never one that starts with "-" (as Kafka's own ``Uuid.randomUuid``): the storage tool
+    would read it as an option, and fail one run in 64.
+    """
+    while True:
+        encoded = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not encoded.startswith("-"):
+            return encoded

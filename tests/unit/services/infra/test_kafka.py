@@ -3,13 +3,19 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from services.infra.kafka import KafkaBroker, _kafka_uuid
+from services.infra.kafka import KafkaBroker, new_cluster_id
 
 
 def test_cluster_id_is_16_bytes_of_url_safe_base64() -> None:
-    cluster_id = _kafka_uuid("0123456789abcdef0123")
+    cluster_id = new_cluster_id()
     assert len(cluster_id) == 22
     assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_a_cluster_id_never_starts_with_a_dash() -> None:
+    """The storage tool would read "-CA8Z..." as an option: one run in 64 failed so."""
+    drawn = iter([b"\xf8" + bytes(15), b"\x08" + bytes(15)])  # "-AAA..." then "CAAA..."
+    assert new_cluster_id(lambda: next(drawn)) == "CAAAAAAAAAAAAAAAAAAAAA"
 
 
 def test_broker_config_listens_on_loopback_with_single_node_replication(tmp_path: Path) -> None:
