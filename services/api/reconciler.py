@@ -59,6 +59,7 @@ class Reconciler:
         self._placement_topic_ready = False
         #: When the next drift check is due (monotonic): at once, at start.
         self._drift_due = 0.0 if deployer.kind else float("inf")
+        self._drift_lock = asyncio.Lock()
         self._restarts: set[str] = set()
 
     @contextlib.asynccontextmanager
@@ -82,8 +83,11 @@ class Reconciler:
         self._running[pipeline_id] = task
 
     async def idle(self) -> None:
-        """Wait until no pipeline is being reconciled (for tests and orderly shutdown)."""
-        while self._running:
+        """Wait until no pipeline is being reconciled and no drift check is under way
+        (for tests and orderly shutdown)."""
+        while self._running or self._drift_lock.locked():
+            async with self._drift_lock:  # a check under way nudges what it finds
+                pass
             await asyncio.gather(*list(self._running.values()), return_exceptions=True)
 
     async def _scan_forever(self) -> None:
@@ -106,20 +110,24 @@ class Reconciler:
 
     async def _check_drift(self) -> None:
         """Deploy again the ready pipelines whose workers are no longer in place."""
-        kind = self._deployer.kind
-        try:
-            deployed = await in_thread(self._store.deployed_by, kind)
-        except DatabaseUnavailable as err:
-            log.warning("reconciler: cannot list %s deployments, retrying: %s", kind, err)
-            return
-        self._drift_due = time.monotonic() + self._limits.drift_check_s
-        checks = [self._in_place(pipeline) for pipeline in deployed]
-        for pipeline, in_place in zip(deployed, await asyncio.gather(*checks), strict=True):
-            if in_place is False:
-                self._restarts.add(pipeline.id)
-                self.nudge(pipeline.id)
-            elif in_place is None:  # could not tell: look again at the next pass
+        if self._drift_lock.locked():
+            return  # one check at a time: the periodic pass and an explicit scan
+        async with self._drift_lock:
+            self._drift_due = time.monotonic() + self._limits.drift_check_s
+            kind = self._deployer.kind
+            try:
+                deployed = await in_thread(self._store.deployed_by, kind)
+            except DatabaseUnavailable as err:
+                log.warning("reconciler: cannot list %s deployments, retrying: %s", kind, err)
                 self._drift_due = 0.0
+                return
+            checks = [self._in_place(pipeline) for pipeline in deployed]
+            for pipeline, in_place in zip(deployed, await asyncio.gather(*checks), strict=True):
+                if in_place is False:
+                    self._restarts.add(pipeline.id)
+                    self.nudge(pipeline.id)
+                elif in_place is None:  # could not tell: look again at the next pass
+                    self._drift_due = 0.0
 
     async def _in_place(self, pipeline: Pipeline) -> bool | None:
         async with self._slots:
