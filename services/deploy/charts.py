@@ -29,11 +29,16 @@ class ChartError(ValueError):
     """The chart cannot be used; the message says what is wrong and what to do."""
 
 
+def local_chart_path(chart: str, *, base_dir: Path) -> Path:
+    """Where a chart given as a local path (``file://`` optional) is: relative paths are
+    taken from ``base_dir``. Whether anything is there is the caller's to check."""
+    path = Path(chart.removeprefix("file://")).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
 def resolve_local_chart(chart: str, *, base_dir: Path) -> Path:
     """The directory of a chart given as a local path (relative to ``base_dir``)."""
-    path = Path(chart.removeprefix("file://")).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
+    path = local_chart_path(chart, base_dir=base_dir)
     if not path.is_dir():
         raise ChartError(
             f"chart {chart!r} is not a local directory (looked for {path}). Workers run as "

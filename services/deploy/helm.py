@@ -45,7 +45,7 @@ from pyhelm3 import errors as helm_errors
 from pyhelm3.models import ReleaseRevisionStatus
 
 from services.deploy import kube
-from services.deploy.charts import merge_values
+from services.deploy.charts import local_chart_path, merge_values
 from services.deploy.naming import namespace_for, release_name
 from services.deploy.ports import DeployFailed, DeploymentStatus
 from services.store.control import ControlError, Pipeline
@@ -421,9 +421,7 @@ def chart_source(chart: str, version: str | None, *, base_dir: Path) -> ChartSou
                 "name, e.g. https://charts.example.com/stable/echo"
             )
         return ChartSource(ref=name, repo=repo, version=version)
-    path = Path(chart.removeprefix("file://")).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
+    path = local_chart_path(chart, base_dir=base_dir)
     if path.is_dir():
         if not (path / "Chart.yaml").is_file():
             raise DeployFailed(f"chart {chart!r}: {path} is not a Helm chart (no Chart.yaml)")
