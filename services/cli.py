@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -100,6 +101,43 @@ def bench(
         typer.echo(json.dumps(report, indent=2))
     else:
         Console().print(render(report))
+
+
+@app.command("bench-compare")
+def bench_compare(
+    base: Annotated[str, typer.Argument(help="The commit to compare against (e.g. HEAD~1).")],
+    runs: Annotated[int, typer.Option(min=1, help="Runs of each side.")] = 3,
+    tasks: Annotated[int, typer.Option(help="Tasks end to end per run.")] = 100_000,
+    backlog: Annotated[int, typer.Option(help="Backlog tasks per run (0 skips).")] = 0,
+    out: Annotated[Path, typer.Option(help="Where the reports and summary go.")] = Path(
+        "bench-compare"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Run `wsched bench` of BASE and of this checkout in turn (ABBA) and print medians."""
+    from services.bench import compare
+
+    settings = _settings()
+    say = lambda text: console.print(f"[cyan]bench-compare[/]: {text}")  # noqa: E731
+    repo = Path.cwd()
+    try:
+        summary = compare.compare(
+            base=compare.prepare_base(
+                repo=repo, rev=base, root=settings.cache_dir / "bench-base", say=say
+            ),
+            head=compare.head_side(repo),
+            runs=runs,
+            bench_args=["--tasks", str(tasks), "--backlog", str(backlog)],
+            out=out,
+            say=say,
+        )
+    except compare.CompareFailed as err:
+        console.print(f"[red]bench-compare failed[/]: {err}")
+        raise typer.Exit(1) from err
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        Console().print(compare.render(summary))
 
 
 @app.command("bench-deploy")

@@ -1,0 +1,44 @@
+"""The interleaved comparison's bookkeeping: report parsing, ABBA order, medians."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.bench.compare import CompareFailed, Side, order, parse_report, summarise
+
+BASE = Side(label="base", command=("base-wsched",), commit="a" * 40)
+HEAD = Side(label="this", command=("wsched",), commit="b" * 40)
+
+
+def test_the_report_is_the_last_json_object_after_progress_lines() -> None:
+    report = {"e2e_tasks_per_s": 1234.5, "details": {}}
+    stdout = "bench: starting Kafka\nbench: {not json}\n" + json.dumps(report, indent=2)
+    assert parse_report(stdout) == report
+    assert parse_report(json.dumps(report, indent=2)) == report
+
+
+def test_a_run_without_a_report_fails_clearly() -> None:
+    with pytest.raises(CompareFailed, match="no JSON report"):
+        parse_report("bench: starting Kafka\nTraceback ...\n")
+
+
+def test_rounds_alternate_which_side_goes_first() -> None:
+    firsts = [order(n, BASE, HEAD)[0].label for n in range(4)]
+    assert firsts == ["base", "this", "base", "this"]
+    assert all(set(s.label for s in order(n, BASE, HEAD)) == {"base", "this"} for n in range(4))
+
+
+def test_medians_and_ratio_per_figure() -> None:
+    reports = {
+        "base": [{"e2e_tasks_per_s": v} for v in (1000.0, 3000.0, 2000.0)],
+        "this": [{"e2e_tasks_per_s": v} for v in (2100.0, 1900.0, 2300.0)],
+    }
+    summary = summarise(base=BASE, head=HEAD, reports=reports, bench_args=["--tasks", "10"])
+    figure = summary["figures"]["e2e_tasks_per_s"]
+    assert (figure["base_median"], figure["head_median"]) == (2000.0, 2100.0)
+    assert figure["ratio"] == 1.05
+    assert summary["runs_each"] == 3
+    assert summary["figures"]["submit_p99_ms"]["ratio"] is None  # absent from every run
+    assert summary["machine"]["cores"] >= 1
