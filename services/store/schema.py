@@ -126,6 +126,17 @@ grain_offsets = sa.Table(
     sa.PrimaryKeyConstraint("grain_id", "topic_partition", name="pk_grain_offsets"),
 )
 
+#: Tasks that are not due yet, in the order the grain fires them (design D4): only such
+#: tasks write a row here, so immediate tasks pay nothing for timers.
+task_timers = sa.Table(
+    "task_timers",
+    metadata,
+    sa.Column("pipeline_id", ID, nullable=False),
+    sa.Column("due_at", Timestamp, nullable=False),
+    sa.Column("task_id", TASK_ID, nullable=False),
+    sa.PrimaryKeyConstraint("pipeline_id", "due_at", "task_id", name="pk_task_timers"),
+)
+
 #: Records that could not be decoded: kept, counted and skipped.
 quarantine = sa.Table(
     "quarantine",

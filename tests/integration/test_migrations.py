@@ -31,6 +31,7 @@ def test_upgrade_creates_the_schema_and_is_idempotent(database_url: str) -> None
         "grain_offsets",
         "quarantine",
         "pipeline_stats",
+        "task_timers",
     } <= tables
 
 
