@@ -118,7 +118,9 @@ def create_app(
     app.state.ctx = ctx
     app.state.reconciler = reconciler
     errors.install(app)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth
+    )
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     for module in (tenants, applications, pipelines, tasks):
         app.include_router(module.router)
