@@ -41,9 +41,22 @@ from services.store.control import Pipeline, TaskRecord, new_id
 
 router = APIRouter(prefix="/api/applications/{app}/pipelines/{pipeline}", tags=["tasks"])
 
+#: What each error status means here; the bounds' values are in the API's description.
+_ERROR_MEANINGS = {
+    400: "Malformed JSON, a bad cursor, or JSON nested deeper than the limit",
+    401: "Missing or unknown API key",
+    404: "No such application, pipeline or task",
+    409: "The pipeline is not ready, or the task conflicts with its state",
+    413: "The body, a task's data or the batch is over its size limit",
+    422: "The request does not match the schema",
+    503: "Kafka or the database cannot be reached: retry after Retry-After",
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"content": {"application/json": {"schema": error_body_schema()}}}
-    for code in (400, 401, 404, 409, 413, 422, 503)
+    code: {
+        "description": meaning,
+        "content": {"application/json": {"schema": error_body_schema()}},
+    }
+    for code, meaning in _ERROR_MEANINGS.items()
 }
 
 

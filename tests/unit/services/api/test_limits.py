@@ -170,3 +170,15 @@ async def test_a_deep_body_over_the_size_bound_is_413_not_parsed(api: Api) -> No
     body = b"[" * (LIMITS.max_request_bytes + 1)
     answer = await api.client.post(SUBMIT, content=body, headers=bearer(key))
     assert_error(answer, 413, "request_too_large")
+
+
+async def test_the_openapi_description_states_the_bounds_in_force(api: Api) -> None:
+    description = (await api.client.get("/openapi.json")).json()["info"]["description"]
+    for value in (
+        LIMITS.max_request_bytes,
+        LIMITS.max_json_depth,
+        LIMITS.max_task_data_bytes,
+        LIMITS.max_batch_items,
+    ):
+        assert f"at most {value} " in description
+    assert "json_too_deep" in description
