@@ -2,11 +2,15 @@
 
 Protobuf <-> domain conversion happens here and nowhere else. Workers authenticate with
 their pipeline's worker token; a replica that does not own the pipeline redirects them.
+
+Failures answer without their text (which may hold SQL, parameters or paths), under an
+incident id that the log line carries too.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol, TypeVar
@@ -98,6 +102,21 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def Poll(
         self, request: worker_pb2.PollRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.PollResponse:
+        return await _guarded(context, "Poll", self._poll(request, context))
+
+    async def Heartbeat(
+        self, request: worker_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.HeartbeatResponse:
+        return await _guarded(context, "Heartbeat", self._heartbeat(request, context))
+
+    async def Report(
+        self, request: worker_pb2.ReportRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.ReportResponse:
+        return await _guarded(context, "Report", self._report_all(request, context))
+
+    async def _poll(
+        self, request: worker_pb2.PollRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.PollResponse:
         grain = await self._grain(request.pipeline_id, context)
         limits = self._limits
         max_tasks = max(1, min(request.max_tasks or 1, limits.max_tasks))
@@ -117,7 +136,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             lease_timeout_ms=int(grain.lease_timeout_s * 1000),
         )
 
-    async def Heartbeat(
+    async def _heartbeat(
         self, request: worker_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.HeartbeatResponse:
         grain = await self._grain(request.pipeline_id, context)
@@ -135,7 +154,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             lease_timeout_ms=int(grain.lease_timeout_s * 1000),
         )
 
-    async def Report(
+    async def _report_all(
         self, request: worker_pb2.ReportRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.ReportResponse:
         grain = await self._grain(request.pipeline_id, context)
@@ -201,12 +220,46 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         await _unavailable(context, f"pipeline {pipeline_id} is moving between replicas")
 
     async def _call(self, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
-        """Await the grain; a grain that cannot serve now answers UNAVAILABLE, not INTERNAL."""
+        """Await the grain; a grain that cannot serve now answers UNAVAILABLE, not INTERNAL.
+
+        The error's text stays in the log: a store error's may quote SQL and its values.
+        """
         try:
             return await call
         except (Unavailable, StoreUnavailable, StaleEpoch) as err:
-            log.info("worker call unavailable: %s: %s", type(err).__name__, err)
-            await _unavailable(context, f"{type(err).__name__}: {err}; retry shortly")
+            incident = new_incident()
+            log.info("worker call unavailable (incident %s): %r", incident, err)
+            await _unavailable(
+                context,
+                f"the pipeline cannot be served right now ({type(err).__name__}, incident "
+                f"{incident}); retry shortly",
+            )
+
+
+def new_incident() -> str:
+    """An id that ties an answer to its log line (random: it reveals nothing)."""
+    return secrets.token_hex(8)
+
+
+async def _guarded(context: grpc.aio.ServicerContext, rpc: str, call: Awaitable[T]) -> T:
+    """Await a handler; an unexpected failure answers INTERNAL with an incident id only.
+
+    Without this, gRPC answers UNKNOWN with the exception's text: SQL, its parameters,
+    host paths. The log line has the whole error under the same id.
+    """
+    try:
+        return await call
+    except grpc.aio.AbortError:
+        raise  # an answer chosen on purpose
+    except Exception as err:
+        incident = new_incident()
+        log.error("worker %s failed unexpectedly (incident %s)", rpc, incident, exc_info=err)
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"the scheduler failed unexpectedly; it logged this as incident {incident}: "
+            "report that id",
+        )
+        raise AssertionError("abort returned") from err  # pragma: no cover - abort raises
 
 
 async def _unavailable(context: grpc.aio.ServicerContext, detail: str) -> NoReturn:
