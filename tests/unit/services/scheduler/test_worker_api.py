@@ -1,4 +1,4 @@
-"""The worker API's failures, over a real gRPC server and an in-memory grain."""
+"""The worker API's bounds and its failures, over a real gRPC server and an in-memory grain."""
 
 from __future__ import annotations
 
@@ -135,6 +135,126 @@ def report(
 
 
 Call = Callable[[worker_pb2_grpc.WorkerStub], Awaitable[Any]]
+LONG_TOKEN = "1.1." + "t" * (LIMITS.max_lease_token_chars - 3)
+MANY_TOKENS = [token(n) for n in range(LIMITS.max_heartbeat_tokens + 1)]
+
+#: (what is sent, the field the refusal must name, the bound it must state)
+OVER_THE_BOUNDS: dict[str, tuple[Call, str, int]] = {
+    "poll 100,000-char worker": (
+        lambda w: w.Poll(poll(worker="w" * 100_000), metadata=AUTH),
+        "worker",
+        LIMITS.max_worker_chars,
+    ),
+    "poll worker one over": (
+        lambda w: w.Poll(poll(worker="w" * (LIMITS.max_worker_chars + 1)), metadata=AUTH),
+        "worker",
+        LIMITS.max_worker_chars,
+    ),
+    "poll pipeline_id": (
+        lambda w: w.Poll(poll(pipeline_id=PIPELINE + "x"), metadata=AUTH),
+        "pipeline_id",
+        LIMITS.max_pipeline_id_chars,
+    ),
+    "heartbeat worker": (
+        lambda w: w.Heartbeat(heartbeat(worker="w" * 100_000), metadata=AUTH),
+        "worker",
+        LIMITS.max_worker_chars,
+    ),
+    "heartbeat pipeline_id": (
+        lambda w: w.Heartbeat(heartbeat(pipeline_id="p" * 100_000), metadata=AUTH),
+        "pipeline_id",
+        LIMITS.max_pipeline_id_chars,
+    ),
+    "heartbeat token count": (
+        lambda w: w.Heartbeat(heartbeat(tokens=MANY_TOKENS), metadata=AUTH),
+        "lease_tokens",
+        LIMITS.max_heartbeat_tokens,
+    ),
+    "heartbeat token length": (
+        lambda w: w.Heartbeat(heartbeat(tokens=["1.1.t", LONG_TOKEN]), metadata=AUTH),
+        "lease_tokens[1]",
+        LIMITS.max_lease_token_chars,
+    ),
+    "heartbeat 5000-digit epoch": (
+        lambda w: w.Heartbeat(heartbeat(tokens=["9" * 5000 + ".1.t"]), metadata=AUTH),
+        "lease_tokens[0]",
+        LIMITS.max_lease_token_chars,
+    ),
+    "report worker": (
+        lambda w: w.Report(report(worker="w" * 100_000), metadata=AUTH),
+        "worker",
+        LIMITS.max_worker_chars,
+    ),
+    "report pipeline_id": (
+        lambda w: w.Report(report(pipeline_id="p" * 37), metadata=AUTH),
+        "pipeline_id",
+        LIMITS.max_pipeline_id_chars,
+    ),
+    "report result count": (
+        lambda w: w.Report(
+            report(tokens=[token(n) for n in range(LIMITS.max_report_results + 1)]),
+            metadata=AUTH,
+        ),
+        "results",
+        LIMITS.max_report_results,
+    ),
+    "report token length": (
+        lambda w: w.Report(report(tokens=[LONG_TOKEN]), metadata=AUTH),
+        "results[0].lease_token",
+        LIMITS.max_lease_token_chars,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OVER_THE_BOUNDS))
+async def test_a_field_over_its_bound_is_invalid_argument_before_the_grain(
+    served: Served, case: str
+) -> None:
+    call, name, bound = OVER_THE_BOUNDS[case]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(served.worker)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = refused.value.details() or ""
+    assert details.startswith(f"{name} ") and f"the limit is {bound}" in details, details
+    assert served.grain.calls == [] and served.directory.asked == []
+
+
+async def test_fields_at_their_bounds_pass(served: Served) -> None:
+    worker = "w" * LIMITS.max_worker_chars
+    at_most = "1.1." + "t" * (LIMITS.max_lease_token_chars - 4)
+    await served.worker.Poll(poll(worker=worker), metadata=AUTH)
+    beat = await served.worker.Heartbeat(
+        heartbeat(worker=worker, tokens=[*MANY_TOKENS[:-2], at_most]), metadata=AUTH
+    )
+    reported = await served.worker.Report(
+        report(worker=worker, tokens=[token(n) for n in range(LIMITS.max_report_results)]),
+        metadata=AUTH,
+    )
+    assert len(beat.verdicts) == LIMITS.max_heartbeat_tokens
+    assert len(reported.acks) == LIMITS.max_report_results
+    assert [name for name, _ in served.grain.calls] == ["poll", "heartbeat", "report"]
+    assert served.grain.calls[0] == ("poll", worker)
+
+
+async def test_a_long_error_is_cut_to_its_tail_and_a_large_result_is_rejected_alone(
+    served: Served,
+) -> None:
+    error = "x" * 100_000 + "the cause"
+    large = b"r" * (LIMITS.max_result_bytes + 1)
+    request = worker_pb2.ReportRequest(
+        pipeline_id=PIPELINE,
+        results=[
+            worker_pb2.TaskResult(
+                lease_token=token(1), outcome=worker_pb2.OUTCOME_FAILED, error=error
+            ),
+            result(token(2), result=large),
+        ],
+    )
+    answer = await served.worker.Report(request, metadata=AUTH)
+    assert [ack.ack for ack in answer.acks] == [worker_pb2.ACK_ACCEPTED, worker_pb2.ACK_REJECTED]
+    assert str(LIMITS.max_result_bytes) in answer.acks[1].detail
+    ((_, (stored,)),) = served.grain.calls
+    assert len(stored.error) == LIMITS.max_error_chars and stored.error.endswith("the cause")
 
 
 def assert_no_leak(details: str) -> str:
