@@ -14,6 +14,8 @@ from actors.pipeline.model import TERMINAL, Status
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
 from services.api.errors import ApiError, error_body_schema, not_found
+from services.api.json_depth import too_deep
+from services.api.limits import Limits
 from services.api.routes.pipelines import counts_of
 from services.api.schemas import (
     TASK_ID_RE,
@@ -191,6 +193,11 @@ def _candidates(body: SubmitBatch, max_bytes: int) -> list[Candidate]:
 Encoding = Literal["json", "text", "base64"]
 
 
+#: Results come from workers, unchecked: nested deeper than a body may be, one would
+#: exhaust the parser's stack on every read, so it reads as text.
+_READ_DEPTH = Limits().max_json_depth
+
+
 def _decoded(payload: bytes | None) -> tuple[Any, Encoding | None]:
     if payload is None:
         return None, None
@@ -198,6 +205,8 @@ def _decoded(payload: bytes | None) -> tuple[Any, Encoding | None]:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         return base64.b64encode(payload).decode(), "base64"
+    if too_deep(payload, _READ_DEPTH):
+        return text, "text"
     try:
         return json.loads(text), "json"
     except ValueError:
