@@ -70,7 +70,8 @@ class Limits:
     max_wait_ms: int = 30_000
     max_result_bytes: int = 256 * 1024
     #: Longer errors keep their last characters (where a failure's cause is): refusing
-    #: them would lose the task's outcome. 4 bytes a character fit the TEXT column.
+    #: them would lose the task's outcome. Even at 4 bytes a character they fit the
+    #: 65,535-byte TEXT column.
     max_error_chars: int = 8192
     #: Pipeline ids are UUIDs (the ``pipelines.id`` column).
     max_pipeline_id_chars: int = 36

@@ -357,8 +357,10 @@ def _fit_worker(worker: str | None) -> str | None:
 
 def _fit_error(error: str | None) -> str | None:
     """The error's tail (where a failure's cause is) within the column's bytes."""
-    encoded = error.encode() if error is not None else b""
-    if error is None or len(encoded) <= _ERROR_BYTES:
+    if error is None:
+        return None
+    encoded = error.encode()
+    if len(encoded) <= _ERROR_BYTES:
         return error
     log.warning("an error of %d bytes is cut to its last %d", len(encoded), _ERROR_BYTES)
     return encoded[-_ERROR_BYTES:].decode(errors="ignore")
