@@ -59,6 +59,24 @@ def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
     return NoopDeployer()
 
 
+def describe_limits(limits: Limits) -> str:
+    """The bounds this API enforces, for its OpenAPI description (the values in force)."""
+    return (
+        'Every error is JSON `{"error": <code>, "detail": <what was wrong, what to do>}`.\n\n'
+        "Bounds (a body's size and nesting are checked before anything parses it):\n\n"
+        f"- a request body: at most {limits.max_request_bytes} bytes "
+        "(413 `request_too_large`);\n"
+        f"- JSON nesting: at most {limits.max_json_depth} levels of arrays and objects in a "
+        "body, a batch's own `{tasks: [{data}]}` counting as three (400 `json_too_deep`);\n"
+        f"- a task's data: at most {limits.max_task_data_bytes} bytes "
+        "(413 `data_too_large`);\n"
+        f"- a batch: at most {limits.max_batch_items} tasks (413 `batch_too_large`);\n"
+        f"- a page of tasks: at most {limits.max_page_size}.\n\n"
+        "An unexpected failure answers 500 `internal` with an incident id to report; the "
+        "server logs the error under that id."
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -114,11 +132,18 @@ def create_app(
             ctx.nudge = reconciler.nudge
             yield
 
-    app = FastAPI(title="Workload Scheduler", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Workload Scheduler",
+        version="0.1.0",
+        description=describe_limits(limits),
+        lifespan=lifespan,
+    )
     app.state.ctx = ctx
     app.state.reconciler = reconciler
     errors.install(app)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth
+    )
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     for module in (tenants, applications, pipelines, tasks):
         app.include_router(module.router)

@@ -2,12 +2,15 @@
 
 Handlers are installed for our own :class:`ApiError`, for Starlette's and FastAPI's own
 errors (unknown route, wrong method, request validation) and, as a last resort, for any
-exception, so that no answer has another shape.
+exception, so that no answer has another shape. That last one answers a generic detail
+with an incident id and logs the error under the same id: an exception's text may hold
+SQL, parameters or paths, which a tenant must never see.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -120,10 +123,25 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", detail)
 
 
+def new_incident() -> str:
+    """An id that ties an answer to its log line (random: it reveals nothing)."""
+    return secrets.token_hex(8)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    incident = new_incident()
+    log.error(
+        "unexpected error on %s %s (incident %s)",
+        request.method,
+        request.url.path,
+        incident,
+        exc_info=exc,
+    )
     return error_response(
-        500, "internal", "the server failed unexpectedly; it is logged, please report it"
+        500,
+        "internal",
+        f"the server failed unexpectedly; it is logged as incident {incident}: "
+        "please report that id",
     )
 
 

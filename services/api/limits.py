@@ -16,6 +16,10 @@ class Limits:
     max_task_data_bytes: int = 256 * 1024
     #: Bytes of one request body, checked from Content-Length and while reading.
     max_request_bytes: int = 64 * 1024 * 1024
+    #: Arrays and objects nested in one request body (``{"a": [1]}`` is 2), checked on the
+    #: raw bytes before parsing: the parser recurses per level, and a few thousand levels
+    #: exhaust its stack. Task data needs far fewer.
+    max_json_depth: int = 32
     max_batch_items: int = 10_000
     #: How long a produce may wait for the broker's acknowledgement before a 503.
     produce_deadline_s: float = 5.0

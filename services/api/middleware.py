@@ -1,4 +1,4 @@
-"""ASGI middleware: a bound on request bodies, and request metrics.
+"""ASGI middleware: the bounds on request bodies, and request metrics.
 
 Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``, which buffers responses and
 runs the endpoint in another task.
@@ -11,6 +11,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api.errors import error_response
+from services.api.json_depth import too_deep
 from services.api.metrics import ApiMetrics
 
 
@@ -18,17 +19,27 @@ def _too_large(limit: int) -> str:
     return f"the request body is larger than {limit} bytes; split the batch into smaller requests"
 
 
-class BodyLimit:
-    """Refuse bodies over ``max_bytes`` with 413, before the application reads them.
+def _too_deep(limit: int) -> str:
+    return (
+        f"the request body nests arrays and objects more than {limit} levels deep, the "
+        "limit: flatten the data, or store it elsewhere and pass a reference"
+    )
 
-    Checked from Content-Length up front and counted while reading (a client may send
-    chunked or lie). The body is read here and handed on whole, which the endpoints do
-    anyway.
+
+class BodyLimit:
+    """Refuse bodies over ``max_bytes`` (413) or nesting JSON deeper than ``max_depth``
+    (400), before anything parses them: the one place every body's bounds are checked.
+
+    Size is checked from Content-Length up front and counted while reading (a client may
+    send chunked or lie). The body is read here and handed on whole, which the endpoints
+    do anyway. Every body is measured as JSON, whatever its Content-Type: the single-task
+    route parses any body as JSON.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, max_depth: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_depth = max_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
@@ -41,6 +52,10 @@ class BodyLimit:
         body = await self._read(receive)
         if body is None:
             await self._refuse(scope, receive, send)
+            return
+        if too_deep(body, self.max_depth):
+            response = error_response(400, "json_too_deep", _too_deep(self.max_depth))
+            await response(scope, receive, send)
             return
         await self.app(scope, _replay(body, receive), send)
 

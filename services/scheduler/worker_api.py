@@ -2,12 +2,18 @@
 
 Protobuf <-> domain conversion happens here and nowhere else. Workers authenticate with
 their pipeline's worker token; a replica that does not own the pipeline redirects them.
+
+Every string and repeated field is bounded here, before anything reaches the grain: a
+value the store cannot hold would otherwise fail the grain's next flush, for every worker
+of the pipeline. Failures answer without their text (which may hold SQL, parameters or
+paths), under an incident id that the log line carries too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Sequence
+import secrets
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol, TypeVar
 
@@ -52,12 +58,31 @@ _OUTCOMES = {
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
+    """What the worker API accepts; ``protos/wsched/v1/worker.proto`` documents each.
+
+    Poll's numbers are capped; an over-long string or list is INVALID_ARGUMENT naming the
+    field; a result over its bound is REJECTED alone; an error over its bound is cut.
+    """
+
     max_tasks: int = 1000
     #: Below gRPC's default 4 MiB message limit, with room for the envelope.
     max_bytes: int = 3 * 1024 * 1024
     max_wait_ms: int = 30_000
     max_result_bytes: int = 256 * 1024
+    #: Longer errors keep their last characters (where a failure's cause is): refusing
+    #: them would lose the task's outcome. Even at 4 bytes a character they fit the
+    #: 65,535-byte TEXT column.
     max_error_chars: int = 8192
+    #: Pipeline ids are UUIDs (the ``pipelines.id`` column).
+    max_pipeline_id_chars: int = 36
+    #: The ``tasks.worker`` column; a pod name has at most 253.
+    max_worker_chars: int = 255
+    #: ``epoch.attempt.task_id``: 19 and 10 digits, a 128-character task id, two dots.
+    max_lease_token_chars: int = 160
+    #: Leases one heartbeat may extend: ten full polls' worth.
+    max_heartbeat_tokens: int = 10_000
+    #: Results in one report (the agent sends at most 1000, ``report_batch``).
+    max_report_results: int = 1000
 
 
 class LocalGrain(Protocol):
@@ -89,6 +114,9 @@ class Unavailable(Exception):
     """The grain cannot serve right now (store down, moving); the worker should retry."""
 
 
+_Identified = worker_pb2.PollRequest | worker_pb2.HeartbeatRequest | worker_pb2.ReportRequest
+
+
 class WorkerService(worker_pb2_grpc.WorkerServicer):
     def __init__(self, *, directory: GrainDirectory, address: str, limits: Limits) -> None:
         self._directory = directory
@@ -98,6 +126,46 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def Poll(
         self, request: worker_pb2.PollRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.PollResponse:
+        return await _guarded(context, "Poll", self._poll(request, context))
+
+    async def Heartbeat(
+        self, request: worker_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.HeartbeatResponse:
+        return await _guarded(context, "Heartbeat", self._heartbeat(request, context))
+
+    async def Report(
+        self, request: worker_pb2.ReportRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.ReportResponse:
+        return await _guarded(context, "Report", self._report_all(request, context))
+
+    # -- bounds -------------------------------------------------------------------------
+
+    def _identity(self, request: _Identified) -> Iterator[str | None]:
+        yield _too_long("pipeline_id", request.pipeline_id, self._limits.max_pipeline_id_chars)
+        yield _too_long("worker", request.worker, self._limits.max_worker_chars)
+
+    def _heartbeat_problems(self, request: worker_pb2.HeartbeatRequest) -> Iterator[str | None]:
+        tokens = request.lease_tokens
+        yield from self._identity(request)
+        yield _too_many("lease_tokens", len(tokens), self._limits.max_heartbeat_tokens)
+        limit = self._limits.max_lease_token_chars
+        for i, text in enumerate(tokens):
+            yield _too_long(f"lease_tokens[{i}]", text, limit)
+
+    def _report_problems(self, request: worker_pb2.ReportRequest) -> Iterator[str | None]:
+        results = request.results
+        yield from self._identity(request)
+        yield _too_many("results", len(results), self._limits.max_report_results)
+        limit = self._limits.max_lease_token_chars
+        for i, result in enumerate(results):
+            yield _too_long(f"results[{i}].lease_token", result.lease_token, limit)
+
+    # -- calls --------------------------------------------------------------------------
+
+    async def _poll(
+        self, request: worker_pb2.PollRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.PollResponse:
+        await _refuse_first(context, self._identity(request))
         grain = await self._grain(request.pipeline_id, context)
         limits = self._limits
         max_tasks = max(1, min(request.max_tasks or 1, limits.max_tasks))
@@ -117,9 +185,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             lease_timeout_ms=int(grain.lease_timeout_s * 1000),
         )
 
-    async def Heartbeat(
+    async def _heartbeat(
         self, request: worker_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.HeartbeatResponse:
+        await _refuse_first(context, self._heartbeat_problems(request))
         grain = await self._grain(request.pipeline_id, context)
         parsed = [_parse(token) for token in request.lease_tokens]
         valid = [token for token in parsed if token is not None]
@@ -135,9 +204,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             lease_timeout_ms=int(grain.lease_timeout_s * 1000),
         )
 
-    async def Report(
+    async def _report_all(
         self, request: worker_pb2.ReportRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.ReportResponse:
+        await _refuse_first(context, self._report_problems(request))
         grain = await self._grain(request.pipeline_id, context)
         acks: list[worker_pb2.ReportAck | None] = []
         reports: list[TaskReport] = []
@@ -201,12 +271,65 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         await _unavailable(context, f"pipeline {pipeline_id} is moving between replicas")
 
     async def _call(self, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
-        """Await the grain; a grain that cannot serve now answers UNAVAILABLE, not INTERNAL."""
+        """Await the grain; a grain that cannot serve now answers UNAVAILABLE, not INTERNAL.
+
+        The error's text stays in the log: a store error's may quote SQL and its values.
+        """
         try:
             return await call
         except (Unavailable, StoreUnavailable, StaleEpoch) as err:
-            log.info("worker call unavailable: %s: %s", type(err).__name__, err)
-            await _unavailable(context, f"{type(err).__name__}: {err}; retry shortly")
+            incident = new_incident()
+            log.info("worker call unavailable (incident %s): %r", incident, err)
+            await _unavailable(
+                context,
+                f"the pipeline cannot be served right now ({type(err).__name__}, incident "
+                f"{incident}); retry shortly",
+            )
+
+
+def new_incident() -> str:
+    """An id that ties an answer to its log line (random: it reveals nothing)."""
+    return secrets.token_hex(8)
+
+
+async def _guarded(context: grpc.aio.ServicerContext, rpc: str, call: Awaitable[T]) -> T:
+    """Await a handler; an unexpected failure answers INTERNAL with an incident id only.
+
+    Without this, gRPC answers UNKNOWN with the exception's text: SQL, its parameters,
+    host paths. The log line has the whole error under the same id.
+    """
+    try:
+        return await call
+    except grpc.aio.AbortError:
+        raise  # an answer chosen on purpose
+    except Exception as err:
+        incident = new_incident()
+        log.error("worker %s failed unexpectedly (incident %s)", rpc, incident, exc_info=err)
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"the scheduler failed unexpectedly; it logged this as incident {incident}: "
+            "report that id",
+        )
+        raise AssertionError("abort returned") from err  # pragma: no cover - abort raises
+
+
+def _too_long(field: str, value: str, limit: int) -> str | None:
+    if len(value) <= limit:
+        return None
+    return f"{field} is {len(value)} characters long; the limit is {limit}"
+
+
+def _too_many(field: str, count: int, limit: int) -> str | None:
+    if count <= limit:
+        return None
+    return f"{field} has {count} entries; the limit is {limit}: split them over several calls"
+
+
+async def _refuse_first(context: grpc.aio.ServicerContext, problems: Iterable[str | None]) -> None:
+    """INVALID_ARGUMENT with the first problem found, if any (checked lazily, in order)."""
+    problem = next((p for p in problems if p is not None), None)
+    if problem is not None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
 
 async def _unavailable(context: grpc.aio.ServicerContext, detail: str) -> NoReturn:

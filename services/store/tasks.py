@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 
@@ -21,6 +22,7 @@ from actors.pipeline.ports import Admission, Loaded, StaleEpoch, StoreUnavailabl
 from services.store.schema import grain_offsets, grain_owners, pipeline_stats, task_results, tasks
 from services.store.sql import chunks, from_db, from_db_required, to_db, upsert
 
+log = logging.getLogger("wsched.store.tasks")
 R = TypeVar("R")
 
 _TASK_COLUMNS = (
@@ -341,9 +343,35 @@ def _save_offsets(conn: sa.Connection, *, grain_id: str, offsets: Mapping[int, i
         )
 
 
+#: What the columns hold: TiDB counts VARCHAR in characters and TEXT in bytes.
+_WORKER_CHARS = cast(sa.String, tasks.c.worker.type).length or 255
+_ERROR_BYTES = 65_535
+
+
+def _fit_worker(worker: str | None) -> str | None:
+    if worker is None or len(worker) <= _WORKER_CHARS:
+        return worker
+    log.warning("a worker name of %d characters is cut to %d", len(worker), _WORKER_CHARS)
+    return worker[:_WORKER_CHARS]
+
+
+def _fit_error(error: str | None) -> str | None:
+    """The error's tail (where a failure's cause is) within the column's bytes."""
+    if error is None:
+        return None
+    encoded = error.encode()
+    if len(encoded) <= _ERROR_BYTES:
+        return error
+    log.warning("an error of %d bytes is cut to its last %d", len(encoded), _ERROR_BYTES)
+    return encoded[-_ERROR_BYTES:].decode(errors="ignore")
+
+
 def _write_changes(
     conn: sa.Connection, *, pipeline_id: str, flush: Flush, now: dt.datetime
 ) -> None:
+    """Upsert the changed rows. ``worker`` and ``error`` are cut to their columns here too,
+    though the worker API bounds them: a value the column cannot hold would fail every
+    flush of the grain, its restarts' included, and stop the whole pipeline."""
     if flush.changes:
         rows = [
             {
@@ -353,8 +381,8 @@ def _write_changes(
                 "status": c.status.value,
                 "started_at": to_db(c.started_at),
                 "finished_at": to_db(c.finished_at),
-                "worker": c.worker,
-                "error": c.error,
+                "worker": _fit_worker(c.worker),
+                "error": _fit_error(c.error),
                 "lease_epoch": c.lease_epoch,
                 "expire_at": to_db(c.expire_at),
                 "updated_at": to_db(now),

@@ -14,6 +14,8 @@ from actors.pipeline.model import TERMINAL, Status
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
 from services.api.errors import ApiError, error_body_schema, not_found
+from services.api.json_depth import too_deep
+from services.api.limits import Limits
 from services.api.routes.pipelines import counts_of
 from services.api.schemas import (
     TASK_ID_RE,
@@ -41,9 +43,22 @@ from services.store.control import Pipeline, TaskRecord, new_id
 
 router = APIRouter(prefix="/api/applications/{app}/pipelines/{pipeline}", tags=["tasks"])
 
+#: What each error status means here; the bounds' values are in the API's description.
+_ERROR_MEANINGS = {
+    400: "Malformed JSON, a bad cursor, or JSON nested deeper than the limit",
+    401: "Missing or unknown API key",
+    404: "No such application, pipeline or task",
+    409: "The pipeline is not ready, or the task conflicts with its state",
+    413: "The body, a task's data or the batch is over its size limit",
+    422: "The request does not match the schema",
+    503: "Kafka or the database cannot be reached: retry after Retry-After",
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"content": {"application/json": {"schema": error_body_schema()}}}
-    for code in (400, 401, 404, 409, 413, 422, 503)
+    code: {
+        "description": meaning,
+        "content": {"application/json": {"schema": error_body_schema()}},
+    }
+    for code, meaning in _ERROR_MEANINGS.items()
 }
 
 
@@ -178,6 +193,11 @@ def _candidates(body: SubmitBatch, max_bytes: int) -> list[Candidate]:
 Encoding = Literal["json", "text", "base64"]
 
 
+#: Results come from workers, unchecked: nested deeper than a body may be, one would
+#: exhaust the parser's stack on every read, so it reads as text.
+_READ_DEPTH = Limits().max_json_depth
+
+
 def _decoded(payload: bytes | None) -> tuple[Any, Encoding | None]:
     if payload is None:
         return None, None
@@ -185,6 +205,8 @@ def _decoded(payload: bytes | None) -> tuple[Any, Encoding | None]:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         return base64.b64encode(payload).decode(), "base64"
+    if too_deep(payload, _READ_DEPTH):
+        return text, "text"
     try:
         return json.loads(text), "json"
     except ValueError:

@@ -181,3 +181,38 @@ async def test_cancel_queued_and_requeue_dead(store: SqlTaskStore, engine: sa.En
         now=NOW,
     )
     assert [(t.id, t.attempt, t.status) for t in requeued] == [("task-00002", 1, Status.QUEUED)]
+
+
+async def test_flush_cuts_worker_and_error_to_their_columns(
+    store: SqlTaskStore, engine: sa.Engine
+) -> None:
+    """Defence in depth: the worker API bounds both, but a value TiDB refuses would fail
+    every flush of the grain and stop its pipeline."""
+    epoch = await store.claim(grain_id=GRAIN, owner="a")
+    admission = await store.admit(
+        grain_id=GRAIN,
+        epoch=epoch,
+        pipeline_id=PIPELINE,
+        tasks=[new(1), new(2)],
+        offsets={},
+        now=NOW,
+    )
+    book = TaskBook(config=PipelineConfig(pipeline_id=PIPELINE), epoch=epoch)
+    book.admit(admission.admitted)
+    worker = "w" * 100_000
+    failed, _ = book.lease(worker=worker, max_tasks=2, max_bytes=1 << 20, now=0, wall=NOW)
+    error = "é" * 40_000 + "the cause"  # 80,009 bytes, over TEXT's 65,535
+    book.report(Report(token=failed.token, outcome=Outcome.FAILED, error=error), wall=NOW)
+    await store.flush(
+        grain_id=GRAIN,
+        epoch=epoch,
+        pipeline_id=PIPELINE,
+        flush=book.take_flush(),
+        stats=book.stats(),
+        now=NOW,
+    )
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(sa.select(tasks.c.id, tasks.c.worker, tasks.c.error))}
+    assert {row.worker for row in rows.values()} == {worker[:255]}
+    cut = rows[failed.task.id].error
+    assert cut.endswith("the cause") and 65_000 < len(cut.encode()) <= 65_535

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+import httpx
 import pytest
+import sqlalchemy as sa
 
 from tests.unit.services.api.harness import OPERATOR, Api, assert_error, bearer
 
@@ -106,3 +110,26 @@ async def test_many_validation_errors_are_summarised(api: Api) -> None:
     detail = assert_error(answer, 422, "invalid_request")
     assert "tasks.0.data" in detail
     assert "and 15 more" in detail
+
+
+async def test_an_unexpected_error_is_a_generic_500_with_an_incident_id(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    statement = "SELECT api_key_hash FROM tenants WHERE name = %(name)s"
+    failure = sa.exc.DataError(statement, {"name": "acme"}, Exception("/srv/wsched/secret.py"))
+
+    def broken(*_: object, **__: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(api.store, "list_tenants", broken)
+    # The app re-raises after answering, for the server to log; a server answers anyway.
+    transport = httpx.ASGITransport(app=api.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        answer = await client.get("/api/tenants", headers=OPERATOR)
+    detail = assert_error(answer, 500, "internal")
+    for leak in ("SELECT", "tenants", "acme", "/srv", "Traceback", "DataError"):
+        assert leak not in answer.text
+    incident = re.search(r"incident ([0-9a-f]{16})", detail)
+    assert incident is not None, detail
+    (logged,) = [r for r in caplog.records if incident.group(1) in r.getMessage()]
+    assert logged.exc_info is not None and logged.exc_info[1] is failure

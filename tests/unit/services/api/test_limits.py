@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ import pytest
 from services.api.limits import Limits
 from services.settings import Settings
 from tests.unit.services.api.conftest import LIMITS, Fakes
-from tests.unit.services.api.harness import Api, assert_error, bearer
+from tests.unit.services.api.harness import Api, assert_error, bearer, running_api, settings_for
 
 SUBMIT = "/api/applications/a/pipelines/p"
 
@@ -90,3 +91,94 @@ def test_limits_come_from_the_wsched_settings(monkeypatch: pytest.MonkeyPatch) -
     assert limits.max_task_data_bytes == 10
     assert limits.produce_deadline_s == 1.5
     assert limits.max_request_bytes == Limits().max_request_bytes
+
+
+# -- JSON nesting ----------------------------------------------------------------------------
+
+#: Room for bodies nested 100,000 levels deep (200 KB) under the small test limits.
+ROOMY = dataclasses.replace(
+    LIMITS, max_request_bytes=2 * 1024 * 1024, max_task_data_bytes=1024 * 1024
+)
+
+
+def nested(levels: int, inner: bytes = b"1") -> bytes:
+    """``{"x":`` ... ``}`` nested ``levels`` objects deep around ``inner``."""
+    return b'{"x":' * levels + inner + b"}" * levels
+
+
+@pytest.fixture
+async def roomy(migrated_sqlite: str, fakes: Fakes) -> AsyncIterator[Api]:
+    async with running_api(
+        settings_for(migrated_sqlite),
+        limits=ROOMY,
+        producer=fakes.producer,
+        admin=fakes.admin,
+        deployer=fakes.deployer,
+    ) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (SUBMIT, b"[" * 100_000 + b"]" * 100_000),
+        (SUBMIT, nested(100_000)),
+        (f"{SUBMIT}/tasks", b'{"tasks":[{"data":' + nested(100_000) + b"}]}"),
+        ("/api/applications", b'{"name":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        # unclosed: the parser would recurse before it found out
+        (SUBMIT, b"[" * 100_000),
+    ],
+)
+async def test_a_body_nested_100000_levels_deep_is_400_before_parsing(
+    roomy: Api, fakes: Fakes, path: str, body: bytes
+) -> None:
+    key, pipeline = await roomy.ready_pipeline()
+    headers = {**bearer(key), "Content-Type": "application/json"}
+    answer = await roomy.client.post(path, content=body, headers=headers)
+    detail = assert_error(answer, 400, "json_too_deep")
+    assert f"more than {ROOMY.max_json_depth} levels deep" in detail
+    assert fakes.producer.task_events(pipeline["id"]) == []
+
+
+async def test_a_body_nested_to_the_limit_passes_and_one_more_level_does_not(
+    api: Api, fakes: Fakes
+) -> None:
+    key, pipeline = await api.ready_pipeline()
+    limit = LIMITS.max_json_depth
+    ok = await api.client.post(SUBMIT, content=nested(limit), headers=bearer(key))
+    assert ok.status_code == 202, ok.text
+    over = await api.client.post(SUBMIT, content=nested(limit + 1), headers=bearer(key))
+    assert f"more than {limit} levels" in assert_error(over, 400, "json_too_deep")
+    # a batch's own envelope {"tasks": [{"data": ...}]} takes three of the levels
+    batch = json.loads(b'{"tasks":[{"data":' + nested(limit - 3) + b"}]}")
+    answer = await api.client.post(f"{SUBMIT}/tasks", json=batch, headers=bearer(key))
+    assert answer.status_code == 202, answer.text
+    assert len(fakes.producer.task_events(pipeline["id"])) == 2
+
+
+async def test_brackets_inside_strings_are_text_not_nesting(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    data = {"text": "[{" * 300, "quoted": '\\"[[[' * 50, "list": [[["ok"]]]}
+    answer = await api.client.post(SUBMIT, json=data, headers=bearer(key))
+    assert answer.status_code == 202, answer.text
+    (event,) = fakes.producer.task_events(pipeline["id"])
+    assert json.loads(event.submit.data) == data
+
+
+async def test_a_deep_body_over_the_size_bound_is_413_not_parsed(api: Api) -> None:
+    key, _ = await api.ready_pipeline()
+    body = b"[" * (LIMITS.max_request_bytes + 1)
+    answer = await api.client.post(SUBMIT, content=body, headers=bearer(key))
+    assert_error(answer, 413, "request_too_large")
+
+
+async def test_the_openapi_description_states_the_bounds_in_force(api: Api) -> None:
+    description = (await api.client.get("/openapi.json")).json()["info"]["description"]
+    for value in (
+        LIMITS.max_request_bytes,
+        LIMITS.max_json_depth,
+        LIMITS.max_task_data_bytes,
+        LIMITS.max_batch_items,
+    ):
+        assert f"at most {value} " in description
+    assert "json_too_deep" in description

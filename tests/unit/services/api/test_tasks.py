@@ -323,3 +323,19 @@ async def test_requeue_only_for_dead_tasks(api: Api, fakes: Fakes) -> None:
     assert_error(missing, 404, "not_found")
     events = fakes.producer.task_events(pipeline["id"])
     assert [(e.task_id, e.WhichOneof("kind")) for e in events] == [("d", "requeue")]
+
+
+async def test_a_result_nested_too_deep_for_json_reads_as_text(api: Api) -> None:
+    key, pipeline = await api.ready_pipeline()
+    deep = "[" * 100_000 + "]" * 100_000
+    insert_task(
+        api.database_url,
+        pipeline_id=pipeline["id"],
+        task_id="d",
+        data=b"{}",
+        status="succeeded",
+        result=deep.encode(),
+    )
+    answer = await api.client.get(f"{TASKS}/d", headers=bearer(key))
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["result"], answer.json()["result_encoding"]) == (deep, "text")
