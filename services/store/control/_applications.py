@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.store.control._base import StoreBase
-from services.store.records import Application, HasPipelines, NameTaken, new_id
+from services.store.records import Application, HasPipelines, new_id
 from services.store.schema import applications, pipelines
 from services.store.sql import from_db_required
 
@@ -16,11 +16,8 @@ class ApplicationMethods(StoreBase):
     def create_application(self, *, tenant_id: str, name: str) -> Application:
         app = Application(id=new_id(), tenant_id=tenant_id, name=name, created_at=self._clock())
         row = {"id": app.id, "tenant_id": tenant_id, "name": name, "created_at": self._now()}
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(applications.insert().values(row))
-        except sa.exc.IntegrityError as err:
-            raise NameTaken(f"an application named {name!r} already exists") from err
+        taken = f"an application named {name!r} already exists"
+        self._insert_named(applications, row, taken=taken)
         return app
 
     def list_applications(self, *, tenant_id: str) -> list[Application]:

@@ -8,11 +8,12 @@ section can be read, and grow, without the others; the store is their union.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import sqlalchemy as sa
 
-from services.store.records import utcnow
+from services.store.records import NameTaken, utcnow
 from services.store.sql import to_db
 from services.store.tokens import TokenCipher
 
@@ -33,3 +34,11 @@ class StoreBase:
 
     def _now(self) -> dt.datetime | None:
         return to_db(self._clock())
+
+    def _insert_named(self, table: sa.Table, row: Mapping[str, Any], *, taken: str) -> None:
+        """Insert a row whose name is unique in its scope; a name in use is NameTaken."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(table.insert().values(row))
+        except sa.exc.IntegrityError as err:
+            raise NameTaken(taken) from err

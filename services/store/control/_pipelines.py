@@ -20,7 +20,6 @@ from services.store.records import (
     PURGE_BATCH,
     WORKER_TOKEN_PREFIX,
     Application,
-    NameTaken,
     NotFound,
     Pipeline,
     PipelineChanges,
@@ -75,13 +74,8 @@ class PipelineMethods(StoreBase):
             "created_at": now,
             "updated_at": now,
         }
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(pipelines.insert().values(row))
-        except sa.exc.IntegrityError as err:
-            raise NameTaken(
-                f"application {app.name!r} already has a pipeline named {spec.name!r}"
-            ) from err
+        taken = f"application {app.name!r} already has a pipeline named {spec.name!r}"
+        self._insert_named(pipelines, row, taken=taken)
         created = self.pipeline_by_id(pipeline_id)
         if created is None:  # pragma: no cover - deleted between two statements
             raise NotFound(f"pipeline {spec.name!r} disappeared while it was being created")

@@ -9,7 +9,6 @@ import sqlalchemy as sa
 from services.store.control._base import StoreBase
 from services.store.records import (
     TENANT_KEY_PREFIX,
-    NameTaken,
     Tenant,
     hash_secret,
     issue_secret,
@@ -25,11 +24,7 @@ class TenantMethods(StoreBase):
         key, digest = issue_secret(TENANT_KEY_PREFIX)
         tenant = Tenant(id=new_id(), name=name, created_at=self._clock())
         row = {"id": tenant.id, "name": name, "api_key_hash": digest, "created_at": self._now()}
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(tenants.insert().values(row))
-        except sa.exc.IntegrityError as err:
-            raise NameTaken(f"a tenant named {name!r} already exists") from err
+        self._insert_named(tenants, row, taken=f"a tenant named {name!r} already exists")
         return tenant, key
 
     def list_tenants(self) -> list[Tenant]:
