@@ -46,18 +46,22 @@ class Reconciler:
         producer: EventProducer,
         limits: Limits,
         metrics: ApiMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` is monotonic seconds: when drift checks are due, how long a deploy
+        took (a test moves it instead of sleeping)."""
         self._store = store
         self._admin = admin
         self._deployer = deployer
         self._producer = producer
         self._limits = limits
         self._metrics = metrics
+        self._clock = clock
         self._running: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._slots = asyncio.Semaphore(_CONCURRENCY)
         self._placement_topic_ready = False
-        #: When the next drift check is due (monotonic): at once, at start.
+        #: When the next drift check is due (on ``clock``): at once, at start.
         self._drift_due = 0.0 if deployer.kind else float("inf")
         self._drift_lock = asyncio.Lock()
         self._restarts: set[str] = set()
@@ -105,7 +109,7 @@ class Reconciler:
             return
         for pipeline in pending:
             self.nudge(pipeline.id)
-        if time.monotonic() >= self._drift_due:
+        if self._clock() >= self._drift_due:
             await self._check_drift()
 
     async def _check_drift(self) -> None:
@@ -113,7 +117,7 @@ class Reconciler:
         if self._drift_lock.locked():
             return  # one check at a time: the periodic pass and an explicit scan
         async with self._drift_lock:
-            self._drift_due = time.monotonic() + self._limits.drift_check_s
+            self._drift_due = self._clock() + self._limits.drift_check_s
             kind = self._deployer.kind
             try:
                 deployed = await in_thread(self._store.deployed_by, kind)
@@ -231,7 +235,7 @@ class Reconciler:
         return steps
 
     async def _timed_deploy(self, pipeline: Pipeline) -> DeploymentStatus:
-        started = time.monotonic()
+        started = self._clock()
         result = "failed"
         try:
             status = await self._deployer.deploy(pipeline)
@@ -245,7 +249,7 @@ class Reconciler:
         finally:
             if self._metrics is not None:
                 self._metrics.deploys.labels(result).inc()
-                self._metrics.deploy_seconds.observe(time.monotonic() - started)
+                self._metrics.deploy_seconds.observe(self._clock() - started)
 
     def _observed(self, pipeline: Pipeline, status: DeploymentStatus) -> None:
         if self._metrics is not None:

@@ -31,7 +31,8 @@ from services.bench.report import machine
 from services.deploy.helm import HelmDeployer, HelmOptions, names_from_store
 from services.infra import helm, kube
 from services.infra.cache import Cache
-from services.scheduler.scaler import KubeScale, Scaler, Workload
+from services.scheduler.scaler import Scaler, Workload
+from services.scheduler.scaler_adapters import KubeScale
 from services.store import migrate
 from services.store.control import ControlStore, PipelineSpec
 from services.store.tokens import TokenCipher

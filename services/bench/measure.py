@@ -15,20 +15,9 @@ import httpx
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.infra.process import rss_mb
 from services.store.engine import make_engine
 from services.store.schema import tasks
-
-
-def rss_mb(pid: int) -> float:
-    """The process's resident set size now, from /proc (0 once it is gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def settled_rss_mb(pid: int, *, seconds: float = 1.0) -> float:

@@ -14,9 +14,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from services.bench.measure import rss_mb
 from services.infra import helm, kafka, kube, registry, tidb
 from services.infra.cache import Cache
+from services.infra.process import rss_mb
 
 
 def children_rss_mb() -> float:

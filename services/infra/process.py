@@ -1,4 +1,5 @@
-"""Starting, watching and stopping the processes of provisioned components."""
+"""Starting, watching and stopping the processes of provisioned components, and reading
+their memory off /proc (for the benchmarks here and in services/bench)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def rss_mb(pid: int) -> float:
+    """The process's resident set size now, from /proc (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 @dataclass(frozen=True, kw_only=True)

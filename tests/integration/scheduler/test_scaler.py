@@ -24,7 +24,8 @@ from services.infra.process import free_port
 from services.kafka.admin import KafkaTopicAdmin
 from services.placement import pipeline_topic
 from services.scheduler.host import SchedulerHost
-from services.scheduler.scaler import PIPELINE_LABEL, KubeScale, Scaler, Workload
+from services.scheduler.scaler import Scaler, Workload
+from services.scheduler.scaler_adapters import PIPELINE_LABEL, KubeScale
 from services.settings import Settings
 from services.store.control import ControlStore, PipelineSpec
 from tests.integration.scheduler.conftest import ReadyPipeline

@@ -14,11 +14,10 @@ from services.deploy.helm import (
     HelmOptions,
     HelmUnavailable,
     PipelineNames,
-    _fingerprint,
-    _image,
     chart_source,
     names_from_store,
 )
+from services.deploy.helm._values import fingerprint, image_values
 from services.deploy.ports import DeployFailed
 from services.store.control import ControlStore
 from tests.unit.services.deploy.conftest import ECHO, REPO, new_pipeline
@@ -53,12 +52,12 @@ def test_bad_chart_references_are_refused_clearly(chart: str, message: str) -> N
 
 
 def test_image_references() -> None:
-    assert _image("registry.example:5000/team/wsched:1.2") == {
+    assert image_values("registry.example:5000/team/wsched:1.2") == {
         "repository": "registry.example:5000/team/wsched",
         "tag": "1.2",
     }
     # A registry's port is not a tag.
-    assert _image("registry.example:5000/team/wsched") == {
+    assert image_values("registry.example:5000/team/wsched") == {
         "repository": "registry.example:5000/team/wsched"
     }
 
@@ -66,15 +65,13 @@ def test_image_references() -> None:
 def test_the_fingerprint_follows_chart_values_and_token_without_showing_the_token() -> None:
     source = ChartSource(ref="/charts/echo", directory=True, digest="abc")
     values = {"agent": {"concurrency": 2}, "workerToken": {"value": "wst_secret"}}
-    first = _fingerprint(source, values)
-    assert first == _fingerprint(
-        ChartSource(ref="/elsewhere", directory=True, digest="abc"), values
-    )
-    assert first != _fingerprint(
+    first = fingerprint(source, values)
+    assert first == fingerprint(ChartSource(ref="/elsewhere", directory=True, digest="abc"), values)
+    assert first != fingerprint(
         ChartSource(ref="/charts/echo", directory=True, digest="abd"), values
     )
-    assert first != _fingerprint(source, {**values, "agent": {"concurrency": 3}})
-    assert first != _fingerprint(source, {**values, "workerToken": {"value": "wst_other"}})
+    assert first != fingerprint(source, {**values, "agent": {"concurrency": 3}})
+    assert first != fingerprint(source, {**values, "workerToken": {"value": "wst_other"}})
     assert "wst_secret" not in first
 
 

@@ -4,7 +4,10 @@ the API, what only lived in it; later, what disappeared behind its back."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
+from actors.clock import FakeClock
 from services.api.limits import Limits
 from services.api.reconciler import Reconciler
 from services.deploy.ports import DeployFailed, DeploymentStatus
@@ -25,6 +28,7 @@ class RecordingDeployer:
         self.fail: set[str] = set()
         self.in_place_now: set[str] = set()
         self.cannot_tell = False
+        self.checked: list[str] = []
 
     async def deploy(self, pipeline: Pipeline) -> DeploymentStatus:
         if pipeline.id in self.fail:
@@ -38,13 +42,18 @@ class RecordingDeployer:
         return None
 
     async def in_place(self, pipeline: Pipeline) -> bool:
+        self.checked.append(pipeline.id)
         if self.cannot_tell:
             raise RuntimeError("the cluster is unreachable")
         return pipeline.id in self.in_place_now
 
 
 def reconciler(
-    store: ControlStore, deployer: RecordingDeployer, *, drift_check_s: float = 3600
+    store: ControlStore,
+    deployer: RecordingDeployer,
+    *,
+    drift_check_s: float = 3600,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Reconciler:
     return Reconciler(
         store=store,
@@ -52,6 +61,7 @@ def reconciler(
         deployer=deployer,
         producer=MemoryProducer(),
         limits=Limits(reconcile_interval_s=3600, drift_check_s=drift_check_s),
+        clock=clock,
     )
 
 
@@ -140,4 +150,26 @@ async def test_a_deployer_that_cannot_tell_is_asked_again_at_the_next_pass(
     deployer.cannot_tell = False
     await watching.scan()  # not an hour later: the failed check is due again at once
     await watching.idle()
+    assert deployer.deployed == [pipeline.id]
+
+
+async def test_drift_checks_follow_the_injected_clock(store: ControlStore) -> None:
+    pipeline = ready(store, "p", {"status": "deployed", "revision": 1, "deployer": "local"})
+    deployer = RecordingDeployer()
+    deployer.in_place_now.add(pipeline.id)
+    clock = FakeClock(start_s=1000)
+    watching = reconciler(store, deployer, drift_check_s=60, clock=clock.now)
+    await watching.scan()
+    await watching.idle()
+    assert deployer.checked == [pipeline.id]  # the first check is at start
+    deployer.in_place_now.clear()  # lost from now on
+    await clock.advance(59.9)
+    await watching.scan()
+    await watching.idle()
+    assert deployer.checked == [pipeline.id]  # not due yet: the loss is not seen
+    assert deployer.deployed == []
+    await clock.advance(0.1)
+    await watching.scan()
+    await watching.idle()
+    assert deployer.checked == [pipeline.id, pipeline.id]
     assert deployer.deployed == [pipeline.id]

@@ -18,13 +18,12 @@ from actors.pipeline.grain import PipelineGrain
 from services.deploy.kube import KubeUnavailable
 from services.scheduler.metrics import ScalerCollector
 from services.scheduler.scaler import (
-    KubeScale,
     Scaler,
-    SqlOwnerCheck,
     Workload,
     build_scaler,
     hosted_workloads,
 )
+from services.scheduler.scaler_adapters import KubeScale, SqlOwnerCheck
 from services.settings import Settings
 from services.store import migrate
 from services.store.tasks import SqlTaskStore

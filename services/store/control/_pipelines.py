@@ -1,10 +1,6 @@
-"""The control plane's repository: tenants, applications, pipelines, and reads of tasks.
-
-SQLAlchemy Core, synchronous (pymysql / sqlite3); async callers run it in worker threads.
-Secrets (tenant API keys, worker tokens) are returned once, when issued, and checked by
-their SHA-256 digests. A worker token is also kept encrypted (see
-:mod:`services.store.tokens`), because a deployer must hand it to the workers it starts;
-only :meth:`ControlStore.worker_token` decrypts it.
+"""The control store's pipelines: created with their worker token, read by the API, the
+deployers and the scheduler, and moved through their states by compare-and-set (the
+reconciler's steps), so that a step that raced with another changes nothing.
 """
 
 from __future__ import annotations
@@ -12,36 +8,28 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from services.placement import shard_of
+from services.store.control._base import StoreBase
 from services.store.records import (
     DEPLOYMENT_PENDING,
     PURGE_BATCH,
-    TENANT_KEY_PREFIX,
     WORKER_TOKEN_PREFIX,
     Application,
-    ControlError,
-    ExistingTask,
-    HasPipelines,
-    NameTaken,
     NotFound,
     Pipeline,
     PipelineChanges,
     PipelineSpec,
     PipelineState,
-    PipelineStats,
-    TaskRecord,
-    Tenant,
     TokenUnavailable,
     _json,
     hash_secret,
     issue_secret,
     new_id,
-    utcnow,
 )
 from services.store.schema import (
     applications,
@@ -53,182 +41,11 @@ from services.store.schema import (
     tasks,
     tenants,
 )
-from services.store.sql import chunks, from_db, from_db_required, to_db
-from services.store.tokens import TokenCipher, TokenUnreadable
-
-__all__ = [
-    "DEPLOYMENT_PENDING",
-    "PURGE_BATCH",
-    "TENANT_KEY_PREFIX",
-    "WORKER_TOKEN_PREFIX",
-    "Application",
-    "ControlError",
-    "ControlStore",
-    "ExistingTask",
-    "HasPipelines",
-    "NameTaken",
-    "NotFound",
-    "Pipeline",
-    "PipelineChanges",
-    "PipelineSpec",
-    "PipelineState",
-    "PipelineStats",
-    "TaskRecord",
-    "Tenant",
-    "TokenUnavailable",
-    "hash_secret",
-    "issue_secret",
-    "new_id",
-    "utcnow",
-]
+from services.store.sql import from_db_required, to_db
+from services.store.tokens import TokenUnreadable
 
 
-def _pipeline(row: sa.Row[*tuple[Any, ...]]) -> Pipeline:
-    return Pipeline(
-        id=row.id,
-        tenant_id=row.tenant_id,
-        application_id=row.application_id,
-        name=row.name,
-        chart=row.chart,
-        chart_version=row.chart_version,
-        values=json.loads(row.values_json),
-        partitions=row.partitions,
-        scaling=json.loads(row.scaling_json),
-        max_attempts=row.max_attempts,
-        lease_timeout_s=row.lease_timeout_s,
-        retention_s=row.retention_s,
-        state=PipelineState(row.state),
-        state_reason=row.state_reason,
-        deployment=json.loads(row.deployment_json),
-        shard=row.shard,
-        created_at=from_db_required(row.created_at),
-        updated_at=from_db_required(row.updated_at),
-    )
-
-
-def _task_record(row: sa.Row[*tuple[Any, ...]], *, with_payloads: bool) -> TaskRecord:
-    return TaskRecord(
-        id=row.id,
-        status=row.status,
-        attempt=row.attempt,
-        due_at=from_db_required(row.due_at),
-        created_at=from_db_required(row.created_at),
-        started_at=from_db(row.started_at),
-        finished_at=from_db(row.finished_at),
-        worker=row.worker,
-        error=row.error,
-        data=row.data if with_payloads else None,
-        result=row.result if with_payloads else None,
-    )
-
-
-_TASK_SUMMARY = (
-    tasks.c.id,
-    tasks.c.status,
-    tasks.c.attempt,
-    tasks.c.due_at,
-    tasks.c.created_at,
-    tasks.c.started_at,
-    tasks.c.finished_at,
-    tasks.c.worker,
-    tasks.c.error,
-)
-
-
-class ControlStore:
-    """Tenants, applications and pipelines; reads of tasks and of the grains' counters."""
-
-    def __init__(
-        self,
-        *,
-        engine: sa.Engine,
-        clock: Callable[[], dt.datetime] = utcnow,
-        cipher: TokenCipher | None = None,
-    ) -> None:
-        """``cipher`` encrypts the worker tokens of new pipelines for deployers; without
-        one, tokens are kept as digests only and :meth:`worker_token` cannot answer."""
-        self._engine = engine
-        self._clock = clock
-        self._cipher = cipher
-
-    def _now(self) -> dt.datetime | None:
-        return to_db(self._clock())
-
-    # -- tenants ---------------------------------------------------------------------------
-
-    def create_tenant(self, name: str) -> tuple[Tenant, str]:
-        """The new tenant and its API key (shown once: only its digest is kept)."""
-        key, digest = issue_secret(TENANT_KEY_PREFIX)
-        tenant = Tenant(id=new_id(), name=name, created_at=self._clock())
-        row = {"id": tenant.id, "name": name, "api_key_hash": digest, "created_at": self._now()}
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(tenants.insert().values(row))
-        except sa.exc.IntegrityError as err:
-            raise NameTaken(f"a tenant named {name!r} already exists") from err
-        return tenant, key
-
-    def list_tenants(self) -> list[Tenant]:
-        query = sa.select(tenants.c.id, tenants.c.name, tenants.c.created_at).order_by(
-            tenants.c.name
-        )
-        with self._engine.connect() as conn:
-            return [_tenant(row) for row in conn.execute(query)]
-
-    def tenant_by_key(self, api_key: str) -> Tenant | None:
-        query = sa.select(tenants.c.id, tenants.c.name, tenants.c.created_at).where(
-            tenants.c.api_key_hash == hash_secret(api_key)
-        )
-        with self._engine.connect() as conn:
-            row = conn.execute(query).first()
-        return _tenant(row) if row is not None else None
-
-    # -- applications ----------------------------------------------------------------------
-
-    def create_application(self, *, tenant_id: str, name: str) -> Application:
-        app = Application(id=new_id(), tenant_id=tenant_id, name=name, created_at=self._clock())
-        row = {"id": app.id, "tenant_id": tenant_id, "name": name, "created_at": self._now()}
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(applications.insert().values(row))
-        except sa.exc.IntegrityError as err:
-            raise NameTaken(f"an application named {name!r} already exists") from err
-        return app
-
-    def list_applications(self, *, tenant_id: str) -> list[Application]:
-        query = (
-            sa.select(applications)
-            .where(applications.c.tenant_id == tenant_id)
-            .order_by(applications.c.name)
-        )
-        with self._engine.connect() as conn:
-            return [_application(row) for row in conn.execute(query)]
-
-    def get_application(self, *, tenant_id: str, name: str) -> Application | None:
-        query = sa.select(applications).where(
-            applications.c.tenant_id == tenant_id, applications.c.name == name
-        )
-        with self._engine.connect() as conn:
-            row = conn.execute(query).first()
-        return _application(row) if row is not None else None
-
-    def delete_application(self, app: Application) -> None:
-        """Delete an application that has no pipelines left (not even ones being deleted)."""
-        count = (
-            sa.select(sa.func.count())
-            .select_from(pipelines)
-            .where(pipelines.c.application_id == app.id)
-        )
-        with self._engine.begin() as conn:
-            if conn.execute(count).scalar_one():
-                raise HasPipelines(
-                    f"application {app.name!r} still has pipelines; delete them first "
-                    "(pipelines being deleted disappear once their topic and workers are gone)"
-                )
-            conn.execute(applications.delete().where(applications.c.id == app.id))
-
-    # -- pipelines -------------------------------------------------------------------------
-
+class PipelineMethods(StoreBase):
     def create_pipeline(self, *, app: Application, spec: PipelineSpec) -> tuple[Pipeline, str]:
         """Insert the pipeline in state ``provisioning``; returns it and its worker token."""
         token, digest = issue_secret(WORKER_TOKEN_PREFIX)
@@ -257,13 +74,8 @@ class ControlStore:
             "created_at": now,
             "updated_at": now,
         }
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(pipelines.insert().values(row))
-        except sa.exc.IntegrityError as err:
-            raise NameTaken(
-                f"application {app.name!r} already has a pipeline named {spec.name!r}"
-            ) from err
+        taken = f"application {app.name!r} already has a pipeline named {spec.name!r}"
+        self._insert_named(pipelines, row, taken=taken)
         created = self.pipeline_by_id(pipeline_id)
         if created is None:  # pragma: no cover - deleted between two statements
             raise NotFound(f"pipeline {spec.name!r} disappeared while it was being created")
@@ -497,63 +309,6 @@ class ControlStore:
                 )
             deleted += len(ids)
 
-    # -- counters and tasks ----------------------------------------------------------------
-
-    def stats(self, pipeline_ids: Sequence[str]) -> dict[str, PipelineStats]:
-        """The counters the grains last flushed, by pipeline (absent: nothing flushed yet)."""
-        out: dict[str, PipelineStats] = {}
-        for chunk in chunks(pipeline_ids):
-            query = sa.select(pipeline_stats).where(pipeline_stats.c.pipeline_id.in_(chunk))
-            with self._engine.connect() as conn:
-                for row in conn.execute(query):
-                    out[row.pipeline_id] = PipelineStats(
-                        counts=json.loads(row.counts_json), updated_at=from_db(row.updated_at)
-                    )
-        return out
-
-    def get_task(self, *, pipeline_id: str, task_id: str) -> TaskRecord | None:
-        query = (
-            sa.select(*_TASK_SUMMARY, tasks.c.data, task_results.c.result)
-            .select_from(
-                tasks.outerjoin(
-                    task_results,
-                    sa.and_(
-                        task_results.c.pipeline_id == tasks.c.pipeline_id,
-                        task_results.c.id == tasks.c.id,
-                    ),
-                )
-            )
-            .where(tasks.c.pipeline_id == pipeline_id, tasks.c.id == task_id)
-        )
-        with self._engine.connect() as conn:
-            row = conn.execute(query).first()
-        return _task_record(row, with_payloads=True) if row is not None else None
-
-    def list_tasks(
-        self, *, pipeline_id: str, status: str | None, after: str | None, limit: int
-    ) -> list[TaskRecord]:
-        """A page of tasks ordered by id, after the cursor ``after`` (exclusive)."""
-        query = sa.select(*_TASK_SUMMARY).where(tasks.c.pipeline_id == pipeline_id)
-        if status is not None:
-            query = query.where(tasks.c.status == status)
-        if after is not None:
-            query = query.where(tasks.c.id > after)
-        query = query.order_by(tasks.c.id).limit(limit)
-        with self._engine.connect() as conn:
-            return [_task_record(row, with_payloads=False) for row in conn.execute(query)]
-
-    def existing_tasks(self, *, pipeline_id: str, ids: Sequence[str]) -> dict[str, ExistingTask]:
-        """The already admitted tasks among ``ids``: the idempotency check of a submit."""
-        out: dict[str, ExistingTask] = {}
-        with self._engine.connect() as conn:
-            for chunk in chunks(ids):
-                query = sa.select(tasks.c.id, tasks.c.data_sha256, tasks.c.status).where(
-                    tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(chunk)
-                )
-                for row in conn.execute(query):
-                    out[row.id] = ExistingTask(data_sha256=row.data_sha256, status=row.status)
-        return out
-
 
 def pipeline_names(engine: sa.Engine, pipeline_id: str) -> tuple[str, str, str] | None:
     """``(tenant, application, pipeline)`` names of a pipeline (None if it is gone)."""
@@ -568,14 +323,24 @@ def pipeline_names(engine: sa.Engine, pipeline_id: str) -> tuple[str, str, str] 
     return None if row is None else (row[0], row[1], row[2])
 
 
-def _tenant(row: sa.Row[*tuple[Any, ...]]) -> Tenant:
-    return Tenant(id=row.id, name=row.name, created_at=from_db_required(row.created_at))
-
-
-def _application(row: sa.Row[*tuple[Any, ...]]) -> Application:
-    return Application(
+def _pipeline(row: sa.Row[*tuple[Any, ...]]) -> Pipeline:
+    return Pipeline(
         id=row.id,
         tenant_id=row.tenant_id,
+        application_id=row.application_id,
         name=row.name,
+        chart=row.chart,
+        chart_version=row.chart_version,
+        values=json.loads(row.values_json),
+        partitions=row.partitions,
+        scaling=json.loads(row.scaling_json),
+        max_attempts=row.max_attempts,
+        lease_timeout_s=row.lease_timeout_s,
+        retention_s=row.retention_s,
+        state=PipelineState(row.state),
+        state_reason=row.state_reason,
+        deployment=json.loads(row.deployment_json),
+        shard=row.shard,
         created_at=from_db_required(row.created_at),
+        updated_at=from_db_required(row.updated_at),
     )

@@ -1,0 +1,74 @@
+"""The control plane's repository: tenants, applications, pipelines, and reads of tasks.
+
+SQLAlchemy Core, synchronous (pymysql / sqlite3); async callers run it in worker threads.
+Secrets (tenant API keys, worker tokens) are returned once, when issued, and checked by
+their SHA-256 digests. A worker token is also kept encrypted (see
+:mod:`services.store.tokens`), because a deployer must hand it to the workers it starts;
+only :meth:`ControlStore.worker_token` decrypts it.
+
+This package is the one entry point: :class:`ControlStore` is the union of one class per
+section (``_tenants``, ``_applications``, ``_pipelines``, ``_task_reads``), and the
+records its callers need are re-exported here, so that none imports a section module.
+"""
+
+from __future__ import annotations
+
+from services.store.control._applications import ApplicationMethods
+from services.store.control._pipelines import PipelineMethods, pipeline_names
+from services.store.control._task_reads import TaskReadMethods
+from services.store.control._tenants import TenantMethods
+from services.store.records import (
+    DEPLOYMENT_PENDING,
+    PURGE_BATCH,
+    TENANT_KEY_PREFIX,
+    WORKER_TOKEN_PREFIX,
+    Application,
+    ControlError,
+    ExistingTask,
+    HasPipelines,
+    NameTaken,
+    NotFound,
+    Pipeline,
+    PipelineChanges,
+    PipelineSpec,
+    PipelineState,
+    PipelineStats,
+    TaskRecord,
+    Tenant,
+    TokenUnavailable,
+    hash_secret,
+    issue_secret,
+    new_id,
+    utcnow,
+)
+
+__all__ = [
+    "DEPLOYMENT_PENDING",
+    "PURGE_BATCH",
+    "TENANT_KEY_PREFIX",
+    "WORKER_TOKEN_PREFIX",
+    "Application",
+    "ControlError",
+    "ControlStore",
+    "ExistingTask",
+    "HasPipelines",
+    "NameTaken",
+    "NotFound",
+    "Pipeline",
+    "PipelineChanges",
+    "PipelineSpec",
+    "PipelineState",
+    "PipelineStats",
+    "TaskRecord",
+    "Tenant",
+    "TokenUnavailable",
+    "hash_secret",
+    "issue_secret",
+    "new_id",
+    "pipeline_names",
+    "utcnow",
+]
+
+
+class ControlStore(TenantMethods, ApplicationMethods, PipelineMethods, TaskReadMethods):
+    """Tenants, applications and pipelines; reads of tasks and of the grains' counters."""

@@ -1,0 +1,103 @@
+"""The control store's reads of what the grains write: their flushed counters and tasks.
+
+The API reads them (pipeline stats, task pages, a submit's idempotency check); only the
+grains write them, through :mod:`services.store.tasks`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from services.store.control._base import StoreBase
+from services.store.records import ExistingTask, PipelineStats, TaskRecord
+from services.store.schema import pipeline_stats, task_results, tasks
+from services.store.sql import chunks, from_db, from_db_required
+
+_TASK_SUMMARY = (
+    tasks.c.id,
+    tasks.c.status,
+    tasks.c.attempt,
+    tasks.c.due_at,
+    tasks.c.created_at,
+    tasks.c.started_at,
+    tasks.c.finished_at,
+    tasks.c.worker,
+    tasks.c.error,
+)
+
+
+class TaskReadMethods(StoreBase):
+    def stats(self, pipeline_ids: Sequence[str]) -> dict[str, PipelineStats]:
+        """The counters the grains last flushed, by pipeline (absent: nothing flushed yet)."""
+        out: dict[str, PipelineStats] = {}
+        for chunk in chunks(pipeline_ids):
+            query = sa.select(pipeline_stats).where(pipeline_stats.c.pipeline_id.in_(chunk))
+            with self._engine.connect() as conn:
+                for row in conn.execute(query):
+                    out[row.pipeline_id] = PipelineStats(
+                        counts=json.loads(row.counts_json), updated_at=from_db(row.updated_at)
+                    )
+        return out
+
+    def get_task(self, *, pipeline_id: str, task_id: str) -> TaskRecord | None:
+        query = (
+            sa.select(*_TASK_SUMMARY, tasks.c.data, task_results.c.result)
+            .select_from(
+                tasks.outerjoin(
+                    task_results,
+                    sa.and_(
+                        task_results.c.pipeline_id == tasks.c.pipeline_id,
+                        task_results.c.id == tasks.c.id,
+                    ),
+                )
+            )
+            .where(tasks.c.pipeline_id == pipeline_id, tasks.c.id == task_id)
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _task_record(row, with_payloads=True) if row is not None else None
+
+    def list_tasks(
+        self, *, pipeline_id: str, status: str | None, after: str | None, limit: int
+    ) -> list[TaskRecord]:
+        """A page of tasks ordered by id, after the cursor ``after`` (exclusive)."""
+        query = sa.select(*_TASK_SUMMARY).where(tasks.c.pipeline_id == pipeline_id)
+        if status is not None:
+            query = query.where(tasks.c.status == status)
+        if after is not None:
+            query = query.where(tasks.c.id > after)
+        query = query.order_by(tasks.c.id).limit(limit)
+        with self._engine.connect() as conn:
+            return [_task_record(row, with_payloads=False) for row in conn.execute(query)]
+
+    def existing_tasks(self, *, pipeline_id: str, ids: Sequence[str]) -> dict[str, ExistingTask]:
+        """The already admitted tasks among ``ids``: the idempotency check of a submit."""
+        out: dict[str, ExistingTask] = {}
+        with self._engine.connect() as conn:
+            for chunk in chunks(ids):
+                query = sa.select(tasks.c.id, tasks.c.data_sha256, tasks.c.status).where(
+                    tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(chunk)
+                )
+                for row in conn.execute(query):
+                    out[row.id] = ExistingTask(data_sha256=row.data_sha256, status=row.status)
+        return out
+
+
+def _task_record(row: sa.Row[*tuple[Any, ...]], *, with_payloads: bool) -> TaskRecord:
+    return TaskRecord(
+        id=row.id,
+        status=row.status,
+        attempt=row.attempt,
+        due_at=from_db_required(row.due_at),
+        created_at=from_db_required(row.created_at),
+        started_at=from_db(row.started_at),
+        finished_at=from_db(row.finished_at),
+        worker=row.worker,
+        error=row.error,
+        data=row.data if with_payloads else None,
+        result=row.result if with_payloads else None,
+    )

@@ -1,0 +1,47 @@
+"""The control store's tenants: each one's API key is shown once and kept as a digest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from services.store.control._base import StoreBase
+from services.store.records import (
+    TENANT_KEY_PREFIX,
+    Tenant,
+    hash_secret,
+    issue_secret,
+    new_id,
+)
+from services.store.schema import tenants
+from services.store.sql import from_db_required
+
+
+class TenantMethods(StoreBase):
+    def create_tenant(self, name: str) -> tuple[Tenant, str]:
+        """The new tenant and its API key (shown once: only its digest is kept)."""
+        key, digest = issue_secret(TENANT_KEY_PREFIX)
+        tenant = Tenant(id=new_id(), name=name, created_at=self._clock())
+        row = {"id": tenant.id, "name": name, "api_key_hash": digest, "created_at": self._now()}
+        self._insert_named(tenants, row, taken=f"a tenant named {name!r} already exists")
+        return tenant, key
+
+    def list_tenants(self) -> list[Tenant]:
+        query = sa.select(tenants.c.id, tenants.c.name, tenants.c.created_at).order_by(
+            tenants.c.name
+        )
+        with self._engine.connect() as conn:
+            return [_tenant(row) for row in conn.execute(query)]
+
+    def tenant_by_key(self, api_key: str) -> Tenant | None:
+        query = sa.select(tenants.c.id, tenants.c.name, tenants.c.created_at).where(
+            tenants.c.api_key_hash == hash_secret(api_key)
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _tenant(row) if row is not None else None
+
+
+def _tenant(row: sa.Row[*tuple[Any, ...]]) -> Tenant:
+    return Tenant(id=row.id, name=row.name, created_at=from_db_required(row.created_at))
