@@ -1,8 +1,9 @@
-"""The pipeline grain hosted as a virtual actor: messages in, grain calls out.
+"""PipelineActor: the mailbox that serialises calls into a pipeline's ``PipelineCore``.
 
-The actor runtime guarantees one message at a time, so the grain needs no locks. Polls
-and reports answer with futures that the caller awaits outside the mailbox, so a long
-poll or a report waiting for its flush never blocks other messages.
+The actor runtime guarantees one message at a time, so the core needs no locks. Polls
+and reports answer with futures that the caller (a ``GrainHandle``, outside the actor)
+awaits outside the mailbox, so a long poll or a report waiting for its flush never blocks
+other messages. See ``core.py`` for how the layers of a grain fit together.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from actors.actor import Actor, ActorContext
 from actors.clock import Cancellable
-from actors.pipeline.grain import AdmitResult, GrainClock, PipelineGrain
+from actors.pipeline.core import AdmitResult, GrainClock, PipelineCore
 from actors.pipeline.model import Grant, LeaseToken, NewTask, PipelineConfig, Report, ReportAck
 from actors.pipeline.ports import StaleEpoch, StoreUnavailable, TaskStore
 
@@ -116,13 +117,13 @@ class PipelineActor(Actor[object, Any]):
         configs: ConfigSource,
         owner: str,
         timing: Timing,
-        registry: MutableMapping[str, PipelineGrain] | None = None,
+        registry: MutableMapping[str, PipelineCore] | None = None,
         observe_flush: Callable[[int, float], None] | None = None,
         observe_dispatch: Callable[[float], None] | None = None,
     ) -> None:
         self._key = key
         #: Active grains by key, read by the metrics layer at scrape time.
-        self._registry: MutableMapping[str, PipelineGrain] = {} if registry is None else registry
+        self._registry: MutableMapping[str, PipelineCore] = {} if registry is None else registry
         self._observe_flush = observe_flush
         self._observe_dispatch = observe_dispatch
         self._ctx = context
@@ -130,16 +131,16 @@ class PipelineActor(Actor[object, Any]):
         self._configs = configs
         self._owner = owner
         self._timing = timing
-        self._grain: PipelineGrain | None = None
+        self._core: PipelineCore | None = None
         self._offsets: dict[int, int] = {}
         self._flush_timer: Cancellable | None = None
         self._handlers = self._dispatch_table()
 
     @property
-    def grain(self) -> PipelineGrain:
-        if self._grain is None:
-            raise RuntimeError("the grain is not active")
-        return self._grain
+    def core(self) -> PipelineCore:
+        if self._core is None:
+            raise RuntimeError("the pipeline core is not active")
+        return self._core
 
     async def on_activate(self) -> None:
         pipeline_id = self._key.split("/", 1)[0]
@@ -147,7 +148,7 @@ class PipelineActor(Actor[object, Any]):
         if config is None:
             raise UnknownPipeline(f"pipeline {pipeline_id} does not exist or is not ready")
         clock = self._ctx.clock
-        self._grain = PipelineGrain(
+        self._core = PipelineCore(
             config=config,
             grain_id=self._key,
             owner=self._owner,
@@ -156,17 +157,17 @@ class PipelineActor(Actor[object, Any]):
             observe_flush=self._observe_flush,
             observe_dispatch=self._observe_dispatch,
         )
-        self._offsets = await self._fenced(self._grain.activate())
-        self._registry[self._key] = self._grain
+        self._offsets = await self._fenced(self._core.activate())
+        self._registry[self._key] = self._core
         self._ctx.every(self._timing.tick_s, TICK)
         self._ctx.every(self._timing.flush_s, FLUSH)
 
     async def on_deactivate(self, reason: str) -> None:
-        if self._grain is not None:
+        if self._core is not None:
             log.info("grain %s deactivating (%s)", self._key, reason)
-            if self._registry.get(self._key) is self._grain:
+            if self._registry.get(self._key) is self._core:
                 del self._registry[self._key]
-            await self._grain.deactivate()
+            await self._core.deactivate()
 
     async def receive(self, message: object) -> Any:
         """Expected failures (store down, fenced) come back as values, not exceptions:
@@ -207,32 +208,32 @@ class PipelineActor(Actor[object, Any]):
         return dict(self._offsets)
 
     async def _admit(self, msg: Admit) -> AdmitResult:
-        return await self.grain.admit(
+        return await self.core.admit(
             new=msg.new, cancels=msg.cancels, requeues=msg.requeues, offsets=msg.offsets
         )
 
     async def _poll(self, msg: Poll) -> asyncio.Future[list[Grant]]:
-        return self.grain.poll(worker=msg.worker, max_tasks=msg.max_tasks, max_bytes=msg.max_bytes)
+        return self.core.poll(worker=msg.worker, max_tasks=msg.max_tasks, max_bytes=msg.max_bytes)
 
     async def _withdraw(self, msg: Withdraw) -> None:
-        self.grain.withdraw(msg.future)
+        self.core.withdraw(msg.future)
 
     async def _heartbeat(self, msg: Heartbeat) -> list[Any]:
-        return self.grain.heartbeat(msg.tokens)
+        return self.core.heartbeat(msg.tokens)
 
     async def _report(self, msg: ReportBatch) -> tuple[list[ReportAck], asyncio.Future[None]]:
-        acks, durable = self.grain.report(msg.reports)
+        acks, durable = self.core.report(msg.reports)
         if not durable.done() and self._flush_timer is None:
             self._flush_timer = self._ctx.schedule(self._timing.report_linger_s, FLUSH)
         return acks, durable
 
     async def _stats(self, _: Stats) -> dict[str, int]:
-        return self.grain.book.stats()
+        return self.core.book.stats()
 
     async def _tick(self, _: _Tick) -> None:
-        await self.grain.tick()
+        await self.core.tick()
 
     async def _flush(self, _: _Flush) -> None:
         self._flush_timer = None
-        if self.grain.wants_flush:
-            await self.grain.flush()
+        if self.core.wants_flush:
+            await self.core.flush()

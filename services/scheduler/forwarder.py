@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from actors.pipeline.grain import AdmitResult
+from actors.pipeline.core import AdmitResult
 from actors.pipeline.model import NewTask
 from actors.pipeline.ports import StaleEpoch
 from services.scheduler.decode import CancelEvent, RequeueEvent, Undecodable, decode

@@ -24,10 +24,8 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from actors.errors import ActorError
 from actors.pipeline import actor as grain_actor
-from actors.pipeline.grain import AdmitResult, PipelineGrain
-from actors.pipeline.model import Grant, LeaseToken, Report, ReportAck, Verdict
+from actors.pipeline.core import AdmitResult, PipelineCore
 from actors.pipeline.ports import StaleEpoch
 from actors.runtime import ActorSystem, GrainId, KindConfig, KindStats
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
@@ -35,9 +33,10 @@ from services.kafka.admin import KafkaTopicAdmin
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
 from services.scheduler.directory import PipelineDirectory, grain_key
 from services.scheduler.forwarder import Forwarder, ForwarderStats
+from services.scheduler.handle import GrainHandle
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector, http_app
 from services.scheduler.scaler import KubePort, build_scaler, hosted_workloads
-from services.scheduler.worker_api import Limits, LocalGrain, Unavailable, WorkerService
+from services.scheduler.worker_api import Limits, LocalGrain, WorkerService
 from services.settings import Settings
 from services.store.engine import make_engine
 from services.store.purge import needs_purge, purge_forever
@@ -59,48 +58,6 @@ class _Hosted:
     lease_timeout_s: float
     #: (worker, namespace) labels of the seed's KEDA gauge; None if the names are unknown.
     queue_labels: tuple[str, str] | None = None
-
-
-class _Grain:
-    """A hosted grain as the worker API sees it: asks into the actor, waits outside it."""
-
-    def __init__(self, *, system: ActorSystem, grain: GrainId, lease_timeout_s: float) -> None:
-        self._system = system
-        self._grain = grain
-        self.lease_timeout_s = lease_timeout_s
-
-    async def _ask(self, message: object) -> Any:
-        try:
-            return grain_actor.unwrap(await self._system.ask(self._grain, message))
-        except ActorError as err:
-            raise Unavailable(str(err)) from err
-
-    async def poll(
-        self, *, worker: str, max_tasks: int, max_bytes: int, wait_s: float
-    ) -> list[Grant]:
-        future: asyncio.Future[list[Grant]] = await self._ask(
-            grain_actor.Poll(worker=worker, max_tasks=max_tasks, max_bytes=max_bytes)
-        )
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), wait_s)
-        except TimeoutError:
-            # Processed in mailbox order: once withdrawn nobody resolves the future, and
-            # grants made just before the withdrawal are returned, not lost.
-            await self._ask(grain_actor.Withdraw(future=future))
-            return future.result() if future.done() else []
-        except asyncio.CancelledError:
-            with contextlib.suppress(ActorError):
-                self._system.tell(self._grain, grain_actor.Withdraw(future=future))
-            raise
-
-    async def heartbeat(self, tokens: Sequence[LeaseToken]) -> list[Verdict]:
-        verdicts: list[Verdict] = await self._ask(grain_actor.Heartbeat(tokens=tokens))
-        return verdicts
-
-    async def report(self, reports: Sequence[Report]) -> list[ReportAck]:
-        acks, durable = await self._ask(grain_actor.ReportBatch(reports=reports))
-        await durable  # acknowledged only once the results are in the store
-        return list(acks)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -143,7 +100,7 @@ class SchedulerHost:
             grain_actor.KIND, self._make_grain, config=KindConfig(idle_timeout_s=None)
         )
         self._hosted: dict[str, _Hosted] = {}
-        self._grains: dict[str, PipelineGrain] = {}
+        self._grains: dict[str, PipelineCore] = {}
         self.registry = CollectorRegistry()
         self._grain_metrics = GrainMetrics(self.registry)
         self.registry.register(SchedulerCollector(self))
@@ -396,7 +353,7 @@ class SchedulerHost:
         hosted = self._hosted.get(pipeline_id)
         if hosted is None:
             return None
-        return _Grain(
+        return GrainHandle(
             system=self._system, grain=hosted.grain, lease_timeout_s=hosted.lease_timeout_s
         )
 
@@ -412,7 +369,7 @@ class SchedulerHost:
 
     # -- what the metrics collector reads ------------------------------------------------
 
-    def grains(self) -> dict[str, PipelineGrain]:
+    def grains(self) -> dict[str, PipelineCore]:
         return dict(self._grains)
 
     def forwarders(self) -> dict[str, ForwarderStats]:

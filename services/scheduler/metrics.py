@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from actors.pipeline.grain import PipelineGrain
+from actors.pipeline.core import PipelineCore
 from actors.runtime import KindStats
 from services.scheduler.forwarder import ForwarderStats
 from services.scheduler.scaler import ScalerStats
@@ -45,7 +45,7 @@ FLUSH_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 class Sources(Protocol):
     """What the collector reads: the hosted grains, their forwarders, the actor system."""
 
-    def grains(self) -> Mapping[str, PipelineGrain]: ...
+    def grains(self) -> Mapping[str, PipelineCore]: ...
 
     def forwarders(self) -> Mapping[str, ForwarderStats]: ...
 
@@ -65,7 +65,7 @@ class SchedulerCollector(Collector):
         yield from self._forwarder_metrics(dict(self._sources.forwarders()))
         yield from self._actor_metrics(dict(self._sources.actor_stats()))
 
-    def _grain_metrics(self, grains: dict[str, PipelineGrain]) -> Iterator[Metric]:
+    def _grain_metrics(self, grains: dict[str, PipelineCore]) -> Iterator[Metric]:
         events = CounterMetricFamily(
             "wsched_tasks",
             "Task events handled by this replica's grains, by pipeline.",
@@ -93,7 +93,7 @@ class SchedulerCollector(Collector):
         yield from (events, tasks, backlog, leased)
 
     def _queue_length(
-        self, grains: dict[str, PipelineGrain], labels: dict[str, tuple[str, str]]
+        self, grains: dict[str, PipelineCore], labels: dict[str, tuple[str, str]]
     ) -> Metric:
         """The seed design's autoscaling contract, read by KEDA's Prometheus trigger."""
         gauge = GaugeMetricFamily(

@@ -35,7 +35,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from actors.clock import Clock, MonotonicClock
-from actors.pipeline.grain import PipelineGrain
+from actors.pipeline.core import PipelineCore
 from services.deploy import kube
 from services.deploy.charts import merge_values
 from services.deploy.scaling import (
@@ -91,7 +91,7 @@ class PolicySource(Protocol):
 
 
 def hosted_workloads(
-    grains: Mapping[str, PipelineGrain], labels: Mapping[str, tuple[str, str]]
+    grains: Mapping[str, PipelineCore], labels: Mapping[str, tuple[str, str]]
 ) -> dict[str, Workload]:
     """The workloads of the hosted pipelines (those with queue labels) whose grain is live.
 

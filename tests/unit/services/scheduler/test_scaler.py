@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 
 from actors.clock import FakeClock
-from actors.pipeline.grain import PipelineGrain
+from actors.pipeline.core import PipelineCore
 from services.deploy.kube import KubeUnavailable
 from services.scheduler.metrics import ScalerCollector
 from services.scheduler.scaler import (
@@ -365,10 +365,10 @@ async def test_a_failing_workload_source_is_logged(caplog: pytest.LogCaptureFixt
     assert "cannot list the hosted pipelines" in caplog.text
 
 
-def grain(backlog: int, leased: int, grain_id: str = "g", epoch: int = 1) -> PipelineGrain:
+def grain(backlog: int, leased: int, grain_id: str = "g", epoch: int = 1) -> PipelineCore:
     book = SimpleNamespace(stats=lambda: {"queued": backlog, "backlog": backlog})
     book.leased_count = leased
-    return cast(PipelineGrain, SimpleNamespace(book=book, grain_id=grain_id, epoch=epoch))
+    return cast(PipelineCore, SimpleNamespace(book=book, grain_id=grain_id, epoch=epoch))
 
 
 def test_hosted_workloads_are_the_hosted_grains_with_names() -> None:

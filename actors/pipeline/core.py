@@ -1,8 +1,18 @@
-"""The pipeline grain: one pipeline's task states, leases and waiting pollers.
+"""PipelineCore: one pipeline's task book plus the I/O around it.
 
-Its methods are called one at a time by the actor that hosts it (``actors.pipeline.actor``),
-so they need no locks. Long polls and reports do not hold up the mailbox: they return a
-future the caller awaits outside it, resolved when tasks arrive or the report is durable.
+The four layers of a pipeline grain, from the inside out:
+
+- ``TaskBook`` (``book.py``): the pure state machine (window, leases, pending changes),
+  no I/O and no clock.
+- ``PipelineCore`` (this module): the book plus its store calls, its clock and the
+  pollers waiting for tasks.
+- ``PipelineActor`` (``actor.py``): the mailbox that serialises calls into the core, so
+  the core needs no locks.
+- ``GrainHandle`` (``services/scheduler/handle.py``): how code outside the actor talks to
+  it: asks into the mailbox, awaits the answers outside it.
+
+Long polls and reports do not hold up the mailbox: the core returns a future the caller
+awaits outside it, resolved when tasks arrive or the report is durable.
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ class AdmitResult:
     requeued: int
 
 
-class PipelineGrain:
+class PipelineCore:
     def __init__(
         self,
         *,
