@@ -14,16 +14,29 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from actors.actor import Actor, ActorContext
+from actors.actor import Actor, ActorContext, GrainId
 from actors.clock import Cancellable
 from actors.pipeline.core import AdmitResult, GrainClock, PipelineCore
-from actors.pipeline.model import Grant, LeaseToken, NewTask, PipelineConfig, Report, ReportAck
+from actors.pipeline.model import (
+    GrainKey,
+    Grant,
+    LeaseToken,
+    NewTask,
+    PipelineConfig,
+    Report,
+    ReportAck,
+)
 from actors.pipeline.ports import StaleEpoch, StoreUnavailable, TaskStore
 
 log = logging.getLogger("wsched.actors.pipeline")
 
 KIND = "pipeline"
 R = TypeVar("R")
+
+
+def grain_id(key: GrainKey) -> GrainId:
+    """The runtime's (string-keyed) name of a pipeline grain; ``GrainKey.parse`` undoes it."""
+    return GrainId(kind=KIND, key=str(key))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,19 +124,21 @@ class PipelineActor(Actor[object, Any]):
     def __init__(
         self,
         *,
-        key: str,
+        key: GrainKey,
         context: ActorContext,
         store: TaskStore,
         configs: ConfigSource,
         owner: str,
         timing: Timing,
-        registry: MutableMapping[str, PipelineCore] | None = None,
+        registry: MutableMapping[GrainKey, PipelineCore] | None = None,
         observe_flush: Callable[[int, float], None] | None = None,
         observe_dispatch: Callable[[float], None] | None = None,
     ) -> None:
         self._key = key
         #: Active grains by key, read by the metrics layer at scrape time.
-        self._registry: MutableMapping[str, PipelineCore] = {} if registry is None else registry
+        self._registry: MutableMapping[GrainKey, PipelineCore] = (
+            {} if registry is None else registry
+        )
         self._observe_flush = observe_flush
         self._observe_dispatch = observe_dispatch
         self._ctx = context
@@ -143,14 +158,14 @@ class PipelineActor(Actor[object, Any]):
         return self._core
 
     async def on_activate(self) -> None:
-        pipeline_id = self._key.split("/", 1)[0]
+        pipeline_id = self._key.pipeline_id
         config = await self._configs.pipeline_config(pipeline_id)
         if config is None:
             raise UnknownPipeline(f"pipeline {pipeline_id} does not exist or is not ready")
         clock = self._ctx.clock
         self._core = PipelineCore(
             config=config,
-            grain_id=self._key,
+            key=self._key,
             owner=self._owner,
             store=self._store,
             clock=GrainClock(monotonic=clock.now, wall=clock.wall),

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from actors.pipeline.book import Flush, TaskBook
 from actors.pipeline.model import (
+    GrainKey,
     Grant,
     LeaseToken,
     NewTask,
@@ -75,7 +76,7 @@ class PipelineCore:
         self,
         *,
         config: PipelineConfig,
-        grain_id: str,
+        key: GrainKey,
         owner: str,
         store: TaskStore,
         clock: GrainClock,
@@ -87,7 +88,7 @@ class PipelineCore:
         self._observe_flush = observe_flush or (lambda _rows, _seconds: None)
         #: Called with the seconds each granted task waited since it became ready.
         self._observe_dispatch = observe_dispatch or (lambda _seconds: None)
-        self.grain_id = grain_id
+        self.key = key
         self._owner = owner
         self._store = store
         self._clock = clock
@@ -105,13 +106,13 @@ class PipelineCore:
 
     async def activate(self) -> dict[int, int]:
         """Claim the grain (a new epoch) and load its state; return the offsets to resume."""
-        epoch = await self._store.claim(grain_id=self.grain_id, owner=self._owner)
-        loaded = await self._store.load(grain_id=self.grain_id, pipeline_id=self.config.pipeline_id)
+        epoch = await self._store.claim(grain=self.key, owner=self._owner)
+        loaded = await self._store.load(grain=self.key)
         self.book = TaskBook(config=self.config, epoch=epoch)
         self.book.load_counts(loaded.counts)
         self.book.restore_leases(loaded.leased, now=self._clock.monotonic())
         await self.page_in()
-        log.info("grain %s activated at epoch %d: %s", self.grain_id, epoch, self.book.stats())
+        log.info("grain %s activated at epoch %d: %s", self.key, epoch, self.book.stats())
         return loaded.offsets
 
     async def deactivate(self) -> None:
@@ -168,9 +169,8 @@ class PipelineCore:
     ) -> Admission:
         return await self._guard(
             self._store.admit(
-                grain_id=self.grain_id,
+                grain=self.key,
                 epoch=self.epoch,
-                pipeline_id=self.config.pipeline_id,
                 tasks=tasks,
                 offsets=offsets,
                 now=wall,
@@ -185,9 +185,8 @@ class PipelineCore:
         if elsewhere:
             count = await self._guard(
                 self._store.cancel_queued(
-                    grain_id=self.grain_id,
+                    grain=self.key,
                     epoch=self.epoch,
-                    pipeline_id=self.config.pipeline_id,
                     task_ids=elsewhere,
                     now=wall,
                     retention_s=self.config.retention_s,
@@ -201,9 +200,8 @@ class PipelineCore:
             return 0
         tasks = await self._guard(
             self._store.requeue_dead(
-                grain_id=self.grain_id,
+                grain=self.key,
                 epoch=self.epoch,
-                pipeline_id=self.config.pipeline_id,
                 task_ids=task_ids,
                 now=wall,
             )
@@ -218,7 +216,7 @@ class PipelineCore:
         limit = self.book.window_room()
         page = await self._guard(
             self._store.page_queued(
-                pipeline_id=self.config.pipeline_id,
+                grain=self.key,
                 after=self.book.page_after,
                 limit=limit,
             )
@@ -301,7 +299,7 @@ class PipelineCore:
         """Expire leases, refill the window, hand tasks to waiters (called periodically)."""
         expired = self.book.expire(now=self._clock.monotonic(), wall=self._clock.wall())
         if expired:
-            log.info("grain %s: %d lease(s) expired", self.grain_id, len(expired))
+            log.info("grain %s: %d lease(s) expired", self.key, len(expired))
         await self.page_in()
         self._serve_waiters()
 
@@ -335,9 +333,8 @@ class PipelineCore:
     async def _write(self, taken: Flush, stats: dict[str, int]) -> None:
         await self._guard(
             self._store.flush(
-                grain_id=self.grain_id,
+                grain=self.key,
                 epoch=self.epoch,
-                pipeline_id=self.config.pipeline_id,
                 flush=taken,
                 stats=stats,
                 now=self._clock.wall(),
@@ -355,5 +352,5 @@ class PipelineCore:
         except StaleEpoch:
             self.fenced = True
             self._release_waiters()
-            log.warning("grain %s lost ownership at epoch %d; stopping", self.grain_id, self.epoch)
+            log.warning("grain %s lost ownership at epoch %d; stopping", self.key, self.epoch)
             raise

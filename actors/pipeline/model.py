@@ -23,6 +23,41 @@ class InvalidToken(ValueError):
     """A lease token that does not parse."""
 
 
+class InvalidGrainKey(ValueError):
+    """A grain key that does not parse, or names no pipeline."""
+
+
+@dataclass(frozen=True, kw_only=True, order=True)
+class GrainKey:
+    """Names one grain: a pipeline, and a slice of it so a hot pipeline can later be split.
+
+    ``str(key)`` is the ``<pipeline id>/<slice>`` text stored in ``grain_owners`` and
+    ``grain_offsets`` and used as the actor runtime's key; ``parse`` is its inverse.
+    """
+
+    pipeline_id: str
+    slice: int = 0
+
+    def __post_init__(self) -> None:
+        # A "/" in the id would make the stored text ambiguous to parse back.
+        if not self.pipeline_id or "/" in self.pipeline_id:
+            raise InvalidGrainKey(f"a grain key needs a pipeline id without '/': {self!r}")
+        if self.slice < 0:
+            raise InvalidGrainKey(f"a grain's slice is never negative: {self!r}")
+
+    def __str__(self) -> str:
+        return f"{self.pipeline_id}/{self.slice}"
+
+    @classmethod
+    def parse(cls, text: str) -> GrainKey:
+        pipeline_id, slash, slice_text = text.rpartition("/")
+        # Only the canonical spelling ("1", never "01" or "+1"), so parse and str agree.
+        canonical = slice_text.isascii() and slice_text.isdigit()
+        if not slash or not canonical or str(int(slice_text)) != slice_text:
+            raise InvalidGrainKey(f"malformed grain key {text!r}: want <pipeline id>/<slice>")
+        return cls(pipeline_id=pipeline_id, slice=int(slice_text))
+
+
 @dataclass(frozen=True, kw_only=True)
 class LeaseToken:
     """Identifies one grant of one attempt of a task by one incarnation of its grain.

@@ -26,12 +26,13 @@ from prometheus_client import CollectorRegistry
 
 from actors.pipeline import actor as grain_actor
 from actors.pipeline.core import AdmitResult, PipelineCore
+from actors.pipeline.model import GrainKey
 from actors.pipeline.ports import StaleEpoch
 from actors.runtime import ActorSystem, GrainId, KindConfig, KindStats
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
-from services.scheduler.directory import PipelineDirectory, grain_key
+from services.scheduler.directory import PipelineDirectory
 from services.scheduler.forwarder import Forwarder, ForwarderStats
 from services.scheduler.handle import GrainHandle
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector, http_app
@@ -100,7 +101,7 @@ class SchedulerHost:
             grain_actor.KIND, self._make_grain, config=KindConfig(idle_timeout_s=None)
         )
         self._hosted: dict[str, _Hosted] = {}
-        self._grains: dict[str, PipelineCore] = {}
+        self._grains: dict[GrainKey, PipelineCore] = {}
         self.registry = CollectorRegistry()
         self._grain_metrics = GrainMetrics(self.registry)
         self.registry.register(SchedulerCollector(self))
@@ -125,7 +126,7 @@ class SchedulerHost:
 
     def _make_grain(self, key: str, context: Any) -> grain_actor.PipelineActor:
         return grain_actor.PipelineActor(
-            key=key,
+            key=GrainKey.parse(key),
             context=context,
             store=self._store,
             configs=self._directory,
@@ -274,7 +275,7 @@ class SchedulerHost:
                     await self._ensure(pipeline_id, partitions)
 
     async def _ensure(self, pipeline_id: str, partitions: int) -> None:
-        grain = GrainId(kind=grain_actor.KIND, key=grain_key(pipeline_id))
+        grain = grain_actor.grain_id(GrainKey(pipeline_id=pipeline_id))
         try:
             offsets = grain_actor.unwrap(await self._system.ask(grain, grain_actor.Activate()))
             config = await self._directory.pipeline_config(pipeline_id)
@@ -369,7 +370,7 @@ class SchedulerHost:
 
     # -- what the metrics collector reads ------------------------------------------------
 
-    def grains(self) -> dict[str, PipelineCore]:
+    def grains(self) -> dict[GrainKey, PipelineCore]:
         return dict(self._grains)
 
     def forwarders(self) -> dict[str, ForwarderStats]:

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from actors.pipeline.core import PipelineCore
+from actors.pipeline.model import GrainKey
 from actors.runtime import KindStats
 from services.scheduler.forwarder import ForwarderStats
 from services.scheduler.scaler import ScalerStats
@@ -45,7 +46,7 @@ FLUSH_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 class Sources(Protocol):
     """What the collector reads: the hosted grains, their forwarders, the actor system."""
 
-    def grains(self) -> Mapping[str, PipelineCore]: ...
+    def grains(self) -> Mapping[GrainKey, PipelineCore]: ...
 
     def forwarders(self) -> Mapping[str, ForwarderStats]: ...
 
@@ -65,7 +66,7 @@ class SchedulerCollector(Collector):
         yield from self._forwarder_metrics(dict(self._sources.forwarders()))
         yield from self._actor_metrics(dict(self._sources.actor_stats()))
 
-    def _grain_metrics(self, grains: dict[str, PipelineCore]) -> Iterator[Metric]:
+    def _grain_metrics(self, grains: dict[GrainKey, PipelineCore]) -> Iterator[Metric]:
         events = CounterMetricFamily(
             "wsched_tasks",
             "Task events handled by this replica's grains, by pipeline.",
@@ -81,7 +82,7 @@ class SchedulerCollector(Collector):
             "wsched_pipeline_leased", "Tasks held by workers now.", labels=["pipeline"]
         )
         for key, grain in grains.items():
-            pipeline = key.split("/", 1)[0]
+            pipeline = key.pipeline_id
             for event, value in sorted(grain.book.totals.items()):
                 events.add_metric([pipeline, event], value)
             stats = grain.book.stats()
@@ -93,7 +94,7 @@ class SchedulerCollector(Collector):
         yield from (events, tasks, backlog, leased)
 
     def _queue_length(
-        self, grains: dict[str, PipelineCore], labels: dict[str, tuple[str, str]]
+        self, grains: dict[GrainKey, PipelineCore], labels: dict[str, tuple[str, str]]
     ) -> Metric:
         """The seed design's autoscaling contract, read by KEDA's Prometheus trigger."""
         gauge = GaugeMetricFamily(
@@ -102,7 +103,7 @@ class SchedulerCollector(Collector):
             labels=["worker", "namespace"],
         )
         for key, grain in grains.items():
-            names = labels.get(key.split("/", 1)[0])
+            names = labels.get(key.pipeline_id)
             if names is not None:
                 gauge.add_metric(list(names), grain.book.stats()["backlog"])
         return gauge

@@ -36,6 +36,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from actors.clock import Clock, MonotonicClock
 from actors.pipeline.core import PipelineCore
+from actors.pipeline.model import GrainKey
 from services.deploy import kube
 from services.deploy.charts import merge_values
 from services.deploy.scaling import (
@@ -91,22 +92,22 @@ class PolicySource(Protocol):
 
 
 def hosted_workloads(
-    grains: Mapping[str, PipelineCore], labels: Mapping[str, tuple[str, str]]
+    grains: Mapping[GrainKey, PipelineCore], labels: Mapping[str, tuple[str, str]]
 ) -> dict[str, Workload]:
     """The workloads of the hosted pipelines (those with queue labels) whose grain is live.
 
-    ``grains`` is keyed ``<pipeline id>/<slice>``; slices of one pipeline add up.
+    Slices of one pipeline add up.
     """
     out: dict[str, Workload] = {}
     for key, grain in grains.items():
-        pipeline_id = key.split("/", 1)[0]
+        pipeline_id = key.pipeline_id
         names = labels.get(pipeline_id)
         if names is None:
             continue
         seen = out.get(pipeline_id)
         backlog = grain.book.stats()["backlog"] + (seen.backlog if seen else 0)
         leased = grain.book.leased_count + (seen.leased if seen else 0)
-        owned = (*(seen.grains if seen else ()), (grain.grain_id, grain.epoch))
+        owned = (*(seen.grains if seen else ()), (str(key), grain.epoch))
         out[pipeline_id] = Workload(
             namespace=names[1], backlog=backlog, leased=leased, grains=owned
         )

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from actors.pipeline.book import TaskBook
-from actors.pipeline.model import NewTask, Outcome, PipelineConfig, Report, Status
+from actors.pipeline.model import GrainKey, NewTask, Outcome, PipelineConfig, Report, Status
 from actors.pipeline.ports import StaleEpoch
 from services.store import migrate
 from services.store.schema import task_results, tasks
@@ -19,7 +19,7 @@ from services.store.tasks import SqlTaskStore
 pytestmark = pytest.mark.integration
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 PIPELINE = "0190-pipeline"
-GRAIN = f"{PIPELINE}/0"
+GRAIN = GrainKey(pipeline_id=PIPELINE)
 
 
 def new(i: int, data: bytes = b'{"n":1}') -> NewTask:
@@ -46,58 +46,54 @@ def store(engine: sa.Engine) -> SqlTaskStore:
 
 
 async def test_claim_increments_the_epoch_and_fences_the_old_owner(store: SqlTaskStore) -> None:
-    first = await store.claim(grain_id=GRAIN, owner="replica-a")
-    second = await store.claim(grain_id=GRAIN, owner="replica-b")
+    first = await store.claim(grain=GRAIN, owner="replica-a")
+    second = await store.claim(grain=GRAIN, owner="replica-b")
     assert second == first + 1
     with pytest.raises(StaleEpoch):
         await store.admit(
-            grain_id=GRAIN,
+            grain=GRAIN,
             epoch=first,
-            pipeline_id=PIPELINE,
             tasks=[new(1)],
             offsets={0: 1},
             now=NOW,
         )
-    assert await store.page_queued(pipeline_id=PIPELINE, after="", limit=10) == []
+    assert await store.page_queued(grain=GRAIN, after="", limit=10) == []
 
 
 async def test_admit_is_idempotent_and_reports_conflicts(store: SqlTaskStore) -> None:
-    epoch = await store.claim(grain_id=GRAIN, owner="a")
+    epoch = await store.claim(grain=GRAIN, owner="a")
     first = await store.admit(
-        grain_id=GRAIN,
+        grain=GRAIN,
         epoch=epoch,
-        pipeline_id=PIPELINE,
         tasks=[new(1), new(2), new(1)],
         offsets={0: 3},
         now=NOW,
     )
     assert [t.id for t in first.admitted] == ["task-00001", "task-00002"]
     again = await store.admit(
-        grain_id=GRAIN,
+        grain=GRAIN,
         epoch=epoch,
-        pipeline_id=PIPELINE,
         tasks=[new(1), new(2, b'{"n":2}'), new(3)],
         offsets={0: 6},
         now=NOW,
     )
     assert [t.id for t in again.admitted] == ["task-00003"]
     assert again.duplicates == ["task-00001"] and again.conflicts == ["task-00002"]
-    loaded = await store.load(grain_id=GRAIN, pipeline_id=PIPELINE)
+    loaded = await store.load(grain=GRAIN)
     assert loaded.offsets == {0: 6} and loaded.counts == {Status.QUEUED: 3}
 
 
 async def test_page_queued_walks_ids_in_order(store: SqlTaskStore) -> None:
-    epoch = await store.claim(grain_id=GRAIN, owner="a")
+    epoch = await store.claim(grain=GRAIN, owner="a")
     await store.admit(
-        grain_id=GRAIN,
+        grain=GRAIN,
         epoch=epoch,
-        pipeline_id=PIPELINE,
         tasks=[new(i) for i in range(7)],
         offsets={},
         now=NOW,
     )
-    page = await store.page_queued(pipeline_id=PIPELINE, after="", limit=4)
-    rest = await store.page_queued(pipeline_id=PIPELINE, after=page[-1].id, limit=4)
+    page = await store.page_queued(grain=GRAIN, after="", limit=4)
+    rest = await store.page_queued(grain=GRAIN, after=page[-1].id, limit=4)
     assert [t.id for t in page + rest] == [f"task-{i:05d}" for i in range(7)]
     assert page[0].data == b'{"n":1}' and page[0].due_at == NOW
 
@@ -105,11 +101,10 @@ async def test_page_queued_walks_ids_in_order(store: SqlTaskStore) -> None:
 async def test_flush_writes_leases_results_and_counters_then_reload(
     store: SqlTaskStore, engine: sa.Engine
 ) -> None:
-    epoch = await store.claim(grain_id=GRAIN, owner="a")
+    epoch = await store.claim(grain=GRAIN, owner="a")
     admission = await store.admit(
-        grain_id=GRAIN,
+        grain=GRAIN,
         epoch=epoch,
-        pipeline_id=PIPELINE,
         tasks=[new(1), new(2)],
         offsets={},
         now=NOW,
@@ -119,9 +114,8 @@ async def test_flush_writes_leases_results_and_counters_then_reload(
     done, running = book.lease(worker="w1", max_tasks=2, max_bytes=1 << 20, now=0, wall=NOW)
     book.report(Report(token=done.token, outcome=Outcome.SUCCEEDED, result=b"ok"), wall=NOW)
     await store.flush(
-        grain_id=GRAIN,
+        grain=GRAIN,
         epoch=epoch,
-        pipeline_id=PIPELINE,
         flush=book.take_flush(),
         stats=book.stats(),
         now=NOW,
@@ -134,15 +128,14 @@ async def test_flush_writes_leases_results_and_counters_then_reload(
     assert [tuple(r) for r in results] == [("task-00001", b"ok")]
     assert data == b'{"n":1}'  # the upsert never overwrites the task's data
     # a new incarnation takes over the lease with the old token
-    new_epoch = await store.claim(grain_id=GRAIN, owner="b")
-    loaded = await store.load(grain_id=GRAIN, pipeline_id=PIPELINE)
+    new_epoch = await store.claim(grain=GRAIN, owner="b")
+    loaded = await store.load(grain=GRAIN)
     assert [t.id for t in loaded.leased] == ["task-00002"]
     assert loaded.leased[0].lease_epoch == epoch and new_epoch == epoch + 1
     with pytest.raises(StaleEpoch):
         await store.flush(
-            grain_id=GRAIN,
+            grain=GRAIN,
             epoch=epoch,
-            pipeline_id=PIPELINE,
             flush=book.take_flush(),
             stats=book.stats(),
             now=NOW,
@@ -151,19 +144,17 @@ async def test_flush_writes_leases_results_and_counters_then_reload(
 
 
 async def test_cancel_queued_and_requeue_dead(store: SqlTaskStore, engine: sa.Engine) -> None:
-    epoch = await store.claim(grain_id=GRAIN, owner="a")
+    epoch = await store.claim(grain=GRAIN, owner="a")
     await store.admit(
-        grain_id=GRAIN,
+        grain=GRAIN,
         epoch=epoch,
-        pipeline_id=PIPELINE,
         tasks=[new(1), new(2)],
         offsets={},
         now=NOW,
     )
     cancelled = await store.cancel_queued(
-        grain_id=GRAIN,
+        grain=GRAIN,
         epoch=epoch,
-        pipeline_id=PIPELINE,
         task_ids=["task-00001", "nope"],
         now=NOW,
         retention_s=60,
@@ -174,9 +165,8 @@ async def test_cancel_queued_and_requeue_dead(store: SqlTaskStore, engine: sa.En
             sa.update(tasks).where(tasks.c.id == "task-00002").values(status="dead", attempt=3)
         )
     requeued = await store.requeue_dead(
-        grain_id=GRAIN,
+        grain=GRAIN,
         epoch=epoch,
-        pipeline_id=PIPELINE,
         task_ids=["task-00002", "task-00001"],
         now=NOW,
     )

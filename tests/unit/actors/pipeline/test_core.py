@@ -10,10 +10,19 @@ import pytest
 
 from actors.pipeline.core import GrainClock, PipelineCore
 from actors.pipeline.memory import InMemoryTaskStore
-from actors.pipeline.model import NewTask, Outcome, PipelineConfig, Report, ReportAck, Status
+from actors.pipeline.model import (
+    GrainKey,
+    NewTask,
+    Outcome,
+    PipelineConfig,
+    Report,
+    ReportAck,
+    Status,
+)
 from actors.pipeline.ports import StaleEpoch, StoreUnavailable
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+KEY = GrainKey(pipeline_id="p")
 
 
 class Clock:
@@ -39,9 +48,7 @@ def new(i: int) -> NewTask:
 
 def core(store: InMemoryTaskStore, clock: Clock, owner: str = "a", **cfg: float) -> PipelineCore:
     config = PipelineConfig(pipeline_id="p", **cfg)  # type: ignore[arg-type]
-    return PipelineCore(
-        config=config, grain_id="p/0", owner=owner, store=store, clock=clock.grain_clock()
-    )
+    return PipelineCore(config=config, key=KEY, owner=owner, store=store, clock=clock.grain_clock())
 
 
 async def test_a_waiting_poll_is_served_when_tasks_are_admitted() -> None:
@@ -54,7 +61,7 @@ async def test_a_waiting_poll_is_served_when_tasks_are_admitted() -> None:
     assert result.admitted == 2
     grants = await asyncio.wait_for(waiting, 1)
     assert [gr.task.id for gr in grants] == ["t001", "t002"]
-    assert store.offsets["p/0"] == {0: 2}
+    assert store.offsets[KEY] == {0: 2}
 
 
 async def test_withdrawn_poll_gets_nothing_and_keeps_tasks_for_others() -> None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from actors.clock import FakeClock
 from actors.pipeline.core import PipelineCore
+from actors.pipeline.model import GrainKey
 from services.deploy.kube import KubeUnavailable
 from services.scheduler.metrics import ScalerCollector
 from services.scheduler.scaler import (
@@ -365,18 +366,18 @@ async def test_a_failing_workload_source_is_logged(caplog: pytest.LogCaptureFixt
     assert "cannot list the hosted pipelines" in caplog.text
 
 
-def grain(backlog: int, leased: int, grain_id: str = "g", epoch: int = 1) -> PipelineCore:
+def grain(backlog: int, leased: int, epoch: int = 1) -> PipelineCore:
     book = SimpleNamespace(stats=lambda: {"queued": backlog, "backlog": backlog})
     book.leased_count = leased
-    return cast(PipelineCore, SimpleNamespace(book=book, grain_id=grain_id, epoch=epoch))
+    return cast(PipelineCore, SimpleNamespace(book=book, epoch=epoch))
 
 
 def test_hosted_workloads_are_the_hosted_grains_with_names() -> None:
     grains = {
-        "p1/0": grain(5, 2, "p1/0", 3),
-        "p1/1": grain(1, 1, "p1/1", 1),
-        "p2/0": grain(9, 9, "p2/0"),
-        "p3/0": grain(0, 0, "p3/0", 7),
+        GrainKey(pipeline_id="p1"): grain(5, 2, 3),
+        GrainKey(pipeline_id="p1", slice=1): grain(1, 1, 1),
+        GrainKey(pipeline_id="p2"): grain(9, 9),
+        GrainKey(pipeline_id="p3"): grain(0, 0, 7),
     }
     labels = {"p1": ("t-a-p1", "wsched-t"), "p3": ("t-a-p3", "wsched-t"), "p4": ("x", "y")}
     assert hosted_workloads(grains, labels) == {
@@ -426,9 +427,9 @@ async def test_the_owner_check_reads_the_epochs_grain_writes_are_fenced_by(sqlit
     store = SqlTaskStore(engine=engine, clock=lambda: dt.datetime.now(dt.UTC))
     check = SqlOwnerCheck(engine=engine)
     try:
-        first = await store.claim(grain_id="p1/0", owner="replica-a")
+        first = await store.claim(grain=GrainKey(pipeline_id="p1"), owner="replica-a")
         assert await check.still_owned((("p1/0", first),))
-        second = await store.claim(grain_id="p1/0", owner="replica-b")
+        second = await store.claim(grain=GrainKey(pipeline_id="p1"), owner="replica-b")
         assert not await check.still_owned((("p1/0", first),))
         assert await check.still_owned((("p1/0", second),))
         assert not await check.still_owned((("p1/0", second), ("p1/1", 1)))
