@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from actors.actor import Actor, ActorContext, GrainId
 from actors.clock import Cancellable
-from actors.pipeline.core import AdmitResult, GrainClock, PipelineCore
+from actors.pipeline.core import GrainClock, PipelineCore
 from actors.pipeline.model import (
+    AdmitBatch,
+    AdmitResult,
     GrainKey,
     Grant,
     LeaseToken,
-    NewTask,
     PipelineConfig,
     Report,
     ReportAck,
@@ -46,10 +47,9 @@ class Activate:
 
 @dataclass(frozen=True, kw_only=True)
 class Admit:
-    new: Sequence[NewTask]
-    cancels: Sequence[str]
-    requeues: Sequence[str]
-    offsets: Mapping[int, int]
+    """Answered with an ``AdmitResult`` once the batch is durable and applied."""
+
+    batch: AdmitBatch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,9 +223,7 @@ class PipelineActor(Actor[object, Any]):
         return dict(self._offsets)
 
     async def _admit(self, msg: Admit) -> AdmitResult:
-        return await self.core.admit(
-            new=msg.new, cancels=msg.cancels, requeues=msg.requeues, offsets=msg.offsets
-        )
+        return await self.core.admit(msg.batch)
 
     async def _poll(self, msg: Poll) -> asyncio.Future[list[Grant]]:
         return self.core.poll(worker=msg.worker, max_tasks=msg.max_tasks, max_bytes=msg.max_bytes)

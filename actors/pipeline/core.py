@@ -27,6 +27,8 @@ from typing import TypeVar
 
 from actors.pipeline.book import Flush, TaskBook
 from actors.pipeline.model import (
+    AdmitBatch,
+    AdmitResult,
     GrainKey,
     Grant,
     LeaseToken,
@@ -60,15 +62,6 @@ class _Waiter:
     future: asyncio.Future[list[Grant]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-
-
-@dataclass(frozen=True, kw_only=True)
-class AdmitResult:
-    admitted: int
-    duplicates: int
-    conflicts: int
-    cancelled: int
-    requeued: int
 
 
 class PipelineCore:
@@ -131,30 +124,23 @@ class PipelineCore:
 
     # -- admission ----------------------------------------------------------------------
 
-    async def admit(
-        self,
-        *,
-        new: Sequence[NewTask],
-        cancels: Sequence[str],
-        requeues: Sequence[str],
-        offsets: Mapping[int, int],
-    ) -> AdmitResult:
+    async def admit(self, batch: AdmitBatch) -> AdmitResult:
         """Make a batch of records from the topic durable, then apply it in memory.
 
-        ``new`` holds ``NewTask``s in topic order; offsets are the next offsets to read,
-        recorded in the same transaction so a replay after a crash skips what was admitted.
+        New tasks come in topic order; the offsets are recorded in the same transaction
+        as the batch's last write, so a replay after a crash skips what was admitted.
         """
         wall = self._clock.wall()
         # The offsets go with the batch's last write, so that a crash in between replays
         # the cancels and requeues instead of skipping them.
-        later = bool(cancels or requeues)
-        admission = await self._store_admit(new, {} if later else offsets, wall=wall)
+        later = bool(batch.cancels or batch.requeues)
+        admission = await self._store_admit(batch.new, {} if later else batch.offsets, wall=wall)
         self._stamp_ready(admission.admitted)
         self.book.admit(admission.admitted)
-        cancelled = await self._cancel(cancels, wall=wall)
-        requeued = await self._requeue(requeues, wall=wall)
-        if later and offsets:
-            await self._store_admit([], offsets, wall=wall)
+        cancelled = await self._cancel(batch.cancels, wall=wall)
+        requeued = await self._requeue(batch.requeues, wall=wall)
+        if later and batch.offsets:
+            await self._store_admit([], batch.offsets, wall=wall)
         self._serve_waiters()
         return AdmitResult(
             admitted=len(admission.admitted),

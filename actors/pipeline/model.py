@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class Status(StrEnum):
@@ -125,6 +127,37 @@ class NewTask:
     data_sha256: bytes
     due_at: dt.datetime
     created_at: dt.datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmitBatch:
+    """One batch of a pipeline's topic, as its grain admits it: all of it, or none.
+
+    Built by the forwarder, carried by the actor's ``Admit`` message and applied by the
+    core. Undecodable records are not in it (they are quarantined beside it), but their
+    offsets are: ``offsets`` holds the next offset to read per partition, recorded with
+    the batch so that a new owner resumes after it.
+    """
+
+    new: tuple[NewTask, ...] = ()
+    cancels: tuple[str, ...] = ()
+    requeues: tuple[str, ...] = ()
+    offsets: Mapping[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A read-only copy: the caller's dict may change while the batch is in flight.
+        object.__setattr__(self, "offsets", MappingProxyType(dict(self.offsets)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmitResult:
+    """What became of an ``AdmitBatch``."""
+
+    admitted: int
+    duplicates: int
+    conflicts: int
+    cancelled: int
+    requeued: int
 
 
 @dataclass(frozen=True, kw_only=True)

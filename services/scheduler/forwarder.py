@@ -18,48 +18,49 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from actors.pipeline.core import AdmitResult
-from actors.pipeline.model import NewTask
+from actors.pipeline.model import AdmitBatch, AdmitResult, NewTask
 from actors.pipeline.ports import StaleEpoch
 from services.scheduler.decode import CancelEvent, RequeueEvent, Undecodable, decode
 from services.store.quarantine import Quarantined
 
 log = logging.getLogger("wsched.scheduler.forwarder")
 
-Admit = Callable[..., Awaitable[AdmitResult]]
+Admit = Callable[[AdmitBatch], Awaitable[AdmitResult]]
 Keep = Callable[[Sequence[Quarantined]], Awaitable[None]]
 
 
-@dataclass(kw_only=True)
-class Batch:
-    new: list[NewTask] = field(default_factory=list)
-    cancels: list[str] = field(default_factory=list)
-    requeues: list[str] = field(default_factory=list)
-    quarantined: list[Quarantined] = field(default_factory=list)
-    offsets: dict[int, int] = field(default_factory=dict)
+@dataclass(frozen=True, kw_only=True)
+class Fetched:
+    """One fetch, decoded: the batch for the grain, and the records kept aside beside it."""
 
-    @property
-    def records(self) -> int:
-        return len(self.new) + len(self.cancels) + len(self.requeues) + len(self.quarantined)
+    batch: AdmitBatch
+    quarantined: tuple[Quarantined, ...] = ()
 
 
 def build_batch(
     pipeline_id: str, records: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
-) -> Batch:
-    batch = Batch()
+) -> Fetched:
+    new: list[NewTask] = []
+    cancels: list[str] = []
+    requeues: list[str] = []
+    quarantined: list[Quarantined] = []
+    offsets: dict[int, int] = {}
     for tp, items in records.items():
         for record in items:
             event = decode(record.value, pipeline_id=pipeline_id, timestamp_ms=record.timestamp)
             if isinstance(event, NewTask):
-                batch.new.append(event)
+                new.append(event)
             elif isinstance(event, CancelEvent):
-                batch.cancels.append(event.task_id)
+                cancels.append(event.task_id)
             elif isinstance(event, RequeueEvent):
-                batch.requeues.append(event.task_id)
+                requeues.append(event.task_id)
             else:
-                batch.quarantined.append(_quarantined(pipeline_id, tp, record, event))
-            batch.offsets[tp.partition] = record.offset + 1
-    return batch
+                quarantined.append(_quarantined(pipeline_id, tp, record, event))
+            offsets[tp.partition] = record.offset + 1
+    batch = AdmitBatch(
+        new=tuple(new), cancels=tuple(cancels), requeues=tuple(requeues), offsets=offsets
+    )
+    return Fetched(batch=batch, quarantined=tuple(quarantined))
 
 
 def _quarantined(
@@ -134,8 +135,7 @@ class Forwarder:
                     timeout_ms=500, max_records=self._max_records
                 )
                 if records:
-                    batch = build_batch(self.pipeline_id, records)
-                    await self._forward(batch)
+                    await self._forward(build_batch(self.pipeline_id, records))
                 if time.monotonic() >= self._lag_due:
                     self._lag_due = time.monotonic() + 5
                     await self._update_lag()
@@ -144,17 +144,12 @@ class Forwarder:
         finally:
             await self._consumer.stop()
 
-    async def _forward(self, batch: Batch) -> None:
+    async def _forward(self, fetched: Fetched) -> None:
         delay = 0.05
         while True:
             try:
-                await self._keep(batch.quarantined)
-                result = await self._admit(
-                    new=batch.new,
-                    cancels=batch.cancels,
-                    requeues=batch.requeues,
-                    offsets=batch.offsets,
-                )
+                await self._keep(fetched.quarantined)
+                result = await self._admit(fetched.batch)
                 break
             except StaleEpoch:
                 raise
@@ -172,8 +167,8 @@ class Forwarder:
         self.stats.admitted += result.admitted
         self.stats.duplicates += result.duplicates
         self.stats.conflicts += result.conflicts
-        self.stats.quarantined += len(batch.quarantined)
-        await self._commit(batch.offsets)
+        self.stats.quarantined += len(fetched.quarantined)
+        await self._commit(fetched.batch.offsets)
 
     async def _commit(self, offsets: Mapping[int, int]) -> None:
         try:

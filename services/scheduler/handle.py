@@ -15,13 +15,22 @@ from typing import Any
 
 from actors.errors import ActorError
 from actors.pipeline import actor as grain_actor
-from actors.pipeline.model import Grant, LeaseToken, Report, ReportAck, Verdict
+from actors.pipeline.model import (
+    AdmitBatch,
+    AdmitResult,
+    Grant,
+    LeaseToken,
+    Report,
+    ReportAck,
+    Verdict,
+)
 from actors.runtime import ActorSystem, GrainId
 from services.scheduler.worker_api import Unavailable
 
 
 class GrainHandle:
-    """A hosted grain as the worker API sees it: asks into the actor, waits outside it."""
+    """A hosted grain as the worker API and the forwarder see it: asks into the actor,
+    waits outside it."""
 
     def __init__(self, *, system: ActorSystem, grain: GrainId, lease_timeout_s: float) -> None:
         self._system = system
@@ -51,6 +60,11 @@ class GrainHandle:
             with contextlib.suppress(ActorError):
                 self._system.tell(self._grain, grain_actor.Withdraw(future=future))
             raise
+
+    async def admit(self, batch: AdmitBatch) -> AdmitResult:
+        """Admit a batch of the pipeline's topic (the forwarder's way in)."""
+        result: AdmitResult = await self._ask(grain_actor.Admit(batch=batch))
+        return result
 
     async def heartbeat(self, tokens: Sequence[LeaseToken]) -> list[Verdict]:
         verdicts: list[Verdict] = await self._ask(grain_actor.Heartbeat(tokens=tokens))

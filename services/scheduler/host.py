@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import grpc
 import sqlalchemy as sa
@@ -25,10 +25,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from actors.pipeline import actor as grain_actor
-from actors.pipeline.core import AdmitResult, PipelineCore
+from actors.pipeline.core import PipelineCore
 from actors.pipeline.model import GrainKey
 from actors.pipeline.ports import StaleEpoch
-from actors.runtime import ActorSystem, GrainId, KindConfig, KindStats
+from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindStats
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
@@ -54,9 +54,10 @@ def _utcnow() -> dt.datetime:
 @dataclass(kw_only=True)
 class _Hosted:
     grain: GrainId
+    #: How the worker API and the forwarder reach the grain.
+    handle: GrainHandle
     forwarder: Forwarder
     task: asyncio.Task[None]
-    lease_timeout_s: float
     #: (worker, namespace) labels of the seed's KEDA gauge; None if the names are unknown.
     queue_labels: tuple[str, str] | None = None
 
@@ -124,7 +125,7 @@ class SchedulerHost:
         self._server: grpc.aio.Server | None = None
         self.grpc_port = 0
 
-    def _make_grain(self, key: str, context: Any) -> grain_actor.PipelineActor:
+    def _make_grain(self, key: str, context: ActorContext) -> grain_actor.PipelineActor:
         return grain_actor.PipelineActor(
             key=GrainKey.parse(key),
             context=context,
@@ -285,32 +286,29 @@ class SchedulerHost:
                 "pipeline %s: grain not activated: %s: %s", pipeline_id, type(err).__name__, err
             )
             return
+        handle = GrainHandle(
+            system=self._system,
+            grain=grain,
+            lease_timeout_s=config.lease_timeout_s if config else 30.0,
+        )
         forwarder = Forwarder(
             bootstrap=self._bootstrap,
             pipeline_id=pipeline_id,
             topic=pipeline_topic(pipeline_id),
             partitions=partitions,
-            admit=self._admitter(grain),
+            admit=handle.admit,
             keep=self._keep,
         )
         task = asyncio.create_task(forwarder.run(offsets), name=f"forwarder {pipeline_id}")
         task.add_done_callback(lambda _: self._forwarder_ended(pipeline_id, task))
         self._hosted[pipeline_id] = _Hosted(
             grain=grain,
+            handle=handle,
             forwarder=forwarder,
             task=task,
             queue_labels=labels,
-            lease_timeout_s=config.lease_timeout_s if config else 30.0,
         )
         log.info("pipeline %s: grain active, forwarding %d partition(s)", pipeline_id, partitions)
-
-    def _admitter(self, grain: GrainId) -> Any:
-        async def admit(**batch: Any) -> AdmitResult:
-            reply = await self._system.ask(grain, grain_actor.Admit(**batch))
-            result: AdmitResult = grain_actor.unwrap(reply)
-            return result
-
-        return admit
 
     async def _keep(self, records: Sequence[Quarantined]) -> None:
         await self._quarantine.keep(records, now=_utcnow())
@@ -354,9 +352,7 @@ class SchedulerHost:
         hosted = self._hosted.get(pipeline_id)
         if hosted is None:
             return None
-        return GrainHandle(
-            system=self._system, grain=hosted.grain, lease_timeout_s=hosted.lease_timeout_s
-        )
+        return hosted.handle
 
     async def owner_address(self, pipeline_id: str) -> str | None:
         return await self._directory.owner_address(pipeline_id)

@@ -11,6 +11,7 @@ import pytest
 from actors.pipeline.core import GrainClock, PipelineCore
 from actors.pipeline.memory import InMemoryTaskStore
 from actors.pipeline.model import (
+    AdmitBatch,
     GrainKey,
     NewTask,
     Outcome,
@@ -57,7 +58,7 @@ async def test_a_waiting_poll_is_served_when_tasks_are_admitted() -> None:
     await g.activate()
     waiting = g.poll(worker="w", max_tasks=5, max_bytes=1 << 20)
     assert not waiting.done()
-    result = await g.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={0: 2})
+    result = await g.admit(AdmitBatch(new=(new(1), new(2)), offsets={0: 2}))
     assert result.admitted == 2
     grants = await asyncio.wait_for(waiting, 1)
     assert [gr.task.id for gr in grants] == ["t001", "t002"]
@@ -71,7 +72,7 @@ async def test_withdrawn_poll_gets_nothing_and_keeps_tasks_for_others() -> None:
     waiting = g.poll(worker="w", max_tasks=5, max_bytes=1 << 20)
     g.withdraw(waiting)
     assert waiting.result() == []
-    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1),)))
     assert g.book.ready_count == 1
 
 
@@ -79,7 +80,7 @@ async def test_report_is_acknowledged_only_after_the_flush() -> None:
     store, clock = InMemoryTaskStore(), Clock()
     g = core(store, clock)
     await g.activate()
-    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1),)))
     (grant,) = g.poll(worker="w", max_tasks=1, max_bytes=1 << 20).result()
     acks, durable = g.report([Report(token=grant.token, outcome=Outcome.SUCCEEDED, result=b"done")])
     assert acks == [ReportAck.ACCEPTED] and not durable.done()
@@ -94,7 +95,7 @@ async def test_a_failed_flush_fails_the_report_and_keeps_the_change() -> None:
     store, clock = InMemoryTaskStore(), Clock()
     g = core(store, clock)
     await g.activate()
-    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1),)))
     (grant,) = g.poll(worker="w", max_tasks=1, max_bytes=1 << 20).result()
     _, durable = g.report([Report(token=grant.token, outcome=Outcome.SUCCEEDED)])
     store.down = True
@@ -114,7 +115,7 @@ async def test_a_paused_ex_owner_writes_nothing_after_the_takeover() -> None:
     store, clock = InMemoryTaskStore(), Clock()
     old = core(store, clock, owner="a")
     await old.activate()
-    await old.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={})
+    await old.admit(AdmitBatch(new=(new(1), new(2))))
     first, _second = old.poll(worker="w", max_tasks=2, max_bytes=1 << 20).result()
     await old.flush()  # leases are now in the store
     new_owner = core(store, clock, owner="b")
@@ -137,7 +138,7 @@ async def test_tick_expires_leases_and_serves_the_requeued_task() -> None:
     store, clock = InMemoryTaskStore(), Clock()
     g = core(store, clock, lease_timeout_s=10)
     await g.activate()
-    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1),)))
     (lost,) = g.poll(worker="w1", max_tasks=1, max_bytes=1 << 20).result()
     waiting = g.poll(worker="w2", max_tasks=1, max_bytes=1 << 20)
     clock.now = 11
@@ -150,7 +151,7 @@ async def test_backlog_beyond_the_window_is_paged_in_from_the_store() -> None:
     store, clock = InMemoryTaskStore(), Clock()
     g = core(store, clock, window_tasks=4)
     await g.activate()
-    await g.admit(new=[new(i) for i in range(10)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=tuple(new(i) for i in range(10))))
     assert g.book.ready_count == 4
     seen: list[str] = []
     while len(seen) < 10:
@@ -166,13 +167,13 @@ async def test_cancel_and_requeue_through_admission() -> None:
     store, clock = InMemoryTaskStore(), Clock()
     g = core(store, clock, window_tasks=1)
     await g.activate()
-    await g.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={})
-    result = await g.admit(new=[], cancels=["t001", "t002"], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1), new(2))))
+    result = await g.admit(AdmitBatch(cancels=("t001", "t002")))
     assert result.cancelled == 2  # one from the window, one from the store
     assert g.book.stats()["cancelled"] == 2 and g.book.stats()["queued"] == 0
     store.rows[("p", "t002")].status = Status.DEAD
     g.book.load_counts({Status.DEAD: 1})
-    result = await g.admit(new=[], cancels=[], requeues=["t002"], offsets={})
+    result = await g.admit(AdmitBatch(requeues=("t002",)))
     assert result.requeued == 1 and g.book.stats()["queued"] == 1
 
 
@@ -180,7 +181,7 @@ async def test_counters_reach_the_store_even_when_only_admission_changed_them() 
     store, clock = InMemoryTaskStore(), Clock()
     g = core(store, clock)
     await g.activate()
-    await g.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1), new(2))))
     assert g.wants_flush
     await g.flush()
     assert store.stats["p"]["backlog"] == 2
