@@ -21,6 +21,7 @@ from actors.pipeline.model import (
     AdmitBatch,
     AdmitResult,
     GrainKey,
+    GrainSnapshot,
     Grant,
     LeaseToken,
     PipelineConfig,
@@ -88,6 +89,9 @@ class _Flush:
 
 
 TICK, FLUSH = _Tick(), _Flush()
+#: The messages after which the grain publishes a snapshot; polls, heartbeats and
+#: reports are the hot path and show up at the next tick or flush instead.
+_PUBLISHED_AFTER = (Admit, _Tick, _Flush)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,15 +134,17 @@ class PipelineActor(Actor[object, Any]):
         configs: ConfigSource,
         owner: str,
         timing: Timing,
-        registry: MutableMapping[GrainKey, PipelineCore] | None = None,
+        snapshots: MutableMapping[GrainKey, GrainSnapshot] | None = None,
         observe_flush: Callable[[int, float], None] | None = None,
         observe_dispatch: Callable[[float], None] | None = None,
     ) -> None:
         self._key = key
-        #: Active grains by key, read by the metrics layer at scrape time.
-        self._registry: MutableMapping[GrainKey, PipelineCore] = (
-            {} if registry is None else registry
+        #: Where this grain publishes its snapshot, read by metrics and the scaler; shared
+        #: by the host's grains, so an entry is removed only by the actor that put it there.
+        self._snapshots: MutableMapping[GrainKey, GrainSnapshot] = (
+            {} if snapshots is None else snapshots
         )
+        self._published: GrainSnapshot | None = None
         self._observe_flush = observe_flush
         self._observe_dispatch = observe_dispatch
         self._ctx = context
@@ -173,16 +179,26 @@ class PipelineActor(Actor[object, Any]):
             observe_dispatch=self._observe_dispatch,
         )
         self._offsets = await self._fenced(self._core.activate())
-        self._registry[self._key] = self._core
+        self._publish()
         self._ctx.every(self._timing.tick_s, TICK)
         self._ctx.every(self._timing.flush_s, FLUSH)
 
     async def on_deactivate(self, reason: str) -> None:
         if self._core is not None:
             log.info("grain %s deactivating (%s)", self._key, reason)
-            if self._registry.get(self._key) is self._core:
-                del self._registry[self._key]
+            self._withdraw_snapshot()
             await self._core.deactivate()
+
+    def _publish(self) -> None:
+        if self._core is None or self._core.fenced:
+            return  # a fenced grain's figures are no longer the pipeline's
+        self._published = self._core.snapshot()
+        self._snapshots[self._key] = self._published
+
+    def _withdraw_snapshot(self) -> None:
+        # A newer incarnation may have published already: its entry is not ours to drop.
+        if self._published is not None and self._snapshots.get(self._key) is self._published:
+            del self._snapshots[self._key]
 
     async def receive(self, message: object) -> Any:
         """Expected failures (store down, fenced) come back as values, not exceptions:
@@ -197,6 +213,10 @@ class PipelineActor(Actor[object, Any]):
                 log.warning("grain %s: %s failed: %s", self._key, type(message).__name__, err)
                 return None
             return Failed(error=err)
+        finally:
+            # Even a failed admission or tick may have changed the book part way.
+            if isinstance(message, _PUBLISHED_AFTER):
+                self._publish()
 
     def _dispatch_table(self) -> dict[type, Callable[[Any], Awaitable[Any]]]:
         return {

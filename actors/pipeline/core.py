@@ -30,6 +30,7 @@ from actors.pipeline.model import (
     AdmitBatch,
     AdmitResult,
     GrainKey,
+    GrainSnapshot,
     Grant,
     LeaseToken,
     NewTask,
@@ -94,6 +95,17 @@ class PipelineCore:
     @property
     def epoch(self) -> int:
         return self.book.epoch
+
+    def snapshot(self) -> GrainSnapshot:
+        """The figures readers outside the actor may see (metrics, the scaler)."""
+        return GrainSnapshot(
+            key=self.key,
+            epoch=self.epoch,
+            stats=self.book.stats(),
+            totals=self.book.totals,
+            leased=self.book.leased_count,
+            taken_at=self._clock.monotonic(),
+        )
 
     # -- life cycle ---------------------------------------------------------------------
 

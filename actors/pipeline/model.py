@@ -161,6 +161,36 @@ class AdmitResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GrainSnapshot:
+    """A grain's figures as its actor last published them, for readers outside the actor.
+
+    Metrics and the scaler read these instead of the live book, whose state only the
+    actor's mailbox may touch. Published after activation and after each admission, tick
+    and flush (never per poll or heartbeat: that is the hot path), so it is at most a
+    tick old.
+    """
+
+    key: GrainKey
+    epoch: int
+    #: Tasks by status plus ``backlog``, as ``TaskBook.stats()`` returns them.
+    stats: Mapping[str, int]
+    #: Monotonic totals: admitted, dispatched, retried, dead, ...
+    totals: Mapping[str, int]
+    #: Tasks held by workers now.
+    leased: int
+    #: Monotonic seconds (the grain's clock) when it was taken.
+    taken_at: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stats", MappingProxyType(dict(self.stats)))
+        object.__setattr__(self, "totals", MappingProxyType(dict(self.totals)))
+
+    @property
+    def backlog(self) -> int:
+        return self.stats["backlog"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class TaskChange:
     """The mutable columns of a task row, as the next flush must write them."""
 

@@ -25,8 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from actors.pipeline import actor as grain_actor
-from actors.pipeline.core import PipelineCore
-from actors.pipeline.model import GrainKey
+from actors.pipeline.model import GrainKey, GrainSnapshot
 from actors.pipeline.ports import StaleEpoch
 from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindStats
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
@@ -102,14 +101,14 @@ class SchedulerHost:
             grain_actor.KIND, self._make_grain, config=KindConfig(idle_timeout_s=None)
         )
         self._hosted: dict[str, _Hosted] = {}
-        self._grains: dict[GrainKey, PipelineCore] = {}
+        self._snapshots: dict[GrainKey, GrainSnapshot] = {}
         self.registry = CollectorRegistry()
         self._grain_metrics = GrainMetrics(self.registry)
         self.registry.register(SchedulerCollector(self))
         self._scaler = build_scaler(
             settings=settings,
             engine=self._engine,
-            workloads=lambda: hosted_workloads(self.grains(), self.queue_labels()),
+            workloads=lambda: hosted_workloads(self.snapshots(), self.queue_labels()),
             kube_port=kube,
         )
         if self._scaler is not None:
@@ -133,7 +132,7 @@ class SchedulerHost:
             configs=self._directory,
             owner=self._address,
             timing=self._timing,
-            registry=self._grains,
+            snapshots=self._snapshots,
             observe_flush=self._grain_metrics.observe,
             observe_dispatch=self._grain_metrics.dispatch.observe,
         )
@@ -366,8 +365,8 @@ class SchedulerHost:
 
     # -- what the metrics collector reads ------------------------------------------------
 
-    def grains(self) -> dict[GrainKey, PipelineCore]:
-        return dict(self._grains)
+    def snapshots(self) -> dict[GrainKey, GrainSnapshot]:
+        return dict(self._snapshots)
 
     def forwarders(self) -> dict[str, ForwarderStats]:
         return {pid: hosted.forwarder.stats for pid, hosted in self._hosted.items()}

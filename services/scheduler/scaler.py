@@ -35,8 +35,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from actors.clock import Clock, MonotonicClock
-from actors.pipeline.core import PipelineCore
-from actors.pipeline.model import GrainKey
+from actors.pipeline.model import GrainKey, GrainSnapshot
 from services.deploy import kube
 from services.deploy.charts import merge_values
 from services.deploy.scaling import (
@@ -92,22 +91,21 @@ class PolicySource(Protocol):
 
 
 def hosted_workloads(
-    grains: Mapping[GrainKey, PipelineCore], labels: Mapping[str, tuple[str, str]]
+    snapshots: Mapping[GrainKey, GrainSnapshot], labels: Mapping[str, tuple[str, str]]
 ) -> dict[str, Workload]:
-    """The workloads of the hosted pipelines (those with queue labels) whose grain is live.
-
-    Slices of one pipeline add up.
+    """The workloads of the hosted pipelines (those with queue labels) whose grain is live,
+    from the snapshots the grains publish. Slices of one pipeline add up.
     """
     out: dict[str, Workload] = {}
-    for key, grain in grains.items():
+    for key, snapshot in snapshots.items():
         pipeline_id = key.pipeline_id
         names = labels.get(pipeline_id)
         if names is None:
             continue
         seen = out.get(pipeline_id)
-        backlog = grain.book.stats()["backlog"] + (seen.backlog if seen else 0)
-        leased = grain.book.leased_count + (seen.leased if seen else 0)
-        owned = (*(seen.grains if seen else ()), (str(key), grain.epoch))
+        backlog = snapshot.backlog + (seen.backlog if seen else 0)
+        leased = snapshot.leased + (seen.leased if seen else 0)
+        owned = (*(seen.grains if seen else ()), (str(key), snapshot.epoch))
         out[pipeline_id] = Workload(
             namespace=names[1], backlog=backlog, leased=leased, grains=owned
         )

@@ -6,7 +6,6 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -14,8 +13,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 
 from actors.clock import FakeClock
-from actors.pipeline.core import PipelineCore
-from actors.pipeline.model import GrainKey
+from actors.pipeline.model import GrainKey, GrainSnapshot
 from services.deploy.kube import KubeUnavailable
 from services.scheduler.metrics import ScalerCollector
 from services.scheduler.scaler import (
@@ -366,19 +364,25 @@ async def test_a_failing_workload_source_is_logged(caplog: pytest.LogCaptureFixt
     assert "cannot list the hosted pipelines" in caplog.text
 
 
-def grain(backlog: int, leased: int, epoch: int = 1) -> PipelineCore:
-    book = SimpleNamespace(stats=lambda: {"queued": backlog, "backlog": backlog})
-    book.leased_count = leased
-    return cast(PipelineCore, SimpleNamespace(book=book, epoch=epoch))
+def snapshot(key: str, backlog: int, leased: int, epoch: int = 1) -> GrainSnapshot:
+    return GrainSnapshot(
+        key=GrainKey.parse(key),
+        epoch=epoch,
+        stats={"queued": backlog, "backlog": backlog},
+        totals={},
+        leased=leased,
+        taken_at=0.0,
+    )
 
 
 def test_hosted_workloads_are_the_hosted_grains_with_names() -> None:
-    grains = {
-        GrainKey(pipeline_id="p1"): grain(5, 2, 3),
-        GrainKey(pipeline_id="p1", slice=1): grain(1, 1, 1),
-        GrainKey(pipeline_id="p2"): grain(9, 9),
-        GrainKey(pipeline_id="p3"): grain(0, 0, 7),
-    }
+    snapshots = [
+        snapshot("p1/0", 5, 2, 3),
+        snapshot("p1/1", 1, 1, 1),
+        snapshot("p2/0", 9, 9),
+        snapshot("p3/0", 0, 0, 7),
+    ]
+    grains = {s.key: s for s in snapshots}
     labels = {"p1": ("t-a-p1", "wsched-t"), "p3": ("t-a-p3", "wsched-t"), "p4": ("x", "y")}
     assert hosted_workloads(grains, labels) == {
         "p1": Workload(
