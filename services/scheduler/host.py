@@ -30,6 +30,7 @@ from actors.pipeline.ports import StaleEpoch
 from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindStats
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin
+from services.kafka.consumer import KafkaPartitionConsumer
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
 from services.scheduler.directory import PipelineDirectory
 from services.scheduler.forwarder import Forwarder, ForwarderStats
@@ -290,10 +291,14 @@ class SchedulerHost:
             grain=grain,
             lease_timeout_s=config.lease_timeout_s if config else 30.0,
         )
-        forwarder = Forwarder(
+        consumer = KafkaPartitionConsumer(
             bootstrap=self._bootstrap,
-            pipeline_id=pipeline_id,
             topic=pipeline_topic(pipeline_id),
+            group_id=f"wsched.grain.{pipeline_id}",
+        )
+        forwarder = Forwarder(
+            consumer=consumer,
+            pipeline_id=pipeline_id,
             partitions=partitions,
             admit=handle.admit,
             keep=self._keep,
