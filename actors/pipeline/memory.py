@@ -1,4 +1,8 @@
-"""An in-memory ``TaskStore`` for unit tests: same fencing and idempotency rules, no I/O."""
+"""An in-memory ``TaskStore`` for unit tests: same fencing and idempotency rules, no I/O.
+
+It keeps the same contract as the SQL store (``tests/ports/task_store.py`` runs against
+both), so a unit test over it shows what the real store would do.
+"""
 
 from __future__ import annotations
 
@@ -59,7 +63,10 @@ class InMemoryTaskStore:
         admitted: list[Task] = []
         duplicates: list[str] = []
         conflicts: list[str] = []
+        unique: dict[str, NewTask] = {}
         for new in tasks:
+            unique.setdefault(new.id, new)  # a resubmit inside the batch: the first stands
+        for new in unique.values():
             key = (pipeline_id, new.id)
             if key in self.digests:
                 same = self.digests[key] == new.data_sha256
@@ -93,7 +100,8 @@ class InMemoryTaskStore:
         for task_id in task_ids:
             row = self.rows.get((pipeline_id, task_id))
             if row is not None and row.status is Status.QUEUED:
-                row.status, row.finished_at, done = Status.CANCELLED, now, done + 1
+                row.status, row.error, row.finished_at = Status.CANCELLED, "cancelled", now
+                done += 1
         return done
 
     async def requeue_dead(
@@ -110,7 +118,9 @@ class InMemoryTaskStore:
         for task_id in task_ids:
             row = self.rows.get((pipeline_id, task_id))
             if row is not None and row.status is Status.DEAD:
-                row.status, row.attempt, row.error, row.finished_at = Status.QUEUED, 1, None, None
+                row.status, row.attempt, row.error = Status.QUEUED, 1, None
+                row.started_at = row.finished_at = None
+                row.worker, row.lease_epoch = None, None
                 out.append(dataclasses.replace(row))
         return out
 
