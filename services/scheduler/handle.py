@@ -3,7 +3,8 @@
 ``PipelineActor`` serialises calls into its ``PipelineCore``; a handle sends it messages
 through the actor system and awaits the futures it answers with *outside* the mailbox, so
 a long poll or a report waiting for its flush never holds up other messages. The worker
-API serves every call through one (see ``actors/pipeline/core.py`` for the other layers).
+API and the forwarder reach a grain only through its handle (see ``actors/pipeline/core.py``
+for the other layers). A grain that cannot take messages now raises ``Unavailable``.
 """
 
 from __future__ import annotations
