@@ -18,7 +18,8 @@ ReplyT = TypeVar("ReplyT")
 class GrainId:
     """Names an actor: ``kind`` selects the registered factory, ``key`` the instance.
 
-    A pipeline grain is ``GrainId(kind="pipeline", key="<pipeline-id>/<slice>")``.
+    A pipeline grain is ``GrainId(kind="pipeline", key=str(GrainKey(...)))``, its
+    ``"<pipeline id>/<slice>"`` text (``actors.pipeline.actor.grain_id``).
     """
 
     kind: str

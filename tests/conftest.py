@@ -11,6 +11,9 @@ import pytest
 from services.infra.cache import Cache
 from services.settings import Settings
 
+# The shared contract cases assert outside test modules; rewrite them for useful failures.
+pytest.register_assert_rewrite("tests.ports")
+
 pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.database",

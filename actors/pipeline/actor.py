@@ -1,28 +1,44 @@
-"""The pipeline grain hosted as a virtual actor: messages in, grain calls out.
+"""PipelineActor: the mailbox that serialises calls into a pipeline's ``PipelineCore``.
 
-The actor runtime guarantees one message at a time, so the grain needs no locks. Polls
-and reports answer with futures that the caller awaits outside the mailbox, so a long
-poll or a report waiting for its flush never blocks other messages.
+The actor runtime guarantees one message at a time, so the core needs no locks. Polls
+and reports answer with futures that the caller (a ``GrainHandle``, outside the actor)
+awaits outside the mailbox, so a long poll or a report waiting for its flush never blocks
+other messages. See ``core.py`` for how the layers of a grain fit together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from actors.actor import Actor, ActorContext
+from actors.actor import Actor, ActorContext, GrainId
 from actors.clock import Cancellable
-from actors.pipeline.grain import AdmitResult, GrainClock, PipelineGrain
-from actors.pipeline.model import Grant, LeaseToken, NewTask, PipelineConfig, Report, ReportAck
+from actors.pipeline.core import GrainClock, PipelineCore
+from actors.pipeline.model import (
+    AdmitBatch,
+    AdmitResult,
+    GrainKey,
+    GrainSnapshot,
+    Grant,
+    LeaseToken,
+    PipelineConfig,
+    Report,
+    ReportAck,
+)
 from actors.pipeline.ports import StaleEpoch, StoreUnavailable, TaskStore
 
 log = logging.getLogger("wsched.actors.pipeline")
 
 KIND = "pipeline"
 R = TypeVar("R")
+
+
+def grain_id(key: GrainKey) -> GrainId:
+    """The runtime's (string-keyed) name of a pipeline grain; ``GrainKey.parse`` undoes it."""
+    return GrainId(kind=KIND, key=str(key))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,10 +48,9 @@ class Activate:
 
 @dataclass(frozen=True, kw_only=True)
 class Admit:
-    new: Sequence[NewTask]
-    cancels: Sequence[str]
-    requeues: Sequence[str]
-    offsets: Mapping[int, int]
+    """Answered with an ``AdmitResult`` once the batch is durable and applied."""
+
+    batch: AdmitBatch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +89,9 @@ class _Flush:
 
 
 TICK, FLUSH = _Tick(), _Flush()
+#: The messages after which the grain publishes a snapshot; polls, heartbeats and
+#: reports are the hot path and show up at the next tick or flush instead.
+_PUBLISHED_AFTER = (Admit, _Tick, _Flush)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,19 +128,23 @@ class PipelineActor(Actor[object, Any]):
     def __init__(
         self,
         *,
-        key: str,
+        key: GrainKey,
         context: ActorContext,
         store: TaskStore,
         configs: ConfigSource,
         owner: str,
         timing: Timing,
-        registry: MutableMapping[str, PipelineGrain] | None = None,
+        snapshots: MutableMapping[GrainKey, GrainSnapshot] | None = None,
         observe_flush: Callable[[int, float], None] | None = None,
         observe_dispatch: Callable[[float], None] | None = None,
     ) -> None:
         self._key = key
-        #: Active grains by key, read by the metrics layer at scrape time.
-        self._registry: MutableMapping[str, PipelineGrain] = {} if registry is None else registry
+        #: Where this grain publishes its snapshot, read by metrics and the scaler; shared
+        #: by the host's grains, so an entry is removed only by the actor that put it there.
+        self._snapshots: MutableMapping[GrainKey, GrainSnapshot] = (
+            {} if snapshots is None else snapshots
+        )
+        self._published: GrainSnapshot | None = None
         self._observe_flush = observe_flush
         self._observe_dispatch = observe_dispatch
         self._ctx = context
@@ -130,43 +152,53 @@ class PipelineActor(Actor[object, Any]):
         self._configs = configs
         self._owner = owner
         self._timing = timing
-        self._grain: PipelineGrain | None = None
+        self._core: PipelineCore | None = None
         self._offsets: dict[int, int] = {}
         self._flush_timer: Cancellable | None = None
         self._handlers = self._dispatch_table()
 
     @property
-    def grain(self) -> PipelineGrain:
-        if self._grain is None:
-            raise RuntimeError("the grain is not active")
-        return self._grain
+    def core(self) -> PipelineCore:
+        if self._core is None:
+            raise RuntimeError("the pipeline core is not active")
+        return self._core
 
     async def on_activate(self) -> None:
-        pipeline_id = self._key.split("/", 1)[0]
+        pipeline_id = self._key.pipeline_id
         config = await self._configs.pipeline_config(pipeline_id)
         if config is None:
             raise UnknownPipeline(f"pipeline {pipeline_id} does not exist or is not ready")
         clock = self._ctx.clock
-        self._grain = PipelineGrain(
+        self._core = PipelineCore(
             config=config,
-            grain_id=self._key,
+            key=self._key,
             owner=self._owner,
             store=self._store,
             clock=GrainClock(monotonic=clock.now, wall=clock.wall),
             observe_flush=self._observe_flush,
             observe_dispatch=self._observe_dispatch,
         )
-        self._offsets = await self._fenced(self._grain.activate())
-        self._registry[self._key] = self._grain
+        self._offsets = await self._fenced(self._core.activate())
+        self._publish()
         self._ctx.every(self._timing.tick_s, TICK)
         self._ctx.every(self._timing.flush_s, FLUSH)
 
     async def on_deactivate(self, reason: str) -> None:
-        if self._grain is not None:
+        if self._core is not None:
             log.info("grain %s deactivating (%s)", self._key, reason)
-            if self._registry.get(self._key) is self._grain:
-                del self._registry[self._key]
-            await self._grain.deactivate()
+            self._withdraw_snapshot()
+            await self._core.deactivate()
+
+    def _publish(self) -> None:
+        if self._core is None or self._core.fenced:
+            return  # a fenced grain's figures are no longer the pipeline's
+        self._published = self._core.snapshot()
+        self._snapshots[self._key] = self._published
+
+    def _withdraw_snapshot(self) -> None:
+        # A newer incarnation may have published already: its entry is not ours to drop.
+        if self._published is not None and self._snapshots.get(self._key) is self._published:
+            del self._snapshots[self._key]
 
     async def receive(self, message: object) -> Any:
         """Expected failures (store down, fenced) come back as values, not exceptions:
@@ -181,6 +213,10 @@ class PipelineActor(Actor[object, Any]):
                 log.warning("grain %s: %s failed: %s", self._key, type(message).__name__, err)
                 return None
             return Failed(error=err)
+        finally:
+            # Even a failed admission or tick may have changed the book part way.
+            if isinstance(message, _PUBLISHED_AFTER):
+                self._publish()
 
     def _dispatch_table(self) -> dict[type, Callable[[Any], Awaitable[Any]]]:
         return {
@@ -207,32 +243,30 @@ class PipelineActor(Actor[object, Any]):
         return dict(self._offsets)
 
     async def _admit(self, msg: Admit) -> AdmitResult:
-        return await self.grain.admit(
-            new=msg.new, cancels=msg.cancels, requeues=msg.requeues, offsets=msg.offsets
-        )
+        return await self.core.admit(msg.batch)
 
     async def _poll(self, msg: Poll) -> asyncio.Future[list[Grant]]:
-        return self.grain.poll(worker=msg.worker, max_tasks=msg.max_tasks, max_bytes=msg.max_bytes)
+        return self.core.poll(worker=msg.worker, max_tasks=msg.max_tasks, max_bytes=msg.max_bytes)
 
     async def _withdraw(self, msg: Withdraw) -> None:
-        self.grain.withdraw(msg.future)
+        self.core.withdraw(msg.future)
 
     async def _heartbeat(self, msg: Heartbeat) -> list[Any]:
-        return self.grain.heartbeat(msg.tokens)
+        return self.core.heartbeat(msg.tokens)
 
     async def _report(self, msg: ReportBatch) -> tuple[list[ReportAck], asyncio.Future[None]]:
-        acks, durable = self.grain.report(msg.reports)
+        acks, durable = self.core.report(msg.reports)
         if not durable.done() and self._flush_timer is None:
             self._flush_timer = self._ctx.schedule(self._timing.report_linger_s, FLUSH)
         return acks, durable
 
     async def _stats(self, _: Stats) -> dict[str, int]:
-        return self.grain.book.stats()
+        return self.core.book.stats()
 
     async def _tick(self, _: _Tick) -> None:
-        await self.grain.tick()
+        await self.core.tick()
 
     async def _flush(self, _: _Flush) -> None:
         self._flush_timer = None
-        if self.grain.wants_flush:
-            await self.grain.flush()
+        if self.core.wants_flush:
+            await self.core.flush()

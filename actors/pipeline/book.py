@@ -1,9 +1,9 @@
-"""The task book: the pure state machine behind a pipeline grain.
+"""TaskBook: the pure state machine at the centre of a pipeline grain.
 
 It holds a bounded window of ready tasks, the leases in flight and the changes not yet
 flushed, and answers polls, heartbeats, reports, cancels and lease expiry. It does no
-I/O and reads no clock: the grain passes in the time (monotonic for lease deadlines, wall
-for timestamps) and does the durable writes the book asks for.
+I/O and reads no clock: ``PipelineCore`` (``core.py``) passes in the time (monotonic for
+lease deadlines, wall for timestamps) and does the durable writes the book asks for.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""An in-memory ``TaskStore`` for unit tests: same fencing and idempotency rules, no I/O."""
+"""An in-memory ``TaskStore`` for unit tests: same fencing and idempotency rules, no I/O.
+
+It keeps the same contract as the SQL store (``tests/ports/task_store.py`` runs against
+both), so a unit test over it shows what the real store would do.
+"""
 
 from __future__ import annotations
 
@@ -8,58 +12,61 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from actors.pipeline.book import Flush
-from actors.pipeline.model import NewTask, Status, Task
+from actors.pipeline.model import GrainKey, NewTask, Status, Task
 from actors.pipeline.ports import Admission, Loaded, StaleEpoch, StoreUnavailable
 
 
 class InMemoryTaskStore:
     def __init__(self) -> None:
-        self.epochs: dict[str, int] = {}
-        self.owners: dict[str, str] = {}
+        self.epochs: dict[GrainKey, int] = {}
+        self.owners: dict[GrainKey, str] = {}
         self.rows: dict[tuple[str, str], Task] = {}
         self.digests: dict[tuple[str, str], bytes] = {}
         self.results: dict[tuple[str, str], bytes] = {}
-        self.offsets: dict[str, dict[int, int]] = {}
+        self.offsets: dict[GrainKey, dict[int, int]] = {}
         self.stats: dict[str, dict[str, int]] = {}
         #: Set to make every call fail as if the database were down.
         self.down = False
 
-    def _check(self, grain_id: str | None = None, epoch: int | None = None) -> None:
+    def _check(self, grain: GrainKey | None = None, epoch: int | None = None) -> None:
         if self.down:
             raise StoreUnavailable("the in-memory store is down")
-        if grain_id is not None and self.epochs.get(grain_id) != epoch:
-            raise StaleEpoch(f"{grain_id} is no longer at epoch {epoch}")
+        if grain is not None and self.epochs.get(grain) != epoch:
+            raise StaleEpoch(f"grain {grain} is no longer at epoch {epoch}")
 
-    async def claim(self, *, grain_id: str, owner: str) -> int:
+    async def claim(self, *, grain: GrainKey, owner: str) -> int:
         self._check()
-        self.epochs[grain_id] = self.epochs.get(grain_id, 0) + 1
-        self.owners[grain_id] = owner
-        return self.epochs[grain_id]
+        self.epochs[grain] = self.epochs.get(grain, 0) + 1
+        self.owners[grain] = owner
+        return self.epochs[grain]
 
-    async def load(self, *, grain_id: str, pipeline_id: str) -> Loaded:
+    async def load(self, *, grain: GrainKey) -> Loaded:
         self._check()
-        mine = [t for (p, _), t in self.rows.items() if p == pipeline_id]
+        mine = [t for (p, _), t in self.rows.items() if p == grain.pipeline_id]
         return Loaded(
             counts=dict(Counter(t.status for t in mine)),
             leased=[dataclasses.replace(t) for t in mine if t.status is Status.LEASED],
-            offsets=dict(self.offsets.get(grain_id, {})),
+            offsets=dict(self.offsets.get(grain, {})),
         )
 
     async def admit(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         tasks: Sequence[NewTask],
         offsets: Mapping[int, int],
         now: dt.datetime,
     ) -> Admission:
-        self._check(grain_id, epoch)
+        self._check(grain, epoch)
+        pipeline_id = grain.pipeline_id
         admitted: list[Task] = []
         duplicates: list[str] = []
         conflicts: list[str] = []
+        unique: dict[str, NewTask] = {}
         for new in tasks:
+            unique.setdefault(new.id, new)  # a resubmit inside the batch: the first stands
+        for new in unique.values():
             key = (pipeline_id, new.id)
             if key in self.digests:
                 same = self.digests[key] == new.data_sha256
@@ -75,47 +82,51 @@ class InMemoryTaskStore:
             )
             self.rows[key], self.digests[key] = dataclasses.replace(task), new.data_sha256
             admitted.append(task)
-        self.offsets.setdefault(grain_id, {}).update(offsets)
+        self.offsets.setdefault(grain, {}).update(offsets)
         return Admission(admitted=admitted, duplicates=duplicates, conflicts=conflicts)
 
     async def cancel_queued(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         task_ids: Sequence[str],
         now: dt.datetime,
         retention_s: float,
     ) -> int:
-        self._check(grain_id, epoch)
+        self._check(grain, epoch)
+        pipeline_id = grain.pipeline_id
         done = 0
         for task_id in task_ids:
             row = self.rows.get((pipeline_id, task_id))
             if row is not None and row.status is Status.QUEUED:
-                row.status, row.finished_at, done = Status.CANCELLED, now, done + 1
+                row.status, row.error, row.finished_at = Status.CANCELLED, "cancelled", now
+                done += 1
         return done
 
     async def requeue_dead(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         task_ids: Sequence[str],
         now: dt.datetime,
     ) -> list[Task]:
-        self._check(grain_id, epoch)
+        self._check(grain, epoch)
+        pipeline_id = grain.pipeline_id
         out = []
         for task_id in task_ids:
             row = self.rows.get((pipeline_id, task_id))
             if row is not None and row.status is Status.DEAD:
-                row.status, row.attempt, row.error, row.finished_at = Status.QUEUED, 1, None, None
+                row.status, row.attempt, row.error = Status.QUEUED, 1, None
+                row.started_at = row.finished_at = None
+                row.worker, row.lease_epoch = None, None
                 out.append(dataclasses.replace(row))
         return out
 
-    async def page_queued(self, *, pipeline_id: str, after: str, limit: int) -> list[Task]:
+    async def page_queued(self, *, grain: GrainKey, after: str, limit: int) -> list[Task]:
         self._check()
+        pipeline_id = grain.pipeline_id
         queued = sorted(
             (
                 t
@@ -129,14 +140,14 @@ class InMemoryTaskStore:
     async def flush(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         flush: Flush,
         stats: Mapping[str, int],
         now: dt.datetime,
     ) -> None:
-        self._check(grain_id, epoch)
+        self._check(grain, epoch)
+        pipeline_id = grain.pipeline_id
         for change in flush.changes:
             row = self.rows[(pipeline_id, change.id)]
             row.attempt, row.status, row.worker = change.attempt, change.status, change.worker

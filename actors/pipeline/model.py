@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class Status(StrEnum):
@@ -21,6 +23,41 @@ TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.DEAD, Status.CANCE
 
 class InvalidToken(ValueError):
     """A lease token that does not parse."""
+
+
+class InvalidGrainKey(ValueError):
+    """A grain key that does not parse, or names no pipeline."""
+
+
+@dataclass(frozen=True, kw_only=True, order=True)
+class GrainKey:
+    """Names one grain: a pipeline, and a slice of it so a hot pipeline can later be split.
+
+    ``str(key)`` is the ``<pipeline id>/<slice>`` text stored in ``grain_owners`` and
+    ``grain_offsets`` and used as the actor runtime's key; ``parse`` is its inverse.
+    """
+
+    pipeline_id: str
+    slice: int = 0
+
+    def __post_init__(self) -> None:
+        # A "/" in the id would make the stored text ambiguous to parse back.
+        if not self.pipeline_id or "/" in self.pipeline_id:
+            raise InvalidGrainKey(f"a grain key needs a pipeline id without '/': {self!r}")
+        if self.slice < 0:
+            raise InvalidGrainKey(f"a grain's slice is never negative: {self!r}")
+
+    def __str__(self) -> str:
+        return f"{self.pipeline_id}/{self.slice}"
+
+    @classmethod
+    def parse(cls, text: str) -> GrainKey:
+        pipeline_id, slash, slice_text = text.rpartition("/")
+        # Only the canonical spelling ("1", never "01" or "+1"), so parse and str agree.
+        canonical = slice_text.isascii() and slice_text.isdigit()
+        if not slash or not canonical or str(int(slice_text)) != slice_text:
+            raise InvalidGrainKey(f"malformed grain key {text!r}: want <pipeline id>/<slice>")
+        return cls(pipeline_id=pipeline_id, slice=int(slice_text))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +127,67 @@ class NewTask:
     data_sha256: bytes
     due_at: dt.datetime
     created_at: dt.datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmitBatch:
+    """One batch of a pipeline's topic, as its grain admits it: all of it, or none.
+
+    Built by the forwarder, carried by the actor's ``Admit`` message and applied by the
+    core. Undecodable records are not in it (they are quarantined beside it), but their
+    offsets are: ``offsets`` holds the next offset to read per partition, recorded with
+    the batch so that a new owner resumes after it.
+    """
+
+    new: tuple[NewTask, ...] = ()
+    cancels: tuple[str, ...] = ()
+    requeues: tuple[str, ...] = ()
+    offsets: Mapping[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A read-only copy: the caller's dict may change while the batch is in flight.
+        object.__setattr__(self, "offsets", MappingProxyType(dict(self.offsets)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmitResult:
+    """What became of an ``AdmitBatch``."""
+
+    admitted: int
+    duplicates: int
+    conflicts: int
+    cancelled: int
+    requeued: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrainSnapshot:
+    """A grain's figures as its actor last published them, for readers outside the actor.
+
+    Metrics and the scaler read these instead of the live book, whose state only the
+    actor's mailbox may touch. Published after activation and after each admission, tick
+    and flush (never per poll or heartbeat: that is the hot path), so it is at most a
+    tick old.
+    """
+
+    key: GrainKey
+    epoch: int
+    #: Tasks by status plus ``backlog``, as ``TaskBook.stats()`` returns them.
+    stats: Mapping[str, int]
+    #: Monotonic totals: admitted, dispatched, retried, dead, ...
+    totals: Mapping[str, int]
+    #: Tasks held by workers now.
+    leased: int
+    #: Monotonic seconds (the grain's clock) when it was taken.
+    taken_at: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stats", MappingProxyType(dict(self.stats)))
+        object.__setattr__(self, "totals", MappingProxyType(dict(self.totals)))
+
+    @property
+    def backlog(self) -> int:
+        return self.stats["backlog"]
 
 
 @dataclass(frozen=True, kw_only=True)

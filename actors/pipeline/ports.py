@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from actors.pipeline.book import Flush
-from actors.pipeline.model import NewTask, Status, Task
+from actors.pipeline.model import GrainKey, NewTask, Status, Task
 
 
 class StaleEpoch(Exception):
@@ -42,18 +42,19 @@ class Admission:
 
 
 class TaskStore(Protocol):
-    async def claim(self, *, grain_id: str, owner: str) -> int:
+    """Every call names its grain by key; the store keeps its rows under ``str(grain)``."""
+
+    async def claim(self, *, grain: GrainKey, owner: str) -> int:
         """Become the grain's owner: increment and return its epoch."""
         ...
 
-    async def load(self, *, grain_id: str, pipeline_id: str) -> Loaded: ...
+    async def load(self, *, grain: GrainKey) -> Loaded: ...
 
     async def admit(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         tasks: Sequence[NewTask],
         offsets: Mapping[int, int],
         now: dt.datetime,
@@ -64,9 +65,8 @@ class TaskStore(Protocol):
     async def cancel_queued(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         task_ids: Sequence[str],
         now: dt.datetime,
         retention_s: float,
@@ -77,23 +77,21 @@ class TaskStore(Protocol):
     async def requeue_dead(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         task_ids: Sequence[str],
         now: dt.datetime,
     ) -> list[Task]:
         """Put dead rows back to queued with attempt 1; return them."""
         ...
 
-    async def page_queued(self, *, pipeline_id: str, after: str, limit: int) -> list[Task]: ...
+    async def page_queued(self, *, grain: GrainKey, after: str, limit: int) -> list[Task]: ...
 
     async def flush(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         flush: Flush,
         stats: Mapping[str, int],
         now: dt.datetime,

@@ -10,17 +10,12 @@ from collections.abc import Iterable
 
 import sqlalchemy as sa
 
-from actors.pipeline.model import PipelineConfig
+from actors.pipeline.model import GrainKey, PipelineConfig
 from services.deploy.naming import namespace_for, release_name
 from services.store.control import pipeline_names
 from services.store.schema import grain_owners, pipelines
 
 READY = "ready"
-
-
-def grain_key(pipeline_id: str, slice_no: int = 0) -> str:
-    """Grains are keyed (pipeline, slice) so a hot pipeline can later be split."""
-    return f"{pipeline_id}/{slice_no}"
 
 
 class PipelineDirectory:
@@ -119,7 +114,7 @@ class PipelineDirectory:
             with self._engine.connect() as conn:
                 value = conn.execute(
                     sa.select(grain_owners.c.owner).where(
-                        grain_owners.c.grain_id == grain_key(pipeline_id)
+                        grain_owners.c.grain_id == str(GrainKey(pipeline_id=pipeline_id))
                     )
                 ).scalar()
             return str(value) if value is not None else None

@@ -1,11 +1,14 @@
 """Forwarders: feed a pipeline's grain from the partitions of the pipeline's topic.
 
-One Kafka consumer per grain, with the topic's partitions assigned by hand (no consumer
-group rebalancing: placement decides who owns the grain). Each batch is decoded, bad
-records are quarantined, and the rest is admitted by the grain in one fenced transaction
-that also records the next offsets; only then are the offsets committed to Kafka (for lag
+One consumer per grain, with the topic's partitions assigned by hand (no consumer group
+rebalancing: placement decides who owns the grain). Each batch is decoded, bad records
+are quarantined, and the rest is admitted by the grain in one fenced transaction that
+also records the next offsets; only then are the offsets committed to Kafka (for lag
 metrics; the offsets in the store are what a new owner resumes from). When the grain
 pushes back (store down), the batch is retried with backoff and nothing more is fetched.
+
+The consumer is a ``PartitionConsumer`` (``services/kafka/consumer.py``): the host gives a
+Kafka one, unit tests an in-memory one.
 """
 
 from __future__ import annotations
@@ -16,65 +19,64 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-
-from actors.pipeline.grain import AdmitResult
-from actors.pipeline.model import NewTask
+from actors.pipeline.model import AdmitBatch, AdmitResult, NewTask
 from actors.pipeline.ports import StaleEpoch
+from services.kafka.consumer import ConsumedRecord, PartitionConsumer
 from services.scheduler.decode import CancelEvent, RequeueEvent, Undecodable, decode
 from services.store.quarantine import Quarantined
 
 log = logging.getLogger("wsched.scheduler.forwarder")
 
-Admit = Callable[..., Awaitable[AdmitResult]]
+Admit = Callable[[AdmitBatch], Awaitable[AdmitResult]]
 Keep = Callable[[Sequence[Quarantined]], Awaitable[None]]
+Sleep = Callable[[float], Awaitable[None]]
+#: How often the lag metric is refreshed, in seconds.
+LAG_INTERVAL_S = 5.0
 
 
-@dataclass(kw_only=True)
-class Batch:
-    new: list[NewTask] = field(default_factory=list)
-    cancels: list[str] = field(default_factory=list)
-    requeues: list[str] = field(default_factory=list)
-    quarantined: list[Quarantined] = field(default_factory=list)
-    offsets: dict[int, int] = field(default_factory=dict)
+@dataclass(frozen=True, kw_only=True)
+class Fetched:
+    """One fetch, decoded: the batch for the grain, and the records kept aside beside it."""
 
-    @property
-    def records(self) -> int:
-        return len(self.new) + len(self.cancels) + len(self.requeues) + len(self.quarantined)
+    batch: AdmitBatch
+    quarantined: tuple[Quarantined, ...] = ()
 
 
-def build_batch(
-    pipeline_id: str, records: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
-) -> Batch:
-    batch = Batch()
-    for tp, items in records.items():
+def build_batch(pipeline_id: str, records: Mapping[int, Sequence[ConsumedRecord]]) -> Fetched:
+    new: list[NewTask] = []
+    cancels: list[str] = []
+    requeues: list[str] = []
+    quarantined: list[Quarantined] = []
+    offsets: dict[int, int] = {}
+    for partition, items in records.items():
         for record in items:
-            event = decode(record.value, pipeline_id=pipeline_id, timestamp_ms=record.timestamp)
+            event = decode(record.value, pipeline_id=pipeline_id, timestamp_ms=record.timestamp_ms)
             if isinstance(event, NewTask):
-                batch.new.append(event)
+                new.append(event)
             elif isinstance(event, CancelEvent):
-                batch.cancels.append(event.task_id)
+                cancels.append(event.task_id)
             elif isinstance(event, RequeueEvent):
-                batch.requeues.append(event.task_id)
+                requeues.append(event.task_id)
             else:
-                batch.quarantined.append(_quarantined(pipeline_id, tp, record, event))
-            batch.offsets[tp.partition] = record.offset + 1
-    return batch
+                quarantined.append(_quarantined(pipeline_id, record, event))
+            offsets[partition] = record.offset + 1
+    batch = AdmitBatch(
+        new=tuple(new), cancels=tuple(cancels), requeues=tuple(requeues), offsets=offsets
+    )
+    return Fetched(batch=batch, quarantined=tuple(quarantined))
 
 
-def _quarantined(
-    pipeline_id: str, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], bad: Undecodable
-) -> Quarantined:
+def _quarantined(pipeline_id: str, record: ConsumedRecord, bad: Undecodable) -> Quarantined:
     log.warning(
         "pipeline %s: quarantined record %s@%d: %s",
         pipeline_id,
-        tp.partition,
+        record.partition,
         record.offset,
         bad.reason,
     )
     return Quarantined(
         pipeline_id=pipeline_id,
-        partition=tp.partition,
+        partition=record.partition,
         offset=record.offset,
         reason=bad.reason,
         raw=bad.raw,
@@ -95,66 +97,58 @@ class Forwarder:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        consumer: PartitionConsumer,
         pipeline_id: str,
-        topic: str,
         partitions: int,
         admit: Admit,
         keep: Keep,
         max_records: int = 5000,
         retry_max_s: float = 5.0,
+        sleep: Sleep = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``sleep`` and ``monotonic`` pace the retries and the lag metric (tests inject
+        them); ``consumer`` reads the pipeline's topic, started and stopped by ``run``."""
         self.pipeline_id = pipeline_id
-        self._topic = topic
-        self._tps = [TopicPartition(topic, p) for p in range(partitions)]
+        self._consumer = consumer
+        self._partitions = list(range(partitions))
         self._admit = admit
         self._keep = keep
         self._max_records = max_records
         self._retry_max_s = retry_max_s
+        self._sleep = sleep
+        self._monotonic = monotonic
         self.stats = ForwarderStats()
         self._lag_due = 0.0
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=f"wsched.grain.{pipeline_id}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
 
     async def run(self, start: Mapping[int, int]) -> None:
         """Forward until cancelled or the grain is fenced. ``start``: offsets from the store."""
         await self._consumer.start()
         try:
-            self._consumer.assign(self._tps)
-            for tp in self._tps:
-                if tp.partition in start:
-                    self._consumer.seek(tp, start[tp.partition])
+            self._consumer.assign(self._partitions)
+            for partition in self._partitions:
+                if partition in start:
+                    self._consumer.seek(partition, start[partition])
             while True:
                 records = await self._consumer.getmany(
                     timeout_ms=500, max_records=self._max_records
                 )
                 if records:
-                    batch = build_batch(self.pipeline_id, records)
-                    await self._forward(batch)
-                if time.monotonic() >= self._lag_due:
-                    self._lag_due = time.monotonic() + 5
+                    await self._forward(build_batch(self.pipeline_id, records))
+                if self._monotonic() >= self._lag_due:
+                    self._lag_due = self._monotonic() + LAG_INTERVAL_S
                     await self._update_lag()
         except StaleEpoch:
             log.info("pipeline %s: grain fenced, forwarder stops", self.pipeline_id)
         finally:
             await self._consumer.stop()
 
-    async def _forward(self, batch: Batch) -> None:
+    async def _forward(self, fetched: Fetched) -> None:
         delay = 0.05
         while True:
             try:
-                await self._keep(batch.quarantined)
-                result = await self._admit(
-                    new=batch.new,
-                    cancels=batch.cancels,
-                    requeues=batch.requeues,
-                    offsets=batch.offsets,
-                )
+                await self._keep(fetched.quarantined)
+                result = await self._admit(fetched.batch)
                 break
             except StaleEpoch:
                 raise
@@ -167,27 +161,25 @@ class Forwarder:
                     err,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
         self.stats.admitted += result.admitted
         self.stats.duplicates += result.duplicates
         self.stats.conflicts += result.conflicts
-        self.stats.quarantined += len(batch.quarantined)
-        await self._commit(batch.offsets)
+        self.stats.quarantined += len(fetched.quarantined)
+        await self._commit(fetched.batch.offsets)
 
     async def _commit(self, offsets: Mapping[int, int]) -> None:
         try:
-            await self._consumer.commit(
-                {TopicPartition(self._topic, p): o for p, o in offsets.items()}
-            )
+            await self._consumer.commit(offsets)
         except Exception as err:  # noqa: BLE001 - Kafka's copy is informational only
             log.info("pipeline %s: offset commit failed: %s", self.pipeline_id, err)
 
     async def _update_lag(self) -> None:
         try:
-            ends = await self._consumer.end_offsets(self._tps)
-            for tp in self._tps:
-                position = await self._consumer.position(tp)
-                self.stats.lag[tp.partition] = max(0, ends[tp] - position)
+            ends = await self._consumer.end_offsets(self._partitions)
+            for partition in self._partitions:
+                position = await self._consumer.position(partition)
+                self.stats.lag[partition] = max(0, ends[partition] - position)
         except Exception as err:  # noqa: BLE001 - lag is a metric, not a reason to stop
             log.debug("pipeline %s: lag unavailable: %s", self.pipeline_id, err)

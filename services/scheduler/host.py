@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import grpc
 import sqlalchemy as sa
@@ -24,20 +24,20 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from actors.errors import ActorError
 from actors.pipeline import actor as grain_actor
-from actors.pipeline.grain import AdmitResult, PipelineGrain
-from actors.pipeline.model import Grant, LeaseToken, Report, ReportAck, Verdict
+from actors.pipeline.model import GrainKey, GrainSnapshot
 from actors.pipeline.ports import StaleEpoch
-from actors.runtime import ActorSystem, GrainId, KindConfig, KindStats
+from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindStats
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin
+from services.kafka.consumer import KafkaPartitionConsumer
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
-from services.scheduler.directory import PipelineDirectory, grain_key
+from services.scheduler.directory import PipelineDirectory
 from services.scheduler.forwarder import Forwarder, ForwarderStats
+from services.scheduler.handle import GrainHandle
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector, http_app
 from services.scheduler.scaler import KubePort, build_scaler, hosted_workloads
-from services.scheduler.worker_api import Limits, LocalGrain, Unavailable, WorkerService
+from services.scheduler.worker_api import Limits, LocalGrain, WorkerService
 from services.settings import Settings
 from services.store.engine import make_engine
 from services.store.purge import needs_purge, purge_forever
@@ -54,53 +54,12 @@ def _utcnow() -> dt.datetime:
 @dataclass(kw_only=True)
 class _Hosted:
     grain: GrainId
+    #: How the worker API and the forwarder reach the grain.
+    handle: GrainHandle
     forwarder: Forwarder
     task: asyncio.Task[None]
-    lease_timeout_s: float
     #: (worker, namespace) labels of the seed's KEDA gauge; None if the names are unknown.
     queue_labels: tuple[str, str] | None = None
-
-
-class _Grain:
-    """A hosted grain as the worker API sees it: asks into the actor, waits outside it."""
-
-    def __init__(self, *, system: ActorSystem, grain: GrainId, lease_timeout_s: float) -> None:
-        self._system = system
-        self._grain = grain
-        self.lease_timeout_s = lease_timeout_s
-
-    async def _ask(self, message: object) -> Any:
-        try:
-            return grain_actor.unwrap(await self._system.ask(self._grain, message))
-        except ActorError as err:
-            raise Unavailable(str(err)) from err
-
-    async def poll(
-        self, *, worker: str, max_tasks: int, max_bytes: int, wait_s: float
-    ) -> list[Grant]:
-        future: asyncio.Future[list[Grant]] = await self._ask(
-            grain_actor.Poll(worker=worker, max_tasks=max_tasks, max_bytes=max_bytes)
-        )
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), wait_s)
-        except TimeoutError:
-            # Processed in mailbox order: once withdrawn nobody resolves the future, and
-            # grants made just before the withdrawal are returned, not lost.
-            await self._ask(grain_actor.Withdraw(future=future))
-            return future.result() if future.done() else []
-        except asyncio.CancelledError:
-            with contextlib.suppress(ActorError):
-                self._system.tell(self._grain, grain_actor.Withdraw(future=future))
-            raise
-
-    async def heartbeat(self, tokens: Sequence[LeaseToken]) -> list[Verdict]:
-        verdicts: list[Verdict] = await self._ask(grain_actor.Heartbeat(tokens=tokens))
-        return verdicts
-
-    async def report(self, reports: Sequence[Report]) -> list[ReportAck]:
-        acks, durable = await self._ask(grain_actor.ReportBatch(reports=reports))
-        await durable  # acknowledged only once the results are in the store
-        return list(acks)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -143,14 +102,14 @@ class SchedulerHost:
             grain_actor.KIND, self._make_grain, config=KindConfig(idle_timeout_s=None)
         )
         self._hosted: dict[str, _Hosted] = {}
-        self._grains: dict[str, PipelineGrain] = {}
+        self._snapshots: dict[GrainKey, GrainSnapshot] = {}
         self.registry = CollectorRegistry()
         self._grain_metrics = GrainMetrics(self.registry)
         self.registry.register(SchedulerCollector(self))
         self._scaler = build_scaler(
             settings=settings,
             engine=self._engine,
-            workloads=lambda: hosted_workloads(self.grains(), self.queue_labels()),
+            workloads=lambda: hosted_workloads(self.snapshots(), self.queue_labels()),
             kube_port=kube,
         )
         if self._scaler is not None:
@@ -166,15 +125,15 @@ class SchedulerHost:
         self._server: grpc.aio.Server | None = None
         self.grpc_port = 0
 
-    def _make_grain(self, key: str, context: Any) -> grain_actor.PipelineActor:
+    def _make_grain(self, key: str, context: ActorContext) -> grain_actor.PipelineActor:
         return grain_actor.PipelineActor(
-            key=key,
+            key=GrainKey.parse(key),
             context=context,
             store=self._store,
             configs=self._directory,
             owner=self._address,
             timing=self._timing,
-            registry=self._grains,
+            snapshots=self._snapshots,
             observe_flush=self._grain_metrics.observe,
             observe_dispatch=self._grain_metrics.dispatch.observe,
         )
@@ -317,7 +276,7 @@ class SchedulerHost:
                     await self._ensure(pipeline_id, partitions)
 
     async def _ensure(self, pipeline_id: str, partitions: int) -> None:
-        grain = GrainId(kind=grain_actor.KIND, key=grain_key(pipeline_id))
+        grain = grain_actor.grain_id(GrainKey(pipeline_id=pipeline_id))
         try:
             offsets = grain_actor.unwrap(await self._system.ask(grain, grain_actor.Activate()))
             config = await self._directory.pipeline_config(pipeline_id)
@@ -327,32 +286,33 @@ class SchedulerHost:
                 "pipeline %s: grain not activated: %s: %s", pipeline_id, type(err).__name__, err
             )
             return
-        forwarder = Forwarder(
+        handle = GrainHandle(
+            system=self._system,
+            grain=grain,
+            lease_timeout_s=config.lease_timeout_s if config else 30.0,
+        )
+        consumer = KafkaPartitionConsumer(
             bootstrap=self._bootstrap,
-            pipeline_id=pipeline_id,
             topic=pipeline_topic(pipeline_id),
+            group_id=f"wsched.grain.{pipeline_id}",
+        )
+        forwarder = Forwarder(
+            consumer=consumer,
+            pipeline_id=pipeline_id,
             partitions=partitions,
-            admit=self._admitter(grain),
+            admit=handle.admit,
             keep=self._keep,
         )
         task = asyncio.create_task(forwarder.run(offsets), name=f"forwarder {pipeline_id}")
         task.add_done_callback(lambda _: self._forwarder_ended(pipeline_id, task))
         self._hosted[pipeline_id] = _Hosted(
             grain=grain,
+            handle=handle,
             forwarder=forwarder,
             task=task,
             queue_labels=labels,
-            lease_timeout_s=config.lease_timeout_s if config else 30.0,
         )
         log.info("pipeline %s: grain active, forwarding %d partition(s)", pipeline_id, partitions)
-
-    def _admitter(self, grain: GrainId) -> Any:
-        async def admit(**batch: Any) -> AdmitResult:
-            reply = await self._system.ask(grain, grain_actor.Admit(**batch))
-            result: AdmitResult = grain_actor.unwrap(reply)
-            return result
-
-        return admit
 
     async def _keep(self, records: Sequence[Quarantined]) -> None:
         await self._quarantine.keep(records, now=_utcnow())
@@ -396,9 +356,7 @@ class SchedulerHost:
         hosted = self._hosted.get(pipeline_id)
         if hosted is None:
             return None
-        return _Grain(
-            system=self._system, grain=hosted.grain, lease_timeout_s=hosted.lease_timeout_s
-        )
+        return hosted.handle
 
     async def owner_address(self, pipeline_id: str) -> str | None:
         return await self._directory.owner_address(pipeline_id)
@@ -412,8 +370,8 @@ class SchedulerHost:
 
     # -- what the metrics collector reads ------------------------------------------------
 
-    def grains(self) -> dict[str, PipelineGrain]:
-        return dict(self._grains)
+    def snapshots(self) -> dict[GrainKey, GrainSnapshot]:
+        return dict(self._snapshots)
 
     def forwarders(self) -> dict[str, ForwarderStats]:
         return {pid: hosted.forwarder.stats for pid, hosted in self._hosted.items()}

@@ -1,8 +1,9 @@
 """Prometheus metrics of a scheduler replica, and its small HTTP endpoint.
 
-Per-pipeline figures are read from the live grains and forwarders at scrape time, so the
-hot path only counts in plain integers; a replica exports only the pipelines it hosts
-and the series of a pipeline vanish when its grain moves away.
+Per-pipeline figures are read at scrape time from the snapshots the grains publish (never
+from a grain's live state, which only its actor may touch) and from the forwarders'
+counters, so the hot path only counts in plain integers; a replica exports only the
+pipelines it hosts and the series of a pipeline vanish when its grain moves away.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from actors.pipeline.grain import PipelineGrain
+from actors.pipeline.model import GrainKey, GrainSnapshot
 from actors.runtime import KindStats
 from services.scheduler.forwarder import ForwarderStats
 from services.scheduler.scaler import ScalerStats
@@ -43,9 +44,9 @@ FLUSH_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 
 
 class Sources(Protocol):
-    """What the collector reads: the hosted grains, their forwarders, the actor system."""
+    """What the collector reads: the grains' snapshots, their forwarders, the actor system."""
 
-    def grains(self) -> Mapping[str, PipelineGrain]: ...
+    def snapshots(self) -> Mapping[GrainKey, GrainSnapshot]: ...
 
     def forwarders(self) -> Mapping[str, ForwarderStats]: ...
 
@@ -59,13 +60,13 @@ class SchedulerCollector(Collector):
         self._sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        grains = dict(self._sources.grains())
-        yield from self._grain_metrics(grains)
-        yield self._queue_length(grains, dict(self._sources.queue_labels()))
+        snapshots = dict(self._sources.snapshots())
+        yield from self._grain_metrics(snapshots)
+        yield self._queue_length(snapshots, dict(self._sources.queue_labels()))
         yield from self._forwarder_metrics(dict(self._sources.forwarders()))
         yield from self._actor_metrics(dict(self._sources.actor_stats()))
 
-    def _grain_metrics(self, grains: dict[str, PipelineGrain]) -> Iterator[Metric]:
+    def _grain_metrics(self, snapshots: dict[GrainKey, GrainSnapshot]) -> Iterator[Metric]:
         events = CounterMetricFamily(
             "wsched_tasks",
             "Task events handled by this replica's grains, by pipeline.",
@@ -80,20 +81,19 @@ class SchedulerCollector(Collector):
         leased = GaugeMetricFamily(
             "wsched_pipeline_leased", "Tasks held by workers now.", labels=["pipeline"]
         )
-        for key, grain in grains.items():
-            pipeline = key.split("/", 1)[0]
-            for event, value in sorted(grain.book.totals.items()):
+        for key, snapshot in snapshots.items():
+            pipeline = key.pipeline_id
+            for event, value in sorted(snapshot.totals.items()):
                 events.add_metric([pipeline, event], value)
-            stats = grain.book.stats()
-            for status, value in stats.items():
+            for status, value in snapshot.stats.items():
                 if status != "backlog":
                     tasks.add_metric([pipeline, status], value)
-            backlog.add_metric([pipeline], stats["backlog"])
-            leased.add_metric([pipeline], grain.book.leased_count)
+            backlog.add_metric([pipeline], snapshot.backlog)
+            leased.add_metric([pipeline], snapshot.leased)
         yield from (events, tasks, backlog, leased)
 
     def _queue_length(
-        self, grains: dict[str, PipelineGrain], labels: dict[str, tuple[str, str]]
+        self, snapshots: dict[GrainKey, GrainSnapshot], labels: dict[str, tuple[str, str]]
     ) -> Metric:
         """The seed design's autoscaling contract, read by KEDA's Prometheus trigger."""
         gauge = GaugeMetricFamily(
@@ -101,10 +101,10 @@ class SchedulerCollector(Collector):
             "Tasks waiting for a worker, by the pipeline's worker Deployment and namespace.",
             labels=["worker", "namespace"],
         )
-        for key, grain in grains.items():
-            names = labels.get(key.split("/", 1)[0])
+        for key, snapshot in snapshots.items():
+            names = labels.get(key.pipeline_id)
             if names is not None:
-                gauge.add_metric(list(names), grain.book.stats()["backlog"])
+                gauge.add_metric(list(names), snapshot.backlog)
         return gauge
 
     def _forwarder_metrics(self, forwarders: dict[str, ForwarderStats]) -> Iterator[Metric]:

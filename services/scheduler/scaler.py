@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from actors.clock import Clock, MonotonicClock
-from actors.pipeline.grain import PipelineGrain
+from actors.pipeline.model import GrainKey, GrainSnapshot
 from services.deploy.scaling import (
     ScalingPolicy,
     desired_replicas,
@@ -86,22 +86,21 @@ class PolicySource(Protocol):
 
 
 def hosted_workloads(
-    grains: Mapping[str, PipelineGrain], labels: Mapping[str, tuple[str, str]]
+    snapshots: Mapping[GrainKey, GrainSnapshot], labels: Mapping[str, tuple[str, str]]
 ) -> dict[str, Workload]:
-    """The workloads of the hosted pipelines (those with queue labels) whose grain is live.
-
-    ``grains`` is keyed ``<pipeline id>/<slice>``; slices of one pipeline add up.
+    """The workloads of the hosted pipelines (those with queue labels) whose grain is live,
+    from the snapshots the grains publish. Slices of one pipeline add up.
     """
     out: dict[str, Workload] = {}
-    for key, grain in grains.items():
-        pipeline_id = key.split("/", 1)[0]
+    for key, snapshot in snapshots.items():
+        pipeline_id = key.pipeline_id
         names = labels.get(pipeline_id)
         if names is None:
             continue
         seen = out.get(pipeline_id)
-        backlog = grain.book.stats()["backlog"] + (seen.backlog if seen else 0)
-        leased = grain.book.leased_count + (seen.leased if seen else 0)
-        owned = (*(seen.grains if seen else ()), (grain.grain_id, grain.epoch))
+        backlog = snapshot.backlog + (seen.backlog if seen else 0)
+        leased = snapshot.leased + (seen.leased if seen else 0)
+        owned = (*(seen.grains if seen else ()), (str(key), snapshot.epoch))
         out[pipeline_id] = Workload(
             namespace=names[1], backlog=backlog, leased=leased, grains=owned
         )

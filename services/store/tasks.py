@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 
 from actors.pipeline.book import Flush
-from actors.pipeline.model import NewTask, Status, Task
+from actors.pipeline.model import GrainKey, NewTask, Status, Task
 from actors.pipeline.ports import Admission, Loaded, StaleEpoch, StoreUnavailable
 from services.store.schema import grain_offsets, grain_owners, pipeline_stats, task_results, tasks
 from services.store.sql import chunks, from_db, from_db_required, to_db, upsert
@@ -67,15 +67,15 @@ def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
     )
 
 
-def fence(conn: sa.Connection, *, grain_id: str, epoch: int, now: dt.datetime) -> None:
+def fence(conn: sa.Connection, *, grain: GrainKey, epoch: int, now: dt.datetime) -> None:
     """Fail with StaleEpoch unless ``epoch`` is still the grain's; locks the owner row."""
     touched = conn.execute(
         sa.update(grain_owners)
-        .where(grain_owners.c.grain_id == grain_id, grain_owners.c.epoch == epoch)
+        .where(grain_owners.c.grain_id == str(grain), grain_owners.c.epoch == epoch)
         .values(updated_at=to_db(now))
     )
     if touched.rowcount != 1:
-        raise StaleEpoch(f"grain {grain_id} is no longer at epoch {epoch}")
+        raise StaleEpoch(f"grain {grain} is no longer at epoch {epoch}")
 
 
 class SqlTaskStore:
@@ -95,8 +95,9 @@ class SqlTaskStore:
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
             raise StoreUnavailable(str(err.orig or err)) from err
 
-    async def claim(self, *, grain_id: str, owner: str) -> int:
+    async def claim(self, *, grain: GrainKey, owner: str) -> int:
         now = to_db(self._clock())
+        grain_id = str(grain)
 
         def claim(conn: sa.Connection) -> int:
             bumped = conn.execute(
@@ -121,9 +122,11 @@ class SqlTaskStore:
                 return await self._run(claim)
             except sa.exc.IntegrityError:
                 continue  # another replica inserted the first row at the same moment
-        raise StoreUnavailable(f"could not claim grain {grain_id}: repeated conflicts")
+        raise StoreUnavailable(f"could not claim grain {grain}: repeated conflicts")
 
-    async def load(self, *, grain_id: str, pipeline_id: str) -> Loaded:
+    async def load(self, *, grain: GrainKey) -> Loaded:
+        pipeline_id = grain.pipeline_id
+
         def load(conn: sa.Connection) -> Loaded:
             counts = conn.execute(
                 sa.select(tasks.c.status, sa.func.count())
@@ -137,7 +140,7 @@ class SqlTaskStore:
             ).all()
             offsets = conn.execute(
                 sa.select(grain_offsets.c.topic_partition, grain_offsets.c.next_offset).where(
-                    grain_offsets.c.grain_id == grain_id
+                    grain_offsets.c.grain_id == str(grain)
                 )
             ).all()
             return Loaded(
@@ -151,17 +154,16 @@ class SqlTaskStore:
     async def admit(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         tasks: Sequence[NewTask],
         offsets: Mapping[int, int],
         now: dt.datetime,
     ) -> Admission:
         def admit(conn: sa.Connection) -> Admission:
-            fence(conn, grain_id=grain_id, epoch=epoch, now=now)
-            admission = _insert_new(conn, pipeline_id=pipeline_id, batch=tasks, now=now)
-            _save_offsets(conn, grain_id=grain_id, offsets=offsets)
+            fence(conn, grain=grain, epoch=epoch, now=now)
+            admission = _insert_new(conn, pipeline_id=grain.pipeline_id, batch=tasks, now=now)
+            _save_offsets(conn, grain=grain, offsets=offsets)
             return admission
 
         return await self._run(admit)
@@ -169,21 +171,20 @@ class SqlTaskStore:
     async def cancel_queued(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         task_ids: Sequence[str],
         now: dt.datetime,
         retention_s: float,
     ) -> int:
         def cancel(conn: sa.Connection) -> int:
-            fence(conn, grain_id=grain_id, epoch=epoch, now=now)
+            fence(conn, grain=grain, epoch=epoch, now=now)
             done = 0
             for chunk in chunks(task_ids):
                 done += conn.execute(
                     sa.update(tasks)
                     .where(
-                        tasks.c.pipeline_id == pipeline_id,
+                        tasks.c.pipeline_id == grain.pipeline_id,
                         tasks.c.id.in_(chunk),
                         tasks.c.status == Status.QUEUED.value,
                     )
@@ -202,19 +203,32 @@ class SqlTaskStore:
     async def requeue_dead(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         task_ids: Sequence[str],
         now: dt.datetime,
     ) -> list[Task]:
         def requeue(conn: sa.Connection) -> list[Task]:
-            fence(conn, grain_id=grain_id, epoch=epoch, now=now)
-            where = (tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(task_ids))
-            dead = (*where, tasks.c.status == Status.DEAD.value)
+            fence(conn, grain=grain, epoch=epoch, now=now)
+            # Only the rows that are dead now: a requeue replayed after a crash finds them
+            # queued already and must not count them out of ``dead`` a second time.
+            ids = (
+                conn.execute(
+                    sa.select(tasks.c.id).where(
+                        tasks.c.pipeline_id == grain.pipeline_id,
+                        tasks.c.id.in_(task_ids),
+                        tasks.c.status == Status.DEAD.value,
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return []
+            where = (tasks.c.pipeline_id == grain.pipeline_id, tasks.c.id.in_(ids))
             conn.execute(
                 sa.update(tasks)
-                .where(*dead)
+                .where(*where)
                 .values(
                     status=Status.QUEUED.value,
                     attempt=1,
@@ -234,7 +248,9 @@ class SqlTaskStore:
 
         return await self._run(requeue)
 
-    async def page_queued(self, *, pipeline_id: str, after: str, limit: int) -> list[Task]:
+    async def page_queued(self, *, grain: GrainKey, after: str, limit: int) -> list[Task]:
+        pipeline_id = grain.pipeline_id
+
         def page(conn: sa.Connection) -> list[Task]:
             rows = conn.execute(
                 sa.select(*_TASK_COLUMNS)
@@ -253,22 +269,21 @@ class SqlTaskStore:
     async def flush(
         self,
         *,
-        grain_id: str,
+        grain: GrainKey,
         epoch: int,
-        pipeline_id: str,
         flush: Flush,
         stats: Mapping[str, int],
         now: dt.datetime,
     ) -> None:
         def write(conn: sa.Connection) -> None:
-            fence(conn, grain_id=grain_id, epoch=epoch, now=now)
-            _write_changes(conn, pipeline_id=pipeline_id, flush=flush, now=now)
+            fence(conn, grain=grain, epoch=epoch, now=now)
+            _write_changes(conn, pipeline_id=grain.pipeline_id, flush=flush, now=now)
             upsert(
                 conn,
                 pipeline_stats,
                 [
                     {
-                        "pipeline_id": pipeline_id,
+                        "pipeline_id": grain.pipeline_id,
                         "counts_json": json.dumps(dict(stats)),
                         "updated_at": to_db(now),
                     }
@@ -329,13 +344,13 @@ def _insert_new(
     )
 
 
-def _save_offsets(conn: sa.Connection, *, grain_id: str, offsets: Mapping[int, int]) -> None:
+def _save_offsets(conn: sa.Connection, *, grain: GrainKey, offsets: Mapping[int, int]) -> None:
     if offsets:
         upsert(
             conn,
             grain_offsets,
             [
-                {"grain_id": grain_id, "topic_partition": p, "next_offset": o}
+                {"grain_id": str(grain), "topic_partition": p, "next_offset": o}
                 for p, o in offsets.items()
             ],
             keys=("grain_id", "topic_partition"),

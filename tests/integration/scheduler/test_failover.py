@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from actors.pipeline.model import GrainKey
 from services.infra import tidb
 from services.infra.cache import Cache
 from services.store import migrate
@@ -57,14 +58,14 @@ async def spread(engine: sa.Engine, kafka_bootstrap: str) -> list[ReadyPipeline]
 
 
 async def owners(engine: sa.Engine, pipelines: list[ReadyPipeline]) -> dict[str, str]:
-    keys = [f"{p.id}/0" for p in pipelines]
+    keys = [str(GrainKey(pipeline_id=p.id)) for p in pipelines]
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(grain_owners.c.grain_id, grain_owners.c.owner).where(
                 grain_owners.c.grain_id.in_(keys)
             )
         ).all()
-    return {row.grain_id.split("/")[0]: row.owner for row in rows}
+    return {GrainKey.parse(row.grain_id).pipeline_id: row.owner for row in rows}
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:

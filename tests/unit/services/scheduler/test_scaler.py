@@ -6,7 +6,6 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -14,7 +13,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 
 from actors.clock import FakeClock
-from actors.pipeline.grain import PipelineGrain
+from actors.pipeline.model import GrainKey, GrainSnapshot
 from services.deploy.kube import KubeUnavailable
 from services.scheduler.metrics import ScalerCollector
 from services.scheduler.scaler import (
@@ -364,19 +363,25 @@ async def test_a_failing_workload_source_is_logged(caplog: pytest.LogCaptureFixt
     assert "cannot list the hosted pipelines" in caplog.text
 
 
-def grain(backlog: int, leased: int, grain_id: str = "g", epoch: int = 1) -> PipelineGrain:
-    book = SimpleNamespace(stats=lambda: {"queued": backlog, "backlog": backlog})
-    book.leased_count = leased
-    return cast(PipelineGrain, SimpleNamespace(book=book, grain_id=grain_id, epoch=epoch))
+def snapshot(key: str, backlog: int, leased: int, epoch: int = 1) -> GrainSnapshot:
+    return GrainSnapshot(
+        key=GrainKey.parse(key),
+        epoch=epoch,
+        stats={"queued": backlog, "backlog": backlog},
+        totals={},
+        leased=leased,
+        taken_at=0.0,
+    )
 
 
 def test_hosted_workloads_are_the_hosted_grains_with_names() -> None:
-    grains = {
-        "p1/0": grain(5, 2, "p1/0", 3),
-        "p1/1": grain(1, 1, "p1/1", 1),
-        "p2/0": grain(9, 9, "p2/0"),
-        "p3/0": grain(0, 0, "p3/0", 7),
-    }
+    snapshots = [
+        snapshot("p1/0", 5, 2, 3),
+        snapshot("p1/1", 1, 1, 1),
+        snapshot("p2/0", 9, 9),
+        snapshot("p3/0", 0, 0, 7),
+    ]
+    grains = {s.key: s for s in snapshots}
     labels = {"p1": ("t-a-p1", "wsched-t"), "p3": ("t-a-p3", "wsched-t"), "p4": ("x", "y")}
     assert hosted_workloads(grains, labels) == {
         "p1": Workload(
@@ -425,9 +430,9 @@ async def test_the_owner_check_reads_the_epochs_grain_writes_are_fenced_by(sqlit
     store = SqlTaskStore(engine=engine, clock=lambda: dt.datetime.now(dt.UTC))
     check = SqlOwnerCheck(engine=engine)
     try:
-        first = await store.claim(grain_id="p1/0", owner="replica-a")
+        first = await store.claim(grain=GrainKey(pipeline_id="p1"), owner="replica-a")
         assert await check.still_owned((("p1/0", first),))
-        second = await store.claim(grain_id="p1/0", owner="replica-b")
+        second = await store.claim(grain=GrainKey(pipeline_id="p1"), owner="replica-b")
         assert not await check.still_owned((("p1/0", first),))
         assert await check.still_owned((("p1/0", second),))
         assert not await check.still_owned((("p1/0", second), ("p1/1", 1)))

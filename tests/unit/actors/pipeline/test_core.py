@@ -1,4 +1,4 @@
-"""The grain over the in-memory store: long polls, durable reports, fencing, takeover."""
+"""PipelineCore over the in-memory store: long polls, durable reports, fencing, takeover."""
 
 from __future__ import annotations
 
@@ -8,12 +8,22 @@ import hashlib
 
 import pytest
 
-from actors.pipeline.grain import GrainClock, PipelineGrain
+from actors.pipeline.core import GrainClock, PipelineCore
 from actors.pipeline.memory import InMemoryTaskStore
-from actors.pipeline.model import NewTask, Outcome, PipelineConfig, Report, ReportAck, Status
+from actors.pipeline.model import (
+    AdmitBatch,
+    GrainKey,
+    NewTask,
+    Outcome,
+    PipelineConfig,
+    Report,
+    ReportAck,
+    Status,
+)
 from actors.pipeline.ports import StaleEpoch, StoreUnavailable
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+KEY = GrainKey(pipeline_id="p")
 
 
 class Clock:
@@ -37,42 +47,40 @@ def new(i: int) -> NewTask:
     )
 
 
-def grain(store: InMemoryTaskStore, clock: Clock, owner: str = "a", **cfg: float) -> PipelineGrain:
+def core(store: InMemoryTaskStore, clock: Clock, owner: str = "a", **cfg: float) -> PipelineCore:
     config = PipelineConfig(pipeline_id="p", **cfg)  # type: ignore[arg-type]
-    return PipelineGrain(
-        config=config, grain_id="p/0", owner=owner, store=store, clock=clock.grain_clock()
-    )
+    return PipelineCore(config=config, key=KEY, owner=owner, store=store, clock=clock.grain_clock())
 
 
 async def test_a_waiting_poll_is_served_when_tasks_are_admitted() -> None:
     store, clock = InMemoryTaskStore(), Clock()
-    g = grain(store, clock)
+    g = core(store, clock)
     await g.activate()
     waiting = g.poll(worker="w", max_tasks=5, max_bytes=1 << 20)
     assert not waiting.done()
-    result = await g.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={0: 2})
+    result = await g.admit(AdmitBatch(new=(new(1), new(2)), offsets={0: 2}))
     assert result.admitted == 2
     grants = await asyncio.wait_for(waiting, 1)
     assert [gr.task.id for gr in grants] == ["t001", "t002"]
-    assert store.offsets["p/0"] == {0: 2}
+    assert store.offsets[KEY] == {0: 2}
 
 
 async def test_withdrawn_poll_gets_nothing_and_keeps_tasks_for_others() -> None:
     store, clock = InMemoryTaskStore(), Clock()
-    g = grain(store, clock)
+    g = core(store, clock)
     await g.activate()
     waiting = g.poll(worker="w", max_tasks=5, max_bytes=1 << 20)
     g.withdraw(waiting)
     assert waiting.result() == []
-    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1),)))
     assert g.book.ready_count == 1
 
 
 async def test_report_is_acknowledged_only_after_the_flush() -> None:
     store, clock = InMemoryTaskStore(), Clock()
-    g = grain(store, clock)
+    g = core(store, clock)
     await g.activate()
-    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1),)))
     (grant,) = g.poll(worker="w", max_tasks=1, max_bytes=1 << 20).result()
     acks, durable = g.report([Report(token=grant.token, outcome=Outcome.SUCCEEDED, result=b"done")])
     assert acks == [ReportAck.ACCEPTED] and not durable.done()
@@ -85,9 +93,9 @@ async def test_report_is_acknowledged_only_after_the_flush() -> None:
 
 async def test_a_failed_flush_fails_the_report_and_keeps_the_change() -> None:
     store, clock = InMemoryTaskStore(), Clock()
-    g = grain(store, clock)
+    g = core(store, clock)
     await g.activate()
-    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1),)))
     (grant,) = g.poll(worker="w", max_tasks=1, max_bytes=1 << 20).result()
     _, durable = g.report([Report(token=grant.token, outcome=Outcome.SUCCEEDED)])
     store.down = True
@@ -105,12 +113,12 @@ async def test_a_failed_flush_fails_the_report_and_keeps_the_change() -> None:
 
 async def test_a_paused_ex_owner_writes_nothing_after_the_takeover() -> None:
     store, clock = InMemoryTaskStore(), Clock()
-    old = grain(store, clock, owner="a")
+    old = core(store, clock, owner="a")
     await old.activate()
-    await old.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={})
+    await old.admit(AdmitBatch(new=(new(1), new(2))))
     first, _second = old.poll(worker="w", max_tasks=2, max_bytes=1 << 20).result()
     await old.flush()  # leases are now in the store
-    new_owner = grain(store, clock, owner="b")
+    new_owner = core(store, clock, owner="b")
     await new_owner.activate()
     assert new_owner.epoch == old.epoch + 1 and new_owner.book.leased_count == 2
     _, stale = old.report([Report(token=first.token, outcome=Outcome.FAILED, error="late")])
@@ -128,9 +136,9 @@ async def test_a_paused_ex_owner_writes_nothing_after_the_takeover() -> None:
 
 async def test_tick_expires_leases_and_serves_the_requeued_task() -> None:
     store, clock = InMemoryTaskStore(), Clock()
-    g = grain(store, clock, lease_timeout_s=10)
+    g = core(store, clock, lease_timeout_s=10)
     await g.activate()
-    await g.admit(new=[new(1)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1),)))
     (lost,) = g.poll(worker="w1", max_tasks=1, max_bytes=1 << 20).result()
     waiting = g.poll(worker="w2", max_tasks=1, max_bytes=1 << 20)
     clock.now = 11
@@ -141,9 +149,9 @@ async def test_tick_expires_leases_and_serves_the_requeued_task() -> None:
 
 async def test_backlog_beyond_the_window_is_paged_in_from_the_store() -> None:
     store, clock = InMemoryTaskStore(), Clock()
-    g = grain(store, clock, window_tasks=4)
+    g = core(store, clock, window_tasks=4)
     await g.activate()
-    await g.admit(new=[new(i) for i in range(10)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=tuple(new(i) for i in range(10))))
     assert g.book.ready_count == 4
     seen: list[str] = []
     while len(seen) < 10:
@@ -157,23 +165,23 @@ async def test_backlog_beyond_the_window_is_paged_in_from_the_store() -> None:
 
 async def test_cancel_and_requeue_through_admission() -> None:
     store, clock = InMemoryTaskStore(), Clock()
-    g = grain(store, clock, window_tasks=1)
+    g = core(store, clock, window_tasks=1)
     await g.activate()
-    await g.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={})
-    result = await g.admit(new=[], cancels=["t001", "t002"], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1), new(2))))
+    result = await g.admit(AdmitBatch(cancels=("t001", "t002")))
     assert result.cancelled == 2  # one from the window, one from the store
     assert g.book.stats()["cancelled"] == 2 and g.book.stats()["queued"] == 0
     store.rows[("p", "t002")].status = Status.DEAD
     g.book.load_counts({Status.DEAD: 1})
-    result = await g.admit(new=[], cancels=[], requeues=["t002"], offsets={})
+    result = await g.admit(AdmitBatch(requeues=("t002",)))
     assert result.requeued == 1 and g.book.stats()["queued"] == 1
 
 
 async def test_counters_reach_the_store_even_when_only_admission_changed_them() -> None:
     store, clock = InMemoryTaskStore(), Clock()
-    g = grain(store, clock)
+    g = core(store, clock)
     await g.activate()
-    await g.admit(new=[new(1), new(2)], cancels=[], requeues=[], offsets={})
+    await g.admit(AdmitBatch(new=(new(1), new(2))))
     assert g.wants_flush
     await g.flush()
     assert store.stats["p"]["backlog"] == 2

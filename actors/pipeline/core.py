@@ -1,8 +1,18 @@
-"""The pipeline grain: one pipeline's task states, leases and waiting pollers.
+"""PipelineCore: one pipeline's task book plus the I/O around it.
 
-Its methods are called one at a time by the actor that hosts it (``actors.pipeline.actor``),
-so they need no locks. Long polls and reports do not hold up the mailbox: they return a
-future the caller awaits outside it, resolved when tasks arrive or the report is durable.
+The four layers of a pipeline grain, from the inside out:
+
+- ``TaskBook`` (``book.py``): the pure state machine (window, leases, pending changes),
+  no I/O and no clock.
+- ``PipelineCore`` (this module): the book plus its store calls, its clock and the
+  pollers waiting for tasks.
+- ``PipelineActor`` (``actor.py``): the mailbox that serialises calls into the core, so
+  the core needs no locks.
+- ``GrainHandle`` (``services/scheduler/handle.py``): how code outside the actor talks to
+  it: asks into the mailbox, awaits the answers outside it.
+
+Long polls and reports do not hold up the mailbox: the core returns a future the caller
+awaits outside it, resolved when tasks arrive or the report is durable.
 """
 
 from __future__ import annotations
@@ -17,6 +27,10 @@ from typing import TypeVar
 
 from actors.pipeline.book import Flush, TaskBook
 from actors.pipeline.model import (
+    AdmitBatch,
+    AdmitResult,
+    GrainKey,
+    GrainSnapshot,
     Grant,
     LeaseToken,
     NewTask,
@@ -51,21 +65,12 @@ class _Waiter:
     )
 
 
-@dataclass(frozen=True, kw_only=True)
-class AdmitResult:
-    admitted: int
-    duplicates: int
-    conflicts: int
-    cancelled: int
-    requeued: int
-
-
-class PipelineGrain:
+class PipelineCore:
     def __init__(
         self,
         *,
         config: PipelineConfig,
-        grain_id: str,
+        key: GrainKey,
         owner: str,
         store: TaskStore,
         clock: GrainClock,
@@ -77,7 +82,7 @@ class PipelineGrain:
         self._observe_flush = observe_flush or (lambda _rows, _seconds: None)
         #: Called with the seconds each granted task waited since it became ready.
         self._observe_dispatch = observe_dispatch or (lambda _seconds: None)
-        self.grain_id = grain_id
+        self.key = key
         self._owner = owner
         self._store = store
         self._clock = clock
@@ -91,17 +96,28 @@ class PipelineGrain:
     def epoch(self) -> int:
         return self.book.epoch
 
+    def snapshot(self) -> GrainSnapshot:
+        """The figures readers outside the actor may see (metrics, the scaler)."""
+        return GrainSnapshot(
+            key=self.key,
+            epoch=self.epoch,
+            stats=self.book.stats(),
+            totals=self.book.totals,
+            leased=self.book.leased_count,
+            taken_at=self._clock.monotonic(),
+        )
+
     # -- life cycle ---------------------------------------------------------------------
 
     async def activate(self) -> dict[int, int]:
         """Claim the grain (a new epoch) and load its state; return the offsets to resume."""
-        epoch = await self._store.claim(grain_id=self.grain_id, owner=self._owner)
-        loaded = await self._store.load(grain_id=self.grain_id, pipeline_id=self.config.pipeline_id)
+        epoch = await self._store.claim(grain=self.key, owner=self._owner)
+        loaded = await self._store.load(grain=self.key)
         self.book = TaskBook(config=self.config, epoch=epoch)
         self.book.load_counts(loaded.counts)
         self.book.restore_leases(loaded.leased, now=self._clock.monotonic())
         await self.page_in()
-        log.info("grain %s activated at epoch %d: %s", self.grain_id, epoch, self.book.stats())
+        log.info("grain %s activated at epoch %d: %s", self.key, epoch, self.book.stats())
         return loaded.offsets
 
     async def deactivate(self) -> None:
@@ -120,30 +136,23 @@ class PipelineGrain:
 
     # -- admission ----------------------------------------------------------------------
 
-    async def admit(
-        self,
-        *,
-        new: Sequence[NewTask],
-        cancels: Sequence[str],
-        requeues: Sequence[str],
-        offsets: Mapping[int, int],
-    ) -> AdmitResult:
+    async def admit(self, batch: AdmitBatch) -> AdmitResult:
         """Make a batch of records from the topic durable, then apply it in memory.
 
-        ``new`` holds ``NewTask``s in topic order; offsets are the next offsets to read,
-        recorded in the same transaction so a replay after a crash skips what was admitted.
+        New tasks come in topic order; the offsets are recorded in the same transaction
+        as the batch's last write, so a replay after a crash skips what was admitted.
         """
         wall = self._clock.wall()
         # The offsets go with the batch's last write, so that a crash in between replays
         # the cancels and requeues instead of skipping them.
-        later = bool(cancels or requeues)
-        admission = await self._store_admit(new, {} if later else offsets, wall=wall)
+        later = bool(batch.cancels or batch.requeues)
+        admission = await self._store_admit(batch.new, {} if later else batch.offsets, wall=wall)
         self._stamp_ready(admission.admitted)
         self.book.admit(admission.admitted)
-        cancelled = await self._cancel(cancels, wall=wall)
-        requeued = await self._requeue(requeues, wall=wall)
-        if later and offsets:
-            await self._store_admit([], offsets, wall=wall)
+        cancelled = await self._cancel(batch.cancels, wall=wall)
+        requeued = await self._requeue(batch.requeues, wall=wall)
+        if later and batch.offsets:
+            await self._store_admit([], batch.offsets, wall=wall)
         self._serve_waiters()
         return AdmitResult(
             admitted=len(admission.admitted),
@@ -158,9 +167,8 @@ class PipelineGrain:
     ) -> Admission:
         return await self._guard(
             self._store.admit(
-                grain_id=self.grain_id,
+                grain=self.key,
                 epoch=self.epoch,
-                pipeline_id=self.config.pipeline_id,
                 tasks=tasks,
                 offsets=offsets,
                 now=wall,
@@ -175,9 +183,8 @@ class PipelineGrain:
         if elsewhere:
             count = await self._guard(
                 self._store.cancel_queued(
-                    grain_id=self.grain_id,
+                    grain=self.key,
                     epoch=self.epoch,
-                    pipeline_id=self.config.pipeline_id,
                     task_ids=elsewhere,
                     now=wall,
                     retention_s=self.config.retention_s,
@@ -191,9 +198,8 @@ class PipelineGrain:
             return 0
         tasks = await self._guard(
             self._store.requeue_dead(
-                grain_id=self.grain_id,
+                grain=self.key,
                 epoch=self.epoch,
-                pipeline_id=self.config.pipeline_id,
                 task_ids=task_ids,
                 now=wall,
             )
@@ -208,7 +214,7 @@ class PipelineGrain:
         limit = self.book.window_room()
         page = await self._guard(
             self._store.page_queued(
-                pipeline_id=self.config.pipeline_id,
+                grain=self.key,
                 after=self.book.page_after,
                 limit=limit,
             )
@@ -291,7 +297,7 @@ class PipelineGrain:
         """Expire leases, refill the window, hand tasks to waiters (called periodically)."""
         expired = self.book.expire(now=self._clock.monotonic(), wall=self._clock.wall())
         if expired:
-            log.info("grain %s: %d lease(s) expired", self.grain_id, len(expired))
+            log.info("grain %s: %d lease(s) expired", self.key, len(expired))
         await self.page_in()
         self._serve_waiters()
 
@@ -325,9 +331,8 @@ class PipelineGrain:
     async def _write(self, taken: Flush, stats: dict[str, int]) -> None:
         await self._guard(
             self._store.flush(
-                grain_id=self.grain_id,
+                grain=self.key,
                 epoch=self.epoch,
-                pipeline_id=self.config.pipeline_id,
                 flush=taken,
                 stats=stats,
                 now=self._clock.wall(),
@@ -345,5 +350,5 @@ class PipelineGrain:
         except StaleEpoch:
             self.fenced = True
             self._release_waiters()
-            log.warning("grain %s lost ownership at epoch %d; stopping", self.grain_id, self.epoch)
+            log.warning("grain %s lost ownership at epoch %d; stopping", self.key, self.epoch)
             raise

@@ -1,0 +1,255 @@
+"""What every ``TaskStore`` does: fencing, idempotent admission, paging, flushing, cancels.
+
+A test module subclasses :class:`TaskStoreContract` and provides an ``under_test``
+fixture: an empty store, and a way to read back the rows it holds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pytest
+
+from actors.pipeline.book import Flush, TaskBook
+from actors.pipeline.model import (
+    GrainKey,
+    NewTask,
+    Outcome,
+    PipelineConfig,
+    Report,
+    Status,
+    TaskChange,
+)
+from actors.pipeline.ports import Admission, StaleEpoch, TaskStore
+
+NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
+PIPELINE = "0190-pipeline"
+GRAIN = GrainKey(pipeline_id=PIPELINE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredTask:
+    """A task row as the store holds it, in the columns both stores keep."""
+
+    status: str
+    attempt: int
+    error: str | None
+    worker: str | None
+    lease_epoch: int | None
+    finished: bool
+    data: bytes
+
+
+class StoreUnderTest(Protocol):
+    @property
+    def store(self) -> TaskStore: ...
+
+    async def tasks(self) -> dict[str, StoredTask]:
+        """Every task row, by id."""
+        ...
+
+    async def results(self) -> list[tuple[str, bytes]]:
+        """Every stored result as (task id, result), by task id."""
+        ...
+
+
+def new(i: int, data: bytes = b'{"n":1}') -> NewTask:
+    return NewTask(
+        id=f"task-{i:05d}",
+        data=data,
+        data_sha256=hashlib.sha256(data).digest(),
+        due_at=NOW,
+        created_at=NOW,
+    )
+
+
+def dead(task_id: str, *, attempt: int) -> Flush:
+    """A flush that leaves the task dead after its last attempt, as lease expiry would."""
+    change = TaskChange(
+        id=task_id,
+        attempt=attempt,
+        status=Status.DEAD,
+        started_at=NOW,
+        finished_at=NOW,
+        worker="w1",
+        error="lease expired",
+        lease_epoch=1,
+        expire_at=None,
+    )
+    return Flush(changes=(change,), results=())
+
+
+def stored(row: Any) -> StoredTask:
+    """A row of either store (a SQL row, an in-memory ``Task``) in the columns compared."""
+    return StoredTask(
+        status=str(row.status),
+        attempt=row.attempt,
+        error=row.error,
+        worker=row.worker,
+        lease_epoch=row.lease_epoch,
+        finished=row.finished_at is not None,
+        data=row.data,
+    )
+
+
+async def claim_and_admit(
+    store: TaskStore, *tasks: NewTask, grain: GrainKey = GRAIN, offsets: Mapping[int, int] = {}
+) -> tuple[int, Admission]:
+    """Claim the grain (a new epoch) and admit ``tasks`` at it."""
+    epoch = await store.claim(grain=grain, owner="a")
+    admission = await store.admit(grain=grain, epoch=epoch, tasks=tasks, offsets=offsets, now=NOW)
+    return epoch, admission
+
+
+async def kill(store: TaskStore, epoch: int, task_id: str) -> None:
+    """Leave the task dead after its third attempt, through a flush."""
+    await store.flush(grain=GRAIN, epoch=epoch, flush=dead(task_id, attempt=3), stats={}, now=NOW)
+
+
+async def statuses(under_test: StoreUnderTest) -> dict[str, str]:
+    return {task_id: row.status for task_id, row in (await under_test.tasks()).items()}
+
+
+class TaskStoreContract:
+    async def test_claim_increments_the_epoch_and_fences_the_old_owner(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        first = await store.claim(grain=GRAIN, owner="replica-a")
+        second = await store.claim(grain=GRAIN, owner="replica-b")
+        assert second == first + 1
+        with pytest.raises(StaleEpoch):
+            await store.admit(grain=GRAIN, epoch=first, tasks=[new(1)], offsets={0: 1}, now=NOW)
+        assert await store.page_queued(grain=GRAIN, after="", limit=10) == []
+
+    async def test_every_write_of_an_old_epoch_is_refused(self, under_test: StoreUnderTest) -> None:
+        store = under_test.store
+        old, _ = await claim_and_admit(store, new(1))
+        await store.claim(grain=GRAIN, owner="b")
+        ids = ["task-00001"]
+        with pytest.raises(StaleEpoch):
+            await store.cancel_queued(grain=GRAIN, epoch=old, task_ids=ids, now=NOW, retention_s=60)
+        with pytest.raises(StaleEpoch):
+            await store.requeue_dead(grain=GRAIN, epoch=old, task_ids=ids, now=NOW)
+        with pytest.raises(StaleEpoch):
+            await store.flush(
+                grain=GRAIN, epoch=old, flush=dead("task-00001", attempt=3), stats={}, now=NOW
+            )
+        assert await statuses(under_test) == {"task-00001": "queued"}
+
+    async def test_admit_is_idempotent_and_reports_conflicts(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        epoch, first = await claim_and_admit(store, new(1), new(2), new(1), offsets={0: 3})
+        assert [t.id for t in first.admitted] == ["task-00001", "task-00002"]
+        again = await store.admit(
+            grain=GRAIN,
+            epoch=epoch,
+            tasks=[new(1), new(2, b'{"n":2}'), new(3)],
+            offsets={0: 6},
+            now=NOW,
+        )
+        assert [t.id for t in again.admitted] == ["task-00003"]
+        assert again.duplicates == ["task-00001"] and again.conflicts == ["task-00002"]
+        loaded = await store.load(grain=GRAIN)
+        assert loaded.offsets == {0: 6} and loaded.counts == {Status.QUEUED: 3}
+
+    async def test_a_resubmit_inside_one_batch_is_dropped_not_counted(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        _, admission = await claim_and_admit(store, new(1), new(1), new(1, b"{}"))
+        assert [t.id for t in admission.admitted] == ["task-00001"]
+        assert admission.duplicates == [] and admission.conflicts == []
+        assert (await under_test.tasks())["task-00001"].data == b'{"n":1}'  # the first stands
+
+    async def test_offsets_are_kept_per_grain(self, under_test: StoreUnderTest) -> None:
+        store = under_test.store
+        other = GrainKey(pipeline_id=PIPELINE, slice=1)
+        for grain, offset in ((GRAIN, 5), (other, 9)):
+            await claim_and_admit(store, grain=grain, offsets={0: offset})
+        assert (await store.load(grain=GRAIN)).offsets == {0: 5}
+        assert (await store.load(grain=other)).offsets == {0: 9}
+
+    async def test_page_queued_walks_ids_in_order(self, under_test: StoreUnderTest) -> None:
+        store = under_test.store
+        await claim_and_admit(store, *(new(i) for i in range(7)))
+        page = await store.page_queued(grain=GRAIN, after="", limit=4)
+        rest = await store.page_queued(grain=GRAIN, after=page[-1].id, limit=4)
+        assert [t.id for t in page + rest] == [f"task-{i:05d}" for i in range(7)]
+        assert page[0].data == b'{"n":1}' and page[0].due_at == NOW
+
+    async def test_flush_writes_leases_results_and_counters_then_reload(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        epoch, admission = await claim_and_admit(store, new(1), new(2))
+        book = TaskBook(config=PipelineConfig(pipeline_id=PIPELINE), epoch=epoch)
+        book.admit(admission.admitted)
+        done, running = book.lease(worker="w1", max_tasks=2, max_bytes=1 << 20, now=0, wall=NOW)
+        book.report(Report(token=done.token, outcome=Outcome.SUCCEEDED, result=b"ok"), wall=NOW)
+        await store.flush(
+            grain=GRAIN, epoch=epoch, flush=book.take_flush(), stats=book.stats(), now=NOW
+        )
+        rows = await under_test.tasks()
+        assert await statuses(under_test) == {"task-00001": "succeeded", "task-00002": "leased"}
+        assert await under_test.results() == [("task-00001", b"ok")]
+        assert rows["task-00001"].data == b'{"n":1}'  # the upsert never overwrites the data
+        # a new incarnation takes over the lease with the old token
+        new_epoch = await store.claim(grain=GRAIN, owner="b")
+        loaded = await store.load(grain=GRAIN)
+        assert [t.id for t in loaded.leased] == ["task-00002"]
+        assert loaded.leased[0].lease_epoch == epoch and new_epoch == epoch + 1
+        with pytest.raises(StaleEpoch):
+            await store.flush(
+                grain=GRAIN, epoch=epoch, flush=book.take_flush(), stats=book.stats(), now=NOW
+            )
+        assert running.token.epoch == epoch
+
+    async def test_cancel_queued_and_requeue_dead(self, under_test: StoreUnderTest) -> None:
+        store = under_test.store
+        epoch, _ = await claim_and_admit(store, new(1), new(2))
+        cancelled = await store.cancel_queued(
+            grain=GRAIN, epoch=epoch, task_ids=["task-00001", "nope"], now=NOW, retention_s=60
+        )
+        assert cancelled == 1
+        row = (await under_test.tasks())["task-00001"]
+        assert (row.status, row.error, row.finished) == ("cancelled", "cancelled", True)
+        await kill(store, epoch, "task-00002")
+        requeued = await store.requeue_dead(
+            grain=GRAIN, epoch=epoch, task_ids=["task-00002", "task-00001"], now=NOW
+        )
+        assert [(t.id, t.attempt, t.status) for t in requeued] == [("task-00002", 1, Status.QUEUED)]
+
+    async def test_a_requeued_task_starts_afresh(self, under_test: StoreUnderTest) -> None:
+        store = under_test.store
+        epoch, _ = await claim_and_admit(store, new(1))
+        await kill(store, epoch, "task-00001")
+        await store.requeue_dead(grain=GRAIN, epoch=epoch, task_ids=["task-00001"], now=NOW)
+        assert (await under_test.tasks())["task-00001"] == StoredTask(
+            status="queued",
+            attempt=1,
+            error=None,
+            worker=None,
+            lease_epoch=None,
+            finished=False,
+            data=b'{"n":1}',
+        )
+
+    async def test_requeue_returns_only_the_rows_it_requeued(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        """A requeue replayed after a crash finds the task queued already: the grain must
+        not count it out of ``dead`` a second time."""
+        store = under_test.store
+        epoch, _ = await claim_and_admit(store, new(1), new(2))
+        await kill(store, epoch, "task-00002")
+        requeued = await store.requeue_dead(
+            grain=GRAIN, epoch=epoch, task_ids=["task-00001", "task-00002"], now=NOW
+        )
+        assert [t.id for t in requeued] == ["task-00002"]

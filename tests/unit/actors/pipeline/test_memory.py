@@ -1,0 +1,25 @@
+"""The in-memory store keeps the store contract (``tests/ports``), as the SQL one does."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.pipeline.memory import InMemoryTaskStore
+from tests.ports.task_store import StoredTask, TaskStoreContract, stored
+
+
+class MemoryStoreUnderTest:
+    def __init__(self) -> None:
+        self.store = InMemoryTaskStore()
+
+    async def tasks(self) -> dict[str, StoredTask]:
+        return {task_id: stored(row) for (_, task_id), row in self.store.rows.items()}
+
+    async def results(self) -> list[tuple[str, bytes]]:
+        return sorted((task_id, result) for (_, task_id), result in self.store.results.items())
+
+
+class TestInMemoryTaskStore(TaskStoreContract):
+    @pytest.fixture
+    def under_test(self) -> MemoryStoreUnderTest:
+        return MemoryStoreUnderTest()
