@@ -283,17 +283,33 @@ def task_submit(
     data: Annotated[str | None, typer.Argument(help="A JSON object; else --file or stdin.")] = None,
     file: Annotated[Path | None, typer.Option(help="JSON, a JSON array or JSON lines.")] = None,
     task_id: Annotated[str | None, typer.Option("--id", help="Idempotency key (one task).")] = None,
+    delay: Annotated[
+        str | None, typer.Option(help="Run after this long: 30s, 15m, 1h30m, PT15M.")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Run at this RFC 3339 time, e.g. 2026-12-01T09:00Z.")
+    ] = None,
 ) -> None:
-    """Submit one task or many (batches of up to 10,000)."""
+    """Submit one task or many (batches of up to 10,000), now or later."""
     items = _read_tasks(data, file)
+    when = {k: v for k, v in (("delay", delay), ("run_at", at)) if v is not None}
     with _client() as client:
         if len(items) == 1:
             headers = {"Idempotency-Key": task_id} if task_id else {}
-            _show(_call(client, "POST", _pipe(app, pipeline), json=items[0], headers=headers))
+            _show(
+                _call(
+                    client,
+                    "POST",
+                    _pipe(app, pipeline),
+                    json=items[0],
+                    headers=headers,
+                    params=when,
+                )
+            )
             return
         queued = 0
         for start in range(0, len(items), 10_000):
-            chunk = [{"data": item} for item in items[start : start + 10_000]]
+            chunk = [{"data": item, **when} for item in items[start : start + 10_000]]
             body = _call(client, "POST", f"{_pipe(app, pipeline)}/tasks", json={"tasks": chunk})
             queued += body["queued"]
     err.print(f"queued {queued} of {len(items)} tasks")

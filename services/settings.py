@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     max_task_data_bytes: int = Field(default=256 * 1024, ge=1)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_batch_items: int = Field(default=10_000, ge=1)
+    #: How far ahead a task's run_at or delay may reach (default one year).
+    max_schedule_horizon_s: float = Field(default=365 * 86400, gt=0)
     #: How long a submit waits for the broker's acknowledgement before answering 503.
     produce_deadline_s: float = Field(default=5.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1)

@@ -88,10 +88,16 @@ class _Flush:
     pass
 
 
-TICK, FLUSH = _Tick(), _Flush()
+class _Timer:
+    """The soonest timer is due: a tick at that moment, not at the next periodic one."""
+
+
+TICK, FLUSH, TIMER = _Tick(), _Flush(), _Timer()
 #: The messages after which the grain publishes a snapshot; polls, heartbeats and
 #: reports are the hot path and show up at the next tick or flush instead.
-_PUBLISHED_AFTER = (Admit, _Tick, _Flush)
+_PUBLISHED_AFTER = (Admit, _Tick, _Flush, _Timer)
+#: Messages the actor sends itself: a failure is logged, nobody waits for a reply.
+_OWN = (_Tick, _Flush, _Timer)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +161,7 @@ class PipelineActor(Actor[object, Any]):
         self._core: PipelineCore | None = None
         self._offsets: dict[int, int] = {}
         self._flush_timer: Cancellable | None = None
+        self._due_timer: Cancellable | None = None
         self._handlers = self._dispatch_table()
 
     @property
@@ -209,7 +216,7 @@ class PipelineActor(Actor[object, Any]):
         try:
             return await self._fenced(handler(message))
         except (StoreUnavailable, StaleEpoch) as err:
-            if isinstance(message, _Tick | _Flush):
+            if isinstance(message, _OWN):
                 log.warning("grain %s: %s failed: %s", self._key, type(message).__name__, err)
                 return None
             return Failed(error=err)
@@ -217,6 +224,8 @@ class PipelineActor(Actor[object, Any]):
             # Even a failed admission or tick may have changed the book part way.
             if isinstance(message, _PUBLISHED_AFTER):
                 self._publish()
+            if isinstance(message, Admit | _Tick | _Timer):
+                self._arm_due_timer()
 
     def _dispatch_table(self) -> dict[type, Callable[[Any], Awaitable[Any]]]:
         return {
@@ -229,6 +238,7 @@ class PipelineActor(Actor[object, Any]):
             Stats: self._stats,
             _Tick: self._tick,
             _Flush: self._flush,
+            _Timer: self._timer,
         }
 
     async def _fenced(self, call: Awaitable[R]) -> R:
@@ -265,6 +275,22 @@ class PipelineActor(Actor[object, Any]):
 
     async def _tick(self, _: _Tick) -> None:
         await self.core.tick()
+
+    async def _timer(self, _: _Timer) -> None:
+        self._due_timer = None
+        await self.core.tick()
+
+    def _arm_due_timer(self) -> None:
+        """Wake at the soonest timer's due time when it comes before the next tick, so a
+        due task is handed out within milliseconds, not up to a tick late."""
+        if self._core is None or self._core.fenced or self._due_timer is not None:
+            return
+        wait = self._core.next_timer_in()
+        if wait is None or wait >= self._timing.tick_s:
+            return
+        if wait == 0 and self._core.book.window_room() == 0:
+            return  # due, but the window is full: the periodic tick fires it when room frees
+        self._due_timer = self._ctx.schedule(wait, TIMER)
 
     async def _flush(self, _: _Flush) -> None:
         self._flush_timer = None

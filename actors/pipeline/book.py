@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from actors.pipeline.model import (
@@ -26,6 +26,7 @@ from actors.pipeline.model import (
     TaskChange,
     Verdict,
 )
+from actors.pipeline.timers import TimerHeap, TimerKey
 
 _OUTCOME_STATUS = {
     Outcome.SUCCEEDED: Status.SUCCEEDED,
@@ -66,12 +67,17 @@ class TaskBook:
     stored_backlog: int = 0
     #: Paging cursor over the store's queued tasks (ordered by id).
     page_after: str = ""
+    #: Tasks not due yet (the soonest of them; the store keeps the rest).
+    timers: TimerHeap = field(init=False)
     _ready: OrderedDict[str, Task] = field(default_factory=OrderedDict)
     _ready_bytes: int = 0
     _leases: dict[str, _Lease] = field(default_factory=dict)
     _dirty: dict[str, TaskChange] = field(default_factory=dict)
     _results: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     _finished: OrderedDict[str, LeaseToken] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self.timers = TimerHeap(capacity=self.config.timer_heap)
 
     # -- loading -------------------------------------------------------------------------
 
@@ -112,11 +118,34 @@ class TaskBook:
         return task_id in self._ready or task_id in self._leases or task_id in self._dirty
 
     def admit(self, tasks: Sequence[Task]) -> None:
-        """Newly admitted (durable) tasks: queued, into the window while it has room."""
-        self.counts[Status.QUEUED] += len(tasks)
+        """Newly admitted (durable) tasks: due ones queued, into the window while it has
+        room; the others (``scheduled``) to the timers, never the window."""
+        due = [task for task in tasks if task.status is not Status.SCHEDULED]
+        self.counts[Status.QUEUED] += len(due)
+        self.counts[Status.SCHEDULED] += len(tasks) - len(due)
         self.totals["admitted"] += len(tasks)
-        overflow = self._fill(tasks)
+        for task in tasks:
+            if task.status is Status.SCHEDULED:
+                self.timers.offer(task.id, task.due_at)
+        overflow = self._fill(due)
         self.stored_backlog += len(overflow)
+
+    # -- timers -------------------------------------------------------------------------
+
+    def take_due(self, *, wall: dt.datetime) -> list[TimerKey]:
+        """Timers due at ``wall``, as many as the window has room for, soonest first.
+
+        They leave the heap now; the core makes them queued in the store and hands the
+        tasks to ``fired``, or gives them back with ``timers.put_back`` if that fails.
+        """
+        room = self.window_room()
+        return self.timers.pop_due(wall=wall, limit=room) if room > 0 else []
+
+    def fired(self, tasks: Sequence[Task]) -> None:
+        """Timers the store turned into queued tasks: they join the window."""
+        self._move(Status.SCHEDULED, Status.QUEUED, len(tasks))
+        self.totals["fired"] += len(tasks)
+        self.stored_backlog += len(self._fill(tasks))
 
     def page_in(self, tasks: Sequence[Task], *, exhausted: bool) -> None:
         """Queued tasks read from the store in id order after ``page_after``."""
@@ -156,8 +185,6 @@ class TaskBook:
         for task_id, task in list(self._ready.items()):
             if len(grants) >= max_tasks:
                 break
-            if task.due_at > wall:
-                continue
             if grants and size + task.size > max_bytes:
                 break
             size += task.size
@@ -268,6 +295,9 @@ class TaskBook:
                 self._move(Status.QUEUED, Status.CANCELLED)
             elif task_id in self._leases:
                 self._leases[task_id].cancel_requested = True
+            elif task_id in self.timers:
+                self.timers.remove(task_id)
+                elsewhere.append(task_id)  # its row and timer row are the store's to end
             elif task_id not in self._dirty:
                 elsewhere.append(task_id)
         return elsewhere
@@ -278,11 +308,14 @@ class TaskBook:
         self.totals["requeued"] += len(tasks)
         self.stored_backlog += len(self._fill(tasks))
 
-    def cancelled_in_store(self, count: int) -> None:
-        """``count`` queued tasks beyond the window were cancelled by the store."""
-        self._move(Status.QUEUED, Status.CANCELLED, count)
-        self.totals["cancelled"] += count
-        self.stored_backlog = max(0, self.stored_backlog - count)
+    def cancelled_in_store(self, counts: Mapping[Status, int]) -> None:
+        """Tasks the book did not hold (queued beyond the window, scheduled) that the
+        store cancelled, by the status each had."""
+        for status, count in counts.items():
+            self._move(status, Status.CANCELLED, count)
+            self.totals["cancelled"] += count
+            if status is Status.QUEUED:
+                self.stored_backlog = max(0, self.stored_backlog - count)
 
     # -- flushing ----------------------------------------------------------------------
 

@@ -116,6 +116,8 @@ class PipelineCore:
         self.book = TaskBook(config=self.config, epoch=epoch)
         self.book.load_counts(loaded.counts)
         self.book.restore_leases(loaded.leased, now=self._clock.monotonic())
+        await self.refill_timers()
+        await self.fire_due()
         await self.page_in()
         log.info("grain %s activated at epoch %d: %s", self.key, epoch, self.book.stats())
         return loaded.offsets
@@ -181,8 +183,8 @@ class PipelineCore:
         before = self.book.counts[Status.CANCELLED]
         elsewhere = self.book.cancel(task_ids, wall=wall)
         if elsewhere:
-            count = await self._guard(
-                self._store.cancel_queued(
+            counts = await self._guard(
+                self._store.cancel_waiting(
                     grain=self.key,
                     epoch=self.epoch,
                     task_ids=elsewhere,
@@ -190,7 +192,7 @@ class PipelineCore:
                     retention_s=self.config.retention_s,
                 )
             )
-            self.book.cancelled_in_store(count)
+            self.book.cancelled_in_store(counts)
         return int(self.book.counts[Status.CANCELLED] - before)
 
     async def _requeue(self, task_ids: Sequence[str], *, wall: dt.datetime) -> int:
@@ -294,12 +296,59 @@ class PipelineCore:
     # -- time ---------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Expire leases, refill the window, hand tasks to waiters (called periodically)."""
+        """Expire leases, fire due timers, refill the window, hand tasks to waiters.
+
+        Called periodically, and by the actor at the next timer's due time."""
         expired = self.book.expire(now=self._clock.monotonic(), wall=self._clock.wall())
         if expired:
             log.info("grain %s: %d lease(s) expired", self.key, len(expired))
+        await self.fire_due()
+        await self.refill_timers()
         await self.page_in()
         self._serve_waiters()
+
+    def next_timer_in(self) -> float | None:
+        """Seconds until the soonest timer in memory is due (0 if it is), or None."""
+        due = self.book.timers.next_due()
+        if due is None:
+            return None
+        return max(0.0, (due - self._clock.wall()).total_seconds())
+
+    async def fire_due(self) -> None:
+        """Due timers become queued tasks in the store, then join the window.
+
+        Due timers go before the stored backlog: ``tick`` fires them before it pages in.
+        """
+        due = self.book.take_due(wall=self._clock.wall())
+        if not due:
+            return
+        try:
+            tasks = await self._guard(
+                self._store.fire_timers(
+                    grain=self.key, epoch=self.epoch, timers=due, now=self._clock.wall()
+                )
+            )
+        except BaseException:
+            self.book.timers.put_back(due)  # still due; the next tick tries again
+            raise
+        self._stamp_ready(tasks)
+        self.book.fired(tasks)
+        self._serve_waiters()
+
+    async def refill_timers(self) -> None:
+        """Read the next stored timers into the heap when it runs low.
+
+        Every timer row is written before its task is offered to the heap (admission is
+        durable first), so the cursor can never pass a timer still waiting for its write.
+        """
+        timers = self.book.timers
+        if not timers.wants_refill():
+            return
+        room = timers.refill_room()
+        keys = await self._guard(
+            self._store.page_timers(grain=self.key, after=timers.refill_after, limit=room)
+        )
+        timers.refill(keys, limit=room)
 
     async def flush(self) -> None:
         """Write every change since the last flush in one fenced transaction."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from actors.pipeline.book import Flush
 from actors.pipeline.model import GrainKey, NewTask, Status, Task
 from actors.pipeline.ports import Admission, Loaded, StaleEpoch, StoreUnavailable
+from actors.pipeline.timers import TimerKey
 
 
 class InMemoryTaskStore:
@@ -24,6 +25,8 @@ class InMemoryTaskStore:
         self.digests: dict[tuple[str, str], bytes] = {}
         self.results: dict[tuple[str, str], bytes] = {}
         self.offsets: dict[GrainKey, dict[int, int]] = {}
+        #: Timer rows by pipeline: (due_at, task id).
+        self.timers: dict[str, set[TimerKey]] = {}
         self.stats: dict[str, dict[str, int]] = {}
         #: Set to make every call fail as if the database were down.
         self.down = False
@@ -72,10 +75,13 @@ class InMemoryTaskStore:
                 same = self.digests[key] == new.data_sha256
                 (duplicates if same else conflicts).append(new.id)
                 continue
+            later = new.due_at > now
+            if later:
+                self.timers.setdefault(pipeline_id, set()).add((new.due_at, new.id))
             task = Task(
                 id=new.id,
                 attempt=1,
-                status=Status.QUEUED,
+                status=Status.SCHEDULED if later else Status.QUEUED,
                 data=new.data,
                 due_at=new.due_at,
                 created_at=new.created_at,
@@ -85,7 +91,7 @@ class InMemoryTaskStore:
         self.offsets.setdefault(grain, {}).update(offsets)
         return Admission(admitted=admitted, duplicates=duplicates, conflicts=conflicts)
 
-    async def cancel_queued(
+    async def cancel_waiting(
         self,
         *,
         grain: GrainKey,
@@ -93,16 +99,18 @@ class InMemoryTaskStore:
         task_ids: Sequence[str],
         now: dt.datetime,
         retention_s: float,
-    ) -> int:
+    ) -> dict[Status, int]:
         self._check(grain, epoch)
         pipeline_id = grain.pipeline_id
-        done = 0
+        done: Counter[Status] = Counter()
         for task_id in task_ids:
             row = self.rows.get((pipeline_id, task_id))
-            if row is not None and row.status is Status.QUEUED:
+            if row is not None and row.status in (Status.QUEUED, Status.SCHEDULED):
+                if row.status is Status.SCHEDULED:
+                    self.timers.get(pipeline_id, set()).discard((row.due_at, task_id))
+                done[row.status] += 1
                 row.status, row.error, row.finished_at = Status.CANCELLED, "cancelled", now
-                done += 1
-        return done
+        return dict(done)
 
     async def requeue_dead(
         self,
@@ -136,6 +144,27 @@ class InMemoryTaskStore:
             key=lambda t: t.id,
         )
         return [dataclasses.replace(t) for t in queued[:limit]]
+
+    async def page_timers(
+        self, *, grain: GrainKey, after: TimerKey | None, limit: int
+    ) -> list[TimerKey]:
+        self._check()
+        mine = sorted(self.timers.get(grain.pipeline_id, set()))
+        return [key for key in mine if after is None or key > after][:limit]
+
+    async def fire_timers(
+        self, *, grain: GrainKey, epoch: int, timers: Sequence[TimerKey], now: dt.datetime
+    ) -> list[Task]:
+        self._check(grain, epoch)
+        pipeline_id = grain.pipeline_id
+        fired = []
+        for key in timers:
+            self.timers.get(pipeline_id, set()).discard(key)
+            row = self.rows.get((pipeline_id, key[1]))
+            if row is not None and row.status is Status.SCHEDULED:
+                row.status = Status.QUEUED
+                fired.append(dataclasses.replace(row))
+        return fired
 
     async def flush(
         self,

@@ -10,6 +10,8 @@ from types import MappingProxyType
 
 
 class Status(StrEnum):
+    #: Not due yet: waiting in the grain's timers (``timers.py``), never in its window.
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     LEASED = "leased"
     SUCCEEDED = "succeeded"
@@ -92,6 +94,8 @@ class PipelineConfig:
     #: Ready tasks kept in memory; the rest of the backlog stays in the store.
     window_tasks: int = 2000
     window_bytes: int = 64 * 1024 * 1024
+    #: Not-yet-due tasks kept in memory, the soonest; the store keeps the rest.
+    timer_heap: int = 10_000
 
 
 @dataclass(kw_only=True)

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from actors.pipeline.book import Flush
 from actors.pipeline.model import GrainKey, NewTask, Status, Task
+from actors.pipeline.timers import TimerKey
 
 
 class StaleEpoch(Exception):
@@ -62,7 +63,7 @@ class TaskStore(Protocol):
         """Insert new task rows and record the next offsets, in one fenced transaction."""
         ...
 
-    async def cancel_queued(
+    async def cancel_waiting(
         self,
         *,
         grain: GrainKey,
@@ -70,8 +71,9 @@ class TaskStore(Protocol):
         task_ids: Sequence[str],
         now: dt.datetime,
         retention_s: float,
-    ) -> int:
-        """Cancel queued rows the grain does not hold; return how many were cancelled."""
+    ) -> dict[Status, int]:
+        """Cancel rows the grain does not hold in memory that are still waiting (queued or
+        scheduled, their timer rows with them); return how many had each status."""
         ...
 
     async def requeue_dead(
@@ -86,6 +88,20 @@ class TaskStore(Protocol):
         ...
 
     async def page_queued(self, *, grain: GrainKey, after: str, limit: int) -> list[Task]: ...
+
+    async def page_timers(
+        self, *, grain: GrainKey, after: TimerKey | None, limit: int
+    ) -> list[TimerKey]:
+        """Stored timers in ``(due_at, task id)`` order after ``after`` (None: from the first)."""
+        ...
+
+    async def fire_timers(
+        self, *, grain: GrainKey, epoch: int, timers: Sequence[TimerKey], now: dt.datetime
+    ) -> list[Task]:
+        """Make the scheduled tasks of these timers queued and delete the timer rows, in one
+        fenced transaction; return the tasks (a timer whose task is no longer scheduled is
+        deleted and returns nothing)."""
+        ...
 
     async def flush(
         self,

@@ -79,14 +79,26 @@ class TimerHeap:
     def next_due(self) -> dt.datetime | None:
         return self._keys[0][0] if self._keys else None
 
-    def pop_due(self, *, wall: dt.datetime, limit: int) -> list[str]:
-        """Up to ``limit`` task ids due at ``wall``, soonest first."""
+    def pop_due(self, *, wall: dt.datetime, limit: int) -> list[TimerKey]:
+        """Up to ``limit`` timers due at ``wall``, soonest first, taken out of the heap."""
         end = min(bisect.bisect_right(self._keys, wall, key=lambda key: key[0]), limit)
-        fired = [task_id for _, task_id in self._keys[:end]]
+        fired = self._keys[:end]
         del self._keys[:end]
-        for task_id in fired:
+        for _, task_id in fired:
             del self._due[task_id]
         return fired
+
+    def put_back(self, keys: Iterable[TimerKey]) -> None:
+        """Timers taken by ``pop_due`` whose firing failed: they are due, and stay first."""
+        for due_at, task_id in keys:
+            if task_id not in self._due:
+                bisect.insort(self._keys, (due_at, task_id))
+                self._due[task_id] = due_at
+
+    @property
+    def refill_after(self) -> TimerKey | None:
+        """Where the store's next read starts; None: from its first timer."""
+        return None if self.horizon == (_EARLIEST, "") else self.horizon
 
     def wants_refill(self) -> bool:
         """True when the store may hold timers beyond the horizon and the heap is low."""

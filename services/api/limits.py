@@ -21,6 +21,8 @@ class Limits:
     #: exhaust its stack. Task data needs far fewer.
     max_json_depth: int = 32
     max_batch_items: int = 10_000
+    #: How far ahead a task's ``run_at`` or ``delay`` may reach.
+    max_schedule_horizon_s: float = 365 * 86400
     #: How long a produce may wait for the broker's acknowledgement before a 503.
     produce_deadline_s: float = 5.0
     #: Seconds a client is told to wait (Retry-After) after a 503.
@@ -47,6 +49,7 @@ class Limits:
             max_task_data_bytes=settings.max_task_data_bytes,
             max_request_bytes=settings.max_request_bytes,
             max_batch_items=settings.max_batch_items,
+            max_schedule_horizon_s=settings.max_schedule_horizon_s,
             produce_deadline_s=settings.produce_deadline_s,
             retry_after_s=settings.retry_after_s,
             reconcile_interval_s=settings.reconcile_interval_s,

@@ -193,6 +193,18 @@ class PipelineDeleting(BaseModel):
 class BatchItem(_Request):
     data: dict[str, Any]
     id: TaskId | None = None
+    run_at: str | None = Field(
+        default=None,
+        max_length=64,
+        description="When to run it: an RFC 3339 time with its offset. In the past: now.",
+        examples=["2026-11-26T12:00:00Z"],
+    )
+    delay: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Or how long from now: '90s', '15m', '1h30m', ISO 8601 'PT15M'.",
+        examples=["15m"],
+    )
 
 
 class SubmitBatch(_Request):

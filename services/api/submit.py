@@ -29,6 +29,8 @@ class Candidate:
     id: str
     data: bytes
     sha256: bytes
+    #: When the task becomes due, in ms since the epoch; 0: now.
+    due_at_ms: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,8 +135,13 @@ def plan(candidates: Sequence[Candidate], existing: Mapping[str, ExistingTask]) 
         first[item.id] = item.index
         stored = existing.get(item.id)
         if stored is None:
-            produce.append(OutgoingTask(id=item.id, data=item.data, data_sha256=item.sha256))
-            results.append(BatchResult(id=item.id, result="queued", status="queued"))
+            produce.append(
+                OutgoingTask(
+                    id=item.id, data=item.data, data_sha256=item.sha256, due_at_ms=item.due_at_ms
+                )
+            )
+            status = "scheduled" if item.due_at_ms else "queued"
+            results.append(BatchResult(id=item.id, result="queued", status=status))
         elif stored.data_sha256 == item.sha256:
             results.append(BatchResult(id=item.id, result="existing", status=stored.status))
         else:

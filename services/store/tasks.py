@@ -8,6 +8,7 @@ writes nothing. SQLAlchemy here is synchronous (pymysql); calls run in worker th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -19,8 +20,17 @@ import sqlalchemy as sa
 from actors.pipeline.book import Flush
 from actors.pipeline.model import GrainKey, NewTask, Status, Task
 from actors.pipeline.ports import Admission, Loaded, StaleEpoch, StoreUnavailable
-from services.store.schema import grain_offsets, grain_owners, pipeline_stats, task_results, tasks
+from actors.pipeline.timers import TimerKey
+from services.store.schema import (
+    grain_offsets,
+    grain_owners,
+    pipeline_stats,
+    task_results,
+    task_timers,
+    tasks,
+)
 from services.store.sql import chunks, from_db, from_db_required, to_db, upsert
+from services.store.types import Timestamp
 
 log = logging.getLogger("wsched.store.tasks")
 R = TypeVar("R")
@@ -168,7 +178,7 @@ class SqlTaskStore:
 
         return await self._run(admit)
 
-    async def cancel_queued(
+    async def cancel_waiting(
         self,
         *,
         grain: GrainKey,
@@ -176,17 +186,27 @@ class SqlTaskStore:
         task_ids: Sequence[str],
         now: dt.datetime,
         retention_s: float,
-    ) -> int:
-        def cancel(conn: sa.Connection) -> int:
+    ) -> dict[Status, int]:
+        def cancel(conn: sa.Connection) -> dict[Status, int]:
             fence(conn, grain=grain, epoch=epoch, now=now)
-            done = 0
+            done: dict[Status, int] = {}
             for chunk in chunks(task_ids):
-                done += conn.execute(
+                waiting = conn.execute(
+                    sa.select(tasks.c.id, tasks.c.status, tasks.c.due_at).where(
+                        tasks.c.pipeline_id == grain.pipeline_id,
+                        tasks.c.id.in_(chunk),
+                        tasks.c.status.in_(_WAITING),
+                    )
+                ).all()
+                if not waiting:
+                    continue
+                scheduled = [r for r in waiting if r.status == Status.SCHEDULED.value]
+                _end_timers(conn, grain, [(from_db_required(r.due_at), r.id) for r in scheduled])
+                conn.execute(
                     sa.update(tasks)
                     .where(
                         tasks.c.pipeline_id == grain.pipeline_id,
-                        tasks.c.id.in_(chunk),
-                        tasks.c.status == Status.QUEUED.value,
+                        tasks.c.id.in_([r.id for r in waiting]),
                     )
                     .values(
                         status=Status.CANCELLED.value,
@@ -195,7 +215,9 @@ class SqlTaskStore:
                         updated_at=to_db(now),
                         expire_at=to_db(now + dt.timedelta(seconds=retention_s)),
                     )
-                ).rowcount
+                )
+                for row in waiting:
+                    done[Status(row.status)] = done.get(Status(row.status), 0) + 1
             return done
 
         return await self._run(cancel)
@@ -266,6 +288,48 @@ class SqlTaskStore:
 
         return await self._run(page)
 
+    async def page_timers(
+        self, *, grain: GrainKey, after: TimerKey | None, limit: int
+    ) -> list[TimerKey]:
+        def page(conn: sa.Connection) -> list[TimerKey]:
+            query = sa.select(task_timers.c.due_at, task_timers.c.task_id).where(
+                task_timers.c.pipeline_id == grain.pipeline_id
+            )
+            if after is not None:
+                query = query.where(
+                    sa.tuple_(task_timers.c.due_at, task_timers.c.task_id)
+                    > sa.tuple_(sa.literal(to_db(after[0]), Timestamp), sa.literal(after[1]))
+                )
+            rows = conn.execute(
+                query.order_by(task_timers.c.due_at, task_timers.c.task_id).limit(limit)
+            ).all()
+            return [(from_db_required(row.due_at), row.task_id) for row in rows]
+
+        return await self._run(page)
+
+    async def fire_timers(
+        self, *, grain: GrainKey, epoch: int, timers: Sequence[TimerKey], now: dt.datetime
+    ) -> list[Task]:
+        def fire(conn: sa.Connection) -> list[Task]:
+            fence(conn, grain=grain, epoch=epoch, now=now)
+            _end_timers(conn, grain, timers)
+            ids = [task_id for _, task_id in timers]
+            where = (
+                tasks.c.pipeline_id == grain.pipeline_id,
+                tasks.c.id.in_(ids),
+                tasks.c.status == Status.SCHEDULED.value,
+            )
+            rows = conn.execute(sa.select(*_TASK_COLUMNS).where(*where)).all()
+            if rows:
+                conn.execute(
+                    sa.update(tasks)
+                    .where(*where)
+                    .values(status=Status.QUEUED.value, updated_at=to_db(now))
+                )
+            return [dataclasses.replace(_task(row), status=Status.QUEUED) for row in rows]
+
+        return await self._run(fire)
+
     async def flush(
         self,
         *,
@@ -310,12 +374,13 @@ def _insert_new(
         )
         existing.update((row.id, row.data_sha256) for row in rows)
     fresh = [task for tid, task in unique.items() if tid not in existing]
+    status = {t.id: Status.SCHEDULED if t.due_at > now else Status.QUEUED for t in fresh}
     inserts = [
         {
             "pipeline_id": pipeline_id,
             "id": t.id,
             "attempt": 1,
-            "status": Status.QUEUED.value,
+            "status": status[t.id].value,
             "due_at": to_db(t.due_at),
             "data": t.data,
             "data_sha256": t.data_sha256,
@@ -326,13 +391,20 @@ def _insert_new(
     ]
     for insert_chunk in chunks(inserts):
         conn.execute(sa.insert(tasks), list(insert_chunk))
+    timers = [
+        {"pipeline_id": pipeline_id, "due_at": to_db(t.due_at), "task_id": t.id}
+        for t in fresh
+        if status[t.id] is Status.SCHEDULED
+    ]
+    for timer_chunk in chunks(timers):
+        conn.execute(sa.insert(task_timers), list(timer_chunk))
     same = [tid for tid, digest in existing.items() if digest == unique[tid].data_sha256]
     return Admission(
         admitted=[
             Task(
                 id=t.id,
                 attempt=1,
-                status=Status.QUEUED,
+                status=status[t.id],
                 data=t.data,
                 due_at=t.due_at,
                 created_at=t.created_at,
@@ -342,6 +414,29 @@ def _insert_new(
         duplicates=same,
         conflicts=[tid for tid in existing if tid not in same],
     )
+
+
+#: Statuses of a task that has not started: a cancel ends it in the store.
+_WAITING = (Status.QUEUED.value, Status.SCHEDULED.value)
+
+
+def _end_timers(conn: sa.Connection, grain: GrainKey, timers: Sequence[TimerKey]) -> None:
+    """Delete these timer rows (a task's timer ends when it fires or is cancelled)."""
+    for chunk in chunks(timers):
+        conn.execute(
+            sa.delete(task_timers).where(
+                task_timers.c.pipeline_id == grain.pipeline_id,
+                sa.or_(
+                    *(
+                        sa.and_(
+                            task_timers.c.due_at == to_db(due_at),
+                            task_timers.c.task_id == task_id,
+                        )
+                        for due_at, task_id in chunk
+                    )
+                ),
+            )
+        )
 
 
 def _save_offsets(conn: sa.Connection, *, grain: GrainKey, offsets: Mapping[int, int]) -> None:

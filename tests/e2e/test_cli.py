@@ -60,14 +60,30 @@ async def test_the_readme_walkthrough_with_the_cli(stack: Stack) -> None:
         )
     )
     assert single == {"id": "greeting", "status": "queued"}
+    later = wsched(
+        stack,
+        "tasks",
+        "submit",
+        "shop",
+        "echo",
+        '{"message": "later"}',
+        "--id",
+        "later",
+        "--delay",
+        "1s",
+        key=key,
+    )
+    assert json.loads(ok(later)) == {"id": "later", "status": "scheduled"}
+    too_far = wsched(stack, "tasks", "submit", "shop", "echo", "{}", "--delay", "400d", key=key)
+    assert too_far.returncode == 1 and "422 invalid_request: delay:" in too_far.stderr
     lines = "\n".join(json.dumps({"message": f"m{i}"}) for i in range(30))
     batch = wsched(stack, "tasks", "submit", "shop", "echo", key=key, stdin=lines)
     assert "queued 30 of 30 tasks" in ok(batch) + batch.stderr
-    await drain(stack, created["id"], created["worker_token"], 31)
+    await drain(stack, created["id"], created["worker_token"], 32)
     watched = wsched(
         stack, "tasks", "watch", "shop", "echo", "--until-done", "--interval-s", "0.3", key=key
     )
-    assert json.loads(ok(watched))["succeeded"] == 31
+    assert json.loads(ok(watched))["succeeded"] == 32
     task = json.loads(ok(wsched(stack, "tasks", "get", "shop", "echo", "greeting", key=key)))
     assert task["status"] == "succeeded" and task["result"] == {"message": "hi"}
     listing = ok(wsched(stack, "tasks", "list", "shop", "echo", "--status", "succeeded", key=key))

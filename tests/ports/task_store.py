@@ -57,12 +57,12 @@ class StoreUnderTest(Protocol):
         ...
 
 
-def new(i: int, data: bytes = b'{"n":1}') -> NewTask:
+def new(i: int, data: bytes = b'{"n":1}', *, due_in_s: float = 0) -> NewTask:
     return NewTask(
         id=f"task-{i:05d}",
         data=data,
         data_sha256=hashlib.sha256(data).digest(),
-        due_at=NOW,
+        due_at=NOW + dt.timedelta(seconds=due_in_s),
         created_at=NOW,
     )
 
@@ -132,7 +132,11 @@ class TaskStoreContract:
         await store.claim(grain=GRAIN, owner="b")
         ids = ["task-00001"]
         with pytest.raises(StaleEpoch):
-            await store.cancel_queued(grain=GRAIN, epoch=old, task_ids=ids, now=NOW, retention_s=60)
+            await store.cancel_waiting(
+                grain=GRAIN, epoch=old, task_ids=ids, now=NOW, retention_s=60
+            )
+        with pytest.raises(StaleEpoch):
+            await store.fire_timers(grain=GRAIN, epoch=old, timers=[(NOW, "task-00001")], now=NOW)
         with pytest.raises(StaleEpoch):
             await store.requeue_dead(grain=GRAIN, epoch=old, task_ids=ids, now=NOW)
         with pytest.raises(StaleEpoch):
@@ -214,10 +218,10 @@ class TaskStoreContract:
     async def test_cancel_queued_and_requeue_dead(self, under_test: StoreUnderTest) -> None:
         store = under_test.store
         epoch, _ = await claim_and_admit(store, new(1), new(2))
-        cancelled = await store.cancel_queued(
+        cancelled = await store.cancel_waiting(
             grain=GRAIN, epoch=epoch, task_ids=["task-00001", "nope"], now=NOW, retention_s=60
         )
-        assert cancelled == 1
+        assert cancelled == {Status.QUEUED: 1}
         row = (await under_test.tasks())["task-00001"]
         assert (row.status, row.error, row.finished) == ("cancelled", "cancelled", True)
         await kill(store, epoch, "task-00002")
@@ -253,3 +257,69 @@ class TaskStoreContract:
             grain=GRAIN, epoch=epoch, task_ids=["task-00001", "task-00002"], now=NOW
         )
         assert [t.id for t in requeued] == ["task-00002"]
+
+
+class TimerContract:
+    """Tasks not due yet: scheduled rows with timer rows, read in order, fired, cancelled."""
+
+    async def test_a_task_due_later_is_scheduled_with_a_timer(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        _, admission = await claim_and_admit(store, new(1), new(2, due_in_s=60), new(3, due_in_s=5))
+        assert {t.id: t.status for t in admission.admitted} == {
+            "task-00001": Status.QUEUED,
+            "task-00002": Status.SCHEDULED,
+            "task-00003": Status.SCHEDULED,
+        }
+        assert [t.id for t in await store.page_queued(grain=GRAIN, after="", limit=10)] == [
+            "task-00001"
+        ]
+        timers = await store.page_timers(grain=GRAIN, after=None, limit=10)
+        assert timers == [(at(5), "task-00003"), (at(60), "task-00002")]
+        assert await store.page_timers(grain=GRAIN, after=timers[0], limit=10) == timers[1:]
+        assert await store.page_timers(grain=GRAIN, after=None, limit=1) == timers[:1]
+        other = GrainKey(pipeline_id="0190-other")
+        assert await store.page_timers(grain=other, after=None, limit=10) == []
+        assert (await store.load(grain=GRAIN)).counts == {Status.QUEUED: 1, Status.SCHEDULED: 2}
+
+    async def test_firing_makes_the_task_queued_and_ends_its_timer(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        epoch, _ = await claim_and_admit(store, new(1, due_in_s=5), new(2, due_in_s=6))
+        fired = await store.fire_timers(
+            grain=GRAIN, epoch=epoch, timers=[(at(5), "task-00001")], now=at(5)
+        )
+        assert [(t.id, t.status, t.data) for t in fired] == [
+            ("task-00001", Status.QUEUED, b'{"n":1}')
+        ]
+        assert await statuses(under_test) == {"task-00001": "queued", "task-00002": "scheduled"}
+        assert await store.page_timers(grain=GRAIN, after=None, limit=10) == [(at(6), "task-00002")]
+        # Fired again (a replay after a crash): nothing to fire, nothing changes.
+        again = await store.fire_timers(
+            grain=GRAIN, epoch=epoch, timers=[(at(5), "task-00001")], now=at(6)
+        )
+        assert again == []
+
+    async def test_cancelling_a_scheduled_task_ends_its_timer(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        epoch, _ = await claim_and_admit(store, new(1, due_in_s=5), new(2))
+        cancelled = await store.cancel_waiting(
+            grain=GRAIN, epoch=epoch, task_ids=["task-00001", "task-00002"], now=NOW, retention_s=60
+        )
+        assert cancelled == {Status.SCHEDULED: 1, Status.QUEUED: 1}
+        assert await store.page_timers(grain=GRAIN, after=None, limit=10) == []
+        assert (
+            await store.fire_timers(
+                grain=GRAIN, epoch=epoch, timers=[(at(5), "task-00001")], now=at(5)
+            )
+            == []
+        )
+        assert await statuses(under_test) == {"task-00001": "cancelled", "task-00002": "cancelled"}
+
+
+def at(seconds: float) -> dt.datetime:
+    return NOW + dt.timedelta(seconds=seconds)

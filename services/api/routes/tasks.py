@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 from typing import Annotated, Any, Literal
 
@@ -38,6 +39,7 @@ from services.api.submit import (
     produced,
     require_ready,
 )
+from services.api.when import due_at
 from services.kafka.producer import OutgoingTask
 from services.store.control import Pipeline, TaskRecord, new_id
 
@@ -111,21 +113,56 @@ async def submit_task(
         str | None, Query(alias="id", description="Idempotency key: the task's id.")
     ] = None,
     idempotency_key: Annotated[str | None, Header(description="Alias of ?id=.")] = None,
+    run_at: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="When to run it: an RFC 3339 time with its offset. In the past: now.",
+            examples=["2026-11-26T12:00:00Z"],
+        ),
+    ] = None,
+    delay: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Or how long from now: '90s', '15m', '1h30m', ISO 8601 'PT15M'.",
+            examples=["15m"],
+        ),
+    ] = None,
 ) -> JSONResponse:
-    """Submit one task: the body (any JSON object) is its data, carried byte for byte."""
+    """Submit one task: the body (any JSON object) is its data, carried byte for byte.
+
+    With ``run_at`` or ``delay`` the task is ``scheduled`` until it is due, then queued.
+    """
     raw = await request.body()
     parse_object(raw, max_bytes=ctx.limits.max_task_data_bytes)
+    due_ms = _due_ms(ctx.limits, run_at=run_at, delay=delay)
     target = await resolve(ctx, tenant.id, app, pipeline)
     require_ready(target)
     client_id = _client_id(task_id or idempotency_key)
-    task = OutgoingTask(id=client_id or new_id(), data=raw, data_sha256=digest(raw))
+    task = OutgoingTask(
+        id=client_id or new_id(), data=raw, data_sha256=digest(raw), due_at_ms=due_ms
+    )
     if client_id is not None:
         stored = (await existing_tasks(ctx, target, [client_id])).get(client_id)
         if stored is not None:
             return await _resubmitted(ctx, target, task, stored.data_sha256)
     await produced(ctx, ctx.producer.submit(target.id, [task]))
     ctx.metrics.tasks_created.labels(target.id).inc()
-    return JSONResponse(Accepted(id=task.id, status="queued").model_dump(), status_code=202)
+    status = "scheduled" if due_ms else "queued"
+    return JSONResponse(Accepted(id=task.id, status=status).model_dump(), status_code=202)
+
+
+def _due_ms(limits: Limits, *, run_at: str | None, delay: str | None, where: str = "") -> int:
+    """The due time in ms since the epoch, 0 for now; a bad time is a 422 naming its field."""
+    due = due_at(
+        run_at=run_at,
+        delay=delay,
+        now=dt.datetime.now(dt.UTC),
+        max_horizon=dt.timedelta(seconds=limits.max_schedule_horizon_s),
+        where=where,
+    )
+    return 0 if due is None else int(due.timestamp() * 1000)
 
 
 async def _resubmitted(
@@ -159,7 +196,7 @@ async def submit_batch(
             f"{len(body.tasks)} tasks in one request, over the limit of "
             f"{ctx.limits.max_batch_items}; split the batch",
         )
-    candidates = _candidates(body, ctx.limits.max_task_data_bytes)
+    candidates = _candidates(body, ctx.limits)
     target = await resolve(ctx, tenant.id, app, pipeline)
     require_ready(target)
     client_ids = sorted({item.id for item in body.tasks if item.id is not None})
@@ -176,14 +213,18 @@ async def submit_batch(
     )
 
 
-def _candidates(body: SubmitBatch, max_bytes: int) -> list[Candidate]:
+def _candidates(body: SubmitBatch, limits: Limits) -> list[Candidate]:
     candidates = []
+    max_bytes = limits.max_task_data_bytes
     for index, item in enumerate(body.tasks):
         data = compact(item.data)
         if len(data) > max_bytes:
             raise data_too_large(len(data), max_bytes, index=index)
+        due_ms = _due_ms(limits, run_at=item.run_at, delay=item.delay, where=f"tasks[{index}].")
         task_id = item.id or new_id()
-        candidates.append(Candidate(index=index, id=task_id, data=data, sha256=digest(data)))
+        candidates.append(
+            Candidate(index=index, id=task_id, data=data, sha256=digest(data), due_at_ms=due_ms)
+        )
     return candidates
 
 

@@ -38,6 +38,7 @@ from services.store.schema import (
     pipeline_stats,
     pipelines,
     task_results,
+    task_timers,
     tasks,
     tenants,
 )
@@ -278,9 +279,10 @@ class PipelineMethods(StoreBase):
         Returns how many task rows were deleted. Grain rows go too: a grain still active
         somewhere then fails its next epoch check and stops instead of writing.
         """
+        self._purge_rows(task_timers.c.task_id, pipeline_id, batch=batch)
         deleted = 0
         for table in (tasks, task_results):
-            deleted += self._purge_rows(table, pipeline_id, batch=batch)
+            deleted += self._purge_rows(table.c.id, pipeline_id, batch=batch)
         grains = f"{pipeline_id}%"
         with self._engine.begin() as conn:
             conn.execute(pipeline_stats.delete().where(pipeline_stats.c.pipeline_id == pipeline_id))
@@ -294,19 +296,21 @@ class PipelineMethods(StoreBase):
             )
         return deleted
 
-    def _purge_rows(self, table: sa.Table, pipeline_id: str, *, batch: int) -> int:
+    def _purge_rows(self, key: sa.Column[str], pipeline_id: str, *, batch: int) -> int:
+        """Delete the rows of ``key``'s table that belong to the pipeline, ``batch`` keys a
+        transaction; returns how many keys went."""
         # SELECT then DELETE by key: portable (SQLite has no DELETE ... LIMIT) and each
         # transaction stays small.
+        table = key.table
         deleted = 0
-        pick = sa.select(table.c.id).where(table.c.pipeline_id == pipeline_id).limit(batch)
+        owned = table.c.pipeline_id == pipeline_id
+        pick = sa.select(key).where(owned).distinct().limit(batch)
         while True:
             with self._engine.begin() as conn:
                 ids = list(conn.execute(pick).scalars())
                 if not ids:
                     return deleted
-                conn.execute(
-                    table.delete().where(table.c.pipeline_id == pipeline_id, table.c.id.in_(ids))
-                )
+                conn.execute(table.delete().where(owned, key.in_(ids)))
             deleted += len(ids)
 
 

@@ -17,6 +17,7 @@ from tests.ports.task_store import (
     NOW,
     StoredTask,
     TaskStoreContract,
+    TimerContract,
     claim_and_admit,
     new,
     stored,
@@ -51,7 +52,7 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-class TestSqlTaskStore(TaskStoreContract):
+class TestSqlTaskStore(TaskStoreContract, TimerContract):
     @pytest.fixture
     def under_test(self, engine: sa.Engine) -> SqlStoreUnderTest:
         return SqlStoreUnderTest(engine)

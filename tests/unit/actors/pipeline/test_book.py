@@ -23,9 +23,9 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def task(i: int, *, data: bytes = b"{}", due: dt.datetime = T0) -> Task:
-    return Task(
-        id=f"t{i:04d}", attempt=1, status=Status.QUEUED, data=data, due_at=due, created_at=T0
-    )
+    """A task as the store admits it: scheduled when it is due after T0, else queued."""
+    status = Status.SCHEDULED if due > T0 else Status.QUEUED
+    return Task(id=f"t{i:04d}", attempt=1, status=status, data=data, due_at=due, created_at=T0)
 
 
 def book(**config: int | float) -> TaskBook:
@@ -58,12 +58,49 @@ def test_byte_bound_limits_a_poll_but_always_grants_one() -> None:
     assert len(b.lease(worker="w", max_tasks=10, max_bytes=250, now=0, wall=T0)) == 2
 
 
-def test_tasks_not_yet_due_are_not_granted() -> None:
+def test_tasks_not_yet_due_wait_in_the_timers_not_the_window() -> None:
     b = book()
+    b.timers.refill([], limit=1)  # the store holds no older timers
     b.admit([task(1, due=T0 + dt.timedelta(minutes=5)), task(2)])
+    assert b.ready_count == 1 and "t0001" in b.timers
+    assert b.stats()["scheduled"] == 1 and b.stats()["backlog"] == 1
     assert [
         g.task.id for g in b.lease(worker="w", max_tasks=5, max_bytes=1 << 20, now=0, wall=T0)
     ] == ["t0002"]
+
+
+def test_two_thousand_future_tasks_never_hold_back_a_ready_one() -> None:
+    b = book(window_tasks=100)
+    b.timers.refill([], limit=1)
+    b.admit([task(i, due=T0 + dt.timedelta(seconds=i + 1)) for i in range(2000)])
+    b.admit([task(5000)])
+    grants = b.lease(worker="w", max_tasks=5, max_bytes=1 << 20, now=0, wall=T0)
+    assert [g.task.id for g in grants] == ["t5000"]
+    assert b.stats()["scheduled"] == 2000 and len(b.timers) == 2000
+
+
+def test_due_timers_fire_into_the_window_as_room_allows() -> None:
+    b = book(window_tasks=2)
+    b.timers.refill([], limit=1)
+    b.admit([task(i, due=T0 + dt.timedelta(seconds=1)) for i in range(3)])
+    assert b.take_due(wall=T0) == []
+    due = b.take_due(wall=T0 + dt.timedelta(seconds=1))
+    assert [task_id for _, task_id in due] == ["t0000", "t0001"]  # the window holds two
+    fired = [task(int(task_id[1:])) for _, task_id in due]  # queued, as the store returns them
+    b.fired(fired)
+    assert b.ready_count == 2 and b.stats()["scheduled"] == 1 and b.stats()["queued"] == 2
+    assert b.take_due(wall=T0 + dt.timedelta(seconds=9)) == []  # the window is full
+    assert b.totals["fired"] == 2
+
+
+def test_cancelling_a_timer_leaves_its_row_to_the_store() -> None:
+    b = book()
+    b.timers.refill([], limit=1)
+    b.admit([task(1, due=T0 + dt.timedelta(minutes=5))])
+    assert b.cancel(["t0001"], wall=T0) == ["t0001"]
+    assert "t0001" not in b.timers
+    b.cancelled_in_store({Status.SCHEDULED: 1})
+    assert b.stats()["scheduled"] == 0 and b.stats()["cancelled"] == 1
 
 
 def test_window_is_bounded_and_the_rest_stays_in_the_store() -> None:

@@ -36,13 +36,13 @@ class Clock:
         )
 
 
-def new(i: int) -> NewTask:
+def new(i: int, *, due_in_s: float = 0) -> NewTask:
     data = f'{{"i":{i}}}'.encode()
     return NewTask(
         id=f"t{i:03d}",
         data=data,
         data_sha256=hashlib.sha256(data).digest(),
-        due_at=T0,
+        due_at=T0 + dt.timedelta(seconds=due_in_s),
         created_at=T0,
     )
 
@@ -186,3 +186,78 @@ async def test_counters_reach_the_store_even_when_only_admission_changed_them() 
     await g.flush()
     assert store.stats["p"]["backlog"] == 2
     assert not g.wants_flush  # nothing changed since
+
+
+# -- timers: tasks that are not due yet ---------------------------------------------------
+
+
+async def test_a_delayed_task_waits_then_serves_a_waiting_poll_when_due() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = core(store, clock)
+    await g.activate()
+    waiting = g.poll(worker="w", max_tasks=5, max_bytes=1 << 20)
+    await g.admit(AdmitBatch(new=(new(1, due_in_s=10),)))
+    assert g.next_timer_in() == 10
+    clock.now = 9.9
+    await g.tick()
+    assert not waiting.done() and g.book.stats()["scheduled"] == 1
+    clock.now = 10.0
+    assert g.next_timer_in() == 0
+    await g.tick()
+    grants = await asyncio.wait_for(waiting, 1)
+    assert [gr.task.id for gr in grants] == ["t001"]
+    assert store.rows[("p", "t001")].status is Status.QUEUED  # fired durably before handed out
+    assert store.timers["p"] == set()
+
+
+async def test_cancel_reaches_a_timer_in_memory_and_one_only_in_the_store() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = core(store, clock, timer_heap=2)
+    await g.activate()
+    await g.admit(AdmitBatch(new=tuple(new(i, due_in_s=i) for i in range(1, 5))))
+    assert len(g.book.timers) == 2 and "t004" not in g.book.timers  # t003, t004: store only
+    result = await g.admit(AdmitBatch(cancels=("t001", "t004")))
+    assert result.cancelled == 2
+    assert g.book.stats()["scheduled"] == 2 and g.book.stats()["cancelled"] == 2
+    clock.now = 10
+    await g.tick()  # refills from the store and fires what is due: t002, t003
+    await g.tick()
+    assert sorted(t for t in g.book._ready) == ["t002", "t003"]
+    assert {tid: t.status for (_, tid), t in store.rows.items()} == {
+        "t001": Status.CANCELLED,
+        "t002": Status.QUEUED,
+        "t003": Status.QUEUED,
+        "t004": Status.CANCELLED,
+    }
+
+
+async def test_a_new_incarnation_fires_the_timers_of_the_old_one() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    first = core(store, clock)
+    await first.activate()
+    await first.admit(AdmitBatch(new=(new(1, due_in_s=5), new(2, due_in_s=50))))
+    second = core(store, clock, owner="b")
+    await second.activate()
+    assert len(second.book.timers) == 2 and second.book.stats()["scheduled"] == 2
+    clock.now = 5
+    await second.tick()
+    assert list(second.book._ready) == ["t001"]
+    with pytest.raises(StaleEpoch):
+        clock.now = 60
+        await first.tick()  # fenced: the old owner fires nothing
+    assert store.rows[("p", "t002")].status is Status.SCHEDULED
+
+
+async def test_a_failed_fire_keeps_the_timer_for_the_next_tick() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = core(store, clock)
+    await g.activate()
+    await g.admit(AdmitBatch(new=(new(1, due_in_s=1),)))
+    clock.now = 2
+    store.down = True
+    with pytest.raises(StoreUnavailable):
+        await g.tick()
+    assert "t001" in g.book.timers
+    store.down = False
+    await g.tick()
+    assert list(g.book._ready) == ["t001"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.pipeline.memory import InMemoryTaskStore
-from tests.ports.task_store import StoredTask, TaskStoreContract, stored
+from tests.ports.task_store import StoredTask, TaskStoreContract, TimerContract, stored
 
 
 class MemoryStoreUnderTest:
@@ -19,7 +19,7 @@ class MemoryStoreUnderTest:
         return sorted((task_id, result) for (_, task_id), result in self.store.results.items())
 
 
-class TestInMemoryTaskStore(TaskStoreContract):
+class TestInMemoryTaskStore(TaskStoreContract, TimerContract):
     @pytest.fixture
     def under_test(self) -> MemoryStoreUnderTest:
         return MemoryStoreUnderTest()

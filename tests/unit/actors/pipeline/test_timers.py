@@ -24,13 +24,17 @@ def opened(capacity: int) -> TimerHeap:
     return heap
 
 
+def ids(keys: list[TimerKey]) -> list[str]:
+    return [task_id for _, task_id in keys]
+
+
 def test_a_new_heap_holds_nothing_and_asks_for_the_store() -> None:
     heap = TimerHeap(capacity=4)
-    assert heap.wants_refill()
+    assert heap.wants_refill() and heap.refill_after is None
     assert not heap.offer("a", at(5))  # before the first read, the store alone keeps it
     heap.refill([(at(5), "a"), (at(1), "b")], limit=4)
     assert heap.horizon is None and not heap.wants_refill()
-    assert heap.pop_due(wall=at(10), limit=10) == ["b", "a"]
+    assert ids(heap.pop_due(wall=at(10), limit=10)) == ["b", "a"]
 
 
 def test_only_due_timers_fire_soonest_first_and_within_the_limit() -> None:
@@ -38,9 +42,9 @@ def test_only_due_timers_fire_soonest_first_and_within_the_limit() -> None:
     for name, seconds in (("late", 30), ("soon", 1), ("now", 0), ("also-now", 0)):
         assert heap.offer(name, at(seconds))
     assert heap.next_due() == at(0)
-    assert heap.pop_due(wall=at(0), limit=1) == ["also-now"]
-    assert heap.pop_due(wall=at(1), limit=10) == ["now", "soon"]
-    assert heap.pop_due(wall=at(29.9), limit=10) == []
+    assert ids(heap.pop_due(wall=at(0), limit=1)) == ["also-now"]
+    assert ids(heap.pop_due(wall=at(1), limit=10)) == ["now", "soon"]
+    assert ids(heap.pop_due(wall=at(29.9), limit=10)) == []
     assert len(heap) == 1 and "late" in heap
 
 
@@ -71,7 +75,7 @@ def test_remove_forgets_a_timer_and_reoffer_moves_it() -> None:
     heap.offer("b", at(2))
     assert heap.remove("a") and not heap.remove("a")
     heap.offer("b", at(0.5))
-    assert heap.pop_due(wall=at(0.5), limit=5) == ["b"]
+    assert ids(heap.pop_due(wall=at(0.5), limit=5)) == ["b"]
     assert len(heap) == 0
 
 
@@ -84,7 +88,7 @@ def test_refill_continues_from_the_horizon_and_opens_at_the_end() -> None:
     # The store answers from after the horizon; an older row (already here) is ignored.
     heap.refill([(at(3), "t3"), (at(4), "t4")], limit=3)
     assert heap.horizon is None
-    assert heap.pop_due(wall=at(9), limit=10) == ["t3", "t4"]
+    assert ids(heap.pop_due(wall=at(9), limit=10)) == ["t3", "t4"]
 
 
 def test_capacity_below_two_is_refused() -> None:
@@ -114,7 +118,7 @@ def test_heap_and_store_together_fire_every_timer_once_in_order() -> None:
         heap.offer(key[1], key[0])
         if rng.random() < 0.3:
             wall += rng.uniform(0, 5)
-            for task_id in heap.pop_due(wall=at(wall), limit=5):
+            for task_id in ids(heap.pop_due(wall=at(wall), limit=5)):
                 key = next(k for k in store if k[1] == task_id)
                 assert key[0] <= at(wall), "fired before it was due"
                 store.discard(key)
@@ -125,7 +129,7 @@ def test_heap_and_store_together_fire_every_timer_once_in_order() -> None:
         if not store:
             break
         wall += 10
-        for task_id in heap.pop_due(wall=at(wall), limit=1000):
+        for task_id in ids(heap.pop_due(wall=at(wall), limit=1000)):
             key = next(k for k in store if k[1] == task_id)
             store.discard(key)
             fired.append(key)
@@ -134,3 +138,14 @@ def test_heap_and_store_together_fire_every_timer_once_in_order() -> None:
     assert not store, f"{len(store)} timer(s) never fired"
     assert len(fired) == len({k[1] for k in fired}) == 400
     assert len(heap) == 0
+
+
+def test_timers_whose_firing_failed_go_back_first() -> None:
+    heap = opened(4)
+    heap.offer("a", at(1))
+    heap.offer("b", at(9))
+    taken = heap.pop_due(wall=at(5), limit=4)
+    assert taken == [(at(1), "a")] and "a" not in heap
+    heap.put_back(taken)
+    assert heap.next_due() == at(1) and "a" in heap
+    assert ids(heap.pop_due(wall=at(9), limit=4)) == ["a", "b"]

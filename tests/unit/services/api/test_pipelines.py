@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from services.kafka.admin import MemoryTopicAdmin
 from services.kafka.producer import MemoryProducer
 from services.placement import PLACEMENT_TOPIC, SHARDS, shard_of
 from services.store.control import ControlStore, Pipeline, PipelineSpec
-from services.store.schema import pipelines, tasks
+from services.store.schema import pipelines, task_timers, tasks
 from tests.unit.services.api.conftest import LIMITS, Fakes
 from tests.unit.services.api.harness import (
     Api,
@@ -183,6 +184,13 @@ async def test_bad_scaling_is_refused_at_create_and_patch_and_nothing_changes(
 async def test_delete_frees_the_name_at_once_and_removes_everything(api: Api, fakes: Fakes) -> None:
     key, pipeline = await api.ready_pipeline()
     insert_task(api.database_url, pipeline_id=pipeline["id"], task_id="t1", data=b"{}")
+    engine = sa.create_engine(api.database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            task_timers.insert().values(
+                pipeline_id=pipeline["id"], due_at=dt.datetime(2030, 1, 1), task_id="t1"
+            )
+        )
     answer = await api.client.delete(f"{PIPELINES}/p", headers=bearer(key))
     assert answer.status_code == 202, answer.text
     assert answer.json() == {"id": pipeline["id"], "state": "deleting"}
@@ -197,11 +205,11 @@ async def test_delete_frees_the_name_at_once_and_removes_everything(api: Api, fa
     assert pipeline["id"] in fakes.deployer.removed
     kinds = [p.kind for p in fakes.producer.placements() if p.pipeline_id == pipeline["id"]]
     assert kinds == [Kind.KIND_CREATED, Kind.KIND_DELETED]
-    engine = sa.create_engine(api.database_url)
     with engine.connect() as conn:
         left = conn.execute(sa.select(sa.func.count()).select_from(tasks)).scalar_one()
+        timers = conn.execute(sa.select(sa.func.count()).select_from(task_timers)).scalar_one()
     engine.dispose()
-    assert left == 0
+    assert left == 0 and timers == 0
 
 
 async def test_an_application_with_pipelines_cannot_be_deleted(api: Api) -> None:

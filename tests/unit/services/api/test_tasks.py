@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -280,7 +281,8 @@ async def test_stats_and_pipeline_counts_come_from_the_grains_counters(api: Api)
         )
     stats = (await api.client.get(f"{SUBMIT}/stats", headers=bearer(key))).json()
     assert stats["backlog"] == 5
-    assert stats["counts"] == {k: v for k, v in counts.items() if k != "backlog"}
+    # Counters written before a status existed read as 0 for it.
+    assert stats["counts"] == {k: v for k, v in counts.items() if k != "backlog"} | {"scheduled": 0}
     assert stats["updated_at"] is not None
     shown = (await api.client.get(SUBMIT, headers=bearer(key))).json()
     assert shown["counts"]["succeeded"] == 9
@@ -339,3 +341,66 @@ async def test_a_result_nested_too_deep_for_json_reads_as_text(api: Api) -> None
     answer = await api.client.get(f"{TASKS}/d", headers=bearer(key))
     assert answer.status_code == 200, answer.text
     assert (answer.json()["result"], answer.json()["result_encoding"]) == (deep, "text")
+
+
+# -- delayed tasks -------------------------------------------------------------------------
+
+
+async def test_a_delay_or_run_at_makes_the_task_scheduled(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    before_ms = int(time.time() * 1000)
+    answer = await api.client.post(f"{SUBMIT}?delay=90s", json={"a": 1}, headers=bearer(key))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["status"] == "scheduled"
+    later = await api.client.post(
+        f"{SUBMIT}?run_at=2099-01-01T01:00:00%2B01:00", json={"a": 2}, headers=bearer(key)
+    )
+    assert later.status_code == 422  # beyond the one-year horizon
+    assert "run_at" in later.json()["detail"]
+    past = await api.client.post(
+        f"{SUBMIT}?run_at=2020-01-01T00:00:00Z", json={"a": 3}, headers=bearer(key)
+    )
+    assert past.json()["status"] == "queued"  # a time in the past runs now
+    events = fakes.producer.task_events(pipeline["id"])
+    assert [e.task_id for e in events] == [answer.json()["id"], past.json()["id"]]
+    due = events[0].submit.due_at_ms
+    assert before_ms + 90_000 <= due <= int(time.time() * 1000) + 90_000
+    assert events[1].submit.due_at_ms == 0
+
+
+async def test_batch_items_carry_their_own_due_times(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    items = [
+        {"data": {"n": 1}, "delay": "PT10M"},
+        {"data": {"n": 2}},
+        {"data": {"n": 3}, "run_at": "2099-01-01T00:00:00Z"},
+    ]
+    refused = await api.client.post(TASKS, json={"tasks": items}, headers=bearer(key))
+    assert refused.status_code == 422
+    assert "tasks[2].run_at" in refused.json()["detail"]
+    assert fakes.producer.task_events(pipeline["id"]) == []  # nothing of the batch went out
+    answer = await api.client.post(TASKS, json={"tasks": items[:2]}, headers=bearer(key))
+    assert [r["status"] for r in answer.json()["results"]] == ["scheduled", "queued"]
+    first, second = fakes.producer.task_events(pipeline["id"])
+    assert first.submit.due_at_ms > int(time.time() * 1000) + 590_000
+    assert second.submit.due_at_ms == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("delay=-5s", "delay"),
+        ("delay=soon", "delay"),
+        ("delay=5s&run_at=2030-01-01T00:00:00Z", "run_at"),
+        ("run_at=2030-01-01T00:00:00", "run_at"),
+        ("delay=367d", "delay"),
+    ],
+)
+async def test_bad_times_are_422_naming_the_field_and_nothing_is_produced(
+    api: Api, fakes: Fakes, query: str, field: str
+) -> None:
+    key, pipeline = await api.ready_pipeline()
+    answer = await api.client.post(f"{SUBMIT}?{query}", json={"a": 1}, headers=bearer(key))
+    detail = assert_error(answer, 422, "invalid_request")
+    assert detail.startswith(f"{field}:"), detail
+    assert fakes.producer.task_events(pipeline["id"]) == []
