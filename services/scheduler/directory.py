@@ -6,11 +6,13 @@ import asyncio
 import hashlib
 import hmac
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import sqlalchemy as sa
 
 from actors.pipeline.model import GrainKey, PipelineConfig
+from actors.pipeline.ports import StoreUnavailable
 from services.deploy.naming import namespace_for, release_name
 from services.store.control import pipeline_names
 from services.store.schema import grain_owners, pipelines
@@ -21,11 +23,21 @@ READY = "ready"
 class PipelineDirectory:
     """Reads pipelines for the scheduler, caching worker token hashes briefly."""
 
-    def __init__(self, *, engine: sa.Engine, window_tasks: int, token_ttl_s: float = 30) -> None:
+    def __init__(
+        self,
+        *,
+        engine: sa.Engine,
+        window_tasks: int,
+        token_ttl_s: float = 30,
+        token_cache_size: int = 10_000,
+    ) -> None:
         self._engine = engine
         self._window_tasks = window_tasks
         self._token_ttl_s = token_ttl_s
-        self._tokens: dict[str, tuple[float, str | None]] = {}
+        #: pipeline id -> (fresh until, token hash or None), least recently used first:
+        #: bounded, so a flood of made-up pipeline ids cannot grow it.
+        self._tokens: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        self._token_cache_size = token_cache_size
 
     async def pipeline_config(self, pipeline_id: str) -> PipelineConfig | None:
         def read() -> PipelineConfig | None:
@@ -91,11 +103,25 @@ class PipelineDirectory:
         return await asyncio.to_thread(read)
 
     async def authenticate(self, pipeline_id: str, token: str) -> bool:
+        """Check a worker token against its pipeline's hash, cached for ``token_ttl_s``.
+
+        While the database cannot be reached, a hash seen before still answers (workers
+        keep running through an outage); without one it is ``StoreUnavailable``, which
+        workers retry, not a refusal they would take as final.
+        """
         cached = self._tokens.get(pipeline_id)
         if cached is None or cached[0] < time.monotonic():
-            expected = await asyncio.to_thread(self._token_hash, pipeline_id)
-            cached = (time.monotonic() + self._token_ttl_s, expected)
-            self._tokens[pipeline_id] = cached
+            try:
+                expected = await asyncio.to_thread(self._token_hash, pipeline_id)
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+                if cached is None:
+                    raise StoreUnavailable("worker tokens cannot be read now") from err
+            else:
+                cached = (time.monotonic() + self._token_ttl_s, expected)
+                self._tokens[pipeline_id] = cached
+        self._tokens.move_to_end(pipeline_id)
+        while len(self._tokens) > self._token_cache_size:
+            self._tokens.popitem(last=False)
         expected_hash = cached[1]
         if expected_hash is None:
             return False
@@ -110,6 +136,8 @@ class PipelineDirectory:
         return str(value) if value is not None else None
 
     async def owner_address(self, pipeline_id: str) -> str | None:
+        """The address of the replica that owns the pipeline's grain, if any."""
+
         def read() -> str | None:
             with self._engine.connect() as conn:
                 value = conn.execute(
@@ -119,4 +147,7 @@ class PipelineDirectory:
                 ).scalar()
             return str(value) if value is not None else None
 
-        return await asyncio.to_thread(read)
+        try:
+            return await asyncio.to_thread(read)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+            raise StoreUnavailable("the grain's owner cannot be read now") from err

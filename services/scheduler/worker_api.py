@@ -253,7 +253,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         token = _bearer(context)
         if not pipeline_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pipeline_id is required")
-        if token is None or not await self._directory.authenticate(pipeline_id, token):
+        if token is None or not await self._call(
+            context, self._directory.authenticate(pipeline_id, token)
+        ):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or wrong worker token for this pipeline "
@@ -262,7 +264,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         grain = await self._directory.local(pipeline_id)
         if grain is not None:
             return grain
-        owner = await self._directory.owner_address(pipeline_id)
+        owner = await self._call(context, self._directory.owner_address(pipeline_id))
         if owner and owner != self._address:
             context.set_trailing_metadata(((OWNER_KEY, owner),))
             await context.abort(

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from actors.errors import ActorUnavailable
 from actors.pipeline.model import Grant, LeaseToken, Report, ReportAck, Verdict
+from actors.pipeline.ports import StoreUnavailable
 from actors.runtime import GrainId
 from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
 from services.scheduler.worker_api import Limits, LocalGrain, Unavailable, WorkerService
@@ -67,9 +68,13 @@ class FakeGrain:
 class FakeDirectory:
     grain: FakeGrain
     asked: list[str] = field(default_factory=list)
+    #: Set to make token checks fail as a database outage does.
+    down: bool = False
 
     async def authenticate(self, pipeline_id: str, token: str) -> bool:
         self.asked.append(pipeline_id)
+        if self.down:
+            raise StoreUnavailable("worker tokens cannot be read now")
         return pipeline_id == PIPELINE and token == TOKEN
 
     async def local(self, pipeline_id: str) -> LocalGrain | None:
@@ -304,3 +309,13 @@ async def test_an_unavailable_grain_answers_without_the_error_it_quotes(
     incident = assert_no_leak(failed.value.details() or "")
     (logged,) = [r for r in caplog.records if incident in r.getMessage()]
     assert "Data too long for column" in logged.getMessage()
+
+
+async def test_a_token_check_during_a_database_outage_is_unavailable_not_internal(
+    served: Served,
+) -> None:
+    served.directory.down = True
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await served.worker.Poll(poll(), metadata=AUTH)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE  # workers retry this one
+    assert_no_leak(failed.value.details() or "")
