@@ -75,6 +75,9 @@ class TaskBook:
     _dirty: dict[str, TaskChange] = field(default_factory=dict)
     _results: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     _finished: OrderedDict[str, LeaseToken] = field(default_factory=OrderedDict)
+    #: Retries whose timer the heap did not keep and whose row is not written yet: the
+    #: heap must not read further from the store until they are (``timers.py``).
+    _unwritten_timers: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.timers = TimerHeap(capacity=self.config.timer_heap)
@@ -226,11 +229,16 @@ class TaskBook:
         status = _OUTCOME_STATUS[report.outcome]
         if lease.cancel_requested and status is not Status.SUCCEEDED:
             status = Status.CANCELLED
-        self._finish(task, status, wall=wall, error=report.error or None)
+        self._remember_finished(token)
+        error = report.error or None
+        if status is Status.FAILED and not report.non_retryable:
+            # A failure the worker did not call final: another attempt, or dead at the last.
+            self._retry_or_bury(task, wall=wall, error=error or "the worker reported a failure")
+            return ReportAck.ACCEPTED
+        self._finish(task, status, wall=wall, error=error)
         self._move(Status.LEASED, status)
         if report.result or status is Status.SUCCEEDED:
             self._results[task.id] = (task.attempt, report.result)
-        self._remember_finished(token)
         return ReportAck.ACCEPTED
 
     def _finish(self, task: Task, status: Status, *, wall: dt.datetime, error: str | None) -> None:
@@ -257,33 +265,38 @@ class TaskBook:
             if lease.cancel_requested:
                 self._finish(task, Status.CANCELLED, wall=wall, error="cancelled; lease expired")
                 self._move(Status.LEASED, Status.CANCELLED)
-            elif task.attempt >= self.config.max_attempts:
-                error = f"lease expired on attempt {task.attempt} of {self.config.max_attempts}"
-                self._finish(task, Status.DEAD, wall=wall, error=error)
-                self._move(Status.LEASED, Status.DEAD)
             else:
-                self._requeue(task, now=now)
+                error = f"lease expired on attempt {task.attempt} (the worker went silent)"
+                self._retry_or_bury(task, wall=wall, error=error)
         return [lease.task for lease in expired]
 
-    def _requeue(self, task: Task, *, now: float) -> None:
+    def _retry_or_bury(self, task: Task, *, wall: dt.datetime, error: str) -> None:
+        """A failed or lost attempt: the next one after the backoff, or dead after the last.
+
+        The next attempt is a timer like a delayed task's (``scheduled``, ``attempt + 1``,
+        a new due time), written with the next flush; the error stays visible meanwhile.
+        """
+        limit = self.config.max_attempts
+        if task.attempt >= limit:
+            self._finish(
+                task, Status.DEAD, wall=wall, error=f"attempt {task.attempt} of {limit}: {error}"
+            )
+            self._move(Status.LEASED, Status.DEAD)
+            return
+        pause = self.config.backoff.delay_s(failed_attempt=task.attempt, task_id=task.id)
         task.attempt += 1
-        task.ready_at = now
-        task.status, task.worker, task.started_at, task.lease_epoch = (
-            Status.QUEUED,
-            None,
-            None,
-            None,
-        )
-        self._move(Status.LEASED, Status.QUEUED)
+        task.due_at = wall + dt.timedelta(seconds=pause)
+        task.status, task.error = Status.SCHEDULED, error
+        task.worker, task.started_at, task.lease_epoch, task.ready_at = None, None, None, None
+        self._move(Status.LEASED, Status.SCHEDULED)
         self.totals["retried"] += 1
         self._mark(task)
-        if self.window_room() > 0:
-            self._ready[task.id] = task
-            self._ready.move_to_end(task.id, last=False)  # it waited longest
-            self._ready_bytes += task.size
-        else:
-            self.stored_backlog += 1
-            self.page_after = ""  # its id may sort before the cursor
+        if not self.timers.offer(task.id, task.due_at):
+            self._unwritten_timers.add(task.id)
+
+    @property
+    def has_unwritten_timers(self) -> bool:
+        return bool(self._unwritten_timers)
 
     def cancel(self, task_ids: Iterable[str], *, wall: dt.datetime) -> list[str]:
         """Cancel tasks the book holds; return the ids it does not hold (for the store)."""
@@ -336,12 +349,15 @@ class TaskBook:
             results=tuple((tid, attempt, res) for tid, (attempt, res) in self._results.items()),
         )
         self._dirty, self._results = {}, {}
+        self._unwritten_timers.clear()  # written by this flush (or given back if it fails)
         return flush
 
     def restore_flush(self, flush: Flush) -> None:
         """Give back a flush that failed; changes made since then stay newer."""
         for change in flush.changes:
             self._dirty.setdefault(change.id, change)
+            if change.status is Status.SCHEDULED and change.id not in self.timers:
+                self._unwritten_timers.add(change.id)
         for task_id, attempt, result in flush.results:
             self._results.setdefault(task_id, (attempt, result))
 

@@ -319,6 +319,13 @@ class PipelineCore:
 
         Due timers go before the stored backlog: ``tick`` fires them before it pages in.
         """
+        soonest = self.book.timers.next_due()
+        if soonest is None or soonest > self._clock.wall():
+            return
+        if self.book.dirty:
+            # A retry's row becomes ``scheduled`` with the next flush: fire only what the
+            # store already shows, or the timer would be spent on a row still ``leased``.
+            await self.flush()
         due = self.book.take_due(wall=self._clock.wall())
         if not due:
             return
@@ -338,12 +345,13 @@ class PipelineCore:
     async def refill_timers(self) -> None:
         """Read the next stored timers into the heap when it runs low.
 
-        Every timer row is written before its task is offered to the heap (admission is
-        durable first), so the cursor can never pass a timer still waiting for its write.
+        Admitted tasks' timer rows are written before they are offered to the heap; a
+        retry's is written by the next flush, and until then no refill runs, so the cursor
+        never passes a timer still waiting for its write.
         """
         timers = self.book.timers
-        if not timers.wants_refill():
-            return
+        if not timers.wants_refill() or self.book.has_unwritten_timers:
+            return  # a retry beyond the horizon is not in the store yet: after the flush
         room = timers.refill_room()
         keys = await self._guard(
             self._store.page_timers(grain=self.key, after=timers.refill_after, limit=room)

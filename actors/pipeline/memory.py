@@ -180,6 +180,9 @@ class InMemoryTaskStore:
         for change in flush.changes:
             row = self.rows[(pipeline_id, change.id)]
             row.attempt, row.status, row.worker = change.attempt, change.status, change.worker
+            row.due_at = change.due_at
+            if change.status is Status.SCHEDULED:
+                self.timers.setdefault(pipeline_id, set()).add((change.due_at, change.id))
             row.started_at, row.finished_at = change.started_at, change.finished_at
             row.error, row.lease_epoch = change.error, change.lease_epoch
         for task_id, _attempt, result in flush.results:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from actors.pipeline.retry import Backoff
+
 
 class Status(StrEnum):
     #: Not due yet: waiting in the grain's timers (``timers.py``), never in its window.
@@ -96,6 +98,8 @@ class PipelineConfig:
     window_bytes: int = 64 * 1024 * 1024
     #: Not-yet-due tasks kept in memory, the soonest; the store keeps the rest.
     timer_heap: int = 10_000
+    #: The pause before each next attempt, after a failure or a lost lease.
+    backoff: Backoff = Backoff()
 
 
 @dataclass(kw_only=True)
@@ -207,6 +211,8 @@ class TaskChange:
     error: str | None
     lease_epoch: int | None
     expire_at: dt.datetime | None
+    #: When the attempt may run: a retry's backoff moves it.
+    due_at: dt.datetime
 
     @classmethod
     def of(cls, task: Task, *, retention_s: float) -> TaskChange:
@@ -225,6 +231,7 @@ class TaskChange:
             error=task.error,
             lease_epoch=task.lease_epoch,
             expire_at=expire_at,
+            due_at=task.due_at,
         )
 
 
@@ -240,6 +247,8 @@ class Report:
     outcome: Outcome
     result: bytes = b""
     error: str = ""
+    #: The worker knows another attempt would fail the same way: end the task now.
+    non_retryable: bool = False
 
 
 class Verdict(StrEnum):

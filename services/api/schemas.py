@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from services.api.errors import ApiError
+from services.api.when import parse_duration
 from services.deploy.scaling import ScalingPolicy
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
@@ -118,6 +120,44 @@ class ApplicationList(BaseModel):
 # -- pipelines -----------------------------------------------------------------------------
 
 
+def _seconds(value: object) -> float:
+    """Seconds, from a number or a duration such as ``1s``, ``500ms``, ``5m``, ``PT1M``."""
+    if isinstance(value, bool):
+        raise ValueError("give seconds or a duration such as '1s' or '5m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = parse_duration(value, field="backoff").total_seconds()
+        except ApiError as err:
+            raise ValueError(err.detail.removeprefix("backoff: ")) from err
+    else:
+        raise ValueError("give seconds or a duration such as '1s' or '5m'")
+    if not 0 <= seconds <= 7 * 86400:
+        raise ValueError("a backoff pause is between 0 s and 7 days")
+    return seconds
+
+
+Pause = Annotated[float, BeforeValidator(_seconds)]
+
+
+class BackoffIn(_Request):
+    """The pause before each next attempt: ``initial * multiplier ** (attempt - 1)``,
+    at most ``max``, spread by ±``jitter``."""
+
+    initial: Pause = Field(default=1.0, examples=["1s"])
+    multiplier: float = Field(default=2.0, ge=1, le=10)
+    max: Pause = Field(default=300.0, examples=["5m"])
+    jitter: float = Field(default=0.1, ge=0, le=1)
+
+
+class RetryIn(_Request):
+    """What happens after a failed attempt (reported by the worker, or a lost lease)."""
+
+    max_attempts: MaxAttempts | None = None
+    backoff: BackoffIn | None = None
+
+
 class CreatePipeline(_Request):
     name: Name
     chart: Chart = Field(description="Chart path, repository URL or OCI reference.")
@@ -126,6 +166,11 @@ class CreatePipeline(_Request):
     partitions: int = Field(default=2, ge=1, le=128)
     scaling: Scaling = Field(default_factory=dict)
     max_attempts: MaxAttempts = 3
+    retry: RetryIn | None = Field(
+        default=None,
+        description="{max_attempts?, backoff?: {initial, multiplier, max, jitter}}; "
+        "retry.max_attempts is the same setting as max_attempts.",
+    )
     lease_timeout_s: LeaseTimeout = 30
     retention: Retention = Field(default=7 * 86400, description="Seconds, or e.g. '7d'.")
 
@@ -136,6 +181,7 @@ class PatchPipeline(_Request):
     values: dict[str, Any] | None = None
     scaling: Scaling | None = None
     max_attempts: MaxAttempts | None = None
+    retry: RetryIn | None = None
     lease_timeout_s: LeaseTimeout | None = None
     retention: Retention | None = None
 
@@ -163,6 +209,9 @@ class PipelineOut(BaseModel):
     partitions: int
     scaling: dict[str, Any]
     max_attempts: int
+    retry: dict[str, Any] = Field(
+        description="{max_attempts, backoff: {initial_s, multiplier, max_s, jitter}}"
+    )
     lease_timeout_s: int
     retention_s: int
     state: Literal["provisioning", "ready", "failed", "deleting"]

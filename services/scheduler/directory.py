@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 
 from actors.pipeline.model import GrainKey, PipelineConfig
 from actors.pipeline.ports import StoreUnavailable
+from actors.pipeline.retry import Backoff
 from services.deploy.naming import namespace_for, release_name
 from services.store.control import pipeline_names
 from services.store.schema import grain_owners, pipelines
@@ -45,6 +47,7 @@ class PipelineDirectory:
                 row = conn.execute(
                     sa.select(
                         pipelines.c.max_attempts,
+                        pipelines.c.backoff_json,
                         pipelines.c.lease_timeout_s,
                         pipelines.c.retention_s,
                     ).where(pipelines.c.id == pipeline_id, pipelines.c.state == READY)
@@ -54,6 +57,7 @@ class PipelineDirectory:
             return PipelineConfig(
                 pipeline_id=pipeline_id,
                 max_attempts=row.max_attempts,
+                backoff=Backoff(**json.loads(row.backoff_json)) if row.backoff_json else Backoff(),
                 lease_timeout_s=float(row.lease_timeout_s),
                 retention_s=float(row.retention_s),
                 window_tasks=self._window_tasks,

@@ -247,7 +247,14 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 "and report a reference"
             )
         error = result.error[-self._limits.max_error_chars :]
-        return TaskReport(token=token, outcome=outcome, result=result.result, error=error), None
+        report = TaskReport(
+            token=token,
+            outcome=outcome,
+            result=result.result,
+            error=error,
+            non_retryable=result.non_retryable,
+        )
+        return report, None
 
     async def _grain(self, pipeline_id: str, context: grpc.aio.ServicerContext) -> LocalGrain:
         token = _bearer(context)

@@ -103,6 +103,8 @@ class PipelineSpec:
     partitions: int = 2
     scaling: Mapping[str, Any] = field(default_factory=dict)
     max_attempts: int = 3
+    #: ``Backoff``'s fields that differ from its defaults; empty: the defaults.
+    backoff: Mapping[str, float] = field(default_factory=dict)
     lease_timeout_s: int = 30
     retention_s: int = 7 * 24 * 3600
 
@@ -116,6 +118,7 @@ class PipelineChanges:
     values: Mapping[str, Any] | None = None
     scaling: Mapping[str, Any] | None = None
     max_attempts: int | None = None
+    backoff: Mapping[str, float] | None = None
     lease_timeout_s: int | None = None
     retention_s: int | None = None
 
@@ -129,6 +132,8 @@ class PipelineChanges:
             out["values_json"] = _json(self.values)
         if self.scaling is not None:
             out["scaling_json"] = _json(self.scaling)
+        if self.backoff is not None:
+            out["backoff_json"] = _json(self.backoff) if self.backoff else None
         return out
 
 
@@ -144,6 +149,7 @@ class Pipeline:
     partitions: int
     scaling: Mapping[str, Any]
     max_attempts: int
+    backoff: Mapping[str, float]
     lease_timeout_s: int
     retention_s: int
     state: PipelineState

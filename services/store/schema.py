@@ -48,6 +48,9 @@ pipelines = sa.Table(
     sa.Column("partitions", sa.Integer, nullable=False),
     sa.Column("scaling_json", JsonText, nullable=False),
     sa.Column("max_attempts", sa.Integer, nullable=False),
+    #: The pause between attempts (``actors.pipeline.retry.Backoff``'s fields); NULL: the
+    #: default.
+    sa.Column("backoff_json", sa.Text, nullable=True),
     sa.Column("lease_timeout_s", sa.Integer, nullable=False),
     sa.Column("retention_s", sa.Integer, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),

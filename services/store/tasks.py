@@ -58,6 +58,8 @@ _MUTABLE = (
     "lease_epoch",
     "expire_at",
     "updated_at",
+    # A retry's backoff moves the next attempt's due time (design D1).
+    "due_at",
 )
 
 
@@ -496,8 +498,8 @@ def _write_changes(
                 "lease_epoch": c.lease_epoch,
                 "expire_at": to_db(c.expire_at),
                 "updated_at": to_db(now),
+                "due_at": to_db(c.due_at),
                 # Required by the INSERT half of the upsert; never written over an existing row.
-                "due_at": to_db(now),
                 "data": b"",
                 "data_sha256": b"",
                 "created_at": to_db(now),
@@ -505,6 +507,14 @@ def _write_changes(
             for c in flush.changes
         ]
         upsert(conn, tasks, rows, keys=("pipeline_id", "id"), update=_MUTABLE)
+        timers = [
+            {"pipeline_id": pipeline_id, "due_at": to_db(c.due_at), "task_id": c.id}
+            for c in flush.changes
+            if c.status is Status.SCHEDULED
+        ]
+        # A retry's timer; written again by a flush that is retried, hence the upsert.
+        keys = ("pipeline_id", "due_at", "task_id")
+        upsert(conn, task_timers, timers, keys=keys, update=("task_id",))
     if flush.results:
         expire = {c.id: to_db(c.expire_at) for c in flush.changes}
         upsert(

@@ -231,6 +231,7 @@ class Agent:
                     outcome=_OUTCOMES[outcome.outcome],
                     result=outcome.result,
                     error=outcome.error,
+                    non_retryable=outcome.non_retryable,
                 )
             )
 

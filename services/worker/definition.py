@@ -99,6 +99,9 @@ class PipelineDefinition(BaseModel):
     pipeline: list[Step] = Field(min_length=1)
     #: The pipeline's task timeout; the agent's ``WSCHED_WORKER_TASK_TIMEOUT_S`` otherwise.
     timeout_s: float | None = Field(default=None, gt=0)
+    #: Exit codes that mean "retrying will not help" (bad input, say): a command that
+    #: exits with one ends the task ``failed`` at once instead of being retried.
+    non_retryable_exit_codes: frozenset[int] = Field(default=frozenset())
 
     def executors(self) -> set[str]:
         return {step.executor for step in self.pipeline}

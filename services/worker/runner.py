@@ -59,6 +59,8 @@ class TaskOutcome:
     outcome: Outcome
     result: bytes = b""
     error: str = ""
+    #: Another attempt would fail the same way: the scheduler ends the task at once.
+    non_retryable: bool = False
 
 
 def _make_dir(work_dir: Path) -> None:
@@ -68,8 +70,8 @@ def _make_dir(work_dir: Path) -> None:
     work_dir.chmod(0o770)
 
 
-def failed(error: str) -> TaskOutcome:
-    return TaskOutcome(outcome=Outcome.FAILED, error=error)
+def failed(error: str, *, non_retryable: bool = False) -> TaskOutcome:
+    return TaskOutcome(outcome=Outcome.FAILED, error=error, non_retryable=non_retryable)
 
 
 def truncate_result(stdout: bytes, *, total_bytes: int, limit: int) -> bytes:
@@ -145,7 +147,7 @@ class TaskRunner:
             data = json.loads(task.data) if task.data else None
             steps = self._definition.render(data, work_dir=str(work_dir))
         except ValueError as err:  # not JSON, or a placeholder the data cannot fill
-            return failed(str(err))
+            return failed(str(err), non_retryable=True)  # the same data fails the same way
         trail = _Trail()
         last: CommandResult | None = None
         for step in steps:
@@ -156,7 +158,10 @@ class TaskRunner:
                 if isinstance(result, str):
                     return failed(f"{where}: {result}{trail.text(_ERROR_TRAIL)}")
                 if not result.ok:
-                    return failed(self._failure(where, result) + trail.text(_ERROR_TRAIL))
+                    return failed(
+                        self._failure(where, result) + trail.text(_ERROR_TRAIL),
+                        non_retryable=self._final_exit(result),
+                    )
                 trail.add(where, result)
                 last = result
         log.debug("task %s attempt %d:%s", task.task_id, task.attempt, trail.text(10_000))
@@ -197,6 +202,12 @@ class TaskRunner:
             return await self._executors.run(step.executor, command)
         except ExecutorError as err:
             return str(err)
+
+    def _final_exit(self, result: CommandResult) -> bool:
+        """Whether the command exited by itself with a code the definition calls final."""
+        if result.timed_out or result.killed:
+            return False
+        return result.exit_code in self._definition.non_retryable_exit_codes
 
     def _timeout_text(self) -> str:
         return (

@@ -79,6 +79,7 @@ def dead(task_id: str, *, attempt: int) -> Flush:
         error="lease expired",
         lease_epoch=1,
         expire_at=None,
+        due_at=NOW,
     )
     return Flush(changes=(change,), results=())
 

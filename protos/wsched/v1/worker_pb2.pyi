@@ -7,6 +7,15 @@ Every call carries the pipeline's worker token as `authorization: Bearer <token>
 metadata. A replica that does not own the pipeline answers FAILED_PRECONDITION with
 the owner's address in the trailing metadata key `wsched-owner` (the worker reconnects
 there); during a move it answers UNAVAILABLE with `retry-after-ms`.
+
+Bounds (the scheduler's `Limits` in services/scheduler/worker_api.py). A string or list
+over its bound fails the whole call with INVALID_ARGUMENT naming the field and the
+bound, before anything else happens: pipeline_id <= 36 characters, worker <= 255
+characters, a lease token <= 160 characters, lease_tokens <= 10,000 entries,
+results <= 1,000 entries. Poll's max_tasks, max_bytes and wait_ms are capped instead;
+a result over 256 KiB is REJECTED on its own; an error over 8,192 characters is cut.
+An unexpected failure answers INTERNAL with an incident id only (the scheduler logs
+the error under that id).
 """
 
 from collections import abc as _abc
@@ -108,11 +117,17 @@ class PollRequest(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
+    """at most 36 characters (a UUID)"""
     worker: _builtins.str
-    """a stable name for the worker (pod name), shown in task status"""
+    """A stable name for the worker (pod name), shown in task status; at most 255
+    characters (the tasks.worker column). Empty means the connection's peer address.
+    """
     max_tasks: _builtins.int
+    """capped at 1,000"""
     max_bytes: _builtins.int
+    """capped at 3 MiB (below gRPC's 4 MiB message limit)"""
     wait_ms: _builtins.int
+    """capped at 30,000"""
     def __init__(
         self,
         *,
@@ -140,6 +155,7 @@ class LeasedTask(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
     lease_token: _builtins.str
+    """at most 160 characters: epoch.attempt.task_id"""
     task_id: _builtins.str
     attempt: _builtins.int
     data: _builtins.bytes
@@ -194,9 +210,15 @@ class HeartbeatRequest(_message.Message):
     WORKER_FIELD_NUMBER: _builtins.int
     LEASE_TOKENS_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
+    """at most 36 characters"""
     worker: _builtins.str
+    """at most 255 characters"""
     @_builtins.property
-    def lease_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def lease_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 10,000 tokens, each at most 160 characters; heartbeat more leases in
+        several calls.
+        """
+
     def __init__(
         self,
         *,
@@ -265,10 +287,20 @@ class TaskResult(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    NON_RETRYABLE_FIELD_NUMBER: _builtins.int
     lease_token: _builtins.str
+    """at most 160 characters (longer fails the whole call)"""
     outcome: Global___Outcome.ValueType
     result: _builtins.bytes
+    """at most 256 KiB, or this result alone is ACK_REJECTED"""
     error: _builtins.str
+    """Longer than 8,192 characters, only the last 8,192 are kept (where the cause of a
+    failure usually is): the outcome is not refused for it.
+    """
+    non_retryable: _builtins.bool
+    """A failure another attempt would repeat (bad input, an exit code the pipeline lists as
+    non-retryable): the task ends `failed` at once instead of being retried.
+    """
     def __init__(
         self,
         *,
@@ -276,10 +308,11 @@ class TaskResult(_message.Message):
         outcome: Global___Outcome.ValueType = ...,
         result: _builtins.bytes = ...,
         error: _builtins.str = ...,
+        non_retryable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease_token", b"lease_token", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease_token", b"lease_token", "non_retryable", b"non_retryable", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -293,9 +326,13 @@ class ReportRequest(_message.Message):
     WORKER_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
+    """at most 36 characters"""
     worker: _builtins.str
+    """at most 255 characters"""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskResult]:
+        """at most 1,000 results; report more in several calls"""
+
     def __init__(
         self,
         *,

@@ -7,6 +7,15 @@ Every call carries the pipeline's worker token as `authorization: Bearer <token>
 metadata. A replica that does not own the pipeline answers FAILED_PRECONDITION with
 the owner's address in the trailing metadata key `wsched-owner` (the worker reconnects
 there); during a move it answers UNAVAILABLE with `retry-after-ms`.
+
+Bounds (the scheduler's `Limits` in services/scheduler/worker_api.py). A string or list
+over its bound fails the whole call with INVALID_ARGUMENT naming the field and the
+bound, before anything else happens: pipeline_id <= 36 characters, worker <= 255
+characters, a lease token <= 160 characters, lease_tokens <= 10,000 entries,
+results <= 1,000 entries. Poll's max_tasks, max_bytes and wait_ms are capped instead;
+a result over 256 KiB is REJECTED on its own; an error over 8,192 characters is cut.
+An unexpected failure answers INTERNAL with an incident id only (the scheduler logs
+the error under that id).
 """
 
 from collections import abc as _abc

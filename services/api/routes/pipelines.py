@@ -6,10 +6,13 @@ placement) and moves the state on: provisioning -> ready | failed -> deleting.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import APIRouter
 
+from actors.pipeline.retry import Backoff
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
 from services.api.errors import ApiError, not_found
@@ -21,6 +24,7 @@ from services.api.schemas import (
     PipelineDeleting,
     PipelineList,
     PipelineOut,
+    RetryIn,
 )
 from services.store.control import (
     Application,
@@ -41,6 +45,43 @@ def counts_of(stats: PipelineStats | None) -> dict[str, int]:
     return {name: int(value) for name, value in stats.counts.items()}
 
 
+def max_attempts(top: int | None, retry: RetryIn | None) -> int | None:
+    """``max_attempts`` given at the top or in ``retry``: one setting, two spellings."""
+    inner = retry.max_attempts if retry is not None else None
+    if top is not None and inner is not None and top != inner:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"max_attempts ({top}) and retry.max_attempts ({inner}) disagree; give one",
+        )
+    return inner if inner is not None else top
+
+
+def backoff_of(retry: RetryIn | None) -> dict[str, float] | None:
+    """The backoff to store: ``Backoff``'s field names, checked by building one."""
+    if retry is None or retry.backoff is None:
+        return None
+    given = retry.backoff
+    fields = {
+        "initial_s": given.initial,
+        "multiplier": given.multiplier,
+        "max_s": given.max,
+        "jitter": given.jitter,
+    }
+    try:
+        Backoff(**fields)
+    except ValueError as err:
+        raise ApiError(422, "invalid_request", f"retry.backoff: {err}") from err
+    if given.max < given.initial:
+        raise ApiError(422, "invalid_request", "retry.backoff: max is shorter than initial")
+    return fields
+
+
+def retry_out(pipeline: Pipeline) -> dict[str, Any]:
+    backoff = Backoff(**pipeline.backoff) if pipeline.backoff else Backoff()
+    return {"max_attempts": pipeline.max_attempts, "backoff": dataclasses.asdict(backoff)}
+
+
 def pipeline_out(
     pipeline: Pipeline, *, application: str, stats: Mapping[str, PipelineStats]
 ) -> PipelineOut:
@@ -54,6 +95,7 @@ def pipeline_out(
         partitions=pipeline.partitions,
         scaling=dict(pipeline.scaling),
         max_attempts=pipeline.max_attempts,
+        retry=retry_out(pipeline),
         lease_timeout_s=pipeline.lease_timeout_s,
         retention_s=pipeline.retention_s,
         state=pipeline.state.value,
@@ -89,7 +131,8 @@ async def create_pipeline(
         values=body.values,
         partitions=body.partitions,
         scaling=body.scaling,
-        max_attempts=body.max_attempts,
+        max_attempts=max_attempts(body.max_attempts, body.retry) or 3,
+        backoff=backoff_of(body.retry) or {},
         lease_timeout_s=body.lease_timeout_s,
         retention_s=body.retention,
     )
@@ -136,7 +179,8 @@ async def patch_pipeline(
         chart_version=body.chart_version,
         values=body.values,
         scaling=body.scaling,
-        max_attempts=body.max_attempts,
+        max_attempts=max_attempts(body.max_attempts, body.retry),
+        backoff=backoff_of(body.retry),
         lease_timeout_s=body.lease_timeout_s,
         retention_s=body.retention,
     )

@@ -8,6 +8,7 @@ import pytest
 
 from actors.pipeline.book import TaskBook
 from actors.pipeline.model import (
+    Grant,
     InvalidToken,
     LeaseToken,
     Outcome,
@@ -18,6 +19,7 @@ from actors.pipeline.model import (
     Task,
     Verdict,
 )
+from actors.pipeline.retry import Backoff
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -138,12 +140,19 @@ def test_report_success_then_a_repeat_is_a_duplicate_and_an_old_token_is_stale()
 
 def test_expired_lease_requeues_with_the_next_attempt_then_goes_dead() -> None:
     b = book(max_attempts=2, lease_timeout_s=10)
+    b.timers.refill([], limit=1)
     b.admit([task(1)])
     (first,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
     assert b.heartbeat([first.token], now=8) == [Verdict.OK]  # extends to 18
     assert b.expire(now=15, wall=T0) == []
     assert len(b.expire(now=18, wall=T0)) == 1
-    assert b.totals["retried"] == 1 and b.stats()["queued"] == 1
+    assert b.totals["retried"] == 1 and b.stats()["scheduled"] == 1
+    # the next attempt waits out the backoff (about 1 s), then fires from the store
+    assert b.take_due(wall=T0) == []
+    assert len(b.take_due(wall=T0 + dt.timedelta(seconds=2))) == 1
+    again = task(1)
+    again.attempt = 2
+    b.fired([again])
     (second,) = b.lease(worker="w2", max_tasks=1, max_bytes=1 << 20, now=20, wall=T0)
     assert second.token.attempt == 2 and second.token != first.token
     # the first worker's late report does not touch the second attempt
@@ -190,3 +199,89 @@ def test_takeover_gives_loaded_leases_a_fresh_timeout_and_accepts_their_tokens()
     assert b.expire(now=140, wall=T0) == []
     report = Report(token=old_token, outcome=Outcome.SUCCEEDED)
     assert b.report(report, wall=T0) is ReportAck.ACCEPTED
+
+
+# -- retries ---------------------------------------------------------------------------------
+
+NO_JITTER = Backoff(initial_s=10, multiplier=2, max_s=300, jitter=0)
+
+
+def retrying_book(**config: object) -> TaskBook:
+    b = TaskBook(config=PipelineConfig(pipeline_id="p", backoff=NO_JITTER, **config), epoch=7)  # type: ignore[arg-type]
+    b.timers.refill([], limit=1)
+    return b
+
+
+def leased(b: TaskBook, i: int = 1) -> Grant:
+    b.admit([task(i)])
+    (grant,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
+    return grant
+
+
+def test_a_reported_failure_is_retried_after_the_backoff_as_a_timer() -> None:
+    b = retrying_book()
+    grant = leased(b)
+    failure = Report(token=grant.token, outcome=Outcome.FAILED, error="boom")
+    assert b.report(failure, wall=T0) is ReportAck.ACCEPTED
+    assert b.report(failure, wall=T0) is ReportAck.DUPLICATE
+    (change,) = b.take_flush().changes
+    assert (change.status, change.attempt, change.error) == (Status.SCHEDULED, 2, "boom")
+    assert change.due_at == T0 + dt.timedelta(seconds=10) and change.worker is None
+    assert "t0001" in b.timers and b.stats()["scheduled"] == 1 and b.stats()["leased"] == 0
+    assert b.totals["retried"] == 1
+    assert b.take_due(wall=T0 + dt.timedelta(seconds=9)) == []
+    assert b.take_due(wall=T0 + dt.timedelta(seconds=10)) == [(change.due_at, "t0001")]
+
+
+def test_the_pause_grows_and_the_last_failure_is_dead_with_its_error() -> None:
+    b = retrying_book(max_attempts=3)
+    b.admit([task(1)])
+    wall = T0
+    for attempt, pause in ((1, 10), (2, 20)):
+        (grant,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=wall)
+        assert grant.token.attempt == attempt
+        b.report(Report(token=grant.token, outcome=Outcome.FAILED, error="boom"), wall=wall)
+        (change,) = b.take_flush().changes
+        assert change.due_at == wall + dt.timedelta(seconds=pause)
+        wall = change.due_at
+        assert len(b.take_due(wall=wall)) == 1
+        refreshed = task(1)
+        refreshed.attempt = attempt + 1
+        b.fired([refreshed])
+    (grant,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=wall)
+    b.report(Report(token=grant.token, outcome=Outcome.FAILED, error="boom"), wall=wall)
+    (change,) = b.take_flush().changes
+    assert change.status is Status.DEAD and change.error == "attempt 3 of 3: boom"
+    assert b.stats()["dead"] == 1 and b.stats()["scheduled"] == 0
+
+
+def test_a_non_retryable_failure_ends_the_task_at_once() -> None:
+    b = retrying_book()
+    grant = leased(b)
+    final = Report(token=grant.token, outcome=Outcome.FAILED, error="bad input", non_retryable=True)
+    b.report(final, wall=T0)
+    (change,) = b.take_flush().changes
+    assert (change.status, change.attempt, change.error) == (Status.FAILED, 1, "bad input")
+    assert "t0001" not in b.timers
+
+
+def test_a_lost_lease_waits_out_the_backoff_too() -> None:
+    b = retrying_book(lease_timeout_s=5)
+    leased(b)
+    b.expire(now=6, wall=T0)
+    (change,) = b.take_flush().changes
+    assert change.status is Status.SCHEDULED and change.attempt == 2
+    assert change.due_at == T0 + dt.timedelta(seconds=10)
+    assert "lease expired on attempt 1" in (change.error or "")
+
+
+def test_a_retry_beyond_the_horizon_holds_refills_until_it_is_written() -> None:
+    b = retrying_book(timer_heap=2)
+    b.admit([task(i, due=T0 + dt.timedelta(seconds=i)) for i in (1, 2, 3)])  # the heap: t1, t2
+    grant = leased(b, 9)
+    b.report(Report(token=grant.token, outcome=Outcome.FAILED), wall=T0)  # due at +10 s
+    assert "t0009" not in b.timers and b.has_unwritten_timers
+    flush = b.take_flush()
+    assert not b.has_unwritten_timers
+    b.restore_flush(flush)  # the write failed: the timer is unwritten again
+    assert b.has_unwritten_timers

@@ -142,9 +142,14 @@ async def test_tick_expires_leases_and_serves_the_requeued_task() -> None:
     (lost,) = g.poll(worker="w1", max_tasks=1, max_bytes=1 << 20).result()
     waiting = g.poll(worker="w2", max_tasks=1, max_bytes=1 << 20)
     clock.now = 11
-    await g.tick()
+    await g.tick()  # expired: the next attempt waits out the backoff (about 1 s)
+    assert not waiting.done() and g.book.stats()["scheduled"] == 1
+    assert store.rows[("p", "t001")].status is Status.QUEUED  # neither lease nor retry flushed
+    clock.now = 12.5
+    await g.tick()  # flushes the retry, then fires it
     (again,) = waiting.result()
     assert again.task.id == lost.task.id and again.token.attempt == 2
+    assert store.timers["p"] == set()
 
 
 async def test_backlog_beyond_the_window_is_paged_in_from_the_store() -> None:
@@ -261,3 +266,19 @@ async def test_a_failed_fire_keeps_the_timer_for_the_next_tick() -> None:
     store.down = False
     await g.tick()
     assert list(g.book._ready) == ["t001"]
+
+
+async def test_a_failed_report_is_acknowledged_once_its_retry_is_durable() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = core(store, clock)
+    await g.activate()
+    await g.admit(AdmitBatch(new=(new(1),)))
+    (grant,) = g.poll(worker="w1", max_tasks=1, max_bytes=1 << 20).result()
+    acks, durable = g.report([Report(token=grant.token, outcome=Outcome.FAILED, error="x")])
+    assert acks == [ReportAck.ACCEPTED] and not durable.done()
+    await g.flush()
+    assert durable.done()
+    row = store.rows[("p", "t001")]
+    assert (row.status, row.attempt, row.error) == (Status.SCHEDULED, 2, "x")
+    assert store.timers["p"] == {(row.due_at, "t001")}
+    assert T0 + dt.timedelta(seconds=0.9) <= row.due_at <= T0 + dt.timedelta(seconds=1.1)
