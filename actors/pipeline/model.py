@@ -99,7 +99,7 @@ class PipelineConfig:
     #: Not-yet-due tasks kept in memory, the soonest; the store keeps the rest.
     timer_heap: int = 10_000
     #: The pause before each next attempt, after a failure or a lost lease.
-    backoff: Backoff = Backoff()
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 @dataclass(kw_only=True)
