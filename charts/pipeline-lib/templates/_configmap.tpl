@@ -1,4 +1,5 @@
-{{/* The pipeline definition the agent runs, from values `pipeline:` (the list of steps). */}}
+{{/* The pipeline definition the agent runs, from values `pipeline:` (the list of steps) and
+     `non_retryable_exit_codes:` (exit codes that end a task at once, not retried). */}}
 {{- define "pipeline-lib.configmap" -}}
 apiVersion: v1
 kind: ConfigMap
@@ -8,5 +9,9 @@ metadata:
     {{- include "pipeline-lib.labels" . | nindent 4 }}
 data:
   pipeline.json: |
-    {{- dict "pipeline" (include "pipeline-lib.steps" . | fromYamlArray) | toPrettyJson | nindent 4 }}
+    {{- $definition := dict "pipeline" (include "pipeline-lib.steps" . | fromYamlArray) }}
+    {{- with .Values.non_retryable_exit_codes }}
+    {{- $_ := set $definition "non_retryable_exit_codes" . }}
+    {{- end }}
+    {{- $definition | toPrettyJson | nindent 4 }}
 {{- end -}}

@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client as k8s
 
 from services.infra.kube import KubeCluster
+from services.worker.definition import parse_definition
 from tests.contract import check_command, check_settings
 from tests.integration.charts.rendering import (
     CHARTS,
@@ -118,6 +119,14 @@ async def test_a_two_executor_pipeline_renders_both_executors_the_volume_and_the
     rendered = await render(helm_bin, await built(helm_bin, charts, "bare"), TWO_EXECUTORS)
     definition = json.loads(rendered["ConfigMap"]["data"]["pipeline.json"])
     assert definition == {"pipeline": TWO_EXECUTORS["pipeline"]}
+    final = await render(
+        helm_bin,
+        await built(helm_bin, charts, "bare"),
+        {**TWO_EXECUTORS, "non_retryable_exit_codes": [2, 64]},
+    )
+    listed = json.loads(final["ConfigMap"]["data"]["pipeline.json"])
+    assert listed == {"pipeline": TWO_EXECUTORS["pipeline"], "non_retryable_exit_codes": [2, 64]}
+    assert parse_definition(json.dumps(listed), source="rendered", as_json=True)
     pod = rendered["Deployment"]["spec"]["template"]["spec"]
     containers = containers_by_name(pod)
     assert set(containers) == {"agent", "executor-fetch", "executor-count-words"}

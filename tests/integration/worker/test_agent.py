@@ -109,7 +109,8 @@ async def test_failures_carry_the_exit_code_and_stderr_and_steps_share_the_work_
                     "cat /mnt/pipe/message.txt",
                 ],
             },
-        ]
+        ],
+        "non_retryable_exit_codes": [3],
     }
     executors = {"writer": await launcher.executor("writer")}
     executors["reader"] = await launcher.executor("reader")
@@ -120,17 +121,25 @@ async def test_failures_carry_the_exit_code_and_stderr_and_steps_share_the_work_
             "ok": {"message": "through the shared dir", "code": 0},
             "bad": {"message": "never read", "code": 3},
             "missing": {"message": "no code"},
+            "flaky": {"message": "retried", "code": 4},
         },
     )
-    rows = await wait_finished(engine, pipeline.id, {"ok", "bad", "missing"}, launcher)
+    rows = await wait_finished(engine, pipeline.id, {"ok", "bad", "missing", "flaky"}, launcher)
     assert (rows["ok"].status, rows["ok"].result) == ("succeeded", b"through the shared dir\n")
+    # 3 is listed as non-retryable: failed at once, on its first attempt
     assert rows["bad"].status == "failed" and rows["bad"].error is not None
     assert rows["bad"].error.startswith("step 2 (reader), command 1 exited with code 3\n")
     assert "failing on purpose with 3" in rows["bad"].error
     assert "step 1 (writer), command 1: exit 0" in rows["bad"].error
+    # data that cannot fill the commands would fail every attempt the same way
     assert rows["missing"].status == "failed"
     assert rows["missing"].error == (
         "step 2 (reader) needs the field 'code', which the task data lacks"
+    )
+    # any other failure is retried after the backoff, and dead after the last attempt
+    assert rows["flaky"].status == "dead" and rows["flaky"].error is not None
+    assert rows["flaky"].error.startswith(
+        "attempt 3 of 3: step 2 (reader), command 1 exited with code 4\n"
     )
     assert not any((launcher.root / "work").iterdir())
 
@@ -154,8 +163,11 @@ async def test_a_hanging_command_fails_by_timeout(
     await submit(pipeline, {"hang": {"pidfile": str(pidfile)}})
     (pid,) = [int(line) for line in await wait_lines(pidfile, 1)]
     rows = await wait_finished(engine, pipeline.id, {"hang"}, launcher)
-    assert rows["hang"].status == "failed" and rows["hang"].error is not None
-    assert rows["hang"].error.startswith("step 1 (sh), command 1 timed out: the task may run 2 s")
+    # a timeout is a failure like any other: retried, then dead after the last attempt
+    assert rows["hang"].status == "dead" and rows["hang"].error is not None
+    assert rows["hang"].error.startswith(
+        "attempt 3 of 3: step 1 (sh), command 1 timed out: the task may run 2 s"
+    )
     assert not alive(pid)
 
 

@@ -351,3 +351,63 @@ async def test_a_patch_during_provisioning_is_deployed_too(migrated_sqlite: str)
     assert deployer.seen_values == [{"v": 1}, {"v": 2}]
     assert (shown["state"], shown["values"]) == ("ready", {"v": 2})
     assert shown["deployment"]["status"] == "deployed"
+
+
+async def test_retry_settings_are_shown_and_changed(api: Api) -> None:
+    key, before = await api.ready_pipeline()
+    assert before["retry"] == {
+        "max_attempts": 3,
+        "backoff": {"initial_s": 1.0, "multiplier": 2.0, "max_s": 300.0, "jitter": 0.1},
+    }
+    patched = await api.client.patch(
+        f"{PIPELINES}/p",
+        json={"retry": {"max_attempts": 5, "backoff": {"initial": "500ms", "max": "2m"}}},
+        headers=bearer(key),
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["max_attempts"] == 5
+    assert patched.json()["retry"]["backoff"] == {
+        "initial_s": 0.5,
+        "multiplier": 2.0,
+        "max_s": 120.0,
+        "jitter": 0.1,
+    }
+    created = await api.client.post(
+        PIPELINES,
+        json={"name": "q", "chart": "./c", "retry": {"backoff": {"initial": 3, "jitter": 0}}},
+        headers=bearer(key),
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["retry"]["backoff"]["initial_s"] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("retry", "needle"),
+    [
+        ({"backoff": {"initial": "soon"}}, "retry.backoff.initial"),
+        ({"backoff": {"multiplier": 0.5}}, "retry.backoff.multiplier"),
+        ({"backoff": {"jitter": 2}}, "retry.backoff.jitter"),
+        ({"backoff": {"initial": "10m", "max": "1m"}}, "max is shorter than initial"),
+        ({"backoff": {"initial": "8d"}}, "between 0 s and 7 days"),
+        ({"max_attempts": 0}, "retry.max_attempts"),
+        ({"attempts": 2}, "retry.attempts"),
+    ],
+)
+async def test_bad_retry_settings_are_422_naming_them(
+    api: Api, retry: dict[str, Any], needle: str
+) -> None:
+    key, before = await api.ready_pipeline()
+    patched = await api.client.patch(f"{PIPELINES}/p", json={"retry": retry}, headers=bearer(key))
+    assert needle in assert_error(patched, 422, "invalid_request")
+    after = (await api.client.get(f"{PIPELINES}/p", headers=bearer(key))).json()
+    assert after["retry"] == before["retry"]
+
+
+async def test_two_spellings_of_max_attempts_must_agree(api: Api) -> None:
+    key, _ = await api.ready_pipeline()
+    answer = await api.client.post(
+        PIPELINES,
+        json={"name": "q", "chart": "./c", "max_attempts": 2, "retry": {"max_attempts": 4}},
+        headers=bearer(key),
+    )
+    assert "disagree" in assert_error(answer, 422, "invalid_request")
