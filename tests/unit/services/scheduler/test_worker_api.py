@@ -319,3 +319,18 @@ async def test_a_token_check_during_a_database_outage_is_unavailable_not_interna
         await served.worker.Poll(poll(), metadata=AUTH)
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE  # workers retry this one
     assert_no_leak(failed.value.details() or "")
+
+
+async def test_a_non_retryable_failure_reaches_the_grain_as_such(served: Served) -> None:
+    final = worker_pb2.TaskResult(
+        lease_token=token(1), outcome=worker_pb2.OUTCOME_FAILED, error="bad", non_retryable=True
+    )
+    plain = worker_pb2.TaskResult(lease_token=token(2), outcome=worker_pb2.OUTCOME_FAILED)
+    request = worker_pb2.ReportRequest(pipeline_id=PIPELINE, worker="w1", results=[final, plain])
+    await served.worker.Report(request, metadata=AUTH)
+    ((name, reports),) = served.grain.calls
+    assert name == "report"
+    assert [(r.token.task_id, r.non_retryable) for r in reports] == [
+        ("task-1", True),
+        ("task-2", False),
+    ]

@@ -213,3 +213,30 @@ def test_cut_outputs_fit_the_limit(size: int, limit: int) -> None:
             == head
             + f"\n[wsched: output truncated: {size} bytes, the first {len(head)} kept]\n".encode()
         )
+
+
+@pytest.mark.parametrize(
+    ("result", "final"),
+    [
+        (CommandResult(exit_code=64), True),  # listed: another attempt would fail the same way
+        (CommandResult(exit_code=1), False),  # not listed: retried
+        (CommandResult(exit_code=64, killed=True, signal=9), False),  # killed: not its own exit
+        (CommandResult(exit_code=64, timed_out=True), False),  # a timeout may pass next time
+    ],
+)
+async def test_listed_exit_codes_mark_a_failure_non_retryable(
+    tmp_path: Path, result: CommandResult, final: bool
+) -> None:
+    definition = PipelineDefinition.model_validate(
+        {"pipeline": [{"executor": "sh", "commands": ["check"]}], "non_retryable_exit_codes": [64]}
+    )
+    executors = FakeExecutors(script=lambda _e, _c: result)
+    outcome = await runner_for(executors, tmp_path, definition=definition)(task({}))
+    assert outcome.outcome is Outcome.FAILED and outcome.non_retryable is final
+
+
+async def test_data_that_cannot_fill_the_commands_is_non_retryable(tmp_path: Path) -> None:
+    executors = FakeExecutors(script=echo_script)
+    outcome = await runner_for(executors, tmp_path)(task({"no_url": 1}))
+    assert outcome.outcome is Outcome.FAILED and outcome.non_retryable
+    assert executors.ran == []
