@@ -32,6 +32,7 @@ class FakeRunner:
     started: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     crash: set[str] = field(default_factory=set)
+    final: set[str] = field(default_factory=set)
 
     async def __call__(self, task: TaskSpec) -> TaskOutcome:
         self.started.append(task.task_id)
@@ -48,6 +49,8 @@ class FakeRunner:
             raise
         finally:
             self.running.discard(task.task_id)
+        if task.task_id in self.final:
+            return TaskOutcome(outcome=Outcome.FAILED, error="bad input", non_retryable=True)
         return TaskOutcome(outcome=Outcome.SUCCEEDED, result=f"done {task.task_id}".encode())
 
 
@@ -150,6 +153,16 @@ async def test_a_runner_bug_fails_the_task_not_the_agent() -> None:
     bad = scheduler.reported()["lease-bad-1"]
     assert bad.outcome == worker_pb2.OUTCOME_FAILED
     assert bad.error == "the worker failed to run the task: RuntimeError: disk full"
+    assert not bad.non_retryable  # a bug of ours may pass on another worker
+
+
+async def test_a_failure_the_runner_calls_final_is_reported_non_retryable() -> None:
+    scheduler = FakeScheduler(queue=[leased("final")])
+    runner = FakeRunner(final={"final"})
+    async with agent_running(scheduler, runner):
+        await scheduler.until(lambda: len(scheduler.reported()) == 1)
+    reported = scheduler.reported()["lease-final-1"]
+    assert reported.outcome == worker_pb2.OUTCOME_FAILED and reported.non_retryable
 
 
 async def test_stopping_ends_polling_and_finishes_running_tasks_within_the_grace() -> None:
