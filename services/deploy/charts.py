@@ -106,7 +106,7 @@ class WorkerSpec:
         agent = _mapping(values, "agent")
         scaling = _mapping(values, "scaling")
         return cls(
-            definition=definition.model_dump(mode="json", exclude_none=True),
+            definition=definition.model_dump(mode="json", exclude_defaults=True),
             executors=executors,
             replicas=_int(scaling, "min_replicas", "scaling", 1, maximum=MAX_LOCAL_REPLICAS),
             concurrency=_int(agent, "concurrency", "agent", 4, minimum=1, maximum=1000),
@@ -129,8 +129,12 @@ def _definition(values: Mapping[str, Any]) -> PipelineDefinition:
             "values.pipeline must be the pipeline's steps, a non-empty list of "
             "{executor: NAME, commands: [COMMAND, ...]}"
         )
+    # What pipeline-lib renders into the ConfigMap: the steps, and the final exit codes.
+    fields: dict[str, Any] = {"pipeline": steps}
+    if values.get("non_retryable_exit_codes"):
+        fields["non_retryable_exit_codes"] = values["non_retryable_exit_codes"]
     try:
-        return PipelineDefinition.model_validate({"pipeline": steps})
+        return PipelineDefinition.model_validate(fields)
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in err.errors()

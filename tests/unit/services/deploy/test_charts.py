@@ -57,6 +57,8 @@ def test_the_echo_example_prints_the_message_exactly() -> None:
     }
     assert spec.executors == ("echo",)
     assert (spec.replicas, spec.concurrency) == (1, 4)
+    final = WorkerSpec.from_values(chart_values(ECHO, {"non_retryable_exit_codes": [2]}))
+    assert final.definition["non_retryable_exit_codes"] == [2]  # as pipeline-lib renders it
 
 
 def test_the_ocr_example_runs_wget_then_tesseract() -> None:
