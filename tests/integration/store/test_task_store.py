@@ -68,7 +68,8 @@ async def test_flush_cuts_worker_and_error_to_their_columns(engine: sa.Engine) -
     worker = "w" * 100_000
     failed, _ = book.lease(worker=worker, max_tasks=2, max_bytes=1 << 20, now=0, wall=NOW)
     error = "é" * 40_000 + "the cause"  # 80,009 bytes, over TEXT's 65,535
-    book.report(Report(token=failed.token, outcome=Outcome.FAILED, error=error), wall=NOW)
+    final = Report(token=failed.token, outcome=Outcome.FAILED, error=error, non_retryable=True)
+    book.report(final, wall=NOW)
     await store.flush(
         grain=GRAIN, epoch=epoch, flush=book.take_flush(), stats=book.stats(), now=NOW
     )
