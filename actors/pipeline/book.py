@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from actors.pipeline.model import (
     TERMINAL,
+    AttemptRecord,
     Grant,
     LeaseToken,
     Outcome,
@@ -51,9 +52,11 @@ class Flush:
 
     changes: tuple[TaskChange, ...]
     results: tuple[tuple[str, int, bytes], ...]
+    #: Attempts that ended without ending their task (kept as history).
+    attempts: tuple[AttemptRecord, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.changes or self.results)
+        return bool(self.changes or self.results or self.attempts)
 
 
 @dataclass(kw_only=True)
@@ -78,6 +81,7 @@ class TaskBook:
     #: Retries whose timer the heap did not keep and whose row is not written yet: the
     #: heap must not read further from the store until they are (``timers.py``).
     _unwritten_timers: set[str] = field(default_factory=set)
+    _attempts: list[AttemptRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.timers = TimerHeap(capacity=self.config.timer_heap)
@@ -233,7 +237,9 @@ class TaskBook:
         error = report.error or None
         if status is Status.FAILED and not report.non_retryable:
             # A failure the worker did not call final: another attempt, or dead at the last.
-            self._retry_or_bury(task, wall=wall, error=error or "the worker reported a failure")
+            self._retry_or_bury(
+                task, wall=wall, error=error or "the worker reported a failure", outcome="failed"
+            )
             return ReportAck.ACCEPTED
         self._finish(task, status, wall=wall, error=error)
         self._move(Status.LEASED, status)
@@ -267,10 +273,10 @@ class TaskBook:
                 self._move(Status.LEASED, Status.CANCELLED)
             else:
                 error = f"lease expired on attempt {task.attempt} (the worker went silent)"
-                self._retry_or_bury(task, wall=wall, error=error)
+                self._retry_or_bury(task, wall=wall, error=error, outcome="lease_lost")
         return [lease.task for lease in expired]
 
-    def _retry_or_bury(self, task: Task, *, wall: dt.datetime, error: str) -> None:
+    def _retry_or_bury(self, task: Task, *, wall: dt.datetime, error: str, outcome: str) -> None:
         """A failed or lost attempt: the next one after the backoff, or dead after the last.
 
         The next attempt is a timer like a delayed task's (``scheduled``, ``attempt + 1``,
@@ -284,6 +290,18 @@ class TaskBook:
             self._move(Status.LEASED, Status.DEAD)
             return
         pause = self.config.backoff.delay_s(failed_attempt=task.attempt, task_id=task.id)
+        self._attempts.append(
+            AttemptRecord(
+                task_id=task.id,
+                attempt=task.attempt,
+                worker=task.worker,
+                started_at=task.started_at,
+                ended_at=wall,
+                outcome=outcome,
+                error=error,
+                expire_at=wall + dt.timedelta(seconds=self.config.retention_s),
+            )
+        )
         task.attempt += 1
         task.due_at = wall + dt.timedelta(seconds=pause)
         task.status, task.error = Status.SCHEDULED, error
@@ -341,14 +359,15 @@ class TaskBook:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._dirty or self._results)
+        return bool(self._dirty or self._results or self._attempts)
 
     def take_flush(self) -> Flush:
         flush = Flush(
             changes=tuple(self._dirty.values()),
             results=tuple((tid, attempt, res) for tid, (attempt, res) in self._results.items()),
+            attempts=tuple(self._attempts),
         )
-        self._dirty, self._results = {}, {}
+        self._dirty, self._results, self._attempts = {}, {}, []
         self._unwritten_timers.clear()  # written by this flush (or given back if it fails)
         return flush
 
@@ -360,6 +379,7 @@ class TaskBook:
                 self._unwritten_timers.add(change.id)
         for task_id, attempt, result in flush.results:
             self._results.setdefault(task_id, (attempt, result))
+        self._attempts[:0] = flush.attempts
 
     def stats(self) -> dict[str, int]:
         out = {status.value: self.counts.get(status, 0) for status in Status}

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from actors.pipeline.book import Flush
-from actors.pipeline.model import GrainKey, NewTask, Status, Task
+from actors.pipeline.model import AttemptRecord, GrainKey, NewTask, Status, Task
 from actors.pipeline.ports import Admission, Loaded, StaleEpoch, StoreUnavailable
 from actors.pipeline.timers import TimerKey
 
@@ -25,6 +25,8 @@ class InMemoryTaskStore:
         self.digests: dict[tuple[str, str], bytes] = {}
         self.results: dict[tuple[str, str], bytes] = {}
         self.offsets: dict[GrainKey, dict[int, int]] = {}
+        #: Attempts kept as history: (pipeline, task id, attempt) -> the record.
+        self.attempts: dict[tuple[str, str, int], AttemptRecord] = {}
         #: Timer rows by pipeline: (due_at, task id).
         self.timers: dict[str, set[TimerKey]] = {}
         self.stats: dict[str, dict[str, int]] = {}
@@ -187,4 +189,6 @@ class InMemoryTaskStore:
             row.error, row.lease_epoch = change.error, change.lease_epoch
         for task_id, _attempt, result in flush.results:
             self.results[(pipeline_id, task_id)] = result
+        for record in flush.attempts:
+            self.attempts[(pipeline_id, record.task_id, record.attempt)] = record
         self.stats[pipeline_id] = dict(stats)

@@ -235,6 +235,24 @@ class TaskChange:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class AttemptRecord:
+    """An attempt that did not end its task (it failed or lost its lease), kept when the
+    next attempt is made. The task's row holds its latest attempt itself, so a task that
+    succeeds at once writes no attempt record."""
+
+    task_id: str
+    attempt: int
+    worker: str | None
+    started_at: dt.datetime | None
+    ended_at: dt.datetime
+    #: ``failed`` (the worker reported it) or ``lease_lost`` (the worker went silent).
+    outcome: str
+    error: str | None
+    #: Kept the pipeline's retention after the attempt ended (TiDB's TTL purges it).
+    expire_at: dt.datetime
+
+
 class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"

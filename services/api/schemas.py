@@ -291,10 +291,25 @@ class TaskSummary(BaseModel):
     worker: str | None
 
 
+class AttemptOut(BaseModel):
+    attempt: int
+    worker: str | None
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    outcome: str = Field(
+        description="failed, lease_lost (the worker went silent), or for the latest "
+        "attempt the task's status"
+    )
+    error: str | None
+
+
 class TaskOut(TaskSummary):
     data: Any = Field(description="The task's data, as submitted.")
     result: Any = Field(description="The worker's result, decoded as result_encoding says.")
     result_encoding: Literal["json", "text", "base64"] | None
+    attempts: list[AttemptOut] | None = Field(
+        default=None, description="Every attempt, oldest first; with ?attempts=true only."
+    )
 
 
 class TaskPage(BaseModel):

@@ -182,6 +182,19 @@ class TaskRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AttemptRow:
+    """One attempt of a task as the API shows it (earlier ones from history, the latest
+    from the task's row)."""
+
+    attempt: int
+    worker: str | None
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    outcome: str
+    error: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExistingTask:
     data_sha256: bytes
     status: str

@@ -140,6 +140,23 @@ task_timers = sa.Table(
     sa.PrimaryKeyConstraint("pipeline_id", "due_at", "task_id", name="pk_task_timers"),
 )
 
+#: Attempts that ended without ending their task (failed, or their lease was lost), kept
+#: as the task's history; a task's row holds its latest attempt itself.
+task_attempts = sa.Table(
+    "task_attempts",
+    metadata,
+    sa.Column("pipeline_id", ID, nullable=False),
+    sa.Column("task_id", TASK_ID, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("worker", sa.String(255), nullable=True),
+    sa.Column("started_at", Timestamp, nullable=True),
+    sa.Column("ended_at", Timestamp, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("expire_at", Timestamp, nullable=False),
+    sa.PrimaryKeyConstraint("pipeline_id", "task_id", "attempt", name="pk_task_attempts"),
+)
+
 #: Records that could not be decoded: kept, counted and skipped.
 quarantine = sa.Table(
     "quarantine",
@@ -162,6 +179,6 @@ quarantine = sa.Table(
 )
 
 #: Tables that get a TTL attribute on TiDB (a batched purge elsewhere), by column.
-TTL_TABLES = {"tasks": "expire_at", "task_results": "expire_at"}
+TTL_TABLES = {"tasks": "expire_at", "task_results": "expire_at", "task_attempts": "expire_at"}
 #: Tables whose hidden row ids are scattered on TiDB to avoid a write hotspot.
 SHARDED_TABLES = ("tasks", "task_results")

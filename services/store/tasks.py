@@ -25,6 +25,7 @@ from services.store.schema import (
     grain_offsets,
     grain_owners,
     pipeline_stats,
+    task_attempts,
     task_results,
     task_timers,
     tasks,
@@ -533,3 +534,20 @@ def _write_changes(
             keys=("pipeline_id", "id"),
             update=("attempt", "result", "expire_at"),
         )
+    history = [
+        {
+            "pipeline_id": pipeline_id,
+            "task_id": a.task_id,
+            "attempt": a.attempt,
+            "worker": _fit_worker(a.worker),
+            "started_at": to_db(a.started_at),
+            "ended_at": to_db(a.ended_at),
+            "outcome": a.outcome,
+            "error": _fit_error(a.error),
+            "expire_at": to_db(a.expire_at),
+        }
+        for a in flush.attempts
+    ]
+    # Written again by a flush that is retried after a failure: the same row, hence upsert.
+    keys = ("pipeline_id", "task_id", "attempt")
+    upsert(conn, task_attempts, history, keys=keys, update=("ended_at", "outcome", "error"))

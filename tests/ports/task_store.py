@@ -56,6 +56,10 @@ class StoreUnderTest(Protocol):
         """Every stored result as (task id, result), by task id."""
         ...
 
+    async def attempts(self) -> list[tuple[str, int, str, str | None]]:
+        """Every kept attempt as (task id, attempt, outcome, error), in that order."""
+        ...
+
 
 def new(i: int, data: bytes = b'{"n":1}', *, due_in_s: float = 0) -> NewTask:
     return NewTask(
@@ -324,3 +328,23 @@ class TimerContract:
 
 def at(seconds: float) -> dt.datetime:
     return NOW + dt.timedelta(seconds=seconds)
+
+
+class AttemptsContract:
+    """Attempts that did not end their task are kept as history, once each."""
+
+    async def test_a_retry_keeps_the_failed_attempt(self, under_test: StoreUnderTest) -> None:
+        store = under_test.store
+        epoch, admission = await claim_and_admit(store, new(1))
+        book = TaskBook(config=PipelineConfig(pipeline_id=PIPELINE), epoch=epoch)
+        book.timers.refill([], limit=1)
+        book.admit(admission.admitted)
+        (grant,) = book.lease(worker="w1", max_tasks=1, max_bytes=1 << 20, now=0, wall=NOW)
+        book.report(Report(token=grant.token, outcome=Outcome.FAILED, error="boom"), wall=NOW)
+        flush = book.take_flush()
+        await store.flush(grain=GRAIN, epoch=epoch, flush=flush, stats={}, now=NOW)
+        await store.flush(grain=GRAIN, epoch=epoch, flush=flush, stats={}, now=NOW)  # replayed
+        assert await under_test.attempts() == [("task-00001", 1, "failed", "boom")]
+        assert await statuses(under_test) == {"task-00001": "scheduled"}
+        (timer,) = await store.page_timers(grain=GRAIN, after=None, limit=10)
+        assert timer[1] == "task-00001" and timer[0] > NOW

@@ -21,6 +21,7 @@ from services.api.routes.pipelines import counts_of
 from services.api.schemas import (
     TASK_ID_RE,
     Accepted,
+    AttemptOut,
     BatchOut,
     StatsOut,
     SubmitBatch,
@@ -283,13 +284,42 @@ def _task_missing(task_id: str, pipeline: str) -> ApiError:
 
 @router.get("/tasks/{task_id}", responses=_ERRORS)
 async def get_task(
-    app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
+    app: str,
+    pipeline: str,
+    task_id: str,
+    tenant: CurrentTenant,
+    ctx: Ctx,
+    attempts: Annotated[
+        bool, Query(description="Also list every attempt: worker, times, outcome, error.")
+    ] = False,
 ) -> TaskOut:
     target = await resolve(ctx, tenant.id, app, pipeline)
     record = await ctx.db(ctx.store.get_task, pipeline_id=target.id, task_id=task_id)
     if record is None:
         raise _task_missing(task_id, pipeline)
-    return task_out(record)
+    out = task_out(record)
+    if attempts:
+        earlier = await ctx.db(ctx.store.task_attempts, pipeline_id=target.id, task_id=task_id)
+        out.attempts = [AttemptOut(**vars(row)) for row in earlier] + _latest(record)
+    return out
+
+
+def _latest(record: TaskRecord) -> list[AttemptOut]:
+    """The task's current or last attempt, from its row (none while it waits for a first)."""
+    if record.started_at is None and record.attempt == 1:
+        return []
+    if record.status in (Status.SCHEDULED.value, Status.QUEUED.value):
+        return []  # the next attempt has not started; the failed ones are in history
+    return [
+        AttemptOut(
+            attempt=record.attempt,
+            worker=record.worker,
+            started_at=record.started_at,
+            ended_at=record.finished_at,
+            outcome=record.status,
+            error=record.error,
+        )
+    ]
 
 
 def _encode_cursor(task_id: str) -> str:

@@ -37,6 +37,7 @@ from services.store.schema import (
     grain_owners,
     pipeline_stats,
     pipelines,
+    task_attempts,
     task_results,
     task_timers,
     tasks,
@@ -280,7 +281,8 @@ class PipelineMethods(StoreBase):
         Returns how many task rows were deleted. Grain rows go too: a grain still active
         somewhere then fails its next epoch check and stops instead of writing.
         """
-        self._purge_rows(task_timers.c.task_id, pipeline_id, batch=batch)
+        for history in (task_timers.c.task_id, task_attempts.c.task_id):
+            self._purge_rows(history, pipeline_id, batch=batch)
         deleted = 0
         for table in (tasks, task_results):
             deleted += self._purge_rows(table.c.id, pipeline_id, batch=batch)

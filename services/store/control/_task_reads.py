@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.store.control._base import StoreBase
-from services.store.records import ExistingTask, PipelineStats, TaskRecord
-from services.store.schema import pipeline_stats, task_results, tasks
+from services.store.records import AttemptRow, ExistingTask, PipelineStats, TaskRecord
+from services.store.schema import pipeline_stats, task_attempts, task_results, tasks
 from services.store.sql import chunks, from_db, from_db_required
 
 _TASK_SUMMARY = (
@@ -60,6 +60,26 @@ class TaskReadMethods(StoreBase):
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
         return _task_record(row, with_payloads=True) if row is not None else None
+
+    def task_attempts(self, *, pipeline_id: str, task_id: str) -> list[AttemptRow]:
+        """The attempts that did not end the task, oldest first (the latest is the row)."""
+        query = (
+            sa.select(task_attempts)
+            .where(task_attempts.c.pipeline_id == pipeline_id, task_attempts.c.task_id == task_id)
+            .order_by(task_attempts.c.attempt)
+        )
+        with self._engine.connect() as conn:
+            return [
+                AttemptRow(
+                    attempt=row.attempt,
+                    worker=row.worker,
+                    started_at=from_db(row.started_at),
+                    ended_at=from_db(row.ended_at),
+                    outcome=row.outcome,
+                    error=row.error,
+                )
+                for row in conn.execute(query)
+            ]
 
     def list_tasks(
         self, *, pipeline_id: str, status: str | None, after: str | None, limit: int

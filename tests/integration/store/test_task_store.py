@@ -10,11 +10,12 @@ import sqlalchemy as sa
 from actors.pipeline.book import TaskBook
 from actors.pipeline.model import Outcome, PipelineConfig, Report
 from services.store import migrate
-from services.store.schema import task_results, tasks
+from services.store.schema import task_attempts, task_results, tasks
 from services.store.tasks import SqlTaskStore
 from tests.ports.task_store import (
     GRAIN,
     NOW,
+    AttemptsContract,
     StoredTask,
     TaskStoreContract,
     TimerContract,
@@ -43,6 +44,18 @@ class SqlStoreUnderTest:
             ).all()
         return [(row.id, row.result) for row in rows]
 
+    async def attempts(self) -> list[tuple[str, int, str, str | None]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    task_attempts.c.task_id,
+                    task_attempts.c.attempt,
+                    task_attempts.c.outcome,
+                    task_attempts.c.error,
+                ).order_by(task_attempts.c.task_id, task_attempts.c.attempt)
+            ).all()
+        return [(row.task_id, row.attempt, row.outcome, row.error) for row in rows]
+
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[sa.Engine]:
@@ -52,7 +65,7 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-class TestSqlTaskStore(TaskStoreContract, TimerContract):
+class TestSqlTaskStore(TaskStoreContract, TimerContract, AttemptsContract):
     @pytest.fixture
     def under_test(self, engine: sa.Engine) -> SqlStoreUnderTest:
         return SqlStoreUnderTest(engine)

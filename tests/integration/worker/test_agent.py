@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.kafka.producer import KafkaProducer
+from services.store.schema import task_attempts
 from tests.integration.scheduler.conftest import ReadyPipeline
 from tests.integration.worker.conftest import (
     Launcher,
@@ -141,6 +142,14 @@ async def test_failures_carry_the_exit_code_and_stderr_and_steps_share_the_work_
     assert rows["flaky"].error.startswith(
         "attempt 3 of 3: step 2 (reader), command 1 exited with code 4\n"
     )
+    with engine.connect() as conn:
+        history = conn.execute(
+            sa.select(task_attempts.c.attempt, task_attempts.c.outcome, task_attempts.c.error)
+            .where(task_attempts.c.pipeline_id == pipeline.id, task_attempts.c.task_id == "flaky")
+            .order_by(task_attempts.c.attempt)
+        ).all()
+    assert [(n, outcome) for n, outcome, _ in history] == [(1, "failed"), (2, "failed")]
+    assert all("exited with code 4" in (error or "") for _, _, error in history)
     assert not any((launcher.root / "work").iterdir())
 
 

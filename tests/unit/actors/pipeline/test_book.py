@@ -224,11 +224,17 @@ def test_a_reported_failure_is_retried_after_the_backoff_as_a_timer() -> None:
     failure = Report(token=grant.token, outcome=Outcome.FAILED, error="boom")
     assert b.report(failure, wall=T0) is ReportAck.ACCEPTED
     assert b.report(failure, wall=T0) is ReportAck.DUPLICATE
-    (change,) = b.take_flush().changes
+    flush = b.take_flush()
+    (change,) = flush.changes
+    (history,) = flush.attempts
+    assert (history.task_id, history.attempt, history.worker) == ("t0001", 1, "w")
+    assert (history.outcome, history.error, history.ended_at) == ("failed", "boom", T0)
+    assert history.started_at == T0
     assert (change.status, change.attempt, change.error) == (Status.SCHEDULED, 2, "boom")
     assert change.due_at == T0 + dt.timedelta(seconds=10) and change.worker is None
     assert "t0001" in b.timers and b.stats()["scheduled"] == 1 and b.stats()["leased"] == 0
     assert b.totals["retried"] == 1
+    assert b.take_flush().attempts == ()  # the history went with the first flush
     assert b.take_due(wall=T0 + dt.timedelta(seconds=9)) == []
     assert b.take_due(wall=T0 + dt.timedelta(seconds=10)) == [(change.due_at, "t0001")]
 
@@ -269,7 +275,9 @@ def test_a_lost_lease_waits_out_the_backoff_too() -> None:
     b = retrying_book(lease_timeout_s=5)
     leased(b)
     b.expire(now=6, wall=T0)
-    (change,) = b.take_flush().changes
+    flush = b.take_flush()
+    (change,) = flush.changes
+    assert [a.outcome for a in flush.attempts] == ["lease_lost"]
     assert change.status is Status.SCHEDULED and change.attempt == 2
     assert change.due_at == T0 + dt.timedelta(seconds=10)
     assert "lease expired on attempt 1" in (change.error or "")

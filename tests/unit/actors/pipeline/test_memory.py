@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from actors.pipeline.memory import InMemoryTaskStore
-from tests.ports.task_store import StoredTask, TaskStoreContract, TimerContract, stored
+from tests.ports.task_store import (
+    AttemptsContract,
+    StoredTask,
+    TaskStoreContract,
+    TimerContract,
+    stored,
+)
 
 
 class MemoryStoreUnderTest:
@@ -18,8 +24,12 @@ class MemoryStoreUnderTest:
     async def results(self) -> list[tuple[str, bytes]]:
         return sorted((task_id, result) for (_, task_id), result in self.store.results.items())
 
+    async def attempts(self) -> list[tuple[str, int, str, str | None]]:
+        kept = self.store.attempts.values()
+        return sorted((a.task_id, a.attempt, a.outcome, a.error) for a in kept)
 
-class TestInMemoryTaskStore(TaskStoreContract, TimerContract):
+
+class TestInMemoryTaskStore(TaskStoreContract, TimerContract, AttemptsContract):
     @pytest.fixture
     def under_test(self) -> MemoryStoreUnderTest:
         return MemoryStoreUnderTest()

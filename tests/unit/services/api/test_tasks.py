@@ -3,6 +3,7 @@ requeue, and the answers when the pipeline or the broker is not there."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import time
@@ -10,7 +11,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from services.store.schema import pipeline_stats, pipelines
+from services.store.schema import pipeline_stats, pipelines, task_attempts, tasks
 from tests.unit.services.api.conftest import Fakes
 from tests.unit.services.api.harness import Api, assert_error, bearer, insert_task
 
@@ -404,3 +405,40 @@ async def test_bad_times_are_422_naming_the_field_and_nothing_is_produced(
     detail = assert_error(answer, 422, "invalid_request")
     assert detail.startswith(f"{field}:"), detail
     assert fakes.producer.task_events(pipeline["id"]) == []
+
+
+async def test_attempts_lists_each_failed_attempt_then_the_latest(api: Api) -> None:
+    key, pipeline = await api.ready_pipeline()
+    insert_task(
+        api.database_url, pipeline_id=pipeline["id"], task_id="r", data=b"{}", status="dead"
+    )
+    t0 = dt.datetime(2026, 11, 26, 12, 0)
+    engine = sa.create_engine(api.database_url)
+    with engine.begin() as conn:
+        conn.execute(tasks.update().where(tasks.c.id == "r").values(attempt=3, worker="w3"))
+        for n, outcome in ((1, "failed"), (2, "lease_lost")):
+            conn.execute(
+                task_attempts.insert().values(
+                    pipeline_id=pipeline["id"],
+                    task_id="r",
+                    attempt=n,
+                    worker=f"w{n}",
+                    started_at=t0,
+                    ended_at=t0 + dt.timedelta(seconds=n),
+                    outcome=outcome,
+                    error=f"error {n}",
+                    expire_at=t0 + dt.timedelta(days=7),
+                )
+            )
+    engine.dispose()
+    plain = (await api.client.get(f"{TASKS}/r", headers=bearer(key))).json()
+    assert plain["attempts"] is None  # only when asked for
+    shown = (await api.client.get(f"{TASKS}/r?attempts=true", headers=bearer(key))).json()
+    assert [(a["attempt"], a["worker"], a["outcome"], a["error"]) for a in shown["attempts"]] == [
+        (1, "w1", "failed", "error 1"),
+        (2, "w2", "lease_lost", "error 2"),
+        (3, "w3", "dead", "boom"),
+    ]
+    insert_task(api.database_url, pipeline_id=pipeline["id"], task_id="new", data=b"{}")
+    waiting = (await api.client.get(f"{TASKS}/new?attempts=true", headers=bearer(key))).json()
+    assert waiting["attempts"] == []  # queued, never started
