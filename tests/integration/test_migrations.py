@@ -32,6 +32,7 @@ def test_upgrade_creates_the_schema_and_is_idempotent(database_url: str) -> None
         "quarantine",
         "pipeline_stats",
         "task_timers",
+        "task_attempts",
     } <= tables
 
 
@@ -45,6 +46,11 @@ def test_tidb_tasks_table_is_nonclustered_sharded_and_has_a_ttl(tidb_url: str) -
     assert "SHARD_ROW_ID_BITS=4" in ddl
     assert "TTL=`expire_at` + INTERVAL 0 DAY" in ddl
     assert "KEY `ix_tasks_pipeline_status_id` (`pipeline_id`,`status`,`id`)" in ddl
+    engine = sa.create_engine(tidb_url)
+    with engine.connect() as conn:
+        history = conn.execute(sa.text("SHOW CREATE TABLE task_attempts")).one()[1]
+    engine.dispose()
+    assert "TTL=`expire_at` + INTERVAL 0 DAY" in history
 
 
 def test_db_upgrade_creates_a_missing_tidb_database(tidb_server: TidbServer) -> None:

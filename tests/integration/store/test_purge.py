@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from services.store import migrate
 from services.store.purge import needs_purge, purge_expired
-from services.store.schema import task_results, tasks
+from services.store.schema import task_attempts, task_results, tasks
 
 pytestmark = pytest.mark.integration
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -55,13 +55,29 @@ def test_expired_rows_go_in_batches_and_the_rest_stays(sqlite_url: str) -> None:
                 for r in rows
             ],
         )
+        conn.execute(
+            sa.insert(task_attempts),
+            [
+                {
+                    "pipeline_id": "p",
+                    "task_id": f"t{i}",
+                    "attempt": 1,
+                    "ended_at": naive,
+                    "outcome": "failed",
+                    "expire_at": naive + dt.timedelta(hours=-1 if i < 3 else 1),
+                }
+                for i in range(5)
+            ],
+        )
     assert needs_purge(engine)
-    assert purge_expired(engine, now=NOW, batch=4) == 30  # 15 tasks + 15 results
+    # 15 tasks + 15 results + 3 attempts
+    assert purge_expired(engine, now=NOW, batch=4) == 33
     with engine.connect() as conn:
         left = {r.id for r in conn.execute(sa.select(tasks.c.id))}
         results = conn.execute(sa.select(sa.func.count()).select_from(task_results)).scalar()
+        history = conn.execute(sa.select(sa.func.count()).select_from(task_attempts)).scalar()
     engine.dispose()
-    assert left == {f"t{i}" for i in range(15, 25)} and results == 10
+    assert left == {f"t{i}" for i in range(15, 25)} and results == 10 and history == 2
 
 
 def test_tidb_needs_no_purge(tidb_url: str) -> None:
