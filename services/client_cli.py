@@ -289,10 +289,14 @@ def task_submit(
     at: Annotated[
         str | None, typer.Option("--at", help="Run at this RFC 3339 time, e.g. 2026-12-01T09:00Z.")
     ] = None,
+    expires_after: Annotated[
+        str | None, typer.Option(help="Not started within this long (10m): never start.")
+    ] = None,
 ) -> None:
     """Submit one task or many (batches of up to 10,000), now or later."""
     items = _read_tasks(data, file)
-    when = {k: v for k, v in (("delay", delay), ("run_at", at)) if v is not None}
+    given = (("delay", delay), ("run_at", at), ("expires_after", expires_after))
+    when = {k: v for k, v in given if v is not None}
     with _client() as client:
         if len(items) == 1:
             headers = {"Idempotency-Key": task_id} if task_id else {}

@@ -192,6 +192,9 @@ class TaskBook:
         for task_id, task in list(self._ready.items()):
             if len(grants) >= max_tasks:
                 break
+            if task.expired(wall):
+                self._end_overdue(self._take_ready(task_id), wall=wall, was=Status.QUEUED)
+                continue
             if grants and size + task.size > max_bytes:
                 break
             size += task.size
@@ -259,6 +262,22 @@ class TaskBook:
 
     # -- time and cancels ---------------------------------------------------------------
 
+    def end_overdue(self, *, wall: dt.datetime) -> int:
+        """Ready tasks whose deadline passed end ``expired``; they are never handed out.
+
+        Tasks beyond the window meet the same end when they reach it.
+        """
+        overdue = [task_id for task_id, task in self._ready.items() if task.expired(wall)]
+        for task_id in overdue:
+            self._end_overdue(self._take_ready(task_id), wall=wall, was=Status.QUEUED)
+        return len(overdue)
+
+    def _end_overdue(self, task: Task, *, wall: dt.datetime, was: Status) -> None:
+        deadline = task.expires_at.isoformat() if task.expires_at else "its deadline"
+        error = f"the deadline {deadline} passed before attempt {task.attempt} started"
+        self._finish(task, Status.EXPIRED, wall=wall, error=error)
+        self._move(was, Status.EXPIRED)
+
     def next_deadline(self) -> float | None:
         return min((lease.deadline for lease in self._leases.values()), default=None)
 
@@ -290,6 +309,16 @@ class TaskBook:
             self._move(Status.LEASED, Status.DEAD)
             return
         pause = self.config.backoff.delay_s(failed_attempt=task.attempt, task_id=task.id)
+        if task.expired(wall + dt.timedelta(seconds=pause)):
+            # The next attempt could not start before the deadline: end here, keeping why.
+            self._finish(
+                task,
+                Status.EXPIRED,
+                wall=wall,
+                error=f"{error}; no attempt left before the deadline",
+            )
+            self._move(Status.LEASED, Status.EXPIRED)
+            return
         self._attempts.append(
             AttemptRecord(
                 task_id=task.id,

@@ -151,6 +151,7 @@ class PipelineCore:
         admission = await self._store_admit(batch.new, {} if later else batch.offsets, wall=wall)
         self._stamp_ready(admission.admitted)
         self.book.admit(admission.admitted)
+        self.book.end_overdue(wall=wall)
         cancelled = await self._cancel(batch.cancels, wall=wall)
         requeued = await self._requeue(batch.requeues, wall=wall)
         if later and batch.offsets:
@@ -305,6 +306,7 @@ class PipelineCore:
         await self.fire_due()
         await self.refill_timers()
         await self.page_in()
+        self.book.end_overdue(wall=self._clock.wall())
         self._serve_waiters()
 
     def next_timer_in(self) -> float | None:

@@ -87,6 +87,7 @@ class InMemoryTaskStore:
                 data=new.data,
                 due_at=new.due_at,
                 created_at=new.created_at,
+                expires_at=new.expires_at,
             )
             self.rows[key], self.digests[key] = dataclasses.replace(task), new.data_sha256
             admitted.append(task)

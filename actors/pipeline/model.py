@@ -20,9 +20,13 @@ class Status(StrEnum):
     FAILED = "failed"
     DEAD = "dead"
     CANCELLED = "cancelled"
+    #: Its deadline passed before an attempt started; never dispatched.
+    EXPIRED = "expired"
 
 
-TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.DEAD, Status.CANCELLED})
+TERMINAL = frozenset(
+    {Status.SUCCEEDED, Status.FAILED, Status.DEAD, Status.CANCELLED, Status.EXPIRED}
+)
 
 
 class InvalidToken(ValueError):
@@ -120,6 +124,11 @@ class Task:
     lease_epoch: int | None = None
     #: Monotonic time the task became ready in this grain (for dispatch latency).
     ready_at: float | None = None
+    #: An attempt not started by then is not started: the task ends ``expired``.
+    expires_at: dt.datetime | None = None
+
+    def expired(self, wall: dt.datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= wall
 
     @property
     def size(self) -> int:
@@ -135,6 +144,7 @@ class NewTask:
     data_sha256: bytes
     due_at: dt.datetime
     created_at: dt.datetime
+    expires_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -254,6 +254,18 @@ class BatchItem(_Request):
         description="Or how long from now: '90s', '15m', '1h30m', ISO 8601 'PT15M'.",
         examples=["15m"],
     )
+    expires_at: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Deadline (RFC 3339): not started by then, the task ends `expired`.",
+        examples=["2026-11-26T13:00:00Z"],
+    )
+    expires_after: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Or the deadline as a duration from now: '10m', 'PT1H'.",
+        examples=["10m"],
+    )
 
 
 class SubmitBatch(_Request):
@@ -286,6 +298,9 @@ class TaskSummary(BaseModel):
     error: str | None
     created_at: dt.datetime
     due_at: dt.datetime
+    expires_at: dt.datetime | None = Field(
+        description="The deadline: an attempt not started by then is not started."
+    )
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     worker: str | None

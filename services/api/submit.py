@@ -31,6 +31,8 @@ class Candidate:
     sha256: bytes
     #: When the task becomes due, in ms since the epoch; 0: now.
     due_at_ms: int = 0
+    #: Its deadline in ms since the epoch; 0: none.
+    expires_at_ms: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,7 +139,11 @@ def plan(candidates: Sequence[Candidate], existing: Mapping[str, ExistingTask]) 
         if stored is None:
             produce.append(
                 OutgoingTask(
-                    id=item.id, data=item.data, data_sha256=item.sha256, due_at_ms=item.due_at_ms
+                    id=item.id,
+                    data=item.data,
+                    data_sha256=item.sha256,
+                    due_at_ms=item.due_at_ms,
+                    expires_at_ms=item.expires_at_ms,
                 )
             )
             status = "scheduled" if item.due_at_ms else "queued"

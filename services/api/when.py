@@ -92,6 +92,38 @@ def due_at(
     return due if due > now else None
 
 
+def deadline(
+    *,
+    expires_at: str | None,
+    expires_after: str | None,
+    now: dt.datetime,
+    due: dt.datetime | None,
+    max_horizon: dt.timedelta,
+    where: str = "",
+) -> dt.datetime | None:
+    """The task's deadline, or None; refused when it could never be met."""
+    if expires_at is not None and expires_after is not None:
+        raise _invalid(f"{where}expires_at", "give expires_at or expires_after, not both")
+    if expires_at is not None:
+        field = f"{where}expires_at"
+        value = parse_run_at(expires_at, field=field)
+    elif expires_after is not None:
+        field = f"{where}expires_after"
+        span = parse_duration(expires_after, field=field)
+        if span <= dt.timedelta(0):
+            raise _invalid(field, "a deadline needs a positive duration")
+        value = now + span
+    else:
+        return None
+    if value <= now:
+        raise _invalid(field, f"{value.isoformat()} has passed: the task could never start")
+    if due is not None and value <= due:
+        raise _invalid(field, f"{value.isoformat()} is not after the task's due time")
+    if value - now > max_horizon:
+        raise _invalid(field, f"{value.isoformat()} is more than {_human(max_horizon)} ahead")
+    return value
+
+
 def _human(span: dt.timedelta) -> str:
     days = span.total_seconds() / 86400
     return f"{days:g} days" if days >= 1 else f"{span.total_seconds():g} s"

@@ -37,6 +37,8 @@ class OutgoingTask:
     data: bytes
     data_sha256: bytes
     due_at_ms: int = 0
+    #: The deadline in ms since the epoch; 0: none.
+    expires_at_ms: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +80,7 @@ def submit_records(pipeline_id: str, tasks: Sequence[OutgoingTask], *, now_ms: i
         event = _envelope(pipeline_id, task.id, now_ms)
         event.submit.data = task.data
         event.submit.due_at_ms = task.due_at_ms
+        event.submit.expires_at_ms = task.expires_at_ms
         event.submit.data_sha256 = task.data_sha256
         records.append(Record(topic=topic, key=task.id.encode(), value=event.SerializeToString()))
     return records

@@ -65,7 +65,12 @@ def _domain(event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int) -> Ev
         created = _ms(event.produced_at_ms or timestamp_ms)
         due = _ms(submit.due_at_ms) if submit.due_at_ms else created
         return NewTask(
-            id=event.task_id, data=submit.data, data_sha256=digest, due_at=due, created_at=created
+            id=event.task_id,
+            data=submit.data,
+            data_sha256=digest,
+            due_at=due,
+            created_at=created,
+            expires_at=_ms(submit.expires_at_ms) if submit.expires_at_ms else None,
         )
     if kind == "cancel":
         return CancelEvent(task_id=event.task_id)

@@ -172,6 +172,7 @@ class TaskRecord:
     status: str
     attempt: int
     due_at: dt.datetime
+    expires_at: dt.datetime | None
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None

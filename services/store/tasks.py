@@ -48,6 +48,7 @@ _TASK_COLUMNS = (
     tasks.c.worker,
     tasks.c.error,
     tasks.c.lease_epoch,
+    tasks.c.expires_at,
 )
 _MUTABLE = (
     "attempt",
@@ -77,6 +78,7 @@ def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
         worker=row.worker,
         error=row.error,
         lease_epoch=row.lease_epoch,
+        expires_at=from_db(row.expires_at),
     )
 
 
@@ -385,6 +387,7 @@ def _insert_new(
             "attempt": 1,
             "status": status[t.id].value,
             "due_at": to_db(t.due_at),
+            "expires_at": to_db(t.expires_at),
             "data": t.data,
             "data_sha256": t.data_sha256,
             "created_at": to_db(t.created_at),
@@ -411,6 +414,7 @@ def _insert_new(
                 data=t.data,
                 due_at=t.due_at,
                 created_at=t.created_at,
+                expires_at=t.expires_at,
             )
             for t in fresh
         ],

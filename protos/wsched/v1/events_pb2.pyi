@@ -71,22 +71,28 @@ class SubmitTask(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     DUE_AT_MS_FIELD_NUMBER: _builtins.int
     DATA_SHA256_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The client's JSON exactly as received: carried as raw bytes, never re-encoded."""
     due_at_ms: _builtins.int
     """When the task becomes due, in ms since the epoch; 0 means now."""
     data_sha256: _builtins.bytes
     """SHA-256 of `data`, to tell an idempotent resubmit from a conflicting one."""
+    expires_at_ms: _builtins.int
+    """The deadline, in ms since the epoch; 0 means none. An attempt not started by then is
+    never started: the task ends `expired`.
+    """
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
         due_at_ms: _builtins.int = ...,
         data_sha256: _builtins.bytes = ...,
+        expires_at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "expires_at_ms", b"expires_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -40,7 +40,7 @@ from services.api.submit import (
     produced,
     require_ready,
 )
-from services.api.when import due_at
+from services.api.when import deadline, due_at
 from services.kafka.producer import OutgoingTask
 from services.store.control import Pipeline, TaskRecord, new_id
 
@@ -89,6 +89,36 @@ def _client_id(value: str | None) -> str | None:
     return value
 
 
+RunAt = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="When to run it: an RFC 3339 time with its offset. In the past: now.",
+        examples=["2026-11-26T12:00:00Z"],
+    ),
+]
+Delay = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="Or how long from now: '90s', '15m', '1h30m', ISO 8601 'PT15M'.",
+        examples=["15m"],
+    ),
+]
+ExpiresAt = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="Deadline (RFC 3339): an attempt not started by then never starts.",
+        examples=["2026-11-26T13:00:00Z"],
+    ),
+]
+ExpiresAfter = Annotated[
+    str | None,
+    Query(max_length=64, description="Or the deadline from now: '10m'.", examples=["10m"]),
+]
+
+
 @router.post(
     "",
     status_code=202,
@@ -114,35 +144,30 @@ async def submit_task(
         str | None, Query(alias="id", description="Idempotency key: the task's id.")
     ] = None,
     idempotency_key: Annotated[str | None, Header(description="Alias of ?id=.")] = None,
-    run_at: Annotated[
-        str | None,
-        Query(
-            max_length=64,
-            description="When to run it: an RFC 3339 time with its offset. In the past: now.",
-            examples=["2026-11-26T12:00:00Z"],
-        ),
-    ] = None,
-    delay: Annotated[
-        str | None,
-        Query(
-            max_length=64,
-            description="Or how long from now: '90s', '15m', '1h30m', ISO 8601 'PT15M'.",
-            examples=["15m"],
-        ),
-    ] = None,
+    run_at: RunAt = None,
+    delay: Delay = None,
+    expires_at: ExpiresAt = None,
+    expires_after: ExpiresAfter = None,
 ) -> JSONResponse:
     """Submit one task: the body (any JSON object) is its data, carried byte for byte.
 
-    With ``run_at`` or ``delay`` the task is ``scheduled`` until it is due, then queued.
+    With ``run_at`` or ``delay`` the task is ``scheduled`` until it is due, then queued;
+    with ``expires_at`` or ``expires_after``, an attempt not started by then never starts.
     """
     raw = await request.body()
     parse_object(raw, max_bytes=ctx.limits.max_task_data_bytes)
-    due_ms = _due_ms(ctx.limits, run_at=run_at, delay=delay)
+    due_ms, expires_ms = _times(
+        ctx.limits, run_at=run_at, delay=delay, expires_at=expires_at, expires_after=expires_after
+    )
     target = await resolve(ctx, tenant.id, app, pipeline)
     require_ready(target)
     client_id = _client_id(task_id or idempotency_key)
     task = OutgoingTask(
-        id=client_id or new_id(), data=raw, data_sha256=digest(raw), due_at_ms=due_ms
+        id=client_id or new_id(),
+        data=raw,
+        data_sha256=digest(raw),
+        due_at_ms=due_ms,
+        expires_at_ms=expires_ms,
     )
     if client_id is not None:
         stored = (await existing_tasks(ctx, target, [client_id])).get(client_id)
@@ -154,16 +179,33 @@ async def submit_task(
     return JSONResponse(Accepted(id=task.id, status=status).model_dump(), status_code=202)
 
 
-def _due_ms(limits: Limits, *, run_at: str | None, delay: str | None, where: str = "") -> int:
-    """The due time in ms since the epoch, 0 for now; a bad time is a 422 naming its field."""
-    due = due_at(
-        run_at=run_at,
-        delay=delay,
-        now=dt.datetime.now(dt.UTC),
-        max_horizon=dt.timedelta(seconds=limits.max_schedule_horizon_s),
+def _times(
+    limits: Limits,
+    *,
+    run_at: str | None,
+    delay: str | None,
+    expires_at: str | None,
+    expires_after: str | None,
+    where: str = "",
+) -> tuple[int, int]:
+    """(due time, deadline) in ms since the epoch, 0 for none; a bad time is a 422 naming
+    its field."""
+    now = dt.datetime.now(dt.UTC)
+    horizon = dt.timedelta(seconds=limits.max_schedule_horizon_s)
+    due = due_at(run_at=run_at, delay=delay, now=now, max_horizon=horizon, where=where)
+    ends = deadline(
+        expires_at=expires_at,
+        expires_after=expires_after,
+        now=now,
+        due=due,
+        max_horizon=horizon,
         where=where,
     )
-    return 0 if due is None else int(due.timestamp() * 1000)
+    return _ms(due), _ms(ends)
+
+
+def _ms(when: dt.datetime | None) -> int:
+    return 0 if when is None else int(when.timestamp() * 1000)
 
 
 async def _resubmitted(
@@ -221,10 +263,23 @@ def _candidates(body: SubmitBatch, limits: Limits) -> list[Candidate]:
         data = compact(item.data)
         if len(data) > max_bytes:
             raise data_too_large(len(data), max_bytes, index=index)
-        due_ms = _due_ms(limits, run_at=item.run_at, delay=item.delay, where=f"tasks[{index}].")
-        task_id = item.id or new_id()
+        due_ms, expires_ms = _times(
+            limits,
+            run_at=item.run_at,
+            delay=item.delay,
+            expires_at=item.expires_at,
+            expires_after=item.expires_after,
+            where=f"tasks[{index}].",
+        )
         candidates.append(
-            Candidate(index=index, id=task_id, data=data, sha256=digest(data), due_at_ms=due_ms)
+            Candidate(
+                index=index,
+                id=item.id or new_id(),
+                data=data,
+                sha256=digest(data),
+                due_at_ms=due_ms,
+                expires_at_ms=expires_ms,
+            )
         )
     return candidates
 
@@ -263,6 +318,7 @@ def _summary_fields(record: TaskRecord) -> dict[str, Any]:
         "error": record.error,
         "created_at": record.created_at,
         "due_at": record.due_at,
+        "expires_at": record.expires_at,
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "worker": record.worker,

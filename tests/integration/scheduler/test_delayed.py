@@ -31,11 +31,16 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[KafkaProducer]:
     await running.stop()
 
 
-def task(task_id: str, *, due_in_s: float = 0) -> OutgoingTask:
+def task(task_id: str, *, due_in_s: float = 0, expires_in_s: float = 0) -> OutgoingTask:
     raw = json.dumps({"id": task_id}).encode()
     due_ms = int((time.time() + due_in_s) * 1000) if due_in_s else 0
+    expires_ms = int((time.time() + expires_in_s) * 1000) if expires_in_s else 0
     return OutgoingTask(
-        id=task_id, data=raw, data_sha256=hashlib.sha256(raw).digest(), due_at_ms=due_ms
+        id=task_id,
+        data=raw,
+        data_sha256=hashlib.sha256(raw).digest(),
+        due_at_ms=due_ms,
+        expires_at_ms=expires_ms,
     )
 
 
@@ -164,3 +169,28 @@ async def test_bad_due_time_records_are_not_a_reason_to_stop(
     async with channel:
         got = await poll(worker, pipeline)
     assert [t.task_id for t in got] == ["old"]
+
+
+async def test_a_task_not_started_by_its_deadline_expires_and_never_runs(
+    host: SchedulerHost, pipeline: ReadyPipeline, producer: KafkaProducer, engine: sa.Engine
+) -> None:
+    await wait_hosted(host, pipeline.id)
+    await producer.submit(
+        pipeline.id,
+        [
+            task("late", expires_in_s=1),  # nobody polls within its second
+            task("waits", due_in_s=2, expires_in_s=3),  # due, then nobody polls in time
+            task("fine", expires_in_s=60),
+        ],
+    )
+    await wait_for(lambda: statuses(engine, pipeline.id).get("late") == "expired")
+    await wait_for(lambda: statuses(engine, pipeline.id).get("waits") == "expired")
+    channel, worker = stub(host)
+    async with channel:
+        got = await poll(worker, pipeline)
+    assert [t.task_id for t in got] == ["fine"]
+    with engine.connect() as conn:
+        error = conn.execute(
+            sa.select(tasks.c.error).where(tasks.c.pipeline_id == pipeline.id, tasks.c.id == "late")
+        ).scalar()
+    assert "deadline" in (error or "")

@@ -293,3 +293,41 @@ def test_a_retry_beyond_the_horizon_holds_refills_until_it_is_written() -> None:
     assert not b.has_unwritten_timers
     b.restore_flush(flush)  # the write failed: the timer is unwritten again
     assert b.has_unwritten_timers
+
+
+# -- deadlines -------------------------------------------------------------------------------
+
+
+def with_deadline(i: int, seconds: float) -> Task:
+    task_ = task(i)
+    task_.expires_at = T0 + dt.timedelta(seconds=seconds)
+    return task_
+
+
+def test_a_task_past_its_deadline_is_never_handed_out() -> None:
+    b = book()
+    b.admit([with_deadline(1, 5), task(2)])
+    later = T0 + dt.timedelta(seconds=5)
+    grants = b.lease(worker="w", max_tasks=5, max_bytes=1 << 20, now=0, wall=later)
+    assert [g.task.id for g in grants] == ["t0002"]
+    (change, _) = b.take_flush().changes
+    assert change.status is Status.EXPIRED and "deadline" in (change.error or "")
+    assert b.stats()["expired"] == 1 and b.totals["expired"] == 1
+
+
+def test_the_sweep_ends_overdue_ready_tasks_without_a_poll() -> None:
+    b = book()
+    b.admit([with_deadline(1, 5), with_deadline(2, 50), task(3)])
+    assert b.end_overdue(wall=T0 + dt.timedelta(seconds=4)) == 0
+    assert b.end_overdue(wall=T0 + dt.timedelta(seconds=5)) == 1
+    assert b.ready_count == 2 and b.stats()["queued"] == 2 and b.stats()["expired"] == 1
+
+
+def test_a_retry_that_could_not_start_before_the_deadline_ends_expired() -> None:
+    b = retrying_book()  # the first pause is 10 s
+    b.admit([with_deadline(1, 8)])
+    (grant,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
+    b.report(Report(token=grant.token, outcome=Outcome.FAILED, error="boom"), wall=T0)
+    (change,) = b.take_flush().changes
+    assert change.status is Status.EXPIRED and (change.error or "").startswith("boom")
+    assert "t0001" not in b.timers and b.stats()["expired"] == 1

@@ -283,7 +283,11 @@ async def test_stats_and_pipeline_counts_come_from_the_grains_counters(api: Api)
     stats = (await api.client.get(f"{SUBMIT}/stats", headers=bearer(key))).json()
     assert stats["backlog"] == 5
     # Counters written before a status existed read as 0 for it.
-    assert stats["counts"] == {k: v for k, v in counts.items() if k != "backlog"} | {"scheduled": 0}
+    read = stats["counts"]
+    assert read == {k: v for k, v in counts.items() if k != "backlog"} | {
+        "scheduled": 0,
+        "expired": 0,
+    }
     assert stats["updated_at"] is not None
     shown = (await api.client.get(SUBMIT, headers=bearer(key))).json()
     assert shown["counts"]["succeeded"] == 9
@@ -442,3 +446,41 @@ async def test_attempts_lists_each_failed_attempt_then_the_latest(api: Api) -> N
     insert_task(api.database_url, pipeline_id=pipeline["id"], task_id="new", data=b"{}")
     waiting = (await api.client.get(f"{TASKS}/new?attempts=true", headers=bearer(key))).json()
     assert waiting["attempts"] == []  # queued, never started
+
+
+async def test_a_deadline_travels_with_the_task(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    before_ms = int(time.time() * 1000)
+    single = await api.client.post(
+        f"{SUBMIT}?delay=1m&expires_after=10m", json={"a": 1}, headers=bearer(key)
+    )
+    assert single.status_code == 202, single.text
+    items = [{"data": {"n": 1}, "expires_at": "2099-01-01T00:00:00Z"}, {"data": {"n": 2}}]
+    refused = await api.client.post(TASKS, json={"tasks": items}, headers=bearer(key))
+    assert "tasks[0].expires_at" in assert_error(refused, 422, "invalid_request")
+    items[0] = {"data": {"n": 1}, "expires_after": "PT1H"}
+    batch = await api.client.post(TASKS, json={"tasks": items}, headers=bearer(key))
+    assert batch.status_code == 202, batch.text
+    first, second, third = fakes.producer.task_events(pipeline["id"])
+    assert before_ms + 600_000 <= first.submit.expires_at_ms <= int(time.time() * 1000) + 600_000
+    assert second.submit.expires_at_ms > before_ms + 3_590_000
+    assert third.submit.expires_at_ms == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "needle"),
+    [
+        ("expires_at=2020-01-01T00:00:00Z", "expires_at", "has passed"),
+        ("expires_after=0s", "expires_after", "positive"),
+        ("delay=10m&expires_after=5m", "expires_after", "not after the task's due time"),
+        ("expires_after=1m&expires_at=2030-01-01T00:00:00Z", "expires_at", "not both"),
+    ],
+)
+async def test_deadlines_that_could_never_be_met_are_refused(
+    api: Api, fakes: Fakes, query: str, field: str, needle: str
+) -> None:
+    key, pipeline = await api.ready_pipeline()
+    answer = await api.client.post(f"{SUBMIT}?{query}", json={"a": 1}, headers=bearer(key))
+    detail = assert_error(answer, 422, "invalid_request")
+    assert detail.startswith(f"{field}:") and needle in detail, detail
+    assert fakes.producer.task_events(pipeline["id"]) == []
