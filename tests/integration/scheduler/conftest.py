@@ -1,22 +1,28 @@
-"""A ready pipeline in the store and its topic, without going through the HTTP API."""
+"""A ready pipeline in the store and its topic, without going through the HTTP API; a
+scheduler replica on real Kafka and TiDB, and a worker's gRPC stub to it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+import grpc
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
-from protos.wsched.v1 import events_pb2
+from protos.wsched.v1 import events_pb2, worker_pb2_grpc
+from services.infra.process import free_port
 from services.kafka.admin import KafkaTopicAdmin
 from services.placement import pipeline_topic, shard_of
+from services.scheduler.host import SchedulerHost
+from services.settings import Settings
 from services.store import migrate
 from services.store.schema import pipelines
 
@@ -114,3 +120,38 @@ async def submit(kafka_bootstrap: str) -> AsyncIterator[object]:
 
     yield send
     await producer.stop()
+
+
+Submit = Callable[[ReadyPipeline, Mapping[str, Mapping[str, object]]], Awaitable[None]]
+
+
+def settings_for(kafka_bootstrap: str, tidb_url: str, group: str) -> Settings:
+    port = free_port()
+    return Settings(
+        kafka_bootstrap=kafka_bootstrap,
+        database_url=tidb_url,
+        grpc_port=port,
+        replica_name=f"replica-{port}",
+        placement_group=group,
+    )
+
+
+@pytest.fixture
+async def host(
+    kafka_bootstrap: str, tidb_url: str, kafka_group: str
+) -> AsyncIterator[SchedulerHost]:
+    async with SchedulerHost(
+        settings=settings_for(kafka_bootstrap, tidb_url, kafka_group), rescan_s=1
+    ) as running:
+        yield running
+
+
+async def wait_hosted(host: SchedulerHost, pipeline_id: str, timeout_s: float = 30) -> None:
+    async with asyncio.timeout(timeout_s):
+        while pipeline_id not in host.hosted_pipelines():
+            await asyncio.sleep(0.1)
+
+
+def stub(host: SchedulerHost) -> tuple[grpc.aio.Channel, worker_pb2_grpc.WorkerStub]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
+    return channel, worker_pb2_grpc.WorkerStub(channel)

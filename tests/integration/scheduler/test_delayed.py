@@ -17,8 +17,7 @@ from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
 from services.kafka.producer import KafkaProducer, OutgoingTask
 from services.scheduler.host import SchedulerHost
 from services.store.schema import task_timers, tasks
-from tests.integration.scheduler.conftest import ReadyPipeline
-from tests.integration.scheduler.test_task_path import settings_for, stub, wait_hosted
+from tests.integration.scheduler.conftest import ReadyPipeline, settings_for, stub, wait_hosted
 
 pytestmark = pytest.mark.integration
 
@@ -68,16 +67,6 @@ async def wait_for(check: Callable[[], bool], timeout_s: float = 30) -> None:
     async with asyncio.timeout(timeout_s):
         while not check():
             await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def host(
-    kafka_bootstrap: str, tidb_url: str, kafka_group: str
-) -> AsyncIterator[SchedulerHost]:
-    async with SchedulerHost(
-        settings=settings_for(kafka_bootstrap, tidb_url, kafka_group), rescan_s=1
-    ) as running:
-        yield running
 
 
 async def test_a_delayed_task_is_scheduled_then_handed_out_within_a_second_of_due(

@@ -28,8 +28,7 @@ from services.scheduler.scaler import Scaler, Workload
 from services.scheduler.scaler_adapters import PIPELINE_LABEL, KubeScale
 from services.settings import Settings
 from services.store.control import ControlStore, PipelineSpec
-from tests.integration.scheduler.conftest import ReadyPipeline
-from tests.integration.scheduler.test_task_path import Submit, wait_hosted
+from tests.integration.scheduler.conftest import ReadyPipeline, Submit, wait_hosted
 
 pytestmark = pytest.mark.integration
 

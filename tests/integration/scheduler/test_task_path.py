@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -14,48 +13,12 @@ import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
-from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
-from services.infra.process import free_port
+from protos.wsched.v1 import worker_pb2
 from services.scheduler.host import SchedulerHost
-from services.settings import Settings
 from services.store.schema import grain_offsets, quarantine, task_results, tasks
-from tests.integration.scheduler.conftest import ReadyPipeline
+from tests.integration.scheduler.conftest import ReadyPipeline, Submit, stub, wait_hosted
 
 pytestmark = pytest.mark.integration
-
-Submit = Callable[[ReadyPipeline, Mapping[str, Mapping[str, object]]], Awaitable[None]]
-
-
-def settings_for(kafka_bootstrap: str, tidb_url: str, group: str) -> Settings:
-    port = free_port()
-    return Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        database_url=tidb_url,
-        grpc_port=port,
-        replica_name=f"replica-{port}",
-        placement_group=group,
-    )
-
-
-@pytest.fixture
-async def host(
-    kafka_bootstrap: str, tidb_url: str, kafka_group: str
-) -> AsyncIterator[SchedulerHost]:
-    async with SchedulerHost(
-        settings=settings_for(kafka_bootstrap, tidb_url, kafka_group), rescan_s=1
-    ) as running:
-        yield running
-
-
-async def wait_hosted(host: SchedulerHost, pipeline_id: str, timeout_s: float = 30) -> None:
-    async with asyncio.timeout(timeout_s):
-        while pipeline_id not in host.hosted_pipelines():
-            await asyncio.sleep(0.1)
-
-
-def stub(host: SchedulerHost) -> tuple[grpc.aio.Channel, worker_pb2_grpc.WorkerStub]:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
-    return channel, worker_pb2_grpc.WorkerStub(channel)
 
 
 async def test_submitted_tasks_are_polled_reported_and_stored(

@@ -4,7 +4,6 @@ the pipeline's grain keeps serving the other workers and nothing is lost."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -13,20 +12,9 @@ import sqlalchemy as sa
 from protos.wsched.v1 import worker_pb2
 from services.scheduler.host import SchedulerHost
 from services.store.schema import task_results, tasks
-from tests.integration.scheduler.conftest import ReadyPipeline
-from tests.integration.scheduler.test_task_path import Submit, settings_for, stub, wait_hosted
+from tests.integration.scheduler.conftest import ReadyPipeline, Submit, stub, wait_hosted
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def host(
-    kafka_bootstrap: str, tidb_url: str, kafka_group: str
-) -> AsyncIterator[SchedulerHost]:
-    async with SchedulerHost(
-        settings=settings_for(kafka_bootstrap, tidb_url, kafka_group), rescan_s=1
-    ) as running:
-        yield running
 
 
 async def test_an_over_long_worker_name_is_refused_and_the_grain_serves_on(
