@@ -6,11 +6,11 @@ from fastapi import APIRouter, Response
 
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
-from services.api.errors import ApiError, not_found
+from services.api.errors import TENANT_ERRORS, ApiError, not_found
 from services.api.schemas import ApplicationList, ApplicationOut, CreateApplication
 from services.store.control import Application, HasPipelines, NameTaken
 
-router = APIRouter(prefix="/api/applications", tags=["applications"])
+router = APIRouter(prefix="/api/applications", tags=["applications"], responses=TENANT_ERRORS)
 
 
 def _out(app: Application) -> ApplicationOut:

@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from actors.pipeline.retry import Backoff
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
-from services.api.errors import ApiError, not_found
+from services.api.errors import TENANT_ERRORS, ApiError, not_found
 from services.api.routes.applications import find_application
 from services.api.schemas import (
     CreatePipeline,
@@ -36,7 +36,9 @@ from services.store.control import (
     PipelineStats,
 )
 
-router = APIRouter(prefix="/api/applications/{app}/pipelines", tags=["pipelines"])
+router = APIRouter(
+    prefix="/api/applications/{app}/pipelines", tags=["pipelines"], responses=TENANT_ERRORS
+)
 
 
 def counts_of(stats: PipelineStats | None) -> dict[str, int]:

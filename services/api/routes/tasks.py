@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from actors.pipeline.model import TERMINAL, Status
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
-from services.api.errors import ApiError, error_body_schema, not_found
+from services.api.errors import TENANT_ERRORS, ApiError, not_found
 from services.api.json_depth import too_deep
 from services.api.limits import Limits
 from services.api.routes.pipelines import counts_of
@@ -43,25 +43,9 @@ from services.api.when import due_at
 from services.kafka.producer import OutgoingTask
 from services.store.control import Pipeline, TaskRecord, new_id
 
-router = APIRouter(prefix="/api/applications/{app}/pipelines/{pipeline}", tags=["tasks"])
-
-#: What each error status means here; the bounds' values are in the API's description.
-_ERROR_MEANINGS = {
-    400: "Malformed JSON, a bad cursor, or JSON nested deeper than the limit",
-    401: "Missing or unknown API key",
-    404: "No such application, pipeline or task",
-    409: "The pipeline is not ready, or the task conflicts with its state",
-    413: "The body, a task's data or the batch is over its size limit",
-    422: "The request does not match the schema",
-    503: "Kafka or the database cannot be reached: retry after Retry-After",
-}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {
-        "description": meaning,
-        "content": {"application/json": {"schema": error_body_schema()}},
-    }
-    for code, meaning in _ERROR_MEANINGS.items()
-}
+router = APIRouter(
+    prefix="/api/applications/{app}/pipelines/{pipeline}", tags=["tasks"], responses=TENANT_ERRORS
+)
 
 
 async def resolve(ctx: Ctx, tenant_id: str, app: str, name: str) -> Pipeline:
@@ -92,10 +76,7 @@ def _client_id(value: str | None) -> str | None:
     "",
     status_code=202,
     response_model=Accepted,
-    responses={
-        200: {"model": TaskOut, "description": "The task existed: an idempotent resubmit"},
-        **_ERRORS,
-    },
+    responses={200: {"model": TaskOut, "description": "The task existed: an idempotent resubmit"}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -180,7 +161,7 @@ async def _resubmitted(
     return JSONResponse(task_out(record).model_dump(mode="json"), status_code=200)
 
 
-@router.post("/tasks", status_code=202, responses=_ERRORS)
+@router.post("/tasks", status_code=202)
 async def submit_batch(
     app: str, pipeline: str, body: SubmitBatch, tenant: CurrentTenant, ctx: Ctx
 ) -> BatchOut:
@@ -281,7 +262,7 @@ def _task_missing(task_id: str, pipeline: str) -> ApiError:
     )
 
 
-@router.get("/tasks/{task_id}", responses=_ERRORS)
+@router.get("/tasks/{task_id}")
 async def get_task(
     app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
 ) -> TaskOut:
@@ -310,7 +291,7 @@ def _decode_cursor(cursor: str) -> str:
     return task_id
 
 
-@router.get("/tasks", responses=_ERRORS)
+@router.get("/tasks")
 async def list_tasks(
     app: str,
     pipeline: str,
@@ -337,7 +318,7 @@ async def list_tasks(
     )
 
 
-@router.get("/stats", responses=_ERRORS)
+@router.get("/stats")
 async def pipeline_stats(app: str, pipeline: str, tenant: CurrentTenant, ctx: Ctx) -> StatsOut:
     """Counts by status and the backlog, as the scheduler last flushed them."""
     target = await resolve(ctx, tenant.id, app, pipeline)
@@ -354,7 +335,7 @@ async def pipeline_stats(app: str, pipeline: str, tenant: CurrentTenant, ctx: Ct
 # -- cancel and requeue --------------------------------------------------------------------
 
 
-@router.delete("/tasks/{task_id}", status_code=202, responses=_ERRORS)
+@router.delete("/tasks/{task_id}", status_code=202)
 async def cancel_task(
     app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
 ) -> Accepted:
@@ -370,7 +351,7 @@ async def cancel_task(
     return Accepted(id=task_id, status="cancelling")
 
 
-@router.post("/tasks/{task_id}/requeue", status_code=202, responses=_ERRORS)
+@router.post("/tasks/{task_id}/requeue", status_code=202)
 async def requeue_task(
     app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
 ) -> Accepted:

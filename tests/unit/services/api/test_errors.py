@@ -133,3 +133,24 @@ async def test_an_unexpected_error_is_a_generic_500_with_an_incident_id(
     assert incident is not None, detail
     (logged,) = [r for r in caplog.records if incident.group(1) in r.getMessage()]
     assert logged.exc_info is not None and logged.exc_info[1] is failure
+
+
+async def test_every_route_documents_its_errors_in_the_error_shape(api: Api) -> None:
+    """Clients and contract tests trust the OpenAPI: an error a route answers is listed,
+    in the shape it has (not FastAPI's default validation-error list)."""
+    document = api.app.openapi()
+    error_body = document["paths"]["/api/tenants"]["post"]["responses"]["401"]["content"]
+    assert "HTTPValidationError" not in document.get("components", {}).get("schemas", {})
+    for path, operations in document["paths"].items():
+        if not path.startswith("/api/"):
+            continue
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status in ("400", "401", "403", "413", "422", "503"):
+                assert status in responses, (method, path, status)
+            if not path.startswith("/api/tenants"):
+                assert "404" in responses, (method, path)
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    assert response["content"] == error_body, (method, path, status)
+
