@@ -9,6 +9,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.api import errors
@@ -159,7 +160,16 @@ def _health_routes(
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={
+            503: {
+                "description": "Not ready: the checks say which component is not",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
     async def readyz(response: Response) -> dict[str, object]:
         """Readiness: red while Kafka or the database cannot be reached."""
         kafka, database = await asyncio.gather(
@@ -174,6 +184,7 @@ def _health_routes(
             "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
         }
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics() -> Response:
+        """Prometheus' text format."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -154,3 +154,10 @@ async def test_every_route_documents_its_errors_in_the_error_shape(api: Api) -> 
                 if status.startswith(("4", "5")):
                     assert response["content"] == error_body, (method, path, status)
 
+
+async def test_probes_document_what_they_answer(api: Api) -> None:
+    paths = api.app.openapi()["paths"]
+    assert "503" in paths["/readyz"]["get"]["responses"]
+    assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    metrics = await api.client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
