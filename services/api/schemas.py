@@ -12,6 +12,9 @@ from services.api.errors import ApiError
 from services.api.when import parse_duration
 from services.deploy.scaling import ScalingPolicy
 
+#: Both are matched with ``fullmatch``: ``$`` alone also matches before a final newline,
+#: which let ``"acme\n"`` through as a name (a Helm release, a namespace) or a task id.
+#: The patterns stay valid JSON Schema (ECMA 262) for the OpenAPI.
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 #: Client task ids appear in URLs and lease tokens: no '/', no spaces, at most 128 chars.
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:~@+=-]{0,127}$")
@@ -22,7 +25,7 @@ MAX_RETENTION_S = 3650 * 86400
 
 
 def _name(value: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid name: use 1 to 40 lowercase letters, digits and '-', "
             "starting with a letter"
@@ -31,7 +34,7 @@ def _name(value: str) -> str:
 
 
 def _task_id(value: str) -> str:
-    if not TASK_ID_RE.match(value):
+    if not TASK_ID_RE.fullmatch(value):
         raise ValueError(
             f"{value[:140]!r} is not a valid task id: use 1 to 128 letters, digits and "
             "'._:~@+=-', starting with a letter or digit"

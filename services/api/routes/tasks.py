@@ -62,7 +62,7 @@ async def resolve(ctx: Ctx, tenant_id: str, app: str, name: str) -> Pipeline:
 
 
 def _client_id(value: str | None) -> str | None:
-    if value is not None and not TASK_ID_RE.match(value):
+    if value is not None and not TASK_ID_RE.fullmatch(value):
         raise ApiError(
             422,
             "invalid_request",
@@ -286,7 +286,7 @@ def _decode_cursor(cursor: str) -> str:
         task_id = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as err:
         raise invalid from err
-    if not TASK_ID_RE.match(task_id):
+    if not TASK_ID_RE.fullmatch(task_id):
         raise invalid
     return task_id
 

@@ -19,7 +19,7 @@ async def test_unknown_routes_and_methods_use_the_error_shape(api: Api) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "A", "1abc", "-abc", "abc_def", "abc def", "é", "a" * 41, "abc/def"],
+    ["", "A", "1abc", "-abc", "abc_def", "abc def", "é", "a" * 41, "abc/def", "abc\n"],
 )
 async def test_bad_names_are_422_with_the_rule_spelled_out(api: Api, name: str) -> None:
     answer = await api.client.post("/api/tenants", json={"name": name}, headers=OPERATOR)
