@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
@@ -139,6 +140,7 @@ def create_app(
         description=describe_limits(limits),
         lifespan=lifespan,
     )
+    _declare_batch_bound(app, limits.max_batch_items)
     app.state.ctx = ctx
     app.state.reconciler = reconciler
     errors.install(app)
@@ -150,6 +152,22 @@ def create_app(
         app.include_router(module.router)
     _health_routes(app, settings=settings, engine=engine, registry=registry)
     return app
+
+
+def _declare_batch_bound(app: FastAPI, max_items: int) -> None:
+    """State the batch bound in force in the OpenAPI (a setting, so not in the model)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()  # cached by FastAPI as app.openapi_schema
+        document["components"]["schemas"]["SubmitBatch"]["properties"]["tasks"]["maxItems"] = (
+            max_items
+        )
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way
 
 
 def _health_routes(

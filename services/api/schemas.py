@@ -18,6 +18,9 @@ from services.deploy.scaling import ScalingPolicy
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 #: Client task ids appear in URLs and lease tokens: no '/', no spaces, at most 128 chars.
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:~@+=-]{0,127}$")
+#: The rules as JSON Schema, for the OpenAPI (``params`` states them for path parameters).
+NAME_SCHEMA: dict[str, Any] = {"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": 40}
+TASK_ID_SCHEMA: dict[str, Any] = {"pattern": TASK_ID_RE.pattern, "minLength": 1, "maxLength": 128}
 _DURATION_RE = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_RETENTION_S = 60
@@ -57,8 +60,10 @@ def parse_retention(value: object) -> int:
     return seconds
 
 
-Name = Annotated[str, AfterValidator(_name)]
-TaskId = Annotated[str, AfterValidator(_task_id)]
+# The validators check the rules (with a detail that spells them out); the schema states
+# them, so that a client (or a generated request) knows a valid name before it is refused.
+Name = Annotated[str, AfterValidator(_name), Field(json_schema_extra=NAME_SCHEMA)]
+TaskId = Annotated[str, AfterValidator(_task_id), Field(json_schema_extra=TASK_ID_SCHEMA)]
 Retention = Annotated[int, BeforeValidator(parse_retention)]
 Chart = Annotated[str, Field(min_length=1, max_length=1024)]
 ChartVersion = Annotated[str, Field(min_length=1, max_length=128)]

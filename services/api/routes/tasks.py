@@ -8,7 +8,7 @@ import datetime as dt
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from actors.pipeline.model import TERMINAL, Status
@@ -17,6 +17,7 @@ from services.api.context import Ctx
 from services.api.errors import TENANT_ERRORS, ApiError, not_found
 from services.api.json_depth import too_deep
 from services.api.limits import Limits
+from services.api.params import AppName, ClientId, IdempotencyKey, PipelineName, TaskIdPath
 from services.api.routes.pipelines import counts_of
 from services.api.schemas import (
     TASK_ID_RE,
@@ -85,15 +86,13 @@ def _client_id(value: str | None) -> str | None:
     },
 )
 async def submit_task(
-    app: str,
-    pipeline: str,
+    app: AppName,
+    pipeline: PipelineName,
     request: Request,
     tenant: CurrentTenant,
     ctx: Ctx,
-    task_id: Annotated[
-        str | None, Query(alias="id", description="Idempotency key: the task's id.")
-    ] = None,
-    idempotency_key: Annotated[str | None, Header(description="Alias of ?id=.")] = None,
+    task_id: ClientId = None,
+    idempotency_key: IdempotencyKey = None,
     run_at: Annotated[
         str | None,
         Query(
@@ -163,7 +162,7 @@ async def _resubmitted(
 
 @router.post("/tasks", status_code=202)
 async def submit_batch(
-    app: str, pipeline: str, body: SubmitBatch, tenant: CurrentTenant, ctx: Ctx
+    app: AppName, pipeline: PipelineName, body: SubmitBatch, tenant: CurrentTenant, ctx: Ctx
 ) -> BatchOut:
     """Submit up to 10,000 tasks; one result per item, in order.
 
@@ -264,7 +263,7 @@ def _task_missing(task_id: str, pipeline: str) -> ApiError:
 
 @router.get("/tasks/{task_id}")
 async def get_task(
-    app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
+    app: AppName, pipeline: PipelineName, task_id: TaskIdPath, tenant: CurrentTenant, ctx: Ctx
 ) -> TaskOut:
     target = await resolve(ctx, tenant.id, app, pipeline)
     record = await ctx.db(ctx.store.get_task, pipeline_id=target.id, task_id=task_id)
@@ -293,8 +292,8 @@ def _decode_cursor(cursor: str) -> str:
 
 @router.get("/tasks")
 async def list_tasks(
-    app: str,
-    pipeline: str,
+    app: AppName,
+    pipeline: PipelineName,
     tenant: CurrentTenant,
     ctx: Ctx,
     status: Status | None = None,
@@ -319,7 +318,9 @@ async def list_tasks(
 
 
 @router.get("/stats")
-async def pipeline_stats(app: str, pipeline: str, tenant: CurrentTenant, ctx: Ctx) -> StatsOut:
+async def pipeline_stats(
+    app: AppName, pipeline: PipelineName, tenant: CurrentTenant, ctx: Ctx
+) -> StatsOut:
     """Counts by status and the backlog, as the scheduler last flushed them."""
     target = await resolve(ctx, tenant.id, app, pipeline)
     stats = (await ctx.db(ctx.store.stats, [target.id])).get(target.id)
@@ -337,7 +338,7 @@ async def pipeline_stats(app: str, pipeline: str, tenant: CurrentTenant, ctx: Ct
 
 @router.delete("/tasks/{task_id}", status_code=202)
 async def cancel_task(
-    app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
+    app: AppName, pipeline: PipelineName, task_id: TaskIdPath, tenant: CurrentTenant, ctx: Ctx
 ) -> Accepted:
     """Cancel a task that has not finished. The cancel travels behind the submit on the
     task's partition, so a task still on its way to the scheduler is cancelled too."""
@@ -353,7 +354,7 @@ async def cancel_task(
 
 @router.post("/tasks/{task_id}/requeue", status_code=202)
 async def requeue_task(
-    app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
+    app: AppName, pipeline: PipelineName, task_id: TaskIdPath, tenant: CurrentTenant, ctx: Ctx
 ) -> Accepted:
     """Put a ``dead`` task back in the queue with a fresh attempt count."""
     target = await resolve(ctx, tenant.id, app, pipeline)
