@@ -6,9 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.api import errors
@@ -138,6 +140,7 @@ def create_app(
         description=describe_limits(limits),
         lifespan=lifespan,
     )
+    _declare_batch_bound(app, limits.max_batch_items)
     app.state.ctx = ctx
     app.state.reconciler = reconciler
     errors.install(app)
@@ -151,6 +154,22 @@ def create_app(
     return app
 
 
+def _declare_batch_bound(app: FastAPI, max_items: int) -> None:
+    """State the batch bound in force in the OpenAPI (a setting, so not in the model)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()  # cached by FastAPI as app.openapi_schema
+        document["components"]["schemas"]["SubmitBatch"]["properties"]["tasks"]["maxItems"] = (
+            max_items
+        )
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way
+
+
 def _health_routes(
     app: FastAPI, *, settings: Settings, engine: sa.Engine, registry: CollectorRegistry
 ) -> None:
@@ -159,7 +178,16 @@ def _health_routes(
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={
+            503: {
+                "description": "Not ready: the checks say which component is not",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
     async def readyz(response: Response) -> dict[str, object]:
         """Readiness: red while Kafka or the database cannot be reached."""
         kafka, database = await asyncio.gather(
@@ -174,6 +202,7 @@ def _health_routes(
             "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
         }
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics() -> Response:
+        """Prometheus' text format."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

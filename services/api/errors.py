@@ -76,6 +76,41 @@ def error_body_schema() -> dict[str, Any]:
     }
 
 
+#: What each error status means; the bounds' values are in the API's description.
+_MEANINGS = {
+    400: "Malformed JSON, a bad cursor, or JSON nested deeper than the limit",
+    401: "Missing or unknown API key",
+    403: "A key of the wrong kind: the operator key manages tenants, a tenant's key the rest",
+    404: "No such application, pipeline or task (another tenant's answer the same)",
+    409: "The request conflicts with the current state: a name taken, an application that "
+    "still has pipelines, a pipeline not ready, a task already finished or not dead",
+    413: "The body, a task's data or the batch is over its size limit",
+    422: "The request does not match the schema; the detail names the field",
+    503: "Kafka or the database cannot be reached: retry after Retry-After",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each in the error shape.
+
+    A route answers only what it documents (clients and contract tests rely on it). A 422
+    given here also replaces FastAPI's default validation-error schema, a list of
+    problems, which this API never answers: its handler answers the error shape.
+    """
+    return {
+        status: {
+            "description": _MEANINGS[status],
+            "content": {"application/json": {"schema": error_body_schema()}},
+        }
+        for status in statuses
+    }
+
+
+#: The errors of a tenant's routes, and of the operator's (which name no resource).
+TENANT_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 503)
+OPERATOR_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 503)
+
+
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     err = cast(ApiError, exc)  # registered for this type only
     return error_response(err.status, err.error, err.detail, err.headers)

@@ -12,9 +12,15 @@ from services.api.errors import ApiError
 from services.api.when import parse_duration
 from services.deploy.scaling import ScalingPolicy
 
+#: Both are matched with ``fullmatch``: ``$`` alone also matches before a final newline,
+#: which let ``"acme\n"`` through as a name (a Helm release, a namespace) or a task id.
+#: The patterns stay valid JSON Schema (ECMA 262) for the OpenAPI.
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 #: Client task ids appear in URLs and lease tokens: no '/', no spaces, at most 128 chars.
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:~@+=-]{0,127}$")
+#: The rules as JSON Schema, for the OpenAPI (``params`` states them for path parameters).
+NAME_SCHEMA: dict[str, Any] = {"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": 40}
+TASK_ID_SCHEMA: dict[str, Any] = {"pattern": TASK_ID_RE.pattern, "minLength": 1, "maxLength": 128}
 _DURATION_RE = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_RETENTION_S = 60
@@ -22,7 +28,7 @@ MAX_RETENTION_S = 3650 * 86400
 
 
 def _name(value: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid name: use 1 to 40 lowercase letters, digits and '-', "
             "starting with a letter"
@@ -31,7 +37,7 @@ def _name(value: str) -> str:
 
 
 def _task_id(value: str) -> str:
-    if not TASK_ID_RE.match(value):
+    if not TASK_ID_RE.fullmatch(value):
         raise ValueError(
             f"{value[:140]!r} is not a valid task id: use 1 to 128 letters, digits and "
             "'._:~@+=-', starting with a letter or digit"
@@ -54,8 +60,10 @@ def parse_retention(value: object) -> int:
     return seconds
 
 
-Name = Annotated[str, AfterValidator(_name)]
-TaskId = Annotated[str, AfterValidator(_task_id)]
+# The validators check the rules (with a detail that spells them out); the schema states
+# them, so that a client (or a generated request) knows a valid name before it is refused.
+Name = Annotated[str, AfterValidator(_name), Field(json_schema_extra=NAME_SCHEMA)]
+TaskId = Annotated[str, AfterValidator(_task_id), Field(json_schema_extra=TASK_ID_SCHEMA)]
 Retention = Annotated[int, BeforeValidator(parse_retention)]
 Chart = Annotated[str, Field(min_length=1, max_length=1024)]
 ChartVersion = Annotated[str, Field(min_length=1, max_length=128)]

@@ -6,11 +6,12 @@ from fastapi import APIRouter, Response
 
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
-from services.api.errors import ApiError, not_found
+from services.api.errors import TENANT_ERRORS, ApiError, not_found
+from services.api.params import AppName
 from services.api.schemas import ApplicationList, ApplicationOut, CreateApplication
 from services.store.control import Application, HasPipelines, NameTaken
 
-router = APIRouter(prefix="/api/applications", tags=["applications"])
+router = APIRouter(prefix="/api/applications", tags=["applications"], responses=TENANT_ERRORS)
 
 
 def _out(app: Application) -> ApplicationOut:
@@ -43,12 +44,12 @@ async def list_applications(tenant: CurrentTenant, ctx: Ctx) -> ApplicationList:
 
 
 @router.get("/{app}")
-async def get_application(app: str, tenant: CurrentTenant, ctx: Ctx) -> ApplicationOut:
+async def get_application(app: AppName, tenant: CurrentTenant, ctx: Ctx) -> ApplicationOut:
     return _out(await find_application(ctx, tenant.id, app))
 
 
 @router.delete("/{app}", status_code=204)
-async def delete_application(app: str, tenant: CurrentTenant, ctx: Ctx) -> Response:
+async def delete_application(app: AppName, tenant: CurrentTenant, ctx: Ctx) -> Response:
     """Delete an application without pipelines."""
     found = await find_application(ctx, tenant.id, app)
     try:

@@ -15,7 +15,8 @@ from fastapi import APIRouter
 from actors.pipeline.retry import Backoff
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
-from services.api.errors import ApiError, not_found
+from services.api.errors import TENANT_ERRORS, ApiError, not_found
+from services.api.params import AppName, PipelineName
 from services.api.routes.applications import find_application
 from services.api.schemas import (
     CreatePipeline,
@@ -36,7 +37,9 @@ from services.store.control import (
     PipelineStats,
 )
 
-router = APIRouter(prefix="/api/applications/{app}/pipelines", tags=["pipelines"])
+router = APIRouter(
+    prefix="/api/applications/{app}/pipelines", tags=["pipelines"], responses=TENANT_ERRORS
+)
 
 
 def counts_of(stats: PipelineStats | None) -> dict[str, int]:
@@ -120,7 +123,7 @@ async def find_pipeline(ctx: Ctx, application: Application, name: str) -> Pipeli
 
 @router.post("", status_code=201)
 async def create_pipeline(
-    app: str, body: CreatePipeline, tenant: CurrentTenant, ctx: Ctx
+    app: AppName, body: CreatePipeline, tenant: CurrentTenant, ctx: Ctx
 ) -> PipelineCreated:
     """Create a pipeline (state ``provisioning``); its worker token is in this answer only."""
     application = await find_application(ctx, tenant.id, app)
@@ -146,7 +149,7 @@ async def create_pipeline(
 
 
 @router.get("")
-async def list_pipelines(app: str, tenant: CurrentTenant, ctx: Ctx) -> PipelineList:
+async def list_pipelines(app: AppName, tenant: CurrentTenant, ctx: Ctx) -> PipelineList:
     """The application's pipelines, including those being deleted."""
     application = await find_application(ctx, tenant.id, app)
     pipelines = await ctx.db(ctx.store.list_pipelines, application_id=application.id)
@@ -157,7 +160,9 @@ async def list_pipelines(app: str, tenant: CurrentTenant, ctx: Ctx) -> PipelineL
 
 
 @router.get("/{pipeline}")
-async def get_pipeline(app: str, pipeline: str, tenant: CurrentTenant, ctx: Ctx) -> PipelineOut:
+async def get_pipeline(
+    app: AppName, pipeline: PipelineName, tenant: CurrentTenant, ctx: Ctx
+) -> PipelineOut:
     application = await find_application(ctx, tenant.id, app)
     found = await find_pipeline(ctx, application, pipeline)
     stats = await ctx.db(ctx.store.stats, [found.id])
@@ -166,7 +171,7 @@ async def get_pipeline(app: str, pipeline: str, tenant: CurrentTenant, ctx: Ctx)
 
 @router.patch("/{pipeline}")
 async def patch_pipeline(
-    app: str, pipeline: str, body: PatchPipeline, tenant: CurrentTenant, ctx: Ctx
+    app: AppName, pipeline: PipelineName, body: PatchPipeline, tenant: CurrentTenant, ctx: Ctx
 ) -> PipelineOut:
     """Change a pipeline's chart or settings; the chart is redeployed in the background.
 
@@ -195,7 +200,7 @@ async def patch_pipeline(
 
 @router.delete("/{pipeline}", status_code=202)
 async def delete_pipeline(
-    app: str, pipeline: str, tenant: CurrentTenant, ctx: Ctx
+    app: AppName, pipeline: PipelineName, tenant: CurrentTenant, ctx: Ctx
 ) -> PipelineDeleting:
     """Start deleting: the name is free at once; workers, topic and tasks go in the
     background."""

@@ -8,15 +8,16 @@ import datetime as dt
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from actors.pipeline.model import TERMINAL, Status
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
-from services.api.errors import ApiError, error_body_schema, not_found
+from services.api.errors import TENANT_ERRORS, ApiError, not_found
 from services.api.json_depth import too_deep
 from services.api.limits import Limits
+from services.api.params import AppName, ClientId, IdempotencyKey, PipelineName, TaskIdPath
 from services.api.routes.pipelines import counts_of
 from services.api.schemas import (
     TASK_ID_RE,
@@ -44,25 +45,9 @@ from services.api.when import deadline, due_at
 from services.kafka.producer import OutgoingTask
 from services.store.control import Pipeline, TaskRecord, new_id
 
-router = APIRouter(prefix="/api/applications/{app}/pipelines/{pipeline}", tags=["tasks"])
-
-#: What each error status means here; the bounds' values are in the API's description.
-_ERROR_MEANINGS = {
-    400: "Malformed JSON, a bad cursor, or JSON nested deeper than the limit",
-    401: "Missing or unknown API key",
-    404: "No such application, pipeline or task",
-    409: "The pipeline is not ready, or the task conflicts with its state",
-    413: "The body, a task's data or the batch is over its size limit",
-    422: "The request does not match the schema",
-    503: "Kafka or the database cannot be reached: retry after Retry-After",
-}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {
-        "description": meaning,
-        "content": {"application/json": {"schema": error_body_schema()}},
-    }
-    for code, meaning in _ERROR_MEANINGS.items()
-}
+router = APIRouter(
+    prefix="/api/applications/{app}/pipelines/{pipeline}", tags=["tasks"], responses=TENANT_ERRORS
+)
 
 
 async def resolve(ctx: Ctx, tenant_id: str, app: str, name: str) -> Pipeline:
@@ -79,7 +64,7 @@ async def resolve(ctx: Ctx, tenant_id: str, app: str, name: str) -> Pipeline:
 
 
 def _client_id(value: str | None) -> str | None:
-    if value is not None and not TASK_ID_RE.match(value):
+    if value is not None and not TASK_ID_RE.fullmatch(value):
         raise ApiError(
             422,
             "invalid_request",
@@ -123,10 +108,7 @@ ExpiresAfter = Annotated[
     "",
     status_code=202,
     response_model=Accepted,
-    responses={
-        200: {"model": TaskOut, "description": "The task existed: an idempotent resubmit"},
-        **_ERRORS,
-    },
+    responses={200: {"model": TaskOut, "description": "The task existed: an idempotent resubmit"}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -135,15 +117,13 @@ ExpiresAfter = Annotated[
     },
 )
 async def submit_task(
-    app: str,
-    pipeline: str,
+    app: AppName,
+    pipeline: PipelineName,
     request: Request,
     tenant: CurrentTenant,
     ctx: Ctx,
-    task_id: Annotated[
-        str | None, Query(alias="id", description="Idempotency key: the task's id.")
-    ] = None,
-    idempotency_key: Annotated[str | None, Header(description="Alias of ?id=.")] = None,
+    task_id: ClientId = None,
+    idempotency_key: IdempotencyKey = None,
     run_at: RunAt = None,
     delay: Delay = None,
     expires_at: ExpiresAt = None,
@@ -223,9 +203,9 @@ async def _resubmitted(
     return JSONResponse(task_out(record).model_dump(mode="json"), status_code=200)
 
 
-@router.post("/tasks", status_code=202, responses=_ERRORS)
+@router.post("/tasks", status_code=202)
 async def submit_batch(
-    app: str, pipeline: str, body: SubmitBatch, tenant: CurrentTenant, ctx: Ctx
+    app: AppName, pipeline: PipelineName, body: SubmitBatch, tenant: CurrentTenant, ctx: Ctx
 ) -> BatchOut:
     """Submit up to 10,000 tasks; one result per item, in order.
 
@@ -338,11 +318,11 @@ def _task_missing(task_id: str, pipeline: str) -> ApiError:
     )
 
 
-@router.get("/tasks/{task_id}", responses=_ERRORS)
+@router.get("/tasks/{task_id}")
 async def get_task(
-    app: str,
-    pipeline: str,
-    task_id: str,
+    app: AppName,
+    pipeline: PipelineName,
+    task_id: TaskIdPath,
     tenant: CurrentTenant,
     ctx: Ctx,
     attempts: Annotated[
@@ -391,15 +371,15 @@ def _decode_cursor(cursor: str) -> str:
         task_id = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as err:
         raise invalid from err
-    if not TASK_ID_RE.match(task_id):
+    if not TASK_ID_RE.fullmatch(task_id):
         raise invalid
     return task_id
 
 
-@router.get("/tasks", responses=_ERRORS)
+@router.get("/tasks")
 async def list_tasks(
-    app: str,
-    pipeline: str,
+    app: AppName,
+    pipeline: PipelineName,
     tenant: CurrentTenant,
     ctx: Ctx,
     status: Status | None = None,
@@ -423,8 +403,10 @@ async def list_tasks(
     )
 
 
-@router.get("/stats", responses=_ERRORS)
-async def pipeline_stats(app: str, pipeline: str, tenant: CurrentTenant, ctx: Ctx) -> StatsOut:
+@router.get("/stats")
+async def pipeline_stats(
+    app: AppName, pipeline: PipelineName, tenant: CurrentTenant, ctx: Ctx
+) -> StatsOut:
     """Counts by status and the backlog, as the scheduler last flushed them."""
     target = await resolve(ctx, tenant.id, app, pipeline)
     stats = (await ctx.db(ctx.store.stats, [target.id])).get(target.id)
@@ -440,9 +422,9 @@ async def pipeline_stats(app: str, pipeline: str, tenant: CurrentTenant, ctx: Ct
 # -- cancel and requeue --------------------------------------------------------------------
 
 
-@router.delete("/tasks/{task_id}", status_code=202, responses=_ERRORS)
+@router.delete("/tasks/{task_id}", status_code=202)
 async def cancel_task(
-    app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
+    app: AppName, pipeline: PipelineName, task_id: TaskIdPath, tenant: CurrentTenant, ctx: Ctx
 ) -> Accepted:
     """Cancel a task that has not finished. The cancel travels behind the submit on the
     task's partition, so a task still on its way to the scheduler is cancelled too."""
@@ -456,9 +438,9 @@ async def cancel_task(
     return Accepted(id=task_id, status="cancelling")
 
 
-@router.post("/tasks/{task_id}/requeue", status_code=202, responses=_ERRORS)
+@router.post("/tasks/{task_id}/requeue", status_code=202)
 async def requeue_task(
-    app: str, pipeline: str, task_id: str, tenant: CurrentTenant, ctx: Ctx
+    app: AppName, pipeline: PipelineName, task_id: TaskIdPath, tenant: CurrentTenant, ctx: Ctx
 ) -> Accepted:
     """Put a ``dead`` task back in the queue with a fresh attempt count."""
     target = await resolve(ctx, tenant.id, app, pipeline)

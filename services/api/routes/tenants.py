@@ -6,11 +6,13 @@ from fastapi import APIRouter
 
 from services.api.auth import Operator
 from services.api.context import Ctx
-from services.api.errors import ApiError
+from services.api.errors import OPERATOR_ERRORS, ApiError
 from services.api.schemas import CreateTenant, TenantCreated, TenantList, TenantOut
 from services.store.control import NameTaken
 
-router = APIRouter(prefix="/api/tenants", tags=["tenants"], dependencies=[Operator])
+router = APIRouter(
+    prefix="/api/tenants", tags=["tenants"], dependencies=[Operator], responses=OPERATOR_ERRORS
+)
 
 
 @router.post("", status_code=201)

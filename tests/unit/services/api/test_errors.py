@@ -19,7 +19,7 @@ async def test_unknown_routes_and_methods_use_the_error_shape(api: Api) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "A", "1abc", "-abc", "abc_def", "abc def", "é", "a" * 41, "abc/def"],
+    ["", "A", "1abc", "-abc", "abc_def", "abc def", "é", "a" * 41, "abc/def", "abc\n"],
 )
 async def test_bad_names_are_422_with_the_rule_spelled_out(api: Api, name: str) -> None:
     answer = await api.client.post("/api/tenants", json={"name": name}, headers=OPERATOR)
@@ -133,3 +133,31 @@ async def test_an_unexpected_error_is_a_generic_500_with_an_incident_id(
     assert incident is not None, detail
     (logged,) = [r for r in caplog.records if incident.group(1) in r.getMessage()]
     assert logged.exc_info is not None and logged.exc_info[1] is failure
+
+
+async def test_every_route_documents_its_errors_in_the_error_shape(api: Api) -> None:
+    """Clients and contract tests trust the OpenAPI: an error a route answers is listed,
+    in the shape it has (not FastAPI's default validation-error list)."""
+    document = api.app.openapi()
+    error_body = document["paths"]["/api/tenants"]["post"]["responses"]["401"]["content"]
+    assert "HTTPValidationError" not in document.get("components", {}).get("schemas", {})
+    for path, operations in document["paths"].items():
+        if not path.startswith("/api/"):
+            continue
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status in ("400", "401", "403", "413", "422", "503"):
+                assert status in responses, (method, path, status)
+            if not path.startswith("/api/tenants"):
+                assert "404" in responses, (method, path)
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    assert response["content"] == error_body, (method, path, status)
+
+
+async def test_probes_document_what_they_answer(api: Api) -> None:
+    paths = api.app.openapi()["paths"]
+    assert "503" in paths["/readyz"]["get"]["responses"]
+    assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    metrics = await api.client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.api.limits import Limits
+from services.api.schemas import NAME_RE, TASK_ID_RE
 from services.settings import Settings
 from tests.unit.services.api.conftest import LIMITS, Fakes
 from tests.unit.services.api.harness import Api, assert_error, bearer, running_api, settings_for
@@ -182,3 +183,23 @@ async def test_the_openapi_description_states_the_bounds_in_force(api: Api) -> N
     ):
         assert f"at most {value} " in description
     assert "json_too_deep" in description
+
+
+async def test_the_openapi_schema_states_the_rules_of_names_ids_and_batches(api: Api) -> None:
+    """A client (or a generated request) can tell a valid request before it is refused."""
+    document = (await api.client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    name = {"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": 40}
+    task_id = {"pattern": TASK_ID_RE.pattern, "minLength": 1, "maxLength": 128}
+    for model in ("CreateTenant", "CreateApplication", "CreatePipeline"):
+        assert schemas[model]["properties"]["name"].items() >= name.items(), model
+    assert schemas["BatchItem"]["properties"]["id"]["anyOf"][0].items() >= task_id.items()
+    assert schemas["SubmitBatch"]["properties"]["tasks"]["maxItems"] == LIMITS.max_batch_items
+    submit = document["paths"]["/api/applications/{app}/pipelines/{pipeline}"]["post"]
+    rules = {"app": name, "pipeline": name, "id": task_id, "idempotency-key": task_id}
+    for parameter in submit["parameters"]:
+        if parameter["name"] in rules:
+            assert parameter["schema"].items() >= rules[parameter["name"]].items(), parameter
+    task = document["paths"]["/api/applications/{app}/pipelines/{pipeline}/tasks/{task_id}"]
+    (param,) = [p for p in task["get"]["parameters"] if p["name"] == "task_id"]
+    assert param["schema"].items() >= task_id.items()

@@ -3,6 +3,7 @@ requeue, and the answers when the pipeline or the broker is not there."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -79,6 +80,22 @@ async def test_a_client_id_is_used_and_validated(api: Api, fakes: Fakes) -> None
         "order-42",
         "order-43",
     ]
+
+
+async def test_a_task_id_ending_in_a_newline_is_refused_everywhere(api: Api, fakes: Fakes) -> None:
+    """Python's ``$`` also matches before a final newline: the ids' rule must not."""
+    key, pipeline = await api.ready_pipeline()
+    answer = await api.client.post(SUBMIT, params={"id": "t1\n"}, json={}, headers=bearer(key))
+    assert "task id" in assert_error(answer, 422, "invalid_request")
+    batch = {"tasks": [{"data": {}, "id": "t1\n"}]}
+    answer = await api.client.post(TASKS, json=batch, headers=bearer(key))
+    assert "task id" in assert_error(answer, 422, "invalid_request")
+    answer = await api.client.delete(f"{TASKS}/t1%0A", headers=bearer(key))
+    assert "task id" in assert_error(answer, 422, "invalid_request")
+    cursor = base64.urlsafe_b64encode(b"t1\n").decode().rstrip("=")
+    answer = await api.client.get(TASKS, params={"cursor": cursor}, headers=bearer(key))
+    assert_error(answer, 400, "invalid_cursor")
+    assert fakes.producer.task_events(pipeline["id"]) == []
 
 
 async def test_resubmitting_a_stored_task_answers_it_or_409_on_other_data(
