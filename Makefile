@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install dev test test-unit lint bench protos provision clean
+.PHONY: install bench-install dev test test-unit lint bench protos provision clean
 
 install: $(STAMP)
 
@@ -15,12 +16,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev,embedded]'
 	touch $@
 
+## The `bench` extra (Celery, redis-py) and a Redis server: Debian's redis-server, as no
+## redis-server wheel installs from PyPI.
+bench-install: $(BENCH_STAMP)
+	@command -v redis-server >/dev/null || \
+		{ apt-get update && apt-get install -y --no-install-recommends redis-server; }
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -e '.[dev,embedded,bench]'
+	touch $@
+
 ## Run the whole product locally on embedded defaults (Ctrl-C stops everything).
 dev: install
 	$(BIN)/wsched dev
 
 ## Provision the real components (cached), then run every test against them.
-test: install provision
+test: install bench-install provision
 	$(BIN)/pytest
 
 ## Unit tests only: the fast inner loop.
