@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
+#: Where `make bench` keeps its JSON reports.
+BENCH_OUT ?= bench-report
 PROTO_SRC := $(shell find protos -name '*.proto')
 
 .PHONY: install bench-install dev test test-unit lint bench protos provision clean
@@ -46,8 +48,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy services actors tests
 
-bench: install provision
-	$(BIN)/wsched bench
+## Ours, then Celery with Redis on the same workload (each alone), then the Kubernetes side.
+bench: install bench-install provision
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/wsched bench --json > $(BENCH_OUT)/ours.json
+	$(BIN)/wsched bench-celery --ours $(BENCH_OUT)/ours.json
 	$(BIN)/wsched bench-deploy
 
 protos: install
