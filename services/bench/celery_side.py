@@ -44,6 +44,7 @@ import redis
 
 from services.bench.celery_app import RESULT_DB, SETUPS, Setup
 from services.bench.celery_report import CeleryBenchFailed, figures, result_of
+from services.bench.client import TASK_DATA_BYTES
 from services.bench.measure import tree_cpu_seconds
 from services.bench.report import machine
 from services.bench.run import _sigterm_interrupts
@@ -159,6 +160,8 @@ def read_results(client: Any, *, batch: int = BATCH) -> list[tuple[str, float]]:
 def run_setup(setup: Setup, *, tasks: int, work: Path, say: Say) -> Report:
     """One setup on a Redis of its own: submit, wait for every result, read the figures."""
     say(f"celery ({setup.key}) {setup.title}: {tasks:,} tasks")
+    # Other work on the machine skews every figure: the load when this setup began.
+    load = round(os.getloadavg()[0], 2)
     out = work / f"client-{setup.key}.json"
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(start_redis(setup, work))
@@ -183,6 +186,7 @@ def run_setup(setup: Setup, *, tasks: int, work: Path, say: Say) -> Report:
     return {
         "title": setup.title,
         "config": {**setup.celery_config(), "redis": shlex.join(setup.redis_config())},
+        "load_average_1m": load,
         **figures(
             tasks=tasks, client=summary, results=results, cpu_s={**cpu, "client": summary["cpu_s"]}
         ),
@@ -229,7 +233,7 @@ def _run(*, tasks: int, say: Say, setups: Iterable[str]) -> Report:
         "workload": {
             "tasks": tasks,
             "batch": BATCH,
-            "task_data_bytes": 100,
+            "task_data_bytes": TASK_DATA_BYTES,
             "pool": "prefork",
             "concurrency": concurrency(),
         },
