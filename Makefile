@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
+#: Where `make bench` keeps its JSON reports.
+BENCH_OUT ?= bench-report
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install dev test test-unit lint bench protos provision clean
+.PHONY: install bench-install dev test test-unit lint bench protos provision clean
 
 install: $(STAMP)
 
@@ -15,12 +18,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev,embedded]'
 	touch $@
 
+## The `bench` extra (Celery, redis-py) and a Redis server: Debian's redis-server, as no
+## redis-server wheel installs from PyPI.
+bench-install: $(BENCH_STAMP)
+	@command -v redis-server >/dev/null || \
+		{ apt-get update && apt-get install -y --no-install-recommends redis-server; }
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -e '.[dev,embedded,bench]'
+	touch $@
+
 ## Run the whole product locally on embedded defaults (Ctrl-C stops everything).
 dev: install
 	$(BIN)/wsched dev
 
 ## Provision the real components (cached), then run every test against them.
-test: install provision
+test: install bench-install provision
 	$(BIN)/pytest
 
 ## Unit tests only: the fast inner loop.
@@ -35,8 +48,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy services actors tests
 
-bench: install provision
-	$(BIN)/wsched bench
+## Ours, then Celery with Redis on the same workload (each alone), then the Kubernetes side.
+bench: install bench-install provision
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/wsched bench --json > $(BENCH_OUT)/ours.json
+	$(BIN)/wsched bench-celery --ours $(BENCH_OUT)/ours.json
 	$(BIN)/wsched bench-deploy
 
 protos: install

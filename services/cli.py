@@ -140,6 +140,45 @@ def bench_compare(
         Console().print(compare.render(summary))
 
 
+@app.command("bench-celery")
+def bench_celery(
+    tasks: Annotated[int, typer.Option(min=1, help="Tasks for each Celery setup.")] = 100_000,
+    ours: Annotated[
+        Path | None,
+        typer.Option(help="A `wsched bench --json` report: print ours beside Celery, and ratios."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Benchmark Celery 5 with Redis on our workload: (a) fastest, (b) with our guarantees."""
+    from services.bench.celery_report import CeleryBenchFailed, parse_ours, ratios, render
+    from services.bench.report import render as render_ours
+
+    try:
+        mine = parse_ours(ours.read_text()) if ours else None
+        from services.bench import celery_side  # the bench extra: Celery and redis-py
+    except (CeleryBenchFailed, OSError) as err:
+        console.print(f"[red]bench-celery[/]: {err}")
+        raise typer.Exit(2) from err
+    except ImportError as err:
+        console.print(f"[red]bench-celery[/]: {err}: `make bench` installs the bench extra")
+        raise typer.Exit(2) from err
+    try:
+        report = celery_side.run(
+            tasks=tasks, say=lambda text: console.print(f"[cyan]bench-celery[/]: {text}")
+        )
+    except CeleryBenchFailed as err:
+        console.print(f"[red]bench-celery failed[/]: {err}")
+        raise typer.Exit(1) from err
+    if mine is not None:
+        report["vs_ours"] = ratios(mine, report)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    if mine is not None:
+        Console().print(render_ours(mine))
+    Console().print(render(report))
+
+
 @app.command("bench-deploy")
 def bench_deploy(
     pipelines: Annotated[int, typer.Option(help="Pipelines per phase.", min=1, max=500)] = 20,

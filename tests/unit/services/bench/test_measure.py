@@ -1,0 +1,30 @@
+"""CPU accounting off /proc: a process tree's members and their CPU seconds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from services.bench.measure import cpu_seconds, descendants, tree_cpu_seconds
+
+
+def test_a_tree_holds_the_children_and_their_children() -> None:
+    code = "import subprocess; subprocess.run(['sleep', '30'])"
+    with subprocess.Popen([sys.executable, "-c", code], start_new_session=True) as child:
+        try:
+            deadline = time.monotonic() + 10
+            while not descendants(child.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)  # until the grandchild has been started
+            assert child.pid in descendants(os.getpid())
+            assert len(descendants(child.pid)) == 1
+            assert tree_cpu_seconds(os.getpid()) >= cpu_seconds(os.getpid())
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)  # the grandchild too
+
+
+def test_a_gone_process_has_no_tree() -> None:
+    assert descendants(2**22 + 1) == []
+    assert tree_cpu_seconds(2**22 + 1) == 0.0
