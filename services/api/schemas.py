@@ -280,6 +280,37 @@ class SubmitBatch(_Request):
     tasks: list[BatchItem] = Field(min_length=1)
 
 
+#: Ids one bulk request may name, and tasks one bulk request may act on.
+MAX_BULK_TASKS = 1000
+
+
+class BulkRequeue(_Request):
+    """Dead tasks back to the queue: the ``ids`` given, else the first ``limit`` dead ones."""
+
+    ids: list[TaskId] | None = Field(default=None, min_length=1, max_length=MAX_BULK_TASKS)
+    status: Literal["dead"] = "dead"
+    limit: int = Field(default=MAX_BULK_TASKS, ge=1, le=MAX_BULK_TASKS)
+
+
+class BulkCancel(_Request):
+    """Cancel the ``ids`` given, else the first ``limit`` tasks of ``status``."""
+
+    ids: list[TaskId] | None = Field(default=None, min_length=1, max_length=MAX_BULK_TASKS)
+    status: Literal["queued", "scheduled"] | None = None
+    limit: int = Field(default=MAX_BULK_TASKS, ge=1, le=MAX_BULK_TASKS)
+
+
+class BulkResult(BaseModel):
+    id: str
+    result: Literal["requeueing", "cancelling", "skipped", "not_found"]
+    status: str | None = Field(description="The task's stored status when it was read.")
+
+
+class BulkOut(BaseModel):
+    results: list[BulkResult]
+    acted: int = Field(description="How many tasks are being requeued or cancelled.")
+
+
 class Accepted(BaseModel):
     id: str
     status: str

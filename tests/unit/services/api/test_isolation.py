@@ -85,6 +85,9 @@ ROUTES: dict[tuple[str, str], Call] = {
     ("GET", TASK): Call(kind="scoped", ok=200),
     ("DELETE", TASK): Call(kind="scoped", ok=202, foreign_task=202),
     ("POST", f"{TASK}/requeue"): Call(kind="scoped", task="dead", ok=202),
+    # Bulk: B's key on A's pipeline is a 404 before any task is read or touched.
+    ("POST", f"{PIPELINE}/tasks:requeue"): Call(kind="scoped", json={}, ok=202),
+    ("POST", f"{PIPELINE}/tasks:cancel"): Call(kind="scoped", json={"status": "queued"}, ok=202),
 }
 
 

@@ -501,3 +501,59 @@ async def test_deadlines_that_could_never_be_met_are_refused(
     detail = assert_error(answer, 422, "invalid_request")
     assert detail.startswith(f"{field}:") and needle in detail, detail
     assert fakes.producer.task_events(pipeline["id"]) == []
+
+
+# -- bulk requeue and cancel ------------------------------------------------------------------
+
+
+async def test_bulk_requeue_sends_one_requeue_per_dead_task(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    for task_id, status in (("d1", "dead"), ("d2", "dead"), ("ok", "succeeded"), ("q", "queued")):
+        insert_task(
+            api.database_url, pipeline_id=pipeline["id"], task_id=task_id, data=b"{}", status=status
+        )
+    named = await api.client.post(
+        f"{TASKS}:requeue", json={"ids": ["d1", "ok", "gone", "d1"]}, headers=bearer(key)
+    )
+    assert named.status_code == 202, named.text
+    assert [(r["id"], r["result"], r["status"]) for r in named.json()["results"]] == [
+        ("d1", "requeueing", "dead"),
+        ("ok", "skipped", "succeeded"),
+        ("gone", "not_found", None),
+    ]
+    every = await api.client.post(f"{TASKS}:requeue", json={"limit": 10}, headers=bearer(key))
+    assert every.json()["acted"] == 2
+    events = fakes.producer.task_events(pipeline["id"])
+    assert [(e.task_id, e.WhichOneof("kind")) for e in events] == [
+        ("d1", "requeue"),
+        ("d1", "requeue"),
+        ("d2", "requeue"),
+    ]
+
+
+async def test_bulk_cancel_by_ids_or_status(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    for task_id, status in (("q1", "queued"), ("q2", "queued"), ("s", "scheduled"), ("x", "dead")):
+        insert_task(
+            api.database_url, pipeline_id=pipeline["id"], task_id=task_id, data=b"{}", status=status
+        )
+    named = await api.client.post(
+        f"{TASKS}:cancel", json={"ids": ["s", "x", "unseen"]}, headers=bearer(key)
+    )
+    assert [(r["id"], r["result"]) for r in named.json()["results"]] == [
+        ("s", "cancelling"),
+        ("x", "skipped"),
+        ("unseen", "cancelling"),  # may be on its way: cancelled behind its submit
+    ]
+    queued = await api.client.post(
+        f"{TASKS}:cancel", json={"status": "queued", "limit": 1}, headers=bearer(key)
+    )
+    assert [r["id"] for r in queued.json()["results"]] == ["q1"]
+    cancels = [e.task_id for e in fakes.producer.task_events(pipeline["id"])]
+    assert cancels == ["s", "unseen", "q1"]
+    neither = await api.client.post(f"{TASKS}:cancel", json={}, headers=bearer(key))
+    assert "give ids, or a status" in assert_error(neither, 422, "invalid_request")
+    too_many = await api.client.post(
+        f"{TASKS}:cancel", json={"ids": [f"t{i}" for i in range(1001)]}, headers=bearer(key)
+    )
+    assert_error(too_many, 422, "invalid_request")
