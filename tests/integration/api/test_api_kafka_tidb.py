@@ -226,3 +226,26 @@ async def test_deleting_a_pipeline_deletes_its_topic(
         is None
     )
     assert await real_api.ctx.db(real_api.store.pipeline_by_id, pipeline["id"]) is None
+
+
+async def test_a_bulk_requeue_produces_one_requeue_per_dead_task_on_kafka(
+    real_api: Api, kafka_bootstrap: str
+) -> None:
+    key, pipeline = await real_api.ready_pipeline()
+    for n in range(300):
+        insert_task(
+            real_api.database_url,
+            pipeline_id=pipeline["id"],
+            task_id=f"d-{n:03d}",
+            data=b"{}",
+            status="dead" if n % 3 else "succeeded",
+        )
+    answer = await real_api.client.post(f"{PIPE}/tasks:requeue", json={}, headers=bearer(key))
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["acted"] == 200
+    partitions = [TopicPartition(pipeline["topic"], p) for p in range(2)]
+    records = await read_partitions(kafka_bootstrap, partitions, until=200)
+    events = [events_pb2.TaskEvent.FromString(r.value) for r in records]
+    assert len(events) == 200 and {e.WhichOneof("kind") for e in events} == {"requeue"}
+    assert {e.task_id for e in events} == {f"d-{n:03d}" for n in range(300) if n % 3}
+    assert all(r.key == e.task_id.encode() for r, e in zip(records, events, strict=True))
