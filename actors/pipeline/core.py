@@ -105,7 +105,14 @@ class PipelineCore:
             totals=self.book.totals,
             leased=self.book.leased_count,
             taken_at=self._clock.monotonic(),
+            due_soon=self._due_soon(),
         )
+
+    def _due_soon(self) -> int:
+        lead = self.config.lead_s
+        if not lead:
+            return 0
+        return self.book.timers.count_due(by=self._clock.wall() + dt.timedelta(seconds=lead))
 
     # -- life cycle ---------------------------------------------------------------------
 

@@ -102,6 +102,8 @@ class PipelineConfig:
     window_bytes: int = 64 * 1024 * 1024
     #: Not-yet-due tasks kept in memory, the soonest; the store keeps the rest.
     timer_heap: int = 10_000
+    #: Timers due within this many seconds count as backlog for scaling (``scaling.lead_s``).
+    lead_s: float = 0.0
     #: The pause before each next attempt, after a failure or a lost lease.
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -198,6 +200,8 @@ class GrainSnapshot:
     leased: int
     #: Monotonic seconds (the grain's clock) when it was taken.
     taken_at: float
+    #: Scheduled tasks due within the pipeline's ``lead_s``: work the scaler prepares for.
+    due_soon: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stats", MappingProxyType(dict(self.stats)))

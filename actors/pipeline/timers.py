@@ -76,6 +76,10 @@ class TimerHeap:
         del self._keys[index]
         return True
 
+    def count_due(self, *, by: dt.datetime) -> int:
+        """How many timers held here are due at ``by`` (the heap holds the soonest)."""
+        return bisect.bisect_right(self._keys, by, key=lambda key: key[0])
+
     def next_due(self) -> dt.datetime | None:
         return self._keys[0][0] if self._keys else None
 

@@ -11,7 +11,9 @@ pure so that every case is a line of a table in its tests:
 - scale-ups are immediate; a scale-down waits ``cooldown_s`` after the last change;
 - with ``min_replicas: 0`` and no work, the replicas stay as they are until the pipeline
   has been idle for ``idle_s``, then go to zero: a short gap between batches does not
-  cost a cold start.
+  cost a cold start;
+- tasks due within ``lead_s`` (delayed tasks, retries) count as backlog already, so
+  workers are started before they are due (the grain counts them; 0: only due tasks).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ KNOWN_KEYS = (
     "cooldown_s",
     "idle_s",
     "keda",
+    "lead_s",
     "max_replicas",
     "min_replicas",
     "tasks_per_replica",
@@ -49,6 +52,8 @@ class ScalingPolicy:
     cooldown_s: float = DEFAULT_COOLDOWN_S
     #: KEDA scales this pipeline (``keda.enabled``): the built-in scaler leaves it alone.
     keda: bool = False
+    #: Tasks due within this many seconds count as backlog (workers start ahead of them).
+    lead_s: float = 0.0
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> ScalingPolicy:
@@ -86,6 +91,7 @@ class ScalingPolicy:
             idle_s=_seconds(given, "idle_s", DEFAULT_IDLE_S),
             cooldown_s=_seconds(given, "cooldown_s", DEFAULT_COOLDOWN_S),
             keda=_keda(given),
+            lead_s=_seconds(given, "lead_s", 0.0),
         )
 
 

@@ -16,10 +16,19 @@ from actors.pipeline.model import GrainKey, PipelineConfig
 from actors.pipeline.ports import StoreUnavailable
 from actors.pipeline.retry import Backoff
 from services.deploy.naming import namespace_for, release_name
+from services.deploy.scaling import ScalingPolicy
 from services.store.control import pipeline_names
 from services.store.schema import grain_owners, pipelines
 
 READY = "ready"
+
+
+def _lead_s(scaling_json: str) -> float:
+    """The pipeline's ``scaling.lead_s`` (the API checked it; a bad value here is 0)."""
+    try:
+        return ScalingPolicy.from_mapping(json.loads(scaling_json)).lead_s
+    except ValueError:
+        return 0.0
 
 
 class PipelineDirectory:
@@ -50,6 +59,7 @@ class PipelineDirectory:
                         pipelines.c.backoff_json,
                         pipelines.c.lease_timeout_s,
                         pipelines.c.retention_s,
+                        pipelines.c.scaling_json,
                     ).where(pipelines.c.id == pipeline_id, pipelines.c.state == READY)
                 ).first()
             if row is None:
@@ -61,6 +71,7 @@ class PipelineDirectory:
                 lease_timeout_s=float(row.lease_timeout_s),
                 retention_s=float(row.retention_s),
                 window_tasks=self._window_tasks,
+                lead_s=_lead_s(row.scaling_json),
             )
 
         return await asyncio.to_thread(read)

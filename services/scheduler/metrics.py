@@ -104,7 +104,7 @@ class SchedulerCollector(Collector):
         for key, snapshot in snapshots.items():
             names = labels.get(key.pipeline_id)
             if names is not None:
-                gauge.add_metric(list(names), snapshot.backlog)
+                gauge.add_metric(list(names), snapshot.backlog + snapshot.due_soon)
         return gauge
 
     def _forwarder_metrics(self, forwarders: dict[str, ForwarderStats]) -> Iterator[Metric]:

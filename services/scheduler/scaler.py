@@ -98,7 +98,8 @@ def hosted_workloads(
         if names is None:
             continue
         seen = out.get(pipeline_id)
-        backlog = snapshot.backlog + (seen.backlog if seen else 0)
+        # Tasks due within the pipeline's lead count already: workers start before them.
+        backlog = snapshot.backlog + snapshot.due_soon + (seen.backlog if seen else 0)
         leased = snapshot.leased + (seen.leased if seen else 0)
         owned = (*(seen.grains if seen else ()), (str(key), snapshot.epoch))
         out[pipeline_id] = Workload(

@@ -282,3 +282,19 @@ async def test_a_failed_report_is_acknowledged_once_its_retry_is_durable() -> No
     assert (row.status, row.attempt, row.error) == (Status.SCHEDULED, 2, "x")
     assert store.timers["p"] == {(row.due_at, "t001")}
     assert T0 + dt.timedelta(seconds=0.9) <= row.due_at <= T0 + dt.timedelta(seconds=1.1)
+
+
+async def test_the_snapshot_counts_timers_due_within_the_lead_time() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = core(store, clock, lead_s=60)
+    await g.activate()
+    await g.admit(AdmitBatch(new=(new(1, due_in_s=30), new(2, due_in_s=90), new(3))))
+    snap = g.snapshot()
+    assert (snap.backlog, snap.due_soon) == (1, 1)  # t003 now, t001 within the minute
+    clock.now = 31
+    await g.tick()
+    assert g.snapshot().due_soon == 1  # t001 is queued now; t002 is within the minute
+    no_lead = core(InMemoryTaskStore(), Clock())
+    await no_lead.activate()
+    await no_lead.admit(AdmitBatch(new=(new(1, due_in_s=30),)))
+    assert no_lead.snapshot().due_soon == 0

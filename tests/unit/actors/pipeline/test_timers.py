@@ -37,6 +37,15 @@ def test_a_new_heap_holds_nothing_and_asks_for_the_store() -> None:
     assert ids(heap.pop_due(wall=at(10), limit=10)) == ["b", "a"]
 
 
+def test_count_due_counts_the_timers_due_by_a_time() -> None:
+    heap = opened(10)
+    for i in range(5):
+        heap.offer(f"t{i}", at(10 * i))
+    assert heap.count_due(by=at(-1)) == 0
+    assert heap.count_due(by=at(20)) == 3
+    assert heap.count_due(by=at(99)) == 5
+
+
 def test_only_due_timers_fire_soonest_first_and_within_the_limit() -> None:
     heap = opened(10)
     for name, seconds in (("late", 30), ("soon", 1), ("now", 0), ("also-now", 0)):

@@ -71,6 +71,7 @@ def test_min_may_equal_max() -> None:
         ),
         ({"idle_s": -1}, "scaling.idle_s must be a number of seconds of at least 0, not -1"),
         ({"idle_s": "5m"}, "scaling.idle_s must be a number of seconds"),
+        ({"lead_s": -5}, "scaling.lead_s must be a number of seconds of at least 0, not -5"),
         ({"cooldown_s": float("inf")}, "scaling.cooldown_s must be a number of seconds"),
         ({"cooldown_s": False}, "scaling.cooldown_s must be a number of seconds"),
         ({"keda": True}, 'scaling.keda must be an object such as {"enabled": true}, not a boolean'),
@@ -193,3 +194,8 @@ def test_next_idle_since(
     assert (
         next_idle_since(backlog=backlog, leased=leased, now=now, idle_since=idle_since) == expected
     )
+
+
+def test_lead_time_defaults_to_none_and_is_read() -> None:
+    assert ScalingPolicy.from_mapping({}).lead_s == 0
+    assert ScalingPolicy.from_mapping({"lead_s": 120}).lead_s == 120

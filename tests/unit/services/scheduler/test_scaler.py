@@ -363,7 +363,9 @@ async def test_a_failing_workload_source_is_logged(caplog: pytest.LogCaptureFixt
     assert "cannot list the hosted pipelines" in caplog.text
 
 
-def snapshot(key: str, backlog: int, leased: int, epoch: int = 1) -> GrainSnapshot:
+def snapshot(
+    key: str, backlog: int, leased: int, epoch: int = 1, due_soon: int = 0
+) -> GrainSnapshot:
     return GrainSnapshot(
         key=GrainKey.parse(key),
         epoch=epoch,
@@ -371,6 +373,7 @@ def snapshot(key: str, backlog: int, leased: int, epoch: int = 1) -> GrainSnapsh
         totals={},
         leased=leased,
         taken_at=0.0,
+        due_soon=due_soon,
     )
 
 
@@ -379,7 +382,7 @@ def test_hosted_workloads_are_the_hosted_grains_with_names() -> None:
         snapshot("p1/0", 5, 2, 3),
         snapshot("p1/1", 1, 1, 1),
         snapshot("p2/0", 9, 9),
-        snapshot("p3/0", 0, 0, 7),
+        snapshot("p3/0", 0, 0, 7, due_soon=4),  # due within the pipeline's lead_s
     ]
     grains = {s.key: s for s in snapshots}
     labels = {"p1": ("t-a-p1", "wsched-t"), "p3": ("t-a-p3", "wsched-t"), "p4": ("x", "y")}
@@ -387,7 +390,7 @@ def test_hosted_workloads_are_the_hosted_grains_with_names() -> None:
         "p1": Workload(
             namespace="wsched-t", backlog=6, leased=3, grains=(("p1/0", 3), ("p1/1", 1))
         ),
-        "p3": Workload(namespace="wsched-t", backlog=0, leased=0, grains=(("p3/0", 7),)),
+        "p3": Workload(namespace="wsched-t", backlog=4, leased=0, grains=(("p3/0", 7),)),
     }
 
 
