@@ -8,6 +8,7 @@ lease deadlines, wall for timestamps) and does the durable writes the book asks 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -355,12 +356,33 @@ class TaskBook:
                 self._move(Status.QUEUED, Status.CANCELLED)
             elif task_id in self._leases:
                 self._leases[task_id].cancel_requested = True
+            elif self._cancel_unwritten_retry(task_id, wall=wall):
+                pass
             elif task_id in self.timers:
                 self.timers.remove(task_id)
                 elsewhere.append(task_id)  # its row and timer row are the store's to end
             elif task_id not in self._dirty:
                 elsewhere.append(task_id)
         return elsewhere
+
+    def _cancel_unwritten_retry(self, task_id: str, *, wall: dt.datetime) -> bool:
+        """A retry made since the last flush is only in memory (its row still says leased,
+        so the store could not cancel it): end it here, in the same pending change."""
+        pending = self._dirty.get(task_id)
+        if pending is None or pending.status is not Status.SCHEDULED:
+            return False
+        self.timers.remove(task_id)
+        self._unwritten_timers.discard(task_id)
+        self._dirty[task_id] = dataclasses.replace(
+            pending,
+            status=Status.CANCELLED,
+            error="cancelled",
+            finished_at=wall,
+            expire_at=wall + dt.timedelta(seconds=self.config.retention_s),
+        )
+        self._move(Status.SCHEDULED, Status.CANCELLED)
+        self.totals["cancelled"] += 1
+        return True
 
     def requeued_from_store(self, tasks: Sequence[Task]) -> None:
         """Dead tasks the store put back in the queue with a fresh attempt count."""

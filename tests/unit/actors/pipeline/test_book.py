@@ -331,3 +331,14 @@ def test_a_retry_that_could_not_start_before_the_deadline_ends_expired() -> None
     (change,) = b.take_flush().changes
     assert change.status is Status.EXPIRED and (change.error or "").startswith("boom")
     assert "t0001" not in b.timers and b.stats()["expired"] == 1
+
+
+def test_a_cancel_of_a_retry_not_yet_written_ends_it_in_memory() -> None:
+    b = retrying_book()
+    grant = leased(b)
+    b.report(Report(token=grant.token, outcome=Outcome.FAILED, error="boom"), wall=T0)
+    assert b.cancel(["t0001"], wall=T0) == []  # not for the store: its row says leased
+    (change,) = b.take_flush().changes
+    assert change.status is Status.CANCELLED and change.expire_at is not None
+    assert "t0001" not in b.timers and not b.has_unwritten_timers
+    assert b.stats()["scheduled"] == 0 and b.stats()["cancelled"] == 1
