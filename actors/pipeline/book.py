@@ -28,6 +28,7 @@ from actors.pipeline.model import (
     TaskChange,
     Verdict,
 )
+from actors.pipeline.retry import RetryOverride
 from actors.pipeline.timers import TimerHeap, TimerKey
 
 _OUTCOME_STATUS = {
@@ -302,14 +303,16 @@ class TaskBook:
         The next attempt is a timer like a delayed task's (``scheduled``, ``attempt + 1``,
         a new due time), written with the next flush; the error stays visible meanwhile.
         """
-        limit = self.config.max_attempts
+        own = task.retry or RetryOverride()
+        limit = own.max_attempts or self.config.max_attempts
+        backoff = own.backoff or self.config.backoff
         if task.attempt >= limit:
             self._finish(
                 task, Status.DEAD, wall=wall, error=f"attempt {task.attempt} of {limit}: {error}"
             )
             self._move(Status.LEASED, Status.DEAD)
             return
-        pause = self.config.backoff.delay_s(failed_attempt=task.attempt, task_id=task.id)
+        pause = backoff.delay_s(failed_attempt=task.attempt, task_id=task.id)
         if task.expired(wall + dt.timedelta(seconds=pause)):
             # The next attempt could not start before the deadline: end here, keeping why.
             self._finish(

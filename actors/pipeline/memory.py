@@ -88,6 +88,7 @@ class InMemoryTaskStore:
                 due_at=new.due_at,
                 created_at=new.created_at,
                 expires_at=new.expires_at,
+                retry=new.retry,
             )
             self.rows[key], self.digests[key] = dataclasses.replace(task), new.data_sha256
             admitted.append(task)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from actors.pipeline.retry import Backoff
+from actors.pipeline.retry import Backoff, RetryOverride
 
 
 class Status(StrEnum):
@@ -128,6 +128,8 @@ class Task:
     ready_at: float | None = None
     #: An attempt not started by then is not started: the task ends ``expired``.
     expires_at: dt.datetime | None = None
+    #: The task's own retry policy over its pipeline's, if it has one.
+    retry: RetryOverride | None = None
 
     def expired(self, wall: dt.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= wall
@@ -147,6 +149,7 @@ class NewTask:
     due_at: dt.datetime
     created_at: dt.datetime
     expires_at: dt.datetime | None = None
+    retry: RetryOverride | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -41,3 +41,15 @@ class Backoff:
         digest = hashlib.blake2b(f"{task_id}\0{failed_attempt}".encode(), digest_size=8)
         unit = int.from_bytes(digest.digest()) / 2**64  # in [0, 1)
         return min(self.max_s, base * (1 + self.jitter * (2 * unit - 1)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryOverride:
+    """A task's own retry policy, over its pipeline's: what is None is the pipeline's."""
+
+    max_attempts: int | None = None
+    backoff: Backoff | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts is not None and not 1 <= self.max_attempts <= 100:
+            raise ValueError("retry.max_attempts must be between 1 and 100")

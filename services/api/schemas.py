@@ -250,6 +250,9 @@ class PipelineDeleting(BaseModel):
 class BatchItem(_Request):
     data: dict[str, Any]
     id: TaskId | None = None
+    retry: RetryIn | None = Field(
+        default=None, description="This task's own retry policy over its pipeline's."
+    )
     run_at: str | None = Field(
         default=None,
         max_length=64,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from actors.pipeline.retry import RetryOverride
 from services.api.context import ApiContext, DatabaseUnavailable, in_thread
 from services.api.errors import ApiError, unavailable
 from services.api.schemas import BatchResult
@@ -33,6 +34,8 @@ class Candidate:
     due_at_ms: int = 0
     #: Its deadline in ms since the epoch; 0: none.
     expires_at_ms: int = 0
+    #: Its own retry policy; None: the pipeline's.
+    retry: RetryOverride | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,6 +147,7 @@ def plan(candidates: Sequence[Candidate], existing: Mapping[str, ExistingTask]) 
                     data_sha256=item.sha256,
                     due_at_ms=item.due_at_ms,
                     expires_at_ms=item.expires_at_ms,
+                    retry=item.retry,
                 )
             )
             status = "scheduled" if item.due_at_ms else "queued"

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 
+from actors.pipeline.retry import RetryOverride
 from protos.wsched.v1 import events_pb2
 from services.placement import PLACEMENT_TOPIC, pipeline_topic
 
@@ -39,6 +40,8 @@ class OutgoingTask:
     due_at_ms: int = 0
     #: The deadline in ms since the epoch; 0: none.
     expires_at_ms: int = 0
+    #: The task's own retry policy over its pipeline's; None: the pipeline's.
+    retry: RetryOverride | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +84,8 @@ def submit_records(pipeline_id: str, tasks: Sequence[OutgoingTask], *, now_ms: i
         event.submit.data = task.data
         event.submit.due_at_ms = task.due_at_ms
         event.submit.expires_at_ms = task.expires_at_ms
+        if task.retry is not None:
+            _put_retry(event.submit.retry, task.retry)
         event.submit.data_sha256 = task.data_sha256
         records.append(Record(topic=topic, key=task.id.encode(), value=event.SerializeToString()))
     return records
@@ -296,3 +301,11 @@ class MemoryProducer:
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
     ) -> None:
         await self._send([placement_record(pipeline_id, shard, kind)])
+
+
+def _put_retry(into: events_pb2.RetryPolicy, retry: RetryOverride) -> None:
+    into.max_attempts = retry.max_attempts or 0
+    if retry.backoff is not None:
+        b = retry.backoff
+        into.backoff.initial_s, into.backoff.multiplier = b.initial_s, b.multiplier
+        into.backoff.max_s, into.backoff.jitter = b.max_s, b.jitter

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from actors.pipeline.model import NewTask
+from actors.pipeline.retry import Backoff, RetryOverride
 from protos.wsched.v1 import events_pb2
 
 SCHEMA_VERSION = 1
@@ -54,7 +55,10 @@ def decode(raw: bytes | None, *, pipeline_id: str, timestamp_ms: int) -> Event:
         return Undecodable(reason=f"event for pipeline {event.pipeline_id!r}", raw=raw)
     if not event.task_id:
         return Undecodable(reason="event without a task id", raw=raw)
-    return _domain(event, raw=raw, timestamp_ms=timestamp_ms)
+    try:
+        return _domain(event, raw=raw, timestamp_ms=timestamp_ms)
+    except ValueError as err:  # a value out of its bounds (a retry policy, say)
+        return Undecodable(reason=f"invalid task event: {err}", raw=raw)
 
 
 def _domain(event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int) -> Event:
@@ -71,9 +75,22 @@ def _domain(event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int) -> Ev
             due_at=due,
             created_at=created,
             expires_at=_ms(submit.expires_at_ms) if submit.expires_at_ms else None,
+            retry=_retry(submit) if submit.HasField("retry") else None,
         )
     if kind == "cancel":
         return CancelEvent(task_id=event.task_id)
     if kind == "requeue":
         return RequeueEvent(task_id=event.task_id)
     return Undecodable(reason="event of no known kind", raw=raw)
+
+
+def _retry(submit: events_pb2.SubmitTask) -> RetryOverride:
+    """The task's own retry policy; a value out of bounds raises ValueError (quarantined)."""
+    policy = submit.retry
+    backoff = None
+    if policy.HasField("backoff"):
+        b = policy.backoff
+        backoff = Backoff(
+            initial_s=b.initial_s, multiplier=b.multiplier, max_s=b.max_s, jitter=b.jitter
+        )
+    return RetryOverride(max_attempts=policy.max_attempts or None, backoff=backoff)

@@ -94,6 +94,8 @@ tasks = sa.Table(
     sa.Column("lease_epoch", sa.BigInteger, nullable=True),
     #: The deadline: an attempt not started by then is not started (status ``expired``).
     sa.Column("expires_at", Timestamp, nullable=True),
+    #: The task's own retry policy (``RetryOverride``) as JSON; NULL: the pipeline's.
+    sa.Column("policy_json", sa.Text, nullable=True),
     sa.Column("expire_at", Timestamp, nullable=True),
     sa.Column("updated_at", Timestamp, nullable=False),
     NonClusteredPrimaryKey("pipeline_id", "id", name="pk_tasks"),

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from actors.pipeline.book import Flush
 from actors.pipeline.model import GrainKey, NewTask, Status, Task
 from actors.pipeline.ports import Admission, Loaded, StaleEpoch, StoreUnavailable
+from actors.pipeline.retry import Backoff, RetryOverride
 from actors.pipeline.timers import TimerKey
 from services.store.schema import (
     grain_offsets,
@@ -49,6 +50,7 @@ _TASK_COLUMNS = (
     tasks.c.error,
     tasks.c.lease_epoch,
     tasks.c.expires_at,
+    tasks.c.policy_json,
 )
 _MUTABLE = (
     "attempt",
@@ -79,6 +81,7 @@ def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
         error=row.error,
         lease_epoch=row.lease_epoch,
         expires_at=from_db(row.expires_at),
+        retry=policy_from_json(row.policy_json),
     )
 
 
@@ -388,6 +391,7 @@ def _insert_new(
             "status": status[t.id].value,
             "due_at": to_db(t.due_at),
             "expires_at": to_db(t.expires_at),
+            "policy_json": policy_to_json(t.retry),
             "data": t.data,
             "data_sha256": t.data_sha256,
             "created_at": to_db(t.created_at),
@@ -415,11 +419,35 @@ def _insert_new(
                 due_at=t.due_at,
                 created_at=t.created_at,
                 expires_at=t.expires_at,
+                retry=t.retry,
             )
             for t in fresh
         ],
         duplicates=same,
         conflicts=[tid for tid in existing if tid not in same],
+    )
+
+
+def policy_to_json(retry: RetryOverride | None) -> str | None:
+    """A task's own retry policy as stored (None: the pipeline's)."""
+    if retry is None:
+        return None
+    doc: dict[str, Any] = {}
+    if retry.max_attempts is not None:
+        doc["max_attempts"] = retry.max_attempts
+    if retry.backoff is not None:
+        doc["backoff"] = dataclasses.asdict(retry.backoff)
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
+def policy_from_json(text: str | None) -> RetryOverride | None:
+    if not text:
+        return None
+    doc = json.loads(text)
+    backoff = doc.get("backoff")
+    return RetryOverride(
+        max_attempts=doc.get("max_attempts"),
+        backoff=Backoff(**backoff) if backoff else None,
     )
 
 

@@ -6,6 +6,7 @@ fixture: an empty store, and a way to read back the rows it holds.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from actors.pipeline.model import (
     TaskChange,
 )
 from actors.pipeline.ports import Admission, StaleEpoch, TaskStore
+from actors.pipeline.retry import Backoff, RetryOverride
 
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 PIPELINE = "0190-pipeline"
@@ -348,3 +350,16 @@ class AttemptsContract:
         assert await statuses(under_test) == {"task-00001": "scheduled"}
         (timer,) = await store.page_timers(grain=GRAIN, after=None, limit=10)
         assert timer[1] == "task-00001" and timer[0] > NOW
+
+
+class RetryPolicyContract:
+    """A task's own retry policy is kept with it and comes back when it is read."""
+
+    async def test_a_tasks_own_policy_survives_the_store(self, under_test: StoreUnderTest) -> None:
+        store = under_test.store
+        own = RetryOverride(max_attempts=7, backoff=Backoff(initial_s=2, jitter=0))
+        task = dataclasses.replace(new(1), retry=own)
+        _, admission = await claim_and_admit(store, task, new(2))
+        assert [t.retry for t in admission.admitted] == [own, None]
+        page = await store.page_queued(grain=GRAIN, after="", limit=10)
+        assert [(t.id, t.retry) for t in page] == [("task-00001", own), ("task-00002", None)]

@@ -72,6 +72,7 @@ class SubmitTask(_message.Message):
     DUE_AT_MS_FIELD_NUMBER: _builtins.int
     DATA_SHA256_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The client's JSON exactly as received: carried as raw bytes, never re-encoded."""
     due_at_ms: _builtins.int
@@ -82,6 +83,10 @@ class SubmitTask(_message.Message):
     """The deadline, in ms since the epoch; 0 means none. An attempt not started by then is
     never started: the task ends `expired`.
     """
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy:
+        """This task's retry policy, over its pipeline's; absent: the pipeline's."""
+
     def __init__(
         self,
         *,
@@ -89,14 +94,71 @@ class SubmitTask(_message.Message):
         due_at_ms: _builtins.int = ...,
         data_sha256: _builtins.bytes = ...,
         expires_at_ms: _builtins.int = ...,
+        retry: Global___RetryPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "expires_at_ms", b"expires_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "expires_at_ms", b"expires_at_ms", "retry", b"retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitTask: _TypeAlias = SubmitTask  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """How many attempts a task gets and the pause between them (`actors/pipeline/retry.py`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    BACKOFF_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """0: the pipeline's"""
+    @_builtins.property
+    def backoff(self) -> Global___Backoff:
+        """absent: the pipeline's"""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: _builtins.int = ...,
+        backoff: Global___Backoff | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backoff", b"backoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff", b"backoff", "max_attempts", b"max_attempts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
+
+@_typing.final
+class Backoff(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INITIAL_S_FIELD_NUMBER: _builtins.int
+    MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAX_S_FIELD_NUMBER: _builtins.int
+    JITTER_FIELD_NUMBER: _builtins.int
+    initial_s: _builtins.float
+    multiplier: _builtins.float
+    max_s: _builtins.float
+    jitter: _builtins.float
+    def __init__(
+        self,
+        *,
+        initial_s: _builtins.float = ...,
+        multiplier: _builtins.float = ...,
+        max_s: _builtins.float = ...,
+        jitter: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_s", b"initial_s", "jitter", b"jitter", "max_s", b"max_s", "multiplier", b"multiplier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Backoff: _TypeAlias = Backoff  # noqa: Y015
 
 @_typing.final
 class CancelTask(_message.Message):

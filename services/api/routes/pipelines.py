@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from actors.pipeline.retry import Backoff
+from actors.pipeline.retry import Backoff, RetryOverride
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
 from services.api.errors import TENANT_ERRORS, ApiError, not_found
@@ -60,7 +60,7 @@ def max_attempts(top: int | None, retry: RetryIn | None) -> int | None:
     return inner if inner is not None else top
 
 
-def backoff_of(retry: RetryIn | None) -> dict[str, float] | None:
+def backoff_of(retry: RetryIn | None, *, where: str = "") -> dict[str, float] | None:
     """The backoff to store: ``Backoff``'s field names, checked by building one."""
     if retry is None or retry.backoff is None:
         return None
@@ -74,10 +74,20 @@ def backoff_of(retry: RetryIn | None) -> dict[str, float] | None:
     try:
         Backoff(**fields)
     except ValueError as err:
-        raise ApiError(422, "invalid_request", f"retry.backoff: {err}") from err
+        raise ApiError(422, "invalid_request", f"{where}retry.backoff: {err}") from err
     if given.max < given.initial:
-        raise ApiError(422, "invalid_request", "retry.backoff: max is shorter than initial")
+        raise ApiError(422, "invalid_request", f"{where}retry.backoff: max is shorter than initial")
     return fields
+
+
+def retry_override(retry: RetryIn | None, *, where: str = "") -> RetryOverride | None:
+    """A task's own retry policy from its ``retry`` (None: the pipeline's)."""
+    if retry is None:
+        return None
+    backoff = backoff_of(retry, where=where)
+    return RetryOverride(
+        max_attempts=retry.max_attempts, backoff=Backoff(**backoff) if backoff else None
+    )
 
 
 def retry_out(pipeline: Pipeline) -> dict[str, Any]:

@@ -14,13 +14,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from actors.pipeline.model import TERMINAL, Status
+from actors.pipeline.retry import RetryOverride
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
 from services.api.errors import TENANT_ERRORS, ApiError, not_found
 from services.api.json_depth import too_deep
 from services.api.limits import Limits
 from services.api.params import AppName, ClientId, IdempotencyKey, PipelineName, TaskIdPath
-from services.api.routes.pipelines import counts_of
+from services.api.routes.pipelines import counts_of, retry_override
 from services.api.schemas import (
     TASK_ID_RE,
     Accepted,
@@ -134,6 +135,10 @@ async def submit_task(
     delay: Delay = None,
     expires_at: ExpiresAt = None,
     expires_after: ExpiresAfter = None,
+    max_attempts: Annotated[
+        int | None,
+        Query(ge=1, le=100, description="This task's attempts, over its pipeline's setting."),
+    ] = None,
 ) -> JSONResponse:
     """Submit one task: the body (any JSON object) is its data, carried byte for byte.
 
@@ -154,6 +159,7 @@ async def submit_task(
         data_sha256=digest(raw),
         due_at_ms=due_ms,
         expires_at_ms=expires_ms,
+        retry=RetryOverride(max_attempts=max_attempts) if max_attempts else None,
     )
     if client_id is not None:
         stored = (await existing_tasks(ctx, target, [client_id])).get(client_id)
@@ -265,6 +271,7 @@ def _candidates(body: SubmitBatch, limits: Limits) -> list[Candidate]:
                 sha256=digest(data),
                 due_at_ms=due_ms,
                 expires_at_ms=expires_ms,
+                retry=retry_override(item.retry, where=f"tasks[{index}]."),
             )
         )
     return candidates

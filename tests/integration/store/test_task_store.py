@@ -16,6 +16,7 @@ from tests.ports.task_store import (
     GRAIN,
     NOW,
     AttemptsContract,
+    RetryPolicyContract,
     StoredTask,
     TaskStoreContract,
     TimerContract,
@@ -65,7 +66,7 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-class TestSqlTaskStore(TaskStoreContract, TimerContract, AttemptsContract):
+class TestSqlTaskStore(TaskStoreContract, TimerContract, AttemptsContract, RetryPolicyContract):
     @pytest.fixture
     def under_test(self, engine: sa.Engine) -> SqlStoreUnderTest:
         return SqlStoreUnderTest(engine)

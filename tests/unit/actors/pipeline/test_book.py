@@ -19,7 +19,7 @@ from actors.pipeline.model import (
     Task,
     Verdict,
 )
-from actors.pipeline.retry import Backoff
+from actors.pipeline.retry import Backoff, RetryOverride
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -342,3 +342,19 @@ def test_a_cancel_of_a_retry_not_yet_written_ends_it_in_memory() -> None:
     assert change.status is Status.CANCELLED and change.expire_at is not None
     assert "t0001" not in b.timers and not b.has_unwritten_timers
     assert b.stats()["scheduled"] == 0 and b.stats()["cancelled"] == 1
+
+
+def test_a_tasks_own_policy_wins_over_its_pipelines() -> None:
+    b = retrying_book(max_attempts=5)  # the pipeline: 5 attempts, 10 s first pause
+    own = task(1)
+    own.retry = RetryOverride(max_attempts=1)
+    quick = task(2)
+    quick.retry = RetryOverride(backoff=Backoff(initial_s=2, jitter=0))
+    b.admit([own, quick])
+    first, second = b.lease(worker="w", max_tasks=2, max_bytes=1 << 20, now=0, wall=T0)
+    for grant in (first, second):
+        b.report(Report(token=grant.token, outcome=Outcome.FAILED, error="x"), wall=T0)
+    changes = {c.id: c for c in b.take_flush().changes}
+    assert changes["t0001"].status is Status.DEAD  # its own single attempt
+    assert changes["t0002"].status is Status.SCHEDULED
+    assert changes["t0002"].due_at == T0 + dt.timedelta(seconds=2)  # its own backoff

@@ -7,6 +7,7 @@ import pytest
 from actors.pipeline.memory import InMemoryTaskStore
 from tests.ports.task_store import (
     AttemptsContract,
+    RetryPolicyContract,
     StoredTask,
     TaskStoreContract,
     TimerContract,
@@ -29,7 +30,9 @@ class MemoryStoreUnderTest:
         return sorted((a.task_id, a.attempt, a.outcome, a.error) for a in kept)
 
 
-class TestInMemoryTaskStore(TaskStoreContract, TimerContract, AttemptsContract):
+class TestInMemoryTaskStore(
+    TaskStoreContract, TimerContract, AttemptsContract, RetryPolicyContract
+):
     @pytest.fixture
     def under_test(self) -> MemoryStoreUnderTest:
         return MemoryStoreUnderTest()

@@ -557,3 +557,28 @@ async def test_bulk_cancel_by_ids_or_status(api: Api, fakes: Fakes) -> None:
         f"{TASKS}:cancel", json={"ids": [f"t{i}" for i in range(1001)]}, headers=bearer(key)
     )
     assert_error(too_many, 422, "invalid_request")
+
+
+async def test_a_task_may_bring_its_own_retry_policy(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    single = await api.client.post(f"{SUBMIT}?max_attempts=6", json={"a": 1}, headers=bearer(key))
+    assert single.status_code == 202, single.text
+    items = [
+        {"data": {"n": 1}, "retry": {"max_attempts": 2, "backoff": {"initial": "5s"}}},
+        {"data": {"n": 2}},
+    ]
+    batch = await api.client.post(TASKS, json={"tasks": items}, headers=bearer(key))
+    assert batch.status_code == 202, batch.text
+    first, second, third = fakes.producer.task_events(pipeline["id"])
+    assert first.submit.retry.max_attempts == 6 and not first.submit.retry.HasField("backoff")
+    assert second.submit.retry.max_attempts == 2
+    assert second.submit.retry.backoff.initial_s == 5.0
+    assert not third.submit.HasField("retry")
+    bad = [
+        {"data": {"n": 1}},
+        {"data": {"n": 2}, "retry": {"backoff": {"initial": "9m", "max": "1m"}}},
+    ]
+    refused = await api.client.post(TASKS, json={"tasks": bad}, headers=bearer(key))
+    assert "tasks[1].retry.backoff" in assert_error(refused, 422, "invalid_request")
+    zero = await api.client.post(f"{SUBMIT}?max_attempts=0", json={"a": 1}, headers=bearer(key))
+    assert_error(zero, 422, "invalid_request")

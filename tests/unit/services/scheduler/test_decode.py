@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from actors.pipeline.model import NewTask
+from actors.pipeline.retry import Backoff
 from protos.wsched.v1 import events_pb2
 from services.scheduler.decode import CancelEvent, RequeueEvent, Undecodable, decode
 
@@ -46,3 +47,26 @@ def test_cancel_and_requeue() -> None:
 def test_bad_records_are_quarantined_with_a_reason(raw: bytes | None, reason: str) -> None:
     got = decode(raw, pipeline_id="p1", timestamp_ms=0)
     assert isinstance(got, Undecodable) and reason in got.reason
+
+
+def test_a_task_may_carry_its_own_retry_policy() -> None:
+    own = events_pb2.RetryPolicy(
+        max_attempts=7,
+        backoff=events_pb2.Backoff(initial_s=0.5, multiplier=3, max_s=60, jitter=0),
+    )
+    raw = event(submit=events_pb2.SubmitTask(data=b"{}", retry=own))
+    task = decode(raw, pipeline_id="p1", timestamp_ms=1000)
+    assert isinstance(task, NewTask) and task.retry is not None
+    assert task.retry.max_attempts == 7
+    assert task.retry.backoff == Backoff(initial_s=0.5, multiplier=3, max_s=60, jitter=0)
+    plain = decode(
+        event(submit=events_pb2.SubmitTask(data=b"{}")), pipeline_id="p1", timestamp_ms=1
+    )
+    assert isinstance(plain, NewTask) and plain.retry is None
+
+
+def test_a_retry_policy_out_of_bounds_is_quarantined_not_a_crash() -> None:
+    bad = events_pb2.RetryPolicy(backoff=events_pb2.Backoff(initial_s=1, multiplier=0.1))
+    raw = event(submit=events_pb2.SubmitTask(data=b"{}", retry=bad))
+    result = decode(raw, pipeline_id="p1", timestamp_ms=1)
+    assert isinstance(result, Undecodable) and "multiplier" in result.reason
