@@ -149,6 +149,27 @@ def _seconds(value: object) -> float:
 Pause = Annotated[float, BeforeValidator(_seconds)]
 
 
+def _deadline_span(value: object) -> float:
+    """A default deadline: seconds or a duration, at most a year; 0 means none."""
+    if isinstance(value, bool):
+        raise ValueError("give seconds or a duration such as '10m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = parse_duration(value, field="expires_after").total_seconds()
+        except ApiError as err:
+            raise ValueError(err.detail.removeprefix("expires_after: ")) from err
+    else:
+        raise ValueError("give seconds or a duration such as '10m'")
+    if not 0 <= seconds <= 365 * 86400:
+        raise ValueError("a default deadline is between 1 s and 365 days (0: none)")
+    return seconds
+
+
+DefaultDeadline = Annotated[float, BeforeValidator(_deadline_span)]
+
+
 class BackoffIn(_Request):
     """The pause before each next attempt: ``initial * multiplier ** (attempt - 1)``,
     at most ``max``, spread by ±``jitter``."""
@@ -181,6 +202,11 @@ class CreatePipeline(_Request):
     )
     lease_timeout_s: LeaseTimeout = 30
     retention: Retention = Field(default=7 * 86400, description="Seconds, or e.g. '7d'.")
+    expires_after: DefaultDeadline | None = Field(
+        default=None,
+        description="The deadline of tasks submitted without one, after they are due "
+        "(seconds or e.g. '1h'); 0 or absent: none.",
+    )
 
 
 class PatchPipeline(_Request):
@@ -192,6 +218,9 @@ class PatchPipeline(_Request):
     retry: RetryIn | None = None
     lease_timeout_s: LeaseTimeout | None = None
     retention: Retention | None = None
+    expires_after: DefaultDeadline | None = Field(
+        default=None, description="The tasks' default deadline after they are due; 0 clears it."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -222,6 +251,9 @@ class PipelineOut(BaseModel):
     )
     lease_timeout_s: int
     retention_s: int
+    expires_after_s: int | None = Field(
+        description="The deadline given to tasks submitted without one, after they are due."
+    )
     state: Literal["provisioning", "ready", "failed", "deleting"]
     reason: str = Field(description="Why the pipeline is failed, or what its deployment hit.")
     deployment: dict[str, Any]

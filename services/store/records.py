@@ -105,6 +105,8 @@ class PipelineSpec:
     max_attempts: int = 3
     #: ``Backoff``'s fields that differ from its defaults; empty: the defaults.
     backoff: Mapping[str, float] = field(default_factory=dict)
+    #: The default deadline of its tasks, seconds after they are due; None: none.
+    expires_after_s: int | None = None
     lease_timeout_s: int = 30
     retention_s: int = 7 * 24 * 3600
 
@@ -119,6 +121,8 @@ class PipelineChanges:
     scaling: Mapping[str, Any] | None = None
     max_attempts: int | None = None
     backoff: Mapping[str, float] | None = None
+    #: 0 clears the default deadline.
+    expires_after_s: int | None = None
     lease_timeout_s: int | None = None
     retention_s: int | None = None
 
@@ -134,6 +138,8 @@ class PipelineChanges:
             out["scaling_json"] = _json(self.scaling)
         if self.backoff is not None:
             out["backoff_json"] = _json(self.backoff) if self.backoff else None
+        if self.expires_after_s is not None:
+            out["expires_after_s"] = self.expires_after_s or None
         return out
 
 
@@ -150,6 +156,7 @@ class Pipeline:
     scaling: Mapping[str, Any]
     max_attempts: int
     backoff: Mapping[str, float]
+    expires_after_s: int | None
     lease_timeout_s: int
     retention_s: int
     state: PipelineState

@@ -51,6 +51,8 @@ pipelines = sa.Table(
     #: The pause between attempts (``actors.pipeline.retry.Backoff``'s fields); NULL: the
     #: default.
     sa.Column("backoff_json", sa.Text, nullable=True),
+    #: Tasks submitted without a deadline get this one (seconds after they are due).
+    sa.Column("expires_after_s", sa.Integer, nullable=True),
     sa.Column("lease_timeout_s", sa.Integer, nullable=False),
     sa.Column("retention_s", sa.Integer, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),

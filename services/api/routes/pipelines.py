@@ -90,6 +90,11 @@ def retry_override(retry: RetryIn | None, *, where: str = "") -> RetryOverride |
     )
 
 
+def _span(seconds: float | None) -> int | None:
+    """Whole seconds of a given span; None when not given (0 stays 0: cleared)."""
+    return None if seconds is None else max(1, round(seconds)) if seconds else 0
+
+
 def retry_out(pipeline: Pipeline) -> dict[str, Any]:
     backoff = Backoff(**pipeline.backoff) if pipeline.backoff else Backoff()
     return {"max_attempts": pipeline.max_attempts, "backoff": dataclasses.asdict(backoff)}
@@ -111,6 +116,7 @@ def pipeline_out(
         retry=retry_out(pipeline),
         lease_timeout_s=pipeline.lease_timeout_s,
         retention_s=pipeline.retention_s,
+        expires_after_s=pipeline.expires_after_s,
         state=pipeline.state.value,
         reason=pipeline.state_reason,
         deployment=dict(pipeline.deployment),
@@ -146,6 +152,7 @@ async def create_pipeline(
         scaling=body.scaling,
         max_attempts=max_attempts(body.max_attempts, body.retry) or 3,
         backoff=backoff_of(body.retry) or {},
+        expires_after_s=_span(body.expires_after) or None,
         lease_timeout_s=body.lease_timeout_s,
         retention_s=body.retention,
     )
@@ -196,6 +203,7 @@ async def patch_pipeline(
         scaling=body.scaling,
         max_attempts=max_attempts(body.max_attempts, body.retry),
         backoff=backoff_of(body.retry),
+        expires_after_s=_span(body.expires_after),
         lease_timeout_s=body.lease_timeout_s,
         retention_s=body.retention,
     )

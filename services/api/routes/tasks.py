@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Awaitable, Iterable
@@ -152,6 +153,7 @@ async def submit_task(
     )
     target = await resolve(ctx, tenant.id, app, pipeline)
     require_ready(target)
+    expires_ms = expires_ms or _default_deadline_ms(target, due_ms)
     client_id = _client_id(task_id or idempotency_key)
     task = OutgoingTask(
         id=client_id or new_id(),
@@ -196,6 +198,14 @@ def _times(
     return _ms(due), _ms(ends)
 
 
+def _default_deadline_ms(target: Pipeline, due_ms: int) -> int:
+    """The pipeline's default deadline for a task given none: that long after it is due."""
+    if not target.expires_after_s:
+        return 0
+    start_ms = due_ms or _ms(dt.datetime.now(dt.UTC))
+    return start_ms + target.expires_after_s * 1000
+
+
 def _ms(when: dt.datetime | None) -> int:
     return 0 if when is None else int(when.timestamp() * 1000)
 
@@ -234,6 +244,12 @@ async def submit_batch(
     candidates = _candidates(body, ctx.limits)
     target = await resolve(ctx, tenant.id, app, pipeline)
     require_ready(target)
+    candidates = [
+        c
+        if c.expires_at_ms
+        else dataclasses.replace(c, expires_at_ms=_default_deadline_ms(target, c.due_at_ms))
+        for c in candidates
+    ]
     client_ids = sorted({item.id for item in body.tasks if item.id is not None})
     planned = plan(candidates, await existing_tasks(ctx, target, client_ids))
     if planned.produce:

@@ -582,3 +582,31 @@ async def test_a_task_may_bring_its_own_retry_policy(api: Api, fakes: Fakes) -> 
     assert "tasks[1].retry.backoff" in assert_error(refused, 422, "invalid_request")
     zero = await api.client.post(f"{SUBMIT}?max_attempts=0", json={"a": 1}, headers=bearer(key))
     assert_error(zero, 422, "invalid_request")
+
+
+async def test_a_pipeline_default_deadline_applies_to_tasks_given_none(
+    api: Api, fakes: Fakes
+) -> None:
+    key, pipeline = await api.ready_pipeline()
+    patched = await api.client.patch(SUBMIT, json={"expires_after": "1h"}, headers=bearer(key))
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["expires_after_s"] == 3600
+    now_ms = int(time.time() * 1000)
+    await api.client.post(SUBMIT, json={"a": 1}, headers=bearer(key))
+    await api.client.post(f"{SUBMIT}?delay=10m", json={"a": 2}, headers=bearer(key))
+    await api.client.post(f"{SUBMIT}?expires_after=5m", json={"a": 3}, headers=bearer(key))
+    items = [{"data": {"n": 1}}, {"data": {"n": 2}, "expires_after": "2m"}]
+    await api.client.post(TASKS, json={"tasks": items}, headers=bearer(key))
+    plain, delayed, own, batch_plain, batch_own = fakes.producer.task_events(pipeline["id"])
+    hour = 3_600_000
+    assert now_ms + hour <= plain.submit.expires_at_ms <= int(time.time() * 1000) + hour
+    assert delayed.submit.expires_at_ms == delayed.submit.due_at_ms + hour  # after it is due
+    assert own.submit.expires_at_ms < now_ms + hour  # its own deadline wins
+    assert batch_plain.submit.expires_at_ms >= now_ms + hour
+    assert batch_own.submit.expires_at_ms < now_ms + hour
+    cleared = await api.client.patch(SUBMIT, json={"expires_after": 0}, headers=bearer(key))
+    assert cleared.json()["expires_after_s"] is None
+    await api.client.post(SUBMIT, json={"a": 4}, headers=bearer(key))
+    assert fakes.producer.task_events(pipeline["id"])[-1].submit.expires_at_ms == 0
+    bad = await api.client.patch(SUBMIT, json={"expires_after": "400d"}, headers=bearer(key))
+    assert "expires_after" in assert_error(bad, 422, "invalid_request")
