@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 ## redis-server wheel installs from PyPI.
 bench-install: $(BENCH_STAMP)
 	@command -v redis-server >/dev/null || \
-		{ apt-get update && apt-get install -y --no-install-recommends redis-server; }
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -e '.[dev,embedded,bench]'
