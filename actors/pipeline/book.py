@@ -440,6 +440,13 @@ class TaskBook:
         out["backlog"] = out[Status.QUEUED.value]
         return out
 
+    def is_live(self, task_id: str) -> bool:
+        """Whether the book holds the task as not ended (ready, leased, timed or retrying)."""
+        if task_id in self._ready or task_id in self._leases or task_id in self.timers:
+            return True
+        change = self._dirty.get(task_id)
+        return change is not None and change.status not in TERMINAL
+
     def is_terminal(self, task_id: str) -> bool:
         change = self._dirty.get(task_id)
         return change is not None and change.status in TERMINAL

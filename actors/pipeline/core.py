@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from actors.pipeline.book import Flush, TaskBook
+from actors.pipeline.firing import ScheduleFiring
 from actors.pipeline.model import (
     AdmitBatch,
     AdmitResult,
@@ -87,6 +88,7 @@ class PipelineCore:
         self._store = store
         self._clock = clock
         self.book = TaskBook(config=config, epoch=0)
+        self.schedules = ScheduleFiring(self)
         self._waiters: deque[_Waiter] = deque()
         self._durable: list[asyncio.Future[None]] = []
         self.fenced = False
@@ -95,6 +97,14 @@ class PipelineCore:
     @property
     def epoch(self) -> int:
         return self.book.epoch
+
+    @property
+    def store(self) -> TaskStore:
+        return self._store
+
+    @property
+    def clock(self) -> GrainClock:
+        return self._clock
 
     def snapshot(self) -> GrainSnapshot:
         """The figures readers outside the actor may see (metrics, the scaler)."""
@@ -123,6 +133,9 @@ class PipelineCore:
         self.book = TaskBook(config=self.config, epoch=epoch)
         self.book.load_counts(loaded.counts)
         self.book.restore_leases(loaded.leased, now=self._clock.monotonic())
+        self.schedules = ScheduleFiring(self)
+        await self.schedules.load()
+        await self.schedules.fire()
         await self.refill_timers()
         await self.fire_due()
         await self.page_in()
@@ -156,13 +169,14 @@ class PipelineCore:
         # the cancels and requeues instead of skipping them.
         later = bool(batch.cancels or batch.requeues)
         admission = await self._store_admit(batch.new, {} if later else batch.offsets, wall=wall)
-        self._stamp_ready(admission.admitted)
-        self.book.admit(admission.admitted)
+        self.admitted(admission.admitted, serve=False)
         self.book.end_overdue(wall=wall)
         cancelled = await self._cancel(batch.cancels, wall=wall)
         requeued = await self._requeue(batch.requeues, wall=wall)
         if later and batch.offsets:
             await self._store_admit([], batch.offsets, wall=wall)
+        if batch.schedules:
+            await self.schedules.load(batch.schedules)
         self._serve_waiters()
         return AdmitResult(
             admitted=len(admission.admitted),
@@ -172,10 +186,17 @@ class PipelineCore:
             requeued=requeued,
         )
 
+    def admitted(self, tasks: Sequence[Task], *, serve: bool = True) -> None:
+        """Tasks now durable (submitted, or a schedule's runs) join the book."""
+        self._stamp_ready(tasks)
+        self.book.admit(tasks)
+        if serve:
+            self._serve_waiters()
+
     async def _store_admit(
         self, tasks: Sequence[NewTask], offsets: Mapping[int, int], *, wall: dt.datetime
     ) -> Admission:
-        return await self._guard(
+        return await self.guard(
             self._store.admit(
                 grain=self.key,
                 epoch=self.epoch,
@@ -191,7 +212,7 @@ class PipelineCore:
         before = self.book.counts[Status.CANCELLED]
         elsewhere = self.book.cancel(task_ids, wall=wall)
         if elsewhere:
-            counts = await self._guard(
+            counts = await self.guard(
                 self._store.cancel_waiting(
                     grain=self.key,
                     epoch=self.epoch,
@@ -206,7 +227,7 @@ class PipelineCore:
     async def _requeue(self, task_ids: Sequence[str], *, wall: dt.datetime) -> int:
         if not task_ids:
             return 0
-        tasks = await self._guard(
+        tasks = await self.guard(
             self._store.requeue_dead(
                 grain=self.key,
                 epoch=self.epoch,
@@ -222,7 +243,7 @@ class PipelineCore:
         if not self.book.wants_page():
             return
         limit = self.book.window_room()
-        page = await self._guard(
+        page = await self.guard(
             self._store.page_queued(
                 grain=self.key,
                 after=self.book.page_after,
@@ -310,6 +331,8 @@ class PipelineCore:
         expired = self.book.expire(now=self._clock.monotonic(), wall=self._clock.wall())
         if expired:
             log.info("grain %s: %d lease(s) expired", self.key, len(expired))
+        await self.schedules.resync()
+        await self.schedules.fire()
         await self.fire_due()
         await self.refill_timers()
         await self.page_in()
@@ -317,10 +340,11 @@ class PipelineCore:
         self._serve_waiters()
 
     def next_timer_in(self) -> float | None:
-        """Seconds until the soonest timer in memory is due (0 if it is), or None."""
-        due = self.book.timers.next_due()
-        if due is None:
+        """Seconds until the soonest timer or schedule in memory is due (0 if it is), or None."""
+        times = [t for t in (self.book.timers.next_due(), self.schedules.book.next_due()) if t]
+        if not times:
             return None
+        due = min(times)
         return max(0.0, (due - self._clock.wall()).total_seconds())
 
     async def fire_due(self) -> None:
@@ -339,7 +363,7 @@ class PipelineCore:
         if not due:
             return
         try:
-            tasks = await self._guard(
+            tasks = await self.guard(
                 self._store.fire_timers(
                     grain=self.key, epoch=self.epoch, timers=due, now=self._clock.wall()
                 )
@@ -362,7 +386,7 @@ class PipelineCore:
         if not timers.wants_refill() or self.book.has_unwritten_timers:
             return  # a retry beyond the horizon is not in the store yet: after the flush
         room = timers.refill_room()
-        keys = await self._guard(
+        keys = await self.guard(
             self._store.page_timers(grain=self.key, after=timers.refill_after, limit=room)
         )
         timers.refill(keys, limit=room)
@@ -395,7 +419,7 @@ class PipelineCore:
                 future.set_result(None)
 
     async def _write(self, taken: Flush, stats: dict[str, int]) -> None:
-        await self._guard(
+        await self.guard(
             self._store.flush(
                 grain=self.key,
                 epoch=self.epoch,
@@ -409,7 +433,7 @@ class PipelineCore:
     def wants_flush(self) -> bool:
         return self.book.dirty or bool(self._durable) or self.book.stats() != self._written_stats
 
-    async def _guard(self, call: Awaitable[R]) -> R:
+    async def guard(self, call: Awaitable[R]) -> R:
         """Await a store call; on StaleEpoch drop the state so nothing more is written."""
         try:
             return await call

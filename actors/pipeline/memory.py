@@ -13,7 +13,14 @@ from collections.abc import Mapping, Sequence
 
 from actors.pipeline.book import Flush
 from actors.pipeline.model import AttemptRecord, GrainKey, NewTask, Status, Task
-from actors.pipeline.ports import Admission, Loaded, StaleEpoch, StoreUnavailable
+from actors.pipeline.ports import (
+    Admission,
+    Loaded,
+    StaleEpoch,
+    StoredSchedule,
+    StoreUnavailable,
+)
+from actors.pipeline.schedules import ScheduleSpec, ScheduleState
 from actors.pipeline.timers import TimerKey
 
 
@@ -30,6 +37,9 @@ class InMemoryTaskStore:
         #: Timer rows by pipeline: (due_at, task id).
         self.timers: dict[str, set[TimerKey]] = {}
         self.stats: dict[str, dict[str, int]] = {}
+        #: Schedule definitions (the API's) and states (the grain's), by pipeline and id.
+        self.schedules: dict[str, dict[str, ScheduleSpec]] = {}
+        self.schedule_states: dict[str, dict[str, ScheduleState]] = {}
         #: Set to make every call fail as if the database were down.
         self.down = False
 
@@ -62,6 +72,8 @@ class InMemoryTaskStore:
         tasks: Sequence[NewTask],
         offsets: Mapping[int, int],
         now: dt.datetime,
+        schedules: Sequence[ScheduleState] = (),
+        dropped_schedules: Sequence[str] = (),
     ) -> Admission:
         self._check(grain, epoch)
         pipeline_id = grain.pipeline_id
@@ -89,10 +101,17 @@ class InMemoryTaskStore:
                 created_at=new.created_at,
                 expires_at=new.expires_at,
                 retry=new.retry,
+                schedule_id=new.schedule_id,
+                fire_at=new.fire_at,
             )
             self.rows[key], self.digests[key] = dataclasses.replace(task), new.data_sha256
             admitted.append(task)
         self.offsets.setdefault(grain, {}).update(offsets)
+        states = self.schedule_states.setdefault(pipeline_id, {})
+        for state in schedules:
+            states[state.schedule_id] = state
+        for schedule_id in dropped_schedules:
+            states.pop(schedule_id, None)
         return Admission(admitted=admitted, duplicates=duplicates, conflicts=conflicts)
 
     async def cancel_waiting(
@@ -194,3 +213,21 @@ class InMemoryTaskStore:
         for record in flush.attempts:
             self.attempts[(pipeline_id, record.task_id, record.attempt)] = record
         self.stats[pipeline_id] = dict(stats)
+
+    async def load_schedules(
+        self, *, grain: GrainKey, ids: Sequence[str] | None = None
+    ) -> list[StoredSchedule]:
+        self._check()
+        specs = self.schedules.get(grain.pipeline_id, {})
+        states = self.schedule_states.get(grain.pipeline_id, {})
+        wanted = specs if ids is None else [i for i in ids if i in specs]
+        return [StoredSchedule(spec=specs[i], state=states.get(i)) for i in wanted]
+
+    async def schedule_versions(self, *, grain: GrainKey) -> dict[str, int]:
+        self._check()
+        return {i: s.version for i, s in self.schedules.get(grain.pipeline_id, {}).items()}
+
+    async def run_statuses(self, *, grain: GrainKey, task_ids: Sequence[str]) -> dict[str, Status]:
+        self._check()
+        rows = ((tid, self.rows.get((grain.pipeline_id, tid))) for tid in task_ids)
+        return {tid: row.status for tid, row in rows if row is not None}

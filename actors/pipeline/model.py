@@ -130,6 +130,9 @@ class Task:
     expires_at: dt.datetime | None = None
     #: The task's own retry policy over its pipeline's, if it has one.
     retry: RetryOverride | None = None
+    #: A schedule's run: the schedule and the nominal fire time (the worker gets it).
+    schedule_id: str | None = None
+    fire_at: dt.datetime | None = None
 
     def expired(self, wall: dt.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= wall
@@ -150,6 +153,9 @@ class NewTask:
     created_at: dt.datetime
     expires_at: dt.datetime | None = None
     retry: RetryOverride | None = None
+    #: A schedule's run (fired by the grain, or triggered and backfilled by the API).
+    schedule_id: str | None = None
+    fire_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +171,8 @@ class AdmitBatch:
     new: tuple[NewTask, ...] = ()
     cancels: tuple[str, ...] = ()
     requeues: tuple[str, ...] = ()
+    #: Schedules whose definition changed: the grain reads them again.
+    schedules: tuple[str, ...] = ()
     offsets: Mapping[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

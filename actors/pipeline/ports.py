@@ -12,6 +12,7 @@ from typing import Protocol
 
 from actors.pipeline.book import Flush
 from actors.pipeline.model import GrainKey, NewTask, Status, Task
+from actors.pipeline.schedules import ScheduleSpec, ScheduleState
 from actors.pipeline.timers import TimerKey
 
 
@@ -42,6 +43,14 @@ class Admission:
     cancelled: int = 0
 
 
+@dataclass(frozen=True, kw_only=True)
+class StoredSchedule:
+    """A schedule's definition (the API's) and its firing state (the grain's, if any)."""
+
+    spec: ScheduleSpec
+    state: ScheduleState | None
+
+
 class TaskStore(Protocol):
     """Every call names its grain by key; the store keeps its rows under ``str(grain)``."""
 
@@ -59,8 +68,25 @@ class TaskStore(Protocol):
         tasks: Sequence[NewTask],
         offsets: Mapping[int, int],
         now: dt.datetime,
+        schedules: Sequence[ScheduleState] = (),
+        dropped_schedules: Sequence[str] = (),
     ) -> Admission:
-        """Insert new task rows and record the next offsets, in one fenced transaction."""
+        """Insert new task rows, record the next offsets and write the schedule states
+        (a schedule's runs and its next fire time), in one fenced transaction."""
+        ...
+
+    async def load_schedules(
+        self, *, grain: GrainKey, ids: Sequence[str] | None = None
+    ) -> list[StoredSchedule]:
+        """The pipeline's schedules (or those of ``ids`` that still exist)."""
+        ...
+
+    async def schedule_versions(self, *, grain: GrainKey) -> dict[str, int]:
+        """Every schedule of the pipeline and its definition's version."""
+        ...
+
+    async def run_statuses(self, *, grain: GrainKey, task_ids: Sequence[str]) -> dict[str, Status]:
+        """The stored status of these tasks (absent: no row)."""
         ...
 
     async def cancel_waiting(

@@ -42,6 +42,9 @@ class OutgoingTask:
     expires_at_ms: int = 0
     #: The task's own retry policy over its pipeline's; None: the pipeline's.
     retry: RetryOverride | None = None
+    #: A schedule's run (triggered or backfilled): the schedule and its nominal time.
+    schedule_id: str | None = None
+    fire_at_ms: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +61,8 @@ class EventProducer(Protocol):
     async def cancel(self, pipeline_id: str, task_id: str, *, reason: str = "") -> None: ...
 
     async def requeue(self, pipeline_id: str, task_id: str) -> None: ...
+
+    async def schedule_changed(self, pipeline_id: str, schedule_id: str, version: int) -> None: ...
 
     async def placement(
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
@@ -86,6 +91,9 @@ def submit_records(pipeline_id: str, tasks: Sequence[OutgoingTask], *, now_ms: i
         event.submit.expires_at_ms = task.expires_at_ms
         if task.retry is not None:
             _put_retry(event.submit.retry, task.retry)
+        if task.schedule_id is not None:
+            event.submit.schedule_id = task.schedule_id
+            event.submit.fire_at_ms = task.fire_at_ms
         event.submit.data_sha256 = task.data_sha256
         records.append(Record(topic=topic, key=task.id.encode(), value=event.SerializeToString()))
     return records
@@ -105,6 +113,14 @@ def requeue_record(pipeline_id: str, task_id: str, *, now_ms: int) -> Record:
     event.requeue.SetInParent()
     return Record(
         topic=pipeline_topic(pipeline_id), key=task_id.encode(), value=event.SerializeToString()
+    )
+
+
+def schedule_record(pipeline_id: str, schedule_id: str, *, version: int, now_ms: int) -> Record:
+    event = _envelope(pipeline_id, schedule_id, now_ms)
+    event.schedule_changed.version = version
+    return Record(
+        topic=pipeline_topic(pipeline_id), key=schedule_id.encode(), value=event.SerializeToString()
     )
 
 
@@ -204,6 +220,10 @@ class KafkaProducer:
     async def requeue(self, pipeline_id: str, task_id: str) -> None:
         await self.send([requeue_record(pipeline_id, task_id, now_ms=self._clock_ms())])
 
+    async def schedule_changed(self, pipeline_id: str, schedule_id: str, version: int) -> None:
+        record = schedule_record(pipeline_id, schedule_id, version=version, now_ms=self._clock_ms())
+        await self.send([record])
+
     async def placement(
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
     ) -> None:
@@ -296,6 +316,10 @@ class MemoryProducer:
 
     async def requeue(self, pipeline_id: str, task_id: str) -> None:
         await self._send([requeue_record(pipeline_id, task_id, now_ms=self._clock_ms())])
+
+    async def schedule_changed(self, pipeline_id: str, schedule_id: str, version: int) -> None:
+        record = schedule_record(pipeline_id, schedule_id, version=version, now_ms=self._clock_ms())
+        await self._send([record])
 
     async def placement(
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType

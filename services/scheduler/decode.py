@@ -26,6 +26,11 @@ class RequeueEvent:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ScheduleChangedEvent:
+    schedule_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Undecodable:
     """A record kept aside (quarantined): counted and skipped, never retried."""
 
@@ -33,7 +38,7 @@ class Undecodable:
     raw: bytes
 
 
-Event = NewTask | CancelEvent | RequeueEvent | Undecodable
+Event = NewTask | CancelEvent | RequeueEvent | ScheduleChangedEvent | Undecodable
 
 
 def _ms(value: int) -> dt.datetime:
@@ -76,11 +81,15 @@ def _domain(event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int) -> Ev
             created_at=created,
             expires_at=_ms(submit.expires_at_ms) if submit.expires_at_ms else None,
             retry=_retry(submit) if submit.HasField("retry") else None,
+            schedule_id=submit.schedule_id or None,
+            fire_at=_ms(submit.fire_at_ms) if submit.fire_at_ms else None,
         )
     if kind == "cancel":
         return CancelEvent(task_id=event.task_id)
     if kind == "requeue":
         return RequeueEvent(task_id=event.task_id)
+    if kind == "schedule_changed":
+        return ScheduleChangedEvent(schedule_id=event.task_id)
     return Undecodable(reason="event of no known kind", raw=raw)
 
 

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from actors.pipeline.model import AdmitBatch, AdmitResult, NewTask
 from actors.pipeline.ports import StaleEpoch
 from services.kafka.consumer import ConsumedRecord, PartitionConsumer
-from services.scheduler.decode import CancelEvent, RequeueEvent, Undecodable, decode
+from services.scheduler.decode import (
+    CancelEvent,
+    RequeueEvent,
+    ScheduleChangedEvent,
+    Undecodable,
+    decode,
+)
 from services.store.quarantine import Quarantined
 
 log = logging.getLogger("wsched.scheduler.forwarder")
@@ -46,6 +52,7 @@ def build_batch(pipeline_id: str, records: Mapping[int, Sequence[ConsumedRecord]
     new: list[NewTask] = []
     cancels: list[str] = []
     requeues: list[str] = []
+    schedules: dict[str, None] = {}  # ordered, each once
     quarantined: list[Quarantined] = []
     offsets: dict[int, int] = {}
     for partition, items in records.items():
@@ -57,11 +64,17 @@ def build_batch(pipeline_id: str, records: Mapping[int, Sequence[ConsumedRecord]
                 cancels.append(event.task_id)
             elif isinstance(event, RequeueEvent):
                 requeues.append(event.task_id)
+            elif isinstance(event, ScheduleChangedEvent):
+                schedules[event.schedule_id] = None
             else:
                 quarantined.append(_quarantined(pipeline_id, record, event))
             offsets[partition] = record.offset + 1
     batch = AdmitBatch(
-        new=tuple(new), cancels=tuple(cancels), requeues=tuple(requeues), offsets=offsets
+        new=tuple(new),
+        cancels=tuple(cancels),
+        requeues=tuple(requeues),
+        schedules=tuple(schedules),
+        offsets=offsets,
     )
     return Fetched(batch=batch, quarantined=tuple(quarantined))
 

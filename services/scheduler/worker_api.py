@@ -369,4 +369,5 @@ def _leased(grant: Grant) -> worker_pb2.LeasedTask:
         attempt=task.attempt,
         data=task.data,
         created_at_ms=int(task.created_at.timestamp() * 1000),
+        fire_at_ms=int(task.fire_at.timestamp() * 1000) if task.fire_at else 0,
     )

@@ -212,3 +212,28 @@ class ExistingTask:
 class PipelineStats:
     counts: Mapping[str, int]
     updated_at: dt.datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleRecord:
+    """A schedule's definition as the API keeps it (``spec`` is the stored document)."""
+
+    id: str
+    pipeline_id: str
+    name: str
+    spec: dict[str, Any]
+    paused: bool
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    #: The firing grain's state document, if it has written one.
+    state: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleRun:
+    """One run of a schedule: its nominal fire time and its task."""
+
+    fire_at: dt.datetime
+    task_id: str
+    status: str

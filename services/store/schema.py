@@ -100,8 +100,12 @@ tasks = sa.Table(
     sa.Column("policy_json", sa.Text, nullable=True),
     sa.Column("expire_at", Timestamp, nullable=True),
     sa.Column("updated_at", Timestamp, nullable=False),
+    #: A schedule's run: the schedule's id and the nominal fire time (NULL otherwise).
+    sa.Column("schedule_id", ID, nullable=True),
+    sa.Column("fire_at", Timestamp, nullable=True),
     NonClusteredPrimaryKey("pipeline_id", "id", name="pk_tasks"),
     sa.Index("ix_tasks_pipeline_status_id", "pipeline_id", "status", "id"),
+    sa.Index("ix_tasks_pipeline_schedule_fire", "pipeline_id", "schedule_id", "fire_at"),
 )
 
 task_results = sa.Table(
@@ -161,6 +165,35 @@ task_attempts = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("expire_at", Timestamp, nullable=False),
     sa.PrimaryKeyConstraint("pipeline_id", "task_id", "attempt", name="pk_task_attempts"),
+)
+
+#: Schedule definitions, written by the API only; ``version`` grows with every change so
+#: the firing grain can tell what it has not seen. A deleted schedule's row is deleted: a
+#: schedule re-created under the same name gets a new id, so its runs never collide.
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("pipeline_id", ID, nullable=False),
+    sa.Column("name", NAME, nullable=False),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("paused", sa.Boolean, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("pipeline_id", "name", name="uq_schedules_pipeline_name"),
+)
+
+#: A schedule's firing state (``actors.pipeline.schedules.ScheduleState``), written by
+#: the firing grain only, in the transaction that inserts the runs' tasks.
+schedule_state = sa.Table(
+    "schedule_state",
+    metadata,
+    sa.Column("schedule_id", ID, primary_key=True),
+    sa.Column("pipeline_id", ID, nullable=False),
+    sa.Column("state_json", sa.Text, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Index("ix_schedule_state_pipeline", "pipeline_id"),
 )
 
 #: Records that could not be decoded: kept, counted and skipped.

@@ -19,9 +19,17 @@ import sqlalchemy as sa
 
 from actors.pipeline.book import Flush
 from actors.pipeline.model import GrainKey, NewTask, Status, Task
-from actors.pipeline.ports import Admission, Loaded, StaleEpoch, StoreUnavailable
+from actors.pipeline.ports import (
+    Admission,
+    Loaded,
+    StaleEpoch,
+    StoredSchedule,
+    StoreUnavailable,
+)
 from actors.pipeline.retry import Backoff, RetryOverride
+from actors.pipeline.schedules import ScheduleState
 from actors.pipeline.timers import TimerKey
+from services.store import schedule_rows
 from services.store.schema import (
     grain_offsets,
     grain_owners,
@@ -51,6 +59,8 @@ _TASK_COLUMNS = (
     tasks.c.lease_epoch,
     tasks.c.expires_at,
     tasks.c.policy_json,
+    tasks.c.schedule_id,
+    tasks.c.fire_at,
 )
 _MUTABLE = (
     "attempt",
@@ -82,6 +92,8 @@ def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
         lease_epoch=row.lease_epoch,
         expires_at=from_db(row.expires_at),
         retry=policy_from_json(row.policy_json),
+        schedule_id=row.schedule_id,
+        fire_at=from_db(row.fire_at),
     )
 
 
@@ -177,14 +189,40 @@ class SqlTaskStore:
         tasks: Sequence[NewTask],
         offsets: Mapping[int, int],
         now: dt.datetime,
+        schedules: Sequence[ScheduleState] = (),
+        dropped_schedules: Sequence[str] = (),
     ) -> Admission:
         def admit(conn: sa.Connection) -> Admission:
             fence(conn, grain=grain, epoch=epoch, now=now)
             admission = _insert_new(conn, pipeline_id=grain.pipeline_id, batch=tasks, now=now)
             _save_offsets(conn, grain=grain, offsets=offsets)
+            if schedules or dropped_schedules:
+                schedule_rows.write(
+                    conn,
+                    pipeline_id=grain.pipeline_id,
+                    states=schedules,
+                    dropped=dropped_schedules,
+                    now=now,
+                )
             return admission
 
         return await self._run(admit)
+
+    async def load_schedules(
+        self, *, grain: GrainKey, ids: Sequence[str] | None = None
+    ) -> list[StoredSchedule]:
+        pipeline_id = grain.pipeline_id
+        return await self._run(lambda c: schedule_rows.load(c, pipeline_id=pipeline_id, ids=ids))
+
+    async def schedule_versions(self, *, grain: GrainKey) -> dict[str, int]:
+        pipeline_id = grain.pipeline_id
+        return await self._run(lambda c: schedule_rows.versions(c, pipeline_id=pipeline_id))
+
+    async def run_statuses(self, *, grain: GrainKey, task_ids: Sequence[str]) -> dict[str, Status]:
+        pipeline_id = grain.pipeline_id
+        return await self._run(
+            lambda c: schedule_rows.run_statuses(c, pipeline_id=pipeline_id, task_ids=task_ids)
+        )
 
     async def cancel_waiting(
         self,
@@ -392,6 +430,8 @@ def _insert_new(
             "due_at": to_db(t.due_at),
             "expires_at": to_db(t.expires_at),
             "policy_json": policy_to_json(t.retry),
+            "schedule_id": t.schedule_id,
+            "fire_at": to_db(t.fire_at),
             "data": t.data,
             "data_sha256": t.data_sha256,
             "created_at": to_db(t.created_at),
@@ -420,6 +460,8 @@ def _insert_new(
                 created_at=t.created_at,
                 expires_at=t.expires_at,
                 retry=t.retry,
+                schedule_id=t.schedule_id,
+                fire_at=t.fire_at,
             )
             for t in fresh
         ],

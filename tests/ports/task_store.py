@@ -27,6 +27,7 @@ from actors.pipeline.model import (
 )
 from actors.pipeline.ports import Admission, StaleEpoch, TaskStore
 from actors.pipeline.retry import Backoff, RetryOverride
+from actors.pipeline.schedules import ScheduleState, run_id
 
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 PIPELINE = "0190-pipeline"
@@ -60,6 +61,10 @@ class StoreUnderTest(Protocol):
 
     async def attempts(self) -> list[tuple[str, int, str, str | None]]:
         """Every kept attempt as (task id, attempt, outcome, error), in that order."""
+        ...
+
+    async def define_schedule(self, *, schedule_id: str, version: int, doc: dict[str, Any]) -> None:
+        """Write a schedule definition of ``PIPELINE`` as the API would."""
         ...
 
 
@@ -363,3 +368,92 @@ class RetryPolicyContract:
         assert [t.retry for t in admission.admitted] == [own, None]
         page = await store.page_queued(grain=GRAIN, after="", limit=10)
         assert [(t.id, t.retry) for t in page] == [("task-00001", own), ("task-00002", None)]
+
+
+SCHEDULE_DOC: dict[str, Any] = {
+    "every_s": 60.0,
+    "timezone": "UTC",
+    "data_json": '{"s":1}',
+    "created_at": NOW.isoformat(),
+}
+
+
+def schedule_run(schedule_id: str, fire_at: dt.datetime) -> NewTask:
+    data = b'{"s":1}'
+    return NewTask(
+        id=run_id(schedule_id, fire_at),
+        data=data,
+        data_sha256=hashlib.sha256(data).digest(),
+        due_at=fire_at,
+        created_at=NOW,
+        schedule_id=schedule_id,
+        fire_at=fire_at,
+    )
+
+
+class ScheduleContract:
+    """A schedule's runs and its state are written together, fenced; runs keep their time."""
+
+    async def test_runs_and_state_land_together_and_read_back(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        await under_test.define_schedule(schedule_id="sch-a", version=1, doc=SCHEDULE_DOC)
+        assert await store.schedule_versions(grain=GRAIN) == {"sch-a": 1}
+        (fresh,) = await store.load_schedules(grain=GRAIN)
+        assert fresh.spec.id == "sch-a"
+        assert fresh.state is None
+        epoch = await store.claim(grain=GRAIN, owner="a")
+        state = ScheduleState(schedule_id="sch-a", version=1, next_fire_at=NOW, fired=1)
+        run = schedule_run("sch-a", NOW)
+        admission = await store.admit(
+            grain=GRAIN, epoch=epoch, tasks=[run], offsets={}, now=NOW, schedules=[state]
+        )
+        assert [(t.schedule_id, t.fire_at) for t in admission.admitted] == [("sch-a", NOW)]
+        (loaded,) = await store.load_schedules(grain=GRAIN, ids=["sch-a", "gone"])
+        assert loaded.state == state
+        (page,) = await store.page_queued(grain=GRAIN, after="", limit=10)
+        assert (page.id, page.schedule_id, page.fire_at) == (run.id, "sch-a", NOW)
+        statuses = await store.run_statuses(grain=GRAIN, task_ids=[run.id, "none"])
+        assert statuses == {run.id: Status.QUEUED}
+
+    async def test_a_fenced_firing_writes_neither_run_nor_state(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        await under_test.define_schedule(schedule_id="sch-a", version=1, doc=SCHEDULE_DOC)
+        old = await store.claim(grain=GRAIN, owner="a")
+        await store.claim(grain=GRAIN, owner="b")
+        state = ScheduleState(schedule_id="sch-a", version=1, next_fire_at=NOW, fired=1)
+        with pytest.raises(StaleEpoch):
+            await store.admit(
+                grain=GRAIN,
+                epoch=old,
+                tasks=[schedule_run("sch-a", NOW)],
+                offsets={},
+                now=NOW,
+                schedules=[state],
+            )
+        assert await under_test.tasks() == {}
+        (loaded,) = await store.load_schedules(grain=GRAIN)
+        assert loaded.state is None
+
+    async def test_a_fire_time_makes_one_row_and_a_dropped_state_goes(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        await under_test.define_schedule(schedule_id="sch-a", version=1, doc=SCHEDULE_DOC)
+        epoch = await store.claim(grain=GRAIN, owner="a")
+        state = ScheduleState(schedule_id="sch-a", version=1, next_fire_at=NOW)
+        run = schedule_run("sch-a", NOW)
+        await store.admit(
+            grain=GRAIN, epoch=epoch, tasks=[run], offsets={}, now=NOW, schedules=[state]
+        )
+        again = await store.admit(grain=GRAIN, epoch=epoch, tasks=[run], offsets={}, now=NOW)
+        assert (again.admitted, again.duplicates) == ([], [run.id])
+        assert len(await under_test.tasks()) == 1
+        await store.admit(
+            grain=GRAIN, epoch=epoch, tasks=[], offsets={}, now=NOW, dropped_schedules=["sch-a"]
+        )
+        (loaded,) = await store.load_schedules(grain=GRAIN)
+        assert loaded.state is None

@@ -32,6 +32,7 @@ class TaskEvent(_message.Message):
     SUBMIT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     REQUEUE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_CHANGED_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """currently 1"""
     pipeline_id: _builtins.str
@@ -43,6 +44,10 @@ class TaskEvent(_message.Message):
     def cancel(self) -> Global___CancelTask: ...
     @_builtins.property
     def requeue(self) -> Global___RequeueTask: ...
+    @_builtins.property
+    def schedule_changed(self) -> Global___ScheduleChanged:
+        """`task_id` holds the schedule's id: its firing grain reads the definition again."""
+
     def __init__(
         self,
         *,
@@ -53,12 +58,13 @@ class TaskEvent(_message.Message):
         submit: Global___SubmitTask | None = ...,
         cancel: Global___CancelTask | None = ...,
         requeue: Global___RequeueTask | None = ...,
+        schedule_changed: Global___ScheduleChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "requeue", b"requeue", "submit", b"submit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "requeue", b"requeue", "schedule_changed", b"schedule_changed", "submit", b"submit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "pipeline_id", b"pipeline_id", "produced_at_ms", b"produced_at_ms", "requeue", b"requeue", "schema_version", b"schema_version", "submit", b"submit", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "pipeline_id", b"pipeline_id", "produced_at_ms", b"produced_at_ms", "requeue", b"requeue", "schedule_changed", b"schedule_changed", "schema_version", b"schema_version", "submit", b"submit", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submit", "cancel", "requeue"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submit", "cancel", "requeue", "schedule_changed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -73,6 +79,8 @@ class SubmitTask(_message.Message):
     DATA_SHA256_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    FIRE_AT_MS_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The client's JSON exactly as received: carried as raw bytes, never re-encoded."""
     due_at_ms: _builtins.int
@@ -83,6 +91,11 @@ class SubmitTask(_message.Message):
     """The deadline, in ms since the epoch; 0 means none. An attempt not started by then is
     never started: the task ends `expired`.
     """
+    schedule_id: _builtins.str
+    """A schedule's run (triggered or backfilled): the schedule's id and the nominal fire
+    time in ms since the epoch; empty and 0 for an ordinary task.
+    """
+    fire_at_ms: _builtins.int
     @_builtins.property
     def retry(self) -> Global___RetryPolicy:
         """This task's retry policy, over its pipeline's; absent: the pipeline's."""
@@ -95,10 +108,12 @@ class SubmitTask(_message.Message):
         data_sha256: _builtins.bytes = ...,
         expires_at_ms: _builtins.int = ...,
         retry: Global___RetryPolicy | None = ...,
+        schedule_id: _builtins.str = ...,
+        fire_at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "expires_at_ms", b"expires_at_ms", "retry", b"retry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "expires_at_ms", b"expires_at_ms", "fire_at_ms", b"fire_at_ms", "retry", b"retry", "schedule_id", b"schedule_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,6 +210,26 @@ class RequeueTask(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequeueTask: _TypeAlias = RequeueTask  # noqa: Y015
+
+@_typing.final
+class ScheduleChanged(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The definition's version after the change (the grain reads the current one anyway)."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleChanged: _TypeAlias = ScheduleChanged  # noqa: Y015
 
 @_typing.final
 class PlacementEvent(_message.Message):

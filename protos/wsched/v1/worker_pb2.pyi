@@ -154,6 +154,7 @@ class LeasedTask(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    FIRE_AT_MS_FIELD_NUMBER: _builtins.int
     lease_token: _builtins.str
     """at most 160 characters: epoch.attempt.task_id"""
     task_id: _builtins.str
@@ -161,6 +162,8 @@ class LeasedTask(_message.Message):
     data: _builtins.bytes
     """the client's JSON, as submitted"""
     created_at_ms: _builtins.int
+    fire_at_ms: _builtins.int
+    """A schedule's run: its nominal fire time in ms since the epoch (0: not a schedule's)."""
     def __init__(
         self,
         *,
@@ -169,10 +172,11 @@ class LeasedTask(_message.Message):
         attempt: _builtins.int = ...,
         data: _builtins.bytes = ...,
         created_at_ms: _builtins.int = ...,
+        fire_at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at_ms", b"created_at_ms", "data", b"data", "lease_token", b"lease_token", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at_ms", b"created_at_ms", "data", b"data", "fire_at_ms", b"fire_at_ms", "lease_token", b"lease_token", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

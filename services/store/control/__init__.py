@@ -7,14 +7,16 @@ their SHA-256 digests. A worker token is also kept encrypted (see
 only :meth:`ControlStore.worker_token` decrypts it.
 
 This package is the one entry point: :class:`ControlStore` is the union of one class per
-section (``_tenants``, ``_applications``, ``_pipelines``, ``_task_reads``), and the
-records its callers need are re-exported here, so that none imports a section module.
+section (``_tenants``, ``_applications``, ``_pipelines``, ``_schedules``,
+``_task_reads``), and the records its callers need are re-exported here, so that none
+imports a section module.
 """
 
 from __future__ import annotations
 
 from services.store.control._applications import ApplicationMethods
 from services.store.control._pipelines import PipelineMethods, pipeline_names
+from services.store.control._schedules import ScheduleMethods
 from services.store.control._task_reads import TaskReadMethods
 from services.store.control._tenants import TenantMethods
 from services.store.records import (
@@ -33,6 +35,8 @@ from services.store.records import (
     PipelineSpec,
     PipelineState,
     PipelineStats,
+    ScheduleRecord,
+    ScheduleRun,
     TaskRecord,
     Tenant,
     TokenUnavailable,
@@ -59,6 +63,8 @@ __all__ = [
     "PipelineSpec",
     "PipelineState",
     "PipelineStats",
+    "ScheduleRecord",
+    "ScheduleRun",
     "TaskRecord",
     "Tenant",
     "TokenUnavailable",
@@ -70,5 +76,8 @@ __all__ = [
 ]
 
 
-class ControlStore(TenantMethods, ApplicationMethods, PipelineMethods, TaskReadMethods):
-    """Tenants, applications and pipelines; reads of tasks and of the grains' counters."""
+class ControlStore(
+    TenantMethods, ApplicationMethods, PipelineMethods, ScheduleMethods, TaskReadMethods
+):
+    """Tenants, applications, pipelines and schedules; reads of tasks and of the grains'
+    counters."""

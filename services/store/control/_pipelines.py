@@ -37,6 +37,8 @@ from services.store.schema import (
     grain_owners,
     pipeline_stats,
     pipelines,
+    schedule_state,
+    schedules,
     task_attempts,
     task_results,
     task_timers,
@@ -290,6 +292,8 @@ class PipelineMethods(StoreBase):
         grains = f"{pipeline_id}%"
         with self._engine.begin() as conn:
             conn.execute(pipeline_stats.delete().where(pipeline_stats.c.pipeline_id == pipeline_id))
+            conn.execute(schedules.delete().where(schedules.c.pipeline_id == pipeline_id))
+            conn.execute(schedule_state.delete().where(schedule_state.c.pipeline_id == pipeline_id))
             conn.execute(grain_owners.delete().where(grain_owners.c.grain_id.like(grains)))
             conn.execute(grain_offsets.delete().where(grain_offsets.c.grain_id.like(grains)))
             conn.execute(

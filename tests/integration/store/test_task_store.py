@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -10,13 +12,15 @@ import sqlalchemy as sa
 from actors.pipeline.book import TaskBook
 from actors.pipeline.model import Outcome, PipelineConfig, Report
 from services.store import migrate
-from services.store.schema import task_attempts, task_results, tasks
+from services.store.schema import schedules, task_attempts, task_results, tasks
 from services.store.tasks import SqlTaskStore
 from tests.ports.task_store import (
     GRAIN,
     NOW,
+    PIPELINE,
     AttemptsContract,
     RetryPolicyContract,
+    ScheduleContract,
     StoredTask,
     TaskStoreContract,
     TimerContract,
@@ -57,6 +61,21 @@ class SqlStoreUnderTest:
             ).all()
         return [(row.task_id, row.attempt, row.outcome, row.error) for row in rows]
 
+    async def define_schedule(self, *, schedule_id: str, version: int, doc: dict[str, Any]) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.insert(schedules).values(
+                    id=schedule_id,
+                    pipeline_id=PIPELINE,
+                    name=schedule_id,
+                    spec_json=json.dumps(doc),
+                    paused=False,
+                    version=version,
+                    created_at=NOW.replace(tzinfo=None),
+                    updated_at=NOW.replace(tzinfo=None),
+                )
+            )
+
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[sa.Engine]:
@@ -66,7 +85,9 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-class TestSqlTaskStore(TaskStoreContract, TimerContract, AttemptsContract, RetryPolicyContract):
+class TestSqlTaskStore(
+    TaskStoreContract, TimerContract, AttemptsContract, RetryPolicyContract, ScheduleContract
+):
     @pytest.fixture
     def under_test(self, engine: sa.Engine) -> SqlStoreUnderTest:
         return SqlStoreUnderTest(engine)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from actors.pipeline.memory import InMemoryTaskStore
+from actors.pipeline.schedules import ScheduleSpec
 from tests.ports.task_store import (
+    PIPELINE,
     AttemptsContract,
     RetryPolicyContract,
+    ScheduleContract,
     StoredTask,
     TaskStoreContract,
     TimerContract,
@@ -29,9 +34,15 @@ class MemoryStoreUnderTest:
         kept = self.store.attempts.values()
         return sorted((a.task_id, a.attempt, a.outcome, a.error) for a in kept)
 
+    async def define_schedule(self, *, schedule_id: str, version: int, doc: dict[str, Any]) -> None:
+        spec = ScheduleSpec.from_doc(
+            id=schedule_id, name=schedule_id, version=version, paused=False, doc=doc
+        )
+        self.store.schedules.setdefault(PIPELINE, {})[schedule_id] = spec
+
 
 class TestInMemoryTaskStore(
-    TaskStoreContract, TimerContract, AttemptsContract, RetryPolicyContract
+    TaskStoreContract, TimerContract, AttemptsContract, RetryPolicyContract, ScheduleContract
 ):
     @pytest.fixture
     def under_test(self) -> MemoryStoreUnderTest:

@@ -59,6 +59,8 @@ APP = f"{APPS}/{{app}}"
 PIPELINES = f"{APP}/pipelines"
 PIPELINE = f"{PIPELINES}/{{pipeline}}"
 TASK = f"{PIPELINE}/tasks/{{task_id}}"
+SCHEDULES = f"{PIPELINE}/schedules"
+SCHEDULE = f"{SCHEDULES}/{{schedule}}"
 
 ROUTES: dict[tuple[str, str], Call] = {
     ("POST", "/api/tenants"): Call(kind="operator", json={"name": "t-gamma"}, ok=201),
@@ -88,6 +90,20 @@ ROUTES: dict[tuple[str, str], Call] = {
     # Bulk: B's key on A's pipeline is a 404 before any task is read or touched.
     ("POST", f"{PIPELINE}/tasks:requeue"): Call(kind="scoped", json={}, ok=202),
     ("POST", f"{PIPELINE}/tasks:cancel"): Call(kind="scoped", json={"status": "queued"}, ok=202),
+    ("POST", SCHEDULES): Call(kind="scoped", json={"name": "sz", "every": "1m"}, ok=201),
+    ("GET", SCHEDULES): Call(kind="scoped", ok=200),
+    ("GET", SCHEDULE): Call(kind="scoped", ok=200),
+    ("GET", f"{SCHEDULE}/runs"): Call(kind="scoped", ok=200),
+    ("PATCH", SCHEDULE): Call(kind="scoped", json={"jitter": "1s"}, ok=200),
+    ("DELETE", SCHEDULE): Call(kind="scoped", ok=204),
+    ("POST", f"{SCHEDULE}:pause"): Call(kind="scoped", ok=200),
+    ("POST", f"{SCHEDULE}:resume"): Call(kind="scoped", ok=200),
+    ("POST", f"{SCHEDULE}:trigger"): Call(kind="scoped", ok=202),
+    ("POST", f"{SCHEDULE}:backfill"): Call(
+        kind="scoped",
+        json={"from": "2026-11-01T00:00:00Z", "to": "2026-11-01T00:03:00Z"},
+        ok=202,
+    ),
 }
 
 
@@ -126,12 +142,14 @@ class Names:
     idle_app: str
     pipeline: str
     tasks: dict[str, str]
+    schedule: str
 
     def path(self, template: str, call: Call) -> str:
         return template.format(
             app=self.idle_app if call.app == "idle" else self.app,
             pipeline=self.pipeline,
             task_id=self.tasks[call.task],
+            schedule=self.schedule,
         )
 
 
@@ -140,14 +158,22 @@ A = Names(
     idle_app="alpha-idle",
     pipeline="pa",
     tasks={"queued": "ta-queued", "dead": "ta-dead"},
+    schedule="sa",
 )
-B = Names(app="beta", idle_app="beta-idle", pipeline="pb", tasks={"queued": "tb-1", "dead": "tb-2"})
+B = Names(
+    app="beta",
+    idle_app="beta-idle",
+    pipeline="pb",
+    tasks={"queued": "tb-1", "dead": "tb-2"},
+    schedule="sb",
+)
 #: Names that exist for no tenant: what a 404 must look like.
 GHOST = Names(
     app="ghost",
     idle_app="ghost-idle",
     pipeline="pg",
     tasks={"queued": "tg-queued", "dead": "tg-dead"},
+    schedule="sg",
 )
 
 
@@ -175,6 +201,12 @@ async def tenant_with(api: Api, names: Names, tenant: str) -> tuple[str, dict[st
             data=b'{"n": 1}',
             status=status,
         )
+    schedule = await api.client.post(
+        f"{APPS}/{names.app}/pipelines/{names.pipeline}/schedules",
+        json={"name": names.schedule, "every": "1m"},
+        headers=bearer(key),
+    )
+    assert schedule.status_code == 201, schedule.text
     return key, pipeline
 
 
@@ -269,7 +301,7 @@ async def call(
 def normalised(answer: httpx.Response, names: Names) -> tuple[int, str]:
     """The answer with the names it was given replaced, to compare with another's."""
     text = answer.text
-    used = [names.idle_app, names.app, names.pipeline, *names.tasks.values()]
+    used = [names.idle_app, names.app, names.pipeline, *names.tasks.values(), names.schedule]
     for i, name in enumerate(sorted(used, key=len, reverse=True)):
         text = re.sub(rf"\b{re.escape(name)}\b", f"<name{i}>", text)
     return answer.status_code, text
@@ -283,6 +315,8 @@ SCOPED = {route: spec for route, spec in ROUTES.items() if spec.kind == "scoped"
 #: B's own application (and pipeline) around A's pipeline (and task) names.
 A_PIPELINE_IN_B_APP = dataclasses.replace(A, app=B.app, idle_app=B.idle_app)
 A_TASK_IN_B_PIPELINE = dataclasses.replace(A_PIPELINE_IN_B_APP, pipeline=B.pipeline)
+#: A's schedule named in B's own pipeline.
+A_SCHEDULE_IN_B_PIPELINE = dataclasses.replace(B, schedule=A.schedule)
 
 
 @pytest.mark.parametrize("route", list(SCOPED), ids=" ".join)
@@ -381,4 +415,14 @@ async def test_tenant_routes_refuse_the_operator_key_and_no_key(
     assert "operator key" in assert_error(answer, 403, "forbidden")
     anonymous = await call(api, route, A, {})
     assert_error(anonymous, 401, "unauthorized")
+    assert_untouched(before, await snapshot(api, fakes))
+
+
+@pytest.mark.parametrize("route", [r for r in SCOPED if "{schedule}" in r[1]], ids=" ".join)
+async def test_a_schedule_of_another_tenant_is_not_found_in_ones_own_pipeline(
+    api: Api, fakes: Fakes, world: World, route: tuple[str, str]
+) -> None:
+    before = await snapshot(api, fakes)
+    answer = await call(api, route, A_SCHEDULE_IN_B_PIPELINE, bearer(world.b_key))
+    assert "no schedule named 'sa'" in assert_error(answer, 404, "not_found")
     assert_untouched(before, await snapshot(api, fakes))
