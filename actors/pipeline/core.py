@@ -122,7 +122,10 @@ class PipelineCore:
         lead = self.config.lead_s
         if not lead:
             return 0
-        return self.book.timers.count_due(by=self._clock.wall() + dt.timedelta(seconds=lead))
+        by = self._clock.wall() + dt.timedelta(seconds=lead)
+        # A schedule about to fire is backlog too: a pipeline scaled to zero gets its
+        # workers started before the run exists.
+        return self.book.timers.count_due(by=by) + self.schedules.book.count_due(by=by)
 
     # -- life cycle ---------------------------------------------------------------------
 

@@ -59,6 +59,17 @@ class ScheduleBook:
         self._states.pop(schedule_id, None)
         self._buffered.discard(schedule_id)
 
+    def count_due(self, *, by: dt.datetime) -> int:
+        """Active schedules whose next fire time comes by ``by`` (for scaling ahead)."""
+        specs = self._specs
+        return sum(
+            1
+            for sid, state in self._states.items()
+            if state.next_fire_at is not None
+            and state.next_fire_at <= by
+            and not specs[sid].paused
+        )
+
     def next_due(self) -> dt.datetime | None:
         """The soonest next fire time of an active schedule."""
         self._drop_stale()

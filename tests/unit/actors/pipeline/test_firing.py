@@ -184,3 +184,21 @@ async def test_only_the_first_slice_fires() -> None:
     clock.now = 30
     await g.tick()
     assert runs(store) == []
+
+
+async def test_a_schedule_about_to_fire_counts_as_backlog_for_scaling() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    store.schedules["p"] = {
+        "sch-1": spec(rule=Every(every_s=3600, anchor=T0 + dt.timedelta(seconds=30))),
+        "sch-2": spec(id="sch-2", rule=Every(every_s=3600, anchor=T0 + dt.timedelta(seconds=90))),
+        "sch-3": spec(id="sch-3", paused=True),
+    }
+    g = PipelineCore(
+        config=PipelineConfig(pipeline_id="p", lead_s=60),
+        key=KEY,
+        owner="a",
+        store=store,
+        clock=clock.grain_clock(),
+    )
+    await g.activate()
+    assert g.snapshot().due_soon == 1  # sch-1 within the minute; sch-2 later; sch-3 paused
