@@ -65,9 +65,7 @@ class ScheduleBook:
         return sum(
             1
             for sid, state in self._states.items()
-            if state.next_fire_at is not None
-            and state.next_fire_at <= by
-            and not specs[sid].paused
+            if state.next_fire_at is not None and state.next_fire_at <= by and not specs[sid].paused
         )
 
     def next_due(self) -> dt.datetime | None:
