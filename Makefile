@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.bench-installed-stamp
 BENCH_OUT ?= bench-report
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install bench-install dev test test-unit lint bench protos provision clean
+.PHONY: install bench-install dev test test-unit lint bench protos provision clean sdk-reference
 
 install: $(STAMP)
 
@@ -47,7 +47,7 @@ provision: install
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy services actors tests sdk/src
+	$(BIN)/mypy services actors tests sdk
 
 ## Ours, then Celery with Redis on the same workload (each alone), then the Kubernetes side.
 bench: install bench-install provision
@@ -59,6 +59,10 @@ bench: install bench-install provision
 protos: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
 		--mypy_out=. --mypy_grpc_out=. $(PROTO_SRC)
+
+## The SDK's API reference, from its docstrings (a unit test checks it is up to date).
+sdk-reference: install
+	$(BIN)/python sdk/reference.py > docs/sdk-reference.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
