@@ -213,3 +213,10 @@ def test_bulk_requeue_and_cancel_send_ids_in_runs_of_a_thousand() -> None:
         f"{PIPE}/tasks:requeue"
     ]
     assert api.bodies()[2] == {"limit": 10} and requeued.acted == 0
+
+
+def test_submit_many_sends_nothing_when_an_item_is_not_json() -> None:
+    api = FakeApi()
+    with client(api, batch_items=1) as sdk, pytest.raises(ValueError):
+        sdk.tasks("shop", "echo").submit_many([{"n": 1}, {"n": float("nan")}])
+    assert api.requests == []

@@ -19,7 +19,11 @@ def spec_of(item: Mapping[str, Any] | TaskSpec, defaults: TaskSpec) -> TaskSpec:
 
 
 def encoded_items(specs: Iterable[TaskSpec]) -> list[bytes]:
-    """Each task as its batch item's JSON, its id fixed now: every retry resends it."""
+    """Each task as its batch item's JSON, its id fixed now: every retry resends it.
+
+    All at once, before the first request: an item that is not JSON (NaN, a set) fails the
+    call before anything is sent, rather than after some chunks were taken.
+    """
     return [dumps(spec.batch_item(spec.id or new_task_id())) for spec in specs]
 
 

@@ -102,7 +102,7 @@ def submit_chunk(app: str, pipeline: str, items: Sequence[bytes]) -> Call[list[B
     )
 
 
-def chunks(items: Sequence[bytes], *, max_items: int, max_bytes: int) -> Iterator[list[bytes]]:
+def chunks(items: Iterable[bytes], *, max_items: int, max_bytes: int) -> Iterator[list[bytes]]:
     """Consecutive runs of ``items`` within both bounds (an item alone may exceed
     ``max_bytes``: the API then names it in its 413)."""
     run: list[bytes] = []
