@@ -40,7 +40,7 @@ class AsyncClient:
     ``api_key`` is a tenant's key, or the operator's for :attr:`tenants`. Use it as an
     async context manager, or await :meth:`aclose`, so its connections are released. Requests the
     API answers 503 or 429 are retried as ``retry`` says when they are safe to repeat;
-    ``batch_items`` and ``batch_bytes`` bound each request of :meth:`Tasks.submit_many`
+    ``batch_items`` and ``batch_bytes`` bound each request of :meth:`AsyncTasks.submit_many`
     (lower ``batch_items`` if the operator lowered ``WSCHED_MAX_BATCH_ITEMS``).
     ``transport`` replaces the network (``httpx.MockTransport`` in tests); ``sleep`` and
     ``clock`` let tests run retries and waits without waiting.

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 
 class AsyncTasks:
-    """The tasks of one pipeline; from :meth:`Client.tasks`."""
+    """The tasks of one pipeline; from :meth:`AsyncClient.tasks`."""
 
     def __init__(self, client: AsyncClient, app: str, pipeline: str) -> None:
         self._client = client
