@@ -11,11 +11,12 @@ COPY --from=helm /usr/bin/helm /usr/local/bin/helm
 RUN useradd --create-home --uid 10001 wsched
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY sdk ./sdk
 COPY services ./services
 COPY actors ./actors
 COPY protos ./protos
 COPY charts ./charts
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
+RUN pip install --no-cache-dir ./sdk . && rm -rf /root/.cache
 
 USER 10001
 ENV WSCHED_HTTP_HOST=0.0.0.0 WSCHED_GRPC_HOST=0.0.0.0 WSCHED_METRICS_HOST=0.0.0.0

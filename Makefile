@@ -8,14 +8,15 @@ BENCH_STAMP := $(VENV)/.bench-installed-stamp
 BENCH_OUT ?= bench-report
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install bench-install dev test test-unit lint bench protos provision clean
+.PHONY: install bench-install dev test test-unit lint bench protos provision clean sdk-reference
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+## The server (the root's pyproject) and the Python SDK it depends on (sdk/), both editable.
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev,embedded]'
+	$(BIN)/pip install -e ./sdk -e '.[dev,embedded]'
 	touch $@
 
 ## The `bench` extra (Celery, redis-py) and a Redis server: Debian's redis-server, as no
@@ -25,7 +26,7 @@ bench-install: $(BENCH_STAMP)
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install -e '.[dev,embedded,bench]'
+	$(BIN)/pip install -e ./sdk -e '.[dev,embedded,bench]'
 	touch $@
 
 ## Run the whole product locally on embedded defaults (Ctrl-C stops everything).
@@ -46,7 +47,7 @@ provision: install
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy services actors tests
+	$(BIN)/mypy services actors tests sdk
 
 ## Ours, then Celery with Redis on the same workload (each alone), then the Kubernetes side.
 bench: install bench-install provision
@@ -58,6 +59,10 @@ bench: install bench-install provision
 protos: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
 		--mypy_out=. --mypy_grpc_out=. $(PROTO_SRC)
+
+## The SDK's API reference, from its docstrings (a unit test checks it is up to date).
+sdk-reference: install
+	$(BIN)/python sdk/reference.py > docs/sdk-reference.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

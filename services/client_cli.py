@@ -1,4 +1,10 @@
-"""``wsched tenants|apps|pipelines|tasks``: the HTTP API from the command line."""
+"""``wsched tenants|apps|pipelines|tasks``: the HTTP API from the command line.
+
+Every command goes through the Python SDK (``wsched.Client``), so the CLI retries,
+chunks and maps errors exactly as a program using the SDK does; this module only reads
+arguments and prints. It prints what the API answered (each model's ``raw``), so its
+output does not change when the SDK's models gain fields.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 import yaml
 from pydantic import SecretStr
@@ -19,6 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+import wsched
+
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -26,8 +33,6 @@ tenants = typer.Typer(no_args_is_help=True, help="Tenants (operator key).")
 apps = typer.Typer(no_args_is_help=True, help="A tenant's applications.")
 pipelines = typer.Typer(no_args_is_help=True, help="Pipelines of an application.")
 tasks = typer.Typer(no_args_is_help=True, help="Submit, read, watch and cancel tasks.")
-
-TERMINAL = ("succeeded", "failed", "dead", "cancelled")
 
 
 class ClientSettings(BaseSettings):
@@ -40,12 +45,9 @@ class ClientSettings(BaseSettings):
     operator_key: SecretStr = SecretStr("dev-operator-key")
 
 
-class ApiError(Exception):
-    pass
-
-
 @contextmanager
-def _client(*, operator: bool = False) -> Iterator[httpx.Client]:
+def _client(*, operator: bool = False) -> Iterator[wsched.Client]:
+    """An SDK client from the settings; its errors end the command with their message."""
     settings = ClientSettings()
     key = settings.operator_key if operator else settings.api_key
     if key is None:
@@ -53,38 +55,22 @@ def _client(*, operator: bool = False) -> Iterator[httpx.Client]:
             "[red]No API key[/]: set WSCHED_API_KEY to the key `wsched tenants create` printed."
         )
         raise typer.Exit(2)
-    headers = {"Authorization": f"Bearer {key.get_secret_value()}"}
-    with httpx.Client(base_url=settings.api_url, headers=headers, timeout=60) as client:
+    with wsched.Client(settings.api_url, api_key=key.get_secret_value()) as client:
         try:
             yield client
-        except httpx.TransportError as error:
+        except wsched.ConnectionFailed as error:
             err.print(
-                f"[red]Cannot reach the API at {settings.api_url}[/]: {error}. "
+                f"[red]Cannot reach the API at {settings.api_url}[/]: {error.reason}. "
                 "Is `wsched dev` running? Set WSCHED_API_URL otherwise."
             )
             raise typer.Exit(1) from error
-        except ApiError as error:
+        except wsched.WschedError as error:
             err.print(f"[red]{error}[/]")
             raise typer.Exit(1) from error
 
 
-def _call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
-    answer = client.request(method, url, **kwargs)
-    if answer.status_code >= 400:
-        try:
-            body = answer.json()
-            raise ApiError(f"{answer.status_code} {body['error']}: {body['detail']}")
-        except (ValueError, KeyError, TypeError):
-            raise ApiError(f"{answer.status_code}: {answer.text[:500]}") from None
-    return answer.json() if answer.content else None
-
-
 def _show(value: Any) -> None:
     out.print_json(json.dumps(value, default=str))
-
-
-def _pipe(app: str, pipeline: str) -> str:
-    return f"/api/applications/{app}/pipelines/{pipeline}"
 
 
 # -- tenants and applications -----------------------------------------------------------
@@ -94,33 +80,33 @@ def _pipe(app: str, pipeline: str) -> str:
 def tenant_create(name: str) -> None:
     """Create a tenant; prints its API key (shown once)."""
     with _client(operator=True) as client:
-        body = _call(client, "POST", "/api/tenants", json={"name": name})
-    _show(body)
-    err.print(f"export WSCHED_API_KEY={body['api_key']}")
+        tenant = client.tenants.create(name)
+    _show(tenant.raw)
+    err.print(f"export WSCHED_API_KEY={tenant.api_key}")
 
 
 @tenants.command("list")
 def tenant_list() -> None:
     with _client(operator=True) as client:
-        _show(_call(client, "GET", "/api/tenants"))
+        _show({"tenants": [tenant.raw for tenant in client.tenants.list()]})
 
 
 @apps.command("create")
 def app_create(name: str) -> None:
     with _client() as client:
-        _show(_call(client, "POST", "/api/applications", json={"name": name}))
+        _show(client.applications.create(name).raw)
 
 
 @apps.command("list")
 def app_list() -> None:
     with _client() as client:
-        _show(_call(client, "GET", "/api/applications"))
+        _show({"applications": [app.raw for app in client.applications.list()]})
 
 
 @apps.command("delete")
 def app_delete(name: str) -> None:
     with _client() as client:
-        _call(client, "DELETE", f"/api/applications/{name}")
+        client.applications.delete(name)
     err.print(f"deleted application {name}")
 
 
@@ -163,19 +149,18 @@ def pipeline_create(
     wait: Annotated[bool, typer.Option(help="Wait until the pipeline is ready.")] = True,
 ) -> None:
     """Create a pipeline; prints its worker token (shown once)."""
-    spec: dict[str, Any] = {
-        "name": name,
-        "chart": chart,
-        "partitions": partitions,
-        "max_attempts": max_attempts,
-        "lease_timeout_s": lease_timeout_s,
-        **_chart_fields(chart_version, values, scaling),
-    }
     with _client() as client:
-        body = _call(client, "POST", f"/api/applications/{app}/pipelines", json=spec)
-        if wait:
-            body["state"] = _wait_ready(client, app, name)
-    _show(body)
+        created = client.pipelines.create(
+            app,
+            name,
+            chart=chart,
+            partitions=partitions,
+            max_attempts=max_attempts,
+            lease_timeout_s=lease_timeout_s,
+            wait_ready_s=120 if wait else None,
+            **_chart_fields(chart_version, values, scaling),
+        )
+    _show(created.raw)
 
 
 @pipelines.command("update")
@@ -190,19 +175,21 @@ def pipeline_update(
     lease_timeout_s: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Change a pipeline; its chart is deployed again (a new Helm revision)."""
-    spec: dict[str, Any] = _chart_fields(chart_version, values, scaling)
-    for key, value in (
-        ("chart", chart),
-        ("max_attempts", max_attempts),
-        ("lease_timeout_s", lease_timeout_s),
-    ):
-        if value is not None:
-            spec[key] = value
-    if not spec:
+    fields = _chart_fields(chart_version, values, scaling)
+    given = (chart, max_attempts, lease_timeout_s)
+    if not fields and all(value is None for value in given):
         err.print("[red]Nothing to change[/]: give --chart, --values, --scaling ...")
         raise typer.Exit(2)
     with _client() as client:
-        _show(_call(client, "PATCH", _pipe(app, name), json=spec))
+        updated = client.pipelines.update(
+            app,
+            name,
+            chart=chart,
+            max_attempts=max_attempts,
+            lease_timeout_s=lease_timeout_s,
+            **fields,
+        )
+    _show(updated.raw)
 
 
 def _chart_fields(version: str | None, values: Path | None, scaling: str | None) -> dict[str, Any]:
@@ -226,34 +213,22 @@ def _mapping_from(text: str, what: str) -> dict[str, Any]:
     return parsed
 
 
-def _wait_ready(client: httpx.Client, app: str, name: str, timeout_s: float = 120) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        view = _call(client, "GET", _pipe(app, name))
-        if view["state"] in ("ready", "failed"):
-            if view["state"] == "failed":
-                raise ApiError(f"pipeline {name} failed: {view['reason']}")
-            return str(view["state"])
-        time.sleep(0.5)
-    raise ApiError(f"pipeline {name} was not ready within {timeout_s:.0f}s")
-
-
 @pipelines.command("list")
 def pipeline_list(app: str) -> None:
     with _client() as client:
-        _show(_call(client, "GET", f"/api/applications/{app}/pipelines"))
+        _show({"pipelines": [p.raw for p in client.pipelines.list(app)]})
 
 
 @pipelines.command("get")
 def pipeline_get(app: str, name: str) -> None:
     with _client() as client:
-        _show(_call(client, "GET", _pipe(app, name)))
+        _show(client.pipelines.get(app, name).raw)
 
 
 @pipelines.command("delete")
 def pipeline_delete(app: str, name: str) -> None:
     with _client() as client:
-        _show(_call(client, "DELETE", _pipe(app, name)))
+        _show(client.pipelines.delete(app, name).raw)
 
 
 # -- tasks ------------------------------------------------------------------------------
@@ -292,37 +267,44 @@ def task_submit(
     expires_after: Annotated[
         str | None, typer.Option(help="Not started within this long (10m): never start.")
     ] = None,
+    expires_at: Annotated[
+        str | None, typer.Option(help="Or not started by this RFC 3339 time: never start.")
+    ] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="This task's attempts, over its pipeline's setting.")
+    ] = None,
 ) -> None:
     """Submit one task or many (batches of up to 10,000), now or later."""
     items = _read_tasks(data, file)
-    given = (("delay", delay), ("run_at", at), ("expires_after", expires_after))
-    when = {k: v for k, v in given if v is not None}
+    options: dict[str, Any] = {
+        "delay": delay,
+        "run_at": at,
+        "expires_after": expires_after,
+        "expires_at": expires_at,
+        "retry": None if max_attempts is None else wsched.TaskRetry(max_attempts=max_attempts),
+    }
     with _client() as client:
+        target = client.tasks(app, pipeline)
         if len(items) == 1:
-            headers = {"Idempotency-Key": task_id} if task_id else {}
-            _show(
-                _call(
-                    client,
-                    "POST",
-                    _pipe(app, pipeline),
-                    json=items[0],
-                    headers=headers,
-                    params=when,
-                )
-            )
+            handle = target.submit(items[0], id=task_id, **options)
+            existing = handle.existing
+            _show(existing.raw if existing else {"id": handle.id, "status": handle.status})
             return
-        queued = 0
-        for start in range(0, len(items), 10_000):
-            chunk = [{"data": item, **when} for item in items[start : start + 10_000]]
-            body = _call(client, "POST", f"{_pipe(app, pipeline)}/tasks", json={"tasks": chunk})
-            queued += body["queued"]
-    err.print(f"queued {queued} of {len(items)} tasks")
+        outcome = target.submit_many(items, **options)
+    err.print(f"queued {outcome.queued} of {len(items)} tasks")
 
 
 @tasks.command("get")
-def task_get(app: str, pipeline: str, task_id: str) -> None:
+def task_get(
+    app: str,
+    pipeline: str,
+    task_id: str,
+    attempts: Annotated[
+        bool, typer.Option(help="Also list every attempt: worker, times, outcome, error.")
+    ] = False,
+) -> None:
     with _client() as client:
-        _show(_call(client, "GET", f"{_pipe(app, pipeline)}/tasks/{task_id}"))
+        _show(client.tasks(app, pipeline).get(task_id, attempts=attempts).raw)
 
 
 @tasks.command("list")
@@ -332,36 +314,33 @@ def task_list(
     status: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option()] = 50,
 ) -> None:
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
     with _client() as client:
-        page = _call(client, "GET", f"{_pipe(app, pipeline)}/tasks", params=params)
+        page = client.tasks(app, pipeline).list(status=status or None, limit=limit)
     table = Table("id", "status", "attempt", "worker", "finished_at", "error")
-    for task in page["tasks"]:
+    for task in page.tasks:
         table.add_row(
-            task["id"],
-            task["status"],
-            str(task["attempt"]),
-            task["worker"] or "",
-            str(task["finished_at"] or ""),
-            (task["error"] or "")[:60],
+            task.id,
+            task.status,
+            str(task.attempt),
+            task.worker or "",
+            str(task.raw.get("finished_at") or ""),  # as the API wrote it
+            (task.error or "")[:60],
         )
     out.print(table)
-    if page.get("next_cursor"):
+    if page.next_cursor:
         err.print("more: use the API's ?cursor= to page on")
 
 
 @tasks.command("cancel")
 def task_cancel(app: str, pipeline: str, task_id: str) -> None:
     with _client() as client:
-        _show(_call(client, "DELETE", f"{_pipe(app, pipeline)}/tasks/{task_id}"))
+        _show(client.tasks(app, pipeline).cancel(task_id).raw)
 
 
 @tasks.command("requeue")
 def task_requeue(app: str, pipeline: str, task_id: str) -> None:
     with _client() as client:
-        _show(_call(client, "POST", f"{_pipe(app, pipeline)}/tasks/{task_id}/requeue"))
+        _show(client.tasks(app, pipeline).requeue(task_id).raw)
 
 
 @tasks.command("watch")
@@ -386,8 +365,8 @@ def task_watch(
     ):
         bar = progress.add_task(pipeline, total=None, detail="")
         while True:
-            counts = _call(client, "GET", f"{_pipe(app, pipeline)}/stats")["counts"]
-            done = sum(counts.get(status, 0) for status in TERMINAL)
+            counts = dict(client.tasks(app, pipeline).stats().counts)
+            done = sum(counts.get(status, 0) for status in wsched.TERMINAL_STATUSES)
             total = done + counts.get("queued", 0) + counts.get("leased", 0)
             detail = " ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
             progress.update(bar, total=total or None, completed=done, detail=detail)

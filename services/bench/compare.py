@@ -66,12 +66,20 @@ def prepare_base(*, repo: Path, rev: str, root: Path, say: Say) -> Side:
             _git(repo, "worktree", "add", "--detach", str(tree), commit)
         for step in (
             [sys.executable, "-m", "venv", str(tree / ".venv")],
-            [str(tree / ".venv" / "bin" / "pip"), "install", "-q", "-e", str(tree)],
+            [str(tree / ".venv" / "bin" / "pip"), "install", "-q", *_editables(tree)],
         ):
             done = subprocess.run(step, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise CompareFailed(f"installing the base failed: {done.stderr.strip()[-2000:]}")
     return Side(label=f"base {commit[:12]}", command=(str(wsched),), commit=commit)
+
+
+def _editables(tree: Path) -> list[str]:
+    """``-e`` for the checkout, after its SDK (sdk/) where it has one: the server depends
+    on the SDK of its own version, which must come from the same tree, not an index."""
+    sdk = tree / "sdk"
+    first = ["-e", str(sdk)] if (sdk / "pyproject.toml").exists() else []
+    return [*first, "-e", str(tree)]
 
 
 def head_side(repo: Path) -> Side:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 #: Our own top-level packages; every other import is the standard library or a dependency.
-FIRST_PARTY = frozenset({"actors", "protos", "services", "tests"})
+FIRST_PARTY = frozenset({"actors", "protos", "services", "tests", "wsched"})
 #: Dependencies the domain may use: pure computation, no I/O, no framework (cron
 #: evaluation, ``actors/pipeline/recurrence.py``).
 PURE = frozenset({"cronsim"})
@@ -104,6 +104,17 @@ def test_the_store_imports_only_the_domain_and_placement() -> None:
     and settings are all above it."""
     ours = ("services.store", "services.placement", "actors")
     assert violations("services/store", ours=ours) == []
+
+
+def test_the_sdk_imports_only_itself_the_standard_library_and_httpx() -> None:
+    """The ``wsched`` wheel (sdk/) holds the SDK alone and depends on httpx alone: an
+    import of the server's packages would fail on a user's machine, another library
+    would be a dependency the SDK's pyproject does not declare."""
+    found = imports_under("sdk/src/wsched")
+    allowed = {"__future__", "httpx", "wsched"}
+    assert [
+        str(i) for i in found if i.module.split(".")[0] not in allowed | sys.stdlib_module_names
+    ] == []
 
 
 def test_relative_imports_are_resolved_against_their_package() -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from services.bench.compare import CompareFailed, Side, order, parse_report, summarise
+from services.bench.compare import CompareFailed, Side, _editables, order, parse_report, summarise
 
 BASE = Side(label="base", command=("base-wsched",), commit="a" * 40)
 HEAD = Side(label="this", command=("wsched",), commit="b" * 40)
@@ -42,3 +43,11 @@ def test_medians_and_ratio_per_figure() -> None:
     assert summary["runs_each"] == 3
     assert summary["figures"]["submit_p99_ms"]["ratio"] is None  # absent from every run
     assert summary["machine"]["cores"] >= 1
+
+
+def test_a_base_with_an_sdk_installs_it_from_its_own_tree(tmp_path: Path) -> None:
+    """The server depends on the SDK of its version: from the tree, never an index."""
+    assert _editables(tmp_path) == ["-e", str(tmp_path)]
+    (tmp_path / "sdk").mkdir()
+    (tmp_path / "sdk" / "pyproject.toml").write_text("")
+    assert _editables(tmp_path) == ["-e", str(tmp_path / "sdk"), "-e", str(tmp_path)]
