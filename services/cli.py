@@ -103,6 +103,27 @@ def bench(
         Console().print(render(report))
 
 
+@app.command("bench-schedules")
+def bench_schedules(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    schedules: Annotated[
+        int | None,
+        typer.Option(help="Schedules of @every 10s (default 50,000; 500 with --quick)."),
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes: a smoke run.")] = False,
+) -> None:
+    """Benchmark schedule firing: triggers admitted per second and their lateness."""
+    from services.bench import triggers
+    from services.infra.cache import Cache
+
+    report = triggers.run(
+        triggers.Options.build(schedules=schedules, quick=quick),
+        cache=Cache(root=_settings().cache_dir),
+        say=lambda text: console.print(f"[cyan]bench-schedules[/]: {text}"),
+    )
+    typer.echo(json.dumps(report, indent=2, default=str) if as_json else triggers.render(report))
+
+
 @app.command("bench-compare")
 def bench_compare(
     base: Annotated[str, typer.Argument(help="The commit to compare against (e.g. HEAD~1).")],

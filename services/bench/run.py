@@ -297,7 +297,7 @@ def _client(run: Run, pipeline: Pipeline, count: int, *, rate: float = 0.0) -> d
 
 
 @contextlib.contextmanager
-def _workers(run: Run, pipeline: Pipeline, count: int, *, hold: int = 0) -> Iterator[None]:
+def worker_processes(run: Run, pipeline: Pipeline, count: int, *, hold: int = 0) -> Iterator[None]:
     """``count`` worker processes on ``pipeline``, stopped (SIGTERM) on the way out."""
     with contextlib.ExitStack() as stack:
         for index in range(count):
@@ -348,7 +348,7 @@ def _memory_phase(run: Run) -> Report:
     opts, pid = run.options, run.system.scheduler_pid
     pipeline = run.tenant.pipeline("memory", lease_timeout_s=3600)
     run.say(f"memory: {opts.warmup:,} warm-up tasks, then {opts.hold:,} held as leases")
-    with _workers(run, pipeline, 1):
+    with worker_processes(run, pipeline, 1):
         _client(run, pipeline, opts.warmup)
         _succeeded(run, pipeline, opts.warmup, "the warm-up tasks")
     time.sleep(3)  # past the grain's periodic flush: nothing pending at the idle reading
@@ -356,7 +356,7 @@ def _memory_phase(run: Run) -> Report:
     _client(run, pipeline, opts.hold)
     total = opts.warmup + opts.hold
     _until(lambda: _admitted(run, pipeline) >= total, 600, "the held tasks admitted")
-    with _workers(run, pipeline, 1, hold=opts.hold):
+    with worker_processes(run, pipeline, 1, hold=opts.hold):
 
         def all_leased() -> bool:
             leased = pipeline_gauge(run.system.metrics, "wsched_pipeline_leased", pipeline.id)
@@ -377,7 +377,7 @@ def _throughput_phase(run: Run) -> Report:
     opts = run.options
     pipeline = run.tenant.pipeline("throughput", lease_timeout_s=60)
     run.say(f"throughput: {opts.tasks:,} tasks, {opts.workers} worker process(es)")
-    with CpuUse(run.system.pids) as cpu, _workers(run, pipeline, opts.workers):
+    with CpuUse(run.system.pids) as cpu, worker_processes(run, pipeline, opts.workers):
         summary = _client(run, pipeline, opts.tasks)
         _succeeded(run, pipeline, opts.tasks, "every task succeeded")
     count, last = last_finished_unix(run.system.database_url, pipeline.id)
@@ -407,7 +407,7 @@ def _paced_phase(run: Run, rate: float) -> Report:
     count = min(opts.tasks, batches * opts.batch)
     pipeline = run.tenant.pipeline("paced", lease_timeout_s=60)
     run.say(f"paced: {count:,} tasks offered at {rate:,.0f} tasks/s (half the peak)")
-    with _workers(run, pipeline, opts.workers):
+    with worker_processes(run, pipeline, opts.workers):
         time.sleep(2)  # the workers are waiting in a poll before the first task is ready
         before = dispatch_buckets(run.system.metrics)
         _client(run, pipeline, count, rate=rate)

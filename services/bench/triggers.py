@@ -1,0 +1,327 @@
+"""``wsched bench-schedules``: how many schedule fire times a scheduler replica admits,
+and how late, with Kafka and TiDB on the machine.
+
+Two phases, each on pipelines of its own:
+
+1. **admission**: ``schedules`` schedules of ``@every <every_s>`` spread over ``pipelines``
+   pipelines (so ``schedules / every_s`` fire times a second), no workers. Over a window
+   of ``measure_s`` after a warm-up: ``triggers_per_s`` is the runs whose task row was
+   created in the window, per second; ``lateness_p50/p99_ms`` is, for the runs of fire
+   times inside the window, the grain's clock when it made the run minus the nominal fire
+   time (the run's transaction commits a few ms later); ``due_in_window`` and
+   ``admitted_of_due`` show whether it kept up. ``scheduler_rss_mb`` is the scheduler's
+   peak RSS in the window, beside ``idle_rss_mb`` before any schedule existed.
+2. **dispatch**: ``dispatch_schedules`` schedules on one pipeline with bench workers
+   running: lateness from the nominal fire time to the lease (``started_at``), p50/p99.
+
+Definitions are written straight into the ``schedules`` table, as the API writes them,
+and announced with one ``ScheduleChanged`` record each: 50,000 HTTP creates would make
+the set-up the longest part of the run and measure the API, not the firing. Fire times
+are spread evenly over the seconds of the interval. The figures are printed beside
+Dapr's published ones, which come from other machines: a reference, not a comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from services.bench.measure import CpuUse, PeakRss, percentile, settled_rss_mb
+from services.bench.report import machine, versions
+from services.bench.run import (
+    Components,
+    Pipeline,
+    Run,
+    Say,
+    System,
+    Tenant,
+    start_components,
+    start_system,
+    worker_processes,
+)
+from services.bench.run import (
+    Options as TaskOptions,
+)
+from services.infra.cache import Cache
+from services.kafka.producer import KafkaProducer
+from services.store.engine import make_engine
+from services.store.schema import schedules, tasks
+
+Report = dict[str, Any]
+#: Published figures for the same kind of load, for the reader's orientation.
+DAPR = {
+    "dapr_scheduler_triggers_per_s": 4582,
+    "dapr_scheduler_setup": "3 replicas, 50,000 reminders (Dapr 1.14 performance report)",
+    "dapr_v1_17_triggers_per_s": 15463,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    schedules: int = 50_000
+    every_s: int = 10
+    pipelines: int = 5
+    warmup_s: float = 20.0
+    measure_s: float = 60.0
+    dispatch_schedules: int = 10_000
+    workers: int = 2
+
+    @classmethod
+    def build(cls, *, schedules: int | None, quick: bool) -> Options:
+        base = (
+            cls(
+                schedules=500,
+                pipelines=2,
+                warmup_s=5,
+                measure_s=10,
+                dispatch_schedules=200,
+            )
+            if quick
+            else cls()
+        )
+        return replace(base, schedules=schedules) if schedules is not None else base
+
+
+@dataclass(frozen=True, kw_only=True)
+class Window:
+    start: dt.datetime
+    end: dt.datetime
+
+
+def _define(
+    database_url: str, pipelines: Sequence[Pipeline], count: int, every_s: int, first: dt.datetime
+) -> list[tuple[str, str]]:
+    """Insert ``count`` interval schedules round-robin over the pipelines, their first fire
+    times spread over the interval's seconds from ``first``; (pipeline id, schedule id)."""
+    now = dt.datetime.now(dt.UTC)
+    rows, made = [], []
+    for index in range(count):
+        pipeline = pipelines[index % len(pipelines)]
+        start_at = first + dt.timedelta(seconds=index % every_s)
+        doc = {
+            "every_s": float(every_s),
+            "timezone": "UTC",
+            "data_json": "{}",
+            "start_at": start_at.isoformat(),
+            "created_at": now.isoformat(),
+            "catchup": {"window_s": 3600.0, "policy": "all", "after_pause": False},
+            "input": {"every": f"{every_s}s"},
+        }
+        schedule_id = str(uuid.uuid4())
+        made.append((pipeline.id, schedule_id))
+        rows.append(
+            {
+                "id": schedule_id,
+                "pipeline_id": pipeline.id,
+                "name": f"s{index}",
+                "spec_json": json.dumps(doc),
+                "paused": False,
+                "version": 1,
+                "created_at": now.replace(tzinfo=None),
+                "updated_at": now.replace(tzinfo=None),
+            }
+        )
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            for offset in range(0, len(rows), 1000):
+                conn.execute(sa.insert(schedules), rows[offset : offset + 1000])
+    finally:
+        engine.dispose()
+    return made
+
+
+def _undefine(database_url: str, pipeline_ids: Sequence[str]) -> None:
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.delete(schedules).where(schedules.c.pipeline_id.in_(pipeline_ids)))
+    finally:
+        engine.dispose()
+
+
+def _announce(bootstrap: str, made: Sequence[tuple[str, str]]) -> None:
+    async def send() -> None:
+        async with KafkaProducer(bootstrap=bootstrap) as producer:
+            for start in range(0, len(made), 1000):
+                await asyncio.gather(
+                    *(producer.schedule_changed(p, s, 1) for p, s in made[start : start + 1000])
+                )
+
+    asyncio.run(send())
+
+
+def _runs(
+    database_url: str, pipeline_ids: Sequence[str], window: Window, *, since: str
+) -> list[tuple[dt.datetime, dt.datetime | None, dt.datetime]]:
+    """(fire_at, started_at, created_at) of the runs with ``since`` in the window."""
+    column = tasks.c.fire_at if since == "fire_at" else tasks.c.created_at
+    query = sa.select(tasks.c.fire_at, tasks.c.started_at, tasks.c.created_at).where(
+        tasks.c.pipeline_id.in_(pipeline_ids),
+        tasks.c.schedule_id.is_not(None),
+        column >= window.start.replace(tzinfo=None),
+        column < window.end.replace(tzinfo=None),
+    )
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return [(r.fire_at, r.started_at, r.created_at) for r in conn.execute(query)]
+    finally:
+        engine.dispose()
+
+
+def _ms(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    return {
+        "p50": round(percentile(values, 0.5) * 1000, 1),
+        "p99": round(percentile(values, 0.99) * 1000, 1),
+        "max": round(max(values) * 1000, 1),
+    }
+
+
+def _sleep_until(at: dt.datetime) -> None:
+    time.sleep(max(0.0, (at - dt.datetime.now(dt.UTC)).total_seconds()))
+
+
+def _whole_second(at: dt.datetime) -> dt.datetime:
+    return at.replace(microsecond=0) + dt.timedelta(seconds=1)
+
+
+def _admission_phase(run: Run, options: Options, components: Components) -> Report:
+    system = run.system
+    pipelines = [
+        run.tenant.pipeline(f"adm-{i}", lease_timeout_s=30) for i in range(options.pipelines)
+    ]
+    idle = settled_rss_mb(system.scheduler_pid)
+    first = _whole_second(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10))
+    run.say(f"admission: {options.schedules:,} schedules @every {options.every_s}s")
+    made = _define(system.database_url, pipelines, options.schedules, options.every_s, first)
+    _announce(components.bootstrap, made)
+    window = Window(
+        start=first + dt.timedelta(seconds=options.warmup_s),
+        end=first + dt.timedelta(seconds=options.warmup_s + options.measure_s),
+    )
+    _sleep_until(window.start)
+    ids = [p.id for p in pipelines]
+    with PeakRss(system.scheduler_pid) as peak, CpuUse(system.pids) as cpu:
+        _sleep_until(window.end)
+    time.sleep(5)  # runs of the window's last fire times still in their transaction
+    admitted = _runs(system.database_url, ids, window, since="created_at")
+    due = _runs(system.database_url, ids, window, since="fire_at")
+    lateness = [(created - fire).total_seconds() for fire, _, created in due]
+    expected = int(options.schedules / options.every_s * options.measure_s)
+    _undefine(system.database_url, ids)
+    _announce(components.bootstrap, made)  # the grains drop them
+    return {
+        "triggers_per_s": round(len(admitted) / options.measure_s, 1),
+        "trigger_lateness_ms": _ms(lateness),
+        "due_in_window": expected,
+        "admitted_of_due": len(due),
+        "scheduler_rss_mb": round(peak.peak_mb, 1),
+        "idle_rss_mb": round(idle, 1),
+        "cpu_seconds": cpu.seconds,
+    }
+
+
+def _dispatch_phase(run: Run, options: Options, components: Components) -> Report:
+    system = run.system
+    pipeline = run.tenant.pipeline("dispatch", lease_timeout_s=30)
+    first = _whole_second(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10))
+    run.say(f"dispatch: {options.dispatch_schedules:,} schedules with {options.workers} workers")
+    made = _define(
+        system.database_url, [pipeline], options.dispatch_schedules, options.every_s, first
+    )
+    window = Window(
+        start=first + dt.timedelta(seconds=options.warmup_s),
+        end=first + dt.timedelta(seconds=options.warmup_s + options.measure_s),
+    )
+    with worker_processes(run, pipeline, options.workers):
+        _announce(components.bootstrap, made)
+        _sleep_until(window.end)
+        time.sleep(5)
+    due = _runs(system.database_url, [pipeline.id], window, since="fire_at")
+    started = [(s - f).total_seconds() for f, s, _ in due if s is not None]
+    _undefine(system.database_url, [pipeline.id])
+    _announce(components.bootstrap, made)
+    return {
+        "fire_times_per_s": round(options.dispatch_schedules / options.every_s, 1),
+        "dispatch_lateness_ms": _ms(started),
+        "due_in_window": int(options.dispatch_schedules / options.every_s * options.measure_s),
+        "dispatched_of_due": len(started),
+    }
+
+
+def run(
+    options: Options, *, cache: Cache, say: Say, components: Components | None = None
+) -> Report:
+    """Both phases; ``components`` given means: use them, start none."""
+    for chatty in ("httpx", "alembic", "aiokafka"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="wsched-bench-schedules-"))
+    started = time.monotonic()
+    try:
+        report = _run(options, cache=cache, say=say, components=components, work=work)
+    except BaseException:
+        say(f"stopped; the logs are kept in {work}")
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    report["duration_s"] = round(time.monotonic() - started)
+    return report
+
+
+def _run(
+    options: Options, *, cache: Cache, say: Say, components: Components | None, work: Path
+) -> Report:
+    report: Report = {"workload": vars(options), "reference": DAPR}
+    with contextlib.ExitStack() as stack:
+        if components is None:
+            components = stack.enter_context(start_components(cache, work, say))
+        report["machine"], report["versions"] = machine(), versions(components.tidb_root_url)
+        system: System = stack.enter_context(start_system(components, work, say))
+        tenant = Tenant(api=system.api)
+        stack.callback(tenant.http.close)
+        bench = Run(system=system, tenant=tenant, options=TaskOptions(), work=work, say=say)
+        report["admission"] = _admission_phase(bench, options, components)
+        report["dispatch"] = _dispatch_phase(bench, options, components)
+    return report
+
+
+def render(report: Report) -> str:
+    """The figures in a few lines, beside Dapr's."""
+    adm, dis, ref = report["admission"], report["dispatch"], report["reference"]
+    late, dlate = adm["trigger_lateness_ms"], dis["dispatch_lateness_ms"]
+    work = report["workload"]
+    return "\n".join(
+        [
+            f"machine: {report['machine']['cores']} cores, {report['machine']['cpu']}, "
+            f"load {report['machine']['load_average_1m']}",
+            f"admission: {work['schedules']:,} schedules @every {work['every_s']}s on "
+            f"{work['pipelines']} pipelines, no workers",
+            f"  triggers admitted/s: {adm['triggers_per_s']:,} "
+            f"(due {adm['due_in_window']:,}, admitted {adm['admitted_of_due']:,})",
+            f"  lateness ms: p50 {late['p50']}, p99 {late['p99']}, max {late['max']}",
+            f"  scheduler RSS MB: {adm['scheduler_rss_mb']} (idle {adm['idle_rss_mb']})",
+            f"  CPU s in the window: {adm['cpu_seconds']}",
+            f"dispatch: {work['dispatch_schedules']:,} schedules "
+            f"({dis['fire_times_per_s']:,} fire times/s), {work['workers']} workers",
+            f"  nominal time to lease ms: p50 {dlate['p50']}, p99 {dlate['p99']}, "
+            f"max {dlate['max']} ({dis['dispatched_of_due']:,} of {dis['due_in_window']:,})",
+            "reference (other machines): Dapr Scheduler "
+            f"{ref['dapr_scheduler_triggers_per_s']:,}/s ({ref['dapr_scheduler_setup']}); "
+            f"Dapr v1.17 {ref['dapr_v1_17_triggers_per_s']:,}/s",
+        ]
+    )

@@ -1,0 +1,38 @@
+"""``wsched bench-schedules`` in quick mode over the session's Kafka and TiDB: the
+machinery works and every figure is there (none is compared with a target)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.bench import triggers
+from services.bench.run import Components
+from services.infra.cache import Cache
+from services.infra.kafka import KafkaBroker
+from services.infra.tidb import TidbServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(600)
+def test_quick_schedule_bench_reports_every_figure(
+    kafka_broker: KafkaBroker, tidb_server: TidbServer, infra_cache: Cache
+) -> None:
+    options = triggers.Options.build(schedules=None, quick=True)
+    components = Components(bootstrap=kafka_broker.bootstrap, tidb_root_url=tidb_server.url())
+    said: list[str] = []
+
+    report = triggers.run(options, cache=infra_cache, say=said.append, components=components)
+
+    assert json.loads(json.dumps(report, default=str))["admission"]
+    admission, dispatch = report["admission"], report["dispatch"]
+    assert admission["triggers_per_s"] > 0
+    assert admission["admitted_of_due"] > 0
+    assert admission["trigger_lateness_ms"]["p99"] is not None
+    assert admission["scheduler_rss_mb"] > 0
+    assert dispatch["dispatched_of_due"] > 0
+    assert dispatch["dispatch_lateness_ms"]["p99"] is not None
+    text = triggers.render(report)
+    assert "triggers admitted/s" in text and "Dapr" in text
