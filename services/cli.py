@@ -110,6 +110,10 @@ def bench_schedules(
         int | None,
         typer.Option(help="Schedules of @every 10s (default 50,000; 500 with --quick)."),
     ] = None,
+    delayed: Annotated[
+        int | None,
+        typer.Option(help="Delayed tasks due over 10 min, 0 skips (default 1,000,000)."),
+    ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes: a smoke run.")] = False,
 ) -> None:
     """Benchmark schedule firing: triggers admitted per second and their lateness."""
@@ -117,7 +121,7 @@ def bench_schedules(
     from services.infra.cache import Cache
 
     report = triggers.run(
-        triggers.Options.build(schedules=schedules, quick=quick),
+        triggers.Options.build(schedules=schedules, quick=quick, delayed=delayed),
         cache=Cache(root=_settings().cache_dir),
         say=lambda text: console.print(f"[cyan]bench-schedules[/]: {text}"),
     )

@@ -288,7 +288,7 @@ class PipelineActor(Actor[object, Any]):
         wait = self._core.next_timer_in()
         if wait is None or wait >= self._timing.tick_s:
             return
-        if wait == 0 and self._core.book.window_room() == 0:
+        if wait == 0 and self._core.book.window_room() == 0 and not self._core.schedules.due_now():
             return  # due, but the window is full: the periodic tick fires it when room frees
         self._due_timer = self._ctx.schedule(wait, TIMER)
 

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from actors.pipeline.core import PipelineCore
 
 log = logging.getLogger("wsched.actors.pipeline.schedules")
-#: Schedules fired per transaction.
+#: Schedules fired per transaction, and transactions per wake-up.
 FIRE_BATCH = 500
+FIRE_BATCHES = 2
 
 
 class ScheduleFiring:
@@ -78,11 +79,13 @@ class ScheduleFiring:
 
     # -- firing ---------------------------------------------------------------------------
 
-    async def fire(self) -> None:
-        """Fire every schedule that is due, in transactions of ``FIRE_BATCH``."""
+    async def fire(self, *, batches: int = FIRE_BATCHES) -> None:
+        """Fire due schedules, ``FIRE_BATCH`` to a transaction, at most ``batches``
+        transactions: a grain far behind (after downtime) still answers its mailbox
+        between them; the actor wakes it again at once while more are due."""
         if not self.enabled:
             return
-        while True:
+        for _ in range(batches):
             taken = self.book.take_due(wall=self._core.clock.wall(), limit=FIRE_BATCH)
             if not taken:
                 return
@@ -93,6 +96,14 @@ class ScheduleFiring:
                 raise
             if len(taken) < FIRE_BATCH:
                 return
+
+    def due_now(self) -> bool:
+        """Whether a fire time is due: the grain has firing to do. (A buffered run waits
+        for its predecessor to end; the periodic tick looks at it.)"""
+        if not self.enabled:
+            return False
+        due = self.book.next_due()
+        return due is not None and due <= self._core.clock.wall()
 
     async def _fire(self, taken: list[str]) -> None:
         wall = self._core.clock.wall()

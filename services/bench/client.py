@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,9 +33,26 @@ def task_data(index: int) -> dict[str, Any]:
     return {"i": index, "p": "x" * (TASK_DATA_BYTES - head)}
 
 
-def batch_body(start: int, count: int) -> bytes:
-    tasks = [{"data": task_data(i)} for i in range(start, start + count)]
+def batch_body(start: int, count: int, *, due: Due | None = None) -> bytes:
+    tasks: list[dict[str, Any]] = [{"data": task_data(i)} for i in range(start, start + count)]
+    if due is not None:
+        for offset, item in enumerate(tasks):
+            item["run_at"] = due.run_at(start + offset)
     return json.dumps({"tasks": tasks}, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Due:
+    """Due times spread evenly over ``[first_unix, last_unix]``, in task order."""
+
+    first_unix: float
+    last_unix: float
+    tasks: int
+
+    def run_at(self, index: int) -> str:
+        share = index / max(1, self.tasks - 1)
+        at = self.first_unix + (self.last_unix - self.first_unix) * share
+        return dt.datetime.fromtimestamp(at, tz=dt.UTC).isoformat()
 
 
 class SubmitFailed(Exception):
@@ -58,6 +76,8 @@ class Plan:
     concurrency: int
     #: Tasks per second to offer; 0 means as fast as the API answers.
     rate: float = 0.0
+    #: Delayed tasks: their due times; None: due at once.
+    due: Due | None = None
 
     def batches(self) -> list[tuple[int, int]]:
         return [
@@ -90,7 +110,7 @@ async def _sender(
         number, start, count = queue.get_nowait()
         if plan.rate > 0:
             await asyncio.sleep(max(0.0, started + number * plan.batch / plan.rate - loop.time()))
-        body = batch_body(start, count)
+        body = batch_body(start, count, due=plan.due)
         if not summary.first_submit_unix:
             summary.first_submit_unix = time.time()
         sent = loop.time()
@@ -127,13 +147,22 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4, help="batches in flight")
     parser.add_argument("--rate", type=float, default=0.0, help="tasks/s; 0: unpaced")
+    parser.add_argument("--due-from", type=float, default=0.0, help="first due time (unix)")
+    parser.add_argument("--due-to", type=float, default=0.0, help="last due time (unix)")
     parser.add_argument("--out", type=Path, required=True, help="where the JSON summary goes")
     return parser.parse_args()
 
 
 def main() -> None:
     args = _arguments()
-    plan = Plan(tasks=args.tasks, batch=args.batch, concurrency=args.concurrency, rate=args.rate)
+    due = (
+        Due(first_unix=args.due_from, last_unix=args.due_to, tasks=args.tasks)
+        if args.due_from
+        else None
+    )
+    plan = Plan(
+        tasks=args.tasks, batch=args.batch, concurrency=args.concurrency, rate=args.rate, due=due
+    )
     summary = asyncio.run(
         submit(api=args.api, key=args.key, pipeline_path=args.pipeline_path, plan=plan)
     )

@@ -268,8 +268,16 @@ def _module(label: str, module: str, work: Path, **flags: object) -> Service:
     return Service(name=label, argv=argv, log_path=work / f"{label}.log")
 
 
-def _client(run: Run, pipeline: Pipeline, count: int, *, rate: float = 0.0) -> dict[str, Any]:
-    """Run the submitting client to completion; its summary."""
+def submit_client(
+    run: Run,
+    pipeline: Pipeline,
+    count: int,
+    *,
+    rate: float = 0.0,
+    due: tuple[float, float] = (0, 0),
+) -> dict[str, Any]:
+    """Run the submitting client to completion; its summary. ``due``: (first, last) due
+    time (unix) of delayed tasks, spread in submit order; (0, 0): due at once."""
     out = run.work / f"client-{uuid.uuid4().hex[:6]}.json"
     opts = run.options
     client = _module(
@@ -283,6 +291,8 @@ def _client(run: Run, pipeline: Pipeline, count: int, *, rate: float = 0.0) -> d
         batch=opts.batch,
         concurrency=opts.concurrency,
         rate=rate,
+        due_from=due[0],
+        due_to=due[1],
         out=out,
     )
     client.start()
@@ -349,11 +359,11 @@ def _memory_phase(run: Run) -> Report:
     pipeline = run.tenant.pipeline("memory", lease_timeout_s=3600)
     run.say(f"memory: {opts.warmup:,} warm-up tasks, then {opts.hold:,} held as leases")
     with worker_processes(run, pipeline, 1):
-        _client(run, pipeline, opts.warmup)
+        submit_client(run, pipeline, opts.warmup)
         _succeeded(run, pipeline, opts.warmup, "the warm-up tasks")
     time.sleep(3)  # past the grain's periodic flush: nothing pending at the idle reading
     idle = settled_rss_mb(pid)
-    _client(run, pipeline, opts.hold)
+    submit_client(run, pipeline, opts.hold)
     total = opts.warmup + opts.hold
     _until(lambda: _admitted(run, pipeline) >= total, 600, "the held tasks admitted")
     with worker_processes(run, pipeline, 1, hold=opts.hold):
@@ -378,7 +388,7 @@ def _throughput_phase(run: Run) -> Report:
     pipeline = run.tenant.pipeline("throughput", lease_timeout_s=60)
     run.say(f"throughput: {opts.tasks:,} tasks, {opts.workers} worker process(es)")
     with CpuUse(run.system.pids) as cpu, worker_processes(run, pipeline, opts.workers):
-        summary = _client(run, pipeline, opts.tasks)
+        summary = submit_client(run, pipeline, opts.tasks)
         _succeeded(run, pipeline, opts.tasks, "every task succeeded")
     count, last = last_finished_unix(run.system.database_url, pipeline.id)
     elapsed = last - summary["first_submit_unix"]
@@ -410,7 +420,7 @@ def _paced_phase(run: Run, rate: float) -> Report:
     with worker_processes(run, pipeline, opts.workers):
         time.sleep(2)  # the workers are waiting in a poll before the first task is ready
         before = dispatch_buckets(run.system.metrics)
-        _client(run, pipeline, count, rate=rate)
+        submit_client(run, pipeline, count, rate=rate)
         _succeeded(run, pipeline, count, "every paced task succeeded")
         after = dispatch_buckets(run.system.metrics)
     return {
@@ -434,7 +444,7 @@ def _backlog_phase(run: Run) -> Report:
         return pipeline_gauge(run.system.metrics, "wsched_pipeline_backlog", pipeline.id)
 
     with PeakRss(pid) as peak:
-        summary = _client(run, pipeline, opts.backlog)
+        summary = submit_client(run, pipeline, opts.backlog)
         _until(lambda: backlog() >= opts.backlog, 600 + opts.backlog / 100, "the backlog admitted")
         admitted_s = time.time() - summary["first_submit_unix"]
     time.sleep(3)

@@ -50,6 +50,7 @@ from services.bench.run import (
     Tenant,
     start_components,
     start_system,
+    submit_client,
     worker_processes,
 )
 from services.bench.run import (
@@ -78,9 +79,14 @@ class Options:
     measure_s: float = 60.0
     dispatch_schedules: int = 10_000
     workers: int = 2
+    #: Delayed tasks, due over ``delayed_span_s`` from a minute after the phase starts.
+    delayed: int = 1_000_000
+    delayed_span_s: float = 600.0
+    #: The first due time is this long after the phase starts (the submit must lead it).
+    delayed_lead_s: float = 60.0
 
     @classmethod
-    def build(cls, *, schedules: int | None, quick: bool) -> Options:
+    def build(cls, *, schedules: int | None, quick: bool, delayed: int | None = None) -> Options:
         base = (
             cls(
                 schedules=500,
@@ -88,11 +94,15 @@ class Options:
                 warmup_s=5,
                 measure_s=10,
                 dispatch_schedules=200,
+                delayed=2000,
+                delayed_span_s=20,
+                delayed_lead_s=5,
             )
             if quick
             else cls()
         )
-        return replace(base, schedules=schedules) if schedules is not None else base
+        base = replace(base, schedules=schedules) if schedules is not None else base
+        return replace(base, delayed=delayed) if delayed is not None else base
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,6 +275,48 @@ def _dispatch_phase(run: Run, options: Options, components: Components) -> Repor
     }
 
 
+def _delayed_phase(run: Run, options: Options) -> Report:
+    """Delayed tasks due over the span, no workers: each becomes ``queued`` (the row's
+    ``updated_at``) when its timer fires; lateness is that minus its due time, over the
+    tasks submitted at least a second before they were due. RSS against the idle figure."""
+    system = run.system
+    pipeline = run.tenant.pipeline("delayed", lease_timeout_s=30)
+    idle = settled_rss_mb(system.scheduler_pid)
+    first = time.time() + options.delayed_lead_s
+    last = first + options.delayed_span_s
+    run.say(f"delayed: {options.delayed:,} tasks due over {options.delayed_span_s:.0f}s")
+    with PeakRss(system.scheduler_pid) as peak:
+        summary = submit_client(run, pipeline, options.delayed, due=(first, last))
+        time.sleep(max(0.0, last - time.time()) + 10)
+    # In TiDB: a million rows' worth of datetimes would cost the bench more memory than the
+    # scheduler it measures.
+    ahead = sa.func.timestampdiff(sa.text("MICROSECOND"), tasks.c.created_at, tasks.c.due_at)
+    late = sa.func.timestampdiff(sa.text("MICROSECOND"), tasks.c.due_at, tasks.c.updated_at)
+    mine = (tasks.c.pipeline_id == pipeline.id, ahead >= 1_000_000)
+    engine = make_engine(system.database_url)
+    try:
+        with engine.connect() as conn:
+            counted = conn.execute(sa.select(sa.func.count()).where(*mine)).scalar_one()
+            fired = [
+                us / 1e6
+                for us in conn.execute(sa.select(late).where(*mine, tasks.c.status == "queued"))
+                .scalars()
+                .all()
+            ]
+    finally:
+        engine.dispose()
+    return {
+        "tasks": options.delayed,
+        "submitted_s": round(summary["last_ack_unix"] - summary["first_submit_unix"], 1),
+        "counted": int(counted),
+        "fired": len(fired),
+        "fire_lateness_ms": _ms(fired),
+        "scheduler_rss_mb": round(peak.peak_mb, 1),
+        "idle_rss_mb": round(idle, 1),
+        "rss_over_idle_mb": round(peak.peak_mb - idle, 1),
+    }
+
+
 def run(
     options: Options, *, cache: Cache, say: Say, components: Components | None = None
 ) -> Report:
@@ -297,6 +349,8 @@ def _run(
         bench = Run(system=system, tenant=tenant, options=TaskOptions(), work=work, say=say)
         report["admission"] = _admission_phase(bench, options, components)
         report["dispatch"] = _dispatch_phase(bench, options, components)
+        if options.delayed:
+            report["delayed"] = _delayed_phase(bench, options)
     return report
 
 
@@ -320,8 +374,22 @@ def render(report: Report) -> str:
             f"({dis['fire_times_per_s']:,} fire times/s), {work['workers']} workers",
             f"  nominal time to lease ms: p50 {dlate['p50']}, p99 {dlate['p99']}, "
             f"max {dlate['max']} ({dis['dispatched_of_due']:,} of {dis['due_in_window']:,})",
+            *_delayed_lines(report.get("delayed")),
             "reference (other machines): Dapr Scheduler "
             f"{ref['dapr_scheduler_triggers_per_s']:,}/s ({ref['dapr_scheduler_setup']}); "
             f"Dapr v1.17 {ref['dapr_v1_17_triggers_per_s']:,}/s",
         ]
     )
+
+
+def _delayed_lines(delayed: Report | None) -> list[str]:
+    if delayed is None:
+        return []
+    late = delayed["fire_lateness_ms"]
+    return [
+        f"delayed: {delayed['tasks']:,} tasks (submitted in {delayed['submitted_s']} s), "
+        f"{delayed['fired']:,} of {delayed['counted']:,} fired",
+        f"  due to queued ms: p50 {late['p50']}, p99 {late['p99']}, max {late['max']}",
+        f"  scheduler RSS MB: peak {delayed['scheduler_rss_mb']}, idle "
+        f"{delayed['idle_rss_mb']} (+{delayed['rss_over_idle_mb']})",
+    ]

@@ -34,5 +34,9 @@ def test_quick_schedule_bench_reports_every_figure(
     assert admission["scheduler_rss_mb"] > 0
     assert dispatch["dispatched_of_due"] > 0
     assert dispatch["dispatch_lateness_ms"]["p99"] is not None
+    delayed = report["delayed"]
+    assert delayed["tasks"] == 2000
+    assert 0 < delayed["fired"] <= delayed["counted"] <= 2000
+    assert delayed["fire_lateness_ms"]["p99"] is not None
     text = triggers.render(report)
     assert "triggers admitted/s" in text and "Dapr" in text

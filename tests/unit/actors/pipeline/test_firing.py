@@ -202,3 +202,21 @@ async def test_a_schedule_about_to_fire_counts_as_backlog_for_scaling() -> None:
     )
     await g.activate()
     assert g.snapshot().due_soon == 1  # sch-1 within the minute; sch-2 later; sch-3 paused
+
+
+async def test_a_grain_far_behind_fires_in_bounded_steps_and_asks_to_wake_again() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    store.schedules["p"] = {
+        f"s{i:04d}": spec(id=f"s{i:04d}", rule=Every(every_s=3600, anchor=T0)) for i in range(1200)
+    }
+    g = grain(store, clock)
+    await g.activate()
+    clock.now = 3600  # every schedule is due at once
+    await g.tick()
+    fired = sum(1 for t in store.rows.values() if t.schedule_id)
+    assert fired == 1000
+    assert g.schedules.due_now()
+    assert g.next_timer_in() == 0
+    await g.tick()
+    assert sum(1 for t in store.rows.values() if t.schedule_id) == 1200
+    assert not g.schedules.due_now()
