@@ -5,6 +5,7 @@ raised with their code and detail."""
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 
 import httpx
 import pytest
@@ -255,3 +256,16 @@ async def test_the_async_client_creates_iterates_and_triggers_alike() -> None:
     assert created.name == "nightly" and names == ["a", "b"]
     assert api.bodies()[0] == {"name": "nightly", "every": "10s", "data": {"n": 1}}
     assert isinstance(run, wsched.AsyncScheduleRunHandle) and run.fire_at.tzinfo is not None
+
+
+def test_both_clients_offer_the_same_schedule_methods_with_the_same_parameters() -> None:
+    """The async sub-client mirrors the blocking one: a method added to one only fails."""
+
+    def methods(cls: type) -> dict[str, list[str]]:
+        return {
+            name: list(inspect.signature(member).parameters)
+            for name, member in vars(cls).items()
+            if callable(member) and not name.startswith("_")
+        }
+
+    assert methods(wsched.Schedules) == methods(wsched.AsyncSchedules)
