@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services import client_cli
+from services import client_cli, client_cli_schedules
 from services.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Workload Scheduler.")
@@ -22,6 +22,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Manage the database schema.")
 app.add_typer(infra_app, name="infra")
 app.add_typer(db_app, name="db")
 client_cli.register(app)
+client_cli_schedules.register(app)
 console = Console(stderr=True, soft_wrap=True)
 
 COMPONENTS = ("kafka", "tidb", "helm", "kube", "registry")

@@ -1,4 +1,5 @@
-"""``wsched tenants|apps|pipelines|tasks``: the HTTP API from the command line.
+"""``wsched tenants|apps|pipelines|tasks``: the HTTP API from the command line
+(``wsched schedules`` is in ``client_cli_schedules``).
 
 Every command goes through the Python SDK (``wsched.Client``), so the CLI retries,
 chunks and maps errors exactly as a program using the SDK does; this module only reads

@@ -97,3 +97,43 @@ def test_cli_errors_say_what_was_wrong(stack: Stack) -> None:
     assert wrong.returncode == 1 and "401" in wrong.stderr
     bad_json = wsched(stack, "tasks", "submit", "shop", "echo", "{not json", key="wsk_x")
     assert bad_json.returncode == 2 and "not JSON" in bad_json.stderr
+
+
+def test_the_readme_schedules_walkthrough_with_the_cli(stack: Stack) -> None:
+    """README "Schedule work", the CLI form, command for command."""
+    key = json.loads(ok(wsched(stack, "tenants", "create", "sched")))["api_key"]
+
+    def cli(*args: str) -> str:
+        return ok(wsched(stack, *args, key=key))
+
+    cli("apps", "create", "shop")
+    cli("pipelines", "create", "shop", "echo", "--chart", "charts/examples/echo")
+    made = cli(
+        "schedules", "create", "shop", "echo", "morning-report", "--cron", "0 9 * * MON-FRI",
+        "--timezone", "Europe/Paris", "--data", '{"message": "good morning"}',
+        "--overlap", "skip", "--jitter", "30s",
+    )  # fmt: skip
+    assert "09:00 Europe/Paris)" in made and "overlap skip, jitter up to 30s" in made
+    cli("schedules", "create", "shop", "echo", "tick", "--every", "10s",
+        "--data", '{"message": "tick"}')  # fmt: skip
+    shown = cli("schedules", "get", "shop", "echo", "tick")
+    assert shown.startswith("tick  (active; id ") and "when       every 10s" in shown
+    assert "runs       overlap allow, catch-up latest within 1 h" in shown
+    assert shown.count(" UTC)") == 5  # the next five fire times, in UTC only
+    listing = cli("schedules", "list", "shop", "echo")
+    assert "morning-report" in listing and "every 10s" in listing
+    cli("schedules", "runs", "shop", "echo", "tick")
+    assert "(paused;" in cli("schedules", "pause", "shop", "echo", "tick")
+    run = json.loads(cli("schedules", "trigger", "shop", "echo", "morning-report"))
+    assert "@" in run["id"] and run["status"] == "queued"
+    backfill = ("--from", "2026-11-02T00:00:00Z", "--to", "2026-11-06T23:59:59Z")
+    filled = json.loads(cli("schedules", "backfill", "shop", "echo", "morning-report", *backfill))
+    assert filled["runs"] == 5
+    cli("schedules", "runs", "shop", "echo", "morning-report", "--at", "2026-11-03T08:00:00Z")
+    changed = cli(
+        "schedules", "update", "shop", "echo", "tick", "--every", "1m", "--catchup-policy", "none"
+    )
+    assert "every 1m" in changed and "catch-up none within 1 h" in changed
+    cli("schedules", "delete", "shop", "echo", "tick")
+    as_json = json.loads(cli("schedules", "list", "shop", "echo", "--json"))
+    assert [s["name"] for s in as_json["schedules"]] == ["morning-report"]

@@ -5,6 +5,7 @@ cancel, read attempts, and the errors a user meets."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 
 import pytest
@@ -72,3 +73,56 @@ async def test_errors_carry_the_api_code_and_detail(stack: Stack) -> None:
         assert taken.value.error == "name_taken"
         with pytest.raises(wsched.InvalidRequest, match="422 invalid_request: delay:"):
             sdk.tasks("shop", "nope").submit({}, delay="400d")
+
+
+async def test_a_schedule_fires_pauses_triggers_and_backfills_through_the_sdk(
+    stack: Stack,
+) -> None:
+    with wsched.Client(stack.api, api_key=OPERATOR) as operator:
+        key = operator.tenants.create(f"sdk-{uuid.uuid4().hex[:6]}").api_key
+    async with wsched.AsyncClient(stack.api, api_key=key) as sdk:
+        await sdk.applications.create("shop")
+        pipeline = await sdk.pipelines.create(
+            "shop", "echo", chart="charts/examples/echo", wait_ready_s=60
+        )
+        schedules = sdk.schedules("shop", "echo")
+        created = await schedules.create("tick", every="1s", data={"tick": True})
+        assert created.every == "1s" and len(created.next_fire_times) == 5
+
+        fired = await _runs_appear(schedules, "tick", count=2)
+        assert all(r.task_id.startswith(f"{created.id}@") for r in fired)
+        assert fired[0].fire_at > fired[-1].fire_at  # latest first
+
+        paused = await schedules.pause("tick")
+        assert paused.paused and paused.next_fire_times == ()
+        run = await schedules.trigger("tick")  # runs although paused
+        worker = asyncio.create_task(drain(stack, pipeline.id, pipeline.worker_token, 10_000))
+        try:
+            assert await run.result(timeout=60) == {"tick": True}
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+
+        oldest = fired[-1]
+        backfilled = await schedules.backfill(
+            "tick", start=oldest.fire_at, end=oldest.fire_at + dt.timedelta(seconds=2)
+        )
+        assert backfilled.runs == 3 and backfilled.task_ids[0] == oldest.task_id
+        assert [r.task_id for r in await schedules.runs("tick", at=oldest.fire_at)] == [
+            oldest.task_id
+        ]
+        assert [s.name async for s in schedules.iterate()] == ["tick"]
+
+        await schedules.delete("tick")
+        with pytest.raises(wsched.NotFound):
+            await schedules.get("tick")
+
+
+async def _runs_appear(
+    schedules: wsched.AsyncSchedules, name: str, *, count: int
+) -> tuple[wsched.ScheduleRun, ...]:
+    """The schedule's runs once it has fired ``count`` times (a run is written when fired)."""
+    async with asyncio.timeout(30):
+        while len(runs := await schedules.runs(name, limit=count)) < count:
+            await asyncio.sleep(0.5)
+    return runs

@@ -94,3 +94,32 @@ def batch_answer(request: httpx.Request) -> httpx.Response:
     items: Iterable[dict[str, Any]] = json.loads(request.content)["tasks"]
     results = [{"id": i["id"], "result": "queued", "status": "queued"} for i in items]
     return answer(202, {"results": results, "queued": len(results), "existing": 0, "conflicts": 0})
+
+
+def schedule_json(name: str = "nightly", **extra: Any) -> dict[str, Any]:
+    """A schedule as ``GET .../schedules/{name}`` answers it."""
+    return {
+        "id": "0196aaaa",
+        "name": name,
+        "cron": "0 2 * * *",
+        "every": None,
+        "timezone": "Europe/Paris",
+        "start_at": None,
+        "end_at": None,
+        "jitter": None,
+        "data": {"report": "daily"},
+        "max_runs": None,
+        "overlap": "allow",
+        "catchup": {"window_s": 3600.0, "policy": "latest", "after_pause": False},
+        "paused": False,
+        "version": 1,
+        "created_at": "2026-11-26T12:00:00+00:00",
+        "updated_at": "2026-11-26T12:00:00+00:00",
+        "next_fire_times": ["2026-11-27T01:00:00Z", "2026-11-28T01:00:00Z"],
+        "last_runs": [
+            {"fire_at": "2026-11-26T01:00:00Z", "task_id": "0196aaaa@2026-11-26T01:00:00Z",
+             "status": "succeeded"},
+        ],
+        "counts": {"fired": 1, "skipped": 0, "missed": 0},
+        **extra,
+    }  # fmt: skip

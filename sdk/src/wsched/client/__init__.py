@@ -13,6 +13,7 @@ from wsched.client._async import (
     AsyncPipelines,
     AsyncTenants,
 )
+from wsched.client._async_schedules import AsyncScheduleRunHandle, AsyncSchedules
 from wsched.client._async_tasks import AsyncTaskHandle, AsyncTasks
 from wsched.client._errors import (
     ApiError,
@@ -54,7 +55,16 @@ from wsched.client._models import (
 )
 from wsched.client._options import Backoff, TaskRetry, TaskSpec, new_task_id
 from wsched.client._retry import RequestRetry
+from wsched.client._schedule_calls import Catchup
+from wsched.client._schedule_models import (
+    Backfilled,
+    Schedule,
+    ScheduleCounts,
+    SchedulePage,
+    ScheduleRun,
+)
 from wsched.client._sync import Applications, Client, Pipelines, Tenants
+from wsched.client._sync_schedules import ScheduleRunHandle, Schedules
 from wsched.client._sync_tasks import TaskHandle, Tasks
 from wsched.client._waiting import PollWithBackoff, WaitStrategy
 
@@ -67,16 +77,20 @@ __all__ = [
     "AsyncApplications",
     "AsyncClient",
     "AsyncPipelines",
+    "AsyncScheduleRunHandle",
+    "AsyncSchedules",
     "AsyncTaskHandle",
     "AsyncTasks",
     "AsyncTenants",
     "Attempt",
+    "Backfilled",
     "Backoff",
     "BadRequest",
     "BatchOutcome",
     "BatchResult",
     "BulkOutcome",
     "BulkResult",
+    "Catchup",
     "Client",
     "Conflict",
     "ConnectionFailed",
@@ -93,6 +107,12 @@ __all__ = [
     "PollWithBackoff",
     "RateLimited",
     "RequestRetry",
+    "Schedule",
+    "ScheduleCounts",
+    "SchedulePage",
+    "ScheduleRun",
+    "ScheduleRunHandle",
+    "Schedules",
     "ServerError",
     "Stats",
     "Task",

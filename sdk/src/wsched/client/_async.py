@@ -13,6 +13,7 @@ import httpx
 
 from wsched._version import __version__
 from wsched.client import _calls as calls
+from wsched.client._async_schedules import AsyncSchedules
 from wsched.client._async_tasks import AsyncTasks
 from wsched.client._errors import ConnectionFailed, PipelineFailed, PipelineTimeout, error_from
 from wsched.client._models import (
@@ -88,8 +89,9 @@ class AsyncClient:
         """The tasks of one pipeline: submit, read, list, cancel, requeue."""
         return AsyncTasks(self, app, pipeline)
 
-    # A pipeline's schedules will be reached the same way, ``client.schedules(app,
-    # pipeline)``, once the API serves them (see docs/architecture.md, "Python SDK").
+    def schedules(self, app: str, pipeline: str) -> AsyncSchedules:
+        """The schedules of one pipeline: create, read, change, pause, trigger, backfill."""
+        return AsyncSchedules(self, app, pipeline)
 
     async def aclose(self) -> None:
         """Release the connections."""

@@ -2,8 +2,8 @@
 
 Both clients send these (``Client`` blocking, ``AsyncClient`` awaiting), so each
 operation is written once and the two cannot drift apart; the unit tests read them
-without any network. A new sub-client (schedules, when the API has them) adds its calls
-here and thin methods on both clients.
+without any network. The tasks' calls are in ``_task_calls``, the schedules' in
+``_schedule_calls``; a sub-client is thin methods on both clients that send them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The blocking client: :class:`Client` and its sub-clients (tenants, applications,
-pipelines; tasks in ``_sync_tasks``).
+pipelines; tasks in ``_sync_tasks``, schedules in ``_sync_schedules``).
 
 Every method builds a :class:`~wsched.client._calls.Call` and sends it through
 :meth:`Client._send`, the one place that talks HTTP, maps error answers to exceptions and
@@ -30,6 +30,7 @@ from wsched.client._models import (
 from wsched.client._options import Duration, TaskRetry
 from wsched.client._retry import RequestRetry, log_retry, parse_retry_after
 from wsched.client._specs import pipeline_fields, pipeline_spec, with_state
+from wsched.client._sync_schedules import Schedules
 from wsched.client._sync_tasks import Tasks
 from wsched.client._task_calls import MAX_BATCH_BYTES, MAX_BATCH_ITEMS
 from wsched.client._waiting import PollWithBackoff, WaitStrategy
@@ -93,8 +94,9 @@ class Client:
         """The tasks of one pipeline: submit, read, list, cancel, requeue."""
         return Tasks(self, app, pipeline)
 
-    # A pipeline's schedules will be reached the same way, ``client.schedules(app,
-    # pipeline)``, once the API serves them (see docs/architecture.md, "Python SDK").
+    def schedules(self, app: str, pipeline: str) -> Schedules:
+        """The schedules of one pipeline: create, read, change, pause, trigger, backfill."""
+        return Schedules(self, app, pipeline)
 
     def close(self) -> None:
         """Release the connections."""
