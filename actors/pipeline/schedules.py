@@ -53,11 +53,10 @@ def run_id(schedule_id: str, fire_at: dt.datetime) -> str:
 
 
 def format_fire(fire_at: dt.datetime) -> str:
-    at = fire_at.astimezone(dt.UTC)
-    text = at.strftime("%Y-%m-%dT%H:%M:%S")
-    if at.microsecond:
-        text += f".{at.microsecond:06d}"
-    return text + "Z"
+    """RFC 3339 in UTC with a ``Z``, microseconds only when there are some."""
+    # isoformat, not strftime: a firing formats one per run, and strftime showed in the
+    # profile of 5,000 fire times a second.
+    return fire_at.astimezone(dt.UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 def jitter_s(schedule_id: str, fire_at: dt.datetime, *, jitter: float) -> float:
@@ -129,6 +128,10 @@ class ScheduleSpec:
         return fire
 
 
+def _iso(at: dt.datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
 def _time(value: object) -> dt.datetime | None:
     if not value:
         return None
@@ -153,10 +156,19 @@ class ScheduleState:
     buffered_fire_at: dt.datetime | None = None
 
     def to_doc(self) -> dict[str, Any]:
-        doc = dataclasses.asdict(self)
-        for key in ("next_fire_at", "last_fire_at", "buffered_fire_at"):
-            doc[key] = doc[key].isoformat() if doc[key] is not None else None
-        return doc
+        # By hand: ``dataclasses.asdict`` deep-copies, and a firing writes a state per run
+        # (it was a tenth of the scheduler's time at 5,000 fire times a second).
+        return {
+            "schedule_id": self.schedule_id,
+            "version": self.version,
+            "next_fire_at": _iso(self.next_fire_at),
+            "fired": self.fired,
+            "skipped": self.skipped,
+            "missed": self.missed,
+            "last_fire_at": _iso(self.last_fire_at),
+            "last_task_id": self.last_task_id,
+            "buffered_fire_at": _iso(self.buffered_fire_at),
+        }
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> ScheduleState:

@@ -79,6 +79,8 @@ class Options:
     measure_s: float = 60.0
     dispatch_schedules: int = 10_000
     workers: int = 2
+    #: Pause between phases, so that one's catching up does not fall into the next.
+    settle_s: float = 15.0
     #: Delayed tasks, due over ``delayed_span_s`` from a minute after the phase starts.
     delayed: int = 1_000_000
     delayed_span_s: float = 600.0
@@ -94,6 +96,7 @@ class Options:
                 warmup_s=5,
                 measure_s=10,
                 dispatch_schedules=200,
+                settle_s=2,
                 delayed=2000,
                 delayed_span_s=20,
                 delayed_lead_s=5,
@@ -236,6 +239,7 @@ def _admission_phase(run: Run, options: Options, components: Components) -> Repo
     expected = int(options.schedules / options.every_s * options.measure_s)
     _undefine(system.database_url, ids)
     _announce(components.bootstrap, made)  # the grains drop them
+    time.sleep(options.settle_s)  # and finish what they were catching up, before the next
     return {
         "triggers_per_s": round(len(admitted) / options.measure_s, 1),
         "trigger_lateness_ms": _ms(lateness),

@@ -100,12 +100,12 @@ tasks = sa.Table(
     sa.Column("policy_json", sa.Text, nullable=True),
     sa.Column("expire_at", Timestamp, nullable=True),
     sa.Column("updated_at", Timestamp, nullable=False),
-    #: A schedule's run: the schedule's id and the nominal fire time (NULL otherwise).
+    #: A schedule's run: the schedule's id and the nominal fire time (NULL otherwise). Not
+    #: indexed: a run's id is ``<schedule id>@<fire time>``, so the primary key finds runs.
     sa.Column("schedule_id", ID, nullable=True),
     sa.Column("fire_at", Timestamp, nullable=True),
     NonClusteredPrimaryKey("pipeline_id", "id", name="pk_tasks"),
     sa.Index("ix_tasks_pipeline_status_id", "pipeline_id", "status", "id"),
-    sa.Index("ix_tasks_pipeline_schedule_fire", "pipeline_id", "schedule_id", "fire_at"),
 )
 
 task_results = sa.Table(

@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from actors.pipeline.schedules import run_id
 from services.store.control._base import StoreBase
 from services.store.records import NotFound, ScheduleRecord, ScheduleRun, new_id
 from services.store.schema import schedule_state, schedules, tasks
@@ -115,21 +116,30 @@ class ScheduleMethods(StoreBase):
         before: dt.datetime | None = None,
         limit: int = 5,
     ) -> list[ScheduleRun]:
-        """The schedule's runs, latest first; ``at``: only the run of that fire time."""
+        """The schedule's runs, latest first; ``at``: only the run of that fire time.
+
+        A run's id is ``<schedule id>@<fire time>``: the primary key's range over that
+        prefix finds them, in time order (no index on ``schedule_id`` to keep up on every
+        task insert)."""
+        prefix = f"{schedule_id}@"
         query = sa.select(tasks.c.id, tasks.c.status, tasks.c.fire_at).where(
-            tasks.c.pipeline_id == pipeline_id, tasks.c.schedule_id == schedule_id
+            tasks.c.pipeline_id == pipeline_id
         )
         if at is not None:
-            query = query.where(tasks.c.fire_at == to_db(at))
-        if before is not None:
-            query = query.where(tasks.c.fire_at < to_db(before))
-        query = query.order_by(tasks.c.fire_at.desc()).limit(limit)
+            query = query.where(tasks.c.id == run_id(schedule_id, at))
+        else:
+            # The ids sort by time: prefix + RFC 3339; ``~`` sorts after every character
+            # a time holds.
+            high = run_id(schedule_id, before) if before is not None else prefix + "~"
+            query = query.where(tasks.c.id >= prefix, tasks.c.id < high)
+        query = query.order_by(tasks.c.id.desc()).limit(limit)
         with self._engine.connect() as conn:
             return [
                 ScheduleRun(
                     fire_at=from_db_required(row.fire_at), task_id=row.id, status=row.status
                 )
                 for row in conn.execute(query)
+                if row.fire_at is not None
             ]
 
 
