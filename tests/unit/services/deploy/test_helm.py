@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.deploy.helm import (
+    ChartAllowList,
     ChartSource,
     HelmDeployer,
     HelmOptions,
@@ -43,7 +44,7 @@ def test_chart_references() -> None:
     [
         ("https://charts.example.com", "chart repository URL followed by the chart's name"),
         ("charts/none", "neither a local chart"),
-        ("charts", "is not a Helm chart (no Chart.yaml)"),
+        ("charts", "is not a Helm chart (it has no Chart.yaml)"),
     ],
 )
 def test_bad_chart_references_are_refused_clearly(chart: str, message: str) -> None:
@@ -82,6 +83,7 @@ def deployer(
         options=HelmOptions(
             scheduler="sched:50051",
             base_dir=REPO,
+            charts=ChartAllowList(roots=[REPO / "charts"], repositories=[], base_dir=REPO),
             work_dir=tmp_path,
             worker_image=worker_image,
             autoscaler=autoscaler,
@@ -127,10 +129,14 @@ def test_names_come_from_the_store(store: ControlStore) -> None:
 def test_a_missing_helm_is_named_with_its_setting(tmp_path: Path) -> None:
     missing = HelmDeployer(
         options=HelmOptions(
-            scheduler="s:1", base_dir=REPO, work_dir=tmp_path, executable=str(tmp_path / "helm")
+            scheduler="s:1",
+            base_dir=REPO,
+            charts=ChartAllowList(roots=[], repositories=[], base_dir=REPO),
+            work_dir=tmp_path,
+            executable=str(tmp_path / "helm"),
         ),
         token_of=lambda _: "t",
         names_of=lambda _: None,
     )
     with pytest.raises(HelmUnavailable, match="set WSCHED_HELM_EXECUTABLE"):
-        missing._helm()
+        missing._helm("wsched-t")
