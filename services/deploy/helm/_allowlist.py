@@ -108,7 +108,7 @@ class ChartAllowList:
         directory, each of its dependencies and links) is allowed. Blocking (it reads
         the chart's files): call it in a thread."""
         if _is_url(chart):
-            self._check_url(chart, chart, what="chart")
+            self._check_url(chart, chart, what="")
             return
         if "://" in chart.removeprefix("file://"):
             raise ChartNotAllowed(
@@ -137,14 +137,16 @@ class ChartAllowList:
         return any(location.within(allowed) for allowed in self._repositories)
 
     def _check_url(self, chart: str, url: str, *, what: str) -> None:
+        """``what`` names a dependency's URL; empty, the URL is the chart itself."""
+        subject = f"chart {chart!r}: {what} {url!r}" if what else f"chart {chart!r}"
         try:
             parse_location(url)
         except ValueError as err:
-            raise ChartNotAllowed(f"chart {chart!r}: {what} {url!r}: {err}") from None
+            raise ChartNotAllowed(f"{subject}: {err}") from None
         if not self.url_allowed(url):
             raise ChartNotAllowed(
-                f"chart {chart!r}: {what} {url!r} is not in a chart repository or registry "
-                f"the operator allows ({REPOSITORIES_SETTING})"
+                f"{subject} is not in a chart repository or registry the operator allows "
+                f"({REPOSITORIES_SETTING})"
             )
 
     def _check_tree(self, chart: str, directory: Path, *, depth: int) -> None:

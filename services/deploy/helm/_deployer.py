@@ -130,7 +130,7 @@ class HelmDeployer:
 
     async def deploy(self, pipeline: Pipeline) -> DeploymentStatus:
         async with self._lock(pipeline.id):
-            with self._for_tenant():
+            with self._for_tenant(pipeline.chart):
                 return await self._deploy(pipeline)
 
     async def _deploy(self, pipeline: Pipeline) -> DeploymentStatus:
@@ -184,7 +184,7 @@ class HelmDeployer:
             if not release:
                 return  # never deployed by us
             client, _ = self._helm(namespace)
-            with self._for_tenant():
+            with self._for_tenant(pipeline.chart):
                 try:
                     await client.uninstall_release(release, namespace=namespace, wait=False)
                 except helm_errors.Error as err:
@@ -343,9 +343,9 @@ class HelmDeployer:
             yield api
 
     @contextlib.contextmanager
-    def _for_tenant(self) -> Iterator[None]:
+    def _for_tenant(self, chart: str) -> Iterator[None]:
         """Every failure's message, as the tenant will read it: no path or address of
-        this machine (see :mod:`._scrub`)."""
+        this machine (see :mod:`._scrub`) but the chart as the tenant gave it."""
         known = [
             (self._options.work_dir.resolve() / "charts", "<prepared chart>"),
             (self._options.base_dir.resolve(), "."),
@@ -354,9 +354,9 @@ class HelmDeployer:
         try:
             yield
         except DeployFailed as err:
-            raise DeployFailed(scrubbed(str(err), known=known)) from err
+            raise DeployFailed(scrubbed(str(err), known=known, keep=[chart])) from err
         except HelmUnavailable as err:
-            raise HelmUnavailable(scrubbed(str(err), known=known)) from err
+            raise HelmUnavailable(scrubbed(str(err), known=known, keep=[chart])) from err
 
     def _kube(self) -> k8s.ApiClient:
         if self._api is None:
