@@ -11,6 +11,7 @@ the real pods, and its refusal becomes the pipeline's reason.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -20,8 +21,13 @@ from kubernetes.client.exceptions import ApiException
 
 from services.deploy.postrender import kind_of, pod_templates
 
+log = logging.getLogger("wsched.deploy.helm")
+
 #: Refusals by admission or validation: the chart's to fix. Anything else is transient.
 _REFUSED = frozenset({400, 403, 422})
+#: A full quota is about the pods running now, not about the chart: the install goes on
+#: and the Deployment's pods wait for room, as they would without the dry run.
+_QUOTA_FULL = "exceeded quota"
 
 
 class DryRunUnavailable(Exception):
@@ -38,11 +44,17 @@ def pods_of(manifest: str) -> Iterator[tuple[str, Any]]:
         for index, template in enumerate(pod_templates(document)):
             template_meta = template.get("metadata")
             labels = template_meta.get("labels") if isinstance(template_meta, Mapping) else None
+            spec = dict(template["spec"])
+            # The chart's own ServiceAccount does not exist before the install, and the
+            # ServiceAccount admission would refuse the Pod for it; Pod Security does not
+            # look at the account.
+            spec.pop("serviceAccountName", None)
+            spec.pop("serviceAccount", None)
             pod: Any = {
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {"name": f"{name[:40]}-dry-run-{index}", "labels": labels or {}},
-                "spec": dict(template["spec"]),
+                "spec": spec,
             }
             yield f"{kind_of(document)} {name!r}", pod
 
@@ -58,7 +70,11 @@ def admission_refusals(api: k8s.ApiClient, namespace: str, manifest: str) -> lis
         except ApiException as err:
             if err.status not in _REFUSED:
                 raise DryRunUnavailable(f"the Pod Security dry run failed: {err.reason}") from err
-            found.append(f"{what}: {_message(err)}")
+            message = _message(err)
+            if _QUOTA_FULL in message:
+                log.info("namespace %s: %s (the install goes on)", namespace, message)
+                continue
+            found.append(f"{what}: {message}")
     return found
 
 

@@ -143,14 +143,15 @@ async def test_the_api_deploys_with_the_charts_rights_alone(
     assert await deployer.in_place(echo)
 
     with kube_cluster.api_client() as kube:
-        secret: Any = {"metadata": {"name": "kept"}, "stringData": {"key": "secret"}}
+        kept = f"kept-{uuid.uuid4().hex[:8]}"
+        secret: Any = {"metadata": {"name": kept}, "stringData": {"key": "secret"}}
         k8s.CoreV1Api(kube).create_namespaced_secret("default", secret)
     lookup, _ = store.create_pipeline(
         app=app,
         spec=PipelineSpec(
             name="lookup",
             chart="tests/data/charts/rogue-lookup",
-            values={"target": {"namespace": "default", "name": "kept"}},
+            values={"target": {"namespace": "default", "name": kept}},
         ),
     )
     with pytest.raises(DeployFailed, match="forbidden"):

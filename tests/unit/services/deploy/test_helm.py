@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from pyhelm3 import errors as helm_errors
 
 from services.deploy.helm import (
     ChartAllowList,
@@ -18,6 +19,7 @@ from services.deploy.helm import (
     chart_source,
     names_from_store,
 )
+from services.deploy.helm._deployer import _classified
 from services.deploy.helm._values import fingerprint, image_values
 from services.deploy.ports import DeployFailed
 from services.store.control import ControlStore
@@ -140,3 +142,20 @@ def test_a_missing_helm_is_named_with_its_setting(tmp_path: Path) -> None:
     )
     with pytest.raises(HelmUnavailable, match="set WSCHED_HELM_EXECUTABLE"):
         missing._helm("wsched-t")
+
+
+def test_a_post_renderer_refusal_is_shown_without_helms_wrapping() -> None:
+    stderr = (
+        b"Error: error while running post render on files: error while running command "
+        b"/opt/venv/bin/python3. error output:\n"
+        b"wsched-post-render: Namespace 'x' is cluster-scoped: a pipeline chart may only ...\n"
+        b"wsched-post-render: ConfigMap 'y' is in namespace 'kube-system'\n: exit status 1"
+    )
+    err = helm_errors.Error(1, b"", stderr)
+    message = str(_classified(err, "helm upgrade --install r"))
+    assert message.startswith(
+        "helm upgrade --install r: the chart renders what a pipeline may not create: "
+        "Namespace 'x' is cluster-scoped"
+    )
+    assert "ConfigMap 'y' is in namespace 'kube-system'" in message
+    assert "/opt" not in message and "exit status" not in message

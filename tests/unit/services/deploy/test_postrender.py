@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from services.deploy import postrender
+from services.deploy.helm._admission import pods_of
 from services.deploy.postrender import DEFAULT_KINDS, Policy, refusals
 
 POLICY = Policy(
@@ -128,3 +129,25 @@ def test_the_bundled_charts_render_nothing_it_refuses() -> None:
         if line.startswith("kind:")
     }
     assert kinds <= {kind.rpartition("/")[2] for kind in DEFAULT_KINDS}, kinds
+
+
+def test_the_dry_run_pods_are_built_from_every_pod_template() -> None:
+    manifest = yaml.safe_dump_all(
+        [
+            obj("ConfigMap"),
+            deployment(serviceAccountName="own", automountServiceAccountToken=False),
+            obj(
+                "CronJob",
+                "nightly",
+                "batch/v1",
+                spec={"jobTemplate": {"spec": {"template": {"spec": {"containers": []}}}}},
+            ),
+        ]
+    )
+    found = list(pods_of(manifest))
+    assert [what for what, _ in found] == ["apps/Deployment 'w'", "batch/CronJob 'nightly'"]
+    pod = found[0][1]
+    assert pod["kind"] == "Pod" and pod["metadata"]["labels"] == {"a": "b"}
+    # Its account does not exist before the install; Pod Security does not look at it.
+    assert "serviceAccountName" not in pod["spec"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
