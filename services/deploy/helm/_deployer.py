@@ -17,10 +17,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from kubernetes import client as k8s
@@ -29,76 +26,28 @@ from pyhelm3 import Client
 from pyhelm3 import errors as helm_errors
 from pyhelm3.models import ReleaseRevisionStatus
 
-from services.deploy import kube, postrender
+from services.deploy import kube
 from services.deploy.helm._admission import DryRunUnavailable, admission_refusals
-from services.deploy.helm._allowlist import ChartAllowList
 from services.deploy.helm._as_tenant import TenantCommand, post_renderer, tenant_client
-from services.deploy.helm._dependencies import MAX_MESSAGE, DependencyBuilder
+from services.deploy.helm._dependencies import DependencyBuilder
+from services.deploy.helm._errors import IN_PROGRESS, HelmUnavailable, classified
+from services.deploy.helm._options import HelmOptions, PipelineNames
 from services.deploy.helm._scrub import scrubbed
 from services.deploy.helm._sources import ChartSource, chart_source
 from services.deploy.helm._values import release_description, release_values
-from services.deploy.naming import namespace_for, release_name
 from services.deploy.ports import DeployFailed, DeploymentStatus
-from services.deploy.tenancy import TenantPolicy, ensure_tenant
+from services.deploy.tenancy import ensure_tenant
 from services.store.control import ControlError, Pipeline
 
 log = logging.getLogger("wsched.deploy.helm")
 
 KIND = "helm"
-#: Helm's refusal while a release is pending (another operation, or a dead helm's).
-_IN_PROGRESS = "another operation (install/upgrade/rollback) is in progress"
 #: Past the helm timeout, how long a pending release may be another replica's operation.
 _PENDING_SLACK_S = 60
 _UNINSTALL_WHEN = frozenset(
     {ReleaseRevisionStatus.PENDING_INSTALL, ReleaseRevisionStatus.UNINSTALLING}
 )
-#: Our post-renderer, run by helm with this interpreter.
-POST_RENDERER = (sys.executable, "-m", "services.deploy.postrender")
 T = TypeVar("T")
-
-
-class HelmUnavailable(Exception):
-    """Helm or the Kubernetes API cannot be reached right now: worth another attempt."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class HelmOptions:
-    #: The scheduler's gRPC address the workers poll.
-    scheduler: str
-    #: Relative chart paths are resolved against this directory.
-    base_dir: Path
-    #: The chart sources tenants may use (``WSCHED_CHART_ROOTS``, ``..._REPOSITORIES``).
-    charts: ChartAllowList
-    #: Where local charts with dependencies are prepared (built copies).
-    work_dir: Path
-    executable: str = "helm"
-    kubeconfig: Path | None = None
-    kube_context: str | None = None
-    #: ``repository:tag`` of the agents' image, replacing each chart's ``image``.
-    worker_image: str | None = None
-    #: ``builtin``: the scheduler's scaler sets replicas, so charts leave them alone.
-    autoscaler: str = "none"
-    timeout_s: int = 300
-    #: Tenant namespaces: Pod Security, quota, limits, network policy, helm's account.
-    tenants: TenantPolicy = field(default_factory=TenantPolicy)
-    #: The kinds a tenant's chart may render (``group/Kind``).
-    kinds: tuple[str, ...] = postrender.DEFAULT_KINDS
-    post_renderer: tuple[str, ...] = POST_RENDERER
-
-
-@dataclass(frozen=True, kw_only=True)
-class PipelineNames:
-    tenant: str
-    application: str
-    pipeline: str
-
-    @property
-    def release(self) -> str:
-        return release_name(self.tenant, self.application, self.pipeline)
-
-    @property
-    def namespace(self) -> str:
-        return namespace_for(self.tenant)
 
 
 class HelmDeployer:
@@ -157,7 +106,7 @@ class HelmDeployer:
             )
             revision = await self._unstuck(pipeline, names, install)
         except helm_errors.Error as err:
-            raise _classified(err, f"helm upgrade --install {names.release}") from err
+            raise classified(err, f"helm upgrade --install {names.release}") from err
         log.info(
             "pipeline %s: release %s/%s revision %d (%s)",
             pipeline.id,
@@ -188,7 +137,7 @@ class HelmDeployer:
                 try:
                     await client.uninstall_release(release, namespace=namespace, wait=False)
                 except helm_errors.Error as err:
-                    raise _classified(err, f"helm uninstall {release}") from err
+                    raise classified(err, f"helm uninstall {release}") from err
             log.info("pipeline %s: release %s/%s uninstalled", pipeline.id, namespace, release)
 
     async def in_place(self, pipeline: Pipeline) -> bool:
@@ -209,7 +158,7 @@ class HelmDeployer:
                 )
                 return False
             except helm_errors.Error as err:
-                raise _classified(err, f"helm status {names.release}") from err
+                raise classified(err, f"helm status {names.release}") from err
             if current.status is not ReleaseRevisionStatus.DEPLOYED:
                 log.warning(
                     "pipeline %s: release %s is %s", pipeline.id, names.release, current.status
@@ -294,7 +243,7 @@ class HelmDeployer:
         try:
             return await operation()
         except helm_errors.Error as err:
-            if _IN_PROGRESS not in str(err):
+            if IN_PROGRESS not in str(err):
                 raise
             await self._unstick(pipeline, names)
             return await operation()
@@ -429,37 +378,3 @@ class HelmDeployer:
 
     def _lock(self, pipeline_id: str) -> asyncio.Lock:
         return self._locks.setdefault(pipeline_id, asyncio.Lock())
-
-
-def names_from_store(
-    lookup: Callable[[str], tuple[str, str, str] | None],
-) -> Callable[[str], PipelineNames | None]:
-    """Adapts the control store's ``(tenant, application, pipeline)`` name lookup."""
-
-    def names_of(pipeline_id: str) -> PipelineNames | None:
-        found = lookup(pipeline_id)
-        if found is None:
-            return None
-        tenant, application, pipeline = found
-        return PipelineNames(tenant=tenant, application=application, pipeline=pipeline)
-
-    return names_of
-
-
-def _classified(err: helm_errors.Error, what: str) -> Exception:
-    """Helm's own words: a definite failure (bad chart, refused values) is DeployFailed,
-    shown as the pipeline's reason; an unreachable cluster is worth retrying."""
-    message = (err.stderr or err.stdout).decode(errors="replace").strip()
-    message = message.removeprefix("Error: ").strip() or f"exit {err.returncode}"
-    refused = [
-        line.split(postrender.PREFIX, 1)[1].strip()
-        for line in message.splitlines()
-        if postrender.PREFIX in line
-    ]
-    if refused:
-        message = "the chart renders what a pipeline may not create: " + "; ".join(refused)
-    text = f"{what}: {message}"[:MAX_MESSAGE]
-    transient = helm_errors.ConnectionError | helm_errors.CommandCancelledError
-    if isinstance(err, transient) or _IN_PROGRESS in str(err):
-        return HelmUnavailable(text)
-    return DeployFailed(text)

@@ -19,7 +19,7 @@ from services.deploy.helm import (
     chart_source,
     names_from_store,
 )
-from services.deploy.helm._deployer import _classified
+from services.deploy.helm._errors import classified
 from services.deploy.helm._values import fingerprint, image_values
 from services.deploy.ports import DeployFailed
 from services.store.control import ControlStore
@@ -152,7 +152,7 @@ def test_a_post_renderer_refusal_is_shown_without_helms_wrapping() -> None:
         b"wsched-post-render: ConfigMap 'y' is in namespace 'kube-system'\n: exit status 1"
     )
     err = helm_errors.Error(1, b"", stderr)
-    message = str(_classified(err, "helm upgrade --install r"))
+    message = str(classified(err, "helm upgrade --install r"))
     assert message.startswith(
         "helm upgrade --install r: the chart renders what a pipeline may not create: "
         "Namespace 'x' is cluster-scoped"
