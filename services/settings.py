@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.deploy.chart_urls import parse_location
 from services.deploy.postrender import CLUSTER_SCOPED, DEFAULT_KINDS
 from services.infra.cache import default_cache_dir
 from services.store.tokens import check_key, derive_key
@@ -163,6 +164,17 @@ class Settings(BaseSettings):
     def _fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             check_key(value.get_secret_value())
+        return value
+
+    @field_validator("chart_repositories")
+    @classmethod
+    def _plain_locations(cls, value: list[str]) -> list[str]:
+        # Errors never echo a value (a URL may carry credentials): the entry's position.
+        for index, url in enumerate(value):
+            try:
+                parse_location(url)
+            except ValueError as err:
+                raise ValueError(f"entry {index}: {err}") from None
         return value
 
     @field_validator("tenant_kinds")

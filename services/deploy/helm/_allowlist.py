@@ -20,71 +20,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from services.deploy.chart_urls import URL_SCHEMES, parse_location
 from services.deploy.charts import local_chart_path
 from services.deploy.ports import DeployFailed
 
 ROOTS_SETTING = "WSCHED_CHART_ROOTS"
 REPOSITORIES_SETTING = "WSCHED_CHART_REPOSITORIES"
-_URL_SCHEMES = ("https", "http", "oci")
 #: Nested ``file://`` dependencies deeper than this are a loop or a trick.
 _MAX_DEPTH = 8
 
 
 class ChartNotAllowed(DeployFailed):
     """The chart, or one of its dependencies, is outside the operator's allow-list."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Location:
-    """A URL reduced to what is compared: scheme, host, port and path segments."""
-
-    scheme: str
-    host: str
-    port: int | None
-    segments: tuple[str, ...]
-
-    def within(self, allowed: _Location) -> bool:
-        return (self.scheme, self.host, self.port) == (
-            allowed.scheme,
-            allowed.host,
-            allowed.port,
-        ) and self.segments[: len(allowed.segments)] == allowed.segments
-
-
-def parse_location(url: str) -> _Location:
-    """``url`` as a :class:`_Location`; ValueError when it is not a plain location
-    (credentials, a query, a fragment, ``.``/``..`` or encoded separators in the path)."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in _URL_SCHEMES:
-        raise ValueError(f"the scheme must be one of {', '.join(_URL_SCHEMES)}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("credentials in the URL are not accepted")
-    if parts.query or parts.fragment:
-        raise ValueError("a query or fragment is not accepted")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise ValueError("the URL has no host")
-    port = parts.port  # raises ValueError for a bad port
-    segments = tuple(_segments(parts.path))
-    return _Location(scheme=scheme, host=host, port=port, segments=segments)
-
-
-def _segments(path: str) -> Iterator[str]:
-    for raw in path.split("/"):
-        if not raw:
-            continue
-        segment = unquote(raw)
-        if segment in (".", "..") or "/" in segment or "\\" in segment:
-            raise ValueError("the path may not hold '.', '..' or encoded separators")
-        yield segment
 
 
 class ChartAllowList:
@@ -190,7 +142,7 @@ class ChartAllowList:
 
 
 def _is_url(chart: str) -> bool:
-    return chart.startswith(tuple(f"{scheme}://" for scheme in _URL_SCHEMES))
+    return chart.startswith(tuple(f"{scheme}://" for scheme in URL_SCHEMES))
 
 
 def _links(directory: Path) -> Iterator[Path]:

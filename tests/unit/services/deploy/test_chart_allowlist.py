@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from services.deploy.chart_urls import parse_location
 from services.deploy.helm import ChartAllowList, ChartNotAllowed
-from services.deploy.helm._allowlist import parse_location
 
 REPOSITORIES = [
     "https://charts.example.com/stable",
