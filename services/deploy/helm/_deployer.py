@@ -134,6 +134,11 @@ class HelmDeployer:
                 return  # never deployed by us
             client, _ = self._helm(namespace)
             with self._for_tenant(pipeline.chart):
+                # A release installed before helm acted as the tenant: prepare the
+                # account it is now uninstalled as.
+                names = await asyncio.to_thread(self._names_of, pipeline.id)
+                if names is not None and names.namespace == namespace:
+                    await self._ensure_tenant(names)
                 try:
                     await client.uninstall_release(release, namespace=namespace, wait=False)
                 except helm_errors.Error as err:
@@ -144,6 +149,9 @@ class HelmDeployer:
         """Whether the pipeline's release exists, deployed, from what would be deployed now."""
         async with self._lock(pipeline.id):
             names = await self._names(pipeline)
+            # The account helm reads the release as (also for releases older than it).
+            with self._for_tenant(pipeline.chart):
+                await self._ensure_tenant(names)
             client, _ = self._helm(names.namespace)
             try:
                 current = await client.get_current_revision(

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyhelm3
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
@@ -269,3 +270,28 @@ async def test_a_chart_outside_the_allow_list_is_refused_without_a_path(
 ) -> None:
     reason = await refused(deployer, pipeline_of(store, chart))
     assert setting in reason, reason
+
+
+async def test_a_release_installed_before_containment_is_read_and_removed_as_the_tenant(
+    store: ControlStore,
+    deployer: HelmDeployer,
+    kube: k8s.ApiClient,
+    kube_cluster: KubeCluster,
+    helm_bin: Path,
+) -> None:
+    """Installed by an older API with its own rights, in a namespace never prepared."""
+    pipeline = pipeline_of(store, "tests/data/charts/rogue-pod")
+    names = names_from_store(store.pipeline_names)(pipeline.id)
+    assert names is not None
+    k8s.CoreV1Api(kube).create_namespace(
+        k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=names.namespace))
+    )
+    admin = pyhelm3.Client(executable=str(helm_bin), kubeconfig=kube_cluster.kubeconfig_path)
+    chart = await admin.get_chart(ROGUE / "rogue-pod")
+    await admin.install_or_upgrade_release(
+        names.release, chart, {}, namespace=names.namespace, create_namespace=False
+    )
+    assert not await deployer.in_place(pipeline)  # not from what we would deploy: stale
+    await deployer.remove(pipeline)
+    apps = k8s.AppsV1Api(kube)
+    assert not wire(apps.list_namespaced_deployment(names.namespace))["items"]
