@@ -295,3 +295,12 @@ async def test_a_release_installed_before_containment_is_read_and_removed_as_the
     await deployer.remove(pipeline)
     apps = k8s.AppsV1Api(kube)
     assert not wire(apps.list_namespaced_deployment(names.namespace))["items"]
+
+
+@pytest.mark.parametrize("example", ["echo", "ocr"])
+async def test_the_bundled_examples_pass_the_restricted_level(
+    store: ControlStore, deployer: HelmDeployer, example: str
+) -> None:
+    values = {"nativeSidecars": True} if example == "ocr" else {}
+    pipeline = pipeline_of(store, f"charts/examples/{example}", values)
+    assert (await deployer.deploy(pipeline)).status == "deployed"
