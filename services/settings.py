@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     )
     #: The namespace of the cluster's DNS service, which tenants' pods may query.
     dns_namespace: str = "kube-system"
+    #: NetworkPolicy egress rules added for every tenant namespace (JSON, as the
+    #: Kubernetes API takes them), e.g. ``[{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+    #: "ports": [{"port": 443}]}]`` for pipelines that fetch from the internet.
+    tenant_extra_egress: list[dict[str, Any]] = Field(default_factory=list)
     data_dir: Path = Path(".wsched")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     #: ``auto`` runs Apache Kafka when Java and Maven are present, else the pip-installed

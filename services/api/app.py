@@ -60,6 +60,7 @@ def tenant_policy(settings: Settings) -> TenantPolicy:
         scheduler_pod_labels=settings.scheduler_pod_labels,
         scheduler_port=settings.workers_scheduler_port(),
         dns_namespace=settings.dns_namespace,
+        extra_egress=tuple(settings.tenant_extra_egress),
     )
 
 

@@ -75,6 +75,9 @@ class TenantPolicy:
     scheduler_pod_labels: Mapping[str, str] = field(default_factory=dict)
     scheduler_port: int = 50051
     dns_namespace: str = "kube-system"
+    #: NetworkPolicy egress rules added for every tenant (e.g. a proxy or the internet
+    #: for pipelines that fetch their input), as the API takes them.
+    extra_egress: tuple[Mapping[str, Any], ...] = ()
 
     def pod_security_for(self, tenant: str) -> str:
         return self.pod_security_overrides.get(tenant, self.pod_security)
@@ -224,6 +227,7 @@ def network_policy(tenant: str, policy: TenantPolicy) -> dict[str, Any]:
                     "to": [dns],
                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
                 },
+                *(dict(rule) for rule in policy.extra_egress),
             ],
         },
     }
