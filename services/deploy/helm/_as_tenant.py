@@ -4,7 +4,8 @@ Every helm command the deployer runs for a pipeline impersonates the ServiceAcco
 the pipeline's tenant (``--kube-as-user system:serviceaccount:<namespace>:<account>``),
 so what a chart installs and what its templates ``lookup`` are limited by that
 account's RoleBinding in the tenant's namespace, not by the API's own rights. Installs,
-upgrades and renders also pass every manifest through :mod:`services.deploy.postrender`.
+upgrades and renders also pass every manifest through :mod:`services.deploy.postrender`,
+and no command runs a chart's hooks: helm 3 does not post-render them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pyhelm3 import Client, Command
 
 #: Commands that render a chart, and so take a post-renderer.
 _RENDERING = frozenset({"upgrade", "install", "template"})
+#: Commands that would run a chart's hooks. Helm 3 does not pass hooks through the
+#: post-renderer, so they never run (and a chart with hooks is refused before).
+_HOOKED = frozenset({"upgrade", "install", "uninstall", "rollback"})
 
 
 class TenantCommand(Command):  # type: ignore[misc]  # pyhelm3 is untyped
@@ -35,6 +39,8 @@ class TenantCommand(Command):  # type: ignore[misc]  # pyhelm3 is untyped
             executable, *args = self._post_renderer
             command += ["--post-renderer", executable]
             command += [f"--post-renderer-args={arg}" for arg in args]
+        if command and command[0] in _HOOKED:
+            command.append("--no-hooks")
         command += ["--kube-as-user", self._user]
         return t.cast(bytes, await super().run(command, input))
 

@@ -276,7 +276,15 @@ class HelmDeployer:
             version=source.version,
             timeout=f"{self._options.timeout_s}s",
         )
-        manifest = str(release.get("manifest") or "") if isinstance(release, dict) else ""
+        release = release if isinstance(release, dict) else {}
+        hooks = [str(hook.get("name")) for hook in release.get("hooks") or []]
+        if hooks:
+            # Helm 3 does not pass hooks through the post-renderer: they are never run.
+            raise DeployFailed(
+                f"the chart has hooks ({', '.join(hooks)}), which a pipeline chart may not "
+                "have: render them as ordinary objects"
+            )
+        manifest = str(release.get("manifest") or "")
         user = self._options.tenants.user(names.namespace)
         try:
             with self._kube_as(user) as api:

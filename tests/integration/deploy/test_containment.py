@@ -179,6 +179,18 @@ async def test_pod_security_refuses_a_privileged_or_host_path_pod_before_install
     assert not wire(k8s.AppsV1Api(kube).list_namespaced_deployment(namespace))["items"]
 
 
+async def test_a_chart_with_hooks_is_refused_and_its_hooks_never_run(
+    store: ControlStore, deployer: HelmDeployer, kube: k8s.ApiClient
+) -> None:
+    pipeline = pipeline_of(store, "tests/data/charts/rogue-hook")
+    names = names_from_store(store.pipeline_names)(pipeline.id)
+    assert names is not None
+    reason = await refused(deployer, pipeline)
+    assert f"the chart has hooks ({names.release}-hook)" in reason, reason
+    pods = wire(k8s.CoreV1Api(kube).list_namespaced_pod(names.namespace))["items"]
+    assert pods == []
+
+
 async def test_a_compliant_pod_installs_and_the_namespace_is_prepared(
     store: ControlStore, deployer: HelmDeployer, kube: k8s.ApiClient
 ) -> None:
