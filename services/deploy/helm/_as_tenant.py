@@ -41,6 +41,9 @@ class TenantCommand(Command):  # type: ignore[misc]  # pyhelm3 is untyped
             command += [f"--post-renderer-args={arg}" for arg in args]
         if command and command[0] in _HOOKED:
             command.append("--no-hooks")
+        if command and command[0] in ("upgrade", "install"):
+            # A chart's crds/ are installed unrendered, before any check: never.
+            command.append("--skip-crds")
         command += ["--kube-as-user", self._user]
         return t.cast(bytes, await super().run(command, input))
 

@@ -51,7 +51,7 @@ async def test_renders_go_through_the_post_renderer_as_the_tenant_without_hooks(
         "--post-renderer-args=--kind=ConfigMap",
         "--post-renderer-args=--kind=apps/Deployment",
     ]
-    assert "--no-hooks" in argv
+    assert "--no-hooks" in argv and "--skip-crds" in argv
     assert argv[-2:] == ["--kube-as-user", "system:serviceaccount:wsched-acme:wsched-tenant"]
 
 
