@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.deploy.chart_urls import parse_location
+from services.deploy.postrender import CLUSTER_SCOPED, DEFAULT_KINDS
 from services.infra.cache import default_cache_dir
 from services.store.tokens import check_key, derive_key
 
@@ -74,6 +77,65 @@ class Settings(BaseSettings):
     autoscaler: str = Field(default="none", pattern="^(none|builtin)$")
     #: How often the built-in scaler looks at each owned pipeline.
     scaler_interval_s: float = Field(default=5.0, gt=0, le=600)
+
+    # -- Tenant containment (the Helm deployer; README "Security model") -----------------
+    #: Local chart directories tenants may name (relative to the API's working
+    #: directory, compared by real path): by default the bundled examples and the
+    #: library chart they depend on.
+    chart_roots: list[Path] = Field(
+        default_factory=lambda: [Path("charts/examples"), Path("charts/pipeline-lib")]
+    )
+    #: Chart repositories and registries tenants may name, as URL prefixes matched on
+    #: scheme, host and whole path segments (``https://charts.example.com/stable``,
+    #: ``oci://registry.example.com/pipelines``); none by default.
+    chart_repositories: list[str] = Field(default_factory=list)
+    #: The kinds a tenant's chart may render, ``group/Kind`` (``Kind`` in the core group).
+    tenant_kinds: list[str] = Field(default_factory=lambda: list(DEFAULT_KINDS))
+    #: The Pod Security Admission level enforced in tenant namespaces, and per tenant
+    #: name a different one (only the operator, who sets these variables, can change it).
+    tenant_pod_security: Literal["restricted", "baseline", "privileged"] = "restricted"
+    tenant_pod_security_overrides: dict[str, Literal["restricted", "baseline", "privileged"]] = (
+        Field(default_factory=dict)
+    )
+    #: The ServiceAccount helm acts as in each tenant namespace, and the ClusterRole
+    #: (the scheduler chart's tenant role) bound to it there.
+    tenant_service_account: str = Field(default="wsched-tenant", pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    tenant_cluster_role: str = Field(default="wsched-tenant", min_length=1)
+    #: Each tenant namespace's ResourceQuota (``spec.hard``; empty: none).
+    tenant_quota: dict[str, str] = Field(
+        default_factory=lambda: {
+            "pods": "50",
+            "requests.cpu": "8",
+            "requests.memory": "16Gi",
+            "limits.cpu": "16",
+            "limits.memory": "32Gi",
+        }
+    )
+    #: Each tenant namespace's LimitRange: a container's default limits and requests.
+    tenant_default_limits: dict[str, str] = Field(
+        default_factory=lambda: {"cpu": "1", "memory": "1Gi"}
+    )
+    tenant_default_requests: dict[str, str] = Field(
+        default_factory=lambda: {"cpu": "100m", "memory": "128Mi"}
+    )
+    #: A NetworkPolicy in each tenant namespace: no ingress; egress to the scheduler's
+    #: gRPC port and DNS only.
+    tenant_network_policy: bool = True
+    #: Where the scheduler's pods run and their labels, for that NetworkPolicy (unset
+    #: namespace: the scheduler pods so labelled in any namespace).
+    scheduler_namespace: str | None = None
+    scheduler_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {
+            "app.kubernetes.io/part-of": "workload-scheduler",
+            "app.kubernetes.io/component": "scheduler",
+        }
+    )
+    #: The namespace of the cluster's DNS service, which tenants' pods may query.
+    dns_namespace: str = "kube-system"
+    #: NetworkPolicy egress rules added for every tenant namespace (JSON, as the
+    #: Kubernetes API takes them), e.g. ``[{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+    #: "ports": [{"port": 443}]}]`` for pipelines that fetch from the internet.
+    tenant_extra_egress: list[dict[str, Any]] = Field(default_factory=list)
     data_dir: Path = Path(".wsched")
     cache_dir: Path = Field(default_factory=default_cache_dir)
     #: ``auto`` runs Apache Kafka when Java and Maven are present, else the pip-installed
@@ -108,6 +170,25 @@ class Settings(BaseSettings):
             check_key(value.get_secret_value())
         return value
 
+    @field_validator("chart_repositories")
+    @classmethod
+    def _plain_locations(cls, value: list[str]) -> list[str]:
+        # Errors never echo a value (a URL may carry credentials): the entry's position.
+        for index, url in enumerate(value):
+            try:
+                parse_location(url)
+            except ValueError as err:
+                raise ValueError(f"entry {index}: {err}") from None
+        return value
+
+    @field_validator("tenant_kinds")
+    @classmethod
+    def _namespaced_kinds(cls, value: list[str]) -> list[str]:
+        scoped = sorted(set(value) & CLUSTER_SCOPED)
+        if scoped:
+            raise ValueError(f"cluster-scoped kinds cannot be a tenant's: {', '.join(scoped)}")
+        return value
+
     def effective_secret_key(self) -> bytes:
         if self.secret_key is not None:
             return self.secret_key.get_secret_value().encode()
@@ -115,6 +196,11 @@ class Settings(BaseSettings):
 
     def workers_scheduler_address(self) -> str:
         return self.workers_scheduler or self.advertised_grpc()
+
+    def workers_scheduler_port(self) -> int:
+        """The gRPC port workers dial (for the tenants' NetworkPolicy)."""
+        port = self.workers_scheduler_address().rpartition(":")[2]
+        return int(port) if port.isdigit() else self.grpc_port
 
     def advertised_grpc(self) -> str:
         return self.grpc_advertise or f"{self.grpc_host}:{self.grpc_port}"

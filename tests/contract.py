@@ -4,9 +4,11 @@ sets. Shared by the tests of each artefact."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import pydantic
+import pytest
 import typer
 from typer.core import TyperGroup
 
@@ -50,12 +52,18 @@ def check_settings(env: Mapping[str, str], where: str) -> None:
         if key.startswith("WSCHED_"):
             assert key in valid, f"{where}: {key} is not a setting of any wsched process"
     ours = {
-        key.removeprefix("WSCHED_").lower(): value
+        key: value
         for key, value in env.items()
-        # An empty variable is unset, as the settings read the environment.
-        if key.startswith("WSCHED_") and not key.startswith("WSCHED_WORKER_") and value
+        if key.startswith("WSCHED_") and not key.startswith("WSCHED_WORKER_")
     }
-    try:
-        Settings.model_validate(ours)
-    except pydantic.ValidationError as err:
-        raise AssertionError(f"{where}: settings refused: {err}") from None
+    # Read as the process reads them: from its environment (lists and maps are JSON).
+    with pytest.MonkeyPatch.context() as patch:
+        for key in os.environ:
+            if key.startswith("WSCHED_"):
+                patch.delenv(key)
+        for key, value in ours.items():
+            patch.setenv(key, value)
+        try:
+            Settings()
+        except pydantic.ValidationError as err:
+            raise AssertionError(f"{where}: settings refused: {err}") from None

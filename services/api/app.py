@@ -22,6 +22,7 @@ from services.api.reconciler import Reconciler
 from services.api.routes import applications, pipelines, schedules, tasks, tenants
 from services.deploy import helm, local
 from services.deploy.ports import Deployer, NoopDeployer
+from services.deploy.tenancy import TenantPolicy
 from services.health import check_database, check_kafka
 from services.kafka.admin import KafkaTopicAdmin, TopicAdmin
 from services.kafka.producer import EventProducer, KafkaProducer
@@ -31,6 +32,38 @@ from services.store.engine import make_engine
 from services.store.tokens import TokenCipher
 
 
+def chart_allow_list(settings: Settings) -> helm.ChartAllowList:
+    """The chart sources tenants may name; relative chart paths are taken from the
+    working directory."""
+    try:
+        return helm.ChartAllowList(
+            roots=settings.chart_roots,
+            repositories=settings.chart_repositories,
+            base_dir=Path.cwd(),
+        )
+    except ValueError as err:
+        raise ValueError(f"WSCHED_CHART_REPOSITORIES: {err}") from err
+
+
+def tenant_policy(settings: Settings) -> TenantPolicy:
+    """What the Helm deployer makes of each tenant namespace (``WSCHED_TENANT_*``)."""
+    return TenantPolicy(
+        service_account=settings.tenant_service_account,
+        cluster_role=settings.tenant_cluster_role,
+        pod_security=settings.tenant_pod_security,
+        pod_security_overrides=dict(settings.tenant_pod_security_overrides),
+        quota=settings.tenant_quota,
+        default_limits=settings.tenant_default_limits,
+        default_requests=settings.tenant_default_requests,
+        network_policy=settings.tenant_network_policy,
+        scheduler_namespace=settings.scheduler_namespace,
+        scheduler_pod_labels=settings.scheduler_pod_labels,
+        scheduler_port=settings.workers_scheduler_port(),
+        dns_namespace=settings.dns_namespace,
+        extra_egress=tuple(settings.tenant_extra_egress),
+    )
+
+
 def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
     """The deployer ``WSCHED_DEPLOYER`` names."""
     if settings.deployer == "helm":
@@ -38,6 +71,9 @@ def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
             options=helm.HelmOptions(
                 scheduler=settings.workers_scheduler_address(),
                 base_dir=Path.cwd(),
+                charts=chart_allow_list(settings),
+                tenants=tenant_policy(settings),
+                kinds=tuple(settings.tenant_kinds),
                 work_dir=settings.data_dir / "helm",
                 executable=settings.helm_executable,
                 kubeconfig=settings.kubeconfig,
@@ -110,6 +146,7 @@ def create_app(
         ),
         deployer=the_deployer,
         metrics=ApiMetrics(registry=registry),
+        charts=chart_allow_list(settings) if settings.deployer == "helm" else None,
     )
     reconciler = Reconciler(
         store=ctx.store,

@@ -20,6 +20,7 @@ from fastapi import Depends, Request
 from services.api.errors import unavailable
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
+from services.deploy.helm import ChartAllowList
 from services.deploy.ports import Deployer
 from services.kafka.admin import TopicAdmin
 from services.kafka.producer import EventProducer
@@ -90,6 +91,9 @@ class ApiContext:
     admin: TopicAdmin
     deployer: Deployer
     metrics: ApiMetrics
+    #: The chart sources tenants may name (the Helm deployer's); None: not checked, as
+    #: nothing deploys charts from a source (noop) or only on this machine (local).
+    charts: ChartAllowList | None = None
     #: Set by the lifespan once the reconciler runs; routes nudge it after a change.
     nudge: Callable[[str], None] = lambda _pipeline_id: None
     clock: Callable[[], float] = time.monotonic

@@ -28,7 +28,8 @@ from kubernetes import client as k8s
 
 from services.bench.measure import percentile
 from services.bench.report import machine
-from services.deploy.helm import HelmDeployer, HelmOptions, names_from_store
+from services.deploy.helm import ChartAllowList, HelmDeployer, HelmOptions, names_from_store
+from services.deploy.tenancy import ensure_tenant_role
 from services.infra import helm, kube
 from services.infra.cache import Cache
 from services.scheduler.scaler import Scaler, Workload
@@ -37,7 +38,8 @@ from services.store import migrate
 from services.store.control import ControlStore, PipelineSpec
 from services.store.tokens import TokenCipher
 
-ECHO = Path(__file__).resolve().parents[2] / "charts" / "examples" / "echo"
+CHARTS = Path(__file__).resolve().parents[2] / "charts"
+ECHO = CHARTS / "examples" / "echo"
 #: Deploys under way at once: the reconciler's limit.
 CONCURRENCY = 8
 
@@ -77,6 +79,8 @@ async def _run(
     cache: Cache, cluster: kube.KubeCluster, *, pipelines: int, say: Say
 ) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "pipelines": pipelines}
+    with cluster.api_client() as api:
+        ensure_tenant_role(api)
     with tempfile.TemporaryDirectory(prefix="wsched-bench-deploy-") as scratch:
         work = Path(scratch)
         engine = sa.create_engine(f"sqlite:///{work / 'control.db'}")
@@ -86,6 +90,7 @@ async def _run(
             options=HelmOptions(
                 scheduler="wsched-scheduler:50051",
                 base_dir=work,
+                charts=ChartAllowList(roots=[CHARTS], repositories=[], base_dir=work),
                 work_dir=work / "helm",
                 executable=str(helm.provision(cache)),
                 kubeconfig=cluster.kubeconfig_path,

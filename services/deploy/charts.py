@@ -40,14 +40,15 @@ def resolve_local_chart(chart: str, *, base_dir: Path) -> Path:
     """The directory of a chart given as a local path (relative to ``base_dir``)."""
     path = local_chart_path(chart, base_dir=base_dir)
     if not path.is_dir():
+        # The reason is shown to the tenant: the chart as given, never where we looked.
         raise ChartError(
-            f"chart {chart!r} is not a local directory (looked for {path}). Workers run as "
-            "local processes here (WSCHED_DEPLOYER=local, as in `wsched dev`), which takes "
-            "charts from this machine only: give a chart directory such as "
-            f"charts/examples/echo, relative to {base_dir}, or an absolute path"
+            f"chart {chart!r} is not a local directory. Workers run as local processes here "
+            "(WSCHED_DEPLOYER=local, as in `wsched dev`), which takes charts from this "
+            "machine only: give a chart directory such as charts/examples/echo, relative "
+            "to where the API was started, or an absolute path"
         )
     if not (path / "Chart.yaml").is_file():
-        raise ChartError(f"{path} is not a Helm chart: it has no Chart.yaml")
+        raise ChartError(f"chart {chart!r} is not a Helm chart: it has no Chart.yaml")
     return path
 
 
@@ -59,11 +60,11 @@ def load_values(chart_dir: Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise ChartError(f"cannot read {path}: {err}") from err
+        raise ChartError(f"cannot read the values.yaml of chart {chart_dir.name}") from err
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ChartError(f"{path} is not a mapping of values")
+        raise ChartError(f"the values.yaml of chart {chart_dir.name} is not a mapping")
     return values
 
 

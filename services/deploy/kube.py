@@ -14,12 +14,12 @@ from typing import cast
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 log = logging.getLogger("wsched.deploy.kube")
 
-#: Labels our namespaces carry: how an operator finds (and a NetworkPolicy selects) them.
+#: Labels our namespaces carry: how an operator finds (and a NetworkPolicy selects) them
+#: (services/deploy/tenancy.py puts them there).
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "workload-scheduler"
 TENANT_LABEL = "wsched.io/tenant"
@@ -54,26 +54,3 @@ def api_client(kubeconfig: Path | None = None, context: str | None = None) -> k8
                 f"found; set WSCHED_KUBECONFIG ({err})"
             ) from err
     return k8s.ApiClient(configuration)
-
-
-def ensure_namespace(api: k8s.ApiClient, name: str, *, tenant: str) -> bool:
-    """Create the tenant's namespace, labelled, or add the labels to an existing one.
-
-    Returns True when it was created. Blocking: call it in a thread.
-    """
-    core = k8s.CoreV1Api(api)
-    labels = {MANAGED_BY: MANAGER, TENANT_LABEL: tenant}
-    body = k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels=labels))
-    try:
-        core.create_namespace(body)
-    except ApiException as err:
-        if err.status != 409:  # HTTP Conflict: it exists
-            raise
-    else:
-        log.info("created namespace %s for tenant %s", name, tenant)
-        return True
-    existing = core.read_namespace(name)
-    current = (existing.metadata.labels if existing.metadata else None) or {}
-    if any(current.get(key) != value for key, value in labels.items()):
-        core.patch_namespace(name, {"metadata": {"labels": labels}})
-    return False

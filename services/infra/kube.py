@@ -96,6 +96,7 @@ class ClusterCerts:
     serving_cert: Path
     serving_key: Path
     client_ca_cert: Path  #: the apiserver accepts client certs it signed
+    client_ca_key: Path  #: signs certs for more users (:meth:`KubeCluster.user_kubeconfig`)
     admin_cert: Path
     admin_key: Path
     sa_public_key: Path  #: service-account tokens: verification ...
@@ -200,6 +201,13 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
     return path
 
 
+def _load_ec_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{path} is not an EC private key")
+    return key
+
+
 def _write_public_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -231,6 +239,7 @@ def write_certs(directory: Path) -> ClusterCerts:
         serving_cert=_write_cert(directory / "apiserver.crt", serving),
         serving_key=_write_key(directory / "apiserver.key", serving_key),
         client_ca_cert=_write_cert(directory / "client-ca.crt", client_ca.cert),
+        client_ca_key=_write_key(directory / "client-ca.key", client_ca.key),
         admin_cert=_write_cert(directory / "admin.crt", admin),
         admin_key=_write_key(directory / "admin.key", admin_key),
         sa_public_key=_write_public_key(directory / "sa-signer.pub", sa_key),
@@ -238,8 +247,17 @@ def write_certs(directory: Path) -> ClusterCerts:
     )
 
 
-def write_kubeconfig(path: Path, *, server_url: str, certs: ClusterCerts) -> Path:
-    """A kubeconfig for the admin user, in the shape envtest writes."""
+def write_kubeconfig(
+    path: Path,
+    *,
+    server_url: str,
+    certs: ClusterCerts,
+    user: str = ADMIN_USER,
+    cert: Path | None = None,
+    key: Path | None = None,
+) -> Path:
+    """A kubeconfig for the admin user (or ``user`` with its ``cert`` and ``key``), in
+    the shape envtest writes."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -251,17 +269,17 @@ def write_kubeconfig(path: Path, *, server_url: str, certs: ClusterCerts) -> Pat
         ],
         "users": [
             {
-                "name": ADMIN_USER,
+                "name": user,
                 "user": {
-                    "client-certificate": str(certs.admin_cert),
-                    "client-key": str(certs.admin_key),
+                    "client-certificate": str(cert or certs.admin_cert),
+                    "client-key": str(key or certs.admin_key),
                 },
             },
         ],
         "contexts": [
             {
                 "name": "wsched-test",
-                "context": {"cluster": "wsched-test", "user": ADMIN_USER, "namespace": "default"},
+                "context": {"cluster": "wsched-test", "user": user, "namespace": "default"},
             },
         ],
         "current-context": "wsched-test",
@@ -356,6 +374,29 @@ class KubeCluster:
         config.cert_file = str(self.certs.admin_cert)
         config.key_file = str(self.certs.admin_key)
         return k8s.ApiClient(configuration=config)
+
+    def user_kubeconfig(self, user: str, groups: Sequence[str] = ()) -> Path:
+        """A kubeconfig for another user (a client cert with CN ``user``, O ``groups``),
+        who has the rights RBAC bindings give it and no more."""
+        certs = self.certs
+        issuer = _Issuer(
+            cert=x509.load_pem_x509_certificate(certs.client_ca_cert.read_bytes()),
+            key=_load_ec_key(certs.client_ca_key),
+        )
+        subject = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+            + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
+        )
+        cert, key = _issue(issuer, subject, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+        stem = self._dir / f"user-{user.replace(':', '_')}"
+        return write_kubeconfig(
+            stem.with_suffix(".kubeconfig"),
+            server_url=self.server_url,
+            certs=certs,
+            user=user,
+            cert=_write_cert(stem.with_suffix(".crt"), cert),
+            key=_write_key(stem.with_suffix(".key"), key),
+        )
 
     def __enter__(self) -> KubeCluster:
         self.start()

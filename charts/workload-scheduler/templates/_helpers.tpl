@@ -47,6 +47,11 @@ helm.sh/chart: {{ include "wsched.chart" .root }}
 {{- printf "%s-%s-%s" .root.Release.Namespace (include "wsched.fullname" .root) .component -}}
 {{- end -}}
 
+{{/* The ClusterRole bound to each tenant's ServiceAccount in its namespace. */}}
+{{- define "wsched.tenantRole" -}}
+{{- include "wsched.clusterName" (dict "root" . "component" "tenant") -}}
+{{- end -}}
+
 {{- define "wsched.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) -}}
 {{- end -}}

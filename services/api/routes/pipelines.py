@@ -6,6 +6,7 @@ placement) and moves the state on: provisioning -> ready | failed -> deleting.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,7 @@ from services.api.schemas import (
     PipelineOut,
     RetryIn,
 )
+from services.deploy.helm import ChartNotAllowed
 from services.store.control import (
     Application,
     NameTaken,
@@ -127,6 +129,16 @@ def pipeline_out(
     )
 
 
+async def check_chart(ctx: Ctx, chart: str | None) -> None:
+    """422 for a chart outside the operator's allow-list, naming the setting."""
+    if chart is None or ctx.charts is None:
+        return
+    try:
+        await asyncio.to_thread(ctx.charts.check, chart)
+    except ChartNotAllowed as err:
+        raise ApiError(422, "chart_not_allowed", str(err)) from err
+
+
 async def find_pipeline(ctx: Ctx, application: Application, name: str) -> Pipeline:
     pipeline = await ctx.db(ctx.store.get_pipeline, application_id=application.id, name=name)
     if pipeline is None:
@@ -143,6 +155,7 @@ async def create_pipeline(
 ) -> PipelineCreated:
     """Create a pipeline (state ``provisioning``); its worker token is in this answer only."""
     application = await find_application(ctx, tenant.id, app)
+    await check_chart(ctx, body.chart)
     spec = PipelineSpec(
         name=body.name,
         chart=body.chart,
@@ -196,6 +209,7 @@ async def patch_pipeline(
     """
     application = await find_application(ctx, tenant.id, app)
     found = await find_pipeline(ctx, application, pipeline)
+    await check_chart(ctx, body.chart)
     changes = PipelineChanges(
         chart=body.chart,
         chart_version=body.chart_version,

@@ -71,7 +71,7 @@ class DependencyBuilder:
         if process.returncode != 0:
             await asyncio.to_thread(shutil.rmtree, staging, ignore_errors=True)
             message = (err or out).decode(errors="replace").strip()
-            raise DeployFailed(f"helm dependency build {directory}: {message}"[:MAX_MESSAGE])
+            raise DeployFailed(f"helm dependency build {directory.name}: {message}"[:MAX_MESSAGE])
         await asyncio.to_thread(_install_built, copy, target)
         await asyncio.to_thread(shutil.rmtree, staging, ignore_errors=True)
         return target
@@ -88,7 +88,7 @@ def _local_dependencies(directory: Path) -> list[dict[str, Any]]:
     try:
         meta = yaml.safe_load((directory / "Chart.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise DeployFailed(f"cannot read {directory / 'Chart.yaml'}: {err}") from err
+        raise DeployFailed(f"cannot read the Chart.yaml of chart {directory.name}") from err
     dependencies = meta.get("dependencies") or [] if isinstance(meta, dict) else []
     return [d for d in dependencies if isinstance(d, dict)]
 

@@ -1,5 +1,10 @@
 """The Helm deployer itself: the :class:`~services.deploy.ports.Deployer` port over helm
-and the Kubernetes API (releases, namespaces, a release a dead helm left pending).
+and the Kubernetes API (releases, tenant namespaces, a release a dead helm left pending).
+
+Each deploy puts the tenant's namespace in line with the operator's policy
+(:mod:`services.deploy.tenancy`), checks the chart against the allow-list, renders it
+with helm acting as the tenant through the post-renderer (a server-side dry run), has
+the namespace's admission judge a Pod from each pod template, and only then installs.
 
 Where charts come from, the values and the fingerprint, and the dependency builds are
 the package's other modules; :mod:`services.deploy.helm` says what the deployer does.
@@ -8,13 +13,12 @@ the package's other modules; :mod:`services.deploy.helm` says what the deployer 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -23,60 +27,27 @@ from pyhelm3 import errors as helm_errors
 from pyhelm3.models import ReleaseRevisionStatus
 
 from services.deploy import kube
-from services.deploy.helm._dependencies import MAX_MESSAGE, DependencyBuilder
+from services.deploy.helm._admission import DryRunUnavailable, admission_refusals
+from services.deploy.helm._as_tenant import TenantCommand, post_renderer, tenant_client
+from services.deploy.helm._dependencies import DependencyBuilder
+from services.deploy.helm._errors import IN_PROGRESS, HelmUnavailable, classified
+from services.deploy.helm._options import HelmOptions, PipelineNames
+from services.deploy.helm._scrub import scrubbed
 from services.deploy.helm._sources import ChartSource, chart_source
 from services.deploy.helm._values import release_description, release_values
-from services.deploy.naming import namespace_for, release_name
 from services.deploy.ports import DeployFailed, DeploymentStatus
+from services.deploy.tenancy import ensure_tenant
 from services.store.control import ControlError, Pipeline
 
 log = logging.getLogger("wsched.deploy.helm")
 
 KIND = "helm"
-#: Helm's refusal while a release is pending (another operation, or a dead helm's).
-_IN_PROGRESS = "another operation (install/upgrade/rollback) is in progress"
 #: Past the helm timeout, how long a pending release may be another replica's operation.
 _PENDING_SLACK_S = 60
 _UNINSTALL_WHEN = frozenset(
     {ReleaseRevisionStatus.PENDING_INSTALL, ReleaseRevisionStatus.UNINSTALLING}
 )
-
-
-class HelmUnavailable(Exception):
-    """Helm or the Kubernetes API cannot be reached right now: worth another attempt."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class HelmOptions:
-    #: The scheduler's gRPC address the workers poll.
-    scheduler: str
-    #: Relative chart paths are resolved against this directory.
-    base_dir: Path
-    #: Where local charts with dependencies are prepared (built copies).
-    work_dir: Path
-    executable: str = "helm"
-    kubeconfig: Path | None = None
-    kube_context: str | None = None
-    #: ``repository:tag`` of the agents' image, replacing each chart's ``image``.
-    worker_image: str | None = None
-    #: ``builtin``: the scheduler's scaler sets replicas, so charts leave them alone.
-    autoscaler: str = "none"
-    timeout_s: int = 300
-
-
-@dataclass(frozen=True, kw_only=True)
-class PipelineNames:
-    tenant: str
-    application: str
-    pipeline: str
-
-    @property
-    def release(self) -> str:
-        return release_name(self.tenant, self.application, self.pipeline)
-
-    @property
-    def namespace(self) -> str:
-        return namespace_for(self.tenant)
+T = TypeVar("T")
 
 
 class HelmDeployer:
@@ -98,7 +69,7 @@ class HelmDeployer:
         self._token_of = token_of
         self._names_of = names_of
         self._api = api
-        self._client: Client | None = None
+        self._clients: dict[str, tuple[Client, TenantCommand]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._dependencies = DependencyBuilder(
             executable=options.executable, work_dir=options.work_dir
@@ -108,73 +79,82 @@ class HelmDeployer:
 
     async def deploy(self, pipeline: Pipeline) -> DeploymentStatus:
         async with self._lock(pipeline.id):
-            names = await self._names(pipeline)
-            await self._ensure_namespace(names)
-            source = await self._source(pipeline)
-            token = await self._token(pipeline.id)
-            values = self._values(pipeline, token)
-            description = release_description(source, values)
-            client = self._helm()
-            what = f"helm upgrade --install {names.release}"
-            try:
-                chart = await client.get_chart(source.ref, repo=source.repo, version=source.version)
-                install = functools.partial(
-                    client.install_or_upgrade_release,
-                    names.release,
-                    chart,
-                    values,
-                    namespace=names.namespace,
-                    create_namespace=False,
-                    description=description,
-                    timeout=f"{self._options.timeout_s}s",
-                    wait=False,
-                )
-                try:
-                    revision = await install()
-                except helm_errors.Error as err:
-                    if _IN_PROGRESS not in str(err):
-                        raise
-                    await self._unstick(pipeline, names)
-                    revision = await install()
-            except helm_errors.Error as err:
-                raise _classified(err, what) from err
-            log.info(
-                "pipeline %s: release %s/%s revision %d (%s)",
-                pipeline.id,
-                names.namespace,
+            with self._for_tenant(pipeline.chart):
+                return await self._deploy(pipeline)
+
+    async def _deploy(self, pipeline: Pipeline) -> DeploymentStatus:
+        names = await self._names(pipeline)
+        await self._ensure_tenant(names)
+        source = await self._source(pipeline)
+        token = await self._token(pipeline.id)
+        values = self._values(pipeline, token)
+        client, command = self._helm(names.namespace)
+        try:
+            chart = await client.get_chart(source.ref, repo=source.repo, version=source.version)
+            dry_run = functools.partial(self._admitted, command, names, source, values)
+            await self._unstuck(pipeline, names, dry_run)
+            install = functools.partial(
+                client.install_or_upgrade_release,
                 names.release,
-                revision.revision,
-                revision.status.value,
-            )
-            return DeploymentStatus(
-                status="deployed",
-                revision=revision.revision,
-                detail=(
-                    f"Helm release {names.release} in namespace {names.namespace}, chart "
-                    f"{chart.metadata.name} {chart.metadata.version}"
-                ),
-                deployer=KIND,
-                release=names.release,
+                chart,
+                values,
                 namespace=names.namespace,
+                create_namespace=False,
+                description=release_description(source, values),
+                timeout=f"{self._options.timeout_s}s",
+                wait=False,
             )
+            revision = await self._unstuck(pipeline, names, install)
+        except helm_errors.Error as err:
+            raise classified(err, f"helm upgrade --install {names.release}") from err
+        log.info(
+            "pipeline %s: release %s/%s revision %d (%s)",
+            pipeline.id,
+            names.namespace,
+            names.release,
+            revision.revision,
+            revision.status.value,
+        )
+        return DeploymentStatus(
+            status="deployed",
+            revision=revision.revision,
+            detail=(
+                f"Helm release {names.release} in namespace {names.namespace}, chart "
+                f"{chart.metadata.name} {chart.metadata.version}"
+            ),
+            deployer=KIND,
+            release=names.release,
+            namespace=names.namespace,
+        )
 
     async def remove(self, pipeline: Pipeline) -> None:
         async with self._lock(pipeline.id):
             release, namespace = await self._recorded_names(pipeline)
             if not release:
                 return  # never deployed by us
-            try:
-                await self._helm().uninstall_release(release, namespace=namespace, wait=False)
-            except helm_errors.Error as err:
-                raise _classified(err, f"helm uninstall {release}") from err
+            client, _ = self._helm(namespace)
+            with self._for_tenant(pipeline.chart):
+                # A release installed before helm acted as the tenant: prepare the
+                # account it is now uninstalled as.
+                names = await asyncio.to_thread(self._names_of, pipeline.id)
+                if names is not None and names.namespace == namespace:
+                    await self._ensure_tenant(names)
+                try:
+                    await client.uninstall_release(release, namespace=namespace, wait=False)
+                except helm_errors.Error as err:
+                    raise classified(err, f"helm uninstall {release}") from err
             log.info("pipeline %s: release %s/%s uninstalled", pipeline.id, namespace, release)
 
     async def in_place(self, pipeline: Pipeline) -> bool:
         """Whether the pipeline's release exists, deployed, from what would be deployed now."""
         async with self._lock(pipeline.id):
             names = await self._names(pipeline)
+            # The account helm reads the release as (also for releases older than it).
+            with self._for_tenant(pipeline.chart):
+                await self._ensure_tenant(names)
+            client, _ = self._helm(names.namespace)
             try:
-                current = await self._helm().get_current_revision(
+                current = await client.get_current_revision(
                     names.release, namespace=names.namespace
                 )
             except helm_errors.ReleaseNotFoundError:
@@ -186,7 +166,7 @@ class HelmDeployer:
                 )
                 return False
             except helm_errors.Error as err:
-                raise _classified(err, f"helm status {names.release}") from err
+                raise classified(err, f"helm status {names.release}") from err
             if current.status is not ReleaseRevisionStatus.DEPLOYED:
                 log.warning(
                     "pipeline %s: release %s is %s", pipeline.id, names.release, current.status
@@ -210,7 +190,8 @@ class HelmDeployer:
         pod was evicted) blocks every later one. Once it is older than an operation may
         take, finish it as helm would have failed it: uninstall a pending install, roll
         back a pending upgrade. A recent one is another replica's, still running."""
-        current = await self._helm().get_current_revision(names.release, namespace=names.namespace)
+        client, _ = self._helm(names.namespace)
+        current = await client.get_current_revision(names.release, namespace=names.namespace)
         updated = current.updated
         if updated.tzinfo is None:
             updated = updated.replace(tzinfo=dt.UTC)
@@ -237,22 +218,110 @@ class HelmDeployer:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _helm(self) -> Client:
-        if self._client is None:
+    def _helm(self, namespace: str) -> tuple[Client, TenantCommand]:
+        """helm acting as the tenant of ``namespace`` (one client per namespace)."""
+        if namespace not in self._clients:
+            options = self._options
             try:
-                self._client = Client(
-                    executable=self._options.executable,
-                    kubeconfig=self._options.kubeconfig,
-                    kubecontext=self._options.kube_context,
-                    default_timeout=f"{self._options.timeout_s}s",
+                self._clients[namespace] = tenant_client(
+                    user=options.tenants.user(namespace),
+                    post_renderer=post_renderer(
+                        options.post_renderer,
+                        namespace=namespace,
+                        kinds=options.kinds,
+                        deployer_account=options.tenants.service_account,
+                    ),
+                    executable=options.executable,
+                    kubeconfig=options.kubeconfig,
+                    kube_context=options.kube_context,
+                    timeout_s=options.timeout_s,
                 )
             except (AssertionError, OSError, helm_errors.Error) as err:
                 # pyhelm3 asserts the executable exists.
                 raise HelmUnavailable(
-                    f"cannot run helm ({self._options.executable!r}): {err or 'not found'}; "
+                    f"cannot run helm ({options.executable!r}): {err or 'not found'}; "
                     "set WSCHED_HELM_EXECUTABLE"
                 ) from err
-        return self._client
+        return self._clients[namespace]
+
+    async def _unstuck(
+        self, pipeline: Pipeline, names: PipelineNames, operation: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``operation``, once more after finishing a release a dead helm left pending."""
+        try:
+            return await operation()
+        except helm_errors.Error as err:
+            if IN_PROGRESS not in str(err):
+                raise
+            await self._unstick(pipeline, names)
+            return await operation()
+
+    async def _admitted(
+        self,
+        command: TenantCommand,
+        names: PipelineNames,
+        source: ChartSource,
+        values: dict[str, Any],
+    ) -> None:
+        """Render as the install will (post-renderer included, server-side ``lookup``) and
+        have the namespace's admission judge each pod; DeployFailed says what it refused."""
+        release = await command.install_or_upgrade(
+            names.release,
+            source.ref,
+            values,
+            namespace=names.namespace,
+            create_namespace=False,
+            dry_run=True,
+            repo=source.repo,
+            version=source.version,
+            timeout=f"{self._options.timeout_s}s",
+        )
+        release = release if isinstance(release, dict) else {}
+        hooks = [str(hook.get("name")) for hook in release.get("hooks") or []]
+        if hooks:
+            # Helm 3 does not pass hooks through the post-renderer: they are never run.
+            raise DeployFailed(
+                f"the chart has hooks ({', '.join(hooks)}), which a pipeline chart may not "
+                "have: render them as ordinary objects"
+            )
+        manifest = str(release.get("manifest") or "")
+        user = self._options.tenants.user(names.namespace)
+        try:
+            with self._kube_as(user) as api:
+                refused = await asyncio.to_thread(
+                    admission_refusals, api, names.namespace, manifest
+                )
+        except (DryRunUnavailable, kube.KubeUnavailable, OSError) as err:
+            raise HelmUnavailable(str(err)) from err
+        if refused:
+            raise DeployFailed(
+                f"namespace {names.namespace} does not admit the chart's pods: "
+                + "; ".join(refused)
+            )
+
+    @contextlib.contextmanager
+    def _kube_as(self, user: str) -> Iterator[k8s.ApiClient]:
+        """A Kubernetes client impersonating ``user``."""
+        api = kube.api_client(self._options.kubeconfig, self._options.kube_context)
+        api.set_default_header("Impersonate-User", user)  # type: ignore[no-untyped-call]
+        with api:
+            yield api
+
+    @contextlib.contextmanager
+    def _for_tenant(self, chart: str) -> Iterator[None]:
+        """Every failure's message, as the tenant will read it: no path or address of
+        this machine (see :mod:`._scrub`) but the chart as the tenant gave it."""
+        known = [
+            (self._options.work_dir.resolve() / "charts", "<prepared chart>"),
+            (self._options.base_dir.resolve(), "."),
+            (self._options.base_dir, "."),
+        ]
+        try:
+            yield
+        except DeployFailed as err:
+            raise DeployFailed(scrubbed(str(err), known=known, keep=[chart])) from err
+        except HelmUnavailable as err:
+            raise HelmUnavailable(scrubbed(str(err), known=known, keep=[chart])) from err
 
     def _kube(self) -> k8s.ApiClient:
         if self._api is None:
@@ -276,18 +345,22 @@ class HelmDeployer:
             return "", ""
         return names.release, names.namespace
 
-    async def _ensure_namespace(self, names: PipelineNames) -> None:
+    async def _ensure_tenant(self, names: PipelineNames) -> None:
         try:
             api = self._kube()
             await asyncio.to_thread(
-                kube.ensure_namespace, api, names.namespace, tenant=names.tenant
+                ensure_tenant,
+                api,
+                names.namespace,
+                tenant=names.tenant,
+                policy=self._options.tenants,
             )
         except ApiException as err:
             if err.status in (401, 403):
                 raise DeployFailed(
-                    f"not allowed to create or label namespace {names.namespace}: "
-                    f"{err.reason} (the API's service account needs namespaces "
-                    "get/create/patch)"
+                    f"not allowed to prepare namespace {names.namespace}: {err.reason} (the "
+                    "API's service account needs the rights the scheduler chart's rbac.yaml "
+                    "gives it)"
                 ) from err
             raise HelmUnavailable(f"namespace {names.namespace}: {err.reason}") from err
         except (kube.KubeUnavailable, OSError) as err:
@@ -302,6 +375,7 @@ class HelmDeployer:
             raise DeployFailed(f"cannot deploy workers without the worker token: {err}") from err
 
     async def _source(self, pipeline: Pipeline) -> ChartSource:
+        await asyncio.to_thread(self._options.charts.check, pipeline.chart)
         source = await asyncio.to_thread(
             chart_source, pipeline.chart, pipeline.chart_version, base_dir=self._options.base_dir
         )
@@ -320,30 +394,3 @@ class HelmDeployer:
 
     def _lock(self, pipeline_id: str) -> asyncio.Lock:
         return self._locks.setdefault(pipeline_id, asyncio.Lock())
-
-
-def names_from_store(
-    lookup: Callable[[str], tuple[str, str, str] | None],
-) -> Callable[[str], PipelineNames | None]:
-    """Adapts the control store's ``(tenant, application, pipeline)`` name lookup."""
-
-    def names_of(pipeline_id: str) -> PipelineNames | None:
-        found = lookup(pipeline_id)
-        if found is None:
-            return None
-        tenant, application, pipeline = found
-        return PipelineNames(tenant=tenant, application=application, pipeline=pipeline)
-
-    return names_of
-
-
-def _classified(err: helm_errors.Error, what: str) -> Exception:
-    """Helm's own words: a definite failure (bad chart, refused values) is DeployFailed,
-    shown as the pipeline's reason; an unreachable cluster is worth retrying."""
-    message = (err.stderr or err.stdout).decode(errors="replace").strip()
-    message = message.removeprefix("Error: ").strip() or f"exit {err.returncode}"
-    text = f"{what}: {message}"[:MAX_MESSAGE]
-    transient = helm_errors.ConnectionError | helm_errors.CommandCancelledError
-    if isinstance(err, transient) or _IN_PROGRESS in str(err):
-        return HelmUnavailable(text)
-    return DeployFailed(text)

@@ -41,11 +41,12 @@ def chart_source(chart: str, version: str | None, *, base_dir: Path) -> ChartSou
     path = local_chart_path(chart, base_dir=base_dir)
     if path.is_dir():
         if not (path / "Chart.yaml").is_file():
-            raise DeployFailed(f"chart {chart!r}: {path} is not a Helm chart (no Chart.yaml)")
+            raise DeployFailed(f"chart {chart!r} is not a Helm chart (it has no Chart.yaml)")
         return ChartSource(ref=str(path), version=version, directory=True)
     if path.is_file():
         return ChartSource(ref=str(path))
+    # The tenant reads this: the chart as given, never where this machine looked.
     raise DeployFailed(
-        f"chart {chart!r} is neither a local chart (looked for {path}), an oci:// reference "
-        "nor an http(s) URL"
+        f"chart {chart!r} is neither a local chart (relative paths are taken from the API's "
+        "chart directory), an oci:// reference nor an http(s) URL"
     )

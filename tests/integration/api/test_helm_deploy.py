@@ -56,6 +56,12 @@ def helm_settings(
             "worker_image": IMAGE,
             "autoscaler": "builtin",
             "data_dir": tmp_path / "data",
+            # The bundled charts and this test's own (the operator's allow-list).
+            "chart_roots": [
+                REPO / "charts" / "examples",
+                REPO / "charts" / "pipeline-lib",
+                tmp_path,
+            ],
         }
     )
 
@@ -269,12 +275,17 @@ async def test_a_release_deleted_behind_its_back_is_deployed_again_at_start(
 
 
 async def test_a_chart_from_a_chart_repository(
-    helm_api: Api, helm_bin: Path, kube_cluster: KubeCluster, tmp_path: Path
+    helm_settings: Settings, helm_bin: Path, kube_cluster: KubeCluster, tmp_path: Path
 ) -> None:
-    """``chart`` names a chart repository URL and the chart, with ``chart_version``."""
+    """``chart`` names a chart repository URL and the chart, with ``chart_version``, from
+    a repository the operator allows."""
     with chart_repository(helm_bin, tmp_path) as url:
-        tenant, key = await tenant_with_app(helm_api)
-        pipeline = await create(helm_api, key, "remote", chart=f"{url}/echo", chart_version="0.1.0")
+        allowing = helm_settings.model_copy(update={"chart_repositories": [url]})
+        async with running_api(allowing, limits=LIMITS) as helm_api:
+            tenant, key = await tenant_with_app(helm_api)
+            pipeline = await create(
+                helm_api, key, "remote", chart=f"{url}/echo", chart_version="0.1.0"
+            )
     assert pipeline["state"] == "ready", pipeline
     assert "chart echo 0.1.0" in pipeline["deployment"]["detail"]
     status = helm_json(
@@ -284,7 +295,7 @@ async def test_a_chart_from_a_chart_repository(
 
 
 async def test_a_chart_from_an_oci_registry(
-    helm_api: Api,
+    helm_settings: Settings,
     helm_bin: Path,
     kube_cluster: KubeCluster,
     oci_registry: OciRegistry,
@@ -298,6 +309,12 @@ async def test_a_chart_from_an_oci_registry(
     )
     _, err = await pushed.communicate()
     assert pushed.returncode == 0, err
+    allowing = helm_settings.model_copy(update={"chart_repositories": [f"oci://{path}"]})
+    async with running_api(allowing, limits=LIMITS) as helm_api:
+        await from_oci(helm_api, helm_bin, kube_cluster, path)
+
+
+async def from_oci(helm_api: Api, helm_bin: Path, kube_cluster: KubeCluster, path: str) -> None:
     tenant, key = await tenant_with_app(helm_api)
     pipeline = await create(
         helm_api, key, "from-oci", chart=f"oci://{path}/echo", chart_version="0.1.0"

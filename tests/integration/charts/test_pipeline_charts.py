@@ -16,6 +16,7 @@ import pyhelm3
 import pytest
 from kubernetes import client as k8s
 
+from services.deploy.postrender import DEFAULT_KINDS, Policy, refusals
 from services.infra.kube import KubeCluster
 from services.worker.definition import parse_definition
 from tests.contract import check_command, check_settings
@@ -103,6 +104,29 @@ async def test_every_example_renders_with_its_defaults(
     assert set(rendered) == {"ConfigMap", "Secret", "Deployment"}  # no KEDA by default
     definition = json.loads(rendered["ConfigMap"]["data"]["pipeline.json"])
     assert definition["pipeline"], definition
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+async def test_every_example_passes_the_post_renderer_with_keda_and_sidecars(
+    helm_bin: Path, charts: Path, example: str
+) -> None:
+    """What pipeline-lib renders, with every option that adds objects or containers, is
+    what a tenant's chart may create (services/deploy/postrender.py)."""
+    values = {"nativeSidecars": True, "scaling": {"keda": {"enabled": True}}}
+    docs = await render_all(helm_bin, await built(helm_bin, charts, example), values)
+    policy = Policy(namespace="pipelines", kinds=frozenset(DEFAULT_KINDS), deployer_account="x")
+    assert {doc["kind"] for doc in docs} == {"ConfigMap", "Secret", "Deployment", "ScaledObject"}
+    assert refusals(docs, policy) == []
+    pod = docs[[doc["kind"] for doc in docs].index("Deployment")]["spec"]["template"]["spec"]
+    # The restricted Pod Security level, as the deployer's dry run checks it on a cluster.
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["containers"] + pod.get("initContainers", []):
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        }, container["name"]
 
 
 async def test_the_echo_example_prints_its_message_exactly(helm_bin: Path, charts: Path) -> None:

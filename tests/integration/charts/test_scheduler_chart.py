@@ -15,6 +15,7 @@ import pyhelm3
 import pytest
 from kubernetes import client as k8s
 
+from services.deploy.tenancy import TENANT_RULES
 from services.infra.kube import KubeCluster
 from tests.contract import check_command, check_settings
 from tests.integration.charts.rendering import (
@@ -229,14 +230,39 @@ async def test_rbac_grants_each_component_only_what_it_needs(helm_bin: Path) -> 
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
     assert allowed(api, "", "namespaces") == {"get", "list", "create", "patch"}
-    release_verbs = {"create", "get", "list", "watch", "update", "patch", "delete"}
+    # The API prepares tenant namespaces; it has no rights over what a release contains.
     for group, resource in [
-        ("", "secrets"),  # helm's release records
+        ("", "secrets"),
         ("", "configmaps"),
+        ("", "pods"),
         ("apps", "deployments"),
         ("keda.sh", "scaledobjects"),
     ]:
-        assert allowed(api, group, resource) == release_verbs, resource
+        assert allowed(api, group, resource) == set(), resource
+    tenant_role = f"{NAMESPACE}-wsched-tenant"
+    binds = [r for r in api if "bind" in r["verbs"]]
+    assert binds == [
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "verbs": ["bind"],
+            "resourceNames": [tenant_role],
+        }
+    ]
+    impersonates = [r for r in api if "impersonate" in r["verbs"]]
+    assert impersonates == [
+        {
+            "apiGroups": [""],
+            "resources": ["serviceaccounts"],
+            "verbs": ["impersonate"],
+            "resourceNames": ["wsched-tenant"],
+        }
+    ]
+    # The tenant ClusterRole is the one the deployer's tenancy module describes.
+    assert objects["ClusterRole", tenant_role]["rules"] == [dict(r) for r in TENANT_RULES]
+    api_env = env_of(objects["Deployment", "wsched-api"])
+    assert api_env["WSCHED_TENANT_CLUSTER_ROLE"] == tenant_role
+    assert api_env["WSCHED_SCHEDULER_NAMESPACE"] == NAMESPACE
     assert allowed(scheduler, "apps", "deployments") == {"get", "list"}
     assert allowed(scheduler, "apps", "deployments/scale") == {"get", "patch", "update"}
     assert allowed(scheduler, "", "secrets") == set()
@@ -534,8 +560,13 @@ async def check_authorized(api: k8s.ApiClient, namespace: str) -> None:
     assert not can(api, scheduler_sa, "create", "namespaces")
     assert can(api, api_sa, "create", "namespaces")
     assert not can(api, api_sa, "delete", "namespaces")
-    for resource in ("secrets", "configmaps", "apps/deployments", "keda.sh/scaledobjects"):
+    for resource in ("serviceaccounts", "resourcequotas", "limitranges"):
         assert can(api, api_sa, "create", resource, namespace=tenant), resource
+    assert can(api, api_sa, "create", "networking.k8s.io/networkpolicies", namespace=tenant)
+    assert can(api, api_sa, "create", "rbac.authorization.k8s.io/rolebindings", namespace=tenant)
+    for resource in ("secrets", "configmaps", "apps/deployments", "keda.sh/scaledobjects"):
+        assert not can(api, api_sa, "create", resource, namespace=tenant), resource
+        assert not can(api, api_sa, "get", resource, namespace=tenant), resource
     assert not can(api, api_sa, "get", "pods", namespace=tenant)
     assert not can(api, api_sa, "patch", "apps/deployments", subresource="scale", namespace=tenant)
 

@@ -18,7 +18,13 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from kubernetes import client as k8s
 
-from services.deploy.helm import HelmDeployer, HelmOptions, HelmUnavailable, names_from_store
+from services.deploy.helm import (
+    ChartAllowList,
+    HelmDeployer,
+    HelmOptions,
+    HelmUnavailable,
+    names_from_store,
+)
 from services.deploy.naming import release_name
 from services.deploy.ports import DeployFailed
 from services.infra.kube import KubeCluster
@@ -54,6 +60,9 @@ def deployer(
         options=HelmOptions(
             scheduler="wsched-scheduler:50051",
             base_dir=REPO,
+            charts=ChartAllowList(
+                roots=[REPO / "charts", tmp_path / "mine"], repositories=[], base_dir=REPO
+            ),
             work_dir=tmp_path,
             executable=str(helm_bin),
             kubeconfig=kube_cluster.kubeconfig_path,

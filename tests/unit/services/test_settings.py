@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from services.settings import Settings
 
@@ -35,6 +36,10 @@ def test_database_url_wins_over_the_sqlite_default(monkeypatch: pytest.MonkeyPat
         ("WSCHED_DEPLOYER", "kubectl"),
         ("WSCHED_AUTOSCALER", "hpa"),
         ("WSCHED_WORKER_IMAGE", "has a space"),
+        ("WSCHED_CHART_REPOSITORIES", '["ftp://charts.example.com"]'),
+        ("WSCHED_TENANT_KINDS", '["ConfigMap", "rbac.authorization.k8s.io/ClusterRole"]'),
+        ("WSCHED_TENANT_POD_SECURITY", "lenient"),
+        ("WSCHED_TENANT_POD_SECURITY_OVERRIDES", '{"acme": "anything"}'),
     ],
 )
 def test_bad_values_are_rejected_with_the_setting_named(
@@ -53,3 +58,32 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
     settings = Settings()
     assert settings.secret_key is None
     assert settings.workers_scheduler_address() == settings.advertised_grpc()
+
+
+def test_containment_settings_are_read_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSCHED_CHART_ROOTS", '["/srv/charts"]')
+    monkeypatch.setenv("WSCHED_CHART_REPOSITORIES", '["oci://registry.example.com/team"]')
+    monkeypatch.setenv("WSCHED_TENANT_POD_SECURITY_OVERRIDES", '{"acme": "baseline"}')
+    monkeypatch.setenv("WSCHED_TENANT_QUOTA", "{}")
+    monkeypatch.setenv("WSCHED_WORKERS_SCHEDULER", "wsched-scheduler.wsched.svc:7000")
+    settings = Settings()
+    assert [str(root) for root in settings.chart_roots] == ["/srv/charts"]
+    assert settings.chart_repositories == ["oci://registry.example.com/team"]
+    assert settings.tenant_pod_security_overrides == {"acme": "baseline"}
+    assert settings.tenant_quota == {}
+    assert settings.workers_scheduler_port() == 7000
+
+
+def test_a_repository_with_credentials_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WSCHED_CHART_REPOSITORIES", '["https://user:hunter2@charts.example.com"]')
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert "credentials" in str(info.value) and "hunter2" not in str(info.value)
+
+
+def test_a_list_setting_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSCHED_CHART_REPOSITORIES", "https://charts.example.com")
+    with pytest.raises(SettingsError, match="chart_repositories"):
+        Settings()

@@ -32,6 +32,7 @@ def test_a_chart_that_is_not_a_local_directory_is_refused_clearly(chart: str) ->
     message = str(info.value)
     assert "is not a local directory" in message
     assert "charts/examples/echo" in message  # what to give instead
+    assert str(REPO) not in message  # the tenant reads it: no path of this machine
 
 
 def test_a_directory_without_chart_yaml_is_not_a_chart(tmp_path: Path) -> None:

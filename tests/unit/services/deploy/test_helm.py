@@ -7,8 +7,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from pyhelm3 import errors as helm_errors
 
 from services.deploy.helm import (
+    ChartAllowList,
     ChartSource,
     HelmDeployer,
     HelmOptions,
@@ -17,6 +19,7 @@ from services.deploy.helm import (
     chart_source,
     names_from_store,
 )
+from services.deploy.helm._errors import classified
 from services.deploy.helm._values import fingerprint, image_values
 from services.deploy.ports import DeployFailed
 from services.store.control import ControlStore
@@ -43,7 +46,7 @@ def test_chart_references() -> None:
     [
         ("https://charts.example.com", "chart repository URL followed by the chart's name"),
         ("charts/none", "neither a local chart"),
-        ("charts", "is not a Helm chart (no Chart.yaml)"),
+        ("charts", "is not a Helm chart (it has no Chart.yaml)"),
     ],
 )
 def test_bad_chart_references_are_refused_clearly(chart: str, message: str) -> None:
@@ -82,6 +85,7 @@ def deployer(
         options=HelmOptions(
             scheduler="sched:50051",
             base_dir=REPO,
+            charts=ChartAllowList(roots=[REPO / "charts"], repositories=[], base_dir=REPO),
             work_dir=tmp_path,
             worker_image=worker_image,
             autoscaler=autoscaler,
@@ -127,10 +131,31 @@ def test_names_come_from_the_store(store: ControlStore) -> None:
 def test_a_missing_helm_is_named_with_its_setting(tmp_path: Path) -> None:
     missing = HelmDeployer(
         options=HelmOptions(
-            scheduler="s:1", base_dir=REPO, work_dir=tmp_path, executable=str(tmp_path / "helm")
+            scheduler="s:1",
+            base_dir=REPO,
+            charts=ChartAllowList(roots=[], repositories=[], base_dir=REPO),
+            work_dir=tmp_path,
+            executable=str(tmp_path / "helm"),
         ),
         token_of=lambda _: "t",
         names_of=lambda _: None,
     )
     with pytest.raises(HelmUnavailable, match="set WSCHED_HELM_EXECUTABLE"):
-        missing._helm()
+        missing._helm("wsched-t")
+
+
+def test_a_post_renderer_refusal_is_shown_without_helms_wrapping() -> None:
+    stderr = (
+        b"Error: error while running post render on files: error while running command "
+        b"/opt/venv/bin/python3. error output:\n"
+        b"wsched-post-render: Namespace 'x' is cluster-scoped: a pipeline chart may only ...\n"
+        b"wsched-post-render: ConfigMap 'y' is in namespace 'kube-system'\n: exit status 1"
+    )
+    err = helm_errors.Error(1, b"", stderr)
+    message = str(classified(err, "helm upgrade --install r"))
+    assert message.startswith(
+        "helm upgrade --install r: the chart renders what a pipeline may not create: "
+        "Namespace 'x' is cluster-scoped"
+    )
+    assert "ConfigMap 'y' is in namespace 'kube-system'" in message
+    assert "/opt" not in message and "exit status" not in message

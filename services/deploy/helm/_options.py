@@ -1,0 +1,71 @@
+"""The Helm deployer's configuration and the names of a pipeline's release."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.deploy import postrender
+from services.deploy.helm._allowlist import ChartAllowList
+from services.deploy.naming import namespace_for, release_name
+from services.deploy.tenancy import TenantPolicy
+
+#: Our post-renderer, run by helm with this interpreter.
+POST_RENDERER = (sys.executable, "-m", "services.deploy.postrender")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HelmOptions:
+    #: The scheduler's gRPC address the workers poll.
+    scheduler: str
+    #: Relative chart paths are resolved against this directory.
+    base_dir: Path
+    #: The chart sources tenants may use (``WSCHED_CHART_ROOTS``, ``..._REPOSITORIES``).
+    charts: ChartAllowList
+    #: Where local charts with dependencies are prepared (built copies).
+    work_dir: Path
+    executable: str = "helm"
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    #: ``repository:tag`` of the agents' image, replacing each chart's ``image``.
+    worker_image: str | None = None
+    #: ``builtin``: the scheduler's scaler sets replicas, so charts leave them alone.
+    autoscaler: str = "none"
+    timeout_s: int = 300
+    #: Tenant namespaces: Pod Security, quota, limits, network policy, helm's account.
+    tenants: TenantPolicy = field(default_factory=TenantPolicy)
+    #: The kinds a tenant's chart may render (``group/Kind``).
+    kinds: tuple[str, ...] = postrender.DEFAULT_KINDS
+    post_renderer: tuple[str, ...] = POST_RENDERER
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineNames:
+    tenant: str
+    application: str
+    pipeline: str
+
+    @property
+    def release(self) -> str:
+        return release_name(self.tenant, self.application, self.pipeline)
+
+    @property
+    def namespace(self) -> str:
+        return namespace_for(self.tenant)
+
+
+def names_from_store(
+    lookup: Callable[[str], tuple[str, str, str] | None],
+) -> Callable[[str], PipelineNames | None]:
+    """Adapts the control store's ``(tenant, application, pipeline)`` name lookup."""
+
+    def names_of(pipeline_id: str) -> PipelineNames | None:
+        found = lookup(pipeline_id)
+        if found is None:
+            return None
+        tenant, application, pipeline = found
+        return PipelineNames(tenant=tenant, application=application, pipeline=pipeline)
+
+    return names_of
