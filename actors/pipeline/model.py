@@ -106,6 +106,9 @@ class PipelineConfig:
     lead_s: float = 0.0
     #: The pause before each next attempt, after a failure or a lost lease.
     backoff: Backoff = field(default_factory=Backoff)
+    #: How long one attempt may run (tasks without their own); None: the workers decide
+    #: (the pipeline definition's ``timeout_s``, else the agent's setting).
+    execution_timeout_s: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -130,6 +133,8 @@ class Task:
     expires_at: dt.datetime | None = None
     #: The task's own retry policy over its pipeline's, if it has one.
     retry: RetryOverride | None = None
+    #: The task's own execution timeout over its pipeline's, if it has one.
+    execution_timeout_s: float | None = None
 
     def expired(self, wall: dt.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= wall
@@ -150,6 +155,15 @@ class NewTask:
     created_at: dt.datetime
     expires_at: dt.datetime | None = None
     retry: RetryOverride | None = None
+    execution_timeout_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Purge:
+    """Delete a dead task that died before ``finished_before`` (a tenant's purge)."""
+
+    task_id: str
+    finished_before: dt.datetime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +179,7 @@ class AdmitBatch:
     new: tuple[NewTask, ...] = ()
     cancels: tuple[str, ...] = ()
     requeues: tuple[str, ...] = ()
+    purges: tuple[Purge, ...] = ()
     offsets: Mapping[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -181,6 +196,7 @@ class AdmitResult:
     conflicts: int
     cancelled: int
     requeued: int
+    purged: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,6 +300,8 @@ class Report:
     error: str = ""
     #: The worker knows another attempt would fail the same way: end the task now.
     non_retryable: bool = False
+    #: The worker killed the attempt at its execution timeout (a retryable failure).
+    timed_out: bool = False
 
 
 class Verdict(StrEnum):
@@ -308,3 +326,5 @@ class ReportAck(StrEnum):
 class Grant:
     token: LeaseToken
     task: Task
+    #: How long the attempt may run: the task's own timeout, else its pipeline's.
+    execution_timeout_s: float | None = None

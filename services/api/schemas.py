@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from actors.pipeline.retry import check_execution_timeout
 from services.api.errors import ApiError
 from services.api.when import parse_duration
 from services.deploy.scaling import ScalingPolicy
@@ -170,6 +171,42 @@ def _deadline_span(value: object) -> float:
 DefaultDeadline = Annotated[float, BeforeValidator(_deadline_span)]
 
 
+def execution_timeout_s(value: object, *, field: str = "execution_timeout") -> float:
+    """An attempt's execution timeout: seconds or a duration, more than 0, at most 7 days."""
+    if isinstance(value, bool):
+        raise ValueError("give seconds or a duration such as '90s' or '15m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = parse_duration(value, field=field).total_seconds()
+        except ApiError as err:
+            raise ValueError(err.detail.removeprefix(f"{field}: ")) from err
+    else:
+        raise ValueError("give seconds or a duration such as '90s' or '15m'")
+    return check_execution_timeout(seconds)
+
+
+def _pipeline_timeout(value: object) -> float:
+    """A pipeline's execution timeout; 0 means none (on PATCH: clear it)."""
+    if not isinstance(value, bool) and value in (0, "0"):
+        return 0.0
+    return execution_timeout_s(value)
+
+
+#: A task's own execution timeout (Celery's ``time_limit``).
+ExecutionTimeout = Annotated[
+    float,
+    BeforeValidator(execution_timeout_s),
+    Field(
+        description="How long one attempt may run (seconds, or '90s', '15m'; at most 7 "
+        "days): the worker then kills it and reports a timeout, retried like a failure.",
+        examples=["15m"],
+    ),
+]
+PipelineExecutionTimeout = Annotated[float, BeforeValidator(_pipeline_timeout)]
+
+
 class BackoffIn(_Request):
     """The pause before each next attempt: ``initial * multiplier ** (attempt - 1)``,
     at most ``max``, spread by ±``jitter``."""
@@ -207,6 +244,13 @@ class CreatePipeline(_Request):
         description="The deadline of tasks submitted without one, after they are due "
         "(seconds or e.g. '1h'); 0 or absent: none.",
     )
+    execution_timeout: PipelineExecutionTimeout | None = Field(
+        default=None,
+        description="How long one attempt of a task may run (tasks without their own): "
+        "seconds or e.g. '15m', at most 7 days; 0 or absent: the pipeline definition's "
+        "timeout_s, else the worker's WSCHED_WORKER_TASK_TIMEOUT_S.",
+        examples=["15m"],
+    )
 
 
 class PatchPipeline(_Request):
@@ -220,6 +264,11 @@ class PatchPipeline(_Request):
     retention: Retention | None = None
     expires_after: DefaultDeadline | None = Field(
         default=None, description="The tasks' default deadline after they are due; 0 clears it."
+    )
+    execution_timeout: PipelineExecutionTimeout | None = Field(
+        default=None,
+        description="How long one attempt may run (tasks without their own); 0 clears it.",
+        examples=["15m"],
     )
 
     @model_validator(mode="before")
@@ -254,6 +303,10 @@ class PipelineOut(BaseModel):
     expires_after_s: int | None = Field(
         description="The deadline given to tasks submitted without one, after they are due."
     )
+    execution_timeout_s: float | None = Field(
+        description="How long one attempt of a task without its own may run; null: the "
+        "pipeline definition's timeout_s, else the worker's setting."
+    )
     state: Literal["provisioning", "ready", "failed", "deleting"]
     reason: str = Field(description="Why the pipeline is failed, or what its deployment hit.")
     deployment: dict[str, Any]
@@ -285,6 +338,7 @@ class BatchItem(_Request):
     retry: RetryIn | None = Field(
         default=None, description="This task's own retry policy over its pipeline's."
     )
+    execution_timeout: ExecutionTimeout | None = None
     run_at: str | None = Field(
         default=None,
         max_length=64,

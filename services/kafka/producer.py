@@ -42,6 +42,8 @@ class OutgoingTask:
     expires_at_ms: int = 0
     #: The task's own retry policy over its pipeline's; None: the pipeline's.
     retry: RetryOverride | None = None
+    #: The task's own execution timeout over its pipeline's; None: the pipeline's.
+    execution_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +60,8 @@ class EventProducer(Protocol):
     async def cancel(self, pipeline_id: str, task_id: str, *, reason: str = "") -> None: ...
 
     async def requeue(self, pipeline_id: str, task_id: str) -> None: ...
+
+    async def purge(self, pipeline_id: str, task_id: str, *, finished_before_ms: int) -> None: ...
 
     async def placement(
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
@@ -86,6 +90,8 @@ def submit_records(pipeline_id: str, tasks: Sequence[OutgoingTask], *, now_ms: i
         event.submit.expires_at_ms = task.expires_at_ms
         if task.retry is not None:
             _put_retry(event.submit.retry, task.retry)
+        if task.execution_timeout_s is not None:
+            event.submit.execution_timeout_s = task.execution_timeout_s
         event.submit.data_sha256 = task.data_sha256
         records.append(Record(topic=topic, key=task.id.encode(), value=event.SerializeToString()))
     return records
@@ -103,6 +109,15 @@ def cancel_record(pipeline_id: str, task_id: str, *, reason: str, now_ms: int) -
 def requeue_record(pipeline_id: str, task_id: str, *, now_ms: int) -> Record:
     event = _envelope(pipeline_id, task_id, now_ms)
     event.requeue.SetInParent()
+    return Record(
+        topic=pipeline_topic(pipeline_id), key=task_id.encode(), value=event.SerializeToString()
+    )
+
+
+def purge_record(pipeline_id: str, task_id: str, *, finished_before_ms: int, now_ms: int) -> Record:
+    event = _envelope(pipeline_id, task_id, now_ms)
+    event.purge.finished_before_ms = finished_before_ms
+    # Keyed like the task's other records: a requeue and a purge apply in the order sent.
     return Record(
         topic=pipeline_topic(pipeline_id), key=task_id.encode(), value=event.SerializeToString()
     )
@@ -204,6 +219,12 @@ class KafkaProducer:
     async def requeue(self, pipeline_id: str, task_id: str) -> None:
         await self.send([requeue_record(pipeline_id, task_id, now_ms=self._clock_ms())])
 
+    async def purge(self, pipeline_id: str, task_id: str, *, finished_before_ms: int) -> None:
+        record = purge_record(
+            pipeline_id, task_id, finished_before_ms=finished_before_ms, now_ms=self._clock_ms()
+        )
+        await self.send([record])
+
     async def placement(
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
     ) -> None:
@@ -296,6 +317,12 @@ class MemoryProducer:
 
     async def requeue(self, pipeline_id: str, task_id: str) -> None:
         await self._send([requeue_record(pipeline_id, task_id, now_ms=self._clock_ms())])
+
+    async def purge(self, pipeline_id: str, task_id: str, *, finished_before_ms: int) -> None:
+        record = purge_record(
+            pipeline_id, task_id, finished_before_ms=finished_before_ms, now_ms=self._clock_ms()
+        )
+        await self._send([record])
 
     async def placement(
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType

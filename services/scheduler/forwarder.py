@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from actors.pipeline.model import AdmitBatch, AdmitResult, NewTask
+from actors.pipeline.model import AdmitBatch, AdmitResult, NewTask, Purge
 from actors.pipeline.ports import StaleEpoch
 from services.kafka.consumer import ConsumedRecord, PartitionConsumer
 from services.scheduler.decode import CancelEvent, RequeueEvent, Undecodable, decode
@@ -46,6 +46,7 @@ def build_batch(pipeline_id: str, records: Mapping[int, Sequence[ConsumedRecord]
     new: list[NewTask] = []
     cancels: list[str] = []
     requeues: list[str] = []
+    purges: list[Purge] = []
     quarantined: list[Quarantined] = []
     offsets: dict[int, int] = {}
     for partition, items in records.items():
@@ -57,11 +58,17 @@ def build_batch(pipeline_id: str, records: Mapping[int, Sequence[ConsumedRecord]
                 cancels.append(event.task_id)
             elif isinstance(event, RequeueEvent):
                 requeues.append(event.task_id)
+            elif isinstance(event, Purge):
+                purges.append(event)
             else:
                 quarantined.append(_quarantined(pipeline_id, record, event))
             offsets[partition] = record.offset + 1
     batch = AdmitBatch(
-        new=tuple(new), cancels=tuple(cancels), requeues=tuple(requeues), offsets=offsets
+        new=tuple(new),
+        cancels=tuple(cancels),
+        requeues=tuple(requeues),
+        purges=tuple(purges),
+        offsets=offsets,
     )
     return Fetched(batch=batch, quarantined=tuple(quarantined))
 

@@ -253,6 +253,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             result=result.result,
             error=error,
             non_retryable=result.non_retryable,
+            timed_out=result.timed_out,
         )
         return report, None
 
@@ -369,4 +370,10 @@ def _leased(grant: Grant) -> worker_pb2.LeasedTask:
         attempt=task.attempt,
         data=task.data,
         created_at_ms=int(task.created_at.timestamp() * 1000),
+        execution_timeout_ms=_ms(grant.execution_timeout_s),
     )
+
+
+def _ms(seconds: float | None) -> int:
+    """Whole milliseconds for the wire (0: none), at least 1 for a timeout that is set."""
+    return 0 if seconds is None else max(1, min(round(seconds * 1000), 2**32 - 1))

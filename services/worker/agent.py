@@ -204,7 +204,12 @@ class Agent:
     # -- running --------------------------------------------------------------------------
 
     def _start(self, task: worker_pb2.LeasedTask) -> None:
-        spec = TaskSpec(task_id=task.task_id, attempt=task.attempt, data=task.data)
+        spec = TaskSpec(
+            task_id=task.task_id,
+            attempt=task.attempt,
+            data=task.data,
+            timeout_s=task.execution_timeout_ms / 1000 if task.execution_timeout_ms else None,
+        )
         job = _Job(spec=spec, token=task.lease_token)
         self._jobs[job.token] = job
         job.task = asyncio.create_task(self._execute(job), name=f"task {task.task_id}")
@@ -232,6 +237,7 @@ class Agent:
                     result=outcome.result,
                     error=outcome.error,
                     non_retryable=outcome.non_retryable,
+                    timed_out=outcome.timed_out,
                 )
             )
 

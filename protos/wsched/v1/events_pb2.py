@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/wsched/v1/events.proto\x12\twsched.v1\"\xe6\x01\n\tTaskEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x16\n\x0eproduced_at_ms\x18\x04 \x01(\x03\x12\'\n\x06submit\x18\n \x01(\x0b\x32\x15.wsched.v1.SubmitTaskH\x00\x12\'\n\x06\x63\x61ncel\x18\x0b \x01(\x0b\x32\x15.wsched.v1.CancelTaskH\x00\x12)\n\x07requeue\x18\x0c \x01(\x0b\x32\x16.wsched.v1.RequeueTaskH\x00\x42\x06\n\x04kind\"\x80\x01\n\nSubmitTask\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tdue_at_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x61ta_sha256\x18\x03 \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12%\n\x05retry\x18\x05 \x01(\x0b\x32\x16.wsched.v1.RetryPolicy\"H\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12#\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0b\x32\x12.wsched.v1.Backoff\"O\n\x07\x42\x61\x63koff\x12\x11\n\tinitial_s\x18\x01 \x01(\x01\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12\r\n\x05max_s\x18\x03 \x01(\x01\x12\x0e\n\x06jitter\x18\x04 \x01(\x01\"\x1c\n\nCancelTask\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\r\n\x0bRequeueTask\"\xce\x01\n\x0ePlacementEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\r\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.wsched.v1.PlacementEvent.Kind\"R\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_CREATED\x10\x01\x12\x10\n\x0cKIND_UPDATED\x10\x02\x12\x10\n\x0cKIND_DELETED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/wsched/v1/events.proto\x12\twsched.v1\"\x8d\x02\n\tTaskEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x16\n\x0eproduced_at_ms\x18\x04 \x01(\x03\x12\'\n\x06submit\x18\n \x01(\x0b\x32\x15.wsched.v1.SubmitTaskH\x00\x12\'\n\x06\x63\x61ncel\x18\x0b \x01(\x0b\x32\x15.wsched.v1.CancelTaskH\x00\x12)\n\x07requeue\x18\x0c \x01(\x0b\x32\x16.wsched.v1.RequeueTaskH\x00\x12%\n\x05purge\x18\r \x01(\x0b\x32\x14.wsched.v1.PurgeTaskH\x00\x42\x06\n\x04kind\"\x9d\x01\n\nSubmitTask\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tdue_at_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x61ta_sha256\x18\x03 \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12%\n\x05retry\x18\x05 \x01(\x0b\x32\x16.wsched.v1.RetryPolicy\x12\x1b\n\x13\x65xecution_timeout_s\x18\x06 \x01(\x01\"H\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12#\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0b\x32\x12.wsched.v1.Backoff\"O\n\x07\x42\x61\x63koff\x12\x11\n\tinitial_s\x18\x01 \x01(\x01\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12\r\n\x05max_s\x18\x03 \x01(\x01\x12\x0e\n\x06jitter\x18\x04 \x01(\x01\"\x1c\n\nCancelTask\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\r\n\x0bRequeueTask\"\'\n\tPurgeTask\x12\x1a\n\x12\x66inished_before_ms\x18\x01 \x01(\x03\"\xce\x01\n\x0ePlacementEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\r\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.wsched.v1.PlacementEvent.Kind\"R\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_CREATED\x10\x01\x12\x10\n\x0cKIND_UPDATED\x10\x02\x12\x10\n\x0cKIND_DELETED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.wsched.v1.events_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKEVENT']._serialized_start=45
-  _globals['_TASKEVENT']._serialized_end=275
-  _globals['_SUBMITTASK']._serialized_start=278
-  _globals['_SUBMITTASK']._serialized_end=406
-  _globals['_RETRYPOLICY']._serialized_start=408
-  _globals['_RETRYPOLICY']._serialized_end=480
-  _globals['_BACKOFF']._serialized_start=482
-  _globals['_BACKOFF']._serialized_end=561
-  _globals['_CANCELTASK']._serialized_start=563
-  _globals['_CANCELTASK']._serialized_end=591
-  _globals['_REQUEUETASK']._serialized_start=593
-  _globals['_REQUEUETASK']._serialized_end=606
-  _globals['_PLACEMENTEVENT']._serialized_start=609
-  _globals['_PLACEMENTEVENT']._serialized_end=815
-  _globals['_PLACEMENTEVENT_KIND']._serialized_start=733
-  _globals['_PLACEMENTEVENT_KIND']._serialized_end=815
+  _globals['_TASKEVENT']._serialized_end=314
+  _globals['_SUBMITTASK']._serialized_start=317
+  _globals['_SUBMITTASK']._serialized_end=474
+  _globals['_RETRYPOLICY']._serialized_start=476
+  _globals['_RETRYPOLICY']._serialized_end=548
+  _globals['_BACKOFF']._serialized_start=550
+  _globals['_BACKOFF']._serialized_end=629
+  _globals['_CANCELTASK']._serialized_start=631
+  _globals['_CANCELTASK']._serialized_end=659
+  _globals['_REQUEUETASK']._serialized_start=661
+  _globals['_REQUEUETASK']._serialized_end=674
+  _globals['_PURGETASK']._serialized_start=676
+  _globals['_PURGETASK']._serialized_end=715
+  _globals['_PLACEMENTEVENT']._serialized_start=718
+  _globals['_PLACEMENTEVENT']._serialized_end=924
+  _globals['_PLACEMENTEVENT_KIND']._serialized_start=842
+  _globals['_PLACEMENTEVENT_KIND']._serialized_end=924
 # @@protoc_insertion_point(module_scope)

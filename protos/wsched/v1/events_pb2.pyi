@@ -32,6 +32,7 @@ class TaskEvent(_message.Message):
     SUBMIT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     REQUEUE_FIELD_NUMBER: _builtins.int
+    PURGE_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """currently 1"""
     pipeline_id: _builtins.str
@@ -43,6 +44,8 @@ class TaskEvent(_message.Message):
     def cancel(self) -> Global___CancelTask: ...
     @_builtins.property
     def requeue(self) -> Global___RequeueTask: ...
+    @_builtins.property
+    def purge(self) -> Global___PurgeTask: ...
     def __init__(
         self,
         *,
@@ -53,12 +56,13 @@ class TaskEvent(_message.Message):
         submit: Global___SubmitTask | None = ...,
         cancel: Global___CancelTask | None = ...,
         requeue: Global___RequeueTask | None = ...,
+        purge: Global___PurgeTask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "requeue", b"requeue", "submit", b"submit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "purge", b"purge", "requeue", b"requeue", "submit", b"submit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "pipeline_id", b"pipeline_id", "produced_at_ms", b"produced_at_ms", "requeue", b"requeue", "schema_version", b"schema_version", "submit", b"submit", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "pipeline_id", b"pipeline_id", "produced_at_ms", b"produced_at_ms", "purge", b"purge", "requeue", b"requeue", "schema_version", b"schema_version", "submit", b"submit", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submit", "cancel", "requeue"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submit", "cancel", "requeue", "purge"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -73,6 +77,7 @@ class SubmitTask(_message.Message):
     DATA_SHA256_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
+    EXECUTION_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The client's JSON exactly as received: carried as raw bytes, never re-encoded."""
     due_at_ms: _builtins.int
@@ -82,6 +87,10 @@ class SubmitTask(_message.Message):
     expires_at_ms: _builtins.int
     """The deadline, in ms since the epoch; 0 means none. An attempt not started by then is
     never started: the task ends `expired`.
+    """
+    execution_timeout_s: _builtins.float
+    """How long one attempt may run before the worker kills it and reports a timeout, in
+    seconds; 0: the pipeline's (then the pipeline definition's, then the agent's).
     """
     @_builtins.property
     def retry(self) -> Global___RetryPolicy:
@@ -95,10 +104,11 @@ class SubmitTask(_message.Message):
         data_sha256: _builtins.bytes = ...,
         expires_at_ms: _builtins.int = ...,
         retry: Global___RetryPolicy | None = ...,
+        execution_timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "expires_at_ms", b"expires_at_ms", "retry", b"retry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "execution_timeout_s", b"execution_timeout_s", "expires_at_ms", b"expires_at_ms", "retry", b"retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,6 +205,30 @@ class RequeueTask(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequeueTask: _TypeAlias = RequeueTask  # noqa: Y015
+
+@_typing.final
+class PurgeTask(_message.Message):
+    """Deletes a `dead` task that died before `finished_before_ms` (ms since the epoch), with
+    its result and attempt history. The grain applies it, as it does requeues: a task that
+    is no longer dead, or died later (requeued and dead again), is left alone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINISHED_BEFORE_MS_FIELD_NUMBER: _builtins.int
+    finished_before_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        finished_before_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_before_ms", b"finished_before_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeTask: _TypeAlias = PurgeTask  # noqa: Y015
 
 @_typing.final
 class PlacementEvent(_message.Message):

@@ -37,6 +37,7 @@ from services.api.schemas import (
     TaskOut,
     TaskPage,
     TaskSummary,
+    execution_timeout_s,
 )
 from services.api.submit import (
     Candidate,
@@ -110,6 +111,29 @@ ExpiresAfter = Annotated[
     str | None,
     Query(max_length=64, description="Or the deadline from now: '10m'.", examples=["10m"]),
 ]
+TimeoutParam = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="How long one attempt may run, over the pipeline's: seconds or '15m', "
+        "at most 7 days.",
+        examples=["15m"],
+    ),
+]
+
+
+def _timeout_param(value: str | None) -> float | None:
+    """``?execution_timeout=``: seconds or a duration; a bad one is a 422 naming it."""
+    if value is None:
+        return None
+    try:
+        number: object = float(value)
+    except ValueError:
+        number = value
+    try:
+        return execution_timeout_s(number)
+    except ValueError as err:
+        raise ApiError(422, "invalid_request", f"execution_timeout: {err}") from err
 
 
 @router.post(
@@ -140,6 +164,7 @@ async def submit_task(
         int | None,
         Query(ge=1, le=100, description="This task's attempts, over its pipeline's setting."),
     ] = None,
+    execution_timeout: TimeoutParam = None,
 ) -> JSONResponse:
     """Submit one task: the body (any JSON object) is its data, carried byte for byte.
 
@@ -151,6 +176,7 @@ async def submit_task(
     due_ms, expires_ms = _times(
         ctx.limits, run_at=run_at, delay=delay, expires_at=expires_at, expires_after=expires_after
     )
+    timeout_s = _timeout_param(execution_timeout)
     target = await resolve(ctx, tenant.id, app, pipeline)
     require_ready(target)
     expires_ms = expires_ms or _default_deadline_ms(target, due_ms)
@@ -162,6 +188,7 @@ async def submit_task(
         due_at_ms=due_ms,
         expires_at_ms=expires_ms,
         retry=RetryOverride(max_attempts=max_attempts) if max_attempts else None,
+        execution_timeout_s=timeout_s,
     )
     if client_id is not None:
         stored = (await existing_tasks(ctx, target, [client_id])).get(client_id)
@@ -288,6 +315,7 @@ def _candidates(body: SubmitBatch, limits: Limits) -> list[Candidate]:
                 due_at_ms=due_ms,
                 expires_at_ms=expires_ms,
                 retry=retry_override(item.retry, where=f"tasks[{index}]."),
+                execution_timeout_s=item.execution_timeout,
             )
         )
     return candidates
