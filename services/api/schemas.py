@@ -389,15 +389,34 @@ class BulkCancel(_Request):
     limit: int = Field(default=MAX_BULK_TASKS, ge=1, le=MAX_BULK_TASKS)
 
 
+class BulkPurge(_Request):
+    """Delete dead tasks that died before ``older_than``: the ``ids`` given, else the
+    first ``limit`` such tasks."""
+
+    status: Literal["dead"] = Field(description="Only dead tasks are purged.")
+    older_than: str = Field(
+        max_length=64,
+        description="An RFC 3339 time (tasks that died before it), or a duration (tasks "
+        "that died longer ago than that: '7d', '12h', 'PT1H').",
+        examples=["7d", "2026-11-01T00:00:00Z"],
+    )
+    ids: list[TaskId] | None = Field(default=None, min_length=1, max_length=MAX_BULK_TASKS)
+    limit: int = Field(default=MAX_BULK_TASKS, ge=1, le=MAX_BULK_TASKS)
+
+
 class BulkResult(BaseModel):
     id: str
-    result: Literal["requeueing", "cancelling", "skipped", "not_found"]
+    result: Literal["requeueing", "cancelling", "purging", "skipped", "not_found"]
     status: str | None = Field(description="The task's stored status when it was read.")
 
 
 class BulkOut(BaseModel):
     results: list[BulkResult]
-    acted: int = Field(description="How many tasks are being requeued or cancelled.")
+    acted: int = Field(description="How many tasks are being requeued, cancelled or purged.")
+
+
+class PurgeOut(BulkOut):
+    older_than: dt.datetime = Field(description="The cutoff applied: tasks that died before it.")
 
 
 class Accepted(BaseModel):

@@ -88,6 +88,9 @@ ROUTES: dict[tuple[str, str], Call] = {
     # Bulk: B's key on A's pipeline is a 404 before any task is read or touched.
     ("POST", f"{PIPELINE}/tasks:requeue"): Call(kind="scoped", json={}, ok=202),
     ("POST", f"{PIPELINE}/tasks:cancel"): Call(kind="scoped", json={"status": "queued"}, ok=202),
+    ("POST", f"{PIPELINE}/tasks:purge"): Call(
+        kind="scoped", json={"status": "dead", "older_than": "0s"}, ok=202
+    ),
 }
 
 

@@ -1,0 +1,122 @@
+"""Execution timeouts over the API: a pipeline's (create, PATCH, clear) and a task's own
+(single and batch submit), carried in the envelope; bad values are 422s naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.unit.services.api.conftest import Fakes
+from tests.unit.services.api.harness import Api, assert_error, bearer
+
+PIPELINES = "/api/applications/a/pipelines"
+SUBMIT = f"{PIPELINES}/p"
+TASKS = f"{SUBMIT}/tasks"
+
+
+async def test_a_pipelines_timeout_is_set_shown_changed_and_cleared(api: Api) -> None:
+    key, before = await api.ready_pipeline()
+    assert before["execution_timeout_s"] is None
+    created = await api.client.post(
+        PIPELINES,
+        json={"name": "q", "chart": "./c", "execution_timeout": "15m"},
+        headers=bearer(key),
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["execution_timeout_s"] == 900.0
+    patched = await api.client.patch(
+        f"{PIPELINES}/q", json={"execution_timeout": 2.5}, headers=bearer(key)
+    )
+    assert patched.json()["execution_timeout_s"] == 2.5
+    untouched = await api.client.patch(f"{PIPELINES}/q", json={"values": {}}, headers=bearer(key))
+    assert untouched.json()["execution_timeout_s"] == 2.5
+    cleared = await api.client.patch(
+        f"{PIPELINES}/q", json={"execution_timeout": 0}, headers=bearer(key)
+    )
+    assert cleared.json()["execution_timeout_s"] is None
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        (-1, "more than 0 s and at most 7 days"),
+        ("8d", "more than 0 s and at most 7 days"),
+        (1e12, "more than 0 s and at most 7 days"),
+        ("soon", "is not a duration"),
+        (True, "give seconds or a duration"),
+        ([1], "give seconds or a duration"),
+    ],
+)
+async def test_a_bad_pipeline_timeout_is_a_422_naming_it(api: Api, value: Any, needle: str) -> None:
+    key, _ = await api.ready_pipeline()
+    for answer in (
+        await api.client.post(
+            PIPELINES,
+            json={"name": "q", "chart": "./c", "execution_timeout": value},
+            headers=bearer(key),
+        ),
+        await api.client.patch(f"{SUBMIT}", json={"execution_timeout": value}, headers=bearer(key)),
+    ):
+        detail = assert_error(answer, 422, "invalid_request")
+        assert "execution_timeout" in detail and needle in detail, detail
+
+
+async def test_a_tasks_own_timeout_travels_in_its_envelope(api: Api, fakes: Fakes) -> None:
+    key, pipeline = await api.ready_pipeline()
+    single = await api.client.post(
+        f"{SUBMIT}?execution_timeout=90s", json={"a": 1}, headers=bearer(key)
+    )
+    assert single.status_code == 202, single.text
+    batch = await api.client.post(
+        TASKS,
+        json={
+            "tasks": [
+                {"data": {"a": 2}, "execution_timeout": 1.5},
+                {"data": {"a": 3}, "execution_timeout": "PT2M"},
+                {"data": {"a": 4}},
+            ]
+        },
+        headers=bearer(key),
+    )
+    assert batch.status_code == 202, batch.text
+    events = fakes.producer.task_events(pipeline["id"])
+    assert [e.submit.execution_timeout_s for e in events] == [90.0, 1.5, 120.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ("execution_timeout=0", "more than 0 s"),
+        ("execution_timeout=-5", "more than 0 s"),
+        ("execution_timeout=30d", "at most 7 days"),
+        ("execution_timeout=nan", "more than 0 s"),
+        ("execution_timeout=later", "is not a duration"),
+    ],
+)
+async def test_a_bad_single_submit_timeout_is_a_422_naming_it(
+    api: Api, fakes: Fakes, query: str, needle: str
+) -> None:
+    key, pipeline = await api.ready_pipeline()
+    answer = await api.client.post(f"{SUBMIT}?{query}", json={"a": 1}, headers=bearer(key))
+    detail = assert_error(answer, 422, "invalid_request")
+    assert detail.startswith("execution_timeout:") and needle in detail, detail
+    assert fakes.producer.task_events(pipeline["id"]) == []
+
+
+@pytest.mark.parametrize("value", [0, -1, "0s", "8d", "x", None])
+async def test_a_bad_batch_item_timeout_is_a_422_naming_the_item(
+    api: Api, fakes: Fakes, value: Any
+) -> None:
+    key, pipeline = await api.ready_pipeline()
+    answer = await api.client.post(
+        TASKS,
+        json={"tasks": [{"data": {}}, {"data": {}, "execution_timeout": value}]},
+        headers=bearer(key),
+    )
+    if value is None:  # null is "not given"
+        assert answer.status_code == 202, answer.text
+        return
+    detail = assert_error(answer, 422, "invalid_request")
+    assert "tasks[1].execution_timeout" in detail or "tasks.1.execution_timeout" in detail, detail
+    assert fakes.producer.task_events(pipeline["id"]) == []
