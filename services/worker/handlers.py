@@ -40,6 +40,9 @@ from services.worker.command import HandlerCall, HandlerResult
 _TRACEBACK_CHARS = 6000
 #: Spawned, not forked: the executor runs gRPC's threads, which a fork would copy broken.
 _CONTEXT = multiprocessing.get_context("spawn")
+#: What a new worker process says once it serves, and how long it may take to say it.
+_READY = "ready"
+_START_S = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +108,7 @@ def _serve(conn: Connection) -> None:
     """A process worker's loop: one call at a time, until its pipe closes."""
     os.setsid()  # its own process group: a kill at the timeout takes its children too
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the executor decides when it ends
+    conn.send(_READY)
     while True:
         try:
             handler, data, max_result_bytes, env = conn.recv()
@@ -118,6 +122,8 @@ def _serve(conn: Connection) -> None:
 class _Worker:
     process: multiprocessing.process.BaseProcess
     conn: Connection
+    #: It answered its last call: it may serve the next.
+    reusable: bool = True
 
     def kill(self) -> None:
         """Kill the worker's whole process group (the handler and anything it started)."""
@@ -132,11 +138,24 @@ class _Worker:
 
 
 def _start_worker() -> _Worker:
+    """A new worker process, once it is ready: its interpreter's start-up (a second or so
+    on a busy machine) must not count against the first call's timeout."""
     parent, child = _CONTEXT.Pipe()
     process = _CONTEXT.Process(target=_serve, args=(child,), daemon=True, name="wsched-handler")
     process.start()
     child.close()
-    return _Worker(process=process, conn=parent)
+    worker = _Worker(process=process, conn=parent)
+    try:
+        ready = parent.poll(_START_S) and parent.recv() == _READY
+    except (EOFError, OSError):
+        ready = False
+    if not ready:
+        worker.kill()
+        raise OSError(
+            f"a handler worker process did not start within {_START_S:g} s "
+            f"(exit code {process.exitcode})"
+        )
+    return worker
 
 
 def _exchange(conn: Connection, message: tuple[Any, ...]) -> _Outcome:
@@ -169,35 +188,44 @@ class ProcessPool:
     async def call(self, call: HandlerCall, *, max_result_bytes: int) -> HandlerResult:
         async with self._slots:
             loop = asyncio.get_running_loop()
-            worker = (
-                self._idle.pop()
-                if self._idle
-                else await loop.run_in_executor(self._waiters, _start_worker)
-            )
-            self._busy.add(worker)
-            started = time.monotonic()
-            message = (call.handler, call.data, max_result_bytes, dict(call.env))
-            reusable = False
             try:
-                exchange = loop.run_in_executor(self._waiters, _exchange, worker.conn, message)
-                outcome = await asyncio.wait_for(exchange, call.timeout_s)
-                reusable = True
-                return _result(outcome, started)
-            except TimeoutError:
-                return HandlerResult(timed_out=True, duration_ms=_ms_since(started))
-            except (EOFError, OSError):
-                worker.process.join(timeout=1)
-                code = worker.process.exitcode
-                return HandlerResult(
-                    error=f"the handler's worker process died (exit code {code})",
-                    duration_ms=_ms_since(started),
+                worker = (
+                    self._idle.pop()
+                    if self._idle
+                    else await loop.run_in_executor(self._waiters, _start_worker)
                 )
+            except OSError as err:
+                return HandlerResult(error=str(err))
+            self._busy.add(worker)
+            try:
+                return await self._exchange(worker, call, max_result_bytes)
             finally:  # cancelled too: a call that did not answer leaves no process behind
                 self._busy.discard(worker)
-                if reusable:
+                if worker.reusable:
                     self._idle.append(worker)
                 else:
                     worker.kill()
+
+    async def _exchange(
+        self, worker: _Worker, call: HandlerCall, max_result_bytes: int
+    ) -> HandlerResult:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        message = (call.handler, call.data, max_result_bytes, dict(call.env))
+        worker.reusable = False  # until it answers
+        exchange = loop.run_in_executor(self._waiters, _exchange, worker.conn, message)
+        try:
+            outcome = await asyncio.wait_for(exchange, call.timeout_s)
+        except TimeoutError:
+            return HandlerResult(timed_out=True, duration_ms=_ms_since(started))
+        except (EOFError, OSError):
+            worker.process.join(timeout=1)
+            return HandlerResult(
+                error=f"the handler's worker process died (exit code {worker.process.exitcode})",
+                duration_ms=_ms_since(started),
+            )
+        worker.reusable = True
+        return _result(outcome, started)
 
     def close(self) -> None:
         for worker in [*self._idle, *self._busy]:
