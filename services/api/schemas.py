@@ -459,8 +459,8 @@ class AttemptOut(BaseModel):
     started_at: dt.datetime | None
     ended_at: dt.datetime | None
     outcome: str = Field(
-        description="failed, lease_lost (the worker went silent), or for the latest "
-        "attempt the task's status"
+        description="failed, timed_out (killed at its execution timeout), lease_lost (the "
+        "worker went silent), or for the latest attempt the task's status"
     )
     error: str | None
 

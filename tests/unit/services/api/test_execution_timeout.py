@@ -118,5 +118,5 @@ async def test_a_bad_batch_item_timeout_is_a_422_naming_the_item(
         assert answer.status_code == 202, answer.text
         return
     detail = assert_error(answer, 422, "invalid_request")
-    assert "tasks[1].execution_timeout" in detail or "tasks.1.execution_timeout" in detail, detail
+    assert "tasks.1.execution_timeout" in detail, detail
     assert fakes.producer.task_events(pipeline["id"]) == []
