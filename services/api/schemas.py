@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from actors.pipeline.retry import check_execution_timeout
 from services.api.errors import ApiError
 from services.api.when import parse_duration
+from services.deploy.charts import definition_of
 from services.deploy.scaling import ScalingPolicy
 
 #: Both are matched with ``fullmatch``: ``$`` alone also matches before a final newline,
@@ -76,6 +77,26 @@ def _scaling(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _values(value: dict[str, Any]) -> dict[str, Any]:
+    """A definition the values give (``pipeline:`` and its siblings) is checked at the door,
+    so a bad step (a handler that is not ``package.module:function``, a placeholder in
+    quotes) is a 422 naming it, not a deployment that fails later."""
+    if any(key in value for key in _DEFINITION_KEYS):
+        # Without steps of its own the chart's stand in: a placeholder step lets the rest
+        # be checked. ValueError: answered 422 with its message.
+        definition_of({"pipeline": _CHART_STEPS, **value})
+    return value
+
+
+_DEFINITION_KEYS = ("pipeline", "timeout_s", "non_retryable_exit_codes")
+_CHART_STEPS = [{"executor": "chart", "commands": ["true"]}]
+
+
+Values = Annotated[
+    dict[str, Any],
+    AfterValidator(_values),
+    Field(description="Helm values over the chart's own (charts/pipeline-lib/README.md)."),
+]
 Scaling = Annotated[
     dict[str, Any],
     AfterValidator(_scaling),
@@ -228,7 +249,7 @@ class CreatePipeline(_Request):
     name: Name
     chart: Chart = Field(description="Chart path, repository URL or OCI reference.")
     chart_version: ChartVersion | None = None
-    values: dict[str, Any] = Field(default_factory=dict)
+    values: Values = Field(default_factory=dict)
     partitions: int = Field(default=2, ge=1, le=128)
     scaling: Scaling = Field(default_factory=dict)
     max_attempts: MaxAttempts = 3
@@ -256,7 +277,7 @@ class CreatePipeline(_Request):
 class PatchPipeline(_Request):
     chart: Chart | None = None
     chart_version: ChartVersion | None = None
-    values: dict[str, Any] | None = None
+    values: Values | None = None
     scaling: Scaling | None = None
     max_attempts: MaxAttempts | None = None
     retry: RetryIn | None = None

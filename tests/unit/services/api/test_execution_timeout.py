@@ -120,3 +120,42 @@ async def test_a_bad_batch_item_timeout_is_a_422_naming_the_item(
     detail = assert_error(answer, 422, "invalid_request")
     assert "tasks.1.execution_timeout" in detail, detail
     assert fakes.producer.task_events(pipeline["id"]) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"pipeline": [{"executor": "py", "handler": "no-colon"}]}, "values.pipeline.0.handler"),
+        ({"pipeline": [{"executor": "py"}]}, "commands or a handler"),
+        ({"pipeline": [{"executor": "sh", "commands": ['echo "{{x}}"']}]}, "double quotes"),
+        ({"timeout_s": -5}, "values.timeout_s"),
+        ({"timeout_s": "soon"}, "values.timeout_s"),
+    ],
+)
+async def test_a_bad_definition_in_the_values_is_a_422_naming_it(
+    api: Api, values: dict[str, Any], needle: str
+) -> None:
+    key, _ = await api.ready_pipeline()
+    created = await api.client.post(
+        PIPELINES, json={"name": "q", "chart": "./c", "values": values}, headers=bearer(key)
+    )
+    patched = await api.client.patch(SUBMIT, json={"values": values}, headers=bearer(key))
+    for answer in (created, patched):
+        detail = assert_error(answer, 422, "invalid_request")
+        assert detail.startswith("values:") and needle in detail, detail
+
+
+async def test_a_handler_step_and_a_definition_timeout_in_the_values_are_accepted(
+    api: Api,
+) -> None:
+    key, _ = await api.ready_pipeline()
+    values = {
+        "pipeline": [{"executor": "py", "handler": "mypkg.tasks:resize", "pool": "thread"}],
+        "timeout_s": 300,
+        "executors": {"py": {}},
+    }
+    created = await api.client.post(
+        PIPELINES, json={"name": "q", "chart": "./c", "values": values}, headers=bearer(key)
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["values"] == values
