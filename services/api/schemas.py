@@ -472,6 +472,9 @@ class TaskSummary(BaseModel):
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     worker: str | None
+    execution_timeout_s: float | None = Field(
+        default=None, description="The task's own execution timeout; null: its pipeline's."
+    )
 
 
 class AttemptOut(BaseModel):

@@ -194,6 +194,8 @@ class TaskRecord:
     error: str | None
     data: bytes | None = None
     result: bytes | None = None
+    #: The task's own execution timeout; None: its pipeline's.
+    execution_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

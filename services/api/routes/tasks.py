@@ -354,6 +354,7 @@ def _summary_fields(record: TaskRecord) -> dict[str, Any]:
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "worker": record.worker,
+        "execution_timeout_s": record.execution_timeout_s,
     }
 
 

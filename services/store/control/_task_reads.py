@@ -29,6 +29,7 @@ _TASK_SUMMARY = (
     tasks.c.finished_at,
     tasks.c.worker,
     tasks.c.error,
+    tasks.c.policy_json,
 )
 
 
@@ -151,4 +152,13 @@ def _task_record(row: sa.Row[*tuple[Any, ...]], *, with_payloads: bool) -> TaskR
         error=row.error,
         data=row.data if with_payloads else None,
         result=row.result if with_payloads else None,
+        execution_timeout_s=_own_timeout(row.policy_json),
     )
+
+
+def _own_timeout(policy_json: str | None) -> float | None:
+    """The execution timeout a task was submitted with (``tasks.policy_json``)."""
+    if not policy_json:
+        return None
+    value = json.loads(policy_json).get("execution_timeout_s")
+    return float(value) if value is not None else None

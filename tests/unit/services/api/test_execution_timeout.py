@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from services.store.schema import tasks
 from tests.unit.services.api.conftest import Fakes
-from tests.unit.services.api.harness import Api, assert_error, bearer
+from tests.unit.services.api.harness import Api, assert_error, bearer, insert_task
 
 PIPELINES = "/api/applications/a/pipelines"
 SUBMIT = f"{PIPELINES}/p"
@@ -159,3 +161,28 @@ async def test_a_handler_step_and_a_definition_timeout_in_the_values_are_accepte
     )
     assert created.status_code == 201, created.text
     assert created.json()["values"] == values
+
+
+async def test_a_task_shows_its_own_timeout(api: Api) -> None:
+    key, pipeline = await api.ready_pipeline()
+    for task_id in ("own", "plain"):
+        insert_task(api.database_url, pipeline_id=pipeline["id"], task_id=task_id, data=b"{}")
+    engine = sa.create_engine(api.database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.id == "own")
+                .values(policy_json='{"execution_timeout_s":90.0,"max_attempts":2}')
+            )
+    finally:
+        engine.dispose()
+    own = await api.client.get(f"{TASKS}/own", headers=bearer(key))
+    plain = await api.client.get(f"{TASKS}/plain", headers=bearer(key))
+    assert own.json()["execution_timeout_s"] == 90.0
+    assert plain.json()["execution_timeout_s"] is None
+    listed = await api.client.get(TASKS, headers=bearer(key))
+    assert {t["id"]: t["execution_timeout_s"] for t in listed.json()["tasks"]} == {
+        "own": 90.0,
+        "plain": None,
+    }
