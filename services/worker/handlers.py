@@ -175,6 +175,11 @@ def _result(outcome: _Outcome, started: float) -> HandlerResult:
     )
 
 
+def _kill_unwanted(started: asyncio.Future[_Worker]) -> None:
+    if not started.cancelled() and started.exception() is None:
+        started.result().kill()
+
+
 class ProcessPool:
     """At most ``size`` handler calls at once, each in a reusable worker process."""
 
@@ -187,13 +192,8 @@ class ProcessPool:
 
     async def call(self, call: HandlerCall, *, max_result_bytes: int) -> HandlerResult:
         async with self._slots:
-            loop = asyncio.get_running_loop()
             try:
-                worker = (
-                    self._idle.pop()
-                    if self._idle
-                    else await loop.run_in_executor(self._waiters, _start_worker)
-                )
+                worker = self._idle.pop() if self._idle else await self._start()
             except OSError as err:
                 return HandlerResult(error=str(err))
             self._busy.add(worker)
@@ -205,6 +205,15 @@ class ProcessPool:
                     self._idle.append(worker)
                 else:
                     worker.kill()
+
+    async def _start(self) -> _Worker:
+        """A new worker; one whose caller was cancelled meanwhile is killed once started."""
+        starting = asyncio.get_running_loop().run_in_executor(self._waiters, _start_worker)
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(_kill_unwanted)
+            raise
 
     async def _exchange(
         self, worker: _Worker, call: HandlerCall, max_result_bytes: int

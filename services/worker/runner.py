@@ -226,7 +226,7 @@ class TaskRunner:
     async def _run_step(self, run: _Run, step: RenderedStep, *, final: bool) -> TaskOutcome | None:
         """Run one step; its failure, or None once it succeeded (``run.last`` is its output)."""
         if step.handler is not None:
-            return await self._call_handler(run, step, final=final)
+            return await self._call_handler(run, step)
         for index, text in enumerate(step.commands):
             last = final and index == len(step.commands) - 1
             where = step.describe(index)
@@ -247,9 +247,8 @@ class TaskRunner:
             )
         return None
 
-    async def _call_handler(
-        self, run: _Run, step: RenderedStep, *, final: bool
-    ) -> TaskOutcome | None:
+    async def _call_handler(self, run: _Run, step: RenderedStep) -> TaskOutcome | None:
+        """Call a Python handler step on its executor; its failure, or None."""
         where = step.describe()
         remaining = run.deadline - self._clock()
         if remaining <= 0:
@@ -267,7 +266,12 @@ class TaskRunner:
         except ExecutorError as err:
             return failed(f"{where}: {err}{run.trail.text(_ERROR_TRAIL)}")
         if result.timed_out:
-            return failed(f"{where} {run.limit.text()}", timed_out=True)
+            stopped = (
+                "the thread was abandoned, still running"
+                if step.pool == "thread"
+                else "its worker process was killed"
+            )
+            return failed(f"{where} {run.limit.text()}; {stopped}", timed_out=True)
         if not result.ok:
             return failed(
                 f"{where} failed:\n{result.error[-_ERROR_STDERR:]}{run.trail.text(_ERROR_TRAIL)}",
