@@ -213,7 +213,8 @@ class TaskBook:
         self._move(Status.QUEUED, Status.LEASED)
         self.totals["dispatched"] += 1
         self._mark(task)
-        return Grant(token=token, task=task)
+        timeout_s = task.execution_timeout_s or self.config.execution_timeout_s
+        return Grant(token=token, task=task, execution_timeout_s=timeout_s)
 
     def heartbeat(self, tokens: Sequence[LeaseToken], *, now: float) -> list[Verdict]:
         verdicts: list[Verdict] = []
@@ -241,9 +242,13 @@ class TaskBook:
         self._remember_finished(token)
         error = report.error or None
         if status is Status.FAILED and not report.non_retryable:
-            # A failure the worker did not call final: another attempt, or dead at the last.
+            # A failure the worker did not call final (a timeout included): another
+            # attempt, or dead at the last.
             self._retry_or_bury(
-                task, wall=wall, error=error or "the worker reported a failure", outcome="failed"
+                task,
+                wall=wall,
+                error=error or "the worker reported a failure",
+                outcome="timed_out" if report.timed_out else "failed",
             )
             return ReportAck.ACCEPTED
         self._finish(task, status, wall=wall, error=error)
@@ -392,6 +397,11 @@ class TaskBook:
         self._move(Status.DEAD, Status.QUEUED, len(tasks))
         self.totals["requeued"] += len(tasks)
         self.stored_backlog += len(self._fill(tasks))
+
+    def purged_from_store(self, count: int) -> None:
+        """Dead tasks the store deleted at a tenant's request: no longer counted."""
+        self.counts[Status.DEAD] -= count
+        self.totals["purged"] += count
 
     def cancelled_in_store(self, counts: Mapping[Status, int]) -> None:
         """Tasks the book did not hold (queued beyond the window, scheduled) that the

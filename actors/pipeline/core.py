@@ -36,6 +36,7 @@ from actors.pipeline.model import (
     LeaseToken,
     NewTask,
     PipelineConfig,
+    Purge,
     Report,
     ReportAck,
     Status,
@@ -170,12 +171,13 @@ class PipelineCore:
         wall = self._clock.wall()
         # The offsets go with the batch's last write, so that a crash in between replays
         # the cancels and requeues instead of skipping them.
-        later = bool(batch.cancels or batch.requeues)
+        later = bool(batch.cancels or batch.requeues or batch.purges)
         admission = await self._store_admit(batch.new, {} if later else batch.offsets, wall=wall)
         self.admitted(admission.admitted, serve=False)
         self.book.end_overdue(wall=wall)
         cancelled = await self._cancel(batch.cancels, wall=wall)
         requeued = await self._requeue(batch.requeues, wall=wall)
+        purged = await self._purge(batch.purges, wall=wall)
         if later and batch.offsets:
             await self._store_admit([], batch.offsets, wall=wall)
         if batch.schedules:
@@ -187,6 +189,7 @@ class PipelineCore:
             conflicts=len(admission.conflicts),
             cancelled=cancelled,
             requeued=requeued,
+            purged=purged,
         )
 
     def admitted(self, tasks: Sequence[Task], *, serve: bool = True) -> None:
@@ -240,6 +243,18 @@ class PipelineCore:
         )
         self.book.requeued_from_store(tasks)
         return len(tasks)
+
+    async def _purge(self, purges: Sequence[Purge], *, wall: dt.datetime) -> int:
+        """Dead tasks deleted at a tenant's request, in a fenced write like a requeue's:
+        the grain stays the one writer of task rows, and a requeue and a purge of one task
+        apply in the order the tenant sent them (same key, same partition)."""
+        if not purges:
+            return 0
+        purged = await self.guard(
+            self._store.purge_dead(grain=self.key, epoch=self.epoch, purges=purges, now=wall)
+        )
+        self.book.purged_from_store(purged)
+        return purged
 
     async def page_in(self) -> None:
         """Refill the window from the store's backlog when it runs low."""

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from actors.pipeline.book import Flush
-from actors.pipeline.model import AttemptRecord, GrainKey, NewTask, Status, Task
+from actors.pipeline.model import AttemptRecord, GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.ports import (
     Admission,
     Loaded,
@@ -103,6 +103,7 @@ class InMemoryTaskStore:
                 retry=new.retry,
                 schedule_id=new.schedule_id,
                 fire_at=new.fire_at,
+                execution_timeout_s=new.execution_timeout_s,
             )
             self.rows[key], self.digests[key] = dataclasses.replace(task), new.data_sha256
             admitted.append(task)
@@ -134,6 +135,26 @@ class InMemoryTaskStore:
                 done[row.status] += 1
                 row.status, row.error, row.finished_at = Status.CANCELLED, "cancelled", now
         return dict(done)
+
+    async def purge_dead(
+        self, *, grain: GrainKey, epoch: int, purges: Sequence[Purge], now: dt.datetime
+    ) -> int:
+        self._check(grain, epoch)
+        gone = 0
+        for purge in purges:
+            key = (grain.pipeline_id, purge.task_id)
+            row = self.rows.get(key)
+            finished = row.finished_at if row is not None else None
+            if row is None or row.status is not Status.DEAD or finished is None:
+                continue
+            if finished < purge.finished_before:
+                del self.rows[key]
+                self.digests.pop(key, None)
+                self.results.pop(key, None)
+                for attempt_key in [k for k in self.attempts if k[:2] == key]:
+                    del self.attempts[attempt_key]
+                gone += 1
+        return gone
 
     async def requeue_dead(
         self,

@@ -106,6 +106,9 @@ class PipelineConfig:
     lead_s: float = 0.0
     #: The pause before each next attempt, after a failure or a lost lease.
     backoff: Backoff = field(default_factory=Backoff)
+    #: How long one attempt may run (tasks without their own); None: the workers decide
+    #: (the pipeline definition's ``timeout_s``, else the agent's setting).
+    execution_timeout_s: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -133,6 +136,8 @@ class Task:
     #: A schedule's run: the schedule and the nominal fire time (the worker gets it).
     schedule_id: str | None = None
     fire_at: dt.datetime | None = None
+    #: The task's own execution timeout over its pipeline's, if it has one.
+    execution_timeout_s: float | None = None
 
     def expired(self, wall: dt.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= wall
@@ -156,6 +161,15 @@ class NewTask:
     #: A schedule's run (fired by the grain, or triggered and backfilled by the API).
     schedule_id: str | None = None
     fire_at: dt.datetime | None = None
+    execution_timeout_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Purge:
+    """Delete a dead task that died before ``finished_before`` (a tenant's purge)."""
+
+    task_id: str
+    finished_before: dt.datetime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +187,7 @@ class AdmitBatch:
     requeues: tuple[str, ...] = ()
     #: Schedules whose definition changed: the grain reads them again.
     schedules: tuple[str, ...] = ()
+    purges: tuple[Purge, ...] = ()
     offsets: Mapping[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -189,6 +204,7 @@ class AdmitResult:
     conflicts: int
     cancelled: int
     requeued: int
+    purged: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -292,6 +308,8 @@ class Report:
     error: str = ""
     #: The worker knows another attempt would fail the same way: end the task now.
     non_retryable: bool = False
+    #: The worker killed the attempt at its execution timeout (a retryable failure).
+    timed_out: bool = False
 
 
 class Verdict(StrEnum):
@@ -316,3 +334,5 @@ class ReportAck(StrEnum):
 class Grant:
     token: LeaseToken
     task: Task
+    #: How long the attempt may run: the task's own timeout, else its pipeline's.
+    execution_timeout_s: float | None = None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from actors.pipeline.book import Flush
-from actors.pipeline.model import GrainKey, NewTask, Status, Task
+from actors.pipeline.model import GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.schedules import ScheduleSpec, ScheduleState
 from actors.pipeline.timers import TimerKey
 
@@ -111,6 +111,13 @@ class TaskStore(Protocol):
         now: dt.datetime,
     ) -> list[Task]:
         """Put dead rows back to queued with attempt 1; return them."""
+        ...
+
+    async def purge_dead(
+        self, *, grain: GrainKey, epoch: int, purges: Sequence[Purge], now: dt.datetime
+    ) -> int:
+        """Delete the named rows that are dead and finished before their purge's time, with
+        their results and attempt history; return how many tasks went."""
         ...
 
     async def page_queued(self, *, grain: GrainKey, after: str, limit: int) -> list[Task]: ...

@@ -1,4 +1,5 @@
-"""Backoff between attempts: how long a failed or lost attempt waits before the next.
+"""Backoff between attempts: how long a failed or lost attempt waits before the next,
+and the execution timeout that bounds one attempt.
 
 The jitter is a function of (task id, attempt), not a random draw: a grain that replays
 its work after a crash decides the same due time again, tests can state exact figures,
@@ -53,3 +54,17 @@ class RetryOverride:
     def __post_init__(self) -> None:
         if self.max_attempts is not None and not 1 <= self.max_attempts <= 100:
             raise ValueError("retry.max_attempts must be between 1 and 100")
+
+
+#: An attempt may be given at most this long (a week): a longer one is a mistake of
+#: units, and a lease held that long hides a stuck worker.
+MAX_EXECUTION_TIMEOUT_S = 7 * 86400.0
+
+
+def check_execution_timeout(seconds: float) -> float:
+    """``seconds`` if it is a usable execution timeout; ValueError saying the bounds else."""
+    if not 0 < seconds <= MAX_EXECUTION_TIMEOUT_S:  # also refuses NaN
+        raise ValueError(
+            f"an execution timeout is more than 0 s and at most 7 days, not {seconds:g} s"
+        )
+    return seconds

@@ -19,7 +19,7 @@ from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
 from services.api.reconciler import Reconciler
-from services.api.routes import applications, pipelines, schedules, tasks, tenants
+from services.api.routes import applications, bulk, pipelines, schedules, tasks, tenants
 from services.deploy import helm, local
 from services.deploy.ports import Deployer, NoopDeployer
 from services.deploy.tenancy import TenantPolicy
@@ -185,7 +185,7 @@ def create_app(
         BodyLimit, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth
     )
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
-    for module in (tenants, applications, pipelines, tasks, schedules):
+    for module in (tenants, applications, pipelines, tasks, bulk, schedules):
         app.include_router(module.router)
     _health_routes(app, settings=settings, engine=engine, registry=registry)
     return app

@@ -8,8 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from actors.pipeline.retry import check_execution_timeout
 from services.api.errors import ApiError
 from services.api.when import parse_duration
+from services.deploy.charts import definition_of
 from services.deploy.scaling import ScalingPolicy
 
 #: Both are matched with ``fullmatch``: ``$`` alone also matches before a final newline,
@@ -75,6 +77,26 @@ def _scaling(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _values(value: dict[str, Any]) -> dict[str, Any]:
+    """A definition the values give (``pipeline:`` and its siblings) is checked at the door,
+    so a bad step (a handler that is not ``package.module:function``, a placeholder in
+    quotes) is a 422 naming it, not a deployment that fails later."""
+    if any(key in value for key in _DEFINITION_KEYS):
+        # Without steps of its own the chart's stand in: a placeholder step lets the rest
+        # be checked. ValueError: answered 422 with its message.
+        definition_of({"pipeline": _CHART_STEPS, **value})
+    return value
+
+
+_DEFINITION_KEYS = ("pipeline", "timeout_s", "non_retryable_exit_codes")
+_CHART_STEPS = [{"executor": "chart", "commands": ["true"]}]
+
+
+Values = Annotated[
+    dict[str, Any],
+    AfterValidator(_values),
+    Field(description="Helm values over the chart's own (charts/pipeline-lib/README.md)."),
+]
 Scaling = Annotated[
     dict[str, Any],
     AfterValidator(_scaling),
@@ -170,6 +192,42 @@ def _deadline_span(value: object) -> float:
 DefaultDeadline = Annotated[float, BeforeValidator(_deadline_span)]
 
 
+def execution_timeout_s(value: object, *, field: str = "execution_timeout") -> float:
+    """An attempt's execution timeout: seconds or a duration, more than 0, at most 7 days."""
+    if isinstance(value, bool):
+        raise ValueError("give seconds or a duration such as '90s' or '15m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = parse_duration(value, field=field).total_seconds()
+        except ApiError as err:
+            raise ValueError(err.detail.removeprefix(f"{field}: ")) from err
+    else:
+        raise ValueError("give seconds or a duration such as '90s' or '15m'")
+    return check_execution_timeout(seconds)
+
+
+def _pipeline_timeout(value: object) -> float:
+    """A pipeline's execution timeout; 0 means none (on PATCH: clear it)."""
+    if not isinstance(value, bool) and value in (0, "0"):
+        return 0.0
+    return execution_timeout_s(value)
+
+
+#: A task's own execution timeout (Celery's ``time_limit``).
+ExecutionTimeout = Annotated[
+    float,
+    BeforeValidator(execution_timeout_s),
+    Field(
+        description="How long one attempt may run (seconds, or '90s', '15m'; at most 7 "
+        "days): the worker then kills it and reports a timeout, retried like a failure.",
+        examples=["15m"],
+    ),
+]
+PipelineExecutionTimeout = Annotated[float, BeforeValidator(_pipeline_timeout)]
+
+
 class BackoffIn(_Request):
     """The pause before each next attempt: ``initial * multiplier ** (attempt - 1)``,
     at most ``max``, spread by ±``jitter``."""
@@ -191,7 +249,7 @@ class CreatePipeline(_Request):
     name: Name
     chart: Chart = Field(description="Chart path, repository URL or OCI reference.")
     chart_version: ChartVersion | None = None
-    values: dict[str, Any] = Field(default_factory=dict)
+    values: Values = Field(default_factory=dict)
     partitions: int = Field(default=2, ge=1, le=128)
     scaling: Scaling = Field(default_factory=dict)
     max_attempts: MaxAttempts = 3
@@ -207,12 +265,19 @@ class CreatePipeline(_Request):
         description="The deadline of tasks submitted without one, after they are due "
         "(seconds or e.g. '1h'); 0 or absent: none.",
     )
+    execution_timeout: PipelineExecutionTimeout | None = Field(
+        default=None,
+        description="How long one attempt of a task may run (tasks without their own): "
+        "seconds or e.g. '15m', at most 7 days; 0 or absent: the pipeline definition's "
+        "timeout_s, else the worker's WSCHED_WORKER_TASK_TIMEOUT_S.",
+        examples=["15m"],
+    )
 
 
 class PatchPipeline(_Request):
     chart: Chart | None = None
     chart_version: ChartVersion | None = None
-    values: dict[str, Any] | None = None
+    values: Values | None = None
     scaling: Scaling | None = None
     max_attempts: MaxAttempts | None = None
     retry: RetryIn | None = None
@@ -220,6 +285,11 @@ class PatchPipeline(_Request):
     retention: Retention | None = None
     expires_after: DefaultDeadline | None = Field(
         default=None, description="The tasks' default deadline after they are due; 0 clears it."
+    )
+    execution_timeout: PipelineExecutionTimeout | None = Field(
+        default=None,
+        description="How long one attempt may run (tasks without their own); 0 clears it.",
+        examples=["15m"],
     )
 
     @model_validator(mode="before")
@@ -254,6 +324,10 @@ class PipelineOut(BaseModel):
     expires_after_s: int | None = Field(
         description="The deadline given to tasks submitted without one, after they are due."
     )
+    execution_timeout_s: float | None = Field(
+        description="How long one attempt of a task without its own may run; null: the "
+        "pipeline definition's timeout_s, else the worker's setting."
+    )
     state: Literal["provisioning", "ready", "failed", "deleting"]
     reason: str = Field(description="Why the pipeline is failed, or what its deployment hit.")
     deployment: dict[str, Any]
@@ -285,6 +359,7 @@ class BatchItem(_Request):
     retry: RetryIn | None = Field(
         default=None, description="This task's own retry policy over its pipeline's."
     )
+    execution_timeout: ExecutionTimeout | None = None
     run_at: str | None = Field(
         default=None,
         max_length=64,
@@ -335,15 +410,34 @@ class BulkCancel(_Request):
     limit: int = Field(default=MAX_BULK_TASKS, ge=1, le=MAX_BULK_TASKS)
 
 
+class BulkPurge(_Request):
+    """Delete dead tasks that died before ``older_than``: the ``ids`` given, else the
+    first ``limit`` such tasks."""
+
+    status: Literal["dead"] = Field(description="Only dead tasks are purged.")
+    older_than: str = Field(
+        max_length=64,
+        description="An RFC 3339 time (tasks that died before it), or a duration (tasks "
+        "that died longer ago than that: '7d', '12h', 'PT1H').",
+        examples=["7d", "2026-11-01T00:00:00Z"],
+    )
+    ids: list[TaskId] | None = Field(default=None, min_length=1, max_length=MAX_BULK_TASKS)
+    limit: int = Field(default=MAX_BULK_TASKS, ge=1, le=MAX_BULK_TASKS)
+
+
 class BulkResult(BaseModel):
     id: str
-    result: Literal["requeueing", "cancelling", "skipped", "not_found"]
+    result: Literal["requeueing", "cancelling", "purging", "skipped", "not_found"]
     status: str | None = Field(description="The task's stored status when it was read.")
 
 
 class BulkOut(BaseModel):
     results: list[BulkResult]
-    acted: int = Field(description="How many tasks are being requeued or cancelled.")
+    acted: int = Field(description="How many tasks are being requeued, cancelled or purged.")
+
+
+class PurgeOut(BulkOut):
+    older_than: dt.datetime = Field(description="The cutoff applied: tasks that died before it.")
 
 
 class Accepted(BaseModel):
@@ -378,6 +472,9 @@ class TaskSummary(BaseModel):
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     worker: str | None
+    execution_timeout_s: float | None = Field(
+        default=None, description="The task's own execution timeout; null: its pipeline's."
+    )
 
 
 class AttemptOut(BaseModel):
@@ -386,8 +483,8 @@ class AttemptOut(BaseModel):
     started_at: dt.datetime | None
     ended_at: dt.datetime | None
     outcome: str = Field(
-        description="failed, lease_lost (the worker went silent), or for the latest "
-        "attempt the task's status"
+        description="failed, timed_out (killed at its execution timeout), lease_lost (the "
+        "worker went silent), or for the latest attempt the task's status"
     )
     error: str | None
 

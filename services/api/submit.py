@@ -36,6 +36,8 @@ class Candidate:
     expires_at_ms: int = 0
     #: Its own retry policy; None: the pipeline's.
     retry: RetryOverride | None = None
+    #: Its own execution timeout; None: the pipeline's.
+    execution_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +150,7 @@ def plan(candidates: Sequence[Candidate], existing: Mapping[str, ExistingTask]) 
                     due_at_ms=item.due_at_ms,
                     expires_at_ms=item.expires_at_ms,
                     retry=item.retry,
+                    execution_timeout_s=item.execution_timeout_s,
                 )
             )
             status = "scheduled" if item.due_at_ms else "queued"

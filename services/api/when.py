@@ -127,3 +127,27 @@ def deadline(
 def _human(span: dt.timedelta) -> str:
     days = span.total_seconds() / 86400
     return f"{days:g} days" if days >= 1 else f"{span.total_seconds():g} s"
+
+
+def cutoff(older_than: str, *, now: dt.datetime, field: str = "older_than") -> dt.datetime:
+    """A purge's cutoff: an RFC 3339 time as given, or a duration counted back from now.
+    A time in the future is refused: it would purge tasks that are not old at all."""
+    text = older_than.strip()
+    if _looks_like_time(text):
+        value = parse_run_at(text, field=field)
+        if value > now:
+            raise _invalid(field, f"{value.isoformat()} is in the future: give a past time")
+        return value
+    try:
+        return now - parse_duration(text, field=field)
+    except ApiError:
+        raise _invalid(
+            field,
+            f"{text[:_MAX_TEXT]!r} is neither a duration ('7d', '12h', 'PT1H') nor an "
+            "RFC 3339 time ('2026-11-01T00:00:00Z')",
+        ) from None
+
+
+def _looks_like_time(text: str) -> bool:
+    """``2026-11-01T...`` rather than ``7d``: a date starts with four digits and a dash."""
+    return len(text) >= 5 and text[:4].isdigit() and text[4] == "-"

@@ -130,17 +130,28 @@ def _definition(values: Mapping[str, Any]) -> PipelineDefinition:
             "values.pipeline must be the pipeline's steps, a non-empty list of "
             "{executor: NAME, commands: [COMMAND, ...]}"
         )
-    # What pipeline-lib renders into the ConfigMap: the steps, and the final exit codes.
-    fields: dict[str, Any] = {"pipeline": steps}
-    if values.get("non_retryable_exit_codes"):
-        fields["non_retryable_exit_codes"] = values["non_retryable_exit_codes"]
+    try:
+        return definition_of(values)
+    except ValueError as err:
+        raise ChartError(f"values.pipeline is not a valid definition: {err}") from None
+
+
+def definition_of(values: Mapping[str, Any]) -> PipelineDefinition:
+    """What pipeline-lib renders into the ConfigMap: the steps, the final exit codes and the
+    definition's timeout. ValueError naming each bad value (``values.pipeline.0.handler``)."""
+    fields: dict[str, Any] = {"pipeline": values.get("pipeline")}
+    for key in ("non_retryable_exit_codes", "timeout_s"):
+        if values.get(key):
+            fields[key] = values[key]
     try:
         return PipelineDefinition.model_validate(fields)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise ChartError(f"values.pipeline is not a valid definition: {problems}") from None
+        raise ValueError(
+            "; ".join(
+                f"values.{'.'.join(str(part) for part in e['loc'])}: {e['msg']}"
+                for e in err.errors()
+            )
+        ) from None
 
 
 def _executors(values: Mapping[str, Any], definition: PipelineDefinition) -> tuple[str, ...]:

@@ -45,6 +45,8 @@ class OutgoingTask:
     #: A schedule's run (triggered or backfilled): the schedule and its nominal time.
     schedule_id: str | None = None
     fire_at_ms: int = 0
+    #: The task's own execution timeout over its pipeline's; None: the pipeline's.
+    execution_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +65,7 @@ class EventProducer(Protocol):
     async def requeue(self, pipeline_id: str, task_id: str) -> None: ...
 
     async def schedule_changed(self, pipeline_id: str, schedule_id: str, version: int) -> None: ...
+    async def purge(self, pipeline_id: str, task_id: str, *, finished_before_ms: int) -> None: ...
 
     async def placement(
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
@@ -94,6 +97,8 @@ def submit_records(pipeline_id: str, tasks: Sequence[OutgoingTask], *, now_ms: i
         if task.schedule_id is not None:
             event.submit.schedule_id = task.schedule_id
             event.submit.fire_at_ms = task.fire_at_ms
+        if task.execution_timeout_s is not None:
+            event.submit.execution_timeout_s = task.execution_timeout_s
         event.submit.data_sha256 = task.data_sha256
         records.append(Record(topic=topic, key=task.id.encode(), value=event.SerializeToString()))
     return records
@@ -121,6 +126,15 @@ def schedule_record(pipeline_id: str, schedule_id: str, *, version: int, now_ms:
     event.schedule_changed.version = version
     return Record(
         topic=pipeline_topic(pipeline_id), key=schedule_id.encode(), value=event.SerializeToString()
+    )
+
+
+def purge_record(pipeline_id: str, task_id: str, *, finished_before_ms: int, now_ms: int) -> Record:
+    event = _envelope(pipeline_id, task_id, now_ms)
+    event.purge.finished_before_ms = finished_before_ms
+    # Keyed like the task's other records: a requeue and a purge apply in the order sent.
+    return Record(
+        topic=pipeline_topic(pipeline_id), key=task_id.encode(), value=event.SerializeToString()
     )
 
 
@@ -224,6 +238,12 @@ class KafkaProducer:
         record = schedule_record(pipeline_id, schedule_id, version=version, now_ms=self._clock_ms())
         await self.send([record])
 
+    async def purge(self, pipeline_id: str, task_id: str, *, finished_before_ms: int) -> None:
+        record = purge_record(
+            pipeline_id, task_id, finished_before_ms=finished_before_ms, now_ms=self._clock_ms()
+        )
+        await self.send([record])
+
     async def placement(
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
     ) -> None:
@@ -319,6 +339,12 @@ class MemoryProducer:
 
     async def schedule_changed(self, pipeline_id: str, schedule_id: str, version: int) -> None:
         record = schedule_record(pipeline_id, schedule_id, version=version, now_ms=self._clock_ms())
+        await self._send([record])
+
+    async def purge(self, pipeline_id: str, task_id: str, *, finished_before_ms: int) -> None:
+        record = purge_record(
+            pipeline_id, task_id, finished_before_ms=finished_before_ms, now_ms=self._clock_ms()
+        )
         await self._send([record])
 
     async def placement(

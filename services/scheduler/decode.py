@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from actors.pipeline.model import NewTask
-from actors.pipeline.retry import Backoff, RetryOverride
+from actors.pipeline.model import NewTask, Purge
+from actors.pipeline.retry import Backoff, RetryOverride, check_execution_timeout
 from protos.wsched.v1 import events_pb2
 
 SCHEMA_VERSION = 1
@@ -38,7 +38,7 @@ class Undecodable:
     raw: bytes
 
 
-Event = NewTask | CancelEvent | RequeueEvent | ScheduleChangedEvent | Undecodable
+Event = NewTask | CancelEvent | RequeueEvent | Purge | ScheduleChangedEvent | Undecodable
 
 
 def _ms(value: int) -> dt.datetime:
@@ -83,6 +83,7 @@ def _domain(event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int) -> Ev
             retry=_retry(submit) if submit.HasField("retry") else None,
             schedule_id=submit.schedule_id or None,
             fire_at=_ms(submit.fire_at_ms) if submit.fire_at_ms else None,
+            execution_timeout_s=_timeout(submit.execution_timeout_s),
         )
     if kind == "cancel":
         return CancelEvent(task_id=event.task_id)
@@ -90,6 +91,8 @@ def _domain(event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int) -> Ev
         return RequeueEvent(task_id=event.task_id)
     if kind == "schedule_changed":
         return ScheduleChangedEvent(schedule_id=event.task_id)
+    if kind == "purge":
+        return Purge(task_id=event.task_id, finished_before=_ms(event.purge.finished_before_ms))
     return Undecodable(reason="event of no known kind", raw=raw)
 
 
@@ -103,3 +106,8 @@ def _retry(submit: events_pb2.SubmitTask) -> RetryOverride:
             initial_s=b.initial_s, multiplier=b.multiplier, max_s=b.max_s, jitter=b.jitter
         )
     return RetryOverride(max_attempts=policy.max_attempts or None, backoff=backoff)
+
+
+def _timeout(seconds: float) -> float | None:
+    """The task's own execution timeout (0: none); out of bounds raises ValueError."""
+    return check_execution_timeout(seconds) if seconds else None

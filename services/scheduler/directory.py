@@ -60,6 +60,7 @@ class PipelineDirectory:
                         pipelines.c.lease_timeout_s,
                         pipelines.c.retention_s,
                         pipelines.c.scaling_json,
+                        pipelines.c.execution_timeout_s,
                     ).where(pipelines.c.id == pipeline_id, pipelines.c.state == READY)
                 ).first()
             if row is None:
@@ -72,6 +73,7 @@ class PipelineDirectory:
                 retention_s=float(row.retention_s),
                 window_tasks=self._window_tasks,
                 lead_s=_lead_s(row.scaling_json),
+                execution_timeout_s=row.execution_timeout_s,
             )
 
         return await asyncio.to_thread(read)

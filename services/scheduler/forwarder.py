@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from actors.pipeline.model import AdmitBatch, AdmitResult, NewTask
+from actors.pipeline.model import AdmitBatch, AdmitResult, NewTask, Purge
 from actors.pipeline.ports import StaleEpoch
 from services.kafka.consumer import ConsumedRecord, PartitionConsumer
 from services.scheduler.decode import (
@@ -53,6 +53,7 @@ def build_batch(pipeline_id: str, records: Mapping[int, Sequence[ConsumedRecord]
     cancels: list[str] = []
     requeues: list[str] = []
     schedules: dict[str, None] = {}  # ordered, each once
+    purges: list[Purge] = []
     quarantined: list[Quarantined] = []
     offsets: dict[int, int] = {}
     for partition, items in records.items():
@@ -66,6 +67,8 @@ def build_batch(pipeline_id: str, records: Mapping[int, Sequence[ConsumedRecord]
                 requeues.append(event.task_id)
             elif isinstance(event, ScheduleChangedEvent):
                 schedules[event.schedule_id] = None
+            elif isinstance(event, Purge):
+                purges.append(event)
             else:
                 quarantined.append(_quarantined(pipeline_id, record, event))
             offsets[partition] = record.offset + 1
@@ -74,6 +77,7 @@ def build_batch(pipeline_id: str, records: Mapping[int, Sequence[ConsumedRecord]
         cancels=tuple(cancels),
         requeues=tuple(requeues),
         schedules=tuple(schedules),
+        purges=tuple(purges),
         offsets=offsets,
     )
     return Fetched(batch=batch, quarantined=tuple(quarantined))

@@ -253,6 +253,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             result=result.result,
             error=error,
             non_retryable=result.non_retryable,
+            timed_out=result.timed_out,
         )
         return report, None
 
@@ -370,4 +371,10 @@ def _leased(grant: Grant) -> worker_pb2.LeasedTask:
         data=task.data,
         created_at_ms=int(task.created_at.timestamp() * 1000),
         fire_at_ms=int(task.fire_at.timestamp() * 1000) if task.fire_at else 0,
+        execution_timeout_ms=_ms(grant.execution_timeout_s),
     )
+
+
+def _ms(seconds: float | None) -> int:
+    """Whole milliseconds for the wire (0: none), at least 1 for a timeout that is set."""
+    return 0 if seconds is None else max(1, min(round(seconds * 1000), 2**32 - 1))

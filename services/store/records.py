@@ -107,6 +107,8 @@ class PipelineSpec:
     backoff: Mapping[str, float] = field(default_factory=dict)
     #: The default deadline of its tasks, seconds after they are due; None: none.
     expires_after_s: int | None = None
+    #: How long one attempt may run (tasks without their own); None: the workers decide.
+    execution_timeout_s: float | None = None
     lease_timeout_s: int = 30
     retention_s: int = 7 * 24 * 3600
 
@@ -123,6 +125,8 @@ class PipelineChanges:
     backoff: Mapping[str, float] | None = None
     #: 0 clears the default deadline.
     expires_after_s: int | None = None
+    #: 0 clears the execution timeout.
+    execution_timeout_s: float | None = None
     lease_timeout_s: int | None = None
     retention_s: int | None = None
 
@@ -140,6 +144,8 @@ class PipelineChanges:
             out["backoff_json"] = _json(self.backoff) if self.backoff else None
         if self.expires_after_s is not None:
             out["expires_after_s"] = self.expires_after_s or None
+        if self.execution_timeout_s is not None:
+            out["execution_timeout_s"] = self.execution_timeout_s or None
         return out
 
 
@@ -157,6 +163,7 @@ class Pipeline:
     max_attempts: int
     backoff: Mapping[str, float]
     expires_after_s: int | None
+    execution_timeout_s: float | None
     lease_timeout_s: int
     retention_s: int
     state: PipelineState
@@ -187,6 +194,8 @@ class TaskRecord:
     error: str | None
     data: bytes | None = None
     result: bytes | None = None
+    #: The task's own execution timeout; None: its pipeline's.
+    execution_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -53,6 +53,9 @@ pipelines = sa.Table(
     sa.Column("backoff_json", sa.Text, nullable=True),
     #: Tasks submitted without a deadline get this one (seconds after they are due).
     sa.Column("expires_after_s", sa.Integer, nullable=True),
+    #: How long one attempt of a task may run (tasks without their own); NULL: the
+    #: workers decide (the pipeline definition's ``timeout_s``, else the agent's setting).
+    sa.Column("execution_timeout_s", sa.Float, nullable=True),
     sa.Column("lease_timeout_s", sa.Integer, nullable=False),
     sa.Column("retention_s", sa.Integer, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),

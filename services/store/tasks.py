@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 
 from actors.pipeline.book import Flush
-from actors.pipeline.model import GrainKey, NewTask, Status, Task
+from actors.pipeline.model import GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.ports import (
     Admission,
     Loaded,
@@ -78,6 +78,7 @@ _MUTABLE = (
 
 
 def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
+    retry, timeout_s = policy_from_json(row.policy_json)
     return Task(
         id=row.id,
         attempt=row.attempt,
@@ -91,7 +92,8 @@ def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
         error=row.error,
         lease_epoch=row.lease_epoch,
         expires_at=from_db(row.expires_at),
-        retry=policy_from_json(row.policy_json),
+        retry=retry,
+        execution_timeout_s=timeout_s,
         schedule_id=row.schedule_id,
         fire_at=from_db(row.fire_at),
     )
@@ -316,6 +318,15 @@ class SqlTaskStore:
 
         return await self._run(requeue)
 
+    async def purge_dead(
+        self, *, grain: GrainKey, epoch: int, purges: Sequence[Purge], now: dt.datetime
+    ) -> int:
+        def purge(conn: sa.Connection) -> int:
+            fence(conn, grain=grain, epoch=epoch, now=now)
+            return _purge(conn, grain.pipeline_id, purges)
+
+        return await self._run(purge)
+
     async def page_queued(self, *, grain: GrainKey, after: str, limit: int) -> list[Task]:
         pipeline_id = grain.pipeline_id
 
@@ -429,7 +440,7 @@ def _insert_new(
             "status": status[t.id].value,
             "due_at": to_db(t.due_at),
             "expires_at": to_db(t.expires_at),
-            "policy_json": policy_to_json(t.retry),
+            "policy_json": policy_to_json(t.retry, t.execution_timeout_s),
             "schedule_id": t.schedule_id,
             "fire_at": to_db(t.fire_at),
             "data": t.data,
@@ -462,6 +473,7 @@ def _insert_new(
                 retry=t.retry,
                 schedule_id=t.schedule_id,
                 fire_at=t.fire_at,
+                execution_timeout_s=t.execution_timeout_s,
             )
             for t in fresh
         ],
@@ -470,26 +482,78 @@ def _insert_new(
     )
 
 
-def policy_to_json(retry: RetryOverride | None) -> str | None:
-    """A task's own retry policy as stored (None: the pipeline's)."""
-    if retry is None:
-        return None
+def policy_to_json(retry: RetryOverride | None, execution_timeout_s: float | None) -> str | None:
+    """A task's own policy as stored: its retry policy and execution timeout (None: the
+    pipeline's). Kept with the row, so a retry after a failover keeps it."""
     doc: dict[str, Any] = {}
-    if retry.max_attempts is not None:
-        doc["max_attempts"] = retry.max_attempts
-    if retry.backoff is not None:
-        doc["backoff"] = dataclasses.asdict(retry.backoff)
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+    if retry is not None:
+        if retry.max_attempts is not None:
+            doc["max_attempts"] = retry.max_attempts
+        if retry.backoff is not None:
+            doc["backoff"] = dataclasses.asdict(retry.backoff)
+    if execution_timeout_s is not None:
+        doc["execution_timeout_s"] = execution_timeout_s
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True) if doc else None
 
 
-def policy_from_json(text: str | None) -> RetryOverride | None:
+def policy_from_json(text: str | None) -> tuple[RetryOverride | None, float | None]:
+    """(retry override, execution timeout) of a stored policy; rows written before the
+    timeout existed hold a retry policy only."""
     if not text:
-        return None
+        return None, None
     doc = json.loads(text)
+    timeout_s = doc.get("execution_timeout_s")
+    if "max_attempts" not in doc and "backoff" not in doc:  # an empty override is none
+        return None, timeout_s
     backoff = doc.get("backoff")
-    return RetryOverride(
+    retry = RetryOverride(
         max_attempts=doc.get("max_attempts"),
         backoff=Backoff(**backoff) if backoff else None,
+    )
+    return retry, timeout_s
+
+
+def _purge(conn: sa.Connection, pipeline_id: str, purges: Sequence[Purge]) -> int:
+    """Delete the dead tasks among ``purges`` that died before their purge's time, with
+    their results and attempts; how many went. Grouped by time and chunked, so a bulk
+    purge costs a few statements, not three per task. A replayed purge finds nothing."""
+    by_time: dict[dt.datetime, list[str]] = {}
+    for purge in purges:
+        by_time.setdefault(purge.finished_before, []).append(purge.task_id)
+    gone = 0
+    for before, task_ids in by_time.items():
+        for chunk in chunks(sorted(set(task_ids))):
+            victims = (
+                conn.execute(
+                    sa.select(tasks.c.id).where(
+                        tasks.c.pipeline_id == pipeline_id,
+                        tasks.c.id.in_(chunk),
+                        tasks.c.status == Status.DEAD.value,
+                        tasks.c.finished_at < to_db(before),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if victims:
+                _delete_tasks(conn, pipeline_id, victims)
+            gone += len(victims)
+    return gone
+
+
+def _delete_tasks(conn: sa.Connection, pipeline_id: str, task_ids: Sequence[str]) -> None:
+    conn.execute(
+        sa.delete(task_attempts).where(
+            task_attempts.c.pipeline_id == pipeline_id, task_attempts.c.task_id.in_(task_ids)
+        )
+    )
+    conn.execute(
+        sa.delete(task_results).where(
+            task_results.c.pipeline_id == pipeline_id, task_results.c.id.in_(task_ids)
+        )
+    )
+    conn.execute(
+        sa.delete(tasks).where(tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(task_ids))
     )
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import signal
 import sys
@@ -204,7 +205,13 @@ class Agent:
     # -- running --------------------------------------------------------------------------
 
     def _start(self, task: worker_pb2.LeasedTask) -> None:
-        spec = TaskSpec(task_id=task.task_id, attempt=task.attempt, data=task.data)
+        spec = TaskSpec(
+            task_id=task.task_id,
+            attempt=task.attempt,
+            data=task.data,
+            timeout_s=task.execution_timeout_ms / 1000 if task.execution_timeout_ms else None,
+            fire_at=_fire_at(task.fire_at_ms),
+        )
         job = _Job(spec=spec, token=task.lease_token)
         self._jobs[job.token] = job
         job.task = asyncio.create_task(self._execute(job), name=f"task {task.task_id}")
@@ -232,6 +239,7 @@ class Agent:
                     result=outcome.result,
                     error=outcome.error,
                     non_retryable=outcome.non_retryable,
+                    timed_out=outcome.timed_out,
                 )
             )
 
@@ -426,3 +434,11 @@ def worker_main() -> None:
 
 if __name__ == "__main__":
     worker_main()
+
+
+def _fire_at(fire_at_ms: int) -> str | None:
+    """A schedule's nominal fire time as its steps see it (``WSCHED_FIRE_AT``)."""
+    if not fire_at_ms:
+        return None
+    at = dt.datetime.fromtimestamp(fire_at_ms / 1000, tz=dt.UTC)
+    return at.replace(tzinfo=None).isoformat() + "Z"

@@ -19,6 +19,15 @@ command then does with the word is the definition author's business (``sh -c {{x
 runs it, by design). A missing field fails the task with an error naming the field
 and the step.
 
+Python handlers. A step may name a Python callable instead of commands:
+``{"executor": "py", "handler": "mypkg.tasks:resize"}``. Its executor (``wsched
+executor``, whose image has ``mypkg`` installed) imports it and calls it with the task's
+data (the parsed JSON), in a pool of worker processes by default, so a slow or crashing
+handler never stops the agent's heartbeats and a timeout can kill it;
+``"pool": "thread"`` runs it on a thread instead (cheaper, but a thread cannot be killed:
+past its timeout it is abandoned, still running). The return value, as JSON, is the
+step's output: the task's result when it is the last step.
+
 The work directory. Commands refer to the task's shared work directory as
 ``/mnt/pipe`` (the volume every container of a pipeline pod mounts there). Each task
 gets a fresh directory below the agent's work root, and the agent substitutes it for
@@ -35,10 +44,17 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: The work directory's name in commands.
 WORK_DIR = "/mnt/pipe"
@@ -54,6 +70,19 @@ _CONTEXT_NAMES = {
     "$((": "an arithmetic $((...)) expansion",
 }
 _OPENERS = ("$((", "$(", "${", "`", '"', "'", "(")
+#: ``package.module:function`` (a dotted attribute path after the colon, as for entry points).
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+HANDLER = re.compile(rf"^{_IDENT}(?:\.{_IDENT})*:{_IDENT}(?:\.{_IDENT})*$")
+
+
+def check_handler(text: str) -> str:
+    """``text`` if it names a callable as ``package.module:function``; ValueError else."""
+    if len(text) > 300 or not HANDLER.fullmatch(text):
+        raise ValueError(
+            f"{text[:100]!r} is not a handler: write package.module:function "
+            "(e.g. mypkg.tasks:resize)"
+        )
+    return text
 
 
 class DefinitionError(ValueError):
@@ -68,9 +97,14 @@ class TemplateError(ValueError):
 class RenderedStep:
     number: int  # from 1, as a user counts steps
     executor: str
-    commands: tuple[str, ...]
+    commands: tuple[str, ...] = ()
+    #: A Python callable instead of commands (``package.module:function``).
+    handler: str | None = None
+    pool: str = "process"
 
-    def describe(self, index: int) -> str:
+    def describe(self, index: int = 0) -> str:
+        if self.handler is not None:
+            return f"step {self.number} ({self.executor}), handler {self.handler}"
         return f"step {self.number} ({self.executor}), command {index + 1}"
 
 
@@ -78,11 +112,30 @@ class Step(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     executor: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    commands: list[str] = Field(min_length=1)
+    commands: list[str] | None = Field(default=None, min_length=1)
+    #: Or a Python callable the executor calls with the task's data.
+    handler: str | None = None
+    #: Where a handler runs: ``process`` (killable at its timeout) or ``thread``.
+    pool: Literal["process", "thread"] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        if (self.commands is None) == (self.handler is None):
+            raise ValueError("give a step either commands or a handler, not both or neither")
+        if self.pool is not None and self.handler is None:
+            raise ValueError("pool applies to a handler step only")
+        return self
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, handler: str | None) -> str | None:
+        return None if handler is None else check_handler(handler)
 
     @field_validator("commands")
     @classmethod
-    def _safe_templates(cls, commands: list[str]) -> list[str]:
+    def _safe_templates(cls, commands: list[str] | None) -> list[str] | None:
+        if commands is None:
+            return None
         for index, command in enumerate(commands):
             if not command.strip():
                 raise ValueError(f"command {index + 1} is empty")
@@ -110,10 +163,20 @@ class PipelineDefinition(BaseModel):
         """The commands for one task: ``/mnt/pipe`` -> ``work_dir``, placeholders filled."""
         rendered = []
         for number, step in enumerate(self.pipeline, start=1):
+            if step.handler is not None:  # handlers get the data itself, nothing to fill
+                rendered.append(
+                    RenderedStep(
+                        number=number,
+                        executor=step.executor,
+                        handler=step.handler,
+                        pool=step.pool or "process",
+                    )
+                )
+                continue
             where = f"step {number} ({step.executor})"
             commands = tuple(
                 fill(_WORK_DIR_PREFIX.sub(work_dir, command), data, where=where)
-                for command in step.commands
+                for command in step.commands or ()
             )
             rendered.append(RenderedStep(number=number, executor=step.executor, commands=commands))
         return rendered

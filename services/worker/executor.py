@@ -1,4 +1,5 @@
-"""``wsched executor``: a small gRPC server that runs commands for the worker agent.
+"""``wsched executor``: a small gRPC server that runs commands (and Python handlers, see
+:mod:`services.worker.handlers`) for the worker agent.
 
 This is the seed's command-executor. In a pod every executor is its own container (its
 own image: wget, tesseract ...) running ``wsched executor`` on a localhost port or a
@@ -39,7 +40,15 @@ import grpc
 from pydantic import ValidationError
 
 from protos.wsched.v1 import executor_pb2, executor_pb2_grpc
-from services.worker.command import Command, CommandResult, ExecutorError
+from services.worker.command import (
+    Command,
+    CommandResult,
+    ExecutorError,
+    HandlerCall,
+    HandlerResult,
+)
+from services.worker.definition import check_handler
+from services.worker.handlers import HandlerPools
 from services.worker.settings import ExecutorSettings, explain
 
 log = logging.getLogger("wsched.executor")
@@ -191,6 +200,38 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
     def __init__(self, *, settings: ExecutorSettings) -> None:
         self._settings = settings
         self.groups: set[int] = set()
+        self.handlers = HandlerPools(
+            size=settings.handler_workers, max_result_bytes=settings.max_result_bytes
+        )
+
+    async def Call(
+        self, request: executor_pb2.CallRequest, context: grpc.aio.ServicerContext
+    ) -> executor_pb2.CallResponse:
+        try:
+            check_handler(request.handler)
+        except ValueError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if request.pool not in ("", "process", "thread"):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"pool {request.pool!r}: process or thread"
+            )
+        call = HandlerCall(
+            handler=request.handler,
+            data=request.data,
+            pool=request.pool or "process",
+            timeout_s=request.timeout_ms / 1000 if request.timeout_ms else None,
+            max_result_bytes=request.max_result_bytes,
+            env=dict(request.env),
+        )
+        log.debug("calling %s in a %s pool", call.handler, call.pool)
+        result = await self.handlers.call(call)
+        return executor_pb2.CallResponse(
+            result=result.result,
+            error=result.error,
+            timed_out=result.timed_out,
+            non_retryable=result.non_retryable,
+            duration_ms=result.duration_ms,
+        )
 
     async def Run(
         self, request: executor_pb2.RunRequest, context: grpc.aio.ServicerContext
@@ -225,6 +266,7 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
     def kill_all(self) -> None:
         for pgid in list(self.groups):
             _kill_group(pgid)
+        self.handlers.close()
 
 
 def to_response(result: CommandResult) -> executor_pb2.RunResponse:
@@ -356,6 +398,13 @@ def executor_main(listen: str | None = None) -> None:
 # -- the agent's side ---------------------------------------------------------------------
 
 
+def _wire_ms(timeout_s: float | None) -> int:
+    """A timeout as the protocol's ``timeout_ms``: 0 for none, else at least 1."""
+    if timeout_s is None:
+        return 0
+    return min(max(1, math.ceil(timeout_s * 1000)), 2**32 - 1)
+
+
 class ExecutorClients:
     """The agent's :class:`~services.worker.command.Executors`: a channel per executor."""
 
@@ -394,9 +443,7 @@ class ExecutorClients:
         # Bounded wait for a restarting executor; then the call fails fast if it drops.
         wait_s = min(self._connect_timeout_s, command.timeout_s or self._connect_timeout_s)
         channel = await self._ready(executor, wait_s)
-        timeout_ms = 0
-        if command.timeout_s is not None:
-            timeout_ms = min(max(1, math.ceil(command.timeout_s * 1000)), 2**32 - 1)
+        timeout_ms = _wire_ms(command.timeout_s)
         request = executor_pb2.RunRequest(
             command=command.text,
             work_dir=command.work_dir,
@@ -414,6 +461,33 @@ class ExecutorClients:
                 f"{err.code().name}: {err.details()}"
             ) from err
         return from_response(reply)
+
+    async def call(self, executor: str, call: HandlerCall) -> HandlerResult:
+        wait_s = min(self._connect_timeout_s, call.timeout_s or self._connect_timeout_s)
+        channel = await self._ready(executor, wait_s)
+        request = executor_pb2.CallRequest(
+            handler=call.handler,
+            data=call.data,
+            pool=call.pool,
+            timeout_ms=_wire_ms(call.timeout_s),
+            max_result_bytes=call.max_result_bytes,
+            env=dict(call.env),
+        )
+        deadline = call.timeout_s + 30 if call.timeout_s is not None else None
+        try:
+            reply = await executor_pb2_grpc.ExecutorStub(channel).Call(request, timeout=deadline)
+        except grpc.aio.AioRpcError as err:
+            raise ExecutorError(
+                f"executor {executor!r} at {self._addresses[executor]}: "
+                f"{err.code().name}: {err.details()}"
+            ) from err
+        return HandlerResult(
+            result=reply.result,
+            error=reply.error,
+            timed_out=reply.timed_out,
+            non_retryable=reply.non_retryable,
+            duration_ms=reply.duration_ms,
+        )
 
     async def close(self) -> None:
         for channel in self._channels.values():

@@ -1,9 +1,14 @@
 """Runs one task: a fresh work directory, the pipeline's steps in order on their executors.
 
 Outcome. The first command that exits non-zero stops the task: FAILED, with an error
-naming the step and command, its exit code and the tail of its stderr. The task's time
-is bounded (the definition's ``timeout_s``, else ``WSCHED_WORKER_TASK_TIMEOUT_S``): the
-running command gets what is left as its timeout, and its executor kills it then.
+naming the step and command, its exit code and the tail of its stderr.
+
+Execution timeout. An attempt's time is bounded by, first to last: the task's own
+execution timeout, else its pipeline's (both come from the scheduler with the task),
+else the definition's ``timeout_s``, else ``WSCHED_WORKER_TASK_TIMEOUT_S``. The running
+command gets what is left as its timeout, and its executor kills the command's whole
+process group then; the failure is reported ``timed_out`` and says "timed out after
+N s", and the scheduler retries it like any failure.
 
 Result and per-step outputs. The result is the stdout of the last command, at most
 ``max_result_bytes`` (the scheduler's limit, 256 KiB): longer output is cut and ends
@@ -27,7 +32,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from services.worker.command import Command, CommandResult, ExecutorError, Executors
+from services.worker.command import (
+    Command,
+    CommandResult,
+    ExecutorError,
+    Executors,
+    HandlerCall,
+)
 from services.worker.definition import PipelineDefinition, RenderedStep
 from services.worker.settings import MAX_RESULT_BYTES
 
@@ -52,6 +63,10 @@ class TaskSpec:
     task_id: str
     attempt: int
     data: bytes  # the client's JSON
+    #: The execution timeout the scheduler sent (the task's or its pipeline's); None: none.
+    timeout_s: float | None = None
+    #: A schedule's run: its nominal fire time, RFC 3339 (a backfill's steps need it).
+    fire_at: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +76,8 @@ class TaskOutcome:
     error: str = ""
     #: Another attempt would fail the same way: the scheduler ends the task at once.
     non_retryable: bool = False
+    #: Killed at its execution timeout (retried like any failure).
+    timed_out: bool = False
 
 
 def _make_dir(work_dir: Path) -> None:
@@ -70,8 +87,33 @@ def _make_dir(work_dir: Path) -> None:
     work_dir.chmod(0o770)
 
 
-def failed(error: str, *, non_retryable: bool = False) -> TaskOutcome:
-    return TaskOutcome(outcome=Outcome.FAILED, error=error, non_retryable=non_retryable)
+def failed(error: str, *, non_retryable: bool = False, timed_out: bool = False) -> TaskOutcome:
+    return TaskOutcome(
+        outcome=Outcome.FAILED, error=error, non_retryable=non_retryable, timed_out=timed_out
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limit:
+    """An attempt's execution timeout and where it came from, for the error text."""
+
+    seconds: float
+    source: str
+
+    def text(self) -> str:
+        return f"timed out after {self.seconds:g} s ({self.source})"
+
+
+def limit_for(task: TaskSpec, *, definition_s: float | None, agent_s: float) -> Limit:
+    """The execution timeout of one attempt: the scheduler's (task > pipeline), else the
+    definition's, else the agent's setting."""
+    if task.timeout_s:
+        return Limit(
+            seconds=task.timeout_s, source="the task's or its pipeline's execution_timeout"
+        )
+    if definition_s:
+        return Limit(seconds=definition_s, source="the pipeline definition's timeout_s")
+    return Limit(seconds=agent_s, source="WSCHED_WORKER_TASK_TIMEOUT_S")
 
 
 def truncate_result(stdout: bytes, *, total_bytes: int, limit: int) -> bytes:
@@ -115,6 +157,32 @@ class _Trail:
         return "\nearlier commands:\n" + "\n".join(reversed(kept))
 
 
+@dataclass(kw_only=True)
+class _Run:
+    """One attempt in progress: its limits, the output so far and the trail of steps."""
+
+    task: TaskSpec
+    work_dir: Path
+    limit: Limit
+    deadline: float
+    trail: _Trail = field(default_factory=_Trail)
+    #: The output of the last step that succeeded: the result if no step follows.
+    last: bytes | None = None
+    #: The deadline passed between steps.
+    over: bool = False
+
+
+def _task_env(task: TaskSpec, work_dir: Path) -> dict[str, str]:
+    env = {
+        "WSCHED_TASK_ID": task.task_id,
+        "WSCHED_TASK_ATTEMPT": str(task.attempt),
+        "WSCHED_WORK_DIR": str(work_dir),
+    }
+    if task.fire_at is not None:
+        env["WSCHED_FIRE_AT"] = task.fire_at
+    return env
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -129,7 +197,7 @@ class TaskRunner:
         self._definition = definition
         self._executors = executors
         self._work_root = work_root
-        self._timeout_s = definition.timeout_s or timeout_s
+        self._timeout_s = timeout_s
         self._max_result_bytes = max_result_bytes
         self._clock = clock
 
@@ -142,59 +210,96 @@ class TaskRunner:
             await asyncio.to_thread(shutil.rmtree, work_dir, ignore_errors=True)
 
     async def _run_in(self, task: TaskSpec, work_dir: Path) -> TaskOutcome:
-        deadline = self._clock() + self._timeout_s
+        limit = limit_for(task, definition_s=self._definition.timeout_s, agent_s=self._timeout_s)
         try:
             data = json.loads(task.data) if task.data else None
             steps = self._definition.render(data, work_dir=str(work_dir))
         except ValueError as err:  # not JSON, or a placeholder the data cannot fill
             return failed(str(err), non_retryable=True)  # the same data fails the same way
-        trail = _Trail()
-        last: CommandResult | None = None
-        for step in steps:
-            for index, text in enumerate(step.commands):
-                final = step is steps[-1] and index == len(step.commands) - 1
-                where = step.describe(index)
-                result = await self._run_command(task, step, text, work_dir, deadline, final)
-                if isinstance(result, str):
-                    return failed(f"{where}: {result}{trail.text(_ERROR_TRAIL)}")
-                if not result.ok:
-                    return failed(
-                        self._failure(where, result) + trail.text(_ERROR_TRAIL),
-                        non_retryable=self._final_exit(result),
-                    )
-                trail.add(where, result)
-                last = result
-        log.debug("task %s attempt %d:%s", task.task_id, task.attempt, trail.text(10_000))
-        if last is None:  # a validated definition has at least one command
-            return failed("the pipeline definition has no commands")
-        return TaskOutcome(
-            outcome=Outcome.SUCCEEDED,
-            result=truncate_result(
-                last.stdout, total_bytes=last.stdout_total_bytes, limit=self._max_result_bytes
-            ),
+        run = _Run(
+            task=task, work_dir=work_dir, limit=limit, deadline=self._clock() + limit.seconds
         )
+        for step in steps:
+            failure = await self._run_step(run, step, final=step is steps[-1])
+            if failure is not None:
+                return failure
+        log.debug("task %s attempt %d:%s", task.task_id, task.attempt, run.trail.text(10_000))
+        if run.last is None:  # a validated definition has at least one command
+            return failed("the pipeline definition has no commands")
+        return TaskOutcome(outcome=Outcome.SUCCEEDED, result=run.last)
+
+    async def _run_step(self, run: _Run, step: RenderedStep, *, final: bool) -> TaskOutcome | None:
+        """Run one step; its failure, or None once it succeeded (``run.last`` is its output)."""
+        if step.handler is not None:
+            return await self._call_handler(run, step)
+        for index, text in enumerate(step.commands):
+            last = final and index == len(step.commands) - 1
+            where = step.describe(index)
+            result = await self._run_command(run, step, text, last)
+            if isinstance(result, str):
+                return failed(
+                    f"{where}: {result}{run.trail.text(_ERROR_TRAIL)}", timed_out=run.over
+                )
+            if not result.ok:
+                return failed(
+                    self._failure(where, result, run.limit) + run.trail.text(_ERROR_TRAIL),
+                    non_retryable=self._final_exit(result),
+                    timed_out=result.timed_out,
+                )
+            run.trail.add(where, result)
+            run.last = truncate_result(
+                result.stdout, total_bytes=result.stdout_total_bytes, limit=self._max_result_bytes
+            )
+        return None
+
+    async def _call_handler(self, run: _Run, step: RenderedStep) -> TaskOutcome | None:
+        """Call a Python handler step on its executor; its failure, or None."""
+        where = step.describe()
+        remaining = run.deadline - self._clock()
+        if remaining <= 0:
+            return failed(f"{where} {run.limit.text()}", timed_out=True)
+        call = HandlerCall(
+            handler=step.handler or "",
+            data=run.task.data,
+            pool=step.pool,
+            timeout_s=remaining,
+            max_result_bytes=self._max_result_bytes,
+            env=_task_env(run.task, run.work_dir),
+        )
+        try:
+            result = await self._executors.call(step.executor, call)
+        except ExecutorError as err:
+            return failed(f"{where}: {err}{run.trail.text(_ERROR_TRAIL)}")
+        if result.timed_out:
+            stopped = (
+                "the thread was abandoned, still running"
+                if step.pool == "thread"
+                else "its worker process was killed"
+            )
+            return failed(f"{where} {run.limit.text()}; {stopped}", timed_out=True)
+        if not result.ok:
+            return failed(
+                f"{where} failed:\n{result.error[-_ERROR_STDERR:]}{run.trail.text(_ERROR_TRAIL)}",
+                non_retryable=result.non_retryable,
+            )
+        run.trail.lines.append(
+            f"{where}: returned {len(result.result)} bytes in {result.duration_ms} ms"
+        )
+        run.last = result.result
+        return None
 
     async def _run_command(
-        self,
-        task: TaskSpec,
-        step: RenderedStep,
-        text: str,
-        work_dir: Path,
-        deadline: float,
-        final: bool,
+        self, run: _Run, step: RenderedStep, text: str, final: bool
     ) -> CommandResult | str:
         """The command's result, or why it could not run."""
-        remaining = deadline - self._clock()
+        remaining = run.deadline - self._clock()
         if remaining <= 0:
-            return self._timeout_text()
+            run.over = True
+            return run.limit.text()
         command = Command(
             text=text,
-            work_dir=str(work_dir),
-            env={
-                "WSCHED_TASK_ID": task.task_id,
-                "WSCHED_TASK_ATTEMPT": str(task.attempt),
-                "WSCHED_WORK_DIR": str(work_dir),
-            },
+            work_dir=str(run.work_dir),
+            env=_task_env(run.task, run.work_dir),
             timeout_s=remaining,
             max_stdout_bytes=self._max_result_bytes if final else _DIAGNOSTIC_STDOUT,
         )
@@ -209,15 +314,10 @@ class TaskRunner:
             return False
         return result.exit_code in self._definition.non_retryable_exit_codes
 
-    def _timeout_text(self) -> str:
-        return (
-            f"timed out: the task may run {self._timeout_s:g} s (the definition's timeout_s, "
-            "else WSCHED_WORKER_TASK_TIMEOUT_S)"
-        )
-
-    def _failure(self, where: str, result: CommandResult) -> str:
+    @staticmethod
+    def _failure(where: str, result: CommandResult, limit: Limit) -> str:
         if result.timed_out:
-            headline = f"{where} {self._timeout_text()}"
+            headline = f"{where} {limit.text()}; its process group was killed"
         elif result.killed:
             headline = (
                 f"{where} was killed by signal {result.signal} (exit code {result.exit_code})"

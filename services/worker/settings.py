@@ -42,7 +42,8 @@ class WorkerSettings(BaseSettings):
     concurrency: int = Field(default=4, ge=1, le=1000)
     #: Each task gets a fresh directory under this one (``/mnt/pipe`` in a pod).
     workdir: Path = Path(tempfile.gettempdir()) / "wsched-work"
-    #: A task running longer fails; the definition's ``timeout_s`` takes precedence.
+    #: A task running longer fails, unless the scheduler sent an execution timeout (the
+    #: task's or its pipeline's) or the definition has a ``timeout_s``: those come first.
     task_timeout_s: float = Field(default=3600.0, gt=0)
     #: After SIGTERM: how long running tasks may go on to finish and be reported.
     grace_s: float = Field(default=30.0, ge=0)
@@ -108,6 +109,10 @@ class ExecutorSettings(BaseSettings):
     #: After SIGTERM the executor serves on for this long, because the agent in the same
     #: pod may still need it to finish its tasks; SIGINT or a second SIGTERM stops it now.
     grace_s: float = Field(default=35.0, ge=0)
+    #: Python handler calls at once, per pool (process and thread).
+    handler_workers: int = Field(default=4, ge=1, le=256)
+    #: The largest handler return value, as JSON (the scheduler's result limit).
+    max_result_bytes: int = Field(default=MAX_RESULT_BYTES, ge=1024, le=MAX_RESULT_BYTES)
     log_level: str = "INFO"
 
 

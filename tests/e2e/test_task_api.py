@@ -176,3 +176,78 @@ async def test_cancel_a_queued_task_and_a_leased_one(stack: Stack, tenant: Tenan
     finally:
         await client.close()
     await status(tenant, leased_id, "cancelled")
+
+
+async def gone(tenant: Tenant, task_id: str) -> None:
+    async with asyncio.timeout(30):
+        while (await tenant.http.get(f"{tenant.pipeline_url}/tasks/{task_id}")).status_code != 404:
+            await asyncio.sleep(0.2)
+
+
+async def test_dead_tasks_are_purged_by_their_grain_after_a_requeue_sent_before(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A task's own timeout reaches its worker; failed tasks with one attempt die; a purge
+    deletes the dead ones, except one requeued just before (the grain applies the two
+    records in the order sent: same key, same partition)."""
+    once = {"max_attempts": 1}
+    batch = await tenant.http.post(
+        f"{tenant.pipeline_url}/tasks",
+        json={
+            "tasks": [
+                {"id": "d1", "data": {"n": 1}, "retry": once, "execution_timeout": "3s"},
+                {"id": "d2", "data": {"n": 2}, "retry": once},
+                {"id": "d3", "data": {"n": 3}, "retry": once},
+                {"id": "s1", "data": {"n": 4}},
+            ]
+        },
+    )
+    assert batch.status_code == 202, batch.text
+    client = SchedulerClient(
+        addresses=[stack.grpc],
+        pipeline_id=tenant.pipeline_id,
+        token=tenant.worker_token,
+        worker="w",
+    )
+    try:
+        got: list[worker_pb2.LeasedTask] = []
+        async with asyncio.timeout(60):
+            while len(got) < 4:
+                got.extend((await client.poll(max_tasks=4 - len(got), wait_ms=2000)).tasks)
+        assert {t.task_id: t.execution_timeout_ms for t in got} == {
+            "d1": 3000,
+            "d2": 0,
+            "d3": 0,
+            "s1": 0,
+        }
+        fail, succeed = worker_pb2.OUTCOME_FAILED, worker_pb2.OUTCOME_SUCCEEDED
+        await client.report(
+            [
+                worker_pb2.TaskResult(
+                    lease_token=t.lease_token,
+                    outcome=succeed if t.task_id == "s1" else fail,
+                    error="" if t.task_id == "s1" else "timed out after 3 s",
+                    timed_out=t.task_id == "d1",
+                )
+                for t in got
+            ]
+        )
+    finally:
+        await client.close()
+    for task_id in ("d1", "d2", "d3"):
+        await status(tenant, task_id, "dead")
+    assert (await tenant.http.post(f"{tenant.pipeline_url}/tasks/d3/requeue")).status_code == 202
+    purge = await tenant.http.post(
+        f"{tenant.pipeline_url}/tasks:purge",
+        json={"status": "dead", "older_than": "0s", "ids": ["d1", "d2", "d3", "s1"]},
+    )
+    assert purge.status_code == 202, purge.text
+    results = {r["id"]: r["result"] for r in purge.json()["results"]}
+    assert results["d1"] == results["d2"] == "purging" and results["s1"] == "skipped"
+    await gone(tenant, "d1")
+    await gone(tenant, "d2")
+    await status(tenant, "d3", "queued")  # requeued first: the purge found it no longer dead
+    await status(tenant, "s1", "succeeded")
+    async with asyncio.timeout(30):
+        while (await tenant.http.get(f"{tenant.pipeline_url}/stats")).json()["counts"]["dead"]:
+            await asyncio.sleep(0.3)

@@ -21,6 +21,7 @@ from actors.pipeline.model import (
     NewTask,
     Outcome,
     PipelineConfig,
+    Purge,
     Report,
     Status,
     TaskChange,
@@ -241,6 +242,46 @@ class TaskStoreContract:
             grain=GRAIN, epoch=epoch, task_ids=["task-00002", "task-00001"], now=NOW
         )
         assert [(t.id, t.attempt, t.status) for t in requeued] == [("task-00002", 1, Status.QUEUED)]
+
+    async def test_purge_deletes_only_dead_tasks_that_died_before_the_cutoff(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        epoch, _ = await claim_and_admit(store, new(1), new(2), new(3))
+        await kill(store, epoch, "task-00001")
+        await kill(store, epoch, "task-00002")
+        later = NOW + dt.timedelta(seconds=1)
+        early = NOW - dt.timedelta(seconds=1)
+        purges = [
+            Purge(task_id="task-00001", finished_before=later),
+            Purge(task_id="task-00002", finished_before=early),  # died after this cutoff
+            Purge(task_id="task-00003", finished_before=later),  # queued, not dead
+            Purge(task_id="nope", finished_before=later),
+        ]
+        gone = await store.purge_dead(grain=GRAIN, epoch=epoch, purges=purges, now=later)
+        assert gone == 1
+        assert await statuses(under_test) == {"task-00002": "dead", "task-00003": "queued"}
+        again = await store.purge_dead(grain=GRAIN, epoch=epoch, purges=purges, now=later)
+        assert again == 0  # a replayed purge is a no-op
+        newer = await store.claim(grain=GRAIN, owner="b")
+        with pytest.raises(StaleEpoch):
+            await store.purge_dead(grain=GRAIN, epoch=epoch, purges=purges, now=later)
+        assert newer == epoch + 1
+
+    async def test_a_tasks_execution_timeout_is_kept_with_it(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        timed = dataclasses.replace(
+            new(1), execution_timeout_s=2.5, retry=RetryOverride(max_attempts=2)
+        )
+        _epoch, admission = await claim_and_admit(store, timed, new(2))
+        assert admission.admitted[0].execution_timeout_s == 2.5
+        page = await store.page_queued(grain=GRAIN, after="", limit=10)
+        assert [(t.execution_timeout_s, t.retry) for t in page] == [
+            (2.5, RetryOverride(max_attempts=2)),
+            (None, None),
+        ]
 
     async def test_a_requeued_task_starts_afresh(self, under_test: StoreUnderTest) -> None:
         store = under_test.store

@@ -32,6 +32,7 @@ class TaskEvent(_message.Message):
     SUBMIT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     REQUEUE_FIELD_NUMBER: _builtins.int
+    PURGE_FIELD_NUMBER: _builtins.int
     SCHEDULE_CHANGED_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """currently 1"""
@@ -44,6 +45,8 @@ class TaskEvent(_message.Message):
     def cancel(self) -> Global___CancelTask: ...
     @_builtins.property
     def requeue(self) -> Global___RequeueTask: ...
+    @_builtins.property
+    def purge(self) -> Global___PurgeTask: ...
     @_builtins.property
     def schedule_changed(self) -> Global___ScheduleChanged:
         """`task_id` holds the schedule's id: its firing grain reads the definition again."""
@@ -58,13 +61,14 @@ class TaskEvent(_message.Message):
         submit: Global___SubmitTask | None = ...,
         cancel: Global___CancelTask | None = ...,
         requeue: Global___RequeueTask | None = ...,
+        purge: Global___PurgeTask | None = ...,
         schedule_changed: Global___ScheduleChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "requeue", b"requeue", "schedule_changed", b"schedule_changed", "submit", b"submit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "purge", b"purge", "requeue", b"requeue", "schedule_changed", b"schedule_changed", "submit", b"submit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "pipeline_id", b"pipeline_id", "produced_at_ms", b"produced_at_ms", "requeue", b"requeue", "schedule_changed", b"schedule_changed", "schema_version", b"schema_version", "submit", b"submit", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "pipeline_id", b"pipeline_id", "produced_at_ms", b"produced_at_ms", "purge", b"purge", "requeue", b"requeue", "schedule_changed", b"schedule_changed", "schema_version", b"schema_version", "submit", b"submit", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submit", "cancel", "requeue", "schedule_changed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["submit", "cancel", "requeue", "purge", "schedule_changed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -81,6 +85,7 @@ class SubmitTask(_message.Message):
     RETRY_FIELD_NUMBER: _builtins.int
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     FIRE_AT_MS_FIELD_NUMBER: _builtins.int
+    EXECUTION_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The client's JSON exactly as received: carried as raw bytes, never re-encoded."""
     due_at_ms: _builtins.int
@@ -96,6 +101,10 @@ class SubmitTask(_message.Message):
     time in ms since the epoch; empty and 0 for an ordinary task.
     """
     fire_at_ms: _builtins.int
+    execution_timeout_s: _builtins.float
+    """How long one attempt may run before the worker kills it and reports a timeout, in
+    seconds; 0: the pipeline's (then the pipeline definition's, then the agent's).
+    """
     @_builtins.property
     def retry(self) -> Global___RetryPolicy:
         """This task's retry policy, over its pipeline's; absent: the pipeline's."""
@@ -110,10 +119,11 @@ class SubmitTask(_message.Message):
         retry: Global___RetryPolicy | None = ...,
         schedule_id: _builtins.str = ...,
         fire_at_ms: _builtins.int = ...,
+        execution_timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "expires_at_ms", b"expires_at_ms", "fire_at_ms", b"fire_at_ms", "retry", b"retry", "schedule_id", b"schedule_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "execution_timeout_s", b"execution_timeout_s", "expires_at_ms", b"expires_at_ms", "fire_at_ms", b"fire_at_ms", "retry", b"retry", "schedule_id", b"schedule_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -230,6 +240,30 @@ class ScheduleChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScheduleChanged: _TypeAlias = ScheduleChanged  # noqa: Y015
+
+@_typing.final
+class PurgeTask(_message.Message):
+    """Deletes a `dead` task that died before `finished_before_ms` (ms since the epoch), with
+    its result and attempt history. The grain applies it, as it does requeues: a task that
+    is no longer dead, or died later (requeued and dead again), is left alone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINISHED_BEFORE_MS_FIELD_NUMBER: _builtins.int
+    finished_before_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        finished_before_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_before_ms", b"finished_before_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeTask: _TypeAlias = PurgeTask  # noqa: Y015
 
 @_typing.final
 class PlacementEvent(_message.Message):

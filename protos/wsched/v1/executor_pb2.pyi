@@ -25,6 +25,102 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class CallRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    HANDLER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    MAX_RESULT_BYTES_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    handler: _builtins.str
+    """package.module:function, importable in the executor"""
+    data: _builtins.bytes
+    """the task's JSON, as submitted; the callable gets it parsed"""
+    pool: _builtins.str
+    """"process" (the default when empty) or "thread" """
+    timeout_ms: _builtins.int
+    """0: no timeout of its own (the call's deadline still applies)"""
+    max_result_bytes: _builtins.int
+    """a longer result is a failure; 0: the executor's limit"""
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """set in the worker process for the call (process pool)"""
+
+    def __init__(
+        self,
+        *,
+        handler: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        pool: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+        max_result_bytes: _builtins.int = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "env", b"env", "handler", b"handler", "max_result_bytes", b"max_result_bytes", "pool", b"pool", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallRequest: _TypeAlias = CallRequest  # noqa: Y015
+
+@_typing.final
+class CallResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    NON_RETRYABLE_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    result: _builtins.bytes
+    """the return value as JSON"""
+    error: _builtins.str
+    """empty when it returned; else the exception and its traceback's tail"""
+    timed_out: _builtins.bool
+    non_retryable: _builtins.bool
+    """cannot import it, the return value is not JSON or too large"""
+    duration_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        result: _builtins.bytes = ...,
+        error: _builtins.str = ...,
+        timed_out: _builtins.bool = ...,
+        non_retryable: _builtins.bool = ...,
+        duration_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "error", b"error", "non_retryable", b"non_retryable", "result", b"result", "timed_out", b"timed_out"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallResponse: _TypeAlias = CallResponse  # noqa: Y015
+
+@_typing.final
 class RunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -39,6 +39,11 @@ class ExecutorStub:
                 request_serializer=protos_dot_wsched_dot_v1_dot_executor__pb2.RunRequest.SerializeToString,
                 response_deserializer=protos_dot_wsched_dot_v1_dot_executor__pb2.RunResponse.FromString,
                 _registered_method=True)
+        self.Call = channel.unary_unary(
+                '/wsched.v1.Executor/Call',
+                request_serializer=protos_dot_wsched_dot_v1_dot_executor__pb2.CallRequest.SerializeToString,
+                response_deserializer=protos_dot_wsched_dot_v1_dot_executor__pb2.CallResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServicer:
@@ -54,6 +59,17 @@ class ExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Call(self, request, context):
+        """Calls a Python callable with a task's data and answers with its return value as
+        JSON. In a pool of worker processes by default, each in its own process group: a
+        call past its timeout (or cancelled) has its process group killed and its worker
+        replaced. With `pool: "thread"` it runs on a thread, which cannot be killed: past
+        its timeout the call answers `timed_out` and the thread is left to finish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +77,11 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=protos_dot_wsched_dot_v1_dot_executor__pb2.RunRequest.FromString,
                     response_serializer=protos_dot_wsched_dot_v1_dot_executor__pb2.RunResponse.SerializeToString,
+            ),
+            'Call': grpc.unary_unary_rpc_method_handler(
+                    servicer.Call,
+                    request_deserializer=protos_dot_wsched_dot_v1_dot_executor__pb2.CallRequest.FromString,
+                    response_serializer=protos_dot_wsched_dot_v1_dot_executor__pb2.CallResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +111,33 @@ class Executor:
             '/wsched.v1.Executor/Run',
             protos_dot_wsched_dot_v1_dot_executor__pb2.RunRequest.SerializeToString,
             protos_dot_wsched_dot_v1_dot_executor__pb2.RunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Call(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wsched.v1.Executor/Call',
+            protos_dot_wsched_dot_v1_dot_executor__pb2.CallRequest.SerializeToString,
+            protos_dot_wsched_dot_v1_dot_executor__pb2.CallResponse.FromString,
             options,
             channel_credentials,
             insecure,

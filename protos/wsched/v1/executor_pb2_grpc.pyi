@@ -43,6 +43,13 @@ class ExecutorStub:
     is cancelled (or its connection drops), and when the shell exits, so that no
     background child outlives its command.
     """
+    Call: _grpc.UnaryUnaryMultiCallable[_executor_pb2.CallRequest, _executor_pb2.CallResponse]
+    """Calls a Python callable with a task's data and answers with its return value as
+    JSON. In a pool of worker processes by default, each in its own process group: a
+    call past its timeout (or cancelled) has its process group killed and its worker
+    replaced. With `pool: "thread"` it runs on a thread, which cannot be killed: past
+    its timeout the call answers `timed_out` and the thread is left to finish.
+    """
 
 @_typing.type_check_only
 class ExecutorAsyncStub(ExecutorStub):
@@ -52,6 +59,13 @@ class ExecutorAsyncStub(ExecutorStub):
     has ended. The whole group is killed when the command times out, when the call
     is cancelled (or its connection drops), and when the shell exits, so that no
     background child outlives its command.
+    """
+    Call: _aio.UnaryUnaryMultiCallable[_executor_pb2.CallRequest, _executor_pb2.CallResponse]  # type: ignore[assignment]
+    """Calls a Python callable with a task's data and answers with its return value as
+    JSON. In a pool of worker processes by default, each in its own process group: a
+    call past its timeout (or cancelled) has its process group killed and its worker
+    replaced. With `pool: "thread"` it runs on a thread, which cannot be killed: past
+    its timeout the call answers `timed_out` and the thread is left to finish.
     """
 
 class ExecutorServicer(metaclass=_abc_1.ABCMeta):
@@ -65,6 +79,19 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         has ended. The whole group is killed when the command times out, when the call
         is cancelled (or its connection drops), and when the shell exits, so that no
         background child outlives its command.
+        """
+
+    @_abc_1.abstractmethod
+    def Call(
+        self,
+        request: _executor_pb2.CallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.CallResponse, _abc.Awaitable[_executor_pb2.CallResponse]]:
+        """Calls a Python callable with a task's data and answers with its return value as
+        JSON. In a pool of worker processes by default, each in its own process group: a
+        call past its timeout (or cancelled) has its process group killed and its worker
+        replaced. With `pool: "thread"` it runs on a thread, which cannot be killed: past
+        its timeout the call answers `timed_out` and the thread is left to finish.
         """
 
 def add_ExecutorServicer_to_server(servicer: ExecutorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -155,6 +155,7 @@ class LeasedTask(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
     FIRE_AT_MS_FIELD_NUMBER: _builtins.int
+    EXECUTION_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     lease_token: _builtins.str
     """at most 160 characters: epoch.attempt.task_id"""
     task_id: _builtins.str
@@ -164,6 +165,12 @@ class LeasedTask(_message.Message):
     created_at_ms: _builtins.int
     fire_at_ms: _builtins.int
     """A schedule's run: its nominal fire time in ms since the epoch (0: not a schedule's)."""
+    execution_timeout_ms: _builtins.int
+    """How long this attempt may run, in ms: the task's own execution timeout, else its
+    pipeline's. 0: the scheduler sets none (the pipeline definition's `timeout_s`, else
+    the agent's WSCHED_WORKER_TASK_TIMEOUT_S). Past it the agent kills the step's whole
+    process group and reports a failure with `timed_out`.
+    """
     def __init__(
         self,
         *,
@@ -173,10 +180,11 @@ class LeasedTask(_message.Message):
         data: _builtins.bytes = ...,
         created_at_ms: _builtins.int = ...,
         fire_at_ms: _builtins.int = ...,
+        execution_timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at_ms", b"created_at_ms", "data", b"data", "fire_at_ms", b"fire_at_ms", "lease_token", b"lease_token", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at_ms", b"created_at_ms", "data", b"data", "execution_timeout_ms", b"execution_timeout_ms", "fire_at_ms", b"fire_at_ms", "lease_token", b"lease_token", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,6 +300,7 @@ class TaskResult(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     NON_RETRYABLE_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
     lease_token: _builtins.str
     """at most 160 characters (longer fails the whole call)"""
     outcome: Global___Outcome.ValueType
@@ -305,6 +314,10 @@ class TaskResult(_message.Message):
     """A failure another attempt would repeat (bad input, an exit code the pipeline lists as
     non-retryable): the task ends `failed` at once instead of being retried.
     """
+    timed_out: _builtins.bool
+    """The attempt was killed because it ran past its execution timeout. The retry policy
+    treats it as any retryable failure; the attempt's outcome reads `timed_out`.
+    """
     def __init__(
         self,
         *,
@@ -313,10 +326,11 @@ class TaskResult(_message.Message):
         result: _builtins.bytes = ...,
         error: _builtins.str = ...,
         non_retryable: _builtins.bool = ...,
+        timed_out: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease_token", b"lease_token", "non_retryable", b"non_retryable", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease_token", b"lease_token", "non_retryable", b"non_retryable", "outcome", b"outcome", "result", b"result", "timed_out", b"timed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -119,6 +119,7 @@ def pipeline_out(
         lease_timeout_s=pipeline.lease_timeout_s,
         retention_s=pipeline.retention_s,
         expires_after_s=pipeline.expires_after_s,
+        execution_timeout_s=pipeline.execution_timeout_s,
         state=pipeline.state.value,
         reason=pipeline.state_reason,
         deployment=dict(pipeline.deployment),
@@ -166,6 +167,7 @@ async def create_pipeline(
         max_attempts=max_attempts(body.max_attempts, body.retry) or 3,
         backoff=backoff_of(body.retry) or {},
         expires_after_s=_span(body.expires_after) or None,
+        execution_timeout_s=body.execution_timeout or None,
         lease_timeout_s=body.lease_timeout_s,
         retention_s=body.retention,
     )
@@ -218,6 +220,7 @@ async def patch_pipeline(
         max_attempts=max_attempts(body.max_attempts, body.retry),
         backoff=backoff_of(body.retry),
         expires_after_s=_span(body.expires_after),
+        execution_timeout_s=body.execution_timeout,
         lease_timeout_s=body.lease_timeout_s,
         retention_s=body.retention,
     )

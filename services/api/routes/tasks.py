@@ -1,14 +1,13 @@
-"""Tasks: submit (single and batch), read, list, cancel, requeue; the pipeline's stats."""
+"""Tasks: submit (single and batch), read, list, cancel, requeue, purge; the pipeline's
+stats."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Awaitable, Iterable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -28,15 +27,12 @@ from services.api.schemas import (
     Accepted,
     AttemptOut,
     BatchOut,
-    BulkCancel,
-    BulkOut,
-    BulkRequeue,
-    BulkResult,
     StatsOut,
     SubmitBatch,
     TaskOut,
     TaskPage,
     TaskSummary,
+    execution_timeout_s,
 )
 from services.api.submit import (
     Candidate,
@@ -110,6 +106,29 @@ ExpiresAfter = Annotated[
     str | None,
     Query(max_length=64, description="Or the deadline from now: '10m'.", examples=["10m"]),
 ]
+TimeoutParam = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="How long one attempt may run, over the pipeline's: seconds or '15m', "
+        "at most 7 days.",
+        examples=["15m"],
+    ),
+]
+
+
+def _timeout_param(value: str | None) -> float | None:
+    """``?execution_timeout=``: seconds or a duration; a bad one is a 422 naming it."""
+    if value is None:
+        return None
+    try:
+        number: object = float(value)
+    except ValueError:
+        number = value
+    try:
+        return execution_timeout_s(number)
+    except ValueError as err:
+        raise ApiError(422, "invalid_request", f"execution_timeout: {err}") from err
 
 
 @router.post(
@@ -140,6 +159,7 @@ async def submit_task(
         int | None,
         Query(ge=1, le=100, description="This task's attempts, over its pipeline's setting."),
     ] = None,
+    execution_timeout: TimeoutParam = None,
 ) -> JSONResponse:
     """Submit one task: the body (any JSON object) is its data, carried byte for byte.
 
@@ -151,6 +171,7 @@ async def submit_task(
     due_ms, expires_ms = _times(
         ctx.limits, run_at=run_at, delay=delay, expires_at=expires_at, expires_after=expires_after
     )
+    timeout_s = _timeout_param(execution_timeout)
     target = await resolve(ctx, tenant.id, app, pipeline)
     require_ready(target)
     expires_ms = expires_ms or _default_deadline_ms(target, due_ms)
@@ -162,6 +183,7 @@ async def submit_task(
         due_at_ms=due_ms,
         expires_at_ms=expires_ms,
         retry=RetryOverride(max_attempts=max_attempts) if max_attempts else None,
+        execution_timeout_s=timeout_s,
     )
     if client_id is not None:
         stored = (await existing_tasks(ctx, target, [client_id])).get(client_id)
@@ -288,6 +310,7 @@ def _candidates(body: SubmitBatch, limits: Limits) -> list[Candidate]:
                 due_at_ms=due_ms,
                 expires_at_ms=expires_ms,
                 retry=retry_override(item.retry, where=f"tasks[{index}]."),
+                execution_timeout_s=item.execution_timeout,
             )
         )
     return candidates
@@ -331,6 +354,7 @@ def _summary_fields(record: TaskRecord) -> dict[str, Any]:
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "worker": record.worker,
+        "execution_timeout_s": record.execution_timeout_s,
     }
 
 
@@ -485,101 +509,3 @@ async def requeue_task(
         )
     await produced(ctx, ctx.producer.requeue(target.id, task_id))
     return Accepted(id=task_id, status="requeueing")
-
-
-# -- bulk requeue and cancel ---------------------------------------------------------------
-#
-# The API never writes task rows (the grain is their one writer): a bulk operation is one
-# requeue or cancel record per task on the pipeline's topic, the same records the
-# single-task routes send, produced together. A requeue replayed or sent twice is a no-op
-# for a task that is no longer dead.
-
-
-@router.post("/tasks:requeue", status_code=202)
-async def requeue_tasks(
-    app: AppName, pipeline: PipelineName, body: BulkRequeue, tenant: CurrentTenant, ctx: Ctx
-) -> BulkOut:
-    """Put dead tasks back in the queue: the ``ids`` given, else the first ``limit`` dead
-    ones (by id). One result per task; ``skipped`` ones are not dead."""
-    target = await resolve(ctx, tenant.id, app, pipeline)
-    require_ready(target)
-    statuses = await _statuses(ctx, target, body.ids, status=Status.DEAD, limit=body.limit)
-    results = _bulk_results(
-        statuses, body.ids, act="requeueing", when={Status.DEAD.value}, unknown="not_found"
-    )
-    chosen = [r.id for r in results if r.result == "requeueing"]
-    await produced(ctx, _together(ctx.producer.requeue(target.id, tid) for tid in chosen))
-    return BulkOut(results=results, acted=len(chosen))
-
-
-@router.post("/tasks:cancel", status_code=202)
-async def cancel_tasks(
-    app: AppName, pipeline: PipelineName, body: BulkCancel, tenant: CurrentTenant, ctx: Ctx
-) -> BulkOut:
-    """Cancel the ``ids`` given, else the first ``limit`` tasks of ``status`` (by id).
-    One result per task; ``skipped`` ones had finished."""
-    if body.ids is None and body.status is None:
-        raise ApiError(422, "invalid_request", "give ids, or a status (queued or scheduled)")
-    target = await resolve(ctx, tenant.id, app, pipeline)
-    require_ready(target)
-    wanted = Status(body.status) if body.status else None
-    statuses = await _statuses(ctx, target, body.ids, status=wanted, limit=body.limit)
-    open_states = {s.value for s in Status if s not in TERMINAL}
-    # An id not stored yet may be on its way to the scheduler: cancelled too, as the
-    # single-task route does (the cancel lands behind its submit).
-    results = _bulk_results(
-        statuses, body.ids, act="cancelling", when=open_states, unknown="cancelling"
-    )
-    chosen = [r.id for r in results if r.result == "cancelling"]
-    reason = "cancelled by the tenant (bulk)"
-    await produced(
-        ctx, _together(ctx.producer.cancel(target.id, tid, reason=reason) for tid in chosen)
-    )
-    return BulkOut(results=results, acted=len(chosen))
-
-
-async def _statuses(
-    ctx: Ctx, target: Pipeline, ids: list[str] | None, *, status: Status | None, limit: int
-) -> dict[str, str]:
-    """Stored status by id: of the ``ids`` given, else of the first ``limit`` of ``status``."""
-    if ids is not None:
-        found = await existing_tasks(ctx, target, sorted(set(ids)))
-        return {tid: task.status for tid, task in found.items()}
-    page = await ctx.db(
-        ctx.store.list_tasks,
-        pipeline_id=target.id,
-        status=status.value if status else None,
-        after=None,
-        limit=limit,
-    )
-    return {record.id: record.status for record in page}
-
-
-BulkAct = Literal["requeueing", "cancelling", "skipped", "not_found"]
-
-
-def _bulk_results(
-    statuses: dict[str, str],
-    ids: list[str] | None,
-    *,
-    act: BulkAct,
-    when: set[str],
-    unknown: BulkAct,
-) -> list[BulkResult]:
-    """One result per task, in the order asked (repeated ids once)."""
-    order = list(dict.fromkeys(ids)) if ids is not None else list(statuses)
-    out = []
-    for tid in order:
-        status = statuses.get(tid)
-        if status is None:
-            out.append(BulkResult(id=tid, result=unknown, status=None))
-        else:
-            out.append(
-                BulkResult(id=tid, result=act if status in when else "skipped", status=status)
-            )
-    return out
-
-
-async def _together(sends: Iterable[Awaitable[None]]) -> None:
-    """Produce many records at once: the producer batches them, each waits for its ack."""
-    await asyncio.gather(*sends)

@@ -6,6 +6,7 @@ grains write them, through :mod:`services.store.tasks`.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 from services.store.control._base import StoreBase
 from services.store.records import AttemptRow, ExistingTask, PipelineStats, TaskRecord
 from services.store.schema import pipeline_stats, task_attempts, task_results, tasks
-from services.store.sql import chunks, from_db, from_db_required
+from services.store.sql import chunks, from_db, from_db_required, to_db
 
 _TASK_SUMMARY = (
     tasks.c.id,
@@ -28,6 +29,7 @@ _TASK_SUMMARY = (
     tasks.c.finished_at,
     tasks.c.worker,
     tasks.c.error,
+    tasks.c.policy_json,
 )
 
 
@@ -95,6 +97,34 @@ class TaskReadMethods(StoreBase):
         with self._engine.connect() as conn:
             return [_task_record(row, with_payloads=False) for row in conn.execute(query)]
 
+    def dead_before(self, *, pipeline_id: str, before: dt.datetime, limit: int) -> list[TaskRecord]:
+        """The first ``limit`` dead tasks (by id) that died before ``before``: what a purge
+        picks. Read through the (pipeline, status, id) index, filtered by finish time."""
+        query = (
+            sa.select(*_TASK_SUMMARY)
+            .where(
+                tasks.c.pipeline_id == pipeline_id,
+                tasks.c.status == "dead",
+                tasks.c.finished_at < to_db(before),
+            )
+            .order_by(tasks.c.id)
+            .limit(limit)
+        )
+        with self._engine.connect() as conn:
+            return [_task_record(row, with_payloads=False) for row in conn.execute(query)]
+
+    def task_summaries(self, *, pipeline_id: str, ids: Sequence[str]) -> dict[str, TaskRecord]:
+        """The stored tasks among ``ids``, without data or result."""
+        out: dict[str, TaskRecord] = {}
+        with self._engine.connect() as conn:
+            for chunk in chunks(ids):
+                query = sa.select(*_TASK_SUMMARY).where(
+                    tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(chunk)
+                )
+                for row in conn.execute(query):
+                    out[row.id] = _task_record(row, with_payloads=False)
+        return out
+
     def existing_tasks(self, *, pipeline_id: str, ids: Sequence[str]) -> dict[str, ExistingTask]:
         """The already admitted tasks among ``ids``: the idempotency check of a submit."""
         out: dict[str, ExistingTask] = {}
@@ -122,4 +152,13 @@ def _task_record(row: sa.Row[*tuple[Any, ...]], *, with_payloads: bool) -> TaskR
         error=row.error,
         data=row.data if with_payloads else None,
         result=row.result if with_payloads else None,
+        execution_timeout_s=_own_timeout(row.policy_json),
     )
+
+
+def _own_timeout(policy_json: str | None) -> float | None:
+    """The execution timeout a task was submitted with (``tasks.policy_json``)."""
+    if not policy_json:
+        return None
+    value = json.loads(policy_json).get("execution_timeout_s")
+    return float(value) if value is not None else None

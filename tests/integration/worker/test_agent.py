@@ -175,7 +175,7 @@ async def test_a_hanging_command_fails_by_timeout(
     # a timeout is a failure like any other: retried, then dead after the last attempt
     assert rows["hang"].status == "dead" and rows["hang"].error is not None
     assert rows["hang"].error.startswith(
-        "attempt 3 of 3: step 1 (sh), command 1 timed out: the task may run 2 s"
+        "attempt 3 of 3: step 1 (sh), command 1 timed out after 2 s (WSCHED_WORKER_TASK_TIMEOUT_S)"
     )
     assert not alive(pid)
 

@@ -358,3 +358,41 @@ def test_a_tasks_own_policy_wins_over_its_pipelines() -> None:
     assert changes["t0001"].status is Status.DEAD  # its own single attempt
     assert changes["t0002"].status is Status.SCHEDULED
     assert changes["t0002"].due_at == T0 + dt.timedelta(seconds=2)  # its own backoff
+
+
+# -- execution timeouts and purges -------------------------------------------------------------
+
+
+def test_a_grant_carries_the_tasks_timeout_else_the_pipelines() -> None:
+    b = book(execution_timeout_s=30.0)
+    own = task(1)
+    own.execution_timeout_s = 5.0
+    b.admit([own, task(2)])
+    grants = b.lease(worker="w", max_tasks=2, max_bytes=1 << 20, now=0, wall=T0)
+    assert [g.execution_timeout_s for g in grants] == [5.0, 30.0]
+    plain = book()
+    plain.admit([task(3)])
+    (grant,) = plain.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
+    assert grant.execution_timeout_s is None  # the workers decide
+
+
+def test_a_timed_out_attempt_is_retried_then_dead_and_kept_as_timed_out() -> None:
+    b = book(max_attempts=2)
+    b.admit([task(1)])
+    (grant,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
+    error = "step 1 (sh), command 1 timed out after 2 s (execution_timeout)"
+    b.report(
+        Report(token=grant.token, outcome=Outcome.FAILED, error=error, timed_out=True), wall=T0
+    )
+    flush = b.take_flush()
+    (change,) = flush.changes
+    assert change.status is Status.SCHEDULED and change.attempt == 2
+    (attempt,) = flush.attempts
+    assert attempt.outcome == "timed_out" and attempt.error == error
+
+
+def test_purged_dead_tasks_leave_the_counts() -> None:
+    b = book()
+    b.counts[Status.DEAD] = 5
+    b.purged_from_store(3)
+    assert b.stats()["dead"] == 2 and b.totals["purged"] == 3

@@ -104,6 +104,9 @@ ROUTES: dict[tuple[str, str], Call] = {
         json={"from": "2026-11-01T00:00:00Z", "to": "2026-11-01T00:03:00Z"},
         ok=202,
     ),
+    ("POST", f"{PIPELINE}/tasks:purge"): Call(
+        kind="scoped", json={"status": "dead", "older_than": "0s"}, ok=202
+    ),
 }
 
 

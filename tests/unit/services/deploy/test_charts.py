@@ -60,6 +60,11 @@ def test_the_echo_example_prints_the_message_exactly() -> None:
     assert (spec.replicas, spec.concurrency) == (1, 4)
     final = WorkerSpec.from_values(chart_values(ECHO, {"non_retryable_exit_codes": [2]}))
     assert final.definition["non_retryable_exit_codes"] == [2]  # as pipeline-lib renders it
+    timed = WorkerSpec.from_values(chart_values(ECHO, {"timeout_s": 90}))
+    assert timed.definition["timeout_s"] == 90  # as pipeline-lib renders it
+    handler = {"pipeline": [{"executor": "echo", "handler": "mypkg.tasks:resize"}]}
+    python = WorkerSpec.from_values(chart_values(ECHO, handler))
+    assert python.definition["pipeline"] == [{"executor": "echo", "handler": "mypkg.tasks:resize"}]
 
 
 def test_the_ocr_example_runs_wget_then_tesseract() -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from actors.pipeline.model import NewTask
+from actors.pipeline.model import NewTask, Purge
 from actors.pipeline.retry import Backoff
 from protos.wsched.v1 import events_pb2
 from services.scheduler.decode import CancelEvent, RequeueEvent, Undecodable, decode
@@ -70,3 +70,33 @@ def test_a_retry_policy_out_of_bounds_is_quarantined_not_a_crash() -> None:
     raw = event(submit=events_pb2.SubmitTask(data=b"{}", retry=bad))
     result = decode(raw, pipeline_id="p1", timestamp_ms=1)
     assert isinstance(result, Undecodable) and "multiplier" in result.reason
+
+
+def test_a_submit_carries_its_execution_timeout_and_a_bad_one_is_quarantined() -> None:
+    timed = decode(
+        event(submit=events_pb2.SubmitTask(data=b"{}", execution_timeout_s=2.5)),
+        pipeline_id="p1",
+        timestamp_ms=0,
+    )
+    assert isinstance(timed, NewTask) and timed.execution_timeout_s == 2.5
+    plain = decode(
+        event(submit=events_pb2.SubmitTask(data=b"{}")), pipeline_id="p1", timestamp_ms=0
+    )
+    assert isinstance(plain, NewTask) and plain.execution_timeout_s is None
+    for bad in (-1.0, 1e9):
+        got = decode(
+            event(submit=events_pb2.SubmitTask(data=b"{}", execution_timeout_s=bad)),
+            pipeline_id="p1",
+            timestamp_ms=0,
+        )
+        assert isinstance(got, Undecodable) and "execution timeout" in got.reason
+
+
+def test_purge_carries_its_cutoff() -> None:
+    got = decode(
+        event(purge=events_pb2.PurgeTask(finished_before_ms=1_700_000_000_000)),
+        pipeline_id="p1",
+        timestamp_ms=0,
+    )
+    assert isinstance(got, Purge) and got.task_id == "t1"
+    assert got.finished_before.timestamp() == 1_700_000_000

@@ -205,3 +205,44 @@ def test_bad_yaml_and_missing_files_are_definition_errors(tmp_path: Path) -> Non
         load_definition(bad)
     with pytest.raises(DefinitionError, match="cannot read the pipeline definition"):
         load_definition(tmp_path / "missing.yaml")
+
+
+# -- handler steps -------------------------------------------------------------------------------
+
+
+def test_a_step_may_name_a_python_handler_instead_of_commands() -> None:
+    definition = parse_definition(
+        json.dumps(
+            {
+                "pipeline": [
+                    {"executor": "py", "handler": "mypkg.tasks:resize"},
+                    {"executor": "py", "handler": "mypkg.tasks:Resizer.run", "pool": "thread"},
+                ]
+            }
+        ),
+        source="d.json",
+        as_json=True,
+    )
+    first, second = definition.render({"url": "u"}, work_dir="/w")
+    assert (first.handler, first.pool, first.commands) == ("mypkg.tasks:resize", "process", ())
+    assert (second.handler, second.pool) == ("mypkg.tasks:Resizer.run", "thread")
+    assert first.describe() == "step 1 (py), handler mypkg.tasks:resize"
+
+
+@pytest.mark.parametrize(
+    ("step", "needle"),
+    [
+        ({"executor": "py", "handler": "no-colon"}, "not a handler"),
+        ({"executor": "py", "handler": "mypkg.tasks"}, "not a handler"),
+        ({"executor": "py", "handler": "mypkg.tasks:"}, "not a handler"),
+        ({"executor": "py", "handler": ":resize"}, "not a handler"),
+        ({"executor": "py", "handler": "my-pkg:resize"}, "not a handler"),
+        ({"executor": "py", "handler": "a:b", "commands": ["true"]}, "not both or neither"),
+        ({"executor": "py"}, "not both or neither"),
+        ({"executor": "py", "commands": ["true"], "pool": "thread"}, "handler step only"),
+        ({"executor": "py", "handler": "a:b", "pool": "fork"}, "pool"),
+    ],
+)
+def test_a_bad_handler_step_is_refused_saying_why(step: dict[str, object], needle: str) -> None:
+    with pytest.raises(DefinitionError, match=needle):
+        parse_definition(json.dumps({"pipeline": [step]}), source="d.json", as_json=True)

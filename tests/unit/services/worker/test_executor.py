@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.infra.process import free_port
-from services.worker.command import Command, ExecutorError
+from services.worker.command import Command, ExecutorError, HandlerCall
 from services.worker.executor import ExecutorClients, run_command, serve
 from services.worker.settings import ExecutorSettings
 
@@ -182,6 +182,22 @@ async def test_executor_errors_name_the_executor(clients: ExecutorClients, tmp_p
         await clients.run("sh", Command(text="true", work_dir=str(tmp_path / "missing")))
     with pytest.raises(ExecutorError, match="no address for executor 'ocr'"):
         await clients.run("ocr", Command(text="true"))
+
+
+async def test_handlers_are_called_over_grpc(clients: ExecutorClients) -> None:
+    ok = await clients.call(
+        "sh",
+        HandlerCall(handler="tests.fixtures.handlers:resize", data=b'{"url": "u"}', timeout_s=30),
+    )
+    assert ok.ok and b'"url":"u"' in ok.result
+    slow = await clients.call(
+        "sh", HandlerCall(handler="tests.fixtures.handlers:sleep", data=b'{"s": 60}', timeout_s=1)
+    )
+    assert slow.timed_out
+    with pytest.raises(ExecutorError, match="INVALID_ARGUMENT: 'no-colon' is not a handler"):
+        await clients.call("sh", HandlerCall(handler="no-colon", data=b"{}"))
+    with pytest.raises(ExecutorError, match="INVALID_ARGUMENT: pool 'fork'"):
+        await clients.call("sh", HandlerCall(handler="a:b", data=b"{}", pool="fork"))
 
 
 async def test_waiting_for_an_executor_that_never_comes_is_bounded(socket_dir: Path) -> None:

@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from services.worker.command import Command, CommandResult, ExecutorError
+from services.worker.command import (
+    Command,
+    CommandResult,
+    ExecutorError,
+    HandlerCall,
+    HandlerResult,
+)
 from services.worker.definition import PipelineDefinition
-from services.worker.runner import Outcome, TaskRunner, TaskSpec, truncate_result
+from services.worker.runner import Outcome, TaskRunner, TaskSpec, limit_for, truncate_result
 
 Script = Callable[[str, Command], CommandResult]
 
@@ -28,11 +34,17 @@ class FakeExecutors:
     script: Script
     ran: list[tuple[str, Command]] = field(default_factory=list)
     dirs_existed: list[bool] = field(default_factory=list)
+    calls: list[tuple[str, HandlerCall]] = field(default_factory=list)
+    answer: HandlerResult = field(default_factory=lambda: HandlerResult(result=b'{"ok":true}'))
 
     async def run(self, executor: str, command: Command) -> CommandResult:
         self.ran.append((executor, command))
         self.dirs_existed.append(is_dir(command.work_dir))
         return self.script(executor, command)
+
+    async def call(self, executor: str, call: HandlerCall) -> HandlerResult:
+        self.calls.append((executor, call))
+        return self.answer
 
 
 def ok(stdout: bytes = b"") -> CommandResult:
@@ -126,7 +138,12 @@ async def test_a_killed_or_timed_out_command_says_so(tmp_path: Path) -> None:
     killed = await runner(task({"url": "u"}))
     timed_out = await runner(task({"url": "u"}))
     assert "was killed by signal 9 (exit code 137) (no stderr)" in killed.error
-    assert timed_out.error.startswith("step 1 (fetch), command 1 timed out: the task may run 7 s")
+    assert timed_out.error.startswith(
+        "step 1 (fetch), command 1 timed out after 7 s (WSCHED_WORKER_TASK_TIMEOUT_S); "
+        "its process group was killed"
+    )
+    assert timed_out.timed_out and not timed_out.non_retryable
+    assert not killed.timed_out
 
 
 async def test_each_command_gets_what_is_left_of_the_task_time(tmp_path: Path) -> None:
@@ -145,6 +162,7 @@ async def test_each_command_gets_what_is_left_of_the_task_time(tmp_path: Path) -
     slow = runner_for(executors, tmp_path, timeout_s=7.0, clock=lambda: now[0])
     late = await slow(task({"url": "u"}))
     assert late.outcome is Outcome.FAILED and "step 2 (convert), command 2: timed out" in late.error
+    assert late.timed_out
 
 
 async def test_the_definition_timeout_wins_over_the_agent_default(tmp_path: Path) -> None:
@@ -152,6 +170,37 @@ async def test_the_definition_timeout_wins_over_the_agent_default(tmp_path: Path
     executors = FakeExecutors(script=echo_script)
     await runner_for(executors, tmp_path, definition=definition, timeout_s=60.0)(task({"url": "u"}))
     assert executors.ran[0][1].timeout_s == pytest.approx(5.0, abs=0.5)
+
+
+async def test_the_schedulers_timeout_wins_over_the_definition_and_the_agent(
+    tmp_path: Path,
+) -> None:
+    definition = DEFINITION.model_copy(update={"timeout_s": 5.0})
+    executors = FakeExecutors(
+        script=lambda _e, _c: CommandResult(exit_code=137, killed=True, signal=9, timed_out=True)
+    )
+    runner = runner_for(executors, tmp_path, definition=definition, timeout_s=60.0)
+    spec = TaskSpec(task_id="t1", attempt=1, data=b'{"url": "u"}', timeout_s=2.0)
+    outcome = await runner(spec)
+    assert executors.ran[0][1].timeout_s == pytest.approx(2.0, abs=0.5)
+    assert "timed out after 2 s (the task's or its pipeline's execution_timeout)" in outcome.error
+    assert outcome.timed_out
+
+
+@pytest.mark.parametrize(
+    ("sent", "definition_s", "agent_s", "expected"),
+    [
+        (3.0, 5.0, 60.0, (3.0, "execution_timeout")),
+        (None, 5.0, 60.0, (5.0, "timeout_s")),
+        (None, None, 60.0, (60.0, "WSCHED_WORKER_TASK_TIMEOUT_S")),
+    ],
+)
+def test_timeout_precedence_task_or_pipeline_then_definition_then_agent(
+    sent: float | None, definition_s: float | None, agent_s: float, expected: tuple[float, str]
+) -> None:
+    spec = TaskSpec(task_id="t", attempt=1, data=b"{}", timeout_s=sent)
+    limit = limit_for(spec, definition_s=definition_s, agent_s=agent_s)
+    assert limit.seconds == expected[0] and expected[1] in limit.source
 
 
 async def test_a_missing_field_fails_before_anything_runs(tmp_path: Path) -> None:
@@ -240,3 +289,57 @@ async def test_data_that_cannot_fill_the_commands_is_non_retryable(tmp_path: Pat
     outcome = await runner_for(executors, tmp_path)(task({"no_url": 1}))
     assert outcome.outcome is Outcome.FAILED and outcome.non_retryable
     assert executors.ran == []
+
+
+# -- handler steps ---------------------------------------------------------------------------
+
+HANDLERS = PipelineDefinition.model_validate(
+    {
+        "pipeline": [
+            {"executor": "fetch", "commands": ["get {{url}} /mnt/pipe/in"]},
+            {"executor": "py", "handler": "mypkg.tasks:resize", "pool": "thread"},
+        ],
+        "timeout_s": 30,
+    }
+)
+
+
+async def test_a_handler_step_gets_the_data_and_its_return_value_is_the_result(
+    tmp_path: Path,
+) -> None:
+    executors = FakeExecutors(script=echo_script)
+    outcome = await runner_for(executors, tmp_path, definition=HANDLERS)(task({"url": "u"}))
+    assert outcome.outcome is Outcome.SUCCEEDED and outcome.result == b'{"ok":true}'
+    ((executor, call),) = executors.calls
+    assert executor == "py" and call.handler == "mypkg.tasks:resize" and call.pool == "thread"
+    assert json.loads(call.data) == {"url": "u"}
+    assert call.timeout_s is not None and 0 < call.timeout_s <= 30
+    assert call.env["WSCHED_TASK_ID"] == "t1"
+
+
+@pytest.mark.parametrize(
+    ("answer", "timed_out", "non_retryable", "says"),
+    [
+        (HandlerResult(timed_out=True), True, False, "timed out after 30 s"),
+        (HandlerResult(error="Traceback ... ValueError: no"), False, False, "ValueError: no"),
+        (HandlerResult(error="not JSON", non_retryable=True), False, True, "not JSON"),
+    ],
+)
+async def test_a_handler_failure_is_reported_with_its_kind(
+    tmp_path: Path, answer: HandlerResult, timed_out: bool, non_retryable: bool, says: str
+) -> None:
+    executors = FakeExecutors(script=echo_script, answer=answer)
+    outcome = await runner_for(executors, tmp_path, definition=HANDLERS)(task({"url": "u"}))
+    assert outcome.outcome is Outcome.FAILED
+    assert (outcome.timed_out, outcome.non_retryable) == (timed_out, non_retryable)
+    assert (
+        outcome.error.startswith("step 2 (py), handler mypkg.tasks:resize")
+        and says in outcome.error
+    )
+
+
+async def test_a_schedules_run_tells_its_steps_the_nominal_fire_time(tmp_path: Path) -> None:
+    executors = FakeExecutors(script=echo_script)
+    spec = TaskSpec(task_id="s@t", attempt=1, data=b'{"url": "u"}', fire_at="2026-11-26T12:00:00Z")
+    await runner_for(executors, tmp_path)(spec)
+    assert executors.ran[0][1].env["WSCHED_FIRE_AT"] == "2026-11-26T12:00:00Z"
