@@ -30,6 +30,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from services.infra.kube import KubeCluster
 from services.infra.process import Service, free_port
@@ -89,6 +90,24 @@ def processes() -> Iterator[list[Service]]:
         service.stop()
 
 
+def apply_cluster_roles(cluster: KubeCluster, docs: list[dict[str, Any]]) -> None:
+    """The chart's ClusterRoles in the cluster, as ``helm install`` makes them: the API's
+    helm acts as each tenant's account, bound to the chart's tenant role."""
+    with cluster.api_client() as api:
+        rbac = k8s.RbacAuthorizationV1Api(api)
+        for doc in docs:
+            if doc["kind"] != "ClusterRole":
+                continue
+            name = doc["metadata"]["name"]
+            body: Any = {"metadata": {"name": name}, "rules": doc.get("rules", [])}
+            try:
+                rbac.create_cluster_role(body)
+            except ApiException as err:
+                if err.status != 409:  # HTTP Conflict: it exists
+                    raise
+                rbac.replace_cluster_role(name, body)
+
+
 async def test_the_charts_processes_start_with_the_environment_it_renders(
     helm_bin: Path,
     kafka_bootstrap: str,
@@ -126,6 +145,7 @@ async def test_the_charts_processes_start_with_the_environment_it_renders(
     docs = await render_all(
         helm_bin, CHARTS / "workload-scheduler", values, release=RELEASE, namespace=NAMESPACE
     )
+    apply_cluster_roles(kube_cluster, docs)
     secrets = {d["metadata"]["name"]: secret_data(d) for d in docs if d["kind"] == "Secret"}
     workloads = {
         d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
@@ -210,7 +230,7 @@ async def test_the_charts_processes_start_with_the_environment_it_renders(
         helm_test, api=base, scheduler=f"127.0.0.1:{free_port()}", release=RELEASE
     )
     assert refused.returncode != 0, refused.stdout
-    assert shown["state"] == "ready", shown
+    assert shown["state"] == "ready", (shown.get("state_reason"), shown.get("deployment"))
     deployment = shown["deployment"]
     assert (deployment["status"], deployment["release"], deployment["namespace"]) == (
         "deployed",

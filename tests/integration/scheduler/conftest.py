@@ -131,6 +131,8 @@ def settings_for(kafka_bootstrap: str, tidb_url: str, group: str) -> Settings:
         kafka_bootstrap=kafka_bootstrap,
         database_url=tidb_url,
         grpc_port=port,
+        # Never the default port: another process on the machine may hold it.
+        metrics_port=free_port(),
         replica_name=f"replica-{port}",
         placement_group=group,
     )
