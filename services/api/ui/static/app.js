@@ -27,8 +27,12 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// A control with its label beside it (not around it: a wrapping label would add the
+// control's own value, a select's chosen option, to its accessible name).
+let fields = 0;
 function field(label, input) {
-  return h("label", {}, label, input);
+  if (!input.id) input.id = `field-${++fields}`;
+  return h("div", { class: "field" }, h("label", { for: input.id }, label), input);
 }
 
 function badge(value) {
@@ -245,7 +249,7 @@ function tenantParts(readOnly) {
 }
 
 function newApplicationForm() {
-  const name = h("input", { name: "name", required: true, pattern: "[a-z0-9][a-z0-9-]*" });
+  const name = h("input", { name: "name", required: true });
   const form = h("form", { class: "inline", "aria-label": "New application" },
     field("Application name", name), h("button", { type: "submit" }, "Create application"));
   form.addEventListener("submit", async (event) => {
@@ -261,18 +265,29 @@ function newPipelineForm() {
   const app = h("select", { name: "application", id: "new-pipeline-app", required: true });
   const name = h("input", { name: "name", required: true });
   const chart = h("input", { name: "chart", required: true, value: "charts/examples/echo" });
+  const attempts = h("input", { name: "max_attempts", type: "number", min: 1, max: 100, value: 3 });
+  const token = h("div", { id: "worker-token" });
   const form = h("form", { class: "inline", "aria-label": "New pipeline" },
     field("Application", app), field("Pipeline name", name), field("Chart", chart),
-    h("button", { type: "submit" }, "Create pipeline"));
+    field("Max attempts", attempts), h("button", { type: "submit" }, "Create pipeline"));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const body = { name: name.value, chart: chart.value };
-    await act(api("POST", `/api/applications/${enc(app.value)}/pipelines`, body),
-      (p) => `Pipeline ${p.name} created (${p.state})`);
+    const body = { name: name.value, chart: chart.value, max_attempts: Number(attempts.value) || 3 };
+    await act(api("POST", `/api/applications/${enc(app.value)}/pipelines`, body), (p) => {
+      token.replaceChildren(workerToken(p));
+      return `Pipeline ${p.name} created (${p.state})`;
+    });
     name.value = "";
     refreshApplications();
   });
-  return h("section", { class: "card" }, h("h2", {}, "New pipeline"), form);
+  return h("section", { class: "card" }, h("h2", {}, "New pipeline"), form, token);
+}
+
+// The worker token is in the create answer only: show it once, for the user to copy.
+function workerToken(p) {
+  return h("section", { "aria-label": `Worker token of ${p.name}` },
+    h("p", { class: "muted" }, `Worker token of ${p.name} (shown once: keep it for its workers):`),
+    h("pre", {}, h("code", { "data-worker-token": p.name }, p.worker_token)));
 }
 
 async function refreshApplications() {
