@@ -170,6 +170,29 @@ async def submit(page: Page, data: str, copies: int) -> None:
     await expect(page.get_by_role("status")).to_contain_text(f"{copies} task(s) submitted")
 
 
+async def schedules(page: Page, stack: Stack, key: str) -> None:
+    """A schedule's next fire times show; pause, resume and trigger it from the page."""
+    async with httpx.AsyncClient(
+        base_url=stack.api, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
+        made = await http.post(
+            "/api/applications/shop/pipelines/orders/schedules",
+            json={"name": "nightly", "cron": "0 3 * * *", "data": {"order": 9}},
+        )
+    assert made.status_code == 201, made.text
+    row = page.get_by_role("row", name="nightly")
+    await expect(row.get_by_role("cell", name="active")).to_be_visible()
+    await expect(row).to_contain_text("03:00:00Z")
+    await row.get_by_role("button", name="Pause nightly").click()
+    await expect(row.get_by_role("cell", name="paused")).to_be_visible()
+    await row.get_by_role("button", name="Resume nightly").click()
+    await expect(row.get_by_role("cell", name="active")).to_be_visible()
+    await row.get_by_role("button", name="Trigger nightly now").click()
+    await expect(page.get_by_role("status")).to_contain_text("Schedule nightly triggered")
+    await expect(row).to_contain_text("queued", timeout=30_000)
+    await shot(page, "05-schedules")
+
+
 async def test_a_tenant_works_its_pipeline_in_the_dashboard(stack: Stack, browser: Browser) -> None:
     key = await new_tenant(stack)
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
@@ -226,11 +249,13 @@ async def test_a_tenant_works_its_pipeline_in_the_dashboard(stack: Stack, browse
         await page.get_by_role("button", name="Requeue all dead tasks").click()
         await expect(page.get_by_role("status")).to_contain_text("2 dead task(s) requeued")
 
+    await schedules(page, stack, key)
+
     await page.set_viewport_size(PHONE)
     await page.reload()
     await expect(page.get_by_role("heading", name="shop / orders")).to_be_visible()
     await fits_the_width(page)
-    await shot(page, "05-pipeline-phone")
+    await shot(page, "06-pipeline-phone")
     assert errors == [], errors
 
 
@@ -257,4 +282,4 @@ async def test_the_operator_sees_every_tenant(stack: Stack, browser: Browser) ->
     assert await page.get_by_role("button", name="Create application").count() == 0
     await every_control_is_named(page)
     await fits_the_width(page)
-    await shot(page, "06-operator-phone")
+    await shot(page, "07-operator-phone")
