@@ -396,11 +396,12 @@ function drawChart(base, finished) {
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `Tasks finished per second over the last minutes; latest ${latest.toFixed(1)}`);
-  const width = 100 / Math.max(rates.length, 1);
+  // One slot per poll over the span, the latest on the right.
+  const width = 100 / (CHART_SPAN_MS / POLL_MS);
   rates.forEach((rate, i) => {
     const bar = document.createElementNS(ns, "rect");
     const height = (rate / top) * 38;
-    bar.setAttribute("x", String(i * width));
+    bar.setAttribute("x", String(100 - (rates.length - i) * width));
     bar.setAttribute("y", String(40 - height));
     bar.setAttribute("width", String(Math.max(width - 0.3, 0.2)));
     bar.setAttribute("height", String(height));
@@ -488,8 +489,8 @@ function taskParts(task, path) {
     h("td", {}, a.attempt), h("td", {}, a.worker ?? "—"), h("td", {}, when(a.started_at)),
     h("td", {}, when(a.ended_at)), h("td", {}, badge(a.outcome)), h("td", { class: "wrap" }, a.error ?? "")));
   return [
-    h("dl", { class: "stats" }, facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
-    h("div", { class: "inline" }, buttons),
+    h("dl", { class: "stats facts" }, facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
+    h("div", { class: "actions" }, buttons),
     task.error ? h("section", { class: "card" }, h("h2", {}, "Error"), h("pre", {}, task.error)) : null,
     h("h2", {}, "Data"), h("pre", {}, JSON.stringify(task.data, null, 2)),
     h("h2", {}, "Result"), h("pre", {}, task.result === null ? "—" : JSON.stringify(task.result, null, 2)),
