@@ -64,8 +64,10 @@ def same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    host = request.headers.get("host", "")
-    return origin.partition("://")[2] == host
+    # Behind a proxy that rewrites Host, the host the browser used is X-Forwarded-Host: a
+    # page of another site cannot set that header without a CORS preflight we never allow.
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
+    return origin.partition("://")[2] in hosts - {""}
 
 
 def session_of(request: Request, ctx: Ctx) -> Session:

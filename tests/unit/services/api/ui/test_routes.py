@@ -83,6 +83,14 @@ async def test_bad_sign_ins_are_clear_4xx(api: Api) -> None:
         "/ui/session", json={"key": key}, headers={"Origin": "https://evil.example"}
     )
     assert_error(foreign, 403, "csrf_failed")
+    same = await api.client.post("/ui/session", json={"key": key}, headers={"Origin": "http://api"})
+    assert same.status_code == 200, same.text
+    proxied = await api.client.post(
+        "/ui/session",
+        json={"key": key},
+        headers={"Origin": "https://dash.example", "X-Forwarded-Host": "dash.example"},
+    )
+    assert proxied.status_code == 200, proxied.text
 
 
 async def test_the_api_routes_take_the_cookie_and_need_csrf_to_change_anything(api: Api) -> None:
@@ -208,3 +216,11 @@ async def test_sign_out_needs_csrf_and_clears_the_cookie(api: Api) -> None:
     answer = await api.client.delete("/ui/session", headers=with_csrf(cookie, csrf))
     assert answer.status_code == 204
     assert "max-age=0" in answer.headers["set-cookie"].lower()
+
+
+async def test_assets_outside_the_static_folder_are_404_without_paths(api: Api) -> None:
+    for path in ("/ui/static/missing.js", "/ui/static/..%2f..%2fapp.py", "/ui/static/../auth.py"):
+        answer = await api.client.get(path)
+        detail = assert_error(answer, 404, "not_found")
+        assert "static" not in detail
+        assert "services" not in detail
