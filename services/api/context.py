@@ -122,10 +122,12 @@ class ApiContext:
             raise self.database_unavailable(err) from err
 
     async def tenant_by_key(self, api_key: str) -> Tenant | None:
-        return await self.tenant_by_key_digest(hash_secret(api_key))
+        key = ("tenant", hash_secret(api_key))
+        return await self._remembered(key, functools.partial(self.store.tenant_by_key, api_key))
 
     async def tenant_by_key_digest(self, digest: str) -> Tenant | None:
-        """The tenant of a key's digest (a Bearer key hashed, or a dashboard session's)."""
+        """The tenant of a key's digest (a dashboard session keeps the digest, never the
+        key); remembered under the same entry as the key's own lookup."""
         read = functools.partial(self.store.tenant_by_key_digest, digest)
         return await self._remembered(("tenant", digest), read)
 

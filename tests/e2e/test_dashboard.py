@@ -219,6 +219,7 @@ async def test_a_tenant_works_its_pipeline_in_the_dashboard(stack: Stack, browse
     await submit(page, '{"order": 1}', 3)
     await submit(page, '{"order": "bad"}', 2)
     await counted(page, "queued", 5)
+    await expect(page.get_by_role("button", name="Next tasks")).to_be_disabled()
     async with worker(stack, pipeline_id, token, fail={"bad"}):
         await counted(page, "succeeded", 3)
         await counted(page, "dead", 2)

@@ -4,6 +4,7 @@
 // The session is an HttpOnly cookie; the CSRF token is kept in memory only.
 
 const POLL_MS = 3000;
+const PAGE_SIZE = 50;
 const STATUSES = ["scheduled", "queued", "leased", "succeeded", "failed", "dead", "cancelled", "expired"];
 const FINISHED = ["succeeded", "failed", "dead", "cancelled", "expired"];
 const CHART_SPAN_MS = 5 * 60 * 1000;
@@ -312,8 +313,15 @@ function renderPipeline(app, name) {
   const readOnly = state.session.kind === "operator";
   const filter = h("select", { name: "status" }, h("option", { value: "" }, "any"),
     STATUSES.map((s) => h("option", { value: s }, s)));
-  const tasks = () => refreshTasks(app, name, filter.value);
-  filter.addEventListener("change", () => tasks().catch((err) => toast(err.message)));
+  // Pages of tasks by id: the cursors of the pages before this one, to go back.
+  const paging = { cursors: [], cursor: null, next: null };
+  const tasks = () => refreshTasks(app, name, filter.value, paging);
+  const again = () => tasks().catch((err) => toast(err.message));
+  filter.addEventListener("change", () => {
+    Object.assign(paging, { cursors: [], cursor: null, next: null });
+    again();
+  });
+  paging.again = again;
   setMain(
     h("p", {}, h("a", { href: "#/" }, "← Applications")),
     h("h1", {}, `${app} / ${name}`),
@@ -411,11 +419,13 @@ function drawChart(base, finished) {
     h("p", { class: "muted" }, `${latest.toFixed(1)} tasks/s now, at most ${top.toFixed(1)} in the last ${CHART_SPAN_MS / 60000} minutes`));
 }
 
-async function refreshTasks(app, name, status) {
+async function refreshTasks(app, name, status, paging) {
   const base = pipelinePath(app, name);
-  const query = new URLSearchParams({ limit: "50" });
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
   if (status) query.set("status", status);
-  const { tasks } = await api("GET", `${base}/tasks?${query}`);
+  if (paging.cursor) query.set("cursor", paging.cursor);
+  const { tasks, next_cursor: next } = await api("GET", `${base}/tasks?${query}`);
+  paging.next = next;
   const rows = tasks.map((t) => h("tr", {},
     h("td", {}, h("a", { href: `#/p/${enc(app)}/${enc(name)}/t/${enc(t.id)}` }, t.id)),
     h("td", {}, badge(t.status)), h("td", {}, t.attempt), h("td", {}, t.worker ?? "—"),
@@ -423,7 +433,25 @@ async function refreshTasks(app, name, status) {
     h("td", { class: "wrap" }, t.error ?? "")));
   document.getElementById("tasks")?.replaceChildren(rows.length
     ? table(["Task", "Status", "Attempt", "Worker", "Created", "Finished", "Error"], rows)
-    : h("p", { class: "muted" }, "No tasks" + (status ? ` with status ${status}` : "") + "."));
+    : h("p", { class: "muted" }, "No tasks" + (status ? ` with status ${status}` : "") + "."),
+  pager(paging));
+}
+
+function pager(paging) {
+  const earlier = h("button", { type: "button", class: "secondary", disabled: !paging.cursors.length }, "Previous tasks");
+  earlier.addEventListener("click", () => {
+    paging.cursor = paging.cursors.pop() ?? null;
+    paging.again();
+  });
+  const later = h("button", { type: "button", class: "secondary", disabled: !paging.next }, "Next tasks");
+  later.addEventListener("click", () => {
+    paging.cursors.push(paging.cursor);
+    paging.cursor = paging.next;
+    paging.again();
+  });
+  const page = paging.cursors.length + 1;
+  return h("nav", { class: "actions", "aria-label": "Pages of tasks" }, earlier, later,
+    h("span", { class: "muted" }, `page ${page}, ${PAGE_SIZE} tasks a page, oldest first`));
 }
 
 async function refreshSchedules(base, readOnly) {
