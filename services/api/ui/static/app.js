@@ -404,6 +404,9 @@ function drawChart(base, finished) {
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `Tasks finished per second over the last minutes; latest ${latest.toFixed(1)}`);
+  const axis = document.createElementNS(ns, "line");
+  for (const [name, value] of [["x1", 0], ["x2", 100], ["y1", 39.8], ["y2", 39.8]]) axis.setAttribute(name, String(value));
+  svg.append(axis);
   // One slot per poll over the span, the latest on the right.
   const width = 100 / (CHART_SPAN_MS / POLL_MS);
   rates.forEach((rate, i) => {
@@ -416,7 +419,9 @@ function drawChart(base, finished) {
     svg.append(bar);
   });
   document.getElementById("chart")?.replaceChildren(svg,
-    h("p", { class: "muted" }, `${latest.toFixed(1)} tasks/s now, at most ${top.toFixed(1)} in the last ${CHART_SPAN_MS / 60000} minutes`));
+    h("p", { class: "muted" }, rates.length
+      ? `${latest.toFixed(1)} tasks/s now, at most ${top.toFixed(1)} in the last ${CHART_SPAN_MS / 60000} minutes (since this page opened)`
+      : "Measuring: the first figure comes with the next refresh."));
 }
 
 async function refreshTasks(app, name, status, paging) {
