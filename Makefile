@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.bench-installed-stamp
 BENCH_OUT ?= bench-report
 PROTO_SRC := $(shell find protos -name '*.proto')
 
-.PHONY: install bench-install dev test test-unit lint bench protos provision clean sdk-reference
+.PHONY: install bench-install browser-install dev test test-unit lint bench protos provision clean sdk-reference
 
 install: $(STAMP)
 
@@ -25,6 +25,12 @@ bench-install: $(BENCH_STAMP)
 	@command -v redis-server >/dev/null || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
 
+## Debian's chromium for the dashboard's browser tests (tests/e2e/test_dashboard.py):
+## Playwright drives it, as Playwright's own browser builds cannot be downloaded here.
+browser-install:
+	@command -v chromium >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -e ./sdk -e '.[dev,embedded,bench]'
 	touch $@
@@ -34,7 +40,7 @@ dev: install
 	$(BIN)/wsched dev
 
 ## Provision the real components (cached), then run every test against them.
-test: install bench-install provision
+test: install bench-install browser-install provision
 	$(BIN)/pytest
 
 ## Unit tests only: the fast inner loop.

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     #: Encrypts the worker tokens kept for deployers (a Fernet key). Unset, it is derived
     #: from the operator key: fine in development; change both outside development.
     secret_key: SecretStr | None = None
+    #: How long a dashboard sign-in lasts (the session cookie is refused after that).
+    ui_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
+    #: Mark the dashboard's session cookie ``Secure``; unset: when the request came over
+    #: HTTPS (behind a TLS proxy, set it true, or run uvicorn with proxy headers).
+    ui_secure_cookie: bool | None = None
     #: Who runs a pipeline's workers: ``noop`` (nobody: bring your own workers),
     #: ``local`` (the API runs them as processes on its machine, as ``wsched dev`` does:
     #: for development only, since every tenant's commands then run on that machine) or

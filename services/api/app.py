@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.api import errors
@@ -20,6 +21,8 @@ from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
 from services.api.reconciler import Reconciler
 from services.api.routes import applications, bulk, pipelines, schedules, tasks, tenants
+from services.api.ui import routes as dashboard
+from services.api.ui.headers import DashboardHeaders
 from services.deploy import helm, local
 from services.deploy.ports import Deployer, NoopDeployer
 from services.deploy.tenancy import TenantPolicy
@@ -185,8 +188,11 @@ def create_app(
         BodyLimit, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth
     )
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
-    for module in (tenants, applications, pipelines, tasks, bulk, schedules):
+    app.add_middleware(DashboardHeaders)
+    for module in (tenants, applications, pipelines, tasks, bulk, schedules, dashboard):
         app.include_router(module.router)
+    # The dashboard's script, styles and images, shipped in the package: no build step.
+    app.mount("/ui/static", StaticFiles(directory=dashboard.STATIC), name="ui-static")
     _health_routes(app, settings=settings, engine=engine, registry=registry)
     return app
 

@@ -20,6 +20,7 @@ from fastapi import Depends, Request
 from services.api.errors import unavailable
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
+from services.api.ui.session import SessionCodec
 from services.deploy.helm import ChartAllowList
 from services.deploy.ports import Deployer
 from services.kafka.admin import TopicAdmin
@@ -97,10 +98,15 @@ class ApiContext:
     #: Set by the lifespan once the reconciler runs; routes nudge it after a change.
     nudge: Callable[[str], None] = lambda _pipeline_id: None
     clock: Callable[[], float] = time.monotonic
+    #: Seals and opens the dashboard's session cookies (see services.api.ui.session).
+    sessions: SessionCodec = field(init=False)
     _last_known: LastKnown = field(init=False)
 
     def __post_init__(self) -> None:
         self._last_known = LastKnown(max_age_s=self.limits.stale_lookup_s, clock=self.clock)
+        self.sessions = SessionCodec(
+            secret=self.settings.effective_secret_key(), ttl_s=self.settings.ui_session_ttl_s
+        )
 
     def database_unavailable(self, err: DatabaseUnavailable) -> Exception:
         return unavailable(
@@ -118,6 +124,12 @@ class ApiContext:
     async def tenant_by_key(self, api_key: str) -> Tenant | None:
         key = ("tenant", hash_secret(api_key))
         return await self._remembered(key, functools.partial(self.store.tenant_by_key, api_key))
+
+    async def tenant_by_key_digest(self, digest: str) -> Tenant | None:
+        """The tenant of a key's digest (a dashboard session keeps the digest, never the
+        key); remembered under the same entry as the key's own lookup."""
+        read = functools.partial(self.store.tenant_by_key_digest, digest)
+        return await self._remembered(("tenant", digest), read)
 
     async def find_pipeline(
         self, *, tenant_id: str, application: str, name: str

@@ -74,3 +74,8 @@ def test_the_server_wheel_holds_the_repository_packages_and_needs_the_sdk(
     assert wheel.name.startswith("workload_scheduler-")
     assert top_level(wheel) == {"services", "actors", "protos"}
     assert "wsched==0.1.0" in metadata(wheel)
+    # The dashboard's assets ship in the package: users run no build step.
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    static = "services/api/ui/static/"
+    assert {f"{static}index.html", f"{static}app.js", f"{static}style.css"} <= names

@@ -97,6 +97,22 @@ class PipelineMethods(StoreBase):
         with self._engine.connect() as conn:
             return [_pipeline(row) for row in conn.execute(query)]
 
+    def all_pipelines(self) -> list[tuple[str, str, Pipeline]]:
+        """Every tenant's pipelines with their tenant's and application's names, for the
+        operator's overview (tenant, application, pipeline order)."""
+        query = (
+            sa.select(
+                tenants.c.name.label("tenant_name"),
+                applications.c.name.label("app_name"),
+                pipelines,
+            )
+            .join(applications, applications.c.id == pipelines.c.application_id)
+            .join(tenants, tenants.c.id == applications.c.tenant_id)
+            .order_by(tenants.c.name, applications.c.name, pipelines.c.name, pipelines.c.id)
+        )
+        with self._engine.connect() as conn:
+            return [(row.tenant_name, row.app_name, _pipeline(row)) for row in conn.execute(query)]
+
     def get_pipeline(self, *, application_id: str, name: str) -> Pipeline | None:
         """The live pipeline of that name (one being deleted no longer answers to it)."""
         query = sa.select(pipelines).where(

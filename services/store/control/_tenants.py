@@ -35,9 +35,18 @@ class TenantMethods(StoreBase):
             return [_tenant(row) for row in conn.execute(query)]
 
     def tenant_by_key(self, api_key: str) -> Tenant | None:
-        query = sa.select(tenants.c.id, tenants.c.name, tenants.c.created_at).where(
-            tenants.c.api_key_hash == hash_secret(api_key)
-        )
+        return self.tenant_by_key_digest(hash_secret(api_key))
+
+    def tenant_by_key_digest(self, digest: str) -> Tenant | None:
+        """The tenant whose API key has this SHA-256 digest (a dashboard session keeps the
+        digest, never the key)."""
+        return self._one_tenant(tenants.c.api_key_hash == digest)
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        return self._one_tenant(tenants.c.id == tenant_id)
+
+    def _one_tenant(self, where: sa.ColumnElement[bool]) -> Tenant | None:
+        query = sa.select(tenants.c.id, tenants.c.name, tenants.c.created_at).where(where)
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
         return _tenant(row) if row is not None else None

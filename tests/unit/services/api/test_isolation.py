@@ -29,6 +29,9 @@ from tests.unit.services.api.harness import OPERATOR, Api, assert_error, bearer,
 UNSCOPED = {
     *("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"),
     *("/healthz", "/readyz", "/metrics"),
+    # The dashboard's page and session routes name no tenant's object either (its data
+    # comes from the routes below, with a cookie); ui/test_routes.py covers their scope.
+    *("/ui", "/ui/", "/ui/session", "/ui/session/tenant", "/ui/overview"),
 }
 
 Kind = Literal["operator", "tenant-wide", "scoped"]
