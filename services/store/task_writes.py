@@ -1,0 +1,322 @@
+"""The statements of the grain's transactions: what a task's rows become.
+
+``SqlTaskStore`` (``tasks.py``) opens each fenced transaction and reads; the writes it
+runs inside are here: new tasks (with their timers), the flush's upserts of changed rows,
+results and attempts (cut to their columns), cancels' timers, purges, offsets, and the
+task's own policy document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import sqlalchemy as sa
+
+from actors.pipeline.book import Flush
+from actors.pipeline.model import GrainKey, NewTask, Purge, Status, Task
+from actors.pipeline.ports import Admission
+from actors.pipeline.retry import Backoff, RetryOverride
+from actors.pipeline.timers import TimerKey
+from services.store.schema import (
+    grain_offsets,
+    task_attempts,
+    task_results,
+    task_timers,
+    tasks,
+)
+from services.store.sql import chunks, to_db, upsert
+
+log = logging.getLogger("wsched.store.tasks")
+
+#: The columns a flush overwrites on an existing row (the rest are written once).
+MUTABLE = (
+    "attempt",
+    "status",
+    "started_at",
+    "finished_at",
+    "worker",
+    "error",
+    "lease_epoch",
+    "expire_at",
+    "updated_at",
+    # A retry's backoff moves the next attempt's due time (design D1).
+    "due_at",
+)
+
+
+def insert_new(
+    conn: sa.Connection, *, pipeline_id: str, batch: Sequence[NewTask], now: dt.datetime
+) -> Admission:
+    unique: dict[str, NewTask] = {}
+    for task in batch:
+        unique.setdefault(task.id, task)  # a resubmit inside the batch: the first stands
+    existing: dict[str, bytes] = {}
+    for chunk in chunks(list(unique)):
+        rows = conn.execute(
+            sa.select(tasks.c.id, tasks.c.data_sha256).where(
+                tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(chunk)
+            )
+        )
+        existing.update((row.id, row.data_sha256) for row in rows)
+    fresh = [task for tid, task in unique.items() if tid not in existing]
+    status = {t.id: Status.SCHEDULED if t.due_at > now else Status.QUEUED for t in fresh}
+    inserts = [
+        {
+            "pipeline_id": pipeline_id,
+            "id": t.id,
+            "attempt": 1,
+            "status": status[t.id].value,
+            "due_at": to_db(t.due_at),
+            "expires_at": to_db(t.expires_at),
+            "policy_json": policy_to_json(t.retry, t.execution_timeout_s),
+            "schedule_id": t.schedule_id,
+            "fire_at": to_db(t.fire_at),
+            "data": t.data,
+            "data_sha256": t.data_sha256,
+            "created_at": to_db(t.created_at),
+            "updated_at": to_db(now),
+        }
+        for t in fresh
+    ]
+    for insert_chunk in chunks(inserts):
+        conn.execute(sa.insert(tasks), list(insert_chunk))
+    timers = [
+        {"pipeline_id": pipeline_id, "due_at": to_db(t.due_at), "task_id": t.id}
+        for t in fresh
+        if status[t.id] is Status.SCHEDULED
+    ]
+    for timer_chunk in chunks(timers):
+        conn.execute(sa.insert(task_timers), list(timer_chunk))
+    same = [tid for tid, digest in existing.items() if digest == unique[tid].data_sha256]
+    return Admission(
+        admitted=[
+            Task(
+                id=t.id,
+                attempt=1,
+                status=status[t.id],
+                data=t.data,
+                due_at=t.due_at,
+                created_at=t.created_at,
+                expires_at=t.expires_at,
+                retry=t.retry,
+                schedule_id=t.schedule_id,
+                fire_at=t.fire_at,
+                execution_timeout_s=t.execution_timeout_s,
+            )
+            for t in fresh
+        ],
+        duplicates=same,
+        conflicts=[tid for tid in existing if tid not in same],
+    )
+
+
+def policy_to_json(retry: RetryOverride | None, execution_timeout_s: float | None) -> str | None:
+    """A task's own policy as stored: its retry policy and execution timeout (None: the
+    pipeline's). Kept with the row, so a retry after a failover keeps it."""
+    doc: dict[str, Any] = {}
+    if retry is not None:
+        if retry.max_attempts is not None:
+            doc["max_attempts"] = retry.max_attempts
+        if retry.backoff is not None:
+            doc["backoff"] = dataclasses.asdict(retry.backoff)
+    if execution_timeout_s is not None:
+        doc["execution_timeout_s"] = execution_timeout_s
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True) if doc else None
+
+
+def policy_from_json(text: str | None) -> tuple[RetryOverride | None, float | None]:
+    """(retry override, execution timeout) of a stored policy; rows written before the
+    timeout existed hold a retry policy only."""
+    if not text:
+        return None, None
+    doc = json.loads(text)
+    timeout_s = doc.get("execution_timeout_s")
+    if "max_attempts" not in doc and "backoff" not in doc:  # an empty override is none
+        return None, timeout_s
+    backoff = doc.get("backoff")
+    retry = RetryOverride(
+        max_attempts=doc.get("max_attempts"),
+        backoff=Backoff(**backoff) if backoff else None,
+    )
+    return retry, timeout_s
+
+
+def purge_rows(conn: sa.Connection, pipeline_id: str, purges: Sequence[Purge]) -> int:
+    """Delete the dead tasks among ``purges`` that died before their purge's time, with
+    their results and attempts; how many went. Grouped by time and chunked, so a bulk
+    purge costs a few statements, not three per task. A replayed purge finds nothing."""
+    by_time: dict[dt.datetime, list[str]] = {}
+    for purge in purges:
+        by_time.setdefault(purge.finished_before, []).append(purge.task_id)
+    gone = 0
+    for before, task_ids in by_time.items():
+        for chunk in chunks(sorted(set(task_ids))):
+            victims = (
+                conn.execute(
+                    sa.select(tasks.c.id).where(
+                        tasks.c.pipeline_id == pipeline_id,
+                        tasks.c.id.in_(chunk),
+                        tasks.c.status == Status.DEAD.value,
+                        tasks.c.finished_at < to_db(before),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if victims:
+                _delete_tasks(conn, pipeline_id, victims)
+            gone += len(victims)
+    return gone
+
+
+def _delete_tasks(conn: sa.Connection, pipeline_id: str, task_ids: Sequence[str]) -> None:
+    conn.execute(
+        sa.delete(task_attempts).where(
+            task_attempts.c.pipeline_id == pipeline_id, task_attempts.c.task_id.in_(task_ids)
+        )
+    )
+    conn.execute(
+        sa.delete(task_results).where(
+            task_results.c.pipeline_id == pipeline_id, task_results.c.id.in_(task_ids)
+        )
+    )
+    conn.execute(
+        sa.delete(tasks).where(tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(task_ids))
+    )
+
+
+#: Statuses of a task that has not started: a cancel ends it in the store.
+WAITING = (Status.QUEUED.value, Status.SCHEDULED.value)
+
+
+def end_timers(conn: sa.Connection, grain: GrainKey, timers: Sequence[TimerKey]) -> None:
+    """Delete these timer rows (a task's timer ends when it fires or is cancelled)."""
+    for chunk in chunks(timers):
+        conn.execute(
+            sa.delete(task_timers).where(
+                task_timers.c.pipeline_id == grain.pipeline_id,
+                sa.or_(
+                    *(
+                        sa.and_(
+                            task_timers.c.due_at == to_db(due_at),
+                            task_timers.c.task_id == task_id,
+                        )
+                        for due_at, task_id in chunk
+                    )
+                ),
+            )
+        )
+
+
+def save_offsets(conn: sa.Connection, *, grain: GrainKey, offsets: Mapping[int, int]) -> None:
+    if offsets:
+        upsert(
+            conn,
+            grain_offsets,
+            [
+                {"grain_id": str(grain), "topic_partition": p, "next_offset": o}
+                for p, o in offsets.items()
+            ],
+            keys=("grain_id", "topic_partition"),
+            update=("next_offset",),
+        )
+
+
+#: What the columns hold: TiDB counts VARCHAR in characters and TEXT in bytes.
+_WORKER_CHARS = cast(sa.String, tasks.c.worker.type).length or 255
+_ERROR_BYTES = 65_535
+
+
+def _fit_worker(worker: str | None) -> str | None:
+    if worker is None or len(worker) <= _WORKER_CHARS:
+        return worker
+    log.warning("a worker name of %d characters is cut to %d", len(worker), _WORKER_CHARS)
+    return worker[:_WORKER_CHARS]
+
+
+def _fit_error(error: str | None) -> str | None:
+    """The error's tail (where a failure's cause is) within the column's bytes."""
+    if error is None:
+        return None
+    encoded = error.encode()
+    if len(encoded) <= _ERROR_BYTES:
+        return error
+    log.warning("an error of %d bytes is cut to its last %d", len(encoded), _ERROR_BYTES)
+    return encoded[-_ERROR_BYTES:].decode(errors="ignore")
+
+
+def write_changes(conn: sa.Connection, *, pipeline_id: str, flush: Flush, now: dt.datetime) -> None:
+    """Upsert the changed rows. ``worker`` and ``error`` are cut to their columns here too,
+    though the worker API bounds them: a value the column cannot hold would fail every
+    flush of the grain, its restarts' included, and stop the whole pipeline."""
+    if flush.changes:
+        rows = [
+            {
+                "pipeline_id": pipeline_id,
+                "id": c.id,
+                "attempt": c.attempt,
+                "status": c.status.value,
+                "started_at": to_db(c.started_at),
+                "finished_at": to_db(c.finished_at),
+                "worker": _fit_worker(c.worker),
+                "error": _fit_error(c.error),
+                "lease_epoch": c.lease_epoch,
+                "expire_at": to_db(c.expire_at),
+                "updated_at": to_db(now),
+                "due_at": to_db(c.due_at),
+                # Required by the INSERT half of the upsert; never written over an existing row.
+                "data": b"",
+                "data_sha256": b"",
+                "created_at": to_db(now),
+            }
+            for c in flush.changes
+        ]
+        upsert(conn, tasks, rows, keys=("pipeline_id", "id"), update=MUTABLE)
+        timers = [
+            {"pipeline_id": pipeline_id, "due_at": to_db(c.due_at), "task_id": c.id}
+            for c in flush.changes
+            if c.status is Status.SCHEDULED
+        ]
+        # A retry's timer; written again by a flush that is retried, hence the upsert.
+        keys = ("pipeline_id", "due_at", "task_id")
+        upsert(conn, task_timers, timers, keys=keys, update=("task_id",))
+    if flush.results:
+        expire = {c.id: to_db(c.expire_at) for c in flush.changes}
+        upsert(
+            conn,
+            task_results,
+            [
+                {
+                    "pipeline_id": pipeline_id,
+                    "id": tid,
+                    "attempt": attempt,
+                    "result": result,
+                    "expire_at": expire.get(tid),
+                }
+                for tid, attempt, result in flush.results
+            ],
+            keys=("pipeline_id", "id"),
+            update=("attempt", "result", "expire_at"),
+        )
+    history = [
+        {
+            "pipeline_id": pipeline_id,
+            "task_id": a.task_id,
+            "attempt": a.attempt,
+            "worker": _fit_worker(a.worker),
+            "started_at": to_db(a.started_at),
+            "ended_at": to_db(a.ended_at),
+            "outcome": a.outcome,
+            "error": _fit_error(a.error),
+            "expire_at": to_db(a.expire_at),
+        }
+        for a in flush.attempts
+    ]
+    # Written again by a flush that is retried after a failure: the same row, hence upsert.
+    keys = ("pipeline_id", "task_id", "attempt")
+    upsert(conn, task_attempts, history, keys=keys, update=("ended_at", "outcome", "error"))
