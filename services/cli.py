@@ -109,11 +109,15 @@ def bench_schedules(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     schedules: Annotated[
         int | None,
-        typer.Option(help="Schedules of @every 10s (default 50,000; 500 with --quick)."),
+        typer.Option(help="Schedules of @every 10s, 0 skips (default 50,000; 500 with --quick)."),
     ] = None,
     delayed: Annotated[
         int | None,
         typer.Option(help="Delayed tasks due over 10 min, 0 skips (default 1,000,000)."),
+    ] = None,
+    dispatch: Annotated[
+        int | None,
+        typer.Option(help="Schedules fired with workers running, 0 skips (default 10,000)."),
     ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes: a smoke run.")] = False,
 ) -> None:
@@ -122,7 +126,9 @@ def bench_schedules(
     from services.infra.cache import Cache
 
     report = triggers.run(
-        triggers.Options.build(schedules=schedules, quick=quick, delayed=delayed),
+        triggers.Options.build(
+            schedules=schedules, quick=quick, delayed=delayed, dispatch=dispatch
+        ),
         cache=Cache(root=_settings().cache_dir),
         say=lambda text: console.print(f"[cyan]bench-schedules[/]: {text}"),
     )

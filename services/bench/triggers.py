@@ -88,7 +88,14 @@ class Options:
     delayed_lead_s: float = 60.0
 
     @classmethod
-    def build(cls, *, schedules: int | None, quick: bool, delayed: int | None = None) -> Options:
+    def build(
+        cls,
+        *,
+        schedules: int | None,
+        quick: bool,
+        delayed: int | None = None,
+        dispatch: int | None = None,
+    ) -> Options:
         base = (
             cls(
                 schedules=500,
@@ -105,7 +112,8 @@ class Options:
             else cls()
         )
         base = replace(base, schedules=schedules) if schedules is not None else base
-        return replace(base, delayed=delayed) if delayed is not None else base
+        base = replace(base, delayed=delayed) if delayed is not None else base
+        return replace(base, dispatch_schedules=dispatch) if dispatch is not None else base
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -351,8 +359,10 @@ def _run(
         tenant = Tenant(api=system.api)
         stack.callback(tenant.http.close)
         bench = Run(system=system, tenant=tenant, options=TaskOptions(), work=work, say=say)
-        report["admission"] = _admission_phase(bench, options, components)
-        report["dispatch"] = _dispatch_phase(bench, options, components)
+        if options.schedules:
+            report["admission"] = _admission_phase(bench, options, components)
+        if options.dispatch_schedules:
+            report["dispatch"] = _dispatch_phase(bench, options, components)
         if options.delayed:
             report["delayed"] = _delayed_phase(bench, options)
     return report
@@ -360,30 +370,45 @@ def _run(
 
 def render(report: Report) -> str:
     """The figures in a few lines, beside Dapr's."""
-    adm, dis, ref = report["admission"], report["dispatch"], report["reference"]
-    late, dlate = adm["trigger_lateness_ms"], dis["dispatch_lateness_ms"]
-    work = report["workload"]
+    ref, host = report["reference"], report["machine"]
     return "\n".join(
         [
-            f"machine: {report['machine']['cores']} cores, {report['machine']['cpu']}, "
-            f"load {report['machine']['load_average_1m']}",
-            f"admission: {work['schedules']:,} schedules @every {work['every_s']}s on "
-            f"{work['pipelines']} pipelines, no workers",
-            f"  triggers admitted/s: {adm['triggers_per_s']:,} "
-            f"(due {adm['due_in_window']:,}, admitted {adm['admitted_of_due']:,})",
-            f"  lateness ms: p50 {late['p50']}, p99 {late['p99']}, max {late['max']}",
-            f"  scheduler RSS MB: {adm['scheduler_rss_mb']} (idle {adm['idle_rss_mb']})",
-            f"  CPU s in the window: {adm['cpu_seconds']}",
-            f"dispatch: {work['dispatch_schedules']:,} schedules "
-            f"({dis['fire_times_per_s']:,} fire times/s), {work['workers']} workers",
-            f"  nominal time to lease ms: p50 {dlate['p50']}, p99 {dlate['p99']}, "
-            f"max {dlate['max']} ({dis['dispatched_of_due']:,} of {dis['due_in_window']:,})",
+            f"machine: {host['cores']} cores, {host['cpu']}, load {host['load_average_1m']}",
+            *_admission_lines(report.get("admission"), report["workload"]),
+            *_dispatch_lines(report.get("dispatch"), report["workload"]),
             *_delayed_lines(report.get("delayed")),
             "reference (other machines): Dapr Scheduler "
             f"{ref['dapr_scheduler_triggers_per_s']:,}/s ({ref['dapr_scheduler_setup']}); "
             f"Dapr v1.17 {ref['dapr_v1_17_triggers_per_s']:,}/s",
         ]
     )
+
+
+def _admission_lines(adm: Report | None, work: Report) -> list[str]:
+    if adm is None:
+        return []
+    late = adm["trigger_lateness_ms"]
+    return [
+        f"admission: {work['schedules']:,} schedules @every {work['every_s']}s on "
+        f"{work['pipelines']} pipelines, no workers",
+        f"  triggers admitted/s: {adm['triggers_per_s']:,} "
+        f"(due {adm['due_in_window']:,}, admitted {adm['admitted_of_due']:,})",
+        f"  lateness ms: p50 {late['p50']}, p99 {late['p99']}, max {late['max']}",
+        f"  scheduler RSS MB: {adm['scheduler_rss_mb']} (idle {adm['idle_rss_mb']})",
+        f"  CPU s in the window: {adm['cpu_seconds']}",
+    ]
+
+
+def _dispatch_lines(dis: Report | None, work: Report) -> list[str]:
+    if dis is None:
+        return []
+    late = dis["dispatch_lateness_ms"]
+    return [
+        f"dispatch: {work['dispatch_schedules']:,} schedules "
+        f"({dis['fire_times_per_s']:,} fire times/s), {work['workers']} workers",
+        f"  nominal time to lease ms: p50 {late['p50']}, p99 {late['p99']}, "
+        f"max {late['max']} ({dis['dispatched_of_due']:,} of {dis['due_in_window']:,})",
+    ]
 
 
 def _delayed_lines(delayed: Report | None) -> list[str]:
