@@ -274,5 +274,9 @@ def render(report: Report) -> str:
             f"{run['doubled']}, not terminal {run['not_terminal']}, executed twice "
             f"{run['executed_more_than_once']}"
         )
+    if report["revived_workers"]:
+        lines.append(
+            f"  workers restarted         {report['revived_workers']:>10,}  (see their logs)"
+        )
     lines.append(f"  verdict                   {'OK' if report['ok'] else 'FAILED'}")
     return "\n".join(lines)
