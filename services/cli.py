@@ -227,6 +227,42 @@ def bench_deploy(
     typer.echo(json.dumps(report, indent=2))
 
 
+@app.command()
+def chaos(
+    tasks: Annotated[int, typer.Option(min=1, help="Tasks submitted.")] = 200_000,
+    kills: Annotated[int, typer.Option(min=0, help="kill -9s of scheduler replicas.")] = 10,
+    seed: Annotated[
+        int | None, typer.Option(help="Replay the fault schedule of this seed (printed).")
+    ] = None,
+    rate: Annotated[float, typer.Option(min=1, help="Tasks/s offered (span = tasks/rate).")] = 700,
+    infra: Annotated[
+        bool, typer.Option("--infra/--no-infra", help="Also kill -9 Kafka and TiDB once.")
+    ] = True,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the data and logs.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Soak: 3 replicas, 2 APIs, kill -9s on a seeded schedule; count every task (exit 1 if
+    one is lost or a schedule's fire time is missing or doubled)."""
+    from services.chaos import soak
+    from services.infra.cache import Cache
+
+    options = soak.Options(
+        tasks=tasks,
+        replica_kills=kills,
+        infra_kills=infra,
+        rate=rate,
+        seed=seed if seed is not None else soak.new_seed(),
+    )
+    report = soak.run(
+        options,
+        cache=Cache(root=_settings().cache_dir),
+        say=lambda text: console.print(f"[magenta]chaos[/]: {text}", highlight=False),
+        keep=keep,
+    )
+    typer.echo(json.dumps(report, indent=2) if as_json else soak.render(report))
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply the schema migrations to WSCHED_DATABASE_URL (SQLite under the data dir if unset)."""

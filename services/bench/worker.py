@@ -4,7 +4,9 @@ Run as its own process (``python -m services.bench.worker ...``); SIGTERM ends i
 the batch in hand is reported. ``--hold N`` makes it a holder instead: it polls until it
 holds N leases and reports nothing until SIGTERM (then reports them all), which is how
 the benchmark measures the scheduler's memory per in-flight task. Its counts are written
-as JSON to ``--out`` on exit.
+as JSON to ``--out`` on exit. ``--execution-log`` appends one ``task id<TAB>lease token``
+line per task it was handed, before reporting it: the chaos soak (``services/chaos``)
+counts executions from it, as the store keeps only the last one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 from protos.wsched.v1 import worker_pb2
 from services.worker.client import SchedulerClient
@@ -58,11 +61,23 @@ async def _poll(
     return list(reply.tasks)
 
 
+def _log_executions(log: TextIO | None, tasks: Sequence[worker_pb2.LeasedTask]) -> None:
+    """Flushed before the report: a worker killed after it is still counted as running it."""
+    if log is not None and tasks:
+        log.write("".join(f"{task.task_id}\t{task.lease_token}\n" for task in tasks))
+        log.flush()
+
+
 async def _work_loop(
-    client: SchedulerClient, max_tasks: int, stop: asyncio.Event, counts: Counts
+    client: SchedulerClient,
+    max_tasks: int,
+    stop: asyncio.Event,
+    counts: Counts,
+    log: TextIO | None = None,
 ) -> None:
     while not stop.is_set():
         tasks = await _poll(client, max_tasks, counts)
+        _log_executions(log, tasks)
         if tasks:
             await _report(client, tasks, counts)
 
@@ -83,25 +98,35 @@ async def run(args: argparse.Namespace) -> Counts:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     client = SchedulerClient(
-        addresses=[args.target], pipeline_id=args.pipeline_id, token=args.token, worker=args.name
+        addresses=args.target.split(","),
+        pipeline_id=args.pipeline_id,
+        token=args.token,
+        worker=args.name,
     )
     counts = Counts()
+    log = args.execution_log.open("a") if args.execution_log else None
     try:
         if args.hold:
             await _hold(client, args.hold, args.max_tasks, stop, counts)
         else:
             # Several loops per process: one polls while another waits for its report
             # to become durable, as a worker with a few execution slots would.
-            loops = [_work_loop(client, args.max_tasks, stop, counts) for _ in range(args.loops)]
+            loops = [
+                _work_loop(client, args.max_tasks, stop, counts, log) for _ in range(args.loops)
+            ]
             await asyncio.gather(*loops)
     finally:
         await client.close()
+        if log is not None:
+            log.close()
     return counts
 
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", required=True, help="the scheduler's gRPC host:port")
+    parser.add_argument(
+        "--target", required=True, help="the scheduler's gRPC host:port (several: commas)"
+    )
     parser.add_argument("--pipeline-id", required=True)
     parser.add_argument("--token", required=True, help="the pipeline's worker token")
     parser.add_argument("--name", default="bench-worker")
@@ -109,6 +134,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--loops", type=int, default=2, help="poll/report loops in flight")
     parser.add_argument("--hold", type=int, default=0, help="hold this many leases; 0: work")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--execution-log", type=Path, help="append task id, lease token lines")
     return parser.parse_args()
 
 

@@ -228,6 +228,11 @@ class KafkaBroker:
         log = self.data_dir / "server.log"
         return log.exists() and "Kafka Server started" in log.read_text(errors="replace")
 
+    def signal(self, signum: int) -> None:
+        """Signal the broker's process group (the chaos soak's ``kill -9``)."""
+        if self._service is not None:
+            self._service.signal(signum)
+
     def stop(self) -> None:
         if self._service is not None:
             self._service.stop(grace_s=20)

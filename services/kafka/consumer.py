@@ -99,7 +99,13 @@ class KafkaPartitionConsumer:
         return TopicPartition(self._topic, partition)
 
     async def start(self) -> None:
-        await self._consumer.start()
+        try:
+            await self._consumer.start()
+        except BaseException:
+            # A start that failed (Kafka away) still holds the client's connections: close
+            # them, or every retry of a forwarder leaks a consumer (the chaos soak saw it).
+            await self._consumer.stop()
+            raise
 
     async def stop(self) -> None:
         await self._consumer.stop()

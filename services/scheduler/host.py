@@ -22,6 +22,7 @@ import grpc
 import sqlalchemy as sa
 import uvicorn
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from actors.pipeline import actor as grain_actor
@@ -60,6 +61,11 @@ class _Hosted:
     task: asyncio.Task[None]
     #: (worker, namespace) labels of the seed's KEDA gauge; None if the names are unknown.
     queue_labels: tuple[str, str] | None = None
+
+
+#: Pauses between attempts to join the placement group: the first, and the cap.
+_JOIN_RETRY_FIRST_S = 0.5
+_JOIN_RETRY_MAX_S = 10.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -209,7 +215,32 @@ class SchedulerHost:
     # -- placement ----------------------------------------------------------------------
 
     async def _run_placement(self) -> None:
-        consumer = AIOKafkaConsumer(
+        """Join the placement group and follow it, for the life of the replica.
+
+        Joining is retried: a replica started while Kafka is away (or restarting) would
+        otherwise live on without shards, serving nothing and saying nothing until it
+        stopped (the chaos soak found one). Each failure is logged and the pause is
+        capped; ``/readyz`` stays red until the replica has joined.
+        """
+        pause_s = _JOIN_RETRY_FIRST_S
+        while True:
+            consumer = self._placement_consumer()
+            try:
+                await consumer.start()
+            except KafkaError as err:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                log.warning("placement: cannot join (%r); again in %.1fs", err, pause_s)
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, _JOIN_RETRY_MAX_S)
+                continue
+            try:
+                await self._follow_placement(consumer)
+            finally:
+                await consumer.stop()
+
+    def _placement_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             group_id=self._settings.placement_group,
             group_instance_id=self._settings.effective_replica_name(),
@@ -217,21 +248,19 @@ class SchedulerHost:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )
-        await consumer.start()
-        try:
-            consumer.subscribe([PLACEMENT_TOPIC], listener=_Rebalance(self))
-            loop = asyncio.get_running_loop()
-            rescan_at = loop.time() + self._rescan_s
-            while True:
-                batches = await consumer.getmany(timeout_ms=1000)
-                for records in batches.values():
-                    for record in records:
-                        await self._placement_event(record.value)
-                if loop.time() >= rescan_at:
-                    rescan_at = loop.time() + self._rescan_s
-                    await self.reconcile()
-        finally:
-            await consumer.stop()
+
+    async def _follow_placement(self, consumer: AIOKafkaConsumer) -> None:
+        consumer.subscribe([PLACEMENT_TOPIC], listener=_Rebalance(self))
+        loop = asyncio.get_running_loop()
+        rescan_at = loop.time() + self._rescan_s
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    await self._placement_event(record.value)
+            if loop.time() >= rescan_at:
+                rescan_at = loop.time() + self._rescan_s
+                await self.reconcile()
 
     async def _placement_event(self, raw: bytes | None) -> None:
         event = events_pb2.PlacementEvent()

@@ -432,13 +432,13 @@ def worker_main() -> None:
     raise SystemExit(asyncio.run(serve(settings, definition)))
 
 
-if __name__ == "__main__":
-    worker_main()
-
-
 def _fire_at(fire_at_ms: int) -> str | None:
     """A schedule's nominal fire time as its steps see it (``WSCHED_FIRE_AT``)."""
     if not fire_at_ms:
         return None
     at = dt.datetime.fromtimestamp(fire_at_ms / 1000, tz=dt.UTC)
     return at.replace(tzinfo=None).isoformat() + "Z"
+
+
+if __name__ == "__main__":
+    worker_main()

@@ -42,6 +42,11 @@ class Backoff:
     attempts: int = 60
 
 
+#: Longer than any call's deadline (a report's 30 s, a poll's wait + 10 s): a channel left
+#: behind is closed once the calls still running on it are done, never under them.
+_CLOSE_GRACE_S = 60.0
+
+
 class SchedulerClient:
     def __init__(
         self,
@@ -63,6 +68,8 @@ class SchedulerClient:
         self._channel: grpc.aio.Channel | None = None
         self._stub: worker_pb2_grpc.WorkerStub | None = None
         self._target: str | None = None
+        #: Old channels closing in the background (a reference keeps each task alive).
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def target(self) -> str:
@@ -72,12 +79,19 @@ class SchedulerClient:
         if self._channel is not None:
             await self._channel.close()
             self._channel, self._stub = None, None
+        # Old channels close as soon as their last call ends; the caller has ended its own.
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     def _connect(self, target: str) -> worker_pb2_grpc.WorkerStub:
         if self._stub is None or target != self._target:
             if self._channel is not None:
-                # close in the background: a poll on the old channel may still be finishing
-                asyncio.get_running_loop().create_task(self._channel.close())
+                # Another call of this client (a poll beside a report) may still be running
+                # on the old channel: closing it at once would cancel that call.
+                closing = asyncio.get_running_loop().create_task(
+                    self._channel.close(grace=_CLOSE_GRACE_S)
+                )
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
             self._channel = grpc.aio.insecure_channel(target)
             self._stub = worker_pb2_grpc.WorkerStub(self._channel)
             self._target = target
@@ -113,8 +127,7 @@ class SchedulerClient:
         for key, value in err.trailing_metadata() or ():
             if key == OWNER_KEY and isinstance(value, str) and value:
                 log.info("pipeline %s is served by %s: following", self.pipeline_id, value)
-                self._target = None
-                self._connect(value)
+                self._connect(value)  # a new channel only if the owner is another replica
                 return True
         return False
 
