@@ -31,6 +31,7 @@ from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindS
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin
 from services.kafka.consumer import KafkaPartitionConsumer
+from services.kafka.event_publisher import KafkaEventPublisher
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
 from services.scheduler.directory import PipelineDirectory
 from services.scheduler.forwarder import Forwarder, ForwarderStats
@@ -106,6 +107,9 @@ class SchedulerHost:
         self.registry = CollectorRegistry()
         self._grain_metrics = GrainMetrics(self.registry)
         self.registry.register(SchedulerCollector(self))
+        self._events = KafkaEventPublisher(
+            bootstrap=self._bootstrap, on_drop=self._grain_metrics.events_dropped.inc
+        )
         self._scaler = build_scaler(
             settings=settings,
             engine=self._engine,
@@ -136,6 +140,7 @@ class SchedulerHost:
             snapshots=self._snapshots,
             observe_flush=self._grain_metrics.observe,
             observe_dispatch=self._grain_metrics.dispatch.observe,
+            events=self._events,
         )
 
     # -- life cycle ---------------------------------------------------------------------
@@ -153,7 +158,10 @@ class SchedulerHost:
         await self.stop()
 
     async def start(self) -> None:
-        await KafkaTopicAdmin(bootstrap=self._bootstrap).ensure_placement_topic()
+        admin = KafkaTopicAdmin(bootstrap=self._bootstrap)
+        await admin.ensure_placement_topic()
+        await admin.ensure_events_topic()
+        await self._events.__aenter__()
         self._server = grpc.aio.server()
         worker_pb2_grpc.add_WorkerServicer_to_server(
             WorkerService(directory=self, address=self._address, limits=Limits()), self._server
@@ -202,6 +210,8 @@ class SchedulerHost:
                 await self._placement
         await self.release_shards(set(self._shards))
         await self._system.stop()
+        # After the grains' last flushes, whose events are still queued.
+        await self._events.__aexit__(None, None, None)
         if self._server is not None:
             await self._server.stop(grace=5)
         self._engine.dispose()
