@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -19,13 +20,16 @@ from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
 from services.api.reconciler import Reconciler
-from services.api.routes import applications, bulk, pipelines, schedules, tasks, tenants
+from services.api.routes import applications, bulk, live, pipelines, schedules, tasks, tenants
 from services.deploy import helm, local
 from services.deploy.ports import Deployer, NoopDeployer
 from services.deploy.tenancy import TenantPolicy
 from services.health import check_database, check_kafka
 from services.kafka.admin import KafkaTopicAdmin, TopicAdmin
+from services.kafka.event_reader import KafkaEventSource
 from services.kafka.producer import EventProducer, KafkaProducer
+from services.live.hub import LiveHub
+from services.live.source import EventSource, MemoryEventLog
 from services.settings import Settings
 from services.store.control import ControlStore
 from services.store.engine import make_engine
@@ -115,6 +119,29 @@ def describe_limits(limits: Limits) -> str:
     )
 
 
+def make_event_source(settings: Settings) -> EventSource:
+    """``wsched.events`` on the configured Kafka; without one, an empty log (waiters then
+    answer at their timeout, as after a lost event)."""
+    if not settings.kafka_bootstrap:
+        return MemoryEventLog()
+    admin = KafkaTopicAdmin(
+        bootstrap=settings.kafka_bootstrap, replication_factor=settings.kafka_replication_factor
+    )
+    return KafkaEventSource(bootstrap=settings.kafka_bootstrap, admin=admin)
+
+
+@contextlib.asynccontextmanager
+async def following(hub: LiveHub, source: EventSource) -> AsyncIterator[None]:
+    """The process's one reader of the events topic, for as long as the app runs."""
+    reader = asyncio.create_task(hub.run(source), name="events reader")
+    try:
+        yield
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
 def create_app(
     settings: Settings,
     *,
@@ -122,6 +149,7 @@ def create_app(
     producer: EventProducer | None = None,
     admin: TopicAdmin | None = None,
     deployer: Deployer | None = None,
+    events: EventSource | None = None,
 ) -> FastAPI:
     """The API. Ports not given are built from ``settings`` and owned by the app (started
     and stopped with it); ports given are the caller's to start and stop."""
@@ -146,6 +174,7 @@ def create_app(
         ),
         deployer=the_deployer,
         metrics=ApiMetrics(registry=registry),
+        events=events or make_event_source(settings),
         charts=chart_allow_list(settings) if settings.deployer == "helm" else None,
     )
     reconciler = Reconciler(
@@ -168,6 +197,7 @@ def create_app(
                 # when the workers are stopped.
                 await stack.enter_async_context(the_deployer)
             await stack.enter_async_context(reconciler.running())
+            await stack.enter_async_context(following(ctx.live, ctx.events))
             ctx.nudge = reconciler.nudge
             yield
 
@@ -185,7 +215,7 @@ def create_app(
         BodyLimit, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth
     )
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
-    for module in (tenants, applications, pipelines, tasks, bulk, schedules):
+    for module in (tenants, applications, pipelines, tasks, bulk, schedules, live):
         app.include_router(module.router)
     _health_routes(app, settings=settings, engine=engine, registry=registry)
     return app

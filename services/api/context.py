@@ -24,6 +24,8 @@ from services.deploy.helm import ChartAllowList
 from services.deploy.ports import Deployer
 from services.kafka.admin import TopicAdmin
 from services.kafka.producer import EventProducer
+from services.live.hub import LiveHub
+from services.live.source import EventSource
 from services.settings import Settings
 from services.store.control import ControlStore, Pipeline, Tenant, hash_secret
 
@@ -91,6 +93,9 @@ class ApiContext:
     admin: TopicAdmin
     deployer: Deployer
     metrics: ApiMetrics
+    #: ``wsched.events`` (D6): the live reader feeds ``live``; SSE resumes replay from it.
+    events: EventSource
+    live: LiveHub = field(default_factory=LiveHub)
     #: The chart sources tenants may name (the Helm deployer's); None: not checked, as
     #: nothing deploys charts from a source (noop) or only on this machine (local).
     charts: ChartAllowList | None = None

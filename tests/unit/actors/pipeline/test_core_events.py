@@ -101,7 +101,7 @@ async def test_a_sink_that_raises_never_fails_the_write() -> None:
         owner="a",
         store=store,
         clock=Clock().grain_clock(),
-        events=Broken(),  # type: ignore[arg-type]
+        events=Broken(),
     )
     await g.activate()
     result = await g.admit(AdmitBatch(new=(new(1),)))
