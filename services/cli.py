@@ -104,6 +104,25 @@ def bench(
         Console().print(render(report))
 
 
+@app.command("bench-waiters")
+def bench_waiters(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    waiters: Annotated[int, typer.Option(help="Concurrent waiters (one task each).")] = 1000,
+    rate: Annotated[float, typer.Option(help="Tasks reported succeeded per second.")] = 200.0,
+) -> None:
+    """Live results: many `?wait=` waiters on one API process; the latency they add from
+    "terminal in TiDB" to the answer, and the API's CPU."""
+    from services.bench import waiters as bench_waiters_run
+    from services.infra.cache import Cache
+
+    report = bench_waiters_run.run(
+        bench_waiters_run.Options(waiters=waiters, rate=rate),
+        cache=Cache(root=_settings().cache_dir),
+        say=lambda text: console.print(f"[cyan]bench-waiters[/]: {text}"),
+    )
+    typer.echo(json.dumps(report, indent=None if as_json else 2))
+
+
 @app.command("bench-schedules")
 def bench_schedules(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -499,7 +499,12 @@ class PipelineCore:
         changes, self._unpublished = self._unpublished, []
         if self._events is None or not changes or self.fenced:
             return
-        batch = EventBatch(grain=self.key, changes=tuple(changes), counts=self.book.stats())
+        batch = EventBatch(
+            grain=self.key,
+            changes=tuple(changes),
+            counts=self.book.stats(),
+            at=self._clock.wall(),
+        )
         try:
             self._events.publish(batch)
         except Exception:  # a lost event only delays a waiter (D6): never fail the write

@@ -7,6 +7,7 @@ pipeline's counters. The values here are pure; the port is ``ports.EventSink``.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -39,6 +40,8 @@ class EventBatch:
     grain: GrainKey
     changes: tuple[StatusChange, ...]
     counts: Mapping[str, int] = field(default_factory=dict)
+    #: When the grain published it, just after the commit: readers measure their lag.
+    at: dt.datetime | None = None
 
 
 def change_of(task_id: str, status: Status | str, attempt: int) -> StatusChange:

@@ -177,6 +177,7 @@ def create_app(
         events=events or make_event_source(settings),
         charts=chart_allow_list(settings) if settings.deployer == "helm" else None,
     )
+    ctx.metrics.waiters.set_function(lambda: ctx.live.waiting)
     reconciler = Reconciler(
         store=ctx.store,
         admin=ctx.admin,

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -25,9 +25,10 @@ from services.deploy.ports import Deployer
 from services.kafka.admin import TopicAdmin
 from services.kafka.producer import EventProducer
 from services.live.hub import LiveHub
+from services.live.reads import BatchedReads
 from services.live.source import EventSource
 from services.settings import Settings
-from services.store.control import ControlStore, Pipeline, Tenant, hash_secret
+from services.store.control import ControlStore, Pipeline, TaskRecord, Tenant, hash_secret
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -103,9 +104,15 @@ class ApiContext:
     nudge: Callable[[str], None] = lambda _pipeline_id: None
     clock: Callable[[], float] = time.monotonic
     _last_known: LastKnown = field(init=False)
+    #: Waiters' reads of task rows, many per statement.
+    task_reads: BatchedReads[TaskRecord] = field(init=False)
 
     def __post_init__(self) -> None:
         self._last_known = LastKnown(max_age_s=self.limits.stale_lookup_s, clock=self.clock)
+        self.task_reads = BatchedReads(self._read_tasks)
+
+    async def _read_tasks(self, pipeline_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        return await self.db(self.store.get_tasks, pipeline_id=pipeline_id, task_ids=task_ids)
 
     def database_unavailable(self, err: DatabaseUnavailable) -> Exception:
         return unavailable(

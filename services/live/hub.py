@@ -31,8 +31,11 @@ class Waiter:
 
     def __init__(self) -> None:
         self._woken = asyncio.Event()
+        #: The time (ms since the epoch) of the commit the last wake announced; 0: none.
+        self.committed_at_ms = 0
 
-    def wake(self) -> None:
+    def wake(self, committed_at_ms: int = 0) -> None:
+        self.committed_at_ms = committed_at_ms
         self._woken.set()
 
     async def woken(self, timeout_s: float) -> bool:
@@ -122,7 +125,7 @@ class LiveHub:
             if not change.final:
                 continue
             for waiter in self._waiters.get((event.pipeline_id, change.task_id), ()):
-                waiter.wake()
+                waiter.wake(event.at_ms)
                 self.woken += 1
 
     async def run(self, source: EventSource) -> None:
@@ -147,11 +150,12 @@ async def wait_until_final(
     final: Callable[[T], bool],
     timeout_s: float,
     clock: Callable[[], float],
+    answered: Callable[[int], None] = lambda _at_ms: None,
 ) -> T:
     """Read the task; while it is not final, wait for an event naming it and read again.
 
     At the timeout the row is read once more, so a lost event costs a delay, never a
-    wrong answer.
+    wrong answer. ``answered`` gets the commit time of the event that ended the wait.
     """
     deadline = clock() + timeout_s
     with hub.waiter(pipeline_id, task_id) as waiter:
@@ -160,4 +164,6 @@ async def wait_until_final(
             if not await waiter.woken(deadline - clock()):
                 return await read()
             row = await read()
+        if waiter.committed_at_ms:
+            answered(waiter.committed_at_ms)
         return row

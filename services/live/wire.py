@@ -34,6 +34,8 @@ class LiveEvent:
     pipeline_id: str
     changes: tuple[StatusChange, ...]
     counts: Mapping[str, int] = field(default_factory=dict)
+    #: The grain's wall clock just after its commit, in ms since the epoch (0: unknown).
+    at_ms: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The SSE ``data`` of this event."""
@@ -59,6 +61,7 @@ def encode(batch: EventBatch) -> list[tuple[bytes, bytes]]:
             "slice": batch.grain.slice,
             "changes": [[c.task_id, c.status, c.attempt] for c in chunk],
             "counts": dict(batch.counts),
+            "at_ms": int(batch.at.timestamp() * 1000) if batch.at is not None else 0,
         }
         records.append((key, json.dumps(body, separators=(",", ":")).encode()))
     return records
@@ -74,7 +77,12 @@ def decode(value: bytes | None) -> LiveEvent:
             for i, s, a in body["changes"]
         )
         counts = {str(k): int(v) for k, v in body.get("counts", {}).items()}
-        return LiveEvent(pipeline_id=str(body["pipeline"]), changes=changes, counts=counts)
+        return LiveEvent(
+            pipeline_id=str(body["pipeline"]),
+            changes=changes,
+            counts=counts,
+            at_ms=int(body.get("at_ms", 0)),
+        )
     except BadEvent:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as err:

@@ -8,6 +8,7 @@ import binascii
 import dataclasses
 import datetime as dt
 import json
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -400,15 +401,21 @@ async def get_task(
     async def read() -> TaskRecord | None:
         return await ctx.db(ctx.store.get_task, pipeline_id=target.id, task_id=task_id)
 
+    async def read_batched() -> TaskRecord | None:
+        return await ctx.task_reads.read(target.id, task_id)
+
     if wait_s:
         record = await wait_until_final(
             ctx.live,
             pipeline_id=target.id,
             task_id=task_id,
-            read=read,
+            read=read_batched,
             final=_ended,
             timeout_s=wait_s,
             clock=ctx.clock,
+            answered=lambda at_ms: ctx.metrics.wait_lag.observe(
+                max(0.0, time.time() - at_ms / 1000)
+            ),
         )
     else:
         record = await read()
