@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -142,6 +143,11 @@ async def following(hub: LiveHub, source: EventSource) -> AsyncIterator[None]:
             await reader
 
 
+def _since(at_ms: int) -> float:
+    """Seconds from a time in ms since the epoch to now (0 if the clocks disagree)."""
+    return max(0.0, time.time() - at_ms / 1000)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -159,6 +165,7 @@ def create_app(
     own_deployer = deployer is None
     the_deployer = make_deployer(settings, store) if deployer is None else deployer
     registry = CollectorRegistry()
+    metrics = ApiMetrics(registry=registry)
     own_producer = KafkaProducer(
         bootstrap=settings.kafka_bootstrap or "", deadline_s=limits.produce_deadline_s
     )
@@ -173,11 +180,12 @@ def create_app(
             replication_factor=settings.kafka_replication_factor,
         ),
         deployer=the_deployer,
-        metrics=ApiMetrics(registry=registry),
+        metrics=metrics,
         events=events or make_event_source(settings),
+        live=LiveHub(observe_lag=lambda at_ms: metrics.event_lag.observe(_since(at_ms))),
         charts=chart_allow_list(settings) if settings.deployer == "helm" else None,
     )
-    ctx.metrics.waiters.set_function(lambda: ctx.live.waiting)
+    metrics.waiters.set_function(lambda: ctx.live.waiting)
     reconciler = Reconciler(
         store=ctx.store,
         admin=ctx.admin,

@@ -15,6 +15,7 @@ Figures:
   scheduling still counts against us);
 - ``server_lag_p50/p99_ms``: the API's own view (``wsched_api_wait_lag_seconds``), from
   the grain's commit (its event's time) to the answer, interpolated in its buckets;
+  ``event_lag_p50/p99_ms`` the part of it until the event reached the API;
 - ``api_cpu_percent``: the API process's CPU over the reporting window, in % of one core,
   beside the scheduler's, Kafka's and TiDB's.
 """
@@ -125,13 +126,19 @@ async def _measure(
     say(f"sending {len(ids)} waiters")
     waiting = [asyncio.create_task(wait(i)) for i in ids]
     await _until_waiting(system, len(ids))
-    lag_before = _lag_buckets(system)
+    lag_before = _lag_buckets(system, "wsched_api_wait_lag_seconds_bucket")
+    event_before = _lag_buckets(system, "wsched_api_event_lag_seconds_bucket")
     say(f"{len(ids)} waiters held; reporting the tasks at {options.rate:g}/s")
     with CpuUse({"api": system.pids["api"], **_others(system)}) as cpu:
         acked = await asyncio.to_thread(_work, system, pipeline, options)
         await asyncio.wait_for(asyncio.gather(*waiting), 90)
-    lag_after = _lag_buckets(system)
-    return _figures(ids, acked, answered, statuses, cpu, lag_before, lag_after)
+    lag_after = _lag_buckets(system, "wsched_api_wait_lag_seconds_bucket")
+    event_after = _lag_buckets(system, "wsched_api_event_lag_seconds_bucket")
+    report = _figures(ids, acked, answered, statuses, cpu, lag_before, lag_after)
+    for q in (0.5, 0.99):
+        quantile = histogram_quantile(q, event_before, event_after)
+        report[f"event_lag_p{round(q * 100)}_ms"] = round(quantile * 1000, 1)
+    return report
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -185,11 +192,11 @@ def _waiters(system: System) -> float:
     return scrape(f"{system.api}/metrics").get(("wsched_api_waiters", ()), 0.0)
 
 
-def _lag_buckets(system: System) -> dict[float, float]:
+def _lag_buckets(system: System, metric: str) -> dict[float, float]:
     return {
         float(dict(labels)["le"]): value
         for (name, labels), value in scrape(f"{system.api}/metrics").items()
-        if name == "wsched_api_wait_lag_seconds_bucket"
+        if name == metric
     }
 
 

@@ -74,7 +74,9 @@ class Subscription:
 
 
 class LiveHub:
-    def __init__(self) -> None:
+    def __init__(self, *, observe_lag: Callable[[int], None] = lambda _at_ms: None) -> None:
+        #: Called with each record's commit time (ms since the epoch) as it arrives.
+        self._observe_lag = observe_lag
         self._waiters: dict[tuple[str, str], set[Waiter]] = {}
         self._subscribers: dict[str, set[Subscription]] = {}
         #: Records delivered and waiters woken, for metrics and tests.
@@ -114,6 +116,8 @@ class LiveHub:
         """Hand one record to the waiters it names and its pipeline's subscribers."""
         self.delivered += 1
         event = delivered.event
+        if event.at_ms:
+            self._observe_lag(event.at_ms)
         self._wake(event)
         for subscription in self._subscribers.get(event.pipeline_id, ()):
             subscription.put(delivered)
