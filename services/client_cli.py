@@ -390,7 +390,9 @@ def _counts(tasks: wsched.Tasks, interval_s: float) -> Iterator[dict[str, int]]:
     yield counts
     try:
         for event in tasks.events():
-            if event.kind == "tasks" and event.counts:
+            # The stream's first ``counts`` is read after it subscribed: no change falls
+            # between it and the ``tasks`` events that follow.
+            if event.kind in ("counts", "tasks") and event.counts:
                 # Only the statuses /stats names (the grain's counters also carry a backlog).
                 counts = {**counts, **{k: v for k, v in event.counts.items() if k in counts}}
             elif event.kind == "gap":

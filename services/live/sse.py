@@ -8,7 +8,7 @@ retention) and then the live events, without a duplicate or a gap in between.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,17 +65,22 @@ async def stream(
     last_event_id: Position | None,
     options: StreamOptions,
     clock: Callable[[], float],
+    counts: Callable[[], Awaitable[Mapping[str, int]]],
 ) -> AsyncIterator[str]:
     """The text of one pipeline's event stream, from ``last_event_id`` (or now) on.
 
     The subscription is taken before the replay starts, so every event is either in the
-    replay or in the subscription (or both: then it is sent once).
+    replay or in the subscription (or both: then it is sent once). A new stream starts
+    with the pipeline's ``counts`` as last written, read after subscribing: a write
+    committed after that read has its event in the stream.
     """
     deadline = clock() + options.duration_s
     with hub.subscribe(pipeline_id) as subscription:
         yield f"retry: {RETRY_MS}\n\n"
         resume = _Resume(last_event_id)
-        if last_event_id is not None:
+        if last_event_id is None:
+            yield frame(event="counts", data={"counts": dict(await counts())})
+        else:
             async for text in _replay(source, pipeline_id, last_event_id, resume):
                 yield text
         async for text in _live(subscription, resume, options, deadline, clock):

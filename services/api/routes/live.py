@@ -12,6 +12,7 @@ from services.api.context import Ctx
 from services.api.errors import TENANT_ERRORS, ApiError
 from services.api.limits import Limits
 from services.api.params import AppName, PipelineName
+from services.api.routes.pipelines import counts_of
 from services.api.routes.tasks import resolve
 from services.api.when import parse_duration
 from services.live.source import Position
@@ -23,7 +24,8 @@ router = APIRouter(
 
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "An event stream: `tasks` events (`{changes: [{id, status, attempt}], "
+        "description": "An event stream: first `counts` (`{counts}` as last written; not "
+        "when resuming), then `tasks` events (`{changes: [{id, status, attempt}], "
         "counts}`) with `<partition>:<offset>` ids; `gap` when events after Last-Event-ID "
         "have expired; `reconnect` when the client fell behind.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -81,6 +83,10 @@ async def pipeline_events(
     options = StreamOptions(duration_s=_duration_s(duration, ctx.limits))
     last = _last_event_id(last_event_id)
     target = await resolve(ctx, tenant.id, app, pipeline)
+
+    async def counts() -> dict[str, int]:
+        return counts_of((await ctx.db(ctx.store.stats, [target.id])).get(target.id))
+
     body = stream(
         hub=ctx.live,
         source=ctx.events,
@@ -88,6 +94,7 @@ async def pipeline_events(
         last_event_id=last,
         options=options,
         clock=ctx.clock,
+        counts=counts,
     )
     return StreamingResponse(
         body,

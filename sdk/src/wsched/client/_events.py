@@ -29,7 +29,8 @@ class TaskChange:
 class PipelineEvent:
     """One event of the stream.
 
-    ``kind`` is ``tasks`` (``changes`` and the pipeline's ``counts`` by status), ``gap``
+    ``kind`` is ``counts`` (the first of a new stream: the pipeline's ``counts`` as last
+    written), ``tasks`` (``changes`` and the pipeline's ``counts`` by status), ``gap``
     (events after the resumed id have expired: read the tasks for the current state) or
     ``reconnect`` (the stream fell behind; the client reconnects by itself).
     """

@@ -48,6 +48,10 @@ def test_anything_else_is_not_a_last_event_id(text: str) -> None:
         Position.parse(text)
 
 
+async def counts() -> dict[str, int]:
+    return {"queued": 7}
+
+
 async def collect(
     hub: LiveHub, log: MemoryEventLog, last: Position | None, *, during: float = 0.2
 ) -> list[dict[str, str]]:
@@ -59,6 +63,7 @@ async def collect(
         last_event_id=last,
         options=StreamOptions(duration_s=during, keepalive_s=0.05),
         clock=loop.time,
+        counts=counts,
     )
     return parse("".join([text async for text in body]))
 
@@ -78,8 +83,9 @@ async def test_a_stream_sends_its_pipelines_live_events_with_their_positions() -
     events = await collect(hub, log, None)
     await producing
     following.cancel()
-    assert [(e["id"], e["event"]) for e in events] == [("0:1", "tasks")]
-    data = json.loads(events[0]["data"])
+    assert [(e.get("id"), e["event"]) for e in events] == [(None, "counts"), ("0:1", "tasks")]
+    assert json.loads(events[0]["data"]) == {"counts": {"queued": 7}}
+    data = json.loads(events[1]["data"])
     assert data == {
         "changes": [{"id": "t1", "status": "succeeded", "attempt": 1}],
         "counts": {"succeeded": 1},
