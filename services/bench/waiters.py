@@ -126,6 +126,7 @@ async def _measure(
     say(f"sending {len(ids)} waiters")
     waiting = [asyncio.create_task(wait(i)) for i in ids]
     await _until_waiting(system, len(ids))
+    await asyncio.sleep(2.0)  # their first reads of the rows done: measure the wake alone
     lag_before = _lag_buckets(system, "wsched_api_wait_lag_seconds_bucket")
     event_before = _lag_buckets(system, "wsched_api_event_lag_seconds_bucket")
     say(f"{len(ids)} waiters held; reporting the tasks at {options.rate:g}/s")

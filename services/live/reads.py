@@ -4,7 +4,10 @@ reads asked for while the previous one ran.
 One event may end hundreds of tasks, each with a waiter: hundreds of single-row reads,
 each a thread hop and a round trip, queue behind the few threads the API reads with.
 Measured with 1,000 waiters (``wsched bench-waiters``), that queue, not the events, was
-the latency; a batch of ids per statement removes it.
+the latency; a batch of ids per statement removes it. One statement at a time per
+process, like a group commit: while it runs, the next batch gathers, so a slow database
+makes batches larger rather than queues longer (several statements at once measured
+worse: a backlog became many small statements queued behind each other).
 """
 
 from __future__ import annotations
