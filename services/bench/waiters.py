@@ -23,6 +23,7 @@ Figures:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from services.bench.measure import CpuUse, histogram_quantile, percentile, scrap
 from services.bench.report import machine
 from services.bench.run import (
     BenchFailed,
+    Components,
     Pipeline,
     Say,
     System,
@@ -63,16 +65,19 @@ class Options:
     report_batch: int = 10
 
 
-def run(options: Options, *, cache: Cache, say: Say) -> Report:
+def run(
+    options: Options, *, cache: Cache, say: Say, components: Components | None = None
+) -> Report:
+    """The figures of one run; ``components`` given means: use them, start none."""
     for chatty in ("httpx", "alembic"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="wsched-bench-waiters-"))
     report: Report = {"machine": machine(), "workload": vars(options).copy()}
     try:
-        with (
-            start_components(cache, work, say) as components,
-            start_system(components, work, say) as system,
-        ):
+        with contextlib.ExitStack() as stack:
+            if components is None:
+                components = stack.enter_context(start_components(cache, work, say))
+            system = stack.enter_context(start_system(components, work, say))
             tenant = Tenant(api=system.api)
             try:
                 pipeline = tenant.pipeline("waiters", lease_timeout_s=120)
