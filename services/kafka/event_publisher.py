@@ -55,7 +55,7 @@ class KafkaEventPublisher:
             self._dropped(1, "the queue is full (is Kafka slow or down?)")
 
     async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._drain(), name="events publisher")
+        self.start()
         return self
 
     async def __aexit__(
@@ -64,7 +64,13 @@ class KafkaEventPublisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Send what the last flushes queued (bounded), then stop."""
+        await self.stop()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._drain(), name="events publisher")
+
+    async def stop(self) -> None:
+        """Send what the last flushes queued (for at most 5 s), then stop."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self._queue.join()

@@ -161,7 +161,7 @@ class SchedulerHost:
         admin = KafkaTopicAdmin(bootstrap=self._bootstrap)
         await admin.ensure_placement_topic()
         await admin.ensure_events_topic()
-        await self._events.__aenter__()
+        self._events.start()
         self._server = grpc.aio.server()
         worker_pb2_grpc.add_WorkerServicer_to_server(
             WorkerService(directory=self, address=self._address, limits=Limits()), self._server
@@ -211,7 +211,7 @@ class SchedulerHost:
         await self.release_shards(set(self._shards))
         await self._system.stop()
         # After the grains' last flushes, whose events are still queued.
-        await self._events.__aexit__(None, None, None)
+        await self._events.stop()
         if self._server is not None:
             await self._server.stop(grace=5)
         self._engine.dispose()
