@@ -22,13 +22,24 @@ router = APIRouter(
     prefix="/api/applications/{app}/pipelines/{pipeline}", tags=["live"], responses=TENANT_ERRORS
 )
 
+#: One event of the stream, as an SSE parser hands it over; ``data`` is JSON text.
+_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["counts", "tasks", "gap", "reconnect"]},
+        "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["event", "data"],
+}
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "An event stream: first `counts` (`{counts}` as last written; not "
         "when resuming), then `tasks` events (`{changes: [{id, status, attempt}], "
         "counts}`) with `<partition>:<offset>` ids; `gap` when events after Last-Event-ID "
         "have expired; `reconnect` when the client fell behind.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
     }
 }
 
