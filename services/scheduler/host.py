@@ -29,7 +29,7 @@ from actors.pipeline.model import GrainKey, GrainSnapshot
 from actors.pipeline.ports import StaleEpoch
 from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindStats
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
-from services.kafka.admin import KafkaTopicAdmin
+from services.kafka.admin import KafkaTopicAdmin, TopicError
 from services.kafka.consumer import KafkaPartitionConsumer
 from services.kafka.event_publisher import KafkaEventPublisher
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
@@ -160,7 +160,7 @@ class SchedulerHost:
     async def start(self) -> None:
         admin = KafkaTopicAdmin(bootstrap=self._bootstrap)
         await admin.ensure_placement_topic()
-        await admin.ensure_events_topic()
+        await self._ensure_events_topic(admin)
         self._events.start()
         self._server = grpc.aio.server()
         worker_pb2_grpc.add_WorkerServicer_to_server(
@@ -180,6 +180,16 @@ class SchedulerHost:
             self._settings.effective_replica_name(),
             self._address,
         )
+
+    async def _ensure_events_topic(self, admin: KafkaTopicAdmin) -> None:
+        """Live results are an addition, not a duty: a broker that refuses the topic (or
+        its retention setting) must not stop the replica from scheduling."""
+        try:
+            await admin.ensure_events_topic()
+        except TopicError as err:
+            log.warning(
+                "live results: %s; waiters will answer at the end of their wait instead", err
+            )
 
     async def _start_http(self) -> None:
         if not self._settings.metrics_port:
