@@ -63,6 +63,9 @@ def api() -> None:
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
+        # Waiters (up to 60 s) and event streams (minutes) would otherwise hold a stop
+        # until they end; cut, their clients ask again or resume with Last-Event-ID.
+        timeout_graceful_shutdown=10,
     )
 
 
@@ -102,6 +105,25 @@ def bench(
         typer.echo(json.dumps(report, indent=2))
     else:
         Console().print(render(report))
+
+
+@app.command("bench-waiters")
+def bench_waiters(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    waiters: Annotated[int, typer.Option(help="Concurrent waiters (one task each).")] = 1000,
+    rate: Annotated[float, typer.Option(help="Tasks reported succeeded per second.")] = 200.0,
+) -> None:
+    """Live results: many `?wait=` waiters on one API process; the latency they add from
+    "terminal in TiDB" to the answer, and the API's CPU."""
+    from services.bench import waiters as bench_waiters_run
+    from services.infra.cache import Cache
+
+    report = bench_waiters_run.run(
+        bench_waiters_run.Options(waiters=waiters, rate=rate),
+        cache=Cache(root=_settings().cache_dir),
+        say=lambda text: console.print(f"[cyan]bench-waiters[/]: {text}"),
+    )
+    typer.echo(json.dumps(report, indent=None if as_json else 2))
 
 
 @app.command("bench-schedules")

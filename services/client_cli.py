@@ -351,9 +351,13 @@ def task_watch(
     until_done: Annotated[
         bool, typer.Option(help="Exit once nothing is queued or running.")
     ] = False,
-    interval_s: Annotated[float, typer.Option()] = 1.0,
+    interval_s: Annotated[
+        float, typer.Option(help="Seconds between reads of /stats, for an API without events.")
+    ] = 1.0,
 ) -> None:
-    """A live progress bar of the pipeline's tasks by status (Ctrl-C stops watching)."""
+    """A live progress bar of the pipeline's tasks by status (Ctrl-C stops watching).
+
+    Follows the pipeline's event stream: the bar moves when a change is durable."""
     with (
         _client() as client,
         Progress(
@@ -365,16 +369,41 @@ def task_watch(
         ) as progress,
     ):
         bar = progress.add_task(pipeline, total=None, detail="")
-        while True:
-            counts = dict(client.tasks(app, pipeline).stats().counts)
+        counts: dict[str, int] = {}
+        for counts in _counts(client.tasks(app, pipeline), interval_s):
             done = sum(counts.get(status, 0) for status in wsched.TERMINAL_STATUSES)
             total = done + counts.get("queued", 0) + counts.get("leased", 0)
             detail = " ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
             progress.update(bar, total=total or None, completed=done, detail=detail)
             if until_done and total and done == total:
                 break
-            time.sleep(interval_s)
     _show(counts)
+
+
+def _counts(tasks: wsched.Tasks, interval_s: float) -> Iterator[dict[str, int]]:
+    """The pipeline's counts now, then after each change the event stream announces.
+
+    An API older than the stream answers its route 404 although the pipeline exists
+    (its /stats was just read): then /stats is read every ``interval_s`` instead.
+    """
+    counts = dict(tasks.stats().counts)
+    yield counts
+    try:
+        for event in tasks.events():
+            # The stream's first ``counts`` is read after it subscribed: no change falls
+            # between it and the ``tasks`` events that follow.
+            if event.kind in ("counts", "tasks") and event.counts:
+                # Only the statuses /stats names (the grain's counters also carry a backlog).
+                counts = {**counts, **{k: v for k, v in event.counts.items() if k in counts}}
+            elif event.kind == "gap":
+                counts = dict(tasks.stats().counts)
+            else:
+                continue
+            yield counts
+    except wsched.NotFound:
+        while True:
+            time.sleep(interval_s)
+            yield dict(tasks.stats().counts)
 
 
 def register(app: typer.Typer) -> None:

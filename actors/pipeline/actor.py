@@ -28,7 +28,7 @@ from actors.pipeline.model import (
     Report,
     ReportAck,
 )
-from actors.pipeline.ports import StaleEpoch, StoreUnavailable, TaskStore
+from actors.pipeline.ports import EventSink, StaleEpoch, StoreUnavailable, TaskStore
 
 log = logging.getLogger("wsched.actors.pipeline")
 
@@ -143,8 +143,10 @@ class PipelineActor(Actor[object, Any]):
         snapshots: MutableMapping[GrainKey, GrainSnapshot] | None = None,
         observe_flush: Callable[[int, float], None] | None = None,
         observe_dispatch: Callable[[float], None] | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self._key = key
+        self._events = events
         #: Where this grain publishes its snapshot, read by metrics and the scaler; shared
         #: by the host's grains, so an entry is removed only by the actor that put it there.
         self._snapshots: MutableMapping[GrainKey, GrainSnapshot] = (
@@ -184,6 +186,7 @@ class PipelineActor(Actor[object, Any]):
             clock=GrainClock(monotonic=clock.now, wall=clock.wall),
             observe_flush=self._observe_flush,
             observe_dispatch=self._observe_dispatch,
+            events=self._events,
         )
         self._offsets = await self._fenced(self._core.activate())
         self._publish()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from actors.pipeline.book import Flush, TaskBook
+from actors.pipeline.events import PURGED, EventBatch, StatusChange, change_of
 from actors.pipeline.firing import ScheduleFiring
 from actors.pipeline.model import (
     AdmitBatch,
@@ -43,7 +44,7 @@ from actors.pipeline.model import (
     Task,
     Verdict,
 )
-from actors.pipeline.ports import Admission, StaleEpoch, StoreUnavailable, TaskStore
+from actors.pipeline.ports import Admission, EventSink, StaleEpoch, StoreUnavailable, TaskStore
 
 log = logging.getLogger("wsched.actors.pipeline")
 R = TypeVar("R")
@@ -78,8 +79,13 @@ class PipelineCore:
         clock: GrainClock,
         observe_flush: Callable[[int, float], None] | None = None,
         observe_dispatch: Callable[[float], None] | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.config = config
+        #: Told what each committed write changed (D6); None: nobody listens.
+        self._events = events
+        #: Changes committed but not yet published: sent at the end of the mailbox turn.
+        self._unpublished: list[StatusChange] = []
         #: Called with (rows written, seconds taken) after each successful flush.
         self._observe_flush = observe_flush or (lambda _rows, _seconds: None)
         #: Called with the seconds each granted task waited since it became ready.
@@ -143,6 +149,7 @@ class PipelineCore:
         await self.refill_timers()
         await self.fire_due()
         await self.page_in()
+        self.publish()
         log.info("grain %s activated at epoch %d: %s", self.key, epoch, self.book.stats())
         return loaded.offsets
 
@@ -168,6 +175,14 @@ class PipelineCore:
         New tasks come in topic order; the offsets are recorded in the same transaction
         as the batch's last write, so a replay after a crash skips what was admitted.
         """
+        try:
+            return await self._admit(batch)
+        finally:
+            # Each step's changes are recorded once committed: even when a later step
+            # fails, what is durable is told.
+            self.publish()
+
+    async def _admit(self, batch: AdmitBatch) -> AdmitResult:
         wall = self._clock.wall()
         # The offsets go with the batch's last write, so that a crash in between replays
         # the cancels and requeues instead of skipping them.
@@ -196,6 +211,7 @@ class PipelineCore:
         """Tasks now durable (submitted, or a schedule's runs) join the book."""
         self._stamp_ready(tasks)
         self.book.admit(tasks)
+        self._committed(tasks)
         if serve:
             self._serve_waiters()
 
@@ -228,6 +244,10 @@ class PipelineCore:
                 )
             )
             self.book.cancelled_in_store(counts)
+            if sum(counts.values()) == len(elsewhere):
+                # The store says how many, not which: only when every one was cancelled
+                # are the ids known (the others wait for their waiters' timeout).
+                self._unpublished += [change_of(i, Status.CANCELLED, 0) for i in elsewhere]
         return int(self.book.counts[Status.CANCELLED] - before)
 
     async def _requeue(self, task_ids: Sequence[str], *, wall: dt.datetime) -> int:
@@ -242,6 +262,7 @@ class PipelineCore:
             )
         )
         self.book.requeued_from_store(tasks)
+        self._committed(tasks)
         return len(tasks)
 
     async def _purge(self, purges: Sequence[Purge], *, wall: dt.datetime) -> int:
@@ -254,6 +275,8 @@ class PipelineCore:
             self._store.purge_dead(grain=self.key, epoch=self.epoch, purges=purges, now=wall)
         )
         self.book.purged_from_store(purged)
+        if purged == len(purges):
+            self._unpublished += [change_of(p.task_id, PURGED, 0) for p in purges]
         return purged
 
     async def page_in(self) -> None:
@@ -346,6 +369,12 @@ class PipelineCore:
         """Expire leases, fire due timers, refill the window, hand tasks to waiters.
 
         Called periodically, and by the actor at the next timer's due time."""
+        try:
+            await self._tick()
+        finally:
+            self.publish()
+
+    async def _tick(self) -> None:
         expired = self.book.expire(now=self._clock.monotonic(), wall=self._clock.wall())
         if expired:
             log.info("grain %s: %d lease(s) expired", self.key, len(expired))
@@ -391,6 +420,7 @@ class PipelineCore:
             raise
         self._stamp_ready(tasks)
         self.book.fired(tasks)
+        self._committed(tasks)
         self._serve_waiters()
 
     async def refill_timers(self) -> None:
@@ -432,6 +462,8 @@ class PipelineCore:
         if taken:
             rows = len(taken.changes) + len(taken.results)
             self._observe_flush(rows, self._clock.monotonic() - started)
+            self._unpublished += [change_of(c.id, c.status, c.attempt) for c in taken.changes]
+        self.publish()
         for future in waiting:
             if not future.done():
                 future.set_result(None)
@@ -450,6 +482,33 @@ class PipelineCore:
     @property
     def wants_flush(self) -> bool:
         return self.book.dirty or bool(self._durable) or self.book.stats() != self._written_stats
+
+    # -- live results (D6) ---------------------------------------------------------------
+
+    def _committed(self, tasks: Sequence[Task]) -> None:
+        """Record the statuses of tasks a store call just made durable."""
+        if self._events is not None:
+            self._unpublished += [change_of(t.id, t.status, t.attempt) for t in tasks]
+
+    def publish(self) -> None:
+        """Tell the event sink what the committed writes since the last call changed.
+
+        Only ever after a commit, so a waiter never reads a state the store does not
+        have; the sink never blocks, so a slow broker never holds up the mailbox.
+        """
+        changes, self._unpublished = self._unpublished, []
+        if self._events is None or not changes or self.fenced:
+            return
+        batch = EventBatch(
+            grain=self.key,
+            changes=tuple(changes),
+            counts=self.book.stats(),
+            at=self._clock.wall(),
+        )
+        try:
+            self._events.publish(batch)
+        except Exception:  # a lost event only delays a waiter (D6): never fail the write
+            log.exception("grain %s: an event batch was not published", self.key)
 
     async def guard(self, call: Awaitable[R]) -> R:
         """Await a store call; on StaleEpoch drop the state so nothing more is written."""

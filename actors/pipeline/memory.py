@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from actors.pipeline.book import Flush
+from actors.pipeline.events import EventBatch
 from actors.pipeline.model import AttemptRecord, GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.ports import (
     Admission,
@@ -252,3 +253,17 @@ class InMemoryTaskStore:
         self._check()
         rows = ((tid, self.rows.get((grain.pipeline_id, tid))) for tid in task_ids)
         return {tid: row.status for tid, row in rows if row is not None}
+
+
+class InMemoryEventSink:
+    """The ``EventSink`` for unit tests: keeps every batch in order."""
+
+    def __init__(self) -> None:
+        self.batches: list[EventBatch] = []
+
+    def publish(self, batch: EventBatch) -> None:
+        self.batches.append(batch)
+
+    def changes(self) -> list[tuple[str, str, int]]:
+        """Every published change as (task id, status, attempt), in order."""
+        return [(c.task_id, c.status, c.attempt) for b in self.batches for c in b.changes]

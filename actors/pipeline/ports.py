@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from actors.pipeline.book import Flush
+from actors.pipeline.events import EventBatch
 from actors.pipeline.model import GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.schedules import ScheduleSpec, ScheduleState
 from actors.pipeline.timers import TimerKey
@@ -147,3 +148,13 @@ class TaskStore(Protocol):
     ) -> None:
         """Write the changes, results and counters in one fenced transaction."""
         ...
+
+
+class EventSink(Protocol):
+    """Where the grain publishes what its committed writes changed (D6, live results).
+
+    ``publish`` must neither block nor raise: a lost event only delays a waiter to its
+    timeout, while a flush held up by Kafka would hold up every worker's report.
+    """
+
+    def publish(self, batch: EventBatch) -> None: ...

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -20,7 +22,7 @@ from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
 from services.api.reconciler import Reconciler
-from services.api.routes import applications, bulk, pipelines, schedules, tasks, tenants
+from services.api.routes import applications, bulk, live, pipelines, schedules, tasks, tenants
 from services.api.ui import routes as dashboard
 from services.api.ui.headers import DashboardHeaders
 from services.deploy import helm, local
@@ -28,7 +30,10 @@ from services.deploy.ports import Deployer, NoopDeployer
 from services.deploy.tenancy import TenantPolicy
 from services.health import check_database, check_kafka
 from services.kafka.admin import KafkaTopicAdmin, TopicAdmin
+from services.kafka.event_reader import KafkaEventSource
 from services.kafka.producer import EventProducer, KafkaProducer
+from services.live.hub import LiveHub
+from services.live.source import EventSource, MemoryEventLog
 from services.settings import Settings
 from services.store.control import ControlStore
 from services.store.engine import make_engine
@@ -118,6 +123,34 @@ def describe_limits(limits: Limits) -> str:
     )
 
 
+def make_event_source(settings: Settings) -> EventSource:
+    """``wsched.events`` on the configured Kafka; without one, an empty log (waiters then
+    answer at their timeout, as after a lost event)."""
+    if not settings.kafka_bootstrap:
+        return MemoryEventLog()
+    admin = KafkaTopicAdmin(
+        bootstrap=settings.kafka_bootstrap, replication_factor=settings.kafka_replication_factor
+    )
+    return KafkaEventSource(bootstrap=settings.kafka_bootstrap, admin=admin)
+
+
+@contextlib.asynccontextmanager
+async def following(hub: LiveHub, source: EventSource) -> AsyncIterator[None]:
+    """The process's one reader of the events topic, for as long as the app runs."""
+    reader = asyncio.create_task(hub.run(source), name="events reader")
+    try:
+        yield
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+def _since(at_ms: int) -> float:
+    """Seconds from a time in ms since the epoch to now (0 if the clocks disagree)."""
+    return max(0.0, time.time() - at_ms / 1000)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -125,6 +158,7 @@ def create_app(
     producer: EventProducer | None = None,
     admin: TopicAdmin | None = None,
     deployer: Deployer | None = None,
+    events: EventSource | None = None,
 ) -> FastAPI:
     """The API. Ports not given are built from ``settings`` and owned by the app (started
     and stopped with it); ports given are the caller's to start and stop."""
@@ -134,6 +168,7 @@ def create_app(
     own_deployer = deployer is None
     the_deployer = make_deployer(settings, store) if deployer is None else deployer
     registry = CollectorRegistry()
+    metrics = ApiMetrics(registry=registry)
     own_producer = KafkaProducer(
         bootstrap=settings.kafka_bootstrap or "", deadline_s=limits.produce_deadline_s
     )
@@ -148,9 +183,12 @@ def create_app(
             replication_factor=settings.kafka_replication_factor,
         ),
         deployer=the_deployer,
-        metrics=ApiMetrics(registry=registry),
+        metrics=metrics,
+        events=events or make_event_source(settings),
+        live=LiveHub(observe_lag=lambda at_ms: metrics.event_lag.observe(_since(at_ms))),
         charts=chart_allow_list(settings) if settings.deployer == "helm" else None,
     )
+    metrics.waiters.set_function(lambda: ctx.live.waiting)
     reconciler = Reconciler(
         store=ctx.store,
         admin=ctx.admin,
@@ -171,6 +209,7 @@ def create_app(
                 # when the workers are stopped.
                 await stack.enter_async_context(the_deployer)
             await stack.enter_async_context(reconciler.running())
+            await stack.enter_async_context(following(ctx.live, ctx.events))
             ctx.nudge = reconciler.nudge
             yield
 
@@ -189,7 +228,7 @@ def create_app(
     )
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     app.add_middleware(DashboardHeaders)
-    for module in (tenants, applications, pipelines, tasks, bulk, schedules, dashboard):
+    for module in (tenants, applications, pipelines, tasks, bulk, schedules, live, dashboard):
         app.include_router(module.router)
     # The dashboard's script, styles and images, shipped in the package: no build step.
     app.mount("/ui/static", StaticFiles(directory=dashboard.STATIC), name="ui-static")

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -25,8 +25,11 @@ from services.deploy.helm import ChartAllowList
 from services.deploy.ports import Deployer
 from services.kafka.admin import TopicAdmin
 from services.kafka.producer import EventProducer
+from services.live.hub import LiveHub
+from services.live.reads import BatchedReads
+from services.live.source import EventSource
 from services.settings import Settings
-from services.store.control import ControlStore, Pipeline, Tenant, hash_secret
+from services.store.control import ControlStore, Pipeline, TaskRecord, Tenant, hash_secret
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -92,6 +95,9 @@ class ApiContext:
     admin: TopicAdmin
     deployer: Deployer
     metrics: ApiMetrics
+    #: ``wsched.events`` (D6): the live reader feeds ``live``; SSE resumes replay from it.
+    events: EventSource
+    live: LiveHub = field(default_factory=LiveHub)
     #: The chart sources tenants may name (the Helm deployer's); None: not checked, as
     #: nothing deploys charts from a source (noop) or only on this machine (local).
     charts: ChartAllowList | None = None
@@ -101,12 +107,18 @@ class ApiContext:
     #: Seals and opens the dashboard's session cookies (see services.api.ui.session).
     sessions: SessionCodec = field(init=False)
     _last_known: LastKnown = field(init=False)
+    #: Waiters' reads of task rows, many per statement.
+    task_reads: BatchedReads[TaskRecord] = field(init=False)
 
     def __post_init__(self) -> None:
         self._last_known = LastKnown(max_age_s=self.limits.stale_lookup_s, clock=self.clock)
         self.sessions = SessionCodec(
             secret=self.settings.effective_secret_key(), ttl_s=self.settings.ui_session_ttl_s
         )
+        self.task_reads = BatchedReads(self._read_tasks)
+
+    async def _read_tasks(self, pipeline_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        return await self.db(self.store.get_tasks, pipeline_id=pipeline_id, task_ids=task_ids)
 
     def database_unavailable(self, err: DatabaseUnavailable) -> Exception:
         return unavailable(

@@ -42,6 +42,14 @@ class Limits:
     #: How old a remembered tenant or pipeline may be to serve submits while the database
     #: is unreachable (Kafka absorbs submissions meanwhile).
     stale_lookup_s: float = 600.0
+    #: The longest ``?wait=`` on a task (a longer one is a 422): held connections past a
+    #: minute meet most proxies' idle timeouts.
+    max_wait_s: float = 60.0
+    #: How long an event stream stays open unless the client asks for less, and the most
+    #: it may ask for; the client reconnects with Last-Event-ID, which also spreads
+    #: streams over API processes again after a deploy.
+    default_stream_s: float = 300.0
+    max_stream_s: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:

@@ -52,6 +52,25 @@ class ApiMetrics:
             "Produces that Kafka did not acknowledge within the deadline (answered 503).",
             registry=registry,
         )
+        self.waiters = Gauge(
+            "wsched_api_waiters",
+            "Requests waiting for a task to end (``?wait=``) in this API process.",
+            registry=registry,
+        )
+        self.wait_lag = Histogram(
+            "wsched_api_wait_lag_seconds",
+            "From a task's end committed by its grain (its event's time) to the answer of a "
+            "waiter the event woke: the cost of live results over reading the row.",
+            buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
+            registry=registry,
+        )
+        self.event_lag = Histogram(
+            "wsched_api_event_lag_seconds",
+            "From a grain's commit (its event's time) to the event's arrival in this API "
+            "process: the events topic's share of a waiter's wait.",
+            buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
+            registry=registry,
+        )
         self.stale_lookups = Counter(
             "wsched_api_stale_lookups",
             "Tenants or pipelines served from memory because the database was unreachable.",

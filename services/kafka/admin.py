@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
+from services.live.wire import EVENTS_PARTITIONS, EVENTS_RETENTION_MS, EVENTS_TOPIC
 from services.placement import PLACEMENT_TOPIC, SHARDS, pipeline_topic
 
 R = TypeVar("R")
@@ -34,6 +35,10 @@ class TopicAdmin(Protocol):
     async def delete_pipeline_topic(self, pipeline_id: str) -> None: ...
 
     async def ensure_placement_topic(self) -> None: ...
+
+    async def ensure_events_topic(self) -> None:
+        """``wsched.events`` (D6), with its short retention."""
+        ...
 
 
 class KafkaTopicAdmin:
@@ -60,6 +65,10 @@ class KafkaTopicAdmin:
     async def ensure_placement_topic(self) -> None:
         await self._create(PLACEMENT_TOPIC, SHARDS)
 
+    async def ensure_events_topic(self) -> None:
+        retention = {"retention.ms": str(EVENTS_RETENTION_MS)}
+        await self._create(EVENTS_TOPIC, EVENTS_PARTITIONS, configs=retention)
+
     async def delete_pipeline_topic(self, pipeline_id: str) -> None:
         topic = pipeline_topic(pipeline_id)
 
@@ -83,10 +92,17 @@ class KafkaTopicAdmin:
     def _timeout_ms(self) -> int:
         return int(self._timeout_s * 1000)
 
-    async def _create(self, topic: str, partitions: int) -> None:
+    async def _create(
+        self, topic: str, partitions: int, *, configs: dict[str, str] | None = None
+    ) -> None:
         async def create(admin: AIOKafkaAdminClient) -> None:
             replicas = self._replication_factor or await _replicas(admin)
-            new = NewTopic(topic, num_partitions=partitions, replication_factor=replicas)
+            new = NewTopic(
+                topic,
+                num_partitions=partitions,
+                replication_factor=replicas,
+                topic_configs=configs or {},
+            )
             response = await admin.create_topics([new], timeout_ms=self._timeout_ms)
             for name, code, *rest in response.topic_errors:
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
@@ -167,3 +183,7 @@ class MemoryTopicAdmin:
     async def ensure_placement_topic(self) -> None:
         self._check()
         self.topics.setdefault(PLACEMENT_TOPIC, SHARDS)
+
+    async def ensure_events_topic(self) -> None:
+        self._check()
+        self.topics.setdefault(EVENTS_TOPIC, EVENTS_PARTITIONS)

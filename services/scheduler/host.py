@@ -30,8 +30,9 @@ from actors.pipeline.model import GrainKey, GrainSnapshot
 from actors.pipeline.ports import StaleEpoch
 from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindStats
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
-from services.kafka.admin import KafkaTopicAdmin
+from services.kafka.admin import KafkaTopicAdmin, TopicError
 from services.kafka.consumer import KafkaPartitionConsumer
+from services.kafka.event_publisher import KafkaEventPublisher
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
 from services.scheduler.directory import PipelineDirectory
 from services.scheduler.forwarder import Forwarder, ForwarderStats
@@ -112,6 +113,9 @@ class SchedulerHost:
         self.registry = CollectorRegistry()
         self._grain_metrics = GrainMetrics(self.registry)
         self.registry.register(SchedulerCollector(self))
+        self._events = KafkaEventPublisher(
+            bootstrap=self._bootstrap, on_drop=self._grain_metrics.events_dropped.inc
+        )
         self._scaler = build_scaler(
             settings=settings,
             engine=self._engine,
@@ -142,6 +146,7 @@ class SchedulerHost:
             snapshots=self._snapshots,
             observe_flush=self._grain_metrics.observe,
             observe_dispatch=self._grain_metrics.dispatch.observe,
+            events=self._events,
         )
 
     # -- life cycle ---------------------------------------------------------------------
@@ -159,7 +164,10 @@ class SchedulerHost:
         await self.stop()
 
     async def start(self) -> None:
-        await KafkaTopicAdmin(bootstrap=self._bootstrap).ensure_placement_topic()
+        admin = KafkaTopicAdmin(bootstrap=self._bootstrap)
+        await admin.ensure_placement_topic()
+        await self._ensure_events_topic(admin)
+        self._events.start()
         self._server = grpc.aio.server()
         worker_pb2_grpc.add_WorkerServicer_to_server(
             WorkerService(directory=self, address=self._address, limits=Limits()), self._server
@@ -178,6 +186,16 @@ class SchedulerHost:
             self._settings.effective_replica_name(),
             self._address,
         )
+
+    async def _ensure_events_topic(self, admin: KafkaTopicAdmin) -> None:
+        """Live results are an addition, not a duty: a broker that refuses the topic (or
+        its retention setting) must not stop the replica from scheduling."""
+        try:
+            await admin.ensure_events_topic()
+        except TopicError as err:
+            log.warning(
+                "live results: %s; waiters will answer at the end of their wait instead", err
+            )
 
     async def _start_http(self) -> None:
         if not self._settings.metrics_port:
@@ -208,6 +226,8 @@ class SchedulerHost:
                 await self._placement
         await self.release_shards(set(self._shards))
         await self._system.stop()
+        # After the grains' last flushes, whose events are still queued.
+        await self._events.stop()
         if self._server is not None:
             await self._server.stop(grace=5)
         self._engine.dispose()

@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -197,6 +203,12 @@ class GrainMetrics:
             "wsched_dispatch_seconds",
             "Time from a task becoming ready in its grain to being handed to a worker.",
             buckets=DISPATCH_BUCKETS,
+            registry=registry,
+        )
+        self.events_dropped = Counter(
+            "wsched_events_dropped",
+            "Live-result event batches not published (queue full or broker refusal): "
+            "their waiters answer at their timeout instead (D6).",
             registry=registry,
         )
 

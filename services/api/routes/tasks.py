@@ -8,6 +8,7 @@ import binascii
 import dataclasses
 import datetime as dt
 import json
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -45,8 +46,9 @@ from services.api.submit import (
     produced,
     require_ready,
 )
-from services.api.when import deadline, due_at
+from services.api.when import deadline, due_at, parse_duration
 from services.kafka.producer import OutgoingTask
+from services.live.hub import wait_until_final
 from services.store.control import Pipeline, TaskRecord, new_id
 
 router = APIRouter(
@@ -381,9 +383,42 @@ async def get_task(
     attempts: Annotated[
         bool, Query(description="Also list every attempt: worker, times, outcome, error.")
     ] = False,
+    wait: Annotated[
+        str | None,
+        Query(
+            max_length=16,
+            description="Answer once the task has ended (succeeded, failed, dead, cancelled, "
+            "expired) or after this long with its state then: '30s', at most 60s (the "
+            "API's bound).",
+            examples=["30s"],
+        ),
+    ] = None,
 ) -> TaskOut:
+    """A task's state and result; with ``wait``, as soon as it ends (a long poll)."""
+    wait_s = _wait_s(wait, ctx.limits)
     target = await resolve(ctx, tenant.id, app, pipeline)
-    record = await ctx.db(ctx.store.get_task, pipeline_id=target.id, task_id=task_id)
+
+    async def read() -> TaskRecord | None:
+        return await ctx.db(ctx.store.get_task, pipeline_id=target.id, task_id=task_id)
+
+    async def read_batched() -> TaskRecord | None:
+        return await ctx.task_reads.read(target.id, task_id)
+
+    if wait_s:
+        record = await wait_until_final(
+            ctx.live,
+            pipeline_id=target.id,
+            task_id=task_id,
+            read=read_batched,
+            final=_ended,
+            timeout_s=wait_s,
+            clock=ctx.clock,
+            answered=lambda at_ms: ctx.metrics.wait_lag.observe(
+                max(0.0, time.time() - at_ms / 1000)
+            ),
+        )
+    else:
+        record = await read()
     if record is None:
         raise _task_missing(task_id, pipeline)
     out = task_out(record)
@@ -391,6 +426,34 @@ async def get_task(
         earlier = await ctx.db(ctx.store.task_attempts, pipeline_id=target.id, task_id=task_id)
         out.attempts = [AttemptOut(**vars(row)) for row in earlier] + _latest(record)
     return out
+
+
+_TERMINAL = frozenset(s.value for s in TERMINAL)
+
+
+def _wait_s(value: str | None, limits: Limits) -> float:
+    """``?wait=``: a duration or seconds, at most ``limits.max_wait_s`` (a minute); a bad
+    one is a 422 naming it."""
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = parse_duration(value, field="wait").total_seconds()
+    if not 0 <= seconds <= limits.max_wait_s:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"wait: {value!r} is not between 0s and {limits.max_wait_s:g}s; "
+            "ask again to wait longer",
+        )
+    return seconds
+
+
+def _ended(record: TaskRecord | None) -> bool:
+    """A missing row is not an end: with ``wait``, a task just submitted may not be
+    admitted yet, and its admission comes before its end."""
+    return record is not None and record.status in _TERMINAL
 
 
 def _latest(record: TaskRecord) -> list[AttemptOut]:

@@ -18,6 +18,20 @@ from services.store.records import AttemptRow, ExistingTask, PipelineStats, Task
 from services.store.schema import pipeline_stats, task_attempts, task_results, tasks
 from services.store.sql import chunks, from_db, from_db_required, to_db
 
+
+def _full_tasks() -> sa.Select[Any]:
+    """Task rows with their data and result: what a read of one task answers."""
+    return sa.select(*_TASK_SUMMARY, tasks.c.data, task_results.c.result).select_from(
+        tasks.outerjoin(
+            task_results,
+            sa.and_(
+                task_results.c.pipeline_id == tasks.c.pipeline_id,
+                task_results.c.id == tasks.c.id,
+            ),
+        )
+    )
+
+
 _TASK_SUMMARY = (
     tasks.c.id,
     tasks.c.status,
@@ -47,22 +61,22 @@ class TaskReadMethods(StoreBase):
         return out
 
     def get_task(self, *, pipeline_id: str, task_id: str) -> TaskRecord | None:
-        query = (
-            sa.select(*_TASK_SUMMARY, tasks.c.data, task_results.c.result)
-            .select_from(
-                tasks.outerjoin(
-                    task_results,
-                    sa.and_(
-                        task_results.c.pipeline_id == tasks.c.pipeline_id,
-                        task_results.c.id == tasks.c.id,
-                    ),
-                )
-            )
-            .where(tasks.c.pipeline_id == pipeline_id, tasks.c.id == task_id)
-        )
+        query = _full_tasks().where(tasks.c.pipeline_id == pipeline_id, tasks.c.id == task_id)
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
         return _task_record(row, with_payloads=True) if row is not None else None
+
+    def get_tasks(self, *, pipeline_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        """Several tasks of one pipeline in one statement (those that exist), as
+        ``get_task`` reads each: for many waiters answered by one event."""
+        if not task_ids:
+            return {}
+        query = _full_tasks().where(
+            tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(list(task_ids))
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {row.id: _task_record(row, with_payloads=True) for row in rows}
 
     def task_attempts(self, *, pipeline_id: str, task_id: str) -> list[AttemptRow]:
         """The attempts that did not end the task, oldest first (the latest is the row)."""

@@ -34,6 +34,7 @@ from wsched.client._errors import (
     Unavailable,
     WschedError,
 )
+from wsched.client._events import PipelineEvent, TaskChange
 from wsched.client._models import (
     TERMINAL_STATUSES,
     Accepted,
@@ -66,7 +67,7 @@ from wsched.client._schedule_models import (
 from wsched.client._sync import Applications, Client, Pipelines, Tenants
 from wsched.client._sync_schedules import ScheduleRunHandle, Schedules
 from wsched.client._sync_tasks import TaskHandle, Tasks
-from wsched.client._waiting import PollWithBackoff, WaitStrategy
+from wsched.client._waiting import LongPoll, PollWithBackoff, WaitStrategy
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -96,11 +97,13 @@ __all__ = [
     "ConnectionFailed",
     "Forbidden",
     "InvalidRequest",
+    "LongPoll",
     "NotFound",
     "PayloadTooLarge",
     "Pipeline",
     "PipelineCreated",
     "PipelineDeleting",
+    "PipelineEvent",
     "PipelineFailed",
     "PipelineTimeout",
     "Pipelines",
@@ -116,6 +119,7 @@ __all__ = [
     "ServerError",
     "Stats",
     "Task",
+    "TaskChange",
     "TaskFailed",
     "TaskHandle",
     "TaskPage",

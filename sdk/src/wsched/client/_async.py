@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from wsched.client._options import Duration, TaskRetry
 from wsched.client._retry import RequestRetry, log_retry, parse_retry_after
 from wsched.client._specs import pipeline_fields, pipeline_spec, with_state
 from wsched.client._task_calls import MAX_BATCH_BYTES, MAX_BATCH_ITEMS
-from wsched.client._waiting import PollWithBackoff, WaitStrategy
+from wsched.client._waiting import LongPoll, WaitStrategy
 
 T = TypeVar("T")
 
@@ -70,7 +70,7 @@ class AsyncClient:
         self._retry = retry or RequestRetry()
         self.batch_items = batch_items
         self.batch_bytes = batch_bytes
-        self.wait_strategy: WaitStrategy = wait or PollWithBackoff()
+        self.wait_strategy: WaitStrategy = wait or LongPoll()
         self.sleep = sleep
         self.clock = clock
         #: Tenants: create and list (with the operator's key).
@@ -128,6 +128,20 @@ class AsyncClient:
             log_retry(call.method, call.path, response.status_code, delay, attempt)
             await self.sleep(delay)
             attempt += 1
+
+    async def _lines(self, path: str, headers: dict[str, str]) -> AsyncIterator[str]:
+        """The lines of a streamed answer (an event stream), read as they arrive."""
+        try:
+            async with self._http.stream(
+                "GET", path, headers=headers, timeout=httpx.Timeout(10.0, read=None)
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise error_from(response)
+                async for line in response.aiter_lines():
+                    yield line
+        except httpx.TransportError as err:
+            raise ConnectionFailed(self.url, str(err) or type(err).__name__) from err
 
     async def _request(self, call: calls.Call[Any]) -> httpx.Response:
         try:

@@ -10,7 +10,7 @@ for method.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from wsched.client._specs import pipeline_fields, pipeline_spec, with_state
 from wsched.client._sync_schedules import Schedules
 from wsched.client._sync_tasks import Tasks
 from wsched.client._task_calls import MAX_BATCH_BYTES, MAX_BATCH_ITEMS
-from wsched.client._waiting import PollWithBackoff, WaitStrategy
+from wsched.client._waiting import LongPoll, WaitStrategy
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ class Client:
         self._retry = retry or RequestRetry()
         self.batch_items = batch_items
         self.batch_bytes = batch_bytes
-        self.wait_strategy: WaitStrategy = wait or PollWithBackoff()
+        self.wait_strategy: WaitStrategy = wait or LongPoll()
         self.sleep = sleep
         self.clock = clock
         #: Tenants: create and list (with the operator's key).
@@ -133,6 +133,19 @@ class Client:
             log_retry(call.method, call.path, response.status_code, delay, attempt)
             self.sleep(delay)
             attempt += 1
+
+    def _lines(self, path: str, headers: dict[str, str]) -> Iterator[str]:
+        """The lines of a streamed answer (an event stream), read as they arrive."""
+        try:
+            with self._http.stream(
+                "GET", path, headers=headers, timeout=httpx.Timeout(10.0, read=None)
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    raise error_from(response)
+                yield from response.iter_lines()
+        except httpx.TransportError as err:
+            raise ConnectionFailed(self.url, str(err) or type(err).__name__) from err
 
     def _request(self, call: calls.Call[Any]) -> httpx.Response:
         try:

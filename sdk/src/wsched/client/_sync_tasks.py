@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from wsched.client import _task_calls as calls
 from wsched.client._calls import stats as stats_call
 from wsched.client._errors import NotFound, TaskFailed, TaskTimeout
+from wsched.client._events import PipelineEvent, events_path, parse_lines, stream_headers
 from wsched.client._models import (
     Accepted,
     BatchOutcome,
@@ -161,6 +162,22 @@ class Tasks:
         """Requeue the dead ``ids`` given (in requests of 1,000), else the first ``limit``
         dead tasks."""
         return self._bulk("requeue", ids, {"limit": limit})
+
+    def events(self, *, last_event_id: str | None = None) -> Iterator[PipelineEvent]:
+        """The pipeline's live events: task status changes and counts as they become
+        durable, from now (or after ``last_event_id``) on, until the caller stops.
+
+        Reconnects when the API ends a stream, resuming after the last event seen.
+        """
+        path = events_path(self.app, self.pipeline)
+        last = last_event_id
+        while True:
+            seen = 0
+            for event in parse_lines(self._client._lines(path, stream_headers(last))):
+                last, seen = event.id or last, seen + 1
+                yield event
+            if not seen:
+                self._client.sleep(1.0)  # an API that ends streams at once: do not spin
 
     def stats(self) -> Stats:
         """Counts by status and the backlog, as the scheduler last flushed them."""

@@ -1,9 +1,9 @@
 """How a handle waits for its task to finish: pure code, the clients do the I/O.
 
-Today the API has no way to wait on its side, so a waiter reads the task again and
-again with a growing pause (0.1 s doubling to 2 s): quick answers for quick tasks, few
-requests for slow ones. When ``GET .../tasks/{id}?wait=`` exists, a strategy that asks
-for ``wait`` and pauses 0 s replaces :class:`PollWithBackoff` without touching the loops.
+The default, :class:`LongPoll`, asks the API to hold the read until the task ends
+(``GET .../tasks/{id}?wait=``): one request per wait, answered within milliseconds of the
+end. :class:`PollWithBackoff` reads again and again with a growing pause (0.1 s doubling
+to 2 s), for APIs older than ``wait``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,28 @@ class PollWithBackoff:
         """The growing pause, cut to what is left of the wait."""
         pause = min(self.first_s * self.factor ** max(reads - 1, 0), self.max_s)
         return max(min(pause, remaining_s), 0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LongPoll:
+    """Ask the API to wait (at most ``max_wait_s`` per request, below the client's HTTP
+    timeout and the API's bound of 60 s); pause only when a wait ran out.
+
+    The pause after an expired wait costs nothing against an API that waits; against one
+    older than ``wait`` (which ignores it and answers at once) it is what keeps the loop
+    from spinning, so it grows like :class:`PollWithBackoff`'s.
+    """
+
+    max_wait_s: float = 20.0
+    backoff: PollWithBackoff = PollWithBackoff()
+
+    def params(self, remaining_s: float) -> dict[str, str]:
+        """``wait``: what is left of the caller's wait, cut to ``max_wait_s``."""
+        return {"wait": f"{max(min(remaining_s, self.max_wait_s), 0.0):.3f}"}
+
+    def pause_s(self, reads: int, remaining_s: float) -> float:
+        """The backoff's pause: reached only after a wait the API let run out."""
+        return self.backoff.pause_s(reads, remaining_s)
 
 
 def timeout_seconds(timeout: float | dt.timedelta | None) -> float | None:

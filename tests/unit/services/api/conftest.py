@@ -21,6 +21,10 @@ LIMITS = Limits(
     reconcile_attempts=2,
     reconcile_backoff_s=0.01,
     reconcile_interval_s=3600,
+    # Short enough that a generated ``?wait=`` or event stream never holds a test up.
+    max_wait_s=0.2,
+    default_stream_s=0.05,
+    max_stream_s=0.2,
 )
 
 

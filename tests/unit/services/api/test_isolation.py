@@ -88,6 +88,7 @@ ROUTES: dict[tuple[str, str], Call] = {
     ): Call(kind="scoped", json={"tasks": [{"data": {"n": 1}, "id": "new-2"}]}, ok=202),
     ("GET", f"{PIPELINE}/tasks"): Call(kind="scoped", params={"status": "queued"}, ok=200),
     ("GET", TASK): Call(kind="scoped", ok=200),
+    ("GET", f"{PIPELINE}/events"): Call(kind="scoped", params={"duration": "0s"}, ok=200),
     ("DELETE", TASK): Call(kind="scoped", ok=202, foreign_task=202),
     ("POST", f"{TASK}/requeue"): Call(kind="scoped", task="dead", ok=202),
     # Bulk: B's key on A's pipeline is a 404 before any task is read or touched.
