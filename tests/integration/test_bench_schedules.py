@@ -36,7 +36,7 @@ def test_quick_schedule_bench_reports_every_figure(
     assert dispatch["dispatch_lateness_ms"]["p99"] is not None
     delayed = report["delayed"]
     assert delayed["tasks"] == 2000
-    assert 0 < delayed["fired"] <= delayed["counted"] <= 2000
-    assert delayed["fire_lateness_ms"]["p99"] is not None
+    assert 0 < delayed["started"] <= delayed["counted"] <= 2000
+    assert delayed["start_lateness_ms"]["p99"] is not None
     text = triggers.render(report)
     assert "triggers admitted/s" in text and "Dapr" in text
