@@ -11,6 +11,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -25,6 +27,9 @@ from services.scheduler.host import SchedulerHost
 from services.settings import Settings
 from services.store import migrate
 from services.store.schema import pipelines
+
+if TYPE_CHECKING:
+    from tests.integration.scheduler.cluster import Replica
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,3 +162,25 @@ async def wait_hosted(host: SchedulerHost, pipeline_id: str, timeout_s: float = 
 def stub(host: SchedulerHost) -> tuple[grpc.aio.Channel, worker_pb2_grpc.WorkerStub]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.grpc_port}")
     return channel, worker_pb2_grpc.WorkerStub(channel)
+
+
+@pytest.fixture
+def replicas(
+    kafka_bootstrap: str, tidb_url: str, kafka_group: str, tmp_path: Path
+) -> Iterator[list[Replica]]:
+    # Imported here: cluster.py imports this module for ReadyPipeline.
+    from tests.integration.scheduler.cluster import Replica
+
+    made = [
+        Replica(
+            name=f"replica-{c}-{uuid.uuid4().hex[:6]}",
+            kafka_bootstrap=kafka_bootstrap,
+            database_url=tidb_url,
+            group=kafka_group,
+            log_dir=tmp_path,
+        )
+        for c in "ab"
+    ]
+    yield made
+    for replica in made:
+        replica.stop()

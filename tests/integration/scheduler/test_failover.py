@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -29,25 +29,6 @@ pytestmark = pytest.mark.integration
 Submit = Callable[[ReadyPipeline, Mapping[str, Mapping[str, object]]], Awaitable[None]]
 #: Shards that any even split of the 64 shards between two replicas puts on both sides.
 SPREAD_SHARDS = (0, 1, 32, 33)
-
-
-@pytest.fixture
-def replicas(
-    kafka_bootstrap: str, tidb_url: str, kafka_group: str, tmp_path: Path
-) -> Iterator[list[Replica]]:
-    made = [
-        Replica(
-            name=f"replica-{c}-{uuid.uuid4().hex[:6]}",
-            kafka_bootstrap=kafka_bootstrap,
-            database_url=tidb_url,
-            group=kafka_group,
-            log_dir=tmp_path,
-        )
-        for c in "ab"
-    ]
-    yield made
-    for replica in made:
-        replica.stop()
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ import datetime as dt
 import itertools
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -140,25 +138,6 @@ async def test_runs_are_handed_out_within_a_second_of_their_fire_time(
     assert_every_second_once(before, record.id)
 
 
-@pytest.fixture
-def replicas(
-    kafka_bootstrap: str, tidb_url: str, kafka_group: str, tmp_path: Path
-) -> Iterator[list[Replica]]:
-    made = [
-        Replica(
-            name=f"replica-{c}-{uuid.uuid4().hex[:6]}",
-            kafka_bootstrap=kafka_bootstrap,
-            database_url=tidb_url,
-            group=kafka_group,
-            log_dir=tmp_path,
-        )
-        for c in "ab"
-    ]
-    yield made
-    for replica in made:
-        replica.stop()
-
-
 async def wait_runs(engine: sa.Engine, pipeline_id: str, schedule_id: str, count: int) -> None:
     async def enough() -> bool:
         return len(runs(engine, pipeline_id, schedule_id)) >= count
@@ -170,6 +149,30 @@ async def owner_of(engine: sa.Engine, pipeline: ReadyPipeline) -> str | None:
     return (await owners(engine, [pipeline])).get(pipeline.id)
 
 
+async def firing(
+    replicas: list[Replica],
+    engine: sa.Engine,
+    kafka_bootstrap: str,
+    producer: KafkaProducer,
+    control: ControlStore,
+) -> tuple[ReadyPipeline, ScheduleRecord, Replica]:
+    """Replicas running an every-second schedule that has fired; and its owner."""
+    pipeline = await create_ready_pipeline(engine, kafka_bootstrap)
+    for replica in replicas:
+        replica.start()
+    record = await define(control, producer, pipeline, EVERY_SECOND)
+    await wait_runs(engine, pipeline.id, record.id, 3)
+    owner = await owner_of(engine, pipeline)
+    return pipeline, record, next(r for r in replicas if r.address == owner)
+
+
+async def wait_moved(engine: sa.Engine, pipeline: ReadyPipeline, away_from: Replica) -> None:
+    async def moved() -> bool:
+        return await owner_of(engine, pipeline) not in (None, away_from.address)
+
+    await wait_for(moved, timeout_s=90, what="the schedule's grain to move")
+
+
 async def test_fire_times_survive_a_kill_9_and_a_restart_of_every_replica(
     replicas: list[Replica],
     engine: sa.Engine,
@@ -177,21 +180,10 @@ async def test_fire_times_survive_a_kill_9_and_a_restart_of_every_replica(
     producer: KafkaProducer,
     control: ControlStore,
 ) -> None:
-    pipeline = await create_ready_pipeline(engine, kafka_bootstrap)
-    for replica in replicas:
-        replica.start()
-    record = await define(control, producer, pipeline, EVERY_SECOND)
-    await wait_runs(engine, pipeline.id, record.id, 3)
-
-    owner = await owner_of(engine, pipeline)
-    victim = next(r for r in replicas if r.address == owner)
+    pipeline, record, victim = await firing(replicas, engine, kafka_bootstrap, producer, control)
     victim.kill()
     fired = len(runs(engine, pipeline.id, record.id))
-
-    async def moved() -> bool:
-        return await owner_of(engine, pipeline) not in (None, victim.address)
-
-    await wait_for(moved, timeout_s=90, what="the schedule's grain to move")
+    await wait_moved(engine, pipeline, victim)
     await wait_runs(engine, pipeline.id, record.id, fired + 5)
     for replica in replicas:
         replica.stop()
@@ -217,19 +209,9 @@ async def test_a_sigstopped_ex_owner_fires_nothing_once_resumed(
     producer: KafkaProducer,
     control: ControlStore,
 ) -> None:
-    pipeline = await create_ready_pipeline(engine, kafka_bootstrap)
-    for replica in replicas:
-        replica.start()
-    record = await define(control, producer, pipeline, EVERY_SECOND)
-    await wait_runs(engine, pipeline.id, record.id, 3)
-    owner = await owner_of(engine, pipeline)
-    paused = next(r for r in replicas if r.address == owner)
+    pipeline, record, paused = await firing(replicas, engine, kafka_bootstrap, producer, control)
     paused.pause()
-
-    async def moved() -> bool:
-        return await owner_of(engine, pipeline) not in (None, paused.address)
-
-    await wait_for(moved, timeout_s=90, what="the stopped replica's grain to move")
+    await wait_moved(engine, pipeline, paused)
     fired = len(runs(engine, pipeline.id, record.id))
     await wait_runs(engine, pipeline.id, record.id, fired + 3)
     paused.resume()  # its timers are long due: it tries to fire them, fenced
