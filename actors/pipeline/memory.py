@@ -204,11 +204,11 @@ class InMemoryTaskStore:
         pipeline_id = grain.pipeline_id
         fired = []
         for key in timers:
-            self.timers.get(pipeline_id, set()).discard(key)
             row = self.rows.get((pipeline_id, key[1]))
             if row is not None and row.status is Status.SCHEDULED:
-                row.status = Status.QUEUED
-                fired.append(dataclasses.replace(row))
+                fired.append(dataclasses.replace(row, status=Status.QUEUED))
+            else:
+                self.timers.get(pipeline_id, set()).discard(key)  # stale: ends now
         return fired
 
     async def flush(
@@ -228,6 +228,8 @@ class InMemoryTaskStore:
             row.due_at = change.due_at
             if change.status is Status.SCHEDULED:
                 self.timers.setdefault(pipeline_id, set()).add((change.due_at, change.id))
+            if change.ended_timer is not None:
+                self.timers.get(pipeline_id, set()).discard(change.ended_timer)
             row.started_at, row.finished_at = change.started_at, change.finished_at
             row.error, row.lease_epoch = change.error, change.lease_epoch
         for task_id, _attempt, result in flush.results:
