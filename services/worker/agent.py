@@ -41,6 +41,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from protos.wsched.v1 import worker_pb2
+from services.observability import configure_logging
 from services.worker.client import SchedulerClient, WorkerRejected
 from services.worker.command import ExecutorError
 from services.worker.definition import DefinitionError, PipelineDefinition, load_definition
@@ -426,9 +427,7 @@ def worker_main() -> None:
     except ValueError as err:  # DefinitionError, a malformed executor list
         print(f"wsched worker: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
     raise SystemExit(asyncio.run(serve(settings, definition)))
 
 
