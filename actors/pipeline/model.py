@@ -138,6 +138,9 @@ class Task:
     fire_at: dt.datetime | None = None
     #: The task's own execution timeout over its pipeline's, if it has one.
     execution_timeout_s: float | None = None
+    #: The W3C ``traceparent`` of its submit span, if the API traced it: the parent of
+    #: each attempt's spans. Opaque here.
+    trace_parent: str | None = None
 
     def expired(self, wall: dt.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= wall
@@ -162,6 +165,7 @@ class NewTask:
     schedule_id: str | None = None
     fire_at: dt.datetime | None = None
     execution_timeout_s: float | None = None
+    trace_parent: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,7 @@ from services.observability.tracing import (
     parent_context,
     setup_tracing,
     traceparent_of,
+    valid_traceparent,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "parent_context",
     "setup_tracing",
     "traceparent_of",
+    "valid_traceparent",
 ]

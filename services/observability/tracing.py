@@ -10,6 +10,7 @@ global one, so that tests can hold several and a library we import cannot turn i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ TRACEPARENT = "traceparent"
 SCOPE = "wsched"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+#: Version 00 of the W3C format, the only one we write.
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +94,17 @@ def traceparent_of(span: trace.Span) -> str | None:
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
     return carrier.get(TRACEPARENT)
+
+
+def valid_traceparent(text: str | bytes | None) -> str | None:
+    """``text`` if it is a ``traceparent`` as we write them, else None.
+
+    What a record carries is checked before it is stored: a malformed or oversized value
+    must not fail the admission of the batch it came in.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("ascii", errors="replace")
+    return text if text and _TRACEPARENT.fullmatch(text) else None
 
 
 def parent_context(traceparent: str | None) -> Context | None:

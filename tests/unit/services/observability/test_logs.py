@@ -35,7 +35,7 @@ def test_a_line_is_one_json_object_with_the_usual_fields(
     lines: tuple[logging.Logger, io.StringIO],
 ) -> None:
     logger, stream = lines
-    logger.warning("task %s: \"quoted\"\nsecond line", "t-1")
+    logger.warning('task %s: "quoted"\nsecond line', "t-1")
     [line] = _read(stream)
     assert line["message"] == 'task t-1: "quoted"\nsecond line'
     assert line["level"] == "WARNING" and line["logger"] == "wsched.test.json"
