@@ -102,6 +102,8 @@ def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
             # Charts are paths relative to where the API (or `wsched dev`) was started.
             base_dir=Path.cwd(),
             log_level=settings.log_level,
+            log_format=settings.log_format,
+            otlp_endpoint=settings.otlp_endpoint,
         )
         return local.LocalDeployer(options=options, token_of=store.worker_token)
     return NoopDeployer()

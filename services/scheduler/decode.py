@@ -92,8 +92,7 @@ def _domain(
             schedule_id=submit.schedule_id or None,
             fire_at=_ms(submit.fire_at_ms) if submit.fire_at_ms else None,
             execution_timeout_s=_timeout(submit.execution_timeout_s),
-            # Checked, not trusted: a bad value is dropped rather than fail the batch.
-            trace_parent=valid_traceparent(submit.trace_parent or trace_parent),
+            trace_parent=_trace_parent(submit.trace_parent or trace_parent),
         )
     if kind == "cancel":
         return CancelEvent(task_id=event.task_id)
@@ -104,6 +103,12 @@ def _domain(
     if kind == "purge":
         return Purge(task_id=event.task_id, finished_before=_ms(event.purge.finished_before_ms))
     return Undecodable(reason="event of no known kind", raw=raw)
+
+
+def _trace_parent(value: str | bytes | None) -> str | None:
+    # Checked, not trusted: a bad value is dropped rather than fail the batch. Untraced
+    # records (tracing off) skip the check.
+    return valid_traceparent(value) if value else None
 
 
 def _retry(submit: events_pb2.SubmitTask) -> RetryOverride:
