@@ -212,7 +212,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.callback(engine.dispose)
-            stack.callback(tracing.shutdown)
+            # In a thread: the last export is a blocking call that may take its timeout.
+            stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
             if producer is None:
                 await stack.enter_async_context(own_producer)
             if own_deployer and isinstance(the_deployer, local.LocalDeployer):

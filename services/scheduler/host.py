@@ -241,7 +241,8 @@ class SchedulerHost:
         if self._server is not None:
             await self._server.stop(grace=5)
         self._engine.dispose()
-        self._tracing.shutdown()
+        # In a thread: the last export is a blocking call that may take its timeout.
+        await asyncio.to_thread(self._tracing.shutdown)
 
     # -- placement ----------------------------------------------------------------------
 

@@ -232,25 +232,26 @@ class Agent:
         job.task = asyncio.create_task(self._execute(job), name=f"task {task.task_id}")
 
     async def _execute(self, job: _Job) -> None:
-        with log_context(task_id=job.spec.task_id):
-            if self._spans is None:
-                outcome = await self._outcome(job)
-            else:
-                with self._spans.running(job.token):
-                    outcome = await self._outcome(job)
-                self._spans.finished(job.token, outcome)
+        # The task's id (and its attempt's span, when traced) is on every line logged
+        # while it runs, the outcome's included.
+        running = self._spans.running(job.token) if self._spans else contextlib.nullcontext()
+        with log_context(task_id=job.spec.task_id), running:
+            outcome = await self._outcome(job)
             if outcome is not None:
                 self._log_outcome(job, outcome)
-                self._reporter.add(
-                    worker_pb2.TaskResult(
-                        lease_token=job.token,
-                        outcome=_OUTCOMES[outcome.outcome],
-                        result=outcome.result,
-                        error=outcome.error,
-                        non_retryable=outcome.non_retryable,
-                        timed_out=outcome.timed_out,
-                    )
+        if self._spans is not None:
+            self._spans.finished(job.token, outcome)
+        if outcome is not None:
+            self._reporter.add(
+                worker_pb2.TaskResult(
+                    lease_token=job.token,
+                    outcome=_OUTCOMES[outcome.outcome],
+                    result=outcome.result,
+                    error=outcome.error,
+                    non_retryable=outcome.non_retryable,
+                    timed_out=outcome.timed_out,
                 )
+            )
 
     async def _outcome(self, job: _Job) -> TaskOutcome | None:
         """What to report of the job (None: nothing, its lease was lost or abandoned)."""
