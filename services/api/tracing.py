@@ -13,11 +13,11 @@ import dataclasses
 from collections.abc import Sequence
 
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from protos.wsched.v1 import events_pb2
 from services.kafka.producer import EventProducer, OutgoingTask
-from services.observability import Tracing, traceparent_of
+from services.observability import Tracing, ending, traceparent_of
 from services.placement import pipeline_topic
 
 
@@ -48,16 +48,8 @@ class TracedProducer:
             dataclasses.replace(task, trace_parent=traceparent_of(span))
             for task, span in zip(tasks, spans, strict=True)
         ]
-        try:
+        with ending(spans):
             await self._inner.submit(pipeline_id, traced)
-        except Exception as err:
-            for span in spans:
-                span.record_exception(err)
-                span.set_status(Status(StatusCode.ERROR, type(err).__name__))
-            raise
-        finally:
-            for span in spans:
-                span.end()
 
     async def cancel(self, pipeline_id: str, task_id: str, *, reason: str = "") -> None:
         await self._inner.cancel(pipeline_id, task_id, reason=reason)

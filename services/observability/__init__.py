@@ -10,6 +10,7 @@ from services.observability.logs import configure_logging, log_context
 from services.observability.tracing import (
     TRACEPARENT,
     Tracing,
+    ending,
     parent_context,
     setup_tracing,
     traceparent_of,
@@ -20,6 +21,7 @@ __all__ = [
     "TRACEPARENT",
     "Tracing",
     "configure_logging",
+    "ending",
     "log_context",
     "parent_context",
     "setup_tracing",

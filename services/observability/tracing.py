@@ -10,8 +10,9 @@ global one, so that tests can hold several and a library we import cannot turn i
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -87,6 +88,21 @@ def _otlp_exporter(endpoint: str) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
+
+
+@contextlib.contextmanager
+def ending(spans: Sequence[trace.Span]) -> Iterator[None]:
+    """End ``spans`` after the block; an exception leaving it marks each of them ERROR."""
+    try:
+        yield
+    except Exception as err:
+        for span in spans:
+            span.record_exception(err)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(err).__name__))
+        raise
+    finally:
+        for span in spans:
+            span.end()
 
 
 def traceparent_of(span: trace.Span) -> str | None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from actors.pipeline.model import AdmitBatch, AdmitResult, Grant
 from protos.wsched.v1 import worker_pb2
-from services.observability import Tracing, parent_context, traceparent_of
+from services.observability import Tracing, ending, parent_context, traceparent_of
 from services.scheduler.forwarder import Admit
 
 ATTR_PIPELINE = "wsched.pipeline_id"
@@ -39,17 +39,9 @@ def traced_admit(admit: Admit, *, tracing: Tracing, pipeline_id: str) -> Admit:
             for task in batch.new
             if task.trace_parent is not None
         ]
-        try:
+        # The forwarder retries a failed batch: each try is a span of its own.
+        with ending(spans):
             return await admit(batch)
-        except Exception as err:
-            # The forwarder retries the batch: each try is a span of its own.
-            for span in spans:
-                span.record_exception(err)
-                span.set_status(Status(StatusCode.ERROR, type(err).__name__))
-            raise
-        finally:
-            for span in spans:
-                span.end()
 
     return admit_traced
 

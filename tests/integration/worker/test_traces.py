@@ -17,14 +17,12 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from services.api.tracing import TracedProducer
-from services.infra.process import free_port
 from services.kafka.producer import KafkaProducer, OutgoingTask
 from services.observability import setup_tracing
 from services.scheduler.host import SchedulerHost
-from services.settings import Settings
 from services.store.schema import tasks
 from tests.integration.scheduler.conftest import ReadyPipeline
-from tests.integration.worker.conftest import Launcher, wait_finished
+from tests.integration.worker.conftest import Launcher, scheduler_settings, wait_finished
 
 pytestmark = pytest.mark.integration
 
@@ -91,15 +89,8 @@ async def scheduler(
     collector: tuple[str, Collector],
 ) -> AsyncIterator[SchedulerHost]:
     """The worker tests' scheduler replica, exporting its spans to the collector."""
-    port = free_port()
-    settings = Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        database_url=tidb_url,
-        grpc_port=port,
-        replica_name=f"replica-{port}",
-        placement_group=kafka_group,
-        metrics_port=0,
-        otlp_endpoint=collector[0],
+    settings = scheduler_settings(
+        kafka_bootstrap, tidb_url, kafka_group, otlp_endpoint=collector[0]
     )
     async with SchedulerHost(settings=settings, rescan_s=1) as host:
         yield host
@@ -139,15 +130,15 @@ async def test_one_trace_per_task_across_api_scheduler_and_worker(
     kafka_bootstrap: str,
 ) -> None:
     endpoint, keeper = collector
-    shell = await launcher.executor("sh")
+    # A traced agent logging JSON; its span processor exports every 0.2 s.
+    traced = {
+        "WSCHED_WORKER_OTLP_ENDPOINT": endpoint,
+        "WSCHED_WORKER_LOG_FORMAT": "json",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+    executors = {"sh": await launcher.executor("sh")}
     launcher.agent(
-        name="w1",
-        pipeline=pipeline,
-        definition=FAIL_FIRST,
-        executors={"sh": shell},
-        WSCHED_WORKER_OTLP_ENDPOINT=endpoint,
-        WSCHED_WORKER_LOG_FORMAT="json",
-        OTEL_BSP_SCHEDULE_DELAY="200",
+        name="w1", pipeline=pipeline, definition=FAIL_FIRST, executors=executors, **traced
     )
     api = setup_tracing(service="wsched-api", endpoint=endpoint)
     ids = ["t-a", "t-b"]
