@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services import client_cli, client_cli_schedules
+from services.observability import configure_logging
 from services.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Workload Scheduler.")
@@ -30,10 +30,7 @@ COMPONENTS = ("kafka", "tidb", "helm", "kube", "registry")
 
 def _settings() -> Settings:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
     return settings
 
 
@@ -58,8 +55,11 @@ def api() -> None:
     from services.api.app import create_app
 
     settings = _settings()
+    # JSON logs: uvicorn's loggers propagate to ours instead of its own text handlers.
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     uvicorn.run(
         create_app(settings),
+        log_config=log_config,
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),

@@ -148,6 +148,14 @@ class Settings(BaseSettings):
     dev_broker: str = Field(default="auto", pattern="^(auto|kafka|memory)$")
     dev_kafka_port: int = Field(default=19092, ge=1, le=65535)
     log_level: str = "INFO"
+    #: ``text`` lines, or ``json``: one object a line with the task, pipeline and trace
+    #: ids where known (README "Observability").
+    log_format: Literal["text", "json"] = "text"
+    #: Where traces go, an OTLP/gRPC endpoint (``http://collector:4317``); unset: no
+    #: spans are made at all.
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    #: The share of tasks traced (a task's spans follow the decision at its submit).
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
     # -- HTTP API bounds and timings ------------------------------------------------------
     max_task_data_bytes: int = Field(default=256 * 1024, ge=1)

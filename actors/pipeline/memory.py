@@ -105,6 +105,7 @@ class InMemoryTaskStore:
                 schedule_id=new.schedule_id,
                 fire_at=new.fire_at,
                 execution_timeout_s=new.execution_timeout_s,
+                trace_parent=new.trace_parent,
             )
             self.rows[key], self.digests[key] = dataclasses.replace(task), new.data_sha256
             admitted.append(task)

@@ -141,6 +141,9 @@ class Task:
     #: The key of its timer row when the timer fired in memory: the row stays in the store
     #: (the task still ``scheduled`` there) until the flush that writes its next state.
     timer: tuple[dt.datetime, str] | None = None
+    #: The W3C ``traceparent`` of its submit span, if the API traced it: the parent of
+    #: each attempt's spans. Opaque here.
+    trace_parent: str | None = None
 
     def expired(self, wall: dt.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= wall
@@ -165,6 +168,7 @@ class NewTask:
     schedule_id: str | None = None
     fire_at: dt.datetime | None = None
     execution_timeout_s: float | None = None
+    trace_parent: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

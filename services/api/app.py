@@ -23,6 +23,7 @@ from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
 from services.api.reconciler import Reconciler
 from services.api.routes import applications, bulk, live, pipelines, schedules, tasks, tenants
+from services.api.tracing import TracedProducer
 from services.api.ui import routes as dashboard
 from services.api.ui.headers import DashboardHeaders
 from services.deploy import helm, local
@@ -34,6 +35,7 @@ from services.kafka.event_reader import KafkaEventSource
 from services.kafka.producer import EventProducer, KafkaProducer
 from services.live.hub import LiveHub
 from services.live.source import EventSource, MemoryEventLog
+from services.observability import setup_tracing
 from services.settings import Settings
 from services.store.control import ControlStore
 from services.store.engine import make_engine
@@ -100,6 +102,8 @@ def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
             # Charts are paths relative to where the API (or `wsched dev`) was started.
             base_dir=Path.cwd(),
             log_level=settings.log_level,
+            log_format=settings.log_format,
+            otlp_endpoint=settings.otlp_endpoint,
         )
         return local.LocalDeployer(options=options, token_of=store.worker_token)
     return NoopDeployer()
@@ -172,11 +176,17 @@ def create_app(
     own_producer = KafkaProducer(
         bootstrap=settings.kafka_bootstrap or "", deadline_s=limits.produce_deadline_s
     )
+    tracing = setup_tracing(
+        service="wsched-api",
+        endpoint=settings.otlp_endpoint,
+        sample_ratio=settings.trace_sample_ratio,
+    )
+    the_producer = producer or own_producer
     ctx = ApiContext(
         settings=settings,
         limits=limits,
         store=store,
-        producer=producer or own_producer,
+        producer=TracedProducer(the_producer, tracing=tracing) if tracing.enabled else the_producer,
         admin=admin
         or KafkaTopicAdmin(
             bootstrap=settings.kafka_bootstrap or "",
@@ -202,6 +212,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.callback(engine.dispose)
+            # In a thread: the last export is a blocking call that may take its timeout.
+            stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
             if producer is None:
                 await stack.enter_async_context(own_producer)
             if own_deployer and isinstance(the_deployer, local.LocalDeployer):

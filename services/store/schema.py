@@ -12,6 +12,8 @@ NAME = sa.String(40)
 ID = sa.String(36)
 #: Client-supplied task ids (idempotency keys) may be longer than a UUID.
 TASK_ID = sa.String(128)
+#: A W3C traceparent is 55 characters in version 00; room for a later version's.
+TRACE_PARENT_MAX = 128
 
 tenants = sa.Table(
     "tenants",
@@ -107,6 +109,9 @@ tasks = sa.Table(
     #: indexed: a run's id is ``<schedule id>@<fire time>``, so the primary key finds runs.
     sa.Column("schedule_id", ID, nullable=True),
     sa.Column("fire_at", Timestamp, nullable=True),
+    #: The W3C ``traceparent`` of the task's submit span when the API traced it (records
+    #: paged back from here have no Kafka headers); NULL otherwise.
+    sa.Column("trace_parent", sa.String(TRACE_PARENT_MAX), nullable=True),
     NonClusteredPrimaryKey("pipeline_id", "id", name="pk_tasks"),
     sa.Index("ix_tasks_pipeline_status_id", "pipeline_id", "status", "id"),
 )

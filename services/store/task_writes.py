@@ -76,6 +76,7 @@ def insert_new(
             "policy_json": policy_to_json(t.retry, t.execution_timeout_s),
             "schedule_id": t.schedule_id,
             "fire_at": to_db(t.fire_at),
+            "trace_parent": t.trace_parent,
             "data": t.data,
             "data_sha256": t.data_sha256,
             "created_at": to_db(t.created_at),
@@ -107,6 +108,7 @@ def insert_new(
                 schedule_id=t.schedule_id,
                 fire_at=t.fire_at,
                 execution_timeout_s=t.execution_timeout_s,
+                trace_parent=t.trace_parent,
             )
             for t in fresh
         ],

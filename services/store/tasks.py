@@ -67,6 +67,7 @@ _TASK_COLUMNS = (
     tasks.c.policy_json,
     tasks.c.schedule_id,
     tasks.c.fire_at,
+    tasks.c.trace_parent,
 )
 
 
@@ -89,6 +90,7 @@ def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
         execution_timeout_s=timeout_s,
         schedule_id=row.schedule_id,
         fire_at=from_db(row.fire_at),
+        trace_parent=row.trace_parent,
     )
 
 
