@@ -21,6 +21,7 @@ from services.api.context import ApiContext
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
+from services.api.quotas import QuotaGuard, default_quotas
 from services.api.reconciler import Reconciler
 from services.api.routes import applications, bulk, live, pipelines, schedules, tasks, tenants
 from services.api.ui import routes as dashboard
@@ -184,6 +185,12 @@ def create_app(
         ),
         deployer=the_deployer,
         metrics=metrics,
+        quotas=QuotaGuard(
+            defaults=default_quotas(settings),
+            max_request_bytes=limits.max_request_bytes,
+            store=store,
+            clock=time.monotonic,
+        ),
         events=events or make_event_source(settings),
         live=LiveHub(observe_lag=lambda at_ms: metrics.event_lag.observe(_since(at_ms))),
         charts=chart_allow_list(settings) if settings.deployer == "helm" else None,
@@ -230,6 +237,7 @@ def create_app(
     app.add_middleware(DashboardHeaders)
     for module in (tenants, applications, pipelines, tasks, bulk, schedules, live, dashboard):
         app.include_router(module.router)
+    app.include_router(tenants.own)
     # The dashboard's script, styles and images, shipped in the package: no build step.
     app.mount("/ui/static", StaticFiles(directory=dashboard.STATIC), name="ui-static")
     _health_routes(app, settings=settings, engine=engine, registry=registry)

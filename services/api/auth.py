@@ -104,6 +104,15 @@ async def require_operator(request: Request, ctx: Ctx) -> None:
 
 
 async def require_tenant(request: Request, ctx: Ctx) -> Tenant:
+    """The calling tenant; a body over its max_request_bytes quota is a 413 (the body is
+    already in memory: the process's own bound was checked before anything else)."""
+    tenant = await _identify_tenant(request, ctx)
+    if request.method not in SAFE_METHODS:
+        ctx.quotas.check_request_size(tenant, len(await request.body()))
+    return tenant
+
+
+async def _identify_tenant(request: Request, ctx: Ctx) -> Tenant:
     if _uses_cookie(request):
         return await _session_tenant(request, ctx)
     key = _bearer(request)

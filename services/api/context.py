@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from fastapi import Depends, Request
@@ -30,6 +30,9 @@ from services.live.reads import BatchedReads
 from services.live.source import EventSource
 from services.settings import Settings
 from services.store.control import ControlStore, Pipeline, TaskRecord, Tenant, hash_secret
+
+if TYPE_CHECKING:
+    from services.api.quotas import QuotaGuard
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -95,6 +98,8 @@ class ApiContext:
     admin: TopicAdmin
     deployer: Deployer
     metrics: ApiMetrics
+    #: Tenants' quotas: the defaults, the shared submit buckets, the backlog readings.
+    quotas: QuotaGuard
     #: ``wsched.events`` (D6): the live reader feeds ``live``; SSE resumes replay from it.
     events: EventSource
     live: LiveHub = field(default_factory=LiveHub)

@@ -187,11 +187,13 @@ async def submit_task(
         retry=RetryOverride(max_attempts=max_attempts) if max_attempts else None,
         execution_timeout_s=timeout_s,
     )
+    await ctx.quotas.admit_submit(tenant, 1)
     if client_id is not None:
         stored = (await existing_tasks(ctx, target, [client_id])).get(client_id)
         if stored is not None:
             return await _resubmitted(ctx, target, task, stored.data_sha256)
     await produced(ctx, ctx.producer.submit(target.id, [task]))
+    ctx.quotas.accepted(tenant, 1)
     ctx.metrics.tasks_created.labels(target.id).inc()
     status = "scheduled" if due_ms else "queued"
     return JSONResponse(Accepted(id=task.id, status=status).model_dump(), status_code=202)
@@ -274,10 +276,12 @@ async def submit_batch(
         else dataclasses.replace(c, expires_at_ms=_default_deadline_ms(target, c.due_at_ms))
         for c in candidates
     ]
+    await ctx.quotas.admit_submit(tenant, len(candidates))
     client_ids = sorted({item.id for item in body.tasks if item.id is not None})
     planned = plan(candidates, await existing_tasks(ctx, target, client_ids))
     if planned.produce:
         await produced(ctx, ctx.producer.submit(target.id, planned.produce))
+        ctx.quotas.accepted(tenant, len(planned.produce))
         ctx.metrics.tasks_created.labels(target.id).inc(len(planned.produce))
     results = planned.results
     return BatchOut(
