@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from services.api import errors
 from services.api.context import ApiContext
+from services.api.fair_pool import FairShare
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
@@ -234,6 +235,7 @@ def create_app(
         BodyLimit, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth
     )
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
+    app.add_middleware(FairShare)
     app.add_middleware(DashboardHeaders)
     for module in (tenants, applications, pipelines, tasks, bulk, schedules, live, dashboard):
         app.include_router(module.router)

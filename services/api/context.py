@@ -6,7 +6,6 @@ dependency, so that tests build the app with in-memory ports.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections import OrderedDict
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 from fastapi import Depends, Request
 
 from services.api.errors import unavailable
+from services.api.fair_pool import pool
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.ui.session import SessionCodec
@@ -43,10 +43,11 @@ class DatabaseUnavailable(Exception):
 
 
 async def in_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """Run a blocking store call in a worker thread; an unreachable database is a
+    """Run a blocking store call in a worker thread, taking turns with other callers
+    (see :mod:`services.api.fair_pool`); an unreachable database is a
     :class:`DatabaseUnavailable` (the routes answer 503), never a 500."""
     try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await pool().run(fn, *args, **kwargs)
     except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as err:
         cause = getattr(err, "orig", None) or err
         raise DatabaseUnavailable(f"{type(err).__name__}: {cause}") from err

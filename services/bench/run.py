@@ -210,9 +210,10 @@ class Tenant:
 
     def __init__(self, *, api: str) -> None:
         self.http = httpx.Client(base_url=api, timeout=60)
+        self.name = f"bench-{uuid.uuid4().hex[:8]}"
         created = self.http.post(
             "/api/tenants",
-            json={"name": f"bench-{uuid.uuid4().hex[:8]}"},
+            json={"name": self.name},
             headers={"Authorization": f"Bearer {OPERATOR_KEY}"},
         )
         created.raise_for_status()

@@ -108,6 +108,14 @@ class SubmitLimiter:
             local.expires_s = now + self._hold_s
             return 0.0
 
+    def known_empty(self, tenant_id: str) -> float:
+        """Seconds until the tenant's shared bucket can grant again, as far as this
+        process knows without asking (0.0: not known to be empty); spends nothing."""
+        local = self._locals.get(tenant_id)
+        if local is None or local.tokens > 0:
+            return 0.0
+        return max(0.0, local.empty_until_s - self._clock())
+
     def refund(self, tenant_id: str, count: int) -> None:
         """Give back tokens of a submit refused after it was granted (kept here, for the
         tenant's next submits within the hold)."""

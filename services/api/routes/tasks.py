@@ -168,6 +168,7 @@ async def submit_task(
     With ``run_at`` or ``delay`` the task is ``scheduled`` until it is due, then queued;
     with ``expires_at`` or ``expires_after``, an attempt not started by then never starts.
     """
+    ctx.quotas.refuse_early(tenant)
     raw = await request.body()
     parse_object(raw, max_bytes=ctx.limits.max_task_data_bytes)
     due_ms, expires_ms = _times(
@@ -267,6 +268,7 @@ async def submit_batch(
             f"{len(body.tasks)} tasks in one request, over the limit of "
             f"{ctx.limits.max_batch_items}; split the batch",
         )
+    ctx.quotas.refuse_early(tenant)
     candidates = _candidates(body, ctx.limits)
     target = await resolve(ctx, tenant.id, app, pipeline)
     require_ready(target)

@@ -64,6 +64,33 @@ class TenantCreated(Tenant):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TenantQuotas(Tenant):
+    """A tenant with its quotas and usage (``GET /api/tenant``, ``/api/tenants/{name}``).
+
+    ``quotas`` are the values in force (None: unbounded), ``overrides`` the tenant's own
+    (None: the operator's default), ``usage`` its live ``pipelines`` and ``backlog``.
+    """
+
+    quotas: Mapping[str, float | None]
+    overrides: Mapping[str, float | None]
+    usage: Mapping[str, int]
+
+    @classmethod
+    def from_json(cls, body: Json) -> TenantQuotas:
+        """Read a tenant answered with its quotas."""
+        base = Tenant.from_json(body)
+        return cls(
+            id=base.id,
+            name=base.name,
+            created_at=base.created_at,
+            quotas=dict(body["quotas"]),
+            overrides=dict(body["overrides"]),
+            usage=dict(body["usage"]),
+            raw=body,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Application:
     """A tenant's application: a named group of pipelines."""
 
