@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import shutil
-import tempfile
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,8 +38,7 @@ from services.bench.run import (
     Say,
     System,
     Tenant,
-    start_components,
-    start_system,
+    bench_system,
 )
 from services.infra.cache import Cache
 from services.worker.client import SchedulerClient
@@ -83,30 +79,22 @@ def run(
     options: Options, *, cache: Cache, say: Say, components: Components | None = None
 ) -> Report:
     """The figures of one run; ``components`` given means: use them, start none."""
-    for chatty in ("httpx", "alembic"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    work = Path(tempfile.mkdtemp(prefix="wsched-bench-fairness-"))
     report: Report = {"machine": machine(), "workload": vars(options).copy()}
-    try:
-        with contextlib.ExitStack() as stack:
-            if components is None:
-                components = stack.enter_context(start_components(cache, work, say))
-            system = stack.enter_context(start_system(components, work, say))
-            a, b = Tenant(api=system.api), Tenant(api=system.api)
-            stack.callback(a.http.close)
-            stack.callback(b.http.close)
-            _limit(a, options.flood_rate)
-            steady = b.pipeline("steady", lease_timeout_s=60)
-            flood = a.pipeline("flood", lease_timeout_s=60)
-            say(f"phase 1: tenant B alone, {options.rate:g} tasks/s for {options.seconds:g} s")
-            alone = _phase(system, b, steady, None, options, "alone")
-            say(f"phase 2: the same while tenant A floods at {options.flood_rate:g} tasks/s")
-            flooded = _phase(system, b, steady, (a, flood), options, "flooded")
-            report.update(alone=alone, flooded=flooded, ratios=_ratios(alone, flooded))
-    except BaseException:
-        say(f"stopped; the logs are kept in {work}")
-        raise
-    shutil.rmtree(work, ignore_errors=True)
+    with (
+        bench_system("fairness", cache=cache, say=say, components=components) as system,
+        contextlib.ExitStack() as stack,
+    ):
+        a, b = Tenant(api=system.api), Tenant(api=system.api)
+        stack.callback(a.http.close)
+        stack.callback(b.http.close)
+        _limit(a, options.flood_rate)
+        steady = b.pipeline("steady", lease_timeout_s=60)
+        flood = a.pipeline("flood", lease_timeout_s=60)
+        say(f"phase 1: tenant B alone, {options.rate:g} tasks/s for {options.seconds:g} s")
+        alone = _phase(system, b, steady, None, options, "alone")
+        say(f"phase 2: the same while tenant A floods at {options.flood_rate:g} tasks/s")
+        flooded = _phase(system, b, steady, (a, flood), options, "flooded")
+        report.update(alone=alone, flooded=flooded, ratios=_ratios(alone, flooded))
     return report
 
 
@@ -139,10 +127,17 @@ def _phase(
     done: dict[str, float] = {}
     flood = _Flood()
     threads = [_thread(lambda: _work(system, steady, stop, done))]
+    spawn = multiprocessing.get_context("spawn")
+    counts, halt = spawn.Array("d", 4), spawn.Event()
+    flooder = None
     if flooding is not None:
+        # A process of its own: its clients and worker would otherwise share this
+        # process's interpreter lock with B's and delay B's timestamps.
         a, pipeline = flooding
-        threads.append(_thread(lambda: _work(system, pipeline, stop, {})))
-        threads.append(_thread(lambda: _flood(system.api, a.key, pipeline, options, stop, flood)))
+        flooder = spawn.Process(
+            target=_flood_process, args=(system, a.key, pipeline, options, halt, counts)
+        )
+        flooder.start()
     with CpuUse(system.pids) as cpu:
         steady_run = _submit_steady(system.api, b.key, steady, options, label)
         drain_by = time.monotonic() + _DRAIN_S
@@ -151,9 +146,35 @@ def _phase(
                 break
             time.sleep(0.1)
         stop.set()
+        halt.set()
     for thread in threads:
         thread.join()
+    if flooder is not None:
+        flooder.join(30)
+        flood = _Flood(
+            accepted=int(counts[0]),
+            refused=int(counts[1]),
+            failed=int(counts[2]),
+            seconds=counts[3],
+        )
     return _figures(steady_run, done, flood, cpu, options)
+
+
+def _flood_process(
+    system: System, key: str, pipeline: Pipeline, options: Options, halt: Any, counts: Any
+) -> None:
+    """Tenant A: its flooding clients and its worker, until ``halt``; the counts out."""
+    stop = threading.Event()
+    flood = _Flood()
+    threads = [
+        _thread(lambda: _work(system, pipeline, stop, {})),
+        _thread(lambda: _flood(system.api, key, pipeline, options, stop, flood)),
+    ]
+    halt.wait()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    counts[:] = [flood.accepted, flood.refused, flood.failed, flood.seconds]
 
 
 def _thread(target: Callable[[], Coroutine[Any, Any, None]]) -> threading.Thread:

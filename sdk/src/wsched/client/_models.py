@@ -41,7 +41,17 @@ class Tenant:
     @classmethod
     def from_json(cls, body: Json) -> Tenant:
         """Read an answer of ``GET /api/tenants``."""
-        return cls(id=body["id"], name=body["name"], created_at=_time(body["created_at"]), raw=body)
+        return cls(**_tenant_fields(body))
+
+
+def _tenant_fields(body: Json) -> dict[str, Any]:
+    """What every answer naming a tenant carries."""
+    return {
+        "id": body["id"],
+        "name": body["name"],
+        "created_at": _time(body["created_at"]),
+        "raw": body,
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,14 +63,7 @@ class TenantCreated(Tenant):
     @classmethod
     def from_json(cls, body: Json) -> TenantCreated:
         """Read the answer of ``POST /api/tenants``."""
-        base = Tenant.from_json(body)
-        return cls(
-            id=base.id,
-            name=base.name,
-            created_at=base.created_at,
-            api_key=body["api_key"],
-            raw=body,
-        )
+        return cls(**_tenant_fields(body), api_key=body["api_key"])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,15 +81,11 @@ class TenantQuotas(Tenant):
     @classmethod
     def from_json(cls, body: Json) -> TenantQuotas:
         """Read a tenant answered with its quotas."""
-        base = Tenant.from_json(body)
         return cls(
-            id=base.id,
-            name=base.name,
-            created_at=base.created_at,
+            **_tenant_fields(body),
             quotas=dict(body["quotas"]),
             overrides=dict(body["overrides"]),
             usage=dict(body["usage"]),
-            raw=body,
         )
 
 
