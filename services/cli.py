@@ -135,6 +135,9 @@ def bench_fairness(
         float, typer.Option(help="Tenant A's submit_rate quota, tasks per second.")
     ] = 500.0,
     flood_clients: Annotated[int, typer.Option(help="Tenant A's concurrent connections.")] = 8,
+    hammer: Annotated[
+        bool, typer.Option(help="Tenant A sends again at once after a 429 (no Retry-After).")
+    ] = False,
 ) -> None:
     """Fair use: tenant B's submit and end-to-end p99, alone and while tenant A floods at
     its submit_rate quota (the goal: within 1.5x)."""
@@ -143,7 +146,11 @@ def bench_fairness(
 
     report = bench_fairness_run.run(
         bench_fairness_run.Options(
-            seconds=seconds, rate=rate, flood_rate=flood_rate, flood_clients=flood_clients
+            seconds=seconds,
+            rate=rate,
+            flood_rate=flood_rate,
+            flood_clients=flood_clients,
+            flood_honours_retry_after=not hammer,
         ),
         cache=Cache(root=_settings().cache_dir),
         say=lambda text: console.print(f"[cyan]bench-fairness[/]: {text}"),
