@@ -22,7 +22,7 @@ from services.api.fair_pool import FairShare
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
-from services.api.quotas import QuotaGuard, default_quotas
+from services.api.quotas import EarlyRefusal, QuotaGuard, default_quotas
 from services.api.reconciler import Reconciler
 from services.api.routes import applications, bulk, live, pipelines, schedules, tasks, tenants
 from services.api.ui import routes as dashboard
@@ -234,6 +234,9 @@ def create_app(
     app.add_middleware(
         BodyLimit, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth
     )
+    # Added later is outer: the caller is known (FairShare) before an early refusal
+    # looks it up, and the refusal is counted (with no route: "unmatched").
+    app.add_middleware(EarlyRefusal, guard=ctx.quotas)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     app.add_middleware(FairShare)
     app.add_middleware(DashboardHeaders)

@@ -8,11 +8,16 @@ counters (see :mod:`services.quotas` for how far each may be overshot).
 
 from __future__ import annotations
 
+import re
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from services.api.context import DatabaseUnavailable, in_thread
-from services.api.errors import ApiError
+from services.api.errors import ApiError, error_response
+from services.api.fair_pool import CALLER
 from services.quotas import (
     BacklogGauge,
     Draw,
@@ -29,6 +34,10 @@ from services.store.control import ControlStore, Tenant
 BACKLOG_MAX_AGE_S = 1.0
 #: What a client refused for its backlog is told to wait: about one flush of the counters.
 BACKLOG_RETRY_AFTER_S = 2
+#: Callers remembered for early refusals (the least recently seen go first).
+CALLERS_KEPT = 10_000
+#: The submit routes (one task, a batch): those the submit rate applies to.
+SUBMIT_PATH = re.compile(r"^/api/applications/[^/]+/pipelines/[^/]+(?:/tasks)?/?$")
 
 
 def _bound(value: float) -> float | None:
@@ -84,6 +93,8 @@ class QuotaGuard:
     clock: Callable[[], float]
     limiter: SubmitLimiter = field(init=False)
     backlog: BacklogGauge = field(init=False)
+    #: Whose credential each caller (see ``fair_pool.CALLER``) was last seen to be.
+    _callers: OrderedDict[int, tuple[str, Quotas]] = field(init=False, default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.limiter = SubmitLimiter(shared=_StoreBuckets(self.store), clock=self.clock)
@@ -128,6 +139,25 @@ class QuotaGuard:
                 f"the tenant has {live} pipelines, its max_pipelines quota is {limit}; "
                 "delete one first, or ask the operator for a higher max_pipelines",
             )
+
+    def remember_caller(self, caller: int, tenant: Tenant) -> None:
+        """Note whose credential ``caller`` is (see :class:`EarlyRefusal`)."""
+        if not caller:
+            return
+        self._callers[caller] = (tenant.id, self.of(tenant))
+        self._callers.move_to_end(caller)
+        while len(self._callers) > CALLERS_KEPT:
+            self._callers.popitem(last=False)
+
+    def refusal(self, caller: int) -> ApiError | None:
+        """The 429 for a submit by ``caller`` while its tenant's bucket is known to be
+        empty, else None; reads nothing."""
+        known = self._callers.get(caller)
+        if known is None:
+            return None
+        tenant_id, quotas = known
+        wait_s = self.limiter.known_empty(tenant_id)
+        return self._rate_limited(quotas, wait_s) if wait_s > 0 else None
 
     def refuse_early(self, tenant: Tenant) -> None:
         """A 429 at once, before the route reads anything, while this process knows the
@@ -181,3 +211,30 @@ class QuotaGuard:
     def accepted(self, tenant: Tenant, count: int) -> None:
         """Count tasks just produced into the tenant's backlog until the next reading."""
         self.backlog.added(tenant.id, count)
+
+
+class EarlyRefusal:
+    """ASGI middleware: a submit whose credential belongs to a tenant whose bucket this
+    process knows to be empty is answered 429 before its body is read or its key looked
+    up, so a client that ignores Retry-After and sends again at once costs the API next
+    to nothing. Only a request carrying the tenant's own credential is refused so; the
+    first request after the bucket empties goes the whole way (and is refused there)."""
+
+    def __init__(self, app: ASGIApp, *, guard: QuotaGuard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and SUBMIT_PATH.match(scope["path"])
+        ):
+            refusal = self.guard.refusal(CALLER.get())
+            if refusal is not None:
+                response = error_response(
+                    refusal.status, refusal.error, refusal.detail, refusal.headers
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
