@@ -126,6 +126,38 @@ def bench_waiters(
     typer.echo(json.dumps(report, indent=None if as_json else 2))
 
 
+@app.command("bench-fairness")
+def bench_fairness(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    seconds: Annotated[float, typer.Option(help="Seconds each phase submits for.")] = 20.0,
+    rate: Annotated[float, typer.Option(help="Tenant B's tasks per second.")] = 20.0,
+    flood_rate: Annotated[
+        float, typer.Option(help="Tenant A's submit_rate quota, tasks per second.")
+    ] = 500.0,
+    flood_clients: Annotated[int, typer.Option(help="Tenant A's concurrent connections.")] = 8,
+    hammer: Annotated[
+        bool, typer.Option(help="Tenant A sends again at once after a 429 (no Retry-After).")
+    ] = False,
+) -> None:
+    """Fair use: tenant B's submit and end-to-end p99, alone and while tenant A floods at
+    its submit_rate quota (the goal: within 1.5x)."""
+    from services.bench import fairness as bench_fairness_run
+    from services.infra.cache import Cache
+
+    report = bench_fairness_run.run(
+        bench_fairness_run.Options(
+            seconds=seconds,
+            rate=rate,
+            flood_rate=flood_rate,
+            flood_clients=flood_clients,
+            flood_honours_retry_after=not hammer,
+        ),
+        cache=Cache(root=_settings().cache_dir),
+        say=lambda text: console.print(f"[cyan]bench-fairness[/]: {text}"),
+    )
+    typer.echo(json.dumps(report, indent=None if as_json else 2))
+
+
 @app.command("bench-schedules")
 def bench_schedules(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -18,9 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from services.api import errors
 from services.api.context import ApiContext
+from services.api.fair_pool import FairShare
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
+from services.api.quotas import EarlyRefusal, QuotaGuard, default_quotas
 from services.api.reconciler import Reconciler
 from services.api.routes import applications, bulk, live, pipelines, schedules, tasks, tenants
 from services.api.tracing import TracedProducer
@@ -194,6 +196,12 @@ def create_app(
         ),
         deployer=the_deployer,
         metrics=metrics,
+        quotas=QuotaGuard(
+            defaults=default_quotas(settings),
+            max_request_bytes=limits.max_request_bytes,
+            store=store,
+            clock=time.monotonic,
+        ),
         events=events or make_event_source(settings),
         live=LiveHub(observe_lag=lambda at_ms: metrics.event_lag.observe(_since(at_ms))),
         charts=chart_allow_list(settings) if settings.deployer == "helm" else None,
@@ -238,10 +246,15 @@ def create_app(
     app.add_middleware(
         BodyLimit, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth
     )
+    # Added later is outer: the caller is known (FairShare) before an early refusal
+    # looks it up, and the refusal is counted (with no route: "unmatched").
+    app.add_middleware(EarlyRefusal, guard=ctx.quotas)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
+    app.add_middleware(FairShare)
     app.add_middleware(DashboardHeaders)
     for module in (tenants, applications, pipelines, tasks, bulk, schedules, live, dashboard):
         app.include_router(module.router)
+    app.include_router(tenants.own)
     # The dashboard's script, styles and images, shipped in the package: no build step.
     app.mount("/ui/static", StaticFiles(directory=dashboard.STATIC), name="ui-static")
     _health_routes(app, settings=settings, engine=engine, registry=registry)

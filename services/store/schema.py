@@ -22,6 +22,23 @@ tenants = sa.Table(
     sa.Column("name", NAME, nullable=False, unique=True),
     sa.Column("api_key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", Timestamp, nullable=False),
+    #: The tenant's quota overrides (``services.quotas.QuotaOverrides``); NULL: the
+    #: operator's default (``WSCHED_QUOTA_*``).
+    sa.Column("quota_max_pipelines", sa.Integer, nullable=True),
+    sa.Column("quota_max_backlog", sa.BigInteger, nullable=True),
+    sa.Column("quota_submit_rate", sa.Float, nullable=True),
+    sa.Column("quota_submit_burst", sa.Integer, nullable=True),
+    sa.Column("quota_max_request_bytes", sa.BigInteger, nullable=True),
+)
+
+#: Each tenant's submit-rate token bucket, shared by every API process (drawn in slices,
+#: see ``services.quotas``): the tokens left as of ``at_ms`` (wall clock, ms).
+tenant_submit_buckets = sa.Table(
+    "tenant_submit_buckets",
+    metadata,
+    sa.Column("tenant_id", ID, primary_key=True),
+    sa.Column("tokens", sa.Float(precision=53), nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
 )
 
 applications = sa.Table(

@@ -8,14 +8,15 @@ only :meth:`ControlStore.worker_token` decrypts it.
 
 This package is the one entry point: :class:`ControlStore` is the union of one class per
 section (``_tenants``, ``_applications``, ``_pipelines``, ``_schedules``,
-``_task_reads``), and the records its callers need are re-exported here, so that none
-imports a section module.
+``_task_reads``, ``_quotas``), and the records its callers need are re-exported here, so
+that none imports a section module.
 """
 
 from __future__ import annotations
 
 from services.store.control._applications import ApplicationMethods
 from services.store.control._pipelines import PipelineMethods, pipeline_names
+from services.store.control._quotas import QuotaMethods
 from services.store.control._schedules import ScheduleMethods
 from services.store.control._task_reads import TaskReadMethods
 from services.store.control._tenants import TenantMethods
@@ -77,7 +78,12 @@ __all__ = [
 
 
 class ControlStore(
-    TenantMethods, ApplicationMethods, PipelineMethods, ScheduleMethods, TaskReadMethods
+    TenantMethods,
+    ApplicationMethods,
+    PipelineMethods,
+    ScheduleMethods,
+    TaskReadMethods,
+    QuotaMethods,
 ):
     """Tenants, applications, pipelines and schedules; reads of tasks and of the grains'
-    counters."""
+    counters; tenants' usage and submit buckets."""

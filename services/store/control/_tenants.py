@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from services.quotas import QUOTA_NAMES, QuotaOverrides
 from services.store.control._base import StoreBase
 from services.store.records import (
     TENANT_KEY_PREFIX,
@@ -28,9 +29,7 @@ class TenantMethods(StoreBase):
         return tenant, key
 
     def list_tenants(self) -> list[Tenant]:
-        query = sa.select(tenants.c.id, tenants.c.name, tenants.c.created_at).order_by(
-            tenants.c.name
-        )
+        query = sa.select(*TENANT_COLUMNS).order_by(tenants.c.name)
         with self._engine.connect() as conn:
             return [_tenant(row) for row in conn.execute(query)]
 
@@ -45,12 +44,35 @@ class TenantMethods(StoreBase):
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         return self._one_tenant(tenants.c.id == tenant_id)
 
+    def tenant_by_name(self, name: str) -> Tenant | None:
+        return self._one_tenant(tenants.c.name == name)
+
+    def set_tenant_quotas(self, tenant_id: str, overrides: QuotaOverrides) -> Tenant | None:
+        """Replace the tenant's quota overrides; None when there is no such tenant."""
+        values = {f"quota_{name}": getattr(overrides, name) for name in QUOTA_NAMES}
+        with self._engine.begin() as conn:
+            done = conn.execute(tenants.update().where(tenants.c.id == tenant_id).values(values))
+        return self.get_tenant(tenant_id) if done.rowcount else None
+
     def _one_tenant(self, where: sa.ColumnElement[bool]) -> Tenant | None:
-        query = sa.select(tenants.c.id, tenants.c.name, tenants.c.created_at).where(where)
+        query = sa.select(*TENANT_COLUMNS).where(where)
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
         return _tenant(row) if row is not None else None
 
 
+#: A tenant's columns, its quota overrides included: read with every key lookup, so that
+#: enforcing quotas costs no query of its own.
+TENANT_COLUMNS = (
+    tenants.c.id,
+    tenants.c.name,
+    tenants.c.created_at,
+    *(tenants.c[f"quota_{name}"] for name in QUOTA_NAMES),
+)
+
+
 def _tenant(row: sa.Row[*tuple[Any, ...]]) -> Tenant:
-    return Tenant(id=row.id, name=row.name, created_at=from_db_required(row.created_at))
+    overrides = QuotaOverrides(**{name: row._mapping[f"quota_{name}"] for name in QUOTA_NAMES})
+    return Tenant(
+        id=row.id, name=row.name, created_at=from_db_required(row.created_at), quotas=overrides
+    )

@@ -53,6 +53,7 @@ from wsched.client._models import (
     TaskSummary,
     Tenant,
     TenantCreated,
+    TenantQuotas,
 )
 from wsched.client._options import Backoff, TaskRetry, TaskSpec, new_task_id
 from wsched.client._retry import RequestRetry
@@ -130,6 +131,7 @@ __all__ = [
     "Tasks",
     "Tenant",
     "TenantCreated",
+    "TenantQuotas",
     "Tenants",
     "Unauthorized",
     "Unavailable",

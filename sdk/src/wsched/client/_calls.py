@@ -25,6 +25,7 @@ from wsched.client._models import (
     Stats,
     Tenant,
     TenantCreated,
+    TenantQuotas,
 )
 from wsched.client._options import dumps
 
@@ -95,6 +96,30 @@ def list_tenants() -> Call[list[Tenant]]:
         path="/api/tenants",
         retryable=True,
         read=_reader(lambda body: [Tenant.from_json(t) for t in body["tenants"]]),
+    )
+
+
+def get_tenant(name: str) -> Call[TenantQuotas]:
+    return Call(
+        method="GET",
+        path=f"/api/tenants/{quote(name, safe='')}",
+        retryable=True,
+        read=_reader(TenantQuotas.from_json),
+    )
+
+
+def set_tenant_quotas(name: str, quotas: Mapping[str, float | None]) -> Call[TenantQuotas]:
+    return Call(
+        method="PATCH",
+        path=f"/api/tenants/{quote(name, safe='')}",
+        body=dumps({"quotas": dict(quotas)}),
+        read=_reader(TenantQuotas.from_json),
+    )
+
+
+def own_tenant() -> Call[TenantQuotas]:
+    return Call(
+        method="GET", path="/api/tenant", retryable=True, read=_reader(TenantQuotas.from_json)
     )
 
 

@@ -41,7 +41,17 @@ class Tenant:
     @classmethod
     def from_json(cls, body: Json) -> Tenant:
         """Read an answer of ``GET /api/tenants``."""
-        return cls(id=body["id"], name=body["name"], created_at=_time(body["created_at"]), raw=body)
+        return cls(**_tenant_fields(body))
+
+
+def _tenant_fields(body: Json) -> dict[str, Any]:
+    """What every answer naming a tenant carries."""
+    return {
+        "id": body["id"],
+        "name": body["name"],
+        "created_at": _time(body["created_at"]),
+        "raw": body,
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,13 +63,29 @@ class TenantCreated(Tenant):
     @classmethod
     def from_json(cls, body: Json) -> TenantCreated:
         """Read the answer of ``POST /api/tenants``."""
-        base = Tenant.from_json(body)
+        return cls(**_tenant_fields(body), api_key=body["api_key"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantQuotas(Tenant):
+    """A tenant with its quotas and usage (``GET /api/tenant``, ``/api/tenants/{name}``).
+
+    ``quotas`` are the values in force (None: unbounded), ``overrides`` the tenant's own
+    (None: the operator's default), ``usage`` its live ``pipelines`` and ``backlog``.
+    """
+
+    quotas: Mapping[str, float | None]
+    overrides: Mapping[str, float | None]
+    usage: Mapping[str, int]
+
+    @classmethod
+    def from_json(cls, body: Json) -> TenantQuotas:
+        """Read a tenant answered with its quotas."""
         return cls(
-            id=base.id,
-            name=base.name,
-            created_at=base.created_at,
-            api_key=body["api_key"],
-            raw=body,
+            **_tenant_fields(body),
+            quotas=dict(body["quotas"]),
+            overrides=dict(body["overrides"]),
+            usage=dict(body["usage"]),
         )
 
 

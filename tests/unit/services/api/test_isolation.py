@@ -68,6 +68,11 @@ SCHEDULE = f"{SCHEDULES}/{{schedule}}"
 ROUTES: dict[tuple[str, str], Call] = {
     ("POST", "/api/tenants"): Call(kind="operator", json={"name": "t-gamma"}, ok=201),
     ("GET", "/api/tenants"): Call(kind="operator", ok=200),
+    ("GET", "/api/tenants/{tenant}"): Call(kind="operator", ok=200),
+    ("PATCH", "/api/tenants/{tenant}"): Call(
+        kind="operator", json={"quotas": {"max_pipelines": 5}}, ok=200
+    ),
+    ("GET", "/api/tenant"): Call(kind="tenant-wide", ok=200),
     ("POST", APPS): Call(kind="tenant-wide", json={"name": "alpha"}, ok=201),
     ("GET", APPS): Call(kind="tenant-wide", ok=200),
     ("GET", APP): Call(kind="scoped", ok=200),
@@ -150,9 +155,11 @@ class Names:
     pipeline: str
     tasks: dict[str, str]
     schedule: str
+    tenant: str = "t-alpha"
 
     def path(self, template: str, call: Call) -> str:
         return template.format(
+            tenant=self.tenant,
             app=self.idle_app if call.app == "idle" else self.app,
             pipeline=self.pipeline,
             task_id=self.tasks[call.task],
