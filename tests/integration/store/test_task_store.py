@@ -13,6 +13,7 @@ from actors.pipeline.book import TaskBook
 from actors.pipeline.model import Outcome, PipelineConfig, Report
 from services.store import migrate
 from services.store.schema import schedules, task_attempts, task_results, tasks
+from services.store.sql import duplicates_fail_at_once
 from services.store.tasks import SqlTaskStore
 from tests.ports.task_store import (
     GRAIN,
@@ -113,3 +114,23 @@ async def test_flush_cuts_worker_and_error_to_their_columns(engine: sa.Engine) -
     assert {row.worker for row in rows.values()} == {worker[:255]}
     cut = rows[failed.task.id].error
     assert cut.endswith("the cause") and 65_000 < len(cut.encode()) <= 65_535
+
+
+def test_tidb_fails_a_duplicate_insert_at_once_so_admission_skips_its_lookup(
+    engine: sa.Engine,
+) -> None:
+    """The provisioned TiDB (pessimistic, in-place checks) takes admission's fast path, so
+    the contract's replays above exercise its savepoint and fallback; an optimistic
+    session would not (its duplicates fail at commit)."""
+    with engine.connect() as conn:
+        assert duplicates_fail_at_once(conn) is (engine.dialect.name == "mysql")
+    if engine.dialect.name != "mysql":
+        return  # SQLite always looks the ids up first
+    optimistic = sa.create_engine(
+        engine.url, connect_args={"init_command": "SET SESSION tidb_txn_mode = 'optimistic'"}
+    )
+    try:
+        with optimistic.connect() as conn:
+            assert duplicates_fail_at_once(conn) is False
+    finally:
+        optimistic.dispose()
