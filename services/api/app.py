@@ -32,6 +32,7 @@ from services.health import check_database, check_kafka
 from services.kafka.admin import KafkaTopicAdmin, TopicAdmin
 from services.kafka.event_reader import KafkaEventSource
 from services.kafka.producer import EventProducer, KafkaProducer
+from services.kafka.revocations import KafkaRevocations
 from services.live.hub import LiveHub
 from services.live.source import EventSource, MemoryEventLog
 from services.settings import Settings
@@ -146,6 +147,19 @@ async def following(hub: LiveHub, source: EventSource) -> AsyncIterator[None]:
             await reader
 
 
+@contextlib.asynccontextmanager
+async def forgetting_revoked(ctx: ApiContext) -> AsyncIterator[None]:
+    """The process's reader of ``wsched.revocations``: what it remembers of a tenant
+    whose keys changed is forgotten at once (see ``ApiContext.forget_tenant``)."""
+    reader = asyncio.create_task(ctx.revocations.follow(ctx.forget_tenant), name="revocations")
+    try:
+        yield
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
 def _since(at_ms: int) -> float:
     """Seconds from a time in ms since the epoch to now (0 if the clocks disagree)."""
     return max(0.0, time.time() - at_ms / 1000)
@@ -188,6 +202,15 @@ def create_app(
         live=LiveHub(observe_lag=lambda at_ms: metrics.event_lag.observe(_since(at_ms))),
         charts=chart_allow_list(settings) if settings.deployer == "helm" else None,
     )
+    if settings.kafka_bootstrap:
+        ctx.revocations = KafkaRevocations(
+            bootstrap=settings.kafka_bootstrap,
+            admin=KafkaTopicAdmin(
+                bootstrap=settings.kafka_bootstrap,
+                replication_factor=settings.kafka_replication_factor,
+            ),
+            producer=own_producer,
+        )
     metrics.waiters.set_function(lambda: ctx.live.waiting)
     reconciler = Reconciler(
         store=ctx.store,
@@ -202,7 +225,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.callback(engine.dispose)
-            if producer is None:
+            if producer is None or isinstance(ctx.revocations, KafkaRevocations):
+                # Also when a producer is given: revocations are sent with this one.
                 await stack.enter_async_context(own_producer)
             if own_deployer and isinstance(the_deployer, local.LocalDeployer):
                 # Entered before the reconciler, left after it: no deploy is under way
@@ -210,7 +234,9 @@ def create_app(
                 await stack.enter_async_context(the_deployer)
             await stack.enter_async_context(reconciler.running())
             await stack.enter_async_context(following(ctx.live, ctx.events))
+            await stack.enter_async_context(forgetting_revoked(ctx))
             ctx.nudge = reconciler.nudge
+            ctx.nudge_tenant = reconciler.tenants.nudge
             yield
 
     app = FastAPI(

@@ -7,6 +7,7 @@ dependency, so that tests build the app with in-memory ports.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import time
 from collections import OrderedDict
@@ -25,11 +26,19 @@ from services.deploy.helm import ChartAllowList
 from services.deploy.ports import Deployer
 from services.kafka.admin import TopicAdmin
 from services.kafka.producer import EventProducer
+from services.kafka.revocations import MemoryRevocations, Revocations
 from services.live.hub import LiveHub
 from services.live.reads import BatchedReads
 from services.live.source import EventSource
 from services.settings import Settings
-from services.store.control import ControlStore, Pipeline, TaskRecord, Tenant, hash_secret
+from services.store.control import (
+    ControlStore,
+    Pipeline,
+    TaskRecord,
+    Tenant,
+    hash_secret,
+    utcnow,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,6 +88,13 @@ class LastKnown:
     def drop(self, key: object) -> None:
         self._entries.pop(key, None)
 
+    def replace_where(self, matches: Callable[[object], bool], value: object) -> int:
+        """Remember ``value`` instead of every value that ``matches``; how many."""
+        keys = [key for key, entry in self._entries.items() if matches(entry.value)]
+        for key in keys:
+            self._entries[key].value = value
+        return len(keys)
+
     def get(self, key: object) -> tuple[bool, object]:
         entry = self._entries.get(key)
         if entry is None or self._clock() - entry.at > self._max_age_s:
@@ -103,7 +119,13 @@ class ApiContext:
     charts: ChartAllowList | None = None
     #: Set by the lifespan once the reconciler runs; routes nudge it after a change.
     nudge: Callable[[str], None] = lambda _pipeline_id: None
+    #: The same for a tenant being deleted.
+    nudge_tenant: Callable[[str], None] = lambda _tenant_id: None
     clock: Callable[[], float] = time.monotonic
+    #: When rotated-out keys stop being valid.
+    wall_clock: Callable[[], dt.datetime] = utcnow
+    #: Tells every API process that a tenant's keys changed (``wsched.revocations``).
+    revocations: Revocations = field(default_factory=MemoryRevocations)
     #: Seals and opens the dashboard's session cookies (see services.api.ui.session).
     sessions: SessionCodec = field(init=False)
     _last_known: LastKnown = field(init=False)
@@ -134,14 +156,28 @@ class ApiContext:
             raise self.database_unavailable(err) from err
 
     async def tenant_by_key(self, api_key: str) -> Tenant | None:
-        key = ("tenant", hash_secret(api_key))
-        return await self._remembered(key, functools.partial(self.store.tenant_by_key, api_key))
+        return await self.tenant_by_key_digest(hash_secret(api_key))
 
     async def tenant_by_key_digest(self, digest: str) -> Tenant | None:
         """The tenant of a key's digest (a dashboard session keeps the digest, never the
-        key); remembered under the same entry as the key's own lookup."""
+        key). A rotated-out key is refused once its grace period ends, also when the
+        answer is a remembered one (the database down)."""
         read = functools.partial(self.store.tenant_by_key_digest, digest)
-        return await self._remembered(("tenant", digest), read)
+        tenant = await self._remembered(("tenant", digest), read)
+        if tenant is None or tenant.key_until is None:
+            return tenant
+        return tenant if self.wall_clock() < tenant.key_until else None
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """The tenant's keys were rotated or revoked, or it is being deleted: no lookup
+        remembered for it may answer any more. Its keys' entries are kept as "no such
+        tenant", so that while the database is down they answer 401, not 503."""
+        self._last_known.replace_where(
+            lambda value: isinstance(value, Tenant) and value.id == tenant_id, None
+        )
+        self._last_known.replace_where(
+            lambda value: isinstance(value, Pipeline) and value.tenant_id == tenant_id, None
+        )
 
     async def find_pipeline(
         self, *, tenant_id: str, application: str, name: str
@@ -152,7 +188,7 @@ class ApiContext:
         )
         return await self._remembered(key, read)
 
-    async def _remembered(self, key: object, read: Callable[[], R]) -> R:
+    async def _remembered(self, key: object, read: Callable[[], R | None]) -> R | None:
         """Read through; while the database is down, answer what was last read, so that
         submissions keep flowing into Kafka (the design's "Kafka absorbs submissions")."""
         try:

@@ -7,7 +7,7 @@ their SHA-256 digests. A worker token is also kept encrypted (see
 only :meth:`ControlStore.worker_token` decrypts it.
 
 This package is the one entry point: :class:`ControlStore` is the union of one class per
-section (``_tenants``, ``_applications``, ``_pipelines``, ``_schedules``,
+section (``_tenants``, ``_tenant_deletions``, ``_applications``, ``_pipelines``, ``_schedules``,
 ``_task_reads``), and the records its callers need are re-exported here, so that none
 imports a section module.
 """
@@ -15,9 +15,21 @@ imports a section module.
 from __future__ import annotations
 
 from services.store.control._applications import ApplicationMethods
-from services.store.control._pipelines import PipelineMethods, pipeline_names
+from services.store.control._pipelines import (
+    PipelineMethods,
+    PipelineNameRow,
+    TokenDigests,
+    pipeline_names,
+    worker_token_digests,
+)
 from services.store.control._schedules import ScheduleMethods
 from services.store.control._task_reads import TaskReadMethods
+from services.store.control._tenant_deletions import (
+    STEP_DONE,
+    STEP_NAMESPACE,
+    STEP_PIPELINES,
+    TenantDeletionMethods,
+)
 from services.store.control._tenants import TenantMethods
 from services.store.records import (
     DEPLOYMENT_PENDING,
@@ -39,6 +51,7 @@ from services.store.records import (
     ScheduleRun,
     TaskRecord,
     Tenant,
+    TenantDeletion,
     TokenUnavailable,
     hash_secret,
     issue_secret,
@@ -49,6 +62,9 @@ from services.store.records import (
 __all__ = [
     "DEPLOYMENT_PENDING",
     "PURGE_BATCH",
+    "STEP_DONE",
+    "STEP_NAMESPACE",
+    "STEP_PIPELINES",
     "TENANT_KEY_PREFIX",
     "WORKER_TOKEN_PREFIX",
     "Application",
@@ -60,6 +76,7 @@ __all__ = [
     "NotFound",
     "Pipeline",
     "PipelineChanges",
+    "PipelineNameRow",
     "PipelineSpec",
     "PipelineState",
     "PipelineStats",
@@ -67,17 +84,25 @@ __all__ = [
     "ScheduleRun",
     "TaskRecord",
     "Tenant",
+    "TenantDeletion",
+    "TokenDigests",
     "TokenUnavailable",
     "hash_secret",
     "issue_secret",
     "new_id",
     "pipeline_names",
     "utcnow",
+    "worker_token_digests",
 ]
 
 
 class ControlStore(
-    TenantMethods, ApplicationMethods, PipelineMethods, ScheduleMethods, TaskReadMethods
+    TenantMethods,
+    TenantDeletionMethods,
+    ApplicationMethods,
+    PipelineMethods,
+    ScheduleMethods,
+    TaskReadMethods,
 ):
-    """Tenants, applications, pipelines and schedules; reads of tasks and of the grains'
-    counters."""
+    """Tenants and their deletions, applications, pipelines and schedules; reads of tasks
+    and of the grains' counters."""
