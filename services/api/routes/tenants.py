@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Literal
 
 from fastapi import APIRouter
 from fastapi import Path as PathParam
 
 from services.api.auth import Operator
 from services.api.context import Ctx
-from services.api.errors import OPERATOR_ERRORS, ApiError, not_found
+from services.api.errors import OPERATOR_ERRORS, ApiError, error_responses, not_found
 from services.api.lifecycle_schemas import (
     DeletionOut,
     KeyRotated,
@@ -41,6 +42,7 @@ router = APIRouter(
     prefix="/api/tenants", tags=["tenants"], dependencies=[Operator], responses=OPERATOR_ERRORS
 )
 
+NOT_FOUND = error_responses(404)
 TenantName = PathParam(description="The tenant's name.", json_schema_extra=NAME_SCHEMA)
 
 
@@ -68,7 +70,7 @@ async def list_tenants(ctx: Ctx) -> TenantList:
     )
 
 
-@router.get("/{tenant}")
+@router.get("/{tenant}", responses=NOT_FOUND)
 async def get_tenant(ctx: Ctx, tenant: str = TenantName) -> TenantState:
     """The tenant and, once it is being deleted, how far its deletion got (also after it
     is gone, until a tenant of the same name is created)."""
@@ -82,7 +84,7 @@ async def get_tenant(ctx: Ctx, tenant: str = TenantName) -> TenantState:
     return _state(gone.tenant_id, gone.name, gone.started_at, gone)
 
 
-@router.post("/{tenant}/rotate-key")
+@router.post("/{tenant}/rotate-key", responses=NOT_FOUND)
 async def rotate_key(body: Rotate, ctx: Ctx, tenant: str = TenantName) -> KeyRotated:
     """A new API key, in this answer only; the current one stays valid for ``grace_s``."""
     found = await _live_tenant(ctx, tenant)
@@ -96,7 +98,7 @@ async def rotate_key(body: Rotate, ctx: Ctx, tenant: str = TenantName) -> KeyRot
     return KeyRotated(api_key=key, previous_key_valid_until=until)
 
 
-@router.post("/{tenant}/revoke-key")
+@router.post("/{tenant}/revoke-key", responses=NOT_FOUND)
 async def revoke_key(ctx: Ctx, tenant: str = TenantName) -> KeysRevoked:
     """Refuse every key of the tenant, on every API process within seconds (also while
     the database is down); ``rotate-key`` then issues a new one."""
@@ -115,7 +117,7 @@ async def revoke_key(ctx: Ctx, tenant: str = TenantName) -> KeysRevoked:
     return KeysRevoked(detail=detail)
 
 
-@router.delete("/{tenant}", status_code=202)
+@router.delete("/{tenant}", status_code=202, responses=NOT_FOUND)
 async def delete_tenant(ctx: Ctx, tenant: str = TenantName) -> TenantState:
     """Start deleting the tenant (again, harmlessly, if under way): its keys are refused
     at once; its pipelines (workers, topics, tasks), namespace and rows go in the
@@ -169,5 +171,5 @@ def _state(
         updated_at=deletion.updated_at,
         finished_at=deletion.finished_at,
     )
-    state = "deleted" if deletion.step == STEP_DONE else "deleting"
+    state: Literal["deleting", "deleted"] = "deleted" if deletion.step == STEP_DONE else "deleting"
     return TenantState(id=tenant_id, name=name, created_at=created_at, state=state, deletion=out)
