@@ -44,6 +44,7 @@ from wsched.client._models import (
     BatchResult,
     BulkOutcome,
     BulkResult,
+    KeyRotated,
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
@@ -53,6 +54,8 @@ from wsched.client._models import (
     TaskSummary,
     Tenant,
     TenantCreated,
+    TenantStatus,
+    TokenRotated,
 )
 from wsched.client._options import Backoff, TaskRetry, TaskSpec, new_task_id
 from wsched.client._retry import RequestRetry
@@ -97,6 +100,7 @@ __all__ = [
     "ConnectionFailed",
     "Forbidden",
     "InvalidRequest",
+    "KeyRotated",
     "LongPoll",
     "NotFound",
     "PayloadTooLarge",
@@ -130,7 +134,9 @@ __all__ = [
     "Tasks",
     "Tenant",
     "TenantCreated",
+    "TenantStatus",
     "Tenants",
+    "TokenRotated",
     "Unauthorized",
     "Unavailable",
     "WaitStrategy",

@@ -19,12 +19,15 @@ import httpx
 from wsched.client._errors import WschedError
 from wsched.client._models import (
     Application,
+    KeyRotated,
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
     Stats,
     Tenant,
     TenantCreated,
+    TenantStatus,
+    TokenRotated,
 )
 from wsched.client._options import dumps
 
@@ -95,6 +98,51 @@ def list_tenants() -> Call[list[Tenant]]:
         path="/api/tenants",
         retryable=True,
         read=_reader(lambda body: [Tenant.from_json(t) for t in body["tenants"]]),
+    )
+
+
+def tenant_path(name: str) -> str:
+    return f"/api/tenants/{seg(name)}"
+
+
+def get_tenant(name: str) -> Call[TenantStatus]:
+    return Call(
+        method="GET",
+        path=tenant_path(name),
+        retryable=True,
+        read=_reader(TenantStatus.from_json),
+    )
+
+
+def rotate_key(name: str, grace_s: int) -> Call[KeyRotated]:
+    return Call(
+        method="POST",
+        path=f"{tenant_path(name)}/rotate-key",
+        body=dumps({"grace_s": grace_s}),
+        read=_reader(KeyRotated.from_json),
+    )
+
+
+def revoke_key(name: str) -> Call[None]:
+    return Call(method="POST", path=f"{tenant_path(name)}/revoke-key", read=_nothing)
+
+
+def delete_tenant(name: str) -> Call[TenantStatus]:
+    # Repeating it is harmless (the deletion under way is answered), so it is retried.
+    return Call(
+        method="DELETE",
+        path=tenant_path(name),
+        retryable=True,
+        read=_reader(TenantStatus.from_json),
+    )
+
+
+def rotate_token(app: str, pipeline: str, grace_s: int) -> Call[TokenRotated]:
+    return Call(
+        method="POST",
+        path=f"{pipeline_path(app, pipeline)}/rotate-token",
+        body=dumps({"grace_s": grace_s}),
+        read=_reader(TokenRotated.from_json),
     )
 
 

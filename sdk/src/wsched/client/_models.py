@@ -64,6 +64,55 @@ class TenantCreated(Tenant):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TenantStatus(Tenant):
+    """A tenant with its state: ``active``, ``deleting`` or ``deleted``; ``deletion``
+    says how far a deletion got (``step``, ``pipelines_left``, ``namespace``, ``detail``)."""
+
+    state: str
+    deletion: Json | None = None
+
+    @classmethod
+    def from_json(cls, body: Json) -> TenantStatus:
+        """Read an answer of ``GET`` or ``DELETE /api/tenants/{tenant}``."""
+        base = Tenant.from_json(body)
+        return cls(
+            id=base.id,
+            name=base.name,
+            created_at=base.created_at,
+            state=body["state"],
+            deletion=body.get("deletion"),
+            raw=body,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyRotated:
+    """A tenant's new API key (shown once) and when the replaced one stops working."""
+
+    api_key: str
+    previous_key_valid_until: dt.datetime | None
+
+    @classmethod
+    def from_json(cls, body: Json) -> KeyRotated:
+        until = _maybe_time(body.get("previous_key_valid_until"))
+        return cls(api_key=body["api_key"], previous_key_valid_until=until)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenRotated:
+    """A pipeline's new worker token (shown once) and when the replaced one stops working;
+    the workers are deployed again with the new one."""
+
+    worker_token: str
+    previous_token_valid_until: dt.datetime | None
+
+    @classmethod
+    def from_json(cls, body: Json) -> TokenRotated:
+        until = _maybe_time(body.get("previous_token_valid_until"))
+        return cls(worker_token=body["worker_token"], previous_token_valid_until=until)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Application:
     """A tenant's application: a named group of pipelines."""
 

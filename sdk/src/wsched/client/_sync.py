@@ -21,11 +21,14 @@ from wsched.client import _calls as calls
 from wsched.client._errors import ConnectionFailed, PipelineFailed, PipelineTimeout, error_from
 from wsched.client._models import (
     Application,
+    KeyRotated,
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
     Tenant,
     TenantCreated,
+    TenantStatus,
+    TokenRotated,
 )
 from wsched.client._options import Duration, TaskRetry
 from wsched.client._retry import RequestRetry, log_retry, parse_retry_after
@@ -181,6 +184,23 @@ class Tenants:
         """Every tenant."""
         return self._client._send(calls.list_tenants())
 
+    def get(self, name: str) -> TenantStatus:
+        """A tenant and its state; a deleted one's deletion until its name is reused."""
+        return self._client._send(calls.get_tenant(name))
+
+    def rotate_key(self, name: str, *, grace_s: int = 0) -> KeyRotated:
+        """A new API key (in this answer only); the current one stays valid ``grace_s``."""
+        return self._client._send(calls.rotate_key(name, grace_s))
+
+    def revoke_key(self, name: str) -> None:
+        """Refuse every key of the tenant at once; :meth:`rotate_key` issues a new one."""
+        self._client._send(calls.revoke_key(name))
+
+    def delete(self, name: str) -> TenantStatus:
+        """Start deleting the tenant (pipelines, namespace, tasks, rows); :meth:`get`
+        shows the progress. Harmless to repeat."""
+        return self._client._send(calls.delete_tenant(name))
+
 
 class Applications:
     """A tenant's applications: named groups of pipelines."""
@@ -294,6 +314,11 @@ class Pipelines:
             expires_after=expires_after,
         )
         return self._client._send(calls.update_pipeline(app, name, changes))
+
+    def rotate_token(self, app: str, name: str, *, grace_s: int = 0) -> TokenRotated:
+        """A new worker token (in this answer only); the workers are deployed again with
+        it and the current one stays valid ``grace_s``."""
+        return self._client._send(calls.rotate_token(app, name, grace_s))
 
     def delete(self, app: str, name: str) -> PipelineDeleting:
         """Start deleting: the name is free at once; workers, topic and tasks go later."""
