@@ -7,7 +7,7 @@ import datetime as dt
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -17,7 +17,7 @@ from actors.pipeline.ports import StoreUnavailable
 from actors.pipeline.retry import Backoff
 from services.deploy.naming import namespace_for, release_name
 from services.deploy.scaling import ScalingPolicy
-from services.store.control import TokenDigests, pipeline_names, worker_token_digests
+from services.store.control import TokenDigests, pipeline_names, utcnow, worker_token_digests
 from services.store.schema import grain_owners, pipelines
 
 READY = "ready"
@@ -43,12 +43,12 @@ class _Digests:
     fresh_until: float
 
 
-def _refused_long_ago(cached: _Digests, token: str, now: float) -> bool:
-    return not _accepts(cached.digests, token) and now - cached.read_at > _REREAD_S
+def _refused_long_ago(cached: _Digests, token: str, now: float, wall: dt.datetime) -> bool:
+    return not _accepts(cached.digests, token, wall) and now - cached.read_at > _REREAD_S
 
 
-def _accepts(digests: TokenDigests | None, token: str) -> bool:
-    return digests is not None and digests.accepts(token, now=dt.datetime.now(dt.UTC))
+def _accepts(digests: TokenDigests | None, token: str, wall: dt.datetime) -> bool:
+    return digests is not None and digests.accepts(token, now=wall)
 
 
 class PipelineDirectory:
@@ -61,8 +61,11 @@ class PipelineDirectory:
         window_tasks: int,
         token_ttl_s: float = 30,
         token_cache_size: int = 10_000,
+        wall_clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
+        """``wall_clock``: when a rotated-out worker token's grace period is over."""
         self._engine = engine
+        self._wall_clock = wall_clock
         self._window_tasks = window_tasks
         self._token_ttl_s = token_ttl_s
         #: pipeline id -> its token digests (None: no such pipeline), least recently used
@@ -152,12 +155,17 @@ class PipelineDirectory:
         """
         cached = self._tokens.get(pipeline_id)
         now = time.monotonic()
-        if cached is None or cached.fresh_until < now or _refused_long_ago(cached, token, now):
+        wall = self._wall_clock()
+        if (
+            cached is None
+            or cached.fresh_until < now
+            or _refused_long_ago(cached, token, now, wall)
+        ):
             cached = await self._read_digests(pipeline_id, cached)
         self._tokens.move_to_end(pipeline_id)
         while len(self._tokens) > self._token_cache_size:
             self._tokens.popitem(last=False)
-        return _accepts(cached.digests, token)
+        return _accepts(cached.digests, token, wall)
 
     async def _read_digests(self, pipeline_id: str, cached: _Digests | None) -> _Digests:
         try:
