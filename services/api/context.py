@@ -7,13 +7,14 @@ dependency, so that tests build the app with in-memory ports.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from fastapi import Depends, Request
@@ -88,12 +89,17 @@ class LastKnown:
     def drop(self, key: object) -> None:
         self._entries.pop(key, None)
 
-    def replace_where(self, matches: Callable[[object], bool], value: object) -> int:
-        """Remember ``value`` instead of every value that ``matches``; how many."""
-        keys = [key for key, entry in self._entries.items() if matches(entry.value)]
-        for key in keys:
-            self._entries[key].value = value
-        return len(keys)
+    def replace_where(self, matches: Callable[[object], bool], value: object) -> None:
+        """Remember ``value`` instead of every value that ``matches``."""
+        self.update_where(matches, lambda _old: value)
+
+    def update_where(
+        self, matches: Callable[[object], bool], update: Callable[[Any], object]
+    ) -> None:
+        """Remember ``update(value)`` instead of every value that ``matches``."""
+        for entry in self._entries.values():
+            if matches(entry.value):
+                entry.value = update(entry.value)
 
     def get(self, key: object) -> tuple[bool, object]:
         entry = self._entries.get(key)
@@ -168,13 +174,20 @@ class ApiContext:
             return tenant
         return tenant if self.wall_clock() < tenant.key_until else None
 
-    def forget_tenant(self, tenant_id: str) -> None:
-        """The tenant's keys were rotated or revoked, or it is being deleted: no lookup
-        remembered for it may answer any more. Its keys' entries are kept as "no such
-        tenant", so that while the database is down they answer 401, not 503."""
-        self._last_known.replace_where(
-            lambda value: isinstance(value, Tenant) and value.id == tenant_id, None
-        )
+    def forget_tenant(self, tenant_id: str, until: dt.datetime | None = None) -> None:
+        """The tenant's keys changed (``wsched.revocations``): no lookup remembered for it
+        may answer beyond what now holds. Revoked (``until`` None: also a tenant being
+        deleted), its entries are kept as "no such tenant", so that while the database is
+        down they answer 401, not 503; rotated, the keys remembered so far hold until
+        ``until`` (the grace period), and its pipelines are still its own."""
+
+        def the_tenants(value: object) -> bool:
+            return isinstance(value, Tenant) and value.id == tenant_id
+
+        if until is not None:
+            self._last_known.update_where(the_tenants, lambda t: _until(t, until))
+            return
+        self._last_known.replace_where(the_tenants, None)
         self._last_known.replace_where(
             lambda value: isinstance(value, Pipeline) and value.tenant_id == tenant_id, None
         )
@@ -204,6 +217,12 @@ class ApiContext:
         else:
             self._last_known.put(key, value)
         return value
+
+
+def _until(tenant: Tenant, until: dt.datetime) -> Tenant:
+    """The tenant as looked up by a key that holds until ``until`` at the latest."""
+    ends = until if tenant.key_until is None else min(tenant.key_until, until)
+    return dataclasses.replace(tenant, key_until=ends)
 
 
 def _context(request: Request) -> ApiContext:

@@ -4,13 +4,16 @@ While the database answers, each request checks its key there, so a revoked key 
 refused at once everywhere. While it does not, an API process answers from the lookups
 it remembers (``services.api.context``), and only this topic can tell it that one of
 them no longer holds. Each process reads it from its end, with no consumer group (each
-needs every record); a record is the tenant's id, nothing secret.
+needs every record); a record names the tenant and, for a rotation with a grace period,
+when the replaced key stops being valid: nothing secret.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -28,13 +31,30 @@ _RETENTION_MS = 3_600_000
 #: The longest pause between attempts to read the topic again after a failure.
 _MAX_PAUSE_S = 5.0
 
-Forget = Callable[[str], None]
+#: Called with the tenant's id and, after a rotation with a grace period, the end of it
+#: (None: none of the tenant's keys remembered so far holds any more).
+Forget = Callable[[str, dt.datetime | None], None]
+
+
+def encode(tenant_id: str, until: dt.datetime | None) -> bytes:
+    body = {"tenant": tenant_id, "until": until.isoformat() if until else None}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode(value: bytes | None) -> tuple[str, dt.datetime | None]:
+    """The record's tenant and grace end; ValueError for anything else."""
+    try:
+        body = json.loads(value or b"")
+        until = body.get("until")
+        return str(body["tenant"]), dt.datetime.fromisoformat(until) if until else None
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ValueError(f"undecodable revocation record: {err}") from err
 
 
 class Revocations(Protocol):
-    async def announce(self, tenant_id: str) -> None:
+    async def announce(self, tenant_id: str, *, until: dt.datetime | None = None) -> None:
         """Tell every API process (this one included) that the tenant's keys changed;
-        raises ``BrokerUnavailable``."""
+        ``until``: the grace end of a rotated-out key. Raises ``BrokerUnavailable``."""
         ...
 
     async def follow(self, forget: Forget) -> None:
@@ -49,10 +69,10 @@ class MemoryRevocations:
         self._followers: list[Forget] = []
         self.announced: list[str] = []
 
-    async def announce(self, tenant_id: str) -> None:
+    async def announce(self, tenant_id: str, *, until: dt.datetime | None = None) -> None:
         self.announced.append(tenant_id)
         for forget in list(self._followers):
-            forget(tenant_id)
+            forget(tenant_id, until)
 
     async def follow(self, forget: Forget) -> None:
         self._followers.append(forget)
@@ -69,9 +89,11 @@ class KafkaRevocations:
         self._producer = producer
         self._next: int | None = None
 
-    async def announce(self, tenant_id: str) -> None:
-        key = tenant_id.encode()
-        await self._producer.send([Record(topic=REVOCATIONS_TOPIC, key=key, value=key)])
+    async def announce(self, tenant_id: str, *, until: dt.datetime | None = None) -> None:
+        record = Record(
+            topic=REVOCATIONS_TOPIC, key=tenant_id.encode(), value=encode(tenant_id, until)
+        )
+        await self._producer.send([record])
 
     async def follow(self, forget: Forget) -> None:
         # Resumed where it stopped after a failure: a record produced meanwhile counts.
@@ -107,8 +129,13 @@ class KafkaRevocations:
             while True:
                 batches = await consumer.getmany(timeout_ms=1000)
                 for record in batches.get(partition, []):
-                    forget((record.value or b"").decode(errors="replace"))
                     self._next = record.offset + 1
+                    try:
+                        tenant_id, until = decode(record.value)
+                    except ValueError as err:
+                        log.warning("skipped %s:%d: %s", REVOCATIONS_TOPIC, record.offset, err)
+                        continue
+                    forget(tenant_id, until)
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()

@@ -93,8 +93,8 @@ async def rotate_key(body: Rotate, ctx: Ctx, tenant: str = TenantName) -> KeyRot
         key = await ctx.db(ctx.store.rotate_key, found.id, grace=grace)
     except NotFound as err:
         raise ApiError(409, "conflict", f"{err}") from err
-    await _announce(ctx, found.id)
     until = ctx.wall_clock() + grace if body.grace_s else None
+    await _announce(ctx, found.id, until=until)
     return KeyRotated(api_key=key, previous_key_valid_until=until)
 
 
@@ -142,11 +142,12 @@ async def _live_tenant(ctx: Ctx, name: str) -> Tenant:
     return found
 
 
-async def _announce(ctx: Ctx, tenant_id: str) -> bool:
-    """Tell every API process (this one at once); False when Kafka did not take it."""
-    ctx.forget_tenant(tenant_id)
+async def _announce(ctx: Ctx, tenant_id: str, *, until: dt.datetime | None = None) -> bool:
+    """Tell every API process (this one at once) that the tenant's keys changed, and
+    until when a rotated-out one holds; False when Kafka did not take it."""
+    ctx.forget_tenant(tenant_id, until)
     try:
-        await ctx.revocations.announce(tenant_id)
+        await ctx.revocations.announce(tenant_id, until=until)
     except BrokerUnavailable as err:
         log.warning("tenant %s: key change not announced: %s", tenant_id, err)
         return False

@@ -43,9 +43,7 @@ async def status(api: Api, key: str) -> int:
 
 
 async def rotate(api: Api, tenant: str, **body: Any) -> dict[str, Any]:
-    answer = await api.client.post(
-        f"/api/tenants/{tenant}/rotate-key", json=body, headers=OPERATOR
-    )
+    answer = await api.client.post(f"/api/tenants/{tenant}/rotate-key", json=body, headers=OPERATOR)
     assert answer.status_code == 200, answer.text
     rotated: dict[str, Any] = answer.json()
     return rotated
@@ -70,7 +68,9 @@ async def test_a_rotated_key_keeps_working_for_its_grace_period_only(
     assert until == clock.now + dt.timedelta(seconds=60)
     assert (await status(api, old), await status(api, new)) == (200, 200)
     clock.advance(61)
-    assert_error(await api.client.get("/api/applications", headers=bearer(old)), 401, "unauthorized")
+    assert_error(
+        await api.client.get("/api/applications", headers=bearer(old)), 401, "unauthorized"
+    )
     assert await status(api, new) == 200
 
 
@@ -191,3 +191,20 @@ async def test_a_rotated_worker_token_is_redeployed_and_the_old_one_expires(
     assert verify(pipeline_id=pipeline["id"], token=new)
     current = await api.client.get("/api/applications/a/pipelines/p", headers=bearer(key))
     assert current.json()["state"] == "ready"
+
+
+async def test_a_rotation_announced_elsewhere_bounds_a_remembered_keys_grace(
+    api: Api, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process rotated the key with a grace period while this one cannot read the
+    database: the key it remembers holds until the grace ends, not for as long as it is
+    remembered."""
+    key, pipeline = await api.ready_pipeline()
+    assert (await api.client.post(SUBMIT, json={"n": 1}, headers=bearer(key))).status_code == 202
+    database_down(api, monkeypatch)
+    until = clock.now + dt.timedelta(seconds=20)
+    await api.ctx.revocations.announce(pipeline_tenant(api, pipeline), until=until)
+    assert (await api.client.post(SUBMIT, json={"n": 2}, headers=bearer(key))).status_code == 202
+    clock.advance(21)
+    refused = await api.client.post(SUBMIT, json={"n": 3}, headers=bearer(key))
+    assert_error(refused, 401, "unauthorized")

@@ -63,7 +63,9 @@ async def test_deleting_a_tenant_removes_everything_it_had(api: Api, fakes: Fake
     answer = await api.client.delete("/api/tenants/t-doomed", headers=OPERATOR)
     assert answer.status_code == 202, answer.text
     assert answer.json()["state"] == "deleting"
-    assert_error(await api.client.get("/api/applications", headers=bearer(key)), 401, "unauthorized")
+    assert_error(
+        await api.client.get("/api/applications", headers=bearer(key)), 401, "unauthorized"
+    )
     await api.settled()
 
     state = await tenant_state(api, "t-doomed")
