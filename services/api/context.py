@@ -162,13 +162,18 @@ class ApiContext:
             raise self.database_unavailable(err) from err
 
     async def tenant_by_key(self, api_key: str) -> Tenant | None:
-        return await self.tenant_by_key_digest(hash_secret(api_key))
+        read = functools.partial(self.store.tenant_by_key, api_key)
+        return await self._tenant_of(hash_secret(api_key), read)
 
     async def tenant_by_key_digest(self, digest: str) -> Tenant | None:
         """The tenant of a key's digest (a dashboard session keeps the digest, never the
-        key). A rotated-out key is refused once its grace period ends, also when the
-        answer is a remembered one (the database down)."""
+        key); remembered under the same entry as the key's own lookup."""
         read = functools.partial(self.store.tenant_by_key_digest, digest)
+        return await self._tenant_of(digest, read)
+
+    async def _tenant_of(self, digest: str, read: Callable[[], Tenant | None]) -> Tenant | None:
+        """A rotated-out key is refused once its grace period ends, also when the answer
+        is a remembered one (the database down)."""
         tenant = await self._remembered(("tenant", digest), read)
         if tenant is None or tenant.key_until is None:
             return tenant
