@@ -114,8 +114,8 @@ def tenant_rotate_key(name: str, grace_s: GraceOption = 0) -> None:
     """Issue a new API key (shown once); the current one stays valid --grace-s seconds."""
     with _client(operator=True) as client:
         rotated = client.tenants.rotate_key(name, grace_s=grace_s)
-    _show({"previous_key_valid_until": rotated.previous_key_valid_until})
-    err.print(f"export WSCHED_API_KEY={rotated.api_key}")
+    _show({"previous_key_valid_until": rotated.previous_valid_until})
+    err.print(f"export WSCHED_API_KEY={rotated.secret}")
 
 
 @tenants.command("revoke-key")
@@ -280,12 +280,7 @@ def pipeline_rotate_token(app: str, name: str, grace_s: GraceOption = 0) -> None
     current one stays valid --grace-s seconds."""
     with _client() as client:
         rotated = client.pipelines.rotate_token(app, name, grace_s=grace_s)
-    _show(
-        {
-            "worker_token": rotated.worker_token,
-            "previous_token_valid_until": rotated.previous_token_valid_until,
-        }
-    )
+    _show(rotated.raw)
 
 
 # -- tasks ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -136,22 +136,9 @@ def make_event_source(settings: Settings) -> EventSource:
 
 
 @contextlib.asynccontextmanager
-async def following(hub: LiveHub, source: EventSource) -> AsyncIterator[None]:
-    """The process's one reader of the events topic, for as long as the app runs."""
-    reader = asyncio.create_task(hub.run(source), name="events reader")
-    try:
-        yield
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-
-
-@contextlib.asynccontextmanager
-async def forgetting_revoked(ctx: ApiContext) -> AsyncIterator[None]:
-    """The process's reader of ``wsched.revocations``: what it remembers of a tenant
-    whose keys changed is forgotten at once (see ``ApiContext.forget_tenant``)."""
-    reader = asyncio.create_task(ctx.revocations.follow(ctx.forget_tenant), name="revocations")
+async def in_background(work: Coroutine[Any, Any, None], *, name: str) -> AsyncIterator[None]:
+    """``work`` runs for as long as the app does (a reader of a topic), then is cancelled."""
+    reader = asyncio.create_task(work, name=name)
     try:
         yield
     finally:
@@ -233,8 +220,14 @@ def create_app(
                 # when the workers are stopped.
                 await stack.enter_async_context(the_deployer)
             await stack.enter_async_context(reconciler.running())
-            await stack.enter_async_context(following(ctx.live, ctx.events))
-            await stack.enter_async_context(forgetting_revoked(ctx))
+            # The process's one reader of the events topic, and of wsched.revocations:
+            # what it remembers of a tenant whose keys changed is forgotten at once.
+            readers = (
+                (ctx.live.run(ctx.events), "events reader"),
+                (ctx.revocations.follow(ctx.forget_tenant), "revocations reader"),
+            )
+            for work, name in readers:
+                await stack.enter_async_context(in_background(work, name=name))
             ctx.nudge = reconciler.nudge
             ctx.nudge_tenant = reconciler.tenants.nudge
             yield

@@ -25,7 +25,7 @@ from protos.wsched.v1 import events_pb2
 from services.api.context import DatabaseUnavailable, in_thread
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
-from services.api.tenant_deletion import TenantDeleter
+from services.api.tenant_deletion import TenantDeleter, guarded, pending_ids
 from services.deploy.ports import Deployer, DeployFailed, DeploymentStatus
 from services.kafka.admin import TopicAdmin
 from services.kafka.producer import BrokerUnavailable, EventProducer
@@ -107,13 +107,11 @@ class Reconciler:
     async def scan(self) -> None:
         if not self._placement_topic_ready:
             await self._ensure_placement_topic()
-        try:
-            pending = await in_thread(self._store.pending_reconcile)
-        except DatabaseUnavailable as err:
-            log.warning("reconciler: cannot list pipelines, retrying next pass: %s", err)
-            return
-        for pipeline in pending:
-            self.nudge(pipeline.id)
+        pending = await pending_ids(
+            self._store.pending_reconcile, lambda pipeline: pipeline.id, what="pipelines"
+        )
+        for pipeline_id in pending:
+            self.nudge(pipeline_id)
         await self.tenants.scan()
         if self._clock() >= self._drift_due:
             await self._check_drift()
@@ -171,12 +169,7 @@ class Reconciler:
             self._running.pop(pipeline_id, None)
 
     async def _reconcile_logged(self, pipeline_id: str) -> None:
-        try:
-            await self.reconcile(pipeline_id)
-        except DatabaseUnavailable as err:
-            log.warning("reconciler: pipeline %s waits for the database: %s", pipeline_id, err)
-        except Exception:  # one pipeline's bug must not stop the others
-            log.exception("reconciler: pipeline %s failed unexpectedly", pipeline_id)
+        await guarded(self.reconcile(pipeline_id), f"reconciler: pipeline {pipeline_id}")
 
     async def reconcile(self, pipeline_id: str) -> None:
         pipeline = await in_thread(self._store.pipeline_by_id, pipeline_id)

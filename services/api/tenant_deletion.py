@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from services.api.context import DatabaseUnavailable, in_thread
 from services.deploy.ports import Deployer
@@ -23,6 +24,31 @@ from services.store.control import (
 )
 
 log = logging.getLogger("wsched.api.tenant_deletion")
+T = TypeVar("T")
+
+
+async def guarded(work: Awaitable[None], what: str) -> None:
+    """Run one pass of the reconciler's work; its failure is logged, never raised, so that
+    one pipeline's or tenant's trouble cannot stop the others (the next pass retries)."""
+    try:
+        await work
+    except DatabaseUnavailable as err:
+        log.warning("%s waits for the database: %s", what, err)
+    except Exception:
+        log.exception("%s failed unexpectedly", what)
+
+
+async def pending_ids(
+    read: Callable[[], list[T]], id_of: Callable[[T], str], *, what: str
+) -> list[str]:
+    """The ids of what ``read`` lists as work left; none while the database is away (the
+    next pass asks again)."""
+    try:
+        pending = await in_thread(read)
+    except DatabaseUnavailable as err:
+        log.warning("reconciler: cannot list %s, retrying next pass: %s", what, err)
+        return []
+    return [id_of(item) for item in pending]
 
 
 class TenantDeleter:
@@ -45,13 +71,13 @@ class TenantDeleter:
             self._running[tenant_id] = asyncio.create_task(self._logged(tenant_id))
 
     async def scan(self) -> None:
-        try:
-            pending = await in_thread(self._store.pending_tenant_deletions)
-        except DatabaseUnavailable as err:
-            log.warning("cannot list tenant deletions, retrying next pass: %s", err)
-            return
-        for deletion in pending:
-            self.nudge(deletion.tenant_id)
+        pending = await pending_ids(
+            self._store.pending_tenant_deletions,
+            lambda deletion: deletion.tenant_id,
+            what="tenant deletions",
+        )
+        for tenant_id in pending:
+            self.nudge(tenant_id)
 
     async def idle(self) -> None:
         while self._running:
@@ -65,11 +91,7 @@ class TenantDeleter:
 
     async def _logged(self, tenant_id: str) -> None:
         try:
-            await self.carry_on(tenant_id)
-        except DatabaseUnavailable as err:
-            log.warning("tenant %s: deletion waits for the database: %s", tenant_id, err)
-        except Exception:  # one tenant's bug must not stop the others
-            log.exception("tenant %s: deletion failed unexpectedly", tenant_id)
+            await guarded(self.carry_on(tenant_id), f"tenant {tenant_id}: deletion")
         finally:
             self._running.pop(tenant_id, None)
 

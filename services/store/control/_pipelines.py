@@ -164,7 +164,7 @@ class PipelineMethods(StoreBase):
         if current is None:
             raise NotFound(f"pipeline {pipeline.name!r} no longer exists")
         token, digest = issue_secret(WORKER_TOKEN_PREFIX)
-        until = self._clock() + grace if grace > dt.timedelta(0) else None
+        until = self._grace_end(grace)
         # Literal values, not a column reference: MySQL assigns SET clauses in order, so
         # "previous = current" after "current = new" would copy the new digest.
         changes = {

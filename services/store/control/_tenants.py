@@ -83,7 +83,7 @@ class TenantMethods(StoreBase):
         if current is None:
             raise NotFound(f"no tenant with id {tenant_id}")
         key, digest = issue_secret(TENANT_KEY_PREFIX)
-        until = self._clock() + grace if grace > dt.timedelta(0) else None
+        until = self._grace_end(grace)
         # Literal values, not a column reference: MySQL assigns SET clauses in order. The
         # digest read is the condition, so a rotation that raced with this one wins alone.
         values = {

@@ -94,9 +94,14 @@ async def two_processes(
             await proxy.cut()
 
 
-async def followed(api: Api) -> None:
-    """Let the process's revocations reader reach the topic's end before the test acts."""
-    await asyncio.sleep(2.0)
+async def remembered_then_cut_off(a: Api, b: Api, proxy: CuttableProxy) -> str:
+    """A tenant's key that B has used (so it remembers it) before losing its database."""
+    key, _ = await a.ready_pipeline()
+    await asyncio.sleep(2.0)  # B's revocations reader has reached the topic's end
+    assert await submit(b, key, 1) == 202  # B now remembers the key and the pipeline
+    await proxy.cut()
+    assert await submit(b, key, 2) == 202  # answered from what B remembers
+    return key
 
 
 async def submit(api: Api, key: str, n: int) -> int:
@@ -121,11 +126,7 @@ async def test_a_revocation_reaches_a_process_that_cannot_read_the_database(
     tidb_api_url: str, kafka_bootstrap: str
 ) -> None:
     async with two_processes(tidb_api_url, kafka_bootstrap) as (a, b, proxy):
-        key, _ = await a.ready_pipeline()
-        await followed(b)
-        assert await submit(b, key, 1) == 202  # B now remembers the key and the pipeline
-        await proxy.cut()
-        assert await submit(b, key, 2) == 202  # answered from what B remembers
+        key = await remembered_then_cut_off(a, b, proxy)
         read = await b.client.get(f"{PIPE}/tasks/x", headers=bearer(key))
         assert_error(read, 503, "database_unavailable")  # B really cannot read
 
@@ -144,10 +145,7 @@ async def test_a_rotation_keeps_its_grace_on_a_process_without_its_database(
     tidb_api_url: str, kafka_bootstrap: str
 ) -> None:
     async with two_processes(tidb_api_url, kafka_bootstrap) as (a, b, proxy):
-        old, _ = await a.ready_pipeline()
-        await followed(b)
-        assert await submit(b, old, 1) == 202
-        await proxy.cut()
+        old = await remembered_then_cut_off(a, b, proxy)
         answer = await a.client.post(
             "/api/tenants/t-p/rotate-key", json={"grace_s": 3}, headers=OPERATOR
         )

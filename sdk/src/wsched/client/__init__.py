@@ -44,10 +44,10 @@ from wsched.client._models import (
     BatchResult,
     BulkOutcome,
     BulkResult,
-    KeyRotated,
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
+    Rotated,
     Stats,
     Task,
     TaskPage,
@@ -55,7 +55,6 @@ from wsched.client._models import (
     Tenant,
     TenantCreated,
     TenantStatus,
-    TokenRotated,
 )
 from wsched.client._options import Backoff, TaskRetry, TaskSpec, new_task_id
 from wsched.client._retry import RequestRetry
@@ -100,7 +99,6 @@ __all__ = [
     "ConnectionFailed",
     "Forbidden",
     "InvalidRequest",
-    "KeyRotated",
     "LongPoll",
     "NotFound",
     "PayloadTooLarge",
@@ -114,6 +112,7 @@ __all__ = [
     "PollWithBackoff",
     "RateLimited",
     "RequestRetry",
+    "Rotated",
     "Schedule",
     "ScheduleCounts",
     "SchedulePage",
@@ -136,7 +135,6 @@ __all__ = [
     "TenantCreated",
     "TenantStatus",
     "Tenants",
-    "TokenRotated",
     "Unauthorized",
     "Unavailable",
     "WaitStrategy",

@@ -18,14 +18,13 @@ from wsched.client._async_tasks import AsyncTasks
 from wsched.client._errors import ConnectionFailed, PipelineFailed, PipelineTimeout, error_from
 from wsched.client._models import (
     Application,
-    KeyRotated,
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
+    Rotated,
     Tenant,
     TenantCreated,
     TenantStatus,
-    TokenRotated,
 )
 from wsched.client._options import Duration, TaskRetry
 from wsched.client._retry import RequestRetry, log_retry, parse_retry_after
@@ -184,7 +183,7 @@ class AsyncTenants:
         """A tenant and its state; a deleted one's deletion until its name is reused."""
         return await self._client._send(calls.get_tenant(name))
 
-    async def rotate_key(self, name: str, *, grace_s: int = 0) -> KeyRotated:
+    async def rotate_key(self, name: str, *, grace_s: int = 0) -> Rotated:
         """A new API key (in this answer only); the current one stays valid ``grace_s``."""
         return await self._client._send(calls.rotate_key(name, grace_s))
 
@@ -311,7 +310,7 @@ class AsyncPipelines:
         )
         return await self._client._send(calls.update_pipeline(app, name, changes))
 
-    async def rotate_token(self, app: str, name: str, *, grace_s: int = 0) -> TokenRotated:
+    async def rotate_token(self, app: str, name: str, *, grace_s: int = 0) -> Rotated:
         """A new worker token (in this answer only); the workers are deployed again with
         it and the current one stays valid ``grace_s``."""
         return await self._client._send(calls.rotate_token(app, name, grace_s))

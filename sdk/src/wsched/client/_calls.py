@@ -19,15 +19,14 @@ import httpx
 from wsched.client._errors import WschedError
 from wsched.client._models import (
     Application,
-    KeyRotated,
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
+    Rotated,
     Stats,
     Tenant,
     TenantCreated,
     TenantStatus,
-    TokenRotated,
 )
 from wsched.client._options import dumps
 
@@ -106,21 +105,11 @@ def tenant_path(name: str) -> str:
 
 
 def get_tenant(name: str) -> Call[TenantStatus]:
-    return Call(
-        method="GET",
-        path=tenant_path(name),
-        retryable=True,
-        read=_reader(TenantStatus.from_json),
-    )
+    return _tenant_status("GET", name)
 
 
-def rotate_key(name: str, grace_s: int) -> Call[KeyRotated]:
-    return Call(
-        method="POST",
-        path=f"{tenant_path(name)}/rotate-key",
-        body=dumps({"grace_s": grace_s}),
-        read=_reader(KeyRotated.from_json),
-    )
+def rotate_key(name: str, grace_s: int) -> Call[Rotated]:
+    return _rotate(f"{tenant_path(name)}/rotate-key", grace_s, field_name="api_key")
 
 
 def revoke_key(name: str) -> Call[None]:
@@ -129,20 +118,28 @@ def revoke_key(name: str) -> Call[None]:
 
 def delete_tenant(name: str) -> Call[TenantStatus]:
     # Repeating it is harmless (the deletion under way is answered), so it is retried.
+    return _tenant_status("DELETE", name)
+
+
+def _tenant_status(method: str, name: str) -> Call[TenantStatus]:
     return Call(
-        method="DELETE",
-        path=tenant_path(name),
-        retryable=True,
-        read=_reader(TenantStatus.from_json),
+        method=method, path=tenant_path(name), retryable=True, read=_reader(TenantStatus.from_json)
     )
 
 
-def rotate_token(app: str, pipeline: str, grace_s: int) -> Call[TokenRotated]:
+def rotate_token(app: str, pipeline: str, grace_s: int) -> Call[Rotated]:
+    return _rotate(
+        f"{pipeline_path(app, pipeline)}/rotate-token", grace_s, field_name="worker_token"
+    )
+
+
+def _rotate(path: str, grace_s: int, *, field_name: str) -> Call[Rotated]:
+    """A rotation; ``field_name``: the answer's field holding the new secret."""
     return Call(
         method="POST",
-        path=f"{pipeline_path(app, pipeline)}/rotate-token",
+        path=path,
         body=dumps({"grace_s": grace_s}),
-        read=_reader(TokenRotated.from_json),
+        read=_reader(lambda body: Rotated.from_json(body, field_name=field_name)),
     )
 
 

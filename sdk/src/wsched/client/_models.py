@@ -41,7 +41,17 @@ class Tenant:
     @classmethod
     def from_json(cls, body: Json) -> Tenant:
         """Read an answer of ``GET /api/tenants``."""
-        return cls(id=body["id"], name=body["name"], created_at=_time(body["created_at"]), raw=body)
+        return cls(**_tenant_fields(body))
+
+
+def _tenant_fields(body: Json) -> dict[str, Any]:
+    """A tenant's own fields, for it and the answers that extend it."""
+    return {
+        "id": body["id"],
+        "name": body["name"],
+        "created_at": _time(body["created_at"]),
+        "raw": body,
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,14 +63,7 @@ class TenantCreated(Tenant):
     @classmethod
     def from_json(cls, body: Json) -> TenantCreated:
         """Read the answer of ``POST /api/tenants``."""
-        base = Tenant.from_json(body)
-        return cls(
-            id=base.id,
-            name=base.name,
-            created_at=base.created_at,
-            api_key=body["api_key"],
-            raw=body,
-        )
+        return cls(**_tenant_fields(body), api_key=body["api_key"])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,42 +77,24 @@ class TenantStatus(Tenant):
     @classmethod
     def from_json(cls, body: Json) -> TenantStatus:
         """Read an answer of ``GET`` or ``DELETE /api/tenants/{tenant}``."""
-        base = Tenant.from_json(body)
-        return cls(
-            id=base.id,
-            name=base.name,
-            created_at=base.created_at,
-            state=body["state"],
-            deletion=body.get("deletion"),
-            raw=body,
-        )
+        return cls(**_tenant_fields(body), state=body["state"], deletion=body.get("deletion"))
 
 
 @dataclass(frozen=True, kw_only=True)
-class KeyRotated:
-    """A tenant's new API key (shown once) and when the replaced one stops working."""
+class Rotated:
+    """A new secret, shown once: a tenant's API key (``rotate_key``) or a pipeline's
+    worker token (``rotate_token``, its workers deployed again with it); and when the
+    one it replaced stops working (None: already)."""
 
-    api_key: str
-    previous_key_valid_until: dt.datetime | None
-
-    @classmethod
-    def from_json(cls, body: Json) -> KeyRotated:
-        until = _maybe_time(body.get("previous_key_valid_until"))
-        return cls(api_key=body["api_key"], previous_key_valid_until=until)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TokenRotated:
-    """A pipeline's new worker token (shown once) and when the replaced one stops working;
-    the workers are deployed again with the new one."""
-
-    worker_token: str
-    previous_token_valid_until: dt.datetime | None
+    secret: str
+    previous_valid_until: dt.datetime | None
+    raw: Json = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, body: Json) -> TokenRotated:
-        until = _maybe_time(body.get("previous_token_valid_until"))
-        return cls(worker_token=body["worker_token"], previous_token_valid_until=until)
+    def from_json(cls, body: Json, *, field_name: str) -> Rotated:
+        """Read the answer of a rotation whose new secret is the field ``field_name``."""
+        until = next((v for k, v in body.items() if k.startswith("previous_")), None)
+        return cls(secret=body[field_name], previous_valid_until=_maybe_time(until), raw=body)
 
 
 @dataclass(frozen=True, kw_only=True)

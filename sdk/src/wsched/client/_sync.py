@@ -21,14 +21,13 @@ from wsched.client import _calls as calls
 from wsched.client._errors import ConnectionFailed, PipelineFailed, PipelineTimeout, error_from
 from wsched.client._models import (
     Application,
-    KeyRotated,
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
+    Rotated,
     Tenant,
     TenantCreated,
     TenantStatus,
-    TokenRotated,
 )
 from wsched.client._options import Duration, TaskRetry
 from wsched.client._retry import RequestRetry, log_retry, parse_retry_after
@@ -188,7 +187,7 @@ class Tenants:
         """A tenant and its state; a deleted one's deletion until its name is reused."""
         return self._client._send(calls.get_tenant(name))
 
-    def rotate_key(self, name: str, *, grace_s: int = 0) -> KeyRotated:
+    def rotate_key(self, name: str, *, grace_s: int = 0) -> Rotated:
         """A new API key (in this answer only); the current one stays valid ``grace_s``."""
         return self._client._send(calls.rotate_key(name, grace_s))
 
@@ -315,7 +314,7 @@ class Pipelines:
         )
         return self._client._send(calls.update_pipeline(app, name, changes))
 
-    def rotate_token(self, app: str, name: str, *, grace_s: int = 0) -> TokenRotated:
+    def rotate_token(self, app: str, name: str, *, grace_s: int = 0) -> Rotated:
         """A new worker token (in this answer only); the workers are deployed again with
         it and the current one stays valid ``grace_s``."""
         return self._client._send(calls.rotate_token(app, name, grace_s))

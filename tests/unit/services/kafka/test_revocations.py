@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from services.kafka.revocations import MemoryRevocations, decode, encode
+from services.kafka.revocations import Forget, MemoryRevocations, decode, encode
 
 UNTIL = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 
@@ -26,15 +26,16 @@ def test_anything_else_is_a_value_error(value: bytes | None) -> None:
 async def test_every_follower_hears_every_announcement() -> None:
     revocations = MemoryRevocations()
     heard: list[tuple[str, str, dt.datetime | None]] = []
-    followers = [
-        asyncio.create_task(revocations.follow(lambda t, u, n=n: heard.append((n, t, u))))
-        for n in ("a", "b")
-    ]
+
+    def follower(name: str) -> Forget:
+        return lambda tenant_id, until: heard.append((name, tenant_id, until))
+
+    followers = [asyncio.create_task(revocations.follow(follower(n))) for n in ("a", "b")]
     await asyncio.sleep(0)
     await revocations.announce("t1")
     await revocations.announce("t2", until=UNTIL)
-    for follower in followers:
-        follower.cancel()
+    for task in followers:
+        task.cancel()
     await asyncio.gather(*followers, return_exceptions=True)
     assert sorted(heard) == [
         ("a", "t1", None),
