@@ -47,6 +47,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Answers": (
         "Tenant",
         "TenantCreated",
+        "TenantStatus",
+        "Rotated",
         "Application",
         "Pipeline",
         "PipelineCreated",
