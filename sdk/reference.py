@@ -47,6 +47,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Answers": (
         "Tenant",
         "TenantCreated",
+        "TenantQuotas",
         "TenantStatus",
         "Rotated",
         "Application",

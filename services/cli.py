@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services import client_cli, client_cli_schedules
+from services.observability import configure_logging
 from services.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Workload Scheduler.")
@@ -30,10 +30,7 @@ COMPONENTS = ("kafka", "tidb", "helm", "kube", "registry")
 
 def _settings() -> Settings:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
     return settings
 
 
@@ -58,8 +55,11 @@ def api() -> None:
     from services.api.app import create_app
 
     settings = _settings()
+    # JSON logs: uvicorn's loggers propagate to ours instead of its own text handlers.
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     uvicorn.run(
         create_app(settings),
+        log_config=log_config,
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
@@ -122,6 +122,38 @@ def bench_waiters(
         bench_waiters_run.Options(waiters=waiters, rate=rate),
         cache=Cache(root=_settings().cache_dir),
         say=lambda text: console.print(f"[cyan]bench-waiters[/]: {text}"),
+    )
+    typer.echo(json.dumps(report, indent=None if as_json else 2))
+
+
+@app.command("bench-fairness")
+def bench_fairness(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    seconds: Annotated[float, typer.Option(help="Seconds each phase submits for.")] = 20.0,
+    rate: Annotated[float, typer.Option(help="Tenant B's tasks per second.")] = 20.0,
+    flood_rate: Annotated[
+        float, typer.Option(help="Tenant A's submit_rate quota, tasks per second.")
+    ] = 500.0,
+    flood_clients: Annotated[int, typer.Option(help="Tenant A's concurrent connections.")] = 8,
+    hammer: Annotated[
+        bool, typer.Option(help="Tenant A sends again at once after a 429 (no Retry-After).")
+    ] = False,
+) -> None:
+    """Fair use: tenant B's submit and end-to-end p99, alone and while tenant A floods at
+    its submit_rate quota (the goal: within 1.5x)."""
+    from services.bench import fairness as bench_fairness_run
+    from services.infra.cache import Cache
+
+    report = bench_fairness_run.run(
+        bench_fairness_run.Options(
+            seconds=seconds,
+            rate=rate,
+            flood_rate=flood_rate,
+            flood_clients=flood_clients,
+            flood_honours_retry_after=not hammer,
+        ),
+        cache=Cache(root=_settings().cache_dir),
+        say=lambda text: console.print(f"[cyan]bench-fairness[/]: {text}"),
     )
     typer.echo(json.dumps(report, indent=None if as_json else 2))
 

@@ -104,7 +104,8 @@ GraceOption = Annotated[
 
 @tenants.command("get")
 def tenant_get(name: str) -> None:
-    """A tenant's state, and how far its deletion got."""
+    """A tenant with its quotas (in force, and its overrides), its usage, its state and how
+    far its deletion got."""
     with _client(operator=True) as client:
         _show(client.tenants.get(name).raw)
 
@@ -132,6 +133,48 @@ def tenant_delete(name: str) -> None:
     (`wsched tenants get NAME` shows the progress)."""
     with _client(operator=True) as client:
         _show(client.tenants.delete(name).raw)
+
+
+_QUOTA_HELP = "0: unbounded for this tenant."
+
+
+@tenants.command("quota")
+def tenant_quota(
+    name: str,
+    max_pipelines: Annotated[int | None, typer.Option(help=_QUOTA_HELP, min=0)] = None,
+    max_backlog: Annotated[int | None, typer.Option(help=_QUOTA_HELP, min=0)] = None,
+    submit_rate: Annotated[
+        float | None, typer.Option(help=f"Tasks a second. {_QUOTA_HELP}", min=0)
+    ] = None,
+    submit_burst: Annotated[int | None, typer.Option(help="The bucket's size.", min=0)] = None,
+    max_request_bytes: Annotated[int | None, typer.Option(help=_QUOTA_HELP, min=0)] = None,
+    default: Annotated[
+        list[str] | None,
+        typer.Option(help="A quota to return to the operator's default (repeatable)."),
+    ] = None,
+) -> None:
+    """Override a tenant's quotas; those not named are unchanged."""
+    given = {
+        "max_pipelines": max_pipelines,
+        "max_backlog": max_backlog,
+        "submit_rate": submit_rate,
+        "submit_burst": submit_burst,
+        "max_request_bytes": max_request_bytes,
+    }
+    changes: dict[str, float | None] = {k: v for k, v in given.items() if v is not None}
+    changes |= dict.fromkeys(default or [])
+    if not changes:
+        err.print("[red]Nothing to change[/]: name a quota, e.g. --submit-rate 500.")
+        raise typer.Exit(2)
+    with _client(operator=True) as client:
+        _show(client.tenants.set_quotas(name, **changes).raw)
+
+
+@tenants.command("me")
+def tenant_me() -> None:
+    """Your tenant (WSCHED_API_KEY): its quotas and its usage."""
+    with _client() as client:
+        _show(client.tenants.me().raw)
 
 
 @apps.command("create")

@@ -148,6 +148,14 @@ class Settings(BaseSettings):
     dev_broker: str = Field(default="auto", pattern="^(auto|kafka|memory)$")
     dev_kafka_port: int = Field(default=19092, ge=1, le=65535)
     log_level: str = "INFO"
+    #: ``text`` lines, or ``json``: one object a line with the task, pipeline and trace
+    #: ids where known (README "Observability").
+    log_format: Literal["text", "json"] = "text"
+    #: Where traces go, an OTLP/gRPC endpoint (``http://collector:4317``); unset: no
+    #: spans are made at all.
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    #: The share of tasks traced (a task's spans follow the decision at its submit).
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
     # -- HTTP API bounds and timings ------------------------------------------------------
     max_task_data_bytes: int = Field(default=256 * 1024, ge=1)
@@ -165,6 +173,20 @@ class Settings(BaseSettings):
     #: How old a remembered tenant or pipeline may be to accept submits while the
     #: database is unreachable (Kafka absorbs the submissions meanwhile).
     stale_lookup_s: float = Field(default=600.0, ge=0)
+    # -- Tenants' quotas: the operator's defaults; 0 is unbounded. Per tenant, the operator
+    # overrides them with PATCH /api/tenants/{name} (README "Quotas and fair use").
+    #: Live pipelines per tenant.
+    quota_max_pipelines: int = Field(default=100, ge=0)
+    #: Tasks queued or scheduled over a tenant's pipelines (checked against the counters
+    #: the grains flush every 2 s, so it may be overshot by about 3 s of submits).
+    quota_max_backlog: int = Field(default=2_000_000, ge=0)
+    #: Tasks a tenant may submit per second over all API processes (each task of a batch
+    #: counts), and the bucket they refill: the largest burst, and the largest batch.
+    quota_submit_rate: float = Field(default=20_000.0, ge=0)
+    quota_submit_burst: int = Field(default=40_000, ge=0)
+    #: Bytes of one request body of a tenant; 0: the process's WSCHED_MAX_REQUEST_BYTES
+    #: (which also bounds every override).
+    quota_max_request_bytes: int = Field(default=0, ge=0)
     #: Replication factor of new topics; unset means min(3, brokers in the cluster).
     kafka_replication_factor: int | None = Field(default=None, ge=1)
 

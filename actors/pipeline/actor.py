@@ -227,7 +227,7 @@ class PipelineActor(Actor[object, Any]):
             # Even a failed admission or tick may have changed the book part way.
             if isinstance(message, _PUBLISHED_AFTER):
                 self._publish()
-            if isinstance(message, Admit | _Tick | _Timer):
+            if isinstance(message, Admit | Poll | _Tick | _Timer | _Flush):
                 self._arm_due_timer()
 
     def _dispatch_table(self) -> dict[type, Callable[[Any], Awaitable[Any]]]:

@@ -29,7 +29,7 @@ from actors.pipeline.model import (
     Verdict,
 )
 from actors.pipeline.retry import RetryOverride
-from actors.pipeline.timers import TimerHeap, TimerKey
+from actors.pipeline.timers import Taken, TimerHeap, TimerKey
 
 _OUTCOME_STATUS = {
     Outcome.SUCCEEDED: Status.SUCCEEDED,
@@ -135,26 +135,42 @@ class TaskBook:
         self.totals["admitted"] += len(tasks)
         for task in tasks:
             if task.status is Status.SCHEDULED:
-                self.timers.offer(task.id, task.due_at)
+                self.timers.offer(task.id, task.due_at, task)
         overflow = self._fill(due)
         self.stored_backlog += len(overflow)
 
     # -- timers -------------------------------------------------------------------------
 
-    def take_due(self, *, wall: dt.datetime) -> list[TimerKey]:
+    def take_due(self, *, wall: dt.datetime) -> list[Taken]:
         """Timers due at ``wall``, as many as the window has room for, soonest first.
 
-        They leave the heap now; the core makes them queued in the store and hands the
-        tasks to ``fired``, or gives them back with ``timers.put_back`` if that fails.
+        They leave the heap now, with their tasks where the heap kept them; the core reads
+        the others' rows and hands every task to ``fired``, or gives the timers back with
+        ``timers.put_back`` if that fails.
         """
         room = self.window_room()
         return self.timers.pop_due(wall=wall, limit=room) if room > 0 else []
 
-    def fired(self, tasks: Sequence[Task]) -> None:
-        """Timers the store turned into queued tasks: they join the window."""
+    def fired(self, fired: Sequence[tuple[TimerKey, Task]]) -> None:
+        """Due timers' tasks join the window, queued. Nothing is written: the task's row
+        and timer row stay as they are (``scheduled``) until its next state is flushed,
+        and that flush ends the timer row; a crash before it fires the timer again.
+
+        A task the window cannot take (its bytes) goes back to the timers, not to the
+        stored backlog: the store does not show it queued.
+        """
+        tasks = []
+        for key, task in fired:
+            task.status, task.timer = Status.QUEUED, key
+            tasks.append(task)
         self._move(Status.SCHEDULED, Status.QUEUED, len(tasks))
         self.totals["fired"] += len(tasks)
-        self.stored_backlog += len(self._fill(tasks))
+        overflow = self._fill(tasks)
+        for task in overflow:
+            task.status = Status.SCHEDULED
+        self._move(Status.QUEUED, Status.SCHEDULED, len(overflow))
+        self.totals["fired"] -= len(overflow)
+        self.timers.put_back([(task.timer, task) for task in overflow if task.timer])
 
     def page_in(self, tasks: Sequence[Task], *, exhausted: bool) -> None:
         """Queued tasks read from the store in id order after ``page_after``."""
@@ -347,7 +363,7 @@ class TaskBook:
         self._move(Status.LEASED, Status.SCHEDULED)
         self.totals["retried"] += 1
         self._mark(task)
-        if not self.timers.offer(task.id, task.due_at):
+        if not self.timers.offer(task.id, task.due_at, task):
             self._unwritten_timers.add(task.id)
 
     @property
@@ -434,6 +450,17 @@ class TaskBook:
         self._dirty, self._results, self._attempts = {}, {}, []
         self._unwritten_timers.clear()  # written by this flush (or given back if it fails)
         return flush
+
+    def flushed(self, flush: Flush) -> None:
+        """A flush is durable: the timer rows it ended are no longer the tasks' to end."""
+        for change in flush.changes:
+            if change.ended_timer is None:
+                continue
+            lease = self._leases.get(change.id)
+            task = lease.task if lease else self._ready.get(change.id)
+            task = task or self.timers.payload(change.id)
+            if task is not None and task.timer == change.timer:
+                task.timer = None
 
     def restore_flush(self, flush: Flush) -> None:
         """Give back a flush that failed; changes made since then stay newer."""

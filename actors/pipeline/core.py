@@ -45,9 +45,12 @@ from actors.pipeline.model import (
     Verdict,
 )
 from actors.pipeline.ports import Admission, EventSink, StaleEpoch, StoreUnavailable, TaskStore
+from actors.pipeline.timers import TimerKey
 
 log = logging.getLogger("wsched.actors.pipeline")
 R = TypeVar("R")
+#: Tasks per admission transaction while timers wait (``PipelineCore._admit_new``).
+ADMIT_CHUNK = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,12 +186,11 @@ class PipelineCore:
             self.publish()
 
     async def _admit(self, batch: AdmitBatch) -> AdmitResult:
-        wall = self._clock.wall()
         # The offsets go with the batch's last write, so that a crash in between replays
         # the cancels and requeues instead of skipping them.
         later = bool(batch.cancels or batch.requeues or batch.purges)
-        admission = await self._store_admit(batch.new, {} if later else batch.offsets, wall=wall)
-        self.admitted(admission.admitted, serve=False)
+        admission = await self._admit_new(batch.new, {} if later else batch.offsets)
+        wall = self._clock.wall()
         self.book.end_overdue(wall=wall)
         cancelled = await self._cancel(batch.cancels, wall=wall)
         requeued = await self._requeue(batch.requeues, wall=wall)
@@ -206,6 +208,28 @@ class PipelineCore:
             requeued=requeued,
             purged=purged,
         )
+
+    async def _admit_new(self, new: Sequence[NewTask], offsets: Mapping[int, int]) -> Admission:
+        """Admit in transactions of ``ADMIT_CHUNK`` tasks while timers wait, due timers fired
+        before each: a backlog being admitted (tasks due later, most of them) must not hold
+        back tasks due now. The offsets go with the last transaction; a crash in between
+        replays the batch, and admission is idempotent. With no timers: one transaction."""
+        size = ADMIT_CHUNK if len(self.book.timers) else max(len(new), 1)
+        starts = range(0, len(new), size) if new else range(1)
+        admitted: list[Task] = []
+        duplicates: list[str] = []
+        conflicts: list[str] = []
+        for start in starts:
+            await self.fire_due()
+            last = start + size >= len(new)
+            part = await self._store_admit(
+                new[start : start + size], offsets if last else {}, wall=self._clock.wall()
+            )
+            self.admitted(part.admitted, serve=True)
+            admitted += part.admitted
+            duplicates += part.duplicates
+            conflicts += part.conflicts
+        return Admission(admitted=admitted, duplicates=duplicates, conflicts=conflicts)
 
     def admitted(self, tasks: Sequence[Task], *, serve: bool = True) -> None:
         """Tasks now durable (submitted, or a schedule's runs) join the book."""
@@ -395,33 +419,42 @@ class PipelineCore:
         return max(0.0, (due - self._clock.wall()).total_seconds())
 
     async def fire_due(self) -> None:
-        """Due timers become queued tasks in the store, then join the window.
+        """Due timers' tasks join the window, queued; no write (``TaskBook.fired``).
 
-        Due timers go before the stored backlog: ``tick`` fires them before it pages in.
+        A timer the heap kept its task for fires from memory; the others' rows are read in
+        the same fenced transaction that checks the grain still owns the pipeline. Due
+        timers go before the stored backlog: ``tick`` fires them before it pages in.
         """
+        wall = self._clock.wall()
         soonest = self.book.timers.next_due()
-        if soonest is None or soonest > self._clock.wall():
+        if soonest is None or soonest > wall:
             return
-        if self.book.dirty:
-            # A retry's row becomes ``scheduled`` with the next flush: fire only what the
-            # store already shows, or the timer would be spent on a row still ``leased``.
-            await self.flush()
-        due = self.book.take_due(wall=self._clock.wall())
+        due = self.book.take_due(wall=wall)
         if not due:
             return
+        held = [(key, task) for key, task in due if task is not None]
+        unheld = [key for key, task in due if task is None]
         try:
-            tasks = await self.guard(
-                self._store.fire_timers(
-                    grain=self.key, epoch=self.epoch, timers=due, now=self._clock.wall()
-                )
-            )
+            if self.book.dirty and (unheld or any(task.timer for _, task in held)):
+                # A retry's row becomes ``scheduled``, and the timer row its last attempt
+                # fired from is ended, with the next flush: read and fire only after it.
+                await self.flush()
+            read = await self._read_due(unheld, wall=wall)
         except BaseException:
             self.book.timers.put_back(due)  # still due; the next tick tries again
             raise
-        self._stamp_ready(tasks)
-        self.book.fired(tasks)
-        self._committed(tasks)
+        keys = {key[1]: key for key in unheld}
+        fired = held + [(keys[task.id], task) for task in read]
+        self._stamp_ready([task for _, task in fired])
+        self.book.fired(fired)
         self._serve_waiters()
+
+    async def _read_due(self, keys: Sequence[TimerKey], *, wall: dt.datetime) -> list[Task]:
+        """The rows of timers fired without their tasks; a fenced read even when there are
+        none, so that an ex-owner fires nothing, not even from memory."""
+        return await self.guard(
+            self._store.fire_timers(grain=self.key, epoch=self.epoch, timers=keys, now=wall)
+        )
 
     async def refill_timers(self) -> None:
         """Read the next stored timers into the heap when it runs low.
@@ -460,6 +493,7 @@ class PipelineCore:
                     future.set_exception(failure)
             raise
         if taken:
+            self.book.flushed(taken)
             rows = len(taken.changes) + len(taken.results)
             self._observe_flush(rows, self._clock.monotonic() - started)
             self._unpublished += [change_of(c.id, c.status, c.attempt) for c in taken.changes]

@@ -105,6 +105,7 @@ class InMemoryTaskStore:
                 schedule_id=new.schedule_id,
                 fire_at=new.fire_at,
                 execution_timeout_s=new.execution_timeout_s,
+                trace_parent=new.trace_parent,
             )
             self.rows[key], self.digests[key] = dataclasses.replace(task), new.data_sha256
             admitted.append(task)
@@ -204,11 +205,11 @@ class InMemoryTaskStore:
         pipeline_id = grain.pipeline_id
         fired = []
         for key in timers:
-            self.timers.get(pipeline_id, set()).discard(key)
             row = self.rows.get((pipeline_id, key[1]))
             if row is not None and row.status is Status.SCHEDULED:
-                row.status = Status.QUEUED
-                fired.append(dataclasses.replace(row))
+                fired.append(dataclasses.replace(row, status=Status.QUEUED))
+            else:
+                self.timers.get(pipeline_id, set()).discard(key)  # stale: ends now
         return fired
 
     async def flush(
@@ -228,6 +229,8 @@ class InMemoryTaskStore:
             row.due_at = change.due_at
             if change.status is Status.SCHEDULED:
                 self.timers.setdefault(pipeline_id, set()).add((change.due_at, change.id))
+            if change.ended_timer is not None:
+                self.timers.get(pipeline_id, set()).discard(change.ended_timer)
             row.started_at, row.finished_at = change.started_at, change.finished_at
             row.error, row.lease_epoch = change.error, change.lease_epoch
         for task_id, _attempt, result in flush.results:

@@ -138,6 +138,12 @@ class Task:
     fire_at: dt.datetime | None = None
     #: The task's own execution timeout over its pipeline's, if it has one.
     execution_timeout_s: float | None = None
+    #: The key of its timer row when the timer fired in memory: the row stays in the store
+    #: (the task still ``scheduled`` there) until the flush that writes its next state.
+    timer: tuple[dt.datetime, str] | None = None
+    #: The W3C ``traceparent`` of its submit span, if the API traced it: the parent of
+    #: each attempt's spans. Opaque here.
+    trace_parent: str | None = None
 
     def expired(self, wall: dt.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= wall
@@ -162,6 +168,7 @@ class NewTask:
     schedule_id: str | None = None
     fire_at: dt.datetime | None = None
     execution_timeout_s: float | None = None
+    trace_parent: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,6 +261,18 @@ class TaskChange:
     expire_at: dt.datetime | None
     #: When the attempt may run: a retry's backoff moves it.
     due_at: dt.datetime
+    #: A timer row that fired in memory: this write ends it (``Task.timer``).
+    timer: tuple[dt.datetime, str] | None = None
+
+    @property
+    def ended_timer(self) -> tuple[dt.datetime, str] | None:
+        """The timer row this write deletes: the fired one, unless it is the row a
+        scheduled change (re)writes itself."""
+        if self.timer is None:
+            return None
+        if self.status is Status.SCHEDULED and self.timer == (self.due_at, self.id):
+            return None
+        return self.timer
 
     @classmethod
     def of(cls, task: Task, *, retention_s: float) -> TaskChange:
@@ -273,6 +292,7 @@ class TaskChange:
             lease_epoch=task.lease_epoch,
             expire_at=expire_at,
             due_at=task.due_at,
+            timer=task.timer,
         )
 
 

@@ -132,9 +132,11 @@ class TaskStore(Protocol):
     async def fire_timers(
         self, *, grain: GrainKey, epoch: int, timers: Sequence[TimerKey], now: dt.datetime
     ) -> list[Task]:
-        """Make the scheduled tasks of these timers queued and delete the timer rows, in one
-        fenced transaction; return the tasks (a timer whose task is no longer scheduled is
-        deleted and returns nothing)."""
+        """Read the tasks of these due timers that are still ``scheduled``, in a fenced
+        read, as queued. Nothing else is written: their rows stay ``scheduled`` and their
+        timer rows stay until the flush that writes their next state ends them (a crash
+        before then fires them again). A timer whose task is no longer scheduled is stale
+        and is deleted."""
         ...
 
     async def flush(

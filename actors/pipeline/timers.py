@@ -10,6 +10,11 @@ One rule keeps the prefix whole: a refill must not run while a timer beyond the 
 is still waiting for its store write, or the cursor would move past it. The grain flushes
 before it refills.
 
+A timer offered with its task (admitted or retried here) keeps the task as its payload,
+within ``payload_bytes``: such a timer fires with no store read. Timers refilled from the
+store, and those over the byte budget, carry only their key; the grain reads their rows
+when they fire.
+
 Pure: no I/O, no clock. The grain passes the time in and does the reads it asks for.
 """
 
@@ -19,9 +24,15 @@ import bisect
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actors.pipeline.model import Task
 
 #: A timer's place in the order: (due time, task id).
 TimerKey = tuple[dt.datetime, str]
+#: A timer taken from the heap: its key, and its task when the heap kept it.
+Taken = tuple[TimerKey, "Task | None"]
 
 _EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 
@@ -29,11 +40,15 @@ _EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 @dataclass(kw_only=True)
 class TimerHeap:
     capacity: int = 10_000
+    #: How many bytes of task data the heap keeps as payloads (the rest: key only).
+    payload_bytes: int = 16 * 1024 * 1024
     #: Every stored timer with a key up to here is in memory; None: every one is.
     #: Starts at the earliest key: nothing is loaded yet, the store may hold any.
     horizon: TimerKey | None = (_EARLIEST, "")
     _keys: list[TimerKey] = field(default_factory=list)
     _due: dict[str, dt.datetime] = field(default_factory=dict)
+    _payloads: dict[str, Task] = field(default_factory=dict)
+    _payload_size: int = 0
 
     def __post_init__(self) -> None:
         if self.capacity < 2:
@@ -48,9 +63,10 @@ class TimerHeap:
     def _within(self, key: TimerKey) -> bool:
         return self.horizon is None or key <= self.horizon
 
-    def offer(self, task_id: str, due_at: dt.datetime) -> bool:
+    def offer(self, task_id: str, due_at: dt.datetime, task: Task | None = None) -> bool:
         """Hold a new timer if it falls inside the horizon; False: the store alone keeps it.
 
+        ``task``, when given, is kept as the timer's payload if the byte budget allows.
         When the heap is full the latest timer is let go and the horizon moves in to the
         new latest, so the prefix stays exact.
         """
@@ -60,21 +76,38 @@ class TimerHeap:
             return False
         bisect.insort(self._keys, key)
         self._due[task_id] = due_at
+        self._keep(task_id, task)
         if len(self._keys) > self.capacity:
             dropped = self._keys.pop()
-            del self._due[dropped[1]]
+            self._forget(dropped[1])
             self.horizon = self._keys[-1]
             return dropped != key
         return True
 
+    def _keep(self, task_id: str, task: Task | None) -> None:
+        if task is not None and self._payload_size + task.size <= self.payload_bytes:
+            self._payloads[task_id] = task
+            self._payload_size += task.size
+
+    def _forget(self, task_id: str) -> Task | None:
+        del self._due[task_id]
+        payload = self._payloads.pop(task_id, None)
+        if payload is not None:
+            self._payload_size -= payload.size
+        return payload
+
     def remove(self, task_id: str) -> bool:
         """Forget a timer (its task was cancelled or fired elsewhere)."""
-        due_at = self._due.pop(task_id, None)
+        due_at = self._due.get(task_id)
         if due_at is None:
             return False
+        self._forget(task_id)
         index = bisect.bisect_left(self._keys, (due_at, task_id))
         del self._keys[index]
         return True
+
+    def payload(self, task_id: str) -> Task | None:
+        return self._payloads.get(task_id)
 
     def count_due(self, *, by: dt.datetime) -> int:
         """How many timers held here are due at ``by`` (the heap holds the soonest)."""
@@ -83,21 +116,21 @@ class TimerHeap:
     def next_due(self) -> dt.datetime | None:
         return self._keys[0][0] if self._keys else None
 
-    def pop_due(self, *, wall: dt.datetime, limit: int) -> list[TimerKey]:
-        """Up to ``limit`` timers due at ``wall``, soonest first, taken out of the heap."""
+    def pop_due(self, *, wall: dt.datetime, limit: int) -> list[Taken]:
+        """Up to ``limit`` timers due at ``wall``, soonest first, taken out of the heap
+        with their payloads."""
         end = min(bisect.bisect_right(self._keys, wall, key=lambda key: key[0]), limit)
         fired = self._keys[:end]
         del self._keys[:end]
-        for _, task_id in fired:
-            del self._due[task_id]
-        return fired
+        return [(key, self._forget(key[1])) for key in fired]
 
-    def put_back(self, keys: Iterable[TimerKey]) -> None:
+    def put_back(self, taken: Iterable[Taken]) -> None:
         """Timers taken by ``pop_due`` whose firing failed: they are due, and stay first."""
-        for due_at, task_id in keys:
+        for (due_at, task_id), task in taken:
             if task_id not in self._due:
                 bisect.insort(self._keys, (due_at, task_id))
                 self._due[task_id] = due_at
+                self._keep(task_id, task)
 
     @property
     def refill_after(self) -> TimerKey | None:

@@ -18,11 +18,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from services.api import errors
 from services.api.context import ApiContext
+from services.api.fair_pool import FairShare
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
+from services.api.quotas import EarlyRefusal, QuotaGuard, default_quotas
 from services.api.reconciler import Reconciler
 from services.api.routes import applications, bulk, live, pipelines, schedules, tasks, tenants
+from services.api.tracing import TracedProducer
 from services.api.ui import routes as dashboard
 from services.api.ui.headers import DashboardHeaders
 from services.deploy import helm, local
@@ -35,6 +38,7 @@ from services.kafka.producer import EventProducer, KafkaProducer
 from services.kafka.revocations import KafkaRevocations
 from services.live.hub import LiveHub
 from services.live.source import EventSource, MemoryEventLog
+from services.observability import setup_tracing
 from services.settings import Settings
 from services.store.control import ControlStore
 from services.store.engine import make_engine
@@ -101,6 +105,8 @@ def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
             # Charts are paths relative to where the API (or `wsched dev`) was started.
             base_dir=Path.cwd(),
             log_level=settings.log_level,
+            log_format=settings.log_format,
+            otlp_endpoint=settings.otlp_endpoint,
         )
         return local.LocalDeployer(options=options, token_of=store.worker_token)
     return NoopDeployer()
@@ -173,11 +179,17 @@ def create_app(
     own_producer = KafkaProducer(
         bootstrap=settings.kafka_bootstrap or "", deadline_s=limits.produce_deadline_s
     )
+    tracing = setup_tracing(
+        service="wsched-api",
+        endpoint=settings.otlp_endpoint,
+        sample_ratio=settings.trace_sample_ratio,
+    )
+    the_producer = producer or own_producer
     ctx = ApiContext(
         settings=settings,
         limits=limits,
         store=store,
-        producer=producer or own_producer,
+        producer=TracedProducer(the_producer, tracing=tracing) if tracing.enabled else the_producer,
         admin=admin
         or KafkaTopicAdmin(
             bootstrap=settings.kafka_bootstrap or "",
@@ -185,6 +197,12 @@ def create_app(
         ),
         deployer=the_deployer,
         metrics=metrics,
+        quotas=QuotaGuard(
+            defaults=default_quotas(settings),
+            max_request_bytes=limits.max_request_bytes,
+            store=store,
+            clock=time.monotonic,
+        ),
         events=events or make_event_source(settings),
         live=LiveHub(observe_lag=lambda at_ms: metrics.event_lag.observe(_since(at_ms))),
         charts=chart_allow_list(settings) if settings.deployer == "helm" else None,
@@ -212,6 +230,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.callback(engine.dispose)
+            # In a thread: the last export is a blocking call that may take its timeout.
+            stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
             if producer is None or isinstance(ctx.revocations, KafkaRevocations):
                 # Also when a producer is given: revocations are sent with this one.
                 await stack.enter_async_context(own_producer)
@@ -245,10 +265,15 @@ def create_app(
     app.add_middleware(
         BodyLimit, max_bytes=limits.max_request_bytes, max_depth=limits.max_json_depth
     )
+    # Added later is outer: the caller is known (FairShare) before an early refusal
+    # looks it up, and the refusal is counted (with no route: "unmatched").
+    app.add_middleware(EarlyRefusal, guard=ctx.quotas)
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
+    app.add_middleware(FairShare)
     app.add_middleware(DashboardHeaders)
     for module in (tenants, applications, pipelines, tasks, bulk, schedules, live, dashboard):
         app.include_router(module.router)
+    app.include_router(tenants.own)
     # The dashboard's script, styles and images, shipped in the package: no build step.
     app.mount("/ui/static", StaticFiles(directory=dashboard.STATIC), name="ui-static")
     _health_routes(app, settings=settings, engine=engine, registry=registry)

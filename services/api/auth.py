@@ -18,6 +18,7 @@ from fastapi import Depends, Request
 
 from services.api.context import Ctx
 from services.api.errors import ApiError
+from services.api.fair_pool import CALLER
 from services.api.ui.session import COOKIE, CSRF_HEADER, SAFE_METHODS, Session, csrf_ok
 from services.store.control import Tenant, hash_secret
 
@@ -104,6 +105,16 @@ async def require_operator(request: Request, ctx: Ctx) -> None:
 
 
 async def require_tenant(request: Request, ctx: Ctx) -> Tenant:
+    """The calling tenant; a body over its max_request_bytes quota is a 413 (the body is
+    already in memory: the process's own bound was checked before anything else)."""
+    tenant = await _identify_tenant(request, ctx)
+    ctx.quotas.remember_caller(CALLER.get(), tenant)
+    if request.method not in SAFE_METHODS:
+        ctx.quotas.check_request_size(tenant, len(await request.body()))
+    return tenant
+
+
+async def _identify_tenant(request: Request, ctx: Ctx) -> Tenant:
     if _uses_cookie(request):
         return await _session_tenant(request, ctx)
     key = _bearer(request)

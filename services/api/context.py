@@ -6,7 +6,6 @@ dependency, so that tests build the app with in-memory ports.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import functools
@@ -14,12 +13,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from fastapi import Depends, Request
 
 from services.api.errors import unavailable
+from services.api.fair_pool import pool
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.ui.session import SessionCodec
@@ -41,6 +41,9 @@ from services.store.control import (
     utcnow,
 )
 
+if TYPE_CHECKING:
+    from services.api.quotas import QuotaGuard
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -50,10 +53,11 @@ class DatabaseUnavailable(Exception):
 
 
 async def in_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """Run a blocking store call in a worker thread; an unreachable database is a
+    """Run a blocking store call in a worker thread, taking turns with other callers
+    (see :mod:`services.api.fair_pool`); an unreachable database is a
     :class:`DatabaseUnavailable` (the routes answer 503), never a 500."""
     try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await pool().run(fn, *args, **kwargs)
     except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as err:
         cause = getattr(err, "orig", None) or err
         raise DatabaseUnavailable(f"{type(err).__name__}: {cause}") from err
@@ -117,6 +121,8 @@ class ApiContext:
     admin: TopicAdmin
     deployer: Deployer
     metrics: ApiMetrics
+    #: Tenants' quotas: the defaults, the shared submit buckets, the backlog readings.
+    quotas: QuotaGuard
     #: ``wsched.events`` (D6): the live reader feeds ``live``; SSE resumes replay from it.
     events: EventSource
     live: LiveHub = field(default_factory=LiveHub)

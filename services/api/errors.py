@@ -31,6 +31,7 @@ _CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    429: "rate_limited",
     503: "unavailable",
 }
 #: Validation errors listed in a detail before "and N more".
@@ -80,12 +81,14 @@ def error_body_schema() -> dict[str, Any]:
 _MEANINGS = {
     400: "Malformed JSON, a bad cursor, or JSON nested deeper than the limit",
     401: "Missing or unknown API key",
-    403: "A key of the wrong kind: the operator key manages tenants, a tenant's key the rest",
+    403: "A key of the wrong kind (the operator key manages tenants, a tenant's key the "
+    "rest), or a quota reached (max_pipelines): the detail names it",
     404: "No such application, pipeline or task (another tenant's answer the same)",
     409: "The request conflicts with the current state: a name taken, an application that "
     "still has pipelines, a pipeline not ready, a task already finished or not dead",
     413: "The body, a task's data or the batch is over its size limit",
     422: "The request does not match the schema; the detail names the field",
+    429: "Over the tenant's submit_rate or max_backlog quota: retry after Retry-After",
     503: "Kafka or the database cannot be reached: retry after Retry-After",
 }
 
@@ -107,7 +110,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 #: The errors of a tenant's routes, and of the operator's (which name no resource).
-TENANT_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 503)
+TENANT_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503)
 OPERATOR_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 503)
 
 

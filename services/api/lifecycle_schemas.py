@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from services.api.quota_schemas import TenantQuotasOut
 from services.api.schemas import TenantOut, _Request
 
 #: The longest grace period a rotated-out key or token may keep: a week.
@@ -59,5 +60,10 @@ class DeletionOut(BaseModel):
 
 
 class TenantState(TenantOut):
+    state: Literal["active", "deleting", "deleted"]
+    deletion: DeletionOut | None = None
+
+
+class TenantDetail(TenantQuotasOut):
     state: Literal["active", "deleting", "deleted"]
     deletion: DeletionOut | None = None

@@ -195,6 +195,27 @@ def start_system(components: Components, work: Path, say: Say) -> Iterator[Syste
         )
 
 
+@contextlib.contextmanager
+def bench_system(
+    name: str, *, cache: Cache, say: Say, components: Components | None = None
+) -> Iterator[System]:
+    """The system under test of ``wsched bench-<name>``, and the components unless given,
+    on a fresh work directory: removed after a run that ends well, kept and named after
+    one that fails (the processes' logs are in it)."""
+    for chatty in ("httpx", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix=f"wsched-bench-{name}-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            if components is None:
+                components = stack.enter_context(start_components(cache, work, say))
+            yield stack.enter_context(start_system(components, work, say))
+    except BaseException:
+        say(f"stopped; the logs are kept in {work}")
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+
+
 # -- the tenant's side ----------------------------------------------------------------------
 
 
@@ -210,9 +231,10 @@ class Tenant:
 
     def __init__(self, *, api: str) -> None:
         self.http = httpx.Client(base_url=api, timeout=60)
+        self.name = f"bench-{uuid.uuid4().hex[:8]}"
         created = self.http.post(
             "/api/tenants",
-            json={"name": f"bench-{uuid.uuid4().hex[:8]}"},
+            json={"name": self.name},
             headers={"Authorization": f"Bearer {OPERATOR_KEY}"},
         )
         created.raise_for_status()

@@ -23,18 +23,13 @@ Figures:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from protos.wsched.v1 import worker_pb2
@@ -47,8 +42,7 @@ from services.bench.run import (
     Say,
     System,
     Tenant,
-    start_components,
-    start_system,
+    bench_system,
 )
 from services.infra.cache import Cache
 from services.worker.client import SchedulerClient
@@ -69,26 +63,15 @@ def run(
     options: Options, *, cache: Cache, say: Say, components: Components | None = None
 ) -> Report:
     """The figures of one run; ``components`` given means: use them, start none."""
-    for chatty in ("httpx", "alembic"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    work = Path(tempfile.mkdtemp(prefix="wsched-bench-waiters-"))
     report: Report = {"machine": machine(), "workload": vars(options).copy()}
-    try:
-        with contextlib.ExitStack() as stack:
-            if components is None:
-                components = stack.enter_context(start_components(cache, work, say))
-            system = stack.enter_context(start_system(components, work, say))
-            tenant = Tenant(api=system.api)
-            try:
-                pipeline = tenant.pipeline("waiters", lease_timeout_s=120)
-                _submit(tenant, pipeline, options.waiters, say)
-                report.update(asyncio.run(_measure(system, tenant, pipeline, options, say)))
-            finally:
-                tenant.http.close()
-    except BaseException:
-        say(f"stopped; the logs are kept in {work}")
-        raise
-    shutil.rmtree(work, ignore_errors=True)
+    with bench_system("waiters", cache=cache, say=say, components=components) as system:
+        tenant = Tenant(api=system.api)
+        try:
+            pipeline = tenant.pipeline("waiters", lease_timeout_s=120)
+            _submit(tenant, pipeline, options.waiters, say)
+            report.update(asyncio.run(_measure(system, tenant, pipeline, options, say)))
+        finally:
+            tenant.http.close()
     report["machine"]["load_average_1m_after"] = round(_load(), 2)
     return report
 

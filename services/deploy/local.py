@@ -58,6 +58,9 @@ class LocalOptions:
     base_dir: Path
     python: str = sys.executable
     log_level: str = "INFO"
+    #: The workers' log format and trace endpoint: the API's own (``wsched dev``).
+    log_format: str = "text"
+    otlp_endpoint: str | None = None
     #: The agents' grace after SIGTERM, capped locally so that Ctrl-C is quick; tasks
     #: still running then are abandoned and run again once their leases expire.
     max_agent_grace_s: float = 5.0
@@ -246,6 +249,7 @@ class LocalDeployer:
                     # Stopped after the agents, so nothing needs it once signalled.
                     "WSCHED_WORKER_EXECUTOR_GRACE_S": "0",
                     "WSCHED_WORKER_EXECUTOR_LOG_LEVEL": self._options.log_level,
+                    "WSCHED_WORKER_EXECUTOR_LOG_FORMAT": self._options.log_format,
                 },
             )
         await self._wait_sockets(deployment, spec)
@@ -293,6 +297,12 @@ class LocalDeployer:
                     "WSCHED_WORKER_TASK_TIMEOUT_S": str(spec.task_timeout_s),
                     "WSCHED_WORKER_GRACE_S": str(self._agent_grace_s(spec)),
                     "WSCHED_WORKER_LOG_LEVEL": self._options.log_level,
+                    "WSCHED_WORKER_LOG_FORMAT": self._options.log_format,
+                    **(
+                        {"WSCHED_WORKER_OTLP_ENDPOINT": self._options.otlp_endpoint}
+                        if self._options.otlp_endpoint
+                        else {}
+                    ),
                 },
             )
         await self._settle(deployment)

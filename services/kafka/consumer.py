@@ -28,6 +28,9 @@ class ConsumedRecord:
     #: ``None`` for a tombstone.
     value: bytes | None
     timestamp_ms: int
+    #: The record's ``traceparent`` header, if any (the task's trace; see
+    #: ``services/observability``): the one header a forwarder reads.
+    trace_parent: bytes | None = None
 
 
 class PartitionConsumer(Protocol):
@@ -72,6 +75,13 @@ class PartitionConsumer(Protocol):
 
 
 # -- Kafka ----------------------------------------------------------------------------------
+
+#: The W3C trace context header (``services.observability.TRACEPARENT``).
+TRACEPARENT = "traceparent"
+
+
+def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | None:
+    return next((value for key, value in headers or () if key == name), None)
 
 
 class KafkaPartitionConsumer:
@@ -133,6 +143,7 @@ class KafkaPartitionConsumer:
                     offset=record.offset,
                     value=record.value,
                     timestamp_ms=record.timestamp,
+                    trace_parent=_header(record.headers, TRACEPARENT),
                 )
                 for record in records
             ]

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 
 from actors.pipeline.retry import RetryOverride
 from protos.wsched.v1 import events_pb2
+from services.kafka.consumer import TRACEPARENT
 from services.placement import PLACEMENT_TOPIC, pipeline_topic
 
 log = logging.getLogger("wsched.kafka.producer")
@@ -47,6 +48,8 @@ class OutgoingTask:
     fire_at_ms: int = 0
     #: The task's own execution timeout over its pipeline's; None: the pipeline's.
     execution_timeout_s: float | None = None
+    #: The W3C traceparent of the task's submit span; None: not traced.
+    trace_parent: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +58,7 @@ class Record:
     key: bytes
     value: bytes
     partition: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class EventProducer(Protocol):
@@ -100,7 +104,17 @@ def submit_records(pipeline_id: str, tasks: Sequence[OutgoingTask], *, now_ms: i
         if task.execution_timeout_s is not None:
             event.submit.execution_timeout_s = task.execution_timeout_s
         event.submit.data_sha256 = task.data_sha256
-        records.append(Record(topic=topic, key=task.id.encode(), value=event.SerializeToString()))
+        headers: tuple[tuple[str, bytes], ...] = ()
+        if task.trace_parent is not None:
+            # In the event, to be stored with the task; in the header, where Kafka tooling
+            # and other consumers look for it.
+            event.submit.trace_parent = task.trace_parent
+            headers = ((TRACEPARENT, task.trace_parent.encode()),)
+        records.append(
+            Record(
+                topic=topic, key=task.id.encode(), value=event.SerializeToString(), headers=headers
+            )
+        )
     return records
 
 
@@ -257,7 +271,11 @@ class KafkaProducer:
                 producer = await self._started()
                 for record in records:
                     future = await producer.send(
-                        record.topic, record.value, key=record.key, partition=record.partition
+                        record.topic,
+                        record.value,
+                        key=record.key,
+                        partition=record.partition,
+                        headers=list(record.headers) or None,
                     )
                     future.add_done_callback(_retrieve)
                     futures.append(future)

@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 from actors.pipeline.model import NewTask, Purge
 from actors.pipeline.retry import Backoff, RetryOverride, check_execution_timeout
 from protos.wsched.v1 import events_pb2
+from services.observability import valid_traceparent
 
 SCHEMA_VERSION = 1
 
@@ -45,8 +46,13 @@ def _ms(value: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(value / 1000, tz=dt.UTC)
 
 
-def decode(raw: bytes | None, *, pipeline_id: str, timestamp_ms: int) -> Event:
-    """Decode one record value. Never raises: a bad record becomes ``Undecodable``."""
+def decode(
+    raw: bytes | None, *, pipeline_id: str, timestamp_ms: int, trace_parent: bytes | None = None
+) -> Event:
+    """Decode one record value. Never raises: a bad record becomes ``Undecodable``.
+
+    ``trace_parent`` is the record's header, for an event that does not carry its own.
+    """
     if raw is None:
         return Undecodable(reason="empty record (tombstone)", raw=b"")
     event = events_pb2.TaskEvent()
@@ -61,12 +67,14 @@ def decode(raw: bytes | None, *, pipeline_id: str, timestamp_ms: int) -> Event:
     if not event.task_id:
         return Undecodable(reason="event without a task id", raw=raw)
     try:
-        return _domain(event, raw=raw, timestamp_ms=timestamp_ms)
+        return _domain(event, raw=raw, timestamp_ms=timestamp_ms, trace_parent=trace_parent)
     except ValueError as err:  # a value out of its bounds (a retry policy, say)
         return Undecodable(reason=f"invalid task event: {err}", raw=raw)
 
 
-def _domain(event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int) -> Event:
+def _domain(
+    event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int, trace_parent: bytes | None
+) -> Event:
     kind = event.WhichOneof("kind")
     if kind == "submit":
         submit = event.submit
@@ -84,6 +92,7 @@ def _domain(event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int) -> Ev
             schedule_id=submit.schedule_id or None,
             fire_at=_ms(submit.fire_at_ms) if submit.fire_at_ms else None,
             execution_timeout_s=_timeout(submit.execution_timeout_s),
+            trace_parent=_trace_parent(submit.trace_parent or trace_parent),
         )
     if kind == "cancel":
         return CancelEvent(task_id=event.task_id)
@@ -94,6 +103,12 @@ def _domain(event: events_pb2.TaskEvent, *, raw: bytes, timestamp_ms: int) -> Ev
     if kind == "purge":
         return Purge(task_id=event.task_id, finished_before=_ms(event.purge.finished_before_ms))
     return Undecodable(reason="event of no known kind", raw=raw)
+
+
+def _trace_parent(value: str | bytes | None) -> str | None:
+    # Checked, not trusted: a bad value is dropped rather than fail the batch. Untraced
+    # records (tracing off) skip the check.
+    return valid_traceparent(value) if value else None
 
 
 def _retry(submit: events_pb2.SubmitTask) -> RetryOverride:

@@ -58,7 +58,12 @@ def build_batch(pipeline_id: str, records: Mapping[int, Sequence[ConsumedRecord]
     offsets: dict[int, int] = {}
     for partition, items in records.items():
         for record in items:
-            event = decode(record.value, pipeline_id=pipeline_id, timestamp_ms=record.timestamp_ms)
+            event = decode(
+                record.value,
+                pipeline_id=pipeline_id,
+                timestamp_ms=record.timestamp_ms,
+                trace_parent=record.trace_parent,
+            )
             if isinstance(event, NewTask):
                 new.append(event)
             elif isinstance(event, CancelEvent):

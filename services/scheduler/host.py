@@ -33,12 +33,14 @@ from protos.wsched.v1 import events_pb2, worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin, TopicError
 from services.kafka.consumer import KafkaPartitionConsumer
 from services.kafka.event_publisher import KafkaEventPublisher
+from services.observability import setup_tracing
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
 from services.scheduler.directory import PipelineDirectory
 from services.scheduler.forwarder import Forwarder, ForwarderStats
 from services.scheduler.handle import GrainHandle
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector, http_app
 from services.scheduler.scaler import KubePort, build_scaler, hosted_workloads
+from services.scheduler.tracing import traced_admit
 from services.scheduler.worker_api import Limits, LocalGrain, WorkerService
 from services.settings import Settings
 from services.store.engine import make_engine
@@ -96,6 +98,11 @@ class SchedulerHost:
         if not settings.kafka_bootstrap:
             raise ValueError("WSCHED_KAFKA_BOOTSTRAP must be set for the scheduler")
         self._settings = settings
+        self._tracing = setup_tracing(
+            service="wsched-scheduler",
+            endpoint=settings.otlp_endpoint,
+            sample_ratio=settings.trace_sample_ratio,
+        )
         self._bootstrap = settings.kafka_bootstrap
         self._address = settings.advertised_grpc()
         self._timing = timing or grain_actor.Timing()
@@ -170,7 +177,10 @@ class SchedulerHost:
         self._events.start()
         self._server = grpc.aio.server()
         worker_pb2_grpc.add_WorkerServicer_to_server(
-            WorkerService(directory=self, address=self._address, limits=Limits()), self._server
+            WorkerService(
+                directory=self, address=self._address, limits=Limits(), tracing=self._tracing
+            ),
+            self._server,
         )
         bind = f"{self._settings.grpc_host}:{self._settings.grpc_port}"
         self.grpc_port = self._server.add_insecure_port(bind)
@@ -231,6 +241,8 @@ class SchedulerHost:
         if self._server is not None:
             await self._server.stop(grace=5)
         self._engine.dispose()
+        # In a thread: the last export is a blocking call that may take its timeout.
+        await asyncio.to_thread(self._tracing.shutdown)
 
     # -- placement ----------------------------------------------------------------------
 
@@ -349,7 +361,11 @@ class SchedulerHost:
             consumer=consumer,
             pipeline_id=pipeline_id,
             partitions=partitions,
-            admit=handle.admit,
+            admit=(
+                traced_admit(handle.admit, tracing=self._tracing, pipeline_id=pipeline_id)
+                if self._tracing.enabled
+                else handle.admit
+            ),
             keep=self._keep,
         )
         task = asyncio.create_task(forwarder.run(offsets), name=f"forwarder {pipeline_id}")

@@ -32,6 +32,8 @@ from actors.pipeline.model import (
 )
 from actors.pipeline.ports import StaleEpoch, StoreUnavailable
 from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
+from services.observability.tracing import OFF, Tracing
+from services.scheduler.tracing import mark_dispatched
 
 log = logging.getLogger("wsched.scheduler.worker_api")
 T = TypeVar("T")
@@ -118,10 +120,18 @@ _Identified = worker_pb2.PollRequest | worker_pb2.HeartbeatRequest | worker_pb2.
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, *, directory: GrainDirectory, address: str, limits: Limits) -> None:
+    def __init__(
+        self,
+        *,
+        directory: GrainDirectory,
+        address: str,
+        limits: Limits,
+        tracing: Tracing = OFF,
+    ) -> None:
         self._directory = directory
         self._address = address
         self._limits = limits
+        self._tracing = tracing
 
     async def Poll(
         self, request: worker_pb2.PollRequest, context: grpc.aio.ServicerContext
@@ -180,9 +190,17 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 wait_s=wait_s,
             ),
         )
+        leased = [_leased(grant) for grant in grants]
+        if self._tracing.enabled:
+            mark_dispatched(
+                self._tracing,
+                pipeline_id=request.pipeline_id,
+                worker=request.worker,
+                grants=grants,
+                leased=leased,
+            )
         return worker_pb2.PollResponse(
-            tasks=[_leased(grant) for grant in grants],
-            lease_timeout_ms=int(grain.lease_timeout_s * 1000),
+            tasks=leased, lease_timeout_ms=int(grain.lease_timeout_s * 1000)
         )
 
     async def _heartbeat(

@@ -14,6 +14,7 @@ from typing import Any
 import uuid6
 
 from services.placement import pipeline_topic
+from services.quotas import QuotaOverrides
 
 TENANT_KEY_PREFIX = "wsk_"
 WORKER_TOKEN_PREFIX = "wst_"  # noqa: S105 - a prefix, not a secret
@@ -82,6 +83,7 @@ class Tenant:
     id: str
     name: str
     created_at: dt.datetime
+    quotas: QuotaOverrides = field(default_factory=QuotaOverrides)
     #: When the key it was looked up by stops being valid: a rotated-out key's end of
     #: grace; None for the current key (and for lookups by id).
     key_until: dt.datetime | None = None

@@ -12,6 +12,8 @@ NAME = sa.String(40)
 ID = sa.String(36)
 #: Client-supplied task ids (idempotency keys) may be longer than a UUID.
 TASK_ID = sa.String(128)
+#: A W3C traceparent is 55 characters in version 00; room for a later version's.
+TRACE_PARENT_MAX = 128
 
 tenants = sa.Table(
     "tenants",
@@ -26,6 +28,13 @@ tenants = sa.Table(
     #: The tenant's Kubernetes namespace; NULL: ``wsched-<name>``. A tenant re-created
     #: under a name whose old namespace is still terminating gets another one.
     sa.Column("namespace", sa.String(63), nullable=True),
+    #: The tenant's quota overrides (``services.quotas.QuotaOverrides``); NULL: the
+    #: operator's default (``WSCHED_QUOTA_*``).
+    sa.Column("quota_max_pipelines", sa.Integer, nullable=True),
+    sa.Column("quota_max_backlog", sa.BigInteger, nullable=True),
+    sa.Column("quota_submit_rate", sa.Float, nullable=True),
+    sa.Column("quota_submit_burst", sa.Integer, nullable=True),
+    sa.Column("quota_max_request_bytes", sa.BigInteger, nullable=True),
     sa.Index("ix_tenants_previous_key_hash", "previous_key_hash"),
 )
 
@@ -46,6 +55,16 @@ tenant_deletions = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("finished_at", Timestamp, nullable=True),
     sa.Index("ix_tenant_deletions_namespace", "namespace"),
+)
+
+#: Each tenant's submit-rate token bucket, shared by every API process (drawn in slices,
+#: see ``services.quotas``): the tokens left as of ``at_ms`` (wall clock, ms).
+tenant_submit_buckets = sa.Table(
+    "tenant_submit_buckets",
+    metadata,
+    sa.Column("tenant_id", ID, primary_key=True),
+    sa.Column("tokens", sa.Float(precision=53), nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
 )
 
 applications = sa.Table(
@@ -136,6 +155,9 @@ tasks = sa.Table(
     #: indexed: a run's id is ``<schedule id>@<fire time>``, so the primary key finds runs.
     sa.Column("schedule_id", ID, nullable=True),
     sa.Column("fire_at", Timestamp, nullable=True),
+    #: The W3C ``traceparent`` of the task's submit span when the API traced it (records
+    #: paged back from here have no Kafka headers); NULL otherwise.
+    sa.Column("trace_parent", sa.String(TRACE_PARENT_MAX), nullable=True),
     NonClusteredPrimaryKey("pipeline_id", "id", name="pk_tasks"),
     sa.Index("ix_tasks_pipeline_status_id", "pipeline_id", "status", "id"),
 )

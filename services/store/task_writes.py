@@ -76,6 +76,7 @@ def insert_new(
             "policy_json": policy_to_json(t.retry, t.execution_timeout_s),
             "schedule_id": t.schedule_id,
             "fire_at": to_db(t.fire_at),
+            "trace_parent": t.trace_parent,
             "data": t.data,
             "data_sha256": t.data_sha256,
             "created_at": to_db(t.created_at),
@@ -107,6 +108,7 @@ def insert_new(
                 schedule_id=t.schedule_id,
                 fire_at=t.fire_at,
                 execution_timeout_s=t.execution_timeout_s,
+                trace_parent=t.trace_parent,
             )
             for t in fresh
         ],
@@ -194,12 +196,13 @@ def _delete_tasks(conn: sa.Connection, pipeline_id: str, task_ids: Sequence[str]
 WAITING = (Status.QUEUED.value, Status.SCHEDULED.value)
 
 
-def end_timers(conn: sa.Connection, grain: GrainKey, timers: Sequence[TimerKey]) -> None:
-    """Delete these timer rows (a task's timer ends when it fires or is cancelled)."""
+def end_timers(conn: sa.Connection, pipeline_id: str, timers: Sequence[TimerKey]) -> None:
+    """Delete these timer rows (a task's timer ends with the write of its next state, or
+    when it is cancelled)."""
     for chunk in chunks(timers):
         conn.execute(
             sa.delete(task_timers).where(
-                task_timers.c.pipeline_id == grain.pipeline_id,
+                task_timers.c.pipeline_id == pipeline_id,
                 sa.or_(
                     *(
                         sa.and_(
@@ -285,6 +288,7 @@ def write_changes(conn: sa.Connection, *, pipeline_id: str, flush: Flush, now: d
         # A retry's timer; written again by a flush that is retried, hence the upsert.
         keys = ("pipeline_id", "due_at", "task_id")
         upsert(conn, task_timers, timers, keys=keys, update=("task_id",))
+        end_timers(conn, pipeline_id, [c.ended_timer for c in flush.changes if c.ended_timer])
     if flush.results:
         expire = {c.id: to_db(c.expire_at) for c in flush.changes}
         upsert(

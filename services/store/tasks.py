@@ -67,6 +67,7 @@ _TASK_COLUMNS = (
     tasks.c.policy_json,
     tasks.c.schedule_id,
     tasks.c.fire_at,
+    tasks.c.trace_parent,
 )
 
 
@@ -89,6 +90,7 @@ def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
         execution_timeout_s=timeout_s,
         schedule_id=row.schedule_id,
         fire_at=from_db(row.fire_at),
+        trace_parent=row.trace_parent,
     )
 
 
@@ -242,7 +244,9 @@ class SqlTaskStore:
                 if not waiting:
                     continue
                 scheduled = [r for r in waiting if r.status == Status.SCHEDULED.value]
-                end_timers(conn, grain, [(from_db_required(r.due_at), r.id) for r in scheduled])
+                end_timers(
+                    conn, grain.pipeline_id, [(from_db_required(r.due_at), r.id) for r in scheduled]
+                )
                 conn.execute(
                     sa.update(tasks)
                     .where(
@@ -362,21 +366,18 @@ class SqlTaskStore:
     ) -> list[Task]:
         def fire(conn: sa.Connection) -> list[Task]:
             fence(conn, grain=grain, epoch=epoch, now=now)
-            end_timers(conn, grain, timers)
             ids = [task_id for _, task_id in timers]
-            where = (
-                tasks.c.pipeline_id == grain.pipeline_id,
-                tasks.c.id.in_(ids),
-                tasks.c.status == Status.SCHEDULED.value,
-            )
+            where = (tasks.c.pipeline_id == grain.pipeline_id, tasks.c.id.in_(ids))
             rows = conn.execute(sa.select(*_TASK_COLUMNS).where(*where)).all()
-            if rows:
-                conn.execute(
-                    sa.update(tasks)
-                    .where(*where)
-                    .values(status=Status.QUEUED.value, updated_at=to_db(now))
-                )
-            return [dataclasses.replace(_task(row), status=Status.QUEUED) for row in rows]
+            live = {row.id for row in rows if row.status == Status.SCHEDULED.value}
+            # A timer whose task is no longer scheduled is stale: it ends now. The others
+            # stay until the flush that writes their tasks' next state.
+            end_timers(conn, grain.pipeline_id, [key for key in timers if key[1] not in live])
+            return [
+                dataclasses.replace(_task(row), status=Status.QUEUED)
+                for row in rows
+                if row.id in live
+            ]
 
         return await self._run(fire)
 

@@ -28,6 +28,7 @@ last report.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import datetime as dt
 import logging
@@ -41,6 +42,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from protos.wsched.v1 import worker_pb2
+from services.observability import configure_logging, log_context, setup_tracing
 from services.worker.client import SchedulerClient, WorkerRejected
 from services.worker.command import ExecutorError
 from services.worker.definition import DefinitionError, PipelineDefinition, load_definition
@@ -48,6 +50,7 @@ from services.worker.executor import ExecutorClients
 from services.worker.reporter import Reporter, ReportPort
 from services.worker.runner import Outcome, TaskOutcome, TaskRunner, TaskSpec, failed
 from services.worker.settings import WorkerSettings, explain
+from services.worker.tracing import AttemptSpans
 
 log = logging.getLogger("wsched.worker")
 
@@ -125,14 +128,24 @@ async def _wait_any(events: Sequence[asyncio.Event], timeout_s: float | None = N
 class Agent:
     """Use as ``await Agent(...).run(stopping=event)``; returns after a clean shutdown."""
 
-    def __init__(self, *, scheduler: Scheduler, runner: Runner, options: AgentOptions) -> None:
+    def __init__(
+        self,
+        *,
+        scheduler: Scheduler,
+        runner: Runner,
+        options: AgentOptions,
+        spans: AttemptSpans | None = None,
+    ) -> None:
+        """``spans``: the attempts' trace spans; None when tracing is off."""
         self._scheduler = scheduler
         self._runner = runner
         self._options = options
+        self._spans = spans
         self._reporter = Reporter(
             scheduler=scheduler,
             linger_s=options.report_linger_s,
             max_batch=options.report_batch,
+            on_ack=spans.acknowledged if spans is not None else None,
         )
         self._jobs: dict[str, _Job] = {}
         self._slot_freed = asyncio.Event()
@@ -213,10 +226,35 @@ class Agent:
             fire_at=_fire_at(task.fire_at_ms),
         )
         job = _Job(spec=spec, token=task.lease_token)
+        if self._spans is not None:
+            self._spans.start(task)
         self._jobs[job.token] = job
         job.task = asyncio.create_task(self._execute(job), name=f"task {task.task_id}")
 
     async def _execute(self, job: _Job) -> None:
+        # The task's id (and its attempt's span, when traced) is on every line logged
+        # while it runs, the outcome's included.
+        running = self._spans.running(job.token) if self._spans else contextlib.nullcontext()
+        with log_context(task_id=job.spec.task_id), running:
+            outcome = await self._outcome(job)
+            if outcome is not None:
+                self._log_outcome(job, outcome)
+        if self._spans is not None:
+            self._spans.finished(job.token, outcome)
+        if outcome is not None:
+            self._reporter.add(
+                worker_pb2.TaskResult(
+                    lease_token=job.token,
+                    outcome=_OUTCOMES[outcome.outcome],
+                    result=outcome.result,
+                    error=outcome.error,
+                    non_retryable=outcome.non_retryable,
+                    timed_out=outcome.timed_out,
+                )
+            )
+
+    async def _outcome(self, job: _Job) -> TaskOutcome | None:
+        """What to report of the job (None: nothing, its lease was lost or abandoned)."""
         outcome: TaskOutcome | None
         try:
             outcome = await self._runner(job.spec)
@@ -230,18 +268,7 @@ class Agent:
         finally:
             del self._jobs[job.token]
             self._slot_freed.set()
-        if outcome is not None:
-            self._log_outcome(job, outcome)
-            self._reporter.add(
-                worker_pb2.TaskResult(
-                    lease_token=job.token,
-                    outcome=_OUTCOMES[outcome.outcome],
-                    result=outcome.result,
-                    error=outcome.error,
-                    non_retryable=outcome.non_retryable,
-                    timed_out=outcome.timed_out,
-                )
-            )
+        return outcome
 
     def _after_stop(self, job: _Job) -> TaskOutcome | None:
         if job.stop is _Stop.CANCELLED:
@@ -298,6 +325,8 @@ class Agent:
                 job.halt(_Stop.LEASE_LOST)
             elif self._reporter.drop(token):
                 log.warning("lease %s lost before its result was acknowledged: dropped", token)
+                if self._spans is not None:
+                    self._spans.dropped(token)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -402,8 +431,14 @@ async def serve(settings: WorkerSettings, definition: PipelineDefinition) -> int
             settings.concurrency,
             settings.scheduler,
         )
-        agent = Agent(scheduler=client, runner=runner, options=AgentOptions.of(settings))
-        await agent.run(stopping=stopping, now=now)
+        agent = Agent(
+            scheduler=client,
+            runner=runner,
+            options=AgentOptions.of(settings),
+            spans=_spans(settings),
+        )
+        with log_context(pipeline_id=settings.pipeline_id):
+            await agent.run(stopping=stopping, now=now)
     except (ExecutorError, WorkerRejected) as err:
         log.error("worker stopped: %s", err)
         return 1
@@ -412,6 +447,15 @@ async def serve(settings: WorkerSettings, definition: PipelineDefinition) -> int
         await client.close()
     log.info("worker stopped")
     return 0
+
+
+def _spans(settings: WorkerSettings) -> AttemptSpans | None:
+    tracing = setup_tracing(service="wsched-worker", endpoint=settings.otlp_endpoint)
+    if not tracing.enabled:
+        return None
+    # Flushed at exit: the last attempts' spans would otherwise be lost with the process.
+    atexit.register(tracing.shutdown)
+    return AttemptSpans(tracing=tracing, pipeline_id=settings.pipeline_id, worker=settings.name)
 
 
 def worker_main() -> None:
@@ -426,9 +470,7 @@ def worker_main() -> None:
     except ValueError as err:  # DefinitionError, a malformed executor list
         print(f"wsched worker: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
     raise SystemExit(asyncio.run(serve(settings, definition)))
 
 

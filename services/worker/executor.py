@@ -40,6 +40,7 @@ import grpc
 from pydantic import ValidationError
 
 from protos.wsched.v1 import executor_pb2, executor_pb2_grpc
+from services.observability import configure_logging
 from services.worker.command import (
     Command,
     CommandResult,
@@ -377,9 +378,7 @@ def executor_main(listen: str | None = None) -> None:
     except ValidationError as err:
         print(f"wsched executor: {explain(err, prefix='WSCHED_WORKER_EXECUTOR_')}", file=sys.stderr)
         raise SystemExit(2) from err
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
     address = listen or settings.listen
     if not address:
         print(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from protos.wsched.v1 import worker_pb2
@@ -39,8 +39,11 @@ class Reporter:
         max_batch: int = 100,
         max_batch_bytes: int = 2 * 1024 * 1024,
         retry_s: float = 1.0,
+        on_ack: Callable[[str, worker_pb2.Ack.ValueType], None] | None = None,
     ) -> None:
+        """``on_ack`` hears of each acknowledgement (lease token, ack): the agent's trace."""
         self._scheduler = scheduler
+        self._on_ack = on_ack
         self._linger_s = linger_s
         self._max_batch = max_batch
         self._max_batch_bytes = max_batch_bytes
@@ -120,6 +123,8 @@ class Reporter:
         elif ack.ack not in _FORGET:
             log.warning("unknown ack %d for lease %s; dropped", ack.ack, ack.lease_token)
         self._pending.pop(ack.lease_token, None)
+        if self._on_ack is not None:
+            self._on_ack(ack.lease_token, ack.ack)
 
     def _settle(self) -> None:
         if not self._pending:

@@ -7,6 +7,7 @@ import re
 import socket
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,10 @@ class WorkerSettings(BaseSettings):
     #: At start, how long to wait for every executor to accept connections.
     executor_wait_s: float = Field(default=60.0, ge=0)
     log_level: str = "INFO"
+    #: ``text`` or ``json`` (one object a line with the task, pipeline and trace ids).
+    log_format: Literal["text", "json"] = "text"
+    #: Where the agent's spans go (OTLP/gRPC, ``http://collector:4317``); unset: none.
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://\S+$")
 
     @field_validator("workdir")
     @classmethod
@@ -114,6 +119,7 @@ class ExecutorSettings(BaseSettings):
     #: The largest handler return value, as JSON (the scheduler's result limit).
     max_result_bytes: int = Field(default=MAX_RESULT_BYTES, ge=1024, le=MAX_RESULT_BYTES)
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
 
 def explain(err: ValidationError, *, prefix: str) -> str:

@@ -336,23 +336,31 @@ class TimerContract:
         assert await store.page_timers(grain=other, after=None, limit=10) == []
         assert (await store.load(grain=GRAIN)).counts == {Status.QUEUED: 1, Status.SCHEDULED: 2}
 
-    async def test_firing_makes_the_task_queued_and_ends_its_timer(
+    async def test_firing_reads_the_task_and_its_next_state_ends_the_timer(
         self, under_test: StoreUnderTest
     ) -> None:
         store = under_test.store
-        epoch, _ = await claim_and_admit(store, new(1, due_in_s=5), new(2, due_in_s=6))
-        fired = await store.fire_timers(
-            grain=GRAIN, epoch=epoch, timers=[(at(5), "task-00001")], now=at(5)
-        )
+        epoch, admission = await claim_and_admit(store, new(1, due_in_s=5), new(2, due_in_s=6))
+        key = (at(5), "task-00001")
+        fired = await store.fire_timers(grain=GRAIN, epoch=epoch, timers=[key], now=at(5))
         assert [(t.id, t.status, t.data) for t in fired] == [
             ("task-00001", Status.QUEUED, b'{"n":1}')
         ]
-        assert await statuses(under_test) == {"task-00001": "queued", "task-00002": "scheduled"}
+        # A read: the row stays scheduled and the timer stays until the next state is flushed.
+        assert await statuses(under_test) == {"task-00001": "scheduled", "task-00002": "scheduled"}
+        assert len(await store.page_timers(grain=GRAIN, after=None, limit=10)) == 2
+        book = TaskBook(config=PipelineConfig(pipeline_id=PIPELINE), epoch=epoch)
+        book.timers.refill([], limit=1)
+        book.admit(admission.admitted)
+        book.fired([(key, fired[0])])
+        book.lease(worker="w1", max_tasks=1, max_bytes=1 << 20, now=0, wall=at(5))
+        flush = book.take_flush()
+        await store.flush(grain=GRAIN, epoch=epoch, flush=flush, stats={}, now=at(5))
+        assert await statuses(under_test) == {"task-00001": "leased", "task-00002": "scheduled"}
         assert await store.page_timers(grain=GRAIN, after=None, limit=10) == [(at(6), "task-00002")]
-        # Fired again (a replay after a crash): nothing to fire, nothing changes.
-        again = await store.fire_timers(
-            grain=GRAIN, epoch=epoch, timers=[(at(5), "task-00001")], now=at(6)
-        )
+        # Fired again (a replay after a crash): the task is no longer scheduled, and a
+        # stale timer row would be ended.
+        again = await store.fire_timers(grain=GRAIN, epoch=epoch, timers=[key], now=at(6))
         assert again == []
 
     async def test_cancelling_a_scheduled_task_ends_its_timer(

@@ -98,12 +98,19 @@ def test_provisioning_imports_nothing_of_ours_above_it() -> None:
     assert violations("services/infra", ours=("services.infra",)) == []
 
 
-def test_the_store_imports_only_the_domain_and_placement() -> None:
-    """services/store/ implements the domain's store ports and uses the shard placement
-    to file pipelines; the API, scheduler, workers, deployers, benchmarks, Kafka clients
-    and settings are all above it."""
-    ours = ("services.store", "services.placement", "actors")
+def test_the_store_imports_only_the_domain_placement_and_quotas() -> None:
+    """services/store/ implements the domain's store ports, uses the shard placement to
+    file pipelines and the quotas' bucket arithmetic to keep tenants' shared submit
+    buckets; the API, scheduler, workers, deployers, benchmarks, Kafka clients and
+    settings are all above it."""
+    ours = ("services.store", "services.placement", "services.quotas", "actors")
     assert violations("services/store", ours=ours) == []
+
+
+def test_the_quotas_import_only_the_standard_library_and_themselves() -> None:
+    """services/quotas/ is pure (values, bucket arithmetic, the limiter over a port), so
+    that the store below the API can share it."""
+    assert violations("services/quotas", ours=("services.quotas",), dependencies=False) == []
 
 
 def test_the_sdk_imports_only_itself_the_standard_library_and_httpx() -> None:

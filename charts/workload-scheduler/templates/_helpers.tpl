@@ -111,6 +111,14 @@ helm.sh/chart: {{ include "wsched.chart" .root }}
 {{ include "wsched.databaseEnv" (dict "root" . "secret" (include "wsched.secretName" .)) }}
 - name: WSCHED_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
+- name: WSCHED_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: WSCHED_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: WSCHED_TRACE_SAMPLE_RATIO
+  value: {{ $.Values.tracing.sampleRatio | quote }}
+{{- end }}
 # The root filesystem is read-only; /tmp is an emptyDir.
 - name: WSCHED_DATA_DIR
   value: /tmp/wsched

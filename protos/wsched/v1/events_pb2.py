@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/wsched/v1/events.proto\x12\twsched.v1\"\xc5\x02\n\tTaskEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x16\n\x0eproduced_at_ms\x18\x04 \x01(\x03\x12\'\n\x06submit\x18\n \x01(\x0b\x32\x15.wsched.v1.SubmitTaskH\x00\x12\'\n\x06\x63\x61ncel\x18\x0b \x01(\x0b\x32\x15.wsched.v1.CancelTaskH\x00\x12)\n\x07requeue\x18\x0c \x01(\x0b\x32\x16.wsched.v1.RequeueTaskH\x00\x12%\n\x05purge\x18\r \x01(\x0b\x32\x14.wsched.v1.PurgeTaskH\x00\x12\x36\n\x10schedule_changed\x18\x0e \x01(\x0b\x32\x1a.wsched.v1.ScheduleChangedH\x00\x42\x06\n\x04kind\"\xc6\x01\n\nSubmitTask\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tdue_at_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x61ta_sha256\x18\x03 \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12%\n\x05retry\x18\x05 \x01(\x0b\x32\x16.wsched.v1.RetryPolicy\x12\x13\n\x0bschedule_id\x18\x07 \x01(\t\x12\x12\n\nfire_at_ms\x18\x08 \x01(\x03\x12\x1b\n\x13\x65xecution_timeout_s\x18\x06 \x01(\x01\"H\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12#\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0b\x32\x12.wsched.v1.Backoff\"O\n\x07\x42\x61\x63koff\x12\x11\n\tinitial_s\x18\x01 \x01(\x01\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12\r\n\x05max_s\x18\x03 \x01(\x01\x12\x0e\n\x06jitter\x18\x04 \x01(\x01\"\x1c\n\nCancelTask\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\r\n\x0bRequeueTask\"\"\n\x0fScheduleChanged\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\'\n\tPurgeTask\x12\x1a\n\x12\x66inished_before_ms\x18\x01 \x01(\x03\"\xce\x01\n\x0ePlacementEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\r\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.wsched.v1.PlacementEvent.Kind\"R\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_CREATED\x10\x01\x12\x10\n\x0cKIND_UPDATED\x10\x02\x12\x10\n\x0cKIND_DELETED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/wsched/v1/events.proto\x12\twsched.v1\"\xc5\x02\n\tTaskEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x16\n\x0eproduced_at_ms\x18\x04 \x01(\x03\x12\'\n\x06submit\x18\n \x01(\x0b\x32\x15.wsched.v1.SubmitTaskH\x00\x12\'\n\x06\x63\x61ncel\x18\x0b \x01(\x0b\x32\x15.wsched.v1.CancelTaskH\x00\x12)\n\x07requeue\x18\x0c \x01(\x0b\x32\x16.wsched.v1.RequeueTaskH\x00\x12%\n\x05purge\x18\r \x01(\x0b\x32\x14.wsched.v1.PurgeTaskH\x00\x12\x36\n\x10schedule_changed\x18\x0e \x01(\x0b\x32\x1a.wsched.v1.ScheduleChangedH\x00\x42\x06\n\x04kind\"\xdc\x01\n\nSubmitTask\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tdue_at_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x61ta_sha256\x18\x03 \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12%\n\x05retry\x18\x05 \x01(\x0b\x32\x16.wsched.v1.RetryPolicy\x12\x13\n\x0bschedule_id\x18\x07 \x01(\t\x12\x12\n\nfire_at_ms\x18\x08 \x01(\x03\x12\x1b\n\x13\x65xecution_timeout_s\x18\x06 \x01(\x01\x12\x14\n\x0ctrace_parent\x18\t \x01(\t\"H\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12#\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0b\x32\x12.wsched.v1.Backoff\"O\n\x07\x42\x61\x63koff\x12\x11\n\tinitial_s\x18\x01 \x01(\x01\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12\r\n\x05max_s\x18\x03 \x01(\x01\x12\x0e\n\x06jitter\x18\x04 \x01(\x01\"\x1c\n\nCancelTask\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\r\n\x0bRequeueTask\"\"\n\x0fScheduleChanged\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\'\n\tPurgeTask\x12\x1a\n\x12\x66inished_before_ms\x18\x01 \x01(\x03\"\xce\x01\n\x0ePlacementEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bpipeline_id\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\r\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.wsched.v1.PlacementEvent.Kind\"R\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_CREATED\x10\x01\x12\x10\n\x0cKIND_UPDATED\x10\x02\x12\x10\n\x0cKIND_DELETED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKEVENT']._serialized_start=45
   _globals['_TASKEVENT']._serialized_end=370
   _globals['_SUBMITTASK']._serialized_start=373
-  _globals['_SUBMITTASK']._serialized_end=571
-  _globals['_RETRYPOLICY']._serialized_start=573
-  _globals['_RETRYPOLICY']._serialized_end=645
-  _globals['_BACKOFF']._serialized_start=647
-  _globals['_BACKOFF']._serialized_end=726
-  _globals['_CANCELTASK']._serialized_start=728
-  _globals['_CANCELTASK']._serialized_end=756
-  _globals['_REQUEUETASK']._serialized_start=758
-  _globals['_REQUEUETASK']._serialized_end=771
-  _globals['_SCHEDULECHANGED']._serialized_start=773
-  _globals['_SCHEDULECHANGED']._serialized_end=807
-  _globals['_PURGETASK']._serialized_start=809
-  _globals['_PURGETASK']._serialized_end=848
-  _globals['_PLACEMENTEVENT']._serialized_start=851
-  _globals['_PLACEMENTEVENT']._serialized_end=1057
-  _globals['_PLACEMENTEVENT_KIND']._serialized_start=975
-  _globals['_PLACEMENTEVENT_KIND']._serialized_end=1057
+  _globals['_SUBMITTASK']._serialized_end=593
+  _globals['_RETRYPOLICY']._serialized_start=595
+  _globals['_RETRYPOLICY']._serialized_end=667
+  _globals['_BACKOFF']._serialized_start=669
+  _globals['_BACKOFF']._serialized_end=748
+  _globals['_CANCELTASK']._serialized_start=750
+  _globals['_CANCELTASK']._serialized_end=778
+  _globals['_REQUEUETASK']._serialized_start=780
+  _globals['_REQUEUETASK']._serialized_end=793
+  _globals['_SCHEDULECHANGED']._serialized_start=795
+  _globals['_SCHEDULECHANGED']._serialized_end=829
+  _globals['_PURGETASK']._serialized_start=831
+  _globals['_PURGETASK']._serialized_end=870
+  _globals['_PLACEMENTEVENT']._serialized_start=873
+  _globals['_PLACEMENTEVENT']._serialized_end=1079
+  _globals['_PLACEMENTEVENT_KIND']._serialized_start=997
+  _globals['_PLACEMENTEVENT_KIND']._serialized_end=1079
 # @@protoc_insertion_point(module_scope)

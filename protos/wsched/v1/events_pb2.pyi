@@ -86,6 +86,7 @@ class SubmitTask(_message.Message):
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     FIRE_AT_MS_FIELD_NUMBER: _builtins.int
     EXECUTION_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    TRACE_PARENT_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The client's JSON exactly as received: carried as raw bytes, never re-encoded."""
     due_at_ms: _builtins.int
@@ -105,6 +106,10 @@ class SubmitTask(_message.Message):
     """How long one attempt may run before the worker kills it and reports a timeout, in
     seconds; 0: the pipeline's (then the pipeline definition's, then the agent's).
     """
+    trace_parent: _builtins.str
+    """The task's trace: the W3C `traceparent` of its submit span (also in the record's
+    `traceparent` header); empty when the API does not trace. Stored with the task.
+    """
     @_builtins.property
     def retry(self) -> Global___RetryPolicy:
         """This task's retry policy, over its pipeline's; absent: the pipeline's."""
@@ -120,10 +125,11 @@ class SubmitTask(_message.Message):
         schedule_id: _builtins.str = ...,
         fire_at_ms: _builtins.int = ...,
         execution_timeout_s: _builtins.float = ...,
+        trace_parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "execution_timeout_s", b"execution_timeout_s", "expires_at_ms", b"expires_at_ms", "fire_at_ms", b"fire_at_ms", "retry", b"retry", "schedule_id", b"schedule_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_sha256", b"data_sha256", "due_at_ms", b"due_at_ms", "execution_timeout_s", b"execution_timeout_s", "expires_at_ms", b"expires_at_ms", "fire_at_ms", b"fire_at_ms", "retry", b"retry", "schedule_id", b"schedule_id", "trace_parent", b"trace_parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

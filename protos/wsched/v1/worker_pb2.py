@@ -24,39 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/wsched/v1/worker.proto\x12\twsched.v1\"i\n\x0bPollRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\t\x12\x11\n\tmax_tasks\x18\x03 \x01(\r\x12\x11\n\tmax_bytes\x18\x04 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x05 \x01(\r\"\x9a\x01\n\nLeasedTask\x12\x13\n\x0blease_token\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x12\n\nfire_at_ms\x18\n \x01(\x03\x12\x1c\n\x14\x65xecution_timeout_ms\x18\x06 \x01(\r\"N\n\x0cPollResponse\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.wsched.v1.LeasedTask\x12\x18\n\x10lease_timeout_ms\x18\x02 \x01(\r\"M\n\x10HeartbeatRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\t\x12\x14\n\x0clease_tokens\x18\x03 \x03(\t\"H\n\x0cLeaseVerdict\x12\x13\n\x0blease_token\x18\x01 \x01(\t\x12#\n\x07verdict\x18\x02 \x01(\x0e\x32\x12.wsched.v1.Verdict\"X\n\x11HeartbeatResponse\x12)\n\x08verdicts\x18\x01 \x03(\x0b\x32\x17.wsched.v1.LeaseVerdict\x12\x18\n\x10lease_timeout_ms\x18\x02 \x01(\r\"\x8f\x01\n\nTaskResult\x12\x13\n\x0blease_token\x18\x01 \x01(\t\x12#\n\x07outcome\x18\x02 \x01(\x0e\x32\x12.wsched.v1.Outcome\x12\x0e\n\x06result\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x15\n\rnon_retryable\x18\x05 \x01(\x08\x12\x11\n\ttimed_out\x18\x06 \x01(\x08\"\\\n\rReportRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\t\x12&\n\x07results\x18\x03 \x03(\x0b\x32\x15.wsched.v1.TaskResult\"M\n\tReportAck\x12\x13\n\x0blease_token\x18\x01 \x01(\t\x12\x1b\n\x03\x61\x63k\x18\x02 \x01(\x0e\x32\x0e.wsched.v1.Ack\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"4\n\x0eReportResponse\x12\"\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x14.wsched.v1.ReportAck*a\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x0e\n\nVERDICT_OK\x10\x01\x12\x15\n\x11VERDICT_CANCELLED\x10\x02\x12\x16\n\x12VERDICT_LEASE_LOST\x10\x03*d\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03*`\n\x03\x41\x63k\x12\x13\n\x0f\x41\x43K_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43K_ACCEPTED\x10\x01\x12\x11\n\rACK_DUPLICATE\x10\x02\x12\r\n\tACK_STALE\x10\x03\x12\x10\n\x0c\x41\x43K_REJECTED\x10\x04\x32\xc8\x01\n\x06Worker\x12\x37\n\x04Poll\x12\x16.wsched.v1.PollRequest\x1a\x17.wsched.v1.PollResponse\x12\x46\n\tHeartbeat\x12\x1b.wsched.v1.HeartbeatRequest\x1a\x1c.wsched.v1.HeartbeatResponse\x12=\n\x06Report\x12\x18.wsched.v1.ReportRequest\x1a\x19.wsched.v1.ReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/wsched/v1/worker.proto\x12\twsched.v1\"i\n\x0bPollRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\t\x12\x11\n\tmax_tasks\x18\x03 \x01(\r\x12\x11\n\tmax_bytes\x18\x04 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x05 \x01(\r\"\xb0\x01\n\nLeasedTask\x12\x13\n\x0blease_token\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x12\n\nfire_at_ms\x18\n \x01(\x03\x12\x1c\n\x14\x65xecution_timeout_ms\x18\x06 \x01(\r\x12\x14\n\x0ctrace_parent\x18\x0b \x01(\t\"N\n\x0cPollResponse\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.wsched.v1.LeasedTask\x12\x18\n\x10lease_timeout_ms\x18\x02 \x01(\r\"M\n\x10HeartbeatRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\t\x12\x14\n\x0clease_tokens\x18\x03 \x03(\t\"H\n\x0cLeaseVerdict\x12\x13\n\x0blease_token\x18\x01 \x01(\t\x12#\n\x07verdict\x18\x02 \x01(\x0e\x32\x12.wsched.v1.Verdict\"X\n\x11HeartbeatResponse\x12)\n\x08verdicts\x18\x01 \x03(\x0b\x32\x17.wsched.v1.LeaseVerdict\x12\x18\n\x10lease_timeout_ms\x18\x02 \x01(\r\"\x8f\x01\n\nTaskResult\x12\x13\n\x0blease_token\x18\x01 \x01(\t\x12#\n\x07outcome\x18\x02 \x01(\x0e\x32\x12.wsched.v1.Outcome\x12\x0e\n\x06result\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x15\n\rnon_retryable\x18\x05 \x01(\x08\x12\x11\n\ttimed_out\x18\x06 \x01(\x08\"\\\n\rReportRequest\x12\x13\n\x0bpipeline_id\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\t\x12&\n\x07results\x18\x03 \x03(\x0b\x32\x15.wsched.v1.TaskResult\"M\n\tReportAck\x12\x13\n\x0blease_token\x18\x01 \x01(\t\x12\x1b\n\x03\x61\x63k\x18\x02 \x01(\x0e\x32\x0e.wsched.v1.Ack\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"4\n\x0eReportResponse\x12\"\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x14.wsched.v1.ReportAck*a\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x0e\n\nVERDICT_OK\x10\x01\x12\x15\n\x11VERDICT_CANCELLED\x10\x02\x12\x16\n\x12VERDICT_LEASE_LOST\x10\x03*d\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03*`\n\x03\x41\x63k\x12\x13\n\x0f\x41\x43K_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43K_ACCEPTED\x10\x01\x12\x11\n\rACK_DUPLICATE\x10\x02\x12\r\n\tACK_STALE\x10\x03\x12\x10\n\x0c\x41\x43K_REJECTED\x10\x04\x32\xc8\x01\n\x06Worker\x12\x37\n\x04Poll\x12\x16.wsched.v1.PollRequest\x1a\x17.wsched.v1.PollResponse\x12\x46\n\tHeartbeat\x12\x1b.wsched.v1.HeartbeatRequest\x1a\x1c.wsched.v1.HeartbeatResponse\x12=\n\x06Report\x12\x18.wsched.v1.ReportRequest\x1a\x19.wsched.v1.ReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.wsched.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERDICT']._serialized_start=1004
-  _globals['_VERDICT']._serialized_end=1101
-  _globals['_OUTCOME']._serialized_start=1103
-  _globals['_OUTCOME']._serialized_end=1203
-  _globals['_ACK']._serialized_start=1205
-  _globals['_ACK']._serialized_end=1301
+  _globals['_VERDICT']._serialized_start=1026
+  _globals['_VERDICT']._serialized_end=1123
+  _globals['_OUTCOME']._serialized_start=1125
+  _globals['_OUTCOME']._serialized_end=1225
+  _globals['_ACK']._serialized_start=1227
+  _globals['_ACK']._serialized_end=1323
   _globals['_POLLREQUEST']._serialized_start=44
   _globals['_POLLREQUEST']._serialized_end=149
   _globals['_LEASEDTASK']._serialized_start=152
-  _globals['_LEASEDTASK']._serialized_end=306
-  _globals['_POLLRESPONSE']._serialized_start=308
-  _globals['_POLLRESPONSE']._serialized_end=386
-  _globals['_HEARTBEATREQUEST']._serialized_start=388
-  _globals['_HEARTBEATREQUEST']._serialized_end=465
-  _globals['_LEASEVERDICT']._serialized_start=467
-  _globals['_LEASEVERDICT']._serialized_end=539
-  _globals['_HEARTBEATRESPONSE']._serialized_start=541
-  _globals['_HEARTBEATRESPONSE']._serialized_end=629
-  _globals['_TASKRESULT']._serialized_start=632
-  _globals['_TASKRESULT']._serialized_end=775
-  _globals['_REPORTREQUEST']._serialized_start=777
-  _globals['_REPORTREQUEST']._serialized_end=869
-  _globals['_REPORTACK']._serialized_start=871
-  _globals['_REPORTACK']._serialized_end=948
-  _globals['_REPORTRESPONSE']._serialized_start=950
-  _globals['_REPORTRESPONSE']._serialized_end=1002
-  _globals['_WORKER']._serialized_start=1304
-  _globals['_WORKER']._serialized_end=1504
+  _globals['_LEASEDTASK']._serialized_end=328
+  _globals['_POLLRESPONSE']._serialized_start=330
+  _globals['_POLLRESPONSE']._serialized_end=408
+  _globals['_HEARTBEATREQUEST']._serialized_start=410
+  _globals['_HEARTBEATREQUEST']._serialized_end=487
+  _globals['_LEASEVERDICT']._serialized_start=489
+  _globals['_LEASEVERDICT']._serialized_end=561
+  _globals['_HEARTBEATRESPONSE']._serialized_start=563
+  _globals['_HEARTBEATRESPONSE']._serialized_end=651
+  _globals['_TASKRESULT']._serialized_start=654
+  _globals['_TASKRESULT']._serialized_end=797
+  _globals['_REPORTREQUEST']._serialized_start=799
+  _globals['_REPORTREQUEST']._serialized_end=891
+  _globals['_REPORTACK']._serialized_start=893
+  _globals['_REPORTACK']._serialized_end=970
+  _globals['_REPORTRESPONSE']._serialized_start=972
+  _globals['_REPORTRESPONSE']._serialized_end=1024
+  _globals['_WORKER']._serialized_start=1326
+  _globals['_WORKER']._serialized_end=1526
 # @@protoc_insertion_point(module_scope)

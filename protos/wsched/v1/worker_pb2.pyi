@@ -156,6 +156,7 @@ class LeasedTask(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
     FIRE_AT_MS_FIELD_NUMBER: _builtins.int
     EXECUTION_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    TRACE_PARENT_FIELD_NUMBER: _builtins.int
     lease_token: _builtins.str
     """at most 160 characters: epoch.attempt.task_id"""
     task_id: _builtins.str
@@ -171,6 +172,10 @@ class LeasedTask(_message.Message):
     the agent's WSCHED_WORKER_TASK_TIMEOUT_S). Past it the agent kills the step's whole
     process group and reports a failure with `timed_out`.
     """
+    trace_parent: _builtins.str
+    """The W3C `traceparent` of this attempt's dispatch span: the agent's span for the
+    attempt is its child. Empty when the scheduler does not trace or the task has none.
+    """
     def __init__(
         self,
         *,
@@ -181,10 +186,11 @@ class LeasedTask(_message.Message):
         created_at_ms: _builtins.int = ...,
         fire_at_ms: _builtins.int = ...,
         execution_timeout_ms: _builtins.int = ...,
+        trace_parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at_ms", b"created_at_ms", "data", b"data", "execution_timeout_ms", b"execution_timeout_ms", "fire_at_ms", b"fire_at_ms", "lease_token", b"lease_token", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at_ms", b"created_at_ms", "data", b"data", "execution_timeout_ms", b"execution_timeout_ms", "fire_at_ms", b"fire_at_ms", "lease_token", b"lease_token", "task_id", b"task_id", "trace_parent", b"trace_parent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -160,6 +160,9 @@ async def create_pipeline(
     """Create a pipeline (state ``provisioning``); its worker token is in this answer only."""
     application = await find_application(ctx, tenant.id, app)
     await check_chart(ctx, body.chart)
+    if ctx.quotas.of(tenant).max_pipelines is not None:
+        live = await ctx.db(ctx.store.count_live_pipelines, tenant.id)
+        ctx.quotas.check_pipelines(tenant, live)
     spec = PipelineSpec(
         name=body.name,
         chart=body.chart,

@@ -168,6 +168,7 @@ async def submit_task(
     With ``run_at`` or ``delay`` the task is ``scheduled`` until it is due, then queued;
     with ``expires_at`` or ``expires_after``, an attempt not started by then never starts.
     """
+    ctx.quotas.refuse_early(tenant)
     raw = await request.body()
     parse_object(raw, max_bytes=ctx.limits.max_task_data_bytes)
     due_ms, expires_ms = _times(
@@ -187,11 +188,13 @@ async def submit_task(
         retry=RetryOverride(max_attempts=max_attempts) if max_attempts else None,
         execution_timeout_s=timeout_s,
     )
+    await ctx.quotas.admit_submit(tenant, 1)
     if client_id is not None:
         stored = (await existing_tasks(ctx, target, [client_id])).get(client_id)
         if stored is not None:
             return await _resubmitted(ctx, target, task, stored.data_sha256)
     await produced(ctx, ctx.producer.submit(target.id, [task]))
+    ctx.quotas.accepted(tenant, 1)
     ctx.metrics.tasks_created.labels(target.id).inc()
     status = "scheduled" if due_ms else "queued"
     return JSONResponse(Accepted(id=task.id, status=status).model_dump(), status_code=202)
@@ -265,6 +268,7 @@ async def submit_batch(
             f"{len(body.tasks)} tasks in one request, over the limit of "
             f"{ctx.limits.max_batch_items}; split the batch",
         )
+    ctx.quotas.refuse_early(tenant)
     candidates = _candidates(body, ctx.limits)
     target = await resolve(ctx, tenant.id, app, pipeline)
     require_ready(target)
@@ -274,10 +278,12 @@ async def submit_batch(
         else dataclasses.replace(c, expires_at_ms=_default_deadline_ms(target, c.due_at_ms))
         for c in candidates
     ]
+    await ctx.quotas.admit_submit(tenant, len(candidates))
     client_ids = sorted({item.id for item in body.tasks if item.id is not None})
     planned = plan(candidates, await existing_tasks(ctx, target, client_ids))
     if planned.produce:
         await produced(ctx, ctx.producer.submit(target.id, planned.produce))
+        ctx.quotas.accepted(tenant, len(planned.produce))
         ctx.metrics.tasks_created.labels(target.id).inc(len(planned.produce))
     results = planned.results
     return BatchOut(

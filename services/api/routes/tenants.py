@@ -1,4 +1,5 @@
-"""Tenants: created, listed, their keys rotated or revoked, and deleted by the operator.
+"""Tenants: created, listed, given quotas, their keys rotated or revoked, and deleted by
+the operator; a tenant reads its own.
 
 A change to a tenant's keys is announced on ``wsched.revocations`` once it is in the
 database, so that every API process forgets what it remembered of the tenant (what it
@@ -8,30 +9,33 @@ and refuses its keys; the reconciler does the work (``services.api.tenant_deleti
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import logging
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
-from fastapi import Path as PathParam
+from fastapi import APIRouter, Path
 
-from services.api.auth import Operator
-from services.api.context import Ctx
-from services.api.errors import OPERATOR_ERRORS, ApiError, error_responses, not_found
+from services.api.auth import CurrentTenant, Operator
+from services.api.context import ApiContext, Ctx
+from services.api.errors import (
+    OPERATOR_ERRORS,
+    TENANT_ERRORS,
+    ApiError,
+    error_responses,
+    not_found,
+)
 from services.api.lifecycle_schemas import (
     DeletionOut,
     KeyRotated,
     KeysRevoked,
     Rotate,
+    TenantDetail,
     TenantState,
 )
-from services.api.schemas import (
-    NAME_SCHEMA,
-    CreateTenant,
-    TenantCreated,
-    TenantList,
-    TenantOut,
-)
+from services.api.quota_schemas import PatchTenant, QuotaValues, TenantQuotasOut, UsageOut
+from services.api.schemas import NAME_SCHEMA, CreateTenant, TenantCreated, TenantList, TenantOut
 from services.deploy.naming import namespace_for, spare_namespace
 from services.kafka.producer import BrokerUnavailable
 from services.store.control import STEP_DONE, NameTaken, NotFound, Tenant, TenantDeletion
@@ -41,9 +45,12 @@ log = logging.getLogger("wsched.api.tenants")
 router = APIRouter(
     prefix="/api/tenants", tags=["tenants"], dependencies=[Operator], responses=OPERATOR_ERRORS
 )
+#: The calling tenant's own view.
+own = APIRouter(prefix="/api/tenant", tags=["tenants"], responses=TENANT_ERRORS)
+
+TenantName = Annotated[str, Path(description="The tenant's name.", json_schema_extra=NAME_SCHEMA)]
 
 NOT_FOUND = error_responses(404)
-TenantName = PathParam(description="The tenant's name.", json_schema_extra=NAME_SCHEMA)
 
 
 @router.post("", status_code=201)
@@ -71,21 +78,65 @@ async def list_tenants(ctx: Ctx) -> TenantList:
 
 
 @router.get("/{tenant}", responses=NOT_FOUND)
-async def get_tenant(ctx: Ctx, tenant: str = TenantName) -> TenantState:
-    """The tenant and, once it is being deleted, how far its deletion got (also after it
-    is gone, until a tenant of the same name is created)."""
+async def get_tenant(tenant: TenantName, ctx: Ctx) -> TenantDetail:
+    """A tenant with its quotas (in force, and its own overrides), its usage, its state
+    and, once it is being deleted, how far its deletion got."""
     found = await ctx.db(ctx.store.tenant_by_name, tenant)
-    if found is not None:
-        deletion = await ctx.db(ctx.store.tenant_deletion, found.id)
-        return _state(found.id, found.name, found.created_at, deletion)
-    gone = await ctx.db(ctx.store.tenant_deletion_named, tenant)
-    if gone is None:
+    if found is None:
+        gone = await ctx.db(ctx.store.tenant_deletion_named, tenant)
+        if gone is not None and gone.finished_at is not None:
+            raise not_found(f"tenant {tenant!r} was deleted at {gone.finished_at.isoformat()}")
         raise _no_tenant(tenant)
-    return _state(gone.tenant_id, gone.name, gone.started_at, gone)
+    deletion = await ctx.db(ctx.store.tenant_deletion, found.id)
+    state = _state(found.id, found.name, found.created_at, deletion)
+    detail = await quotas_out(ctx, found)
+    return TenantDetail(**detail.model_dump(), state=state.state, deletion=state.deletion)
+
+
+@router.patch("/{tenant}", responses=error_responses(404))
+async def patch_tenant(tenant: TenantName, body: PatchTenant, ctx: Ctx) -> TenantQuotasOut:
+    """Override the tenant's quotas: a quota left out is unchanged, null returns it to
+    the default (``WSCHED_QUOTA_*``), 0 makes it unbounded. Every API process applies the
+    change with the tenant's next request."""
+    found = await _named(ctx, tenant)
+    changes = {name: getattr(body.quotas, name) for name in body.quotas.model_fields_set}
+    overrides = dataclasses.replace(found.quotas, **changes)
+    updated = await ctx.db(ctx.store.set_tenant_quotas, found.id, overrides)
+    if updated is None:
+        raise not_found(f"tenant {tenant!r} was deleted meanwhile")
+    return await quotas_out(ctx, updated)
+
+
+@own.get("")
+async def get_own(tenant: CurrentTenant, ctx: Ctx) -> TenantQuotasOut:
+    """The calling tenant, its quotas and its usage."""
+    return await quotas_out(ctx, tenant)
+
+
+async def _named(ctx: Ctx, name: str) -> Tenant:
+    found = await ctx.db(ctx.store.tenant_by_name, name)
+    if found is None:
+        raise _no_tenant(name)
+    return found
+
+
+async def quotas_out(ctx: ApiContext, tenant: Tenant) -> TenantQuotasOut:
+    pipelines, backlog = await asyncio.gather(
+        ctx.db(ctx.store.count_live_pipelines, tenant.id),
+        ctx.db(ctx.store.tenant_backlog, tenant.id),
+    )
+    return TenantQuotasOut(
+        id=tenant.id,
+        name=tenant.name,
+        created_at=tenant.created_at,
+        quotas=QuotaValues(**dataclasses.asdict(ctx.quotas.of(tenant))),
+        overrides=QuotaValues(**dataclasses.asdict(tenant.quotas)),
+        usage=UsageOut(pipelines=pipelines, backlog=backlog),
+    )
 
 
 @router.post("/{tenant}/rotate-key", responses=NOT_FOUND)
-async def rotate_key(body: Rotate, ctx: Ctx, tenant: str = TenantName) -> KeyRotated:
+async def rotate_key(tenant: TenantName, body: Rotate, ctx: Ctx) -> KeyRotated:
     """A new API key, in this answer only; the current one stays valid for ``grace_s``."""
     found = await _live_tenant(ctx, tenant)
     grace = dt.timedelta(seconds=body.grace_s)
@@ -99,7 +150,7 @@ async def rotate_key(body: Rotate, ctx: Ctx, tenant: str = TenantName) -> KeyRot
 
 
 @router.post("/{tenant}/revoke-key", responses=NOT_FOUND)
-async def revoke_key(ctx: Ctx, tenant: str = TenantName) -> KeysRevoked:
+async def revoke_key(tenant: TenantName, ctx: Ctx) -> KeysRevoked:
     """Refuse every key of the tenant, on every API process within seconds (also while
     the database is down); ``rotate-key`` then issues a new one."""
     found = await _live_tenant(ctx, tenant)
@@ -118,13 +169,11 @@ async def revoke_key(ctx: Ctx, tenant: str = TenantName) -> KeysRevoked:
 
 
 @router.delete("/{tenant}", status_code=202, responses=NOT_FOUND)
-async def delete_tenant(ctx: Ctx, tenant: str = TenantName) -> TenantState:
+async def delete_tenant(tenant: TenantName, ctx: Ctx) -> TenantState:
     """Start deleting the tenant (again, harmlessly, if under way): its keys are refused
     at once; its pipelines (workers, topics, tasks), namespace and rows go in the
     background. ``GET /api/tenants/{tenant}`` shows the progress."""
-    found = await ctx.db(ctx.store.tenant_by_name, tenant)
-    if found is None:
-        raise _no_tenant(tenant)
+    found = await _named(ctx, tenant)
     deletion = await ctx.db(
         ctx.store.start_tenant_deletion, found.id, default_namespace=namespace_for(found.name)
     )
@@ -134,9 +183,7 @@ async def delete_tenant(ctx: Ctx, tenant: str = TenantName) -> TenantState:
 
 
 async def _live_tenant(ctx: Ctx, name: str) -> Tenant:
-    found = await ctx.db(ctx.store.tenant_by_name, name)
-    if found is None:
-        raise _no_tenant(name)
+    found = await _named(ctx, name)
     if await ctx.db(ctx.store.tenant_deletion, found.id) is not None:
         raise ApiError(409, "tenant_deleting", f"tenant {name!r} is being deleted")
     return found

@@ -7,9 +7,9 @@ their SHA-256 digests. A worker token is also kept encrypted (see
 only :meth:`ControlStore.worker_token` decrypts it.
 
 This package is the one entry point: :class:`ControlStore` is the union of one class per
-section (``_tenants``, ``_tenant_deletions``, ``_applications``, ``_pipelines``, ``_schedules``,
-``_task_reads``), and the records its callers need are re-exported here, so that none
-imports a section module.
+section (``_tenants``, ``_tenant_deletions``, ``_applications``, ``_pipelines``,
+``_schedules``, ``_task_reads``, ``_quotas``), and the records its callers need are
+re-exported here, so that none imports a section module.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from services.store.control._pipelines import (
     pipeline_names,
     worker_token_digests,
 )
+from services.store.control._quotas import QuotaMethods
 from services.store.control._schedules import ScheduleMethods
 from services.store.control._task_reads import TaskReadMethods
 from services.store.control._tenant_deletions import (
@@ -103,6 +104,7 @@ class ControlStore(
     PipelineMethods,
     ScheduleMethods,
     TaskReadMethods,
+    QuotaMethods,
 ):
     """Tenants and their deletions, applications, pipelines and schedules; reads of tasks
-    and of the grains' counters."""
+    and of the grains' counters; tenants' usage and submit buckets."""

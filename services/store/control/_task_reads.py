@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from actors.pipeline.model import Status
 from services.store.control._base import StoreBase
 from services.store.records import AttemptRow, ExistingTask, PipelineStats, TaskRecord
 from services.store.schema import pipeline_stats, task_attempts, task_results, tasks
@@ -104,7 +105,7 @@ class TaskReadMethods(StoreBase):
         """A page of tasks ordered by id, after the cursor ``after`` (exclusive)."""
         query = sa.select(*_TASK_SUMMARY).where(tasks.c.pipeline_id == pipeline_id)
         if status is not None:
-            query = query.where(tasks.c.status == status)
+            query = query.where(_shown_as(status, now=dt.datetime.now(dt.UTC)))
         if after is not None:
             query = query.where(tasks.c.id > after)
         query = query.order_by(tasks.c.id).limit(limit)
@@ -152,12 +153,31 @@ class TaskReadMethods(StoreBase):
         return out
 
 
+def _shown_as(status: str, *, now: dt.datetime) -> sa.ColumnElement[bool]:
+    """The rows shown with ``status``: see ``_shown_status``."""
+    scheduled, due = tasks.c.status == Status.SCHEDULED.value, tasks.c.due_at <= to_db(now)
+    if status == Status.QUEUED.value:
+        return sa.or_(tasks.c.status == status, sa.and_(scheduled, due))
+    if status == Status.SCHEDULED.value:
+        return sa.and_(scheduled, sa.not_(due))
+    return tasks.c.status == status
+
+
+def _shown_status(status: str, due_at: dt.datetime) -> str:
+    """A ``scheduled`` row whose due time has passed is queued: its timer fired in the grain,
+    which writes the row's next state (leased, or an end) with its next flush."""
+    if status == Status.SCHEDULED.value and due_at <= dt.datetime.now(dt.UTC):
+        return Status.QUEUED.value
+    return status
+
+
 def _task_record(row: sa.Row[*tuple[Any, ...]], *, with_payloads: bool) -> TaskRecord:
+    due_at = from_db_required(row.due_at)
     return TaskRecord(
         id=row.id,
-        status=row.status,
+        status=_shown_status(row.status, due_at),
         attempt=row.attempt,
-        due_at=from_db_required(row.due_at),
+        due_at=due_at,
         expires_at=from_db(row.expires_at),
         created_at=from_db_required(row.created_at),
         started_at=from_db(row.started_at),

@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from services.quotas import QUOTA_NAMES, QuotaOverrides
 from services.store.control._base import StoreBase
 from services.store.records import (
     TENANT_KEY_PREFIX,
@@ -22,8 +23,6 @@ from services.store.records import (
 )
 from services.store.schema import tenants
 from services.store.sql import from_db, from_db_required, to_db
-
-_COLUMNS = (tenants.c.id, tenants.c.name, tenants.c.created_at)
 
 
 class TenantMethods(StoreBase):
@@ -44,7 +43,7 @@ class TenantMethods(StoreBase):
         return tenant, key
 
     def list_tenants(self) -> list[Tenant]:
-        query = sa.select(*_COLUMNS).order_by(tenants.c.name)
+        query = sa.select(*TENANT_COLUMNS).order_by(tenants.c.name)
         with self._engine.connect() as conn:
             return [_tenant(row) for row in conn.execute(query)]
 
@@ -58,7 +57,7 @@ class TenantMethods(StoreBase):
         current = self._one_tenant(tenants.c.api_key_hash == digest)
         if current is not None:
             return current
-        query = sa.select(*_COLUMNS, tenants.c.previous_key_until).where(
+        query = sa.select(*TENANT_COLUMNS, tenants.c.previous_key_until).where(
             tenants.c.previous_key_hash == digest,
             tenants.c.previous_key_until > self._now(),
         )
@@ -73,6 +72,13 @@ class TenantMethods(StoreBase):
 
     def tenant_by_name(self, name: str) -> Tenant | None:
         return self._one_tenant(tenants.c.name == name)
+
+    def set_tenant_quotas(self, tenant_id: str, overrides: QuotaOverrides) -> Tenant | None:
+        """Replace the tenant's quota overrides; None when there is no such tenant."""
+        values = {f"quota_{name}": getattr(overrides, name) for name in QUOTA_NAMES}
+        with self._engine.begin() as conn:
+            done = conn.execute(tenants.update().where(tenants.c.id == tenant_id).values(values))
+        return self.get_tenant(tenant_id) if done.rowcount else None
 
     def rotate_key(self, tenant_id: str, *, grace: dt.timedelta) -> str:
         """Issue a new API key; the current one stays valid for ``grace`` (none: refused at
@@ -110,7 +116,7 @@ class TenantMethods(StoreBase):
             raise NotFound(f"tenant {tenant_id} is gone or its key changed meanwhile; retry")
 
     def _one_tenant(self, where: sa.ColumnElement[bool]) -> Tenant | None:
-        query = sa.select(*_COLUMNS).where(where)
+        query = sa.select(*TENANT_COLUMNS).where(where)
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
         return _tenant(row) if row is not None else None
@@ -122,7 +128,22 @@ def revoked_keys() -> dict[str, Any]:
     return {"api_key_hash": unusable, "previous_key_hash": None, "previous_key_until": None}
 
 
+#: A tenant's columns, its quota overrides included: read with every key lookup, so that
+#: enforcing quotas costs no query of its own.
+TENANT_COLUMNS = (
+    tenants.c.id,
+    tenants.c.name,
+    tenants.c.created_at,
+    *(tenants.c[f"quota_{name}"] for name in QUOTA_NAMES),
+)
+
+
 def _tenant(row: sa.Row[*tuple[Any, ...]], *, key_until: dt.datetime | None = None) -> Tenant:
+    overrides = QuotaOverrides(**{name: row._mapping[f"quota_{name}"] for name in QUOTA_NAMES})
     return Tenant(
-        id=row.id, name=row.name, created_at=from_db_required(row.created_at), key_until=key_until
+        id=row.id,
+        name=row.name,
+        created_at=from_db_required(row.created_at),
+        quotas=overrides,
+        key_until=key_until,
     )

@@ -25,12 +25,19 @@ from services.api.app import make_deployer
 from services.deploy.helm import HelmDeployer
 from services.kafka.admin import KafkaTopicAdmin
 from services.settings import Settings
-from services.store.control import ControlStore, Pipeline
+from services.store.control import ControlStore, Pipeline, TenantDeletion
 from services.store.engine import make_engine
 from services.store.schema import task_results, tasks
 from services.store.tokens import TokenCipher
 from tests.integration.api.conftest import LIMITS, REPO
-from tests.unit.services.api.harness import OPERATOR, Api, bearer, insert_task, running_api
+from tests.unit.services.api.harness import (
+    OPERATOR,
+    Api,
+    assert_error,
+    bearer,
+    insert_task,
+    running_api,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +61,16 @@ async def tenant_state(api: Api, name: str) -> dict[str, Any]:
     assert answer.status_code == 200, answer.text
     state: dict[str, Any] = answer.json()
     return state
+
+
+async def deleted(api: Api, name: str) -> TenantDeletion:
+    """The tenant is gone: its GET says since when; its finished deletion, as recorded."""
+    answer = await api.client.get(f"/api/tenants/{name}", headers=OPERATOR)
+    assert "was deleted at" in assert_error(answer, 404, "not_found")
+    deletion = api.store.tenant_deletion_named(name)
+    assert deletion is not None and deletion.finished_at is not None
+    assert (deletion.step, deletion.pipelines_left) == ("done", 0)
+    return deletion
 
 
 def worker_token_in_cluster(kube: k8s.ApiClient, pipeline: dict[str, Any]) -> str:
@@ -212,10 +229,7 @@ async def test_a_tenant_is_deleted_resumed_after_a_crash_and_its_name_reused(
     async with running_api(helm_settings, limits=LIMITS) as second:
         await second.reconciler.scan()  # what its start-up pass does
         await second.settled()
-        state = await tenant_state(second, tenant)
-        assert state["state"] == "deleted", state
-        assert state["deletion"]["pipelines_left"] == 0
-        assert state["deletion"]["namespace"] == namespace
+        assert (await deleted(second, tenant)).namespace == namespace
 
         core = k8s.CoreV1Api(kube)
         assert meta(core.read_namespace(namespace))["deletion_timestamp"] is not None

@@ -161,17 +161,26 @@ def short_dir() -> Iterator[Path]:
 async def scheduler(
     kafka_bootstrap: str, tidb_url: str, kafka_group: str, engine: sa.Engine
 ) -> AsyncIterator[SchedulerHost]:
+    async with SchedulerHost(
+        settings=scheduler_settings(kafka_bootstrap, tidb_url, kafka_group), rescan_s=1
+    ) as host:
+        yield host
+
+
+def scheduler_settings(
+    kafka_bootstrap: str, tidb_url: str, kafka_group: str, **more: object
+) -> Settings:
+    """A scheduler replica's settings on free ports (``more``: further settings)."""
     port = free_port()
-    settings = Settings(
+    return Settings(
         kafka_bootstrap=kafka_bootstrap,
         database_url=tidb_url,
         grpc_port=port,
         replica_name=f"replica-{port}",
         placement_group=kafka_group,
         metrics_port=0,
+        **more,  # type: ignore[arg-type]
     )
-    async with SchedulerHost(settings=settings, rescan_s=1) as host:
-        yield host
 
 
 @pytest.fixture

@@ -94,6 +94,46 @@ def test_tenants_use_the_operator_key_and_print_the_export_line(api: FakeApi) ->
     assert api.requests[0].headers["Authorization"] == "Bearer op"
 
 
+TENANT_QUOTAS = {
+    "id": "t1",
+    "name": "acme",
+    "created_at": "2026-11-26T12:00:00Z",
+    "quotas": {"max_pipelines": 100, "submit_rate": 500.0},
+    "overrides": {"max_pipelines": None, "submit_rate": 500.0},
+    "usage": {"pipelines": 2, "backlog": 40},
+}
+
+
+def test_tenant_quotas_are_patched_with_the_operator_key(api: FakeApi) -> None:
+    api.then(answer(200, TENANT_QUOTAS))
+    code, stdout, _ = run(
+        "tenants", "quota", "acme", "--submit-rate", "500", "--max-backlog", "0",
+        "--default", "max_pipelines",
+    )  # fmt: skip
+    assert code == 0 and json.loads(stdout) == TENANT_QUOTAS
+    sent = api.requests[0]
+    assert (sent.method, sent.url.path) == ("PATCH", "/api/tenants/acme")
+    assert sent.headers["Authorization"] == "Bearer op"
+    assert json.loads(sent.content) == {
+        "quotas": {"submit_rate": 500.0, "max_backlog": 0, "max_pipelines": None}
+    }
+
+
+def test_a_quota_command_without_a_quota_changes_nothing(api: FakeApi) -> None:
+    code, _, stderr = run("tenants", "quota", "acme")
+    assert code == 2 and "Nothing to change" in stderr
+    assert api.requests == []
+
+
+def test_a_tenant_reads_its_own_quotas_with_its_key(api: FakeApi) -> None:
+    api.then(answer(200, TENANT_QUOTAS))
+    code, stdout, _ = run("tenants", "me")
+    assert code == 0 and json.loads(stdout)["usage"] == {"pipelines": 2, "backlog": 40}
+    sent = api.requests[0]
+    assert (sent.method, sent.url.path) == ("GET", "/api/tenant")
+    assert sent.headers["Authorization"] == "Bearer wsk_tenant"
+
+
 def test_listings_print_what_the_api_answered(api: FakeApi) -> None:
     apps = {"applications": [{"id": "a1", "name": "shop", "created_at": "2026-11-26T12:00:00Z"}]}
     api.then(answer(200, apps))

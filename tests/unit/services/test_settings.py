@@ -87,3 +87,15 @@ def test_a_list_setting_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("WSCHED_CHART_REPOSITORIES", "https://charts.example.com")
     with pytest.raises(SettingsError, match="chart_repositories"):
         Settings()
+
+
+def test_log_format_and_tracing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings()
+    assert defaults.log_format == "text" and defaults.otlp_endpoint is None
+    monkeypatch.setenv("WSCHED_LOG_FORMAT", "json")
+    monkeypatch.setenv("WSCHED_OTLP_ENDPOINT", "http://collector:4317")
+    chosen = Settings()
+    assert chosen.log_format == "json" and chosen.otlp_endpoint == "http://collector:4317"
+    monkeypatch.setenv("WSCHED_LOG_FORMAT", "xml")
+    with pytest.raises(ValidationError, match="log_format"):
+        Settings()

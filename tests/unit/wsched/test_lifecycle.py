@@ -10,6 +10,7 @@ from tests.unit.wsched.fakes import Clock, FakeApi, answer
 
 UNTIL = "2026-11-26T13:00:00Z"
 TENANT = {"id": "t1", "name": "acme", "created_at": "2026-11-26T12:00:00Z"}
+QUOTAS = {"quotas": {}, "overrides": {}, "usage": {"pipelines": 2, "backlog": 0}}
 
 
 def client(api: FakeApi) -> wsched.Client:
@@ -46,7 +47,7 @@ def test_revoke_get_and_delete_a_tenant() -> None:
     api = FakeApi().then(
         answer(200, {"revoked": True, "detail": "every key of the tenant is refused"}),
         answer(202, deleting),
-        answer(200, {**deleting, "state": "deleted", "deletion": {"step": "done"}}),
+        answer(200, {**deleting, **QUOTAS, "deletion": {"step": "namespace"}}),
     )
     with client(api) as sdk:
         sdk.tenants.revoke_key("acme")  # raises on anything but a 2xx
@@ -59,13 +60,14 @@ def test_revoke_get_and_delete_a_tenant() -> None:
     ]
     assert (started.name, started.state) == ("acme", "deleting")
     assert started.deletion is not None and started.deletion["pipelines_left"] == 2
-    assert (done.state, done.deletion) == ("deleted", {"step": "done"})
+    assert (done.state, done.deletion) == ("deleting", {"step": "namespace"})
+    assert done.usage == {"pipelines": 2, "backlog": 0}
 
 
 async def test_the_async_client_makes_the_same_calls() -> None:
     api = FakeApi().then(
         answer(200, {"api_key": "wsk_new", "previous_key_valid_until": None}),
-        answer(200, {**TENANT, "state": "active", "deletion": None}),
+        answer(200, {**TENANT, **QUOTAS, "state": "active", "deletion": None}),
     )
     clock = Clock()
     async with wsched.AsyncClient(

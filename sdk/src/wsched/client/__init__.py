@@ -54,6 +54,7 @@ from wsched.client._models import (
     TaskSummary,
     Tenant,
     TenantCreated,
+    TenantQuotas,
     TenantStatus,
 )
 from wsched.client._options import Backoff, TaskRetry, TaskSpec, new_task_id
@@ -133,6 +134,7 @@ __all__ = [
     "Tasks",
     "Tenant",
     "TenantCreated",
+    "TenantQuotas",
     "TenantStatus",
     "Tenants",
     "Unauthorized",

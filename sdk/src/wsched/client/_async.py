@@ -24,6 +24,7 @@ from wsched.client._models import (
     Rotated,
     Tenant,
     TenantCreated,
+    TenantQuotas,
     TenantStatus,
 )
 from wsched.client._options import Duration, TaskRetry
@@ -166,7 +167,8 @@ def _headers(api_key: str) -> dict[str, str]:
 
 
 class AsyncTenants:
-    """Tenants, managed by the operator: the client must hold the operator's key."""
+    """Tenants, managed by the operator: the client must hold the operator's key (but
+    for :meth:`me`)."""
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
@@ -179,9 +181,20 @@ class AsyncTenants:
         """Every tenant."""
         return await self._client._send(calls.list_tenants())
 
-    async def get(self, name: str) -> TenantStatus:
-        """A tenant and its state; a deleted one's deletion until its name is reused."""
+    async def get(self, name: str) -> TenantQuotas:
+        """One tenant with its quotas and usage; for the operator also its state and
+        how far its deletion got."""
         return await self._client._send(calls.get_tenant(name))
+
+    async def set_quotas(self, name: str, **quotas: float | None) -> TenantQuotas:
+        """Override the tenant's quotas (``max_pipelines``, ``max_backlog``,
+        ``submit_rate``, ``submit_burst``, ``max_request_bytes``): those given change,
+        None returns one to the operator's default, 0 makes it unbounded."""
+        return await self._client._send(calls.set_tenant_quotas(name, quotas))
+
+    async def me(self) -> TenantQuotas:
+        """With a tenant's key: that tenant, its quotas and its usage."""
+        return await self._client._send(calls.own_tenant())
 
     async def rotate_key(self, name: str, *, grace_s: int = 0) -> Rotated:
         """A new API key (in this answer only); the current one stays valid ``grace_s``."""

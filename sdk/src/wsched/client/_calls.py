@@ -26,6 +26,7 @@ from wsched.client._models import (
     Stats,
     Tenant,
     TenantCreated,
+    TenantQuotas,
     TenantStatus,
 )
 from wsched.client._options import dumps
@@ -104,8 +105,25 @@ def tenant_path(name: str) -> str:
     return f"/api/tenants/{seg(name)}"
 
 
-def get_tenant(name: str) -> Call[TenantStatus]:
-    return _tenant_status("GET", name)
+def get_tenant(name: str) -> Call[TenantQuotas]:
+    return Call(
+        method="GET", path=tenant_path(name), retryable=True, read=_reader(TenantQuotas.from_json)
+    )
+
+
+def set_tenant_quotas(name: str, quotas: Mapping[str, float | None]) -> Call[TenantQuotas]:
+    return Call(
+        method="PATCH",
+        path=tenant_path(name),
+        body=dumps({"quotas": dict(quotas)}),
+        read=_reader(TenantQuotas.from_json),
+    )
+
+
+def own_tenant() -> Call[TenantQuotas]:
+    return Call(
+        method="GET", path="/api/tenant", retryable=True, read=_reader(TenantQuotas.from_json)
+    )
 
 
 def rotate_key(name: str, grace_s: int) -> Call[Rotated]:
@@ -118,12 +136,11 @@ def revoke_key(name: str) -> Call[None]:
 
 def delete_tenant(name: str) -> Call[TenantStatus]:
     # Repeating it is harmless (the deletion under way is answered), so it is retried.
-    return _tenant_status("DELETE", name)
-
-
-def _tenant_status(method: str, name: str) -> Call[TenantStatus]:
     return Call(
-        method=method, path=tenant_path(name), retryable=True, read=_reader(TenantStatus.from_json)
+        method="DELETE",
+        path=tenant_path(name),
+        retryable=True,
+        read=_reader(TenantStatus.from_json),
     )
 
 

@@ -45,7 +45,7 @@ class Tenant:
 
 
 def _tenant_fields(body: Json) -> dict[str, Any]:
-    """A tenant's own fields, for it and the answers that extend it."""
+    """What every answer naming a tenant carries."""
     return {
         "id": body["id"],
         "name": body["name"],
@@ -71,13 +71,42 @@ class TenantStatus(Tenant):
     """A tenant with its state: ``active``, ``deleting`` or ``deleted``; ``deletion``
     says how far a deletion got (``step``, ``pipelines_left``, ``namespace``, ``detail``)."""
 
-    state: str
+    state: str = "active"
     deletion: Json | None = None
 
     @classmethod
     def from_json(cls, body: Json) -> TenantStatus:
-        """Read an answer of ``GET`` or ``DELETE /api/tenants/{tenant}``."""
-        return cls(**_tenant_fields(body), state=body["state"], deletion=body.get("deletion"))
+        """Read the answer of ``DELETE /api/tenants/{tenant}``."""
+        return cls(**_tenant_fields(body), **_state_fields(body))
+
+
+def _state_fields(body: Json) -> dict[str, Any]:
+    return {"state": body.get("state", "active"), "deletion": body.get("deletion")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantQuotas(TenantStatus):
+    """A tenant with its quotas and usage (``GET /api/tenant``, ``/api/tenants/{name}``),
+    and for the operator its state and deletion (:class:`TenantStatus`).
+
+    ``quotas`` are the values in force (None: unbounded), ``overrides`` the tenant's own
+    (None: the operator's default), ``usage`` its live ``pipelines`` and ``backlog``.
+    """
+
+    quotas: Mapping[str, float | None]
+    overrides: Mapping[str, float | None]
+    usage: Mapping[str, int]
+
+    @classmethod
+    def from_json(cls, body: Json) -> TenantQuotas:
+        """Read a tenant answered with its quotas."""
+        return cls(
+            **_tenant_fields(body),
+            **_state_fields(body),
+            quotas=dict(body["quotas"]),
+            overrides=dict(body["overrides"]),
+            usage=dict(body["usage"]),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,7 @@ from wsched.client._models import (
     Rotated,
     Tenant,
     TenantCreated,
+    TenantQuotas,
     TenantStatus,
 )
 from wsched.client._options import Duration, TaskRetry
@@ -170,7 +171,8 @@ def _headers(api_key: str) -> dict[str, str]:
 
 
 class Tenants:
-    """Tenants, managed by the operator: the client must hold the operator's key."""
+    """Tenants, managed by the operator: the client must hold the operator's key (but
+    for :meth:`me`)."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -183,9 +185,20 @@ class Tenants:
         """Every tenant."""
         return self._client._send(calls.list_tenants())
 
-    def get(self, name: str) -> TenantStatus:
-        """A tenant and its state; a deleted one's deletion until its name is reused."""
+    def get(self, name: str) -> TenantQuotas:
+        """One tenant with its quotas and usage; for the operator also its state and
+        how far its deletion got."""
         return self._client._send(calls.get_tenant(name))
+
+    def set_quotas(self, name: str, **quotas: float | None) -> TenantQuotas:
+        """Override the tenant's quotas (``max_pipelines``, ``max_backlog``,
+        ``submit_rate``, ``submit_burst``, ``max_request_bytes``): those given change,
+        None returns one to the operator's default, 0 makes it unbounded."""
+        return self._client._send(calls.set_tenant_quotas(name, quotas))
+
+    def me(self) -> TenantQuotas:
+        """With a tenant's key: that tenant, its quotas and its usage."""
+        return self._client._send(calls.own_tenant())
 
     def rotate_key(self, name: str, *, grace_s: int = 0) -> Rotated:
         """A new API key (in this answer only); the current one stays valid ``grace_s``."""

@@ -87,9 +87,9 @@ def test_due_timers_fire_into_the_window_as_room_allows() -> None:
     b.admit([task(i, due=T0 + dt.timedelta(seconds=1)) for i in range(3)])
     assert b.take_due(wall=T0) == []
     due = b.take_due(wall=T0 + dt.timedelta(seconds=1))
-    assert [task_id for _, task_id in due] == ["t0000", "t0001"]  # the window holds two
-    fired = [task(int(task_id[1:])) for _, task_id in due]  # queued, as the store returns them
-    b.fired(fired)
+    assert [key[1] for key, _ in due] == ["t0000", "t0001"]  # the window holds two
+    assert all(held is not None and held.id == key[1] for key, held in due)  # kept in memory
+    b.fired([(key, held) for key, held in due if held])
     assert b.ready_count == 2 and b.stats()["scheduled"] == 1 and b.stats()["queued"] == 2
     assert b.take_due(wall=T0 + dt.timedelta(seconds=9)) == []  # the window is full
     assert b.totals["fired"] == 2
@@ -149,10 +149,9 @@ def test_expired_lease_requeues_with_the_next_attempt_then_goes_dead() -> None:
     assert b.totals["retried"] == 1 and b.stats()["scheduled"] == 1
     # the next attempt waits out the backoff (about 1 s), then fires from the store
     assert b.take_due(wall=T0) == []
-    assert len(b.take_due(wall=T0 + dt.timedelta(seconds=2))) == 1
-    again = task(1)
-    again.attempt = 2
-    b.fired([again])
+    ((key, again),) = b.take_due(wall=T0 + dt.timedelta(seconds=2))
+    assert again is not None and again.attempt == 2  # the retry fires from memory
+    b.fired([(key, again)])
     (second,) = b.lease(worker="w2", max_tasks=1, max_bytes=1 << 20, now=20, wall=T0)
     assert second.token.attempt == 2 and second.token != first.token
     # the first worker's late report does not touch the second attempt
@@ -236,7 +235,8 @@ def test_a_reported_failure_is_retried_after_the_backoff_as_a_timer() -> None:
     assert b.totals["retried"] == 1
     assert b.take_flush().attempts == ()  # the history went with the first flush
     assert b.take_due(wall=T0 + dt.timedelta(seconds=9)) == []
-    assert b.take_due(wall=T0 + dt.timedelta(seconds=10)) == [(change.due_at, "t0001")]
+    ((key, held),) = b.take_due(wall=T0 + dt.timedelta(seconds=10))
+    assert key == (change.due_at, "t0001") and held is not None and held.attempt == 2
 
 
 def test_the_pause_grows_and_the_last_failure_is_dead_with_its_error() -> None:
@@ -250,10 +250,9 @@ def test_the_pause_grows_and_the_last_failure_is_dead_with_its_error() -> None:
         (change,) = b.take_flush().changes
         assert change.due_at == wall + dt.timedelta(seconds=pause)
         wall = change.due_at
-        assert len(b.take_due(wall=wall)) == 1
-        refreshed = task(1)
-        refreshed.attempt = attempt + 1
-        b.fired([refreshed])
+        ((key, refreshed),) = b.take_due(wall=wall)
+        assert refreshed is not None and refreshed.attempt == attempt + 1
+        b.fired([(key, refreshed)])
     (grant,) = b.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=wall)
     b.report(Report(token=grant.token, outcome=Outcome.FAILED, error="boom"), wall=wall)
     (change,) = b.take_flush().changes

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+from typing import Any
 
 import pytest
 
-from actors.pipeline.core import GrainClock, PipelineCore
+from actors.pipeline.core import ADMIT_CHUNK, GrainClock, PipelineCore
 from actors.pipeline.memory import InMemoryTaskStore
 from actors.pipeline.model import (
     AdmitBatch,
     GrainKey,
+    Grant,
     NewTask,
     Outcome,
     PipelineConfig,
@@ -20,7 +22,7 @@ from actors.pipeline.model import (
     ReportAck,
     Status,
 )
-from actors.pipeline.ports import StaleEpoch, StoreUnavailable
+from actors.pipeline.ports import Admission, StaleEpoch, StoreUnavailable
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 KEY = GrainKey(pipeline_id="p")
@@ -146,10 +148,14 @@ async def test_tick_expires_leases_and_serves_the_requeued_task() -> None:
     assert not waiting.done() and g.book.stats()["scheduled"] == 1
     assert store.rows[("p", "t001")].status is Status.QUEUED  # neither lease nor retry flushed
     clock.now = 12.5
-    await g.tick()  # flushes the retry, then fires it
+    await g.tick()  # fires the retry from memory: nothing is read or written
     (again,) = waiting.result()
     assert again.task.id == lost.task.id and again.token.attempt == 2
-    assert store.timers["p"] == set()
+    assert store.rows[("p", "t001")].status is Status.QUEUED
+    await g.flush()  # the second lease is the row's next state: no timer row was ever needed
+    row = store.rows[("p", "t001")]
+    assert (row.status, row.attempt) == (Status.LEASED, 2)
+    assert not store.timers.get("p")
 
 
 async def test_backlog_beyond_the_window_is_paged_in_from_the_store() -> None:
@@ -211,7 +217,44 @@ async def test_a_delayed_task_waits_then_serves_a_waiting_poll_when_due() -> Non
     await g.tick()
     grants = await asyncio.wait_for(waiting, 1)
     assert [gr.task.id for gr in grants] == ["t001"]
-    assert store.rows[("p", "t001")].status is Status.QUEUED  # fired durably before handed out
+    # Fired in memory: the row and its timer row stay until the lease is flushed...
+    assert store.rows[("p", "t001")].status is Status.SCHEDULED
+    assert store.timers["p"] == {(grants[0].task.due_at, "t001")}
+    await g.flush()
+    # ... and that flush writes the lease and ends the timer row together.
+    flushed = store.rows[("p", "t001")]
+    assert flushed.status is Status.LEASED
+    assert store.timers["p"] == set()
+    await g.flush()  # a later flush of the same task does not end the timer again
+    assert g.book.dirty is False
+
+
+async def test_a_timer_fired_in_memory_fires_again_after_a_crash_before_its_flush() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = core(store, clock)
+    await g.activate()
+    await g.admit(AdmitBatch(new=(new(1, due_in_s=10), new(2, due_in_s=20))))
+    clock.now = 10.0
+    await g.tick()
+    (first,) = g.poll(worker="w", max_tasks=5, max_bytes=1 << 20).result()
+    assert first.task.id == "t001"  # leased, never flushed: the grain dies here
+    successor = core(store, clock)
+    await successor.activate()  # reads the timer rows back: t001's is still there
+    (again,) = successor.poll(worker="w2", max_tasks=5, max_bytes=1 << 20).result()
+    assert again.task.id == "t001" and again.token.epoch > first.token.epoch
+    assert successor.book.stats()["scheduled"] == 1  # t002 waits for its time
+    await successor.flush()
+    assert store.timers["p"] == {(again.task.due_at + dt.timedelta(seconds=10), "t002")}
+
+
+async def test_a_stale_timer_row_read_at_fire_time_is_ended() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
+    g = core(store, clock)
+    await g.activate()
+    await g.admit(AdmitBatch(new=(new(1, due_in_s=10),)))
+    stale = (store.rows[("p", "t001")].due_at, "t001")
+    store.rows[("p", "t001")].status = Status.SUCCEEDED  # ended by an earlier owner
+    assert await store.fire_timers(grain=g.key, epoch=g.epoch, timers=[stale], now=T0) == []
     assert store.timers["p"] == set()
 
 
@@ -230,8 +273,8 @@ async def test_cancel_reaches_a_timer_in_memory_and_one_only_in_the_store() -> N
     assert sorted(t for t in g.book._ready) == ["t002", "t003"]
     assert {tid: t.status for (_, tid), t in store.rows.items()} == {
         "t001": Status.CANCELLED,
-        "t002": Status.QUEUED,
-        "t003": Status.QUEUED,
+        "t002": Status.SCHEDULED,  # fired in memory: rows change with their leases' flush
+        "t003": Status.SCHEDULED,
         "t004": Status.CANCELLED,
     }
 
@@ -298,3 +341,43 @@ async def test_the_snapshot_counts_timers_due_within_the_lead_time() -> None:
     await no_lead.activate()
     await no_lead.admit(AdmitBatch(new=(new(1, due_in_s=30),)))
     assert no_lead.snapshot().due_soon == 0
+
+
+async def test_a_large_admission_with_timers_waiting_fires_due_ones_between_its_parts() -> None:
+    calls: list[tuple[int, bool]] = []
+    waiting: asyncio.Future[list[Grant]] = asyncio.get_running_loop().create_future()
+
+    class Spy(InMemoryTaskStore):
+        async def admit(self, **kw: Any) -> Admission:
+            calls.append((len(kw["tasks"]), waiting.done()))
+            return await super().admit(**kw)
+
+    store, clock = Spy(), Clock()
+    g = core(store, clock)
+    await g.activate()
+    await g.admit(AdmitBatch(new=(new(1, due_in_s=5),)))
+    waiting = g.poll(worker="w", max_tasks=5, max_bytes=1 << 20)
+    clock.now = 5.0  # t001 is due as a backlog of 2,500 later tasks arrives
+    later = tuple(new(i, due_in_s=60) for i in range(2, 2502))
+    calls.clear()
+    result = await g.admit(AdmitBatch(new=later, offsets={0: 2501}))
+    assert result.admitted == 2500
+    # three transactions, and the due task was handed out before the first
+    assert calls == [(ADMIT_CHUNK, True), (ADMIT_CHUNK, True), (500, True)]
+    assert [grant.task.id for grant in waiting.result()] == ["t001"]
+    assert (await store.load(grain=g.key)).offsets == {0: 2501}
+
+
+async def test_without_timers_an_admission_is_one_transaction() -> None:
+    calls: list[int] = []
+
+    class Spy(InMemoryTaskStore):
+        async def admit(self, **kw: Any) -> Admission:
+            calls.append(len(kw["tasks"]))
+            return await super().admit(**kw)
+
+    store, clock = Spy(), Clock()
+    g = core(store, clock)
+    await g.activate()
+    await g.admit(AdmitBatch(new=tuple(new(i) for i in range(2500))))
+    assert calls == [2500]

@@ -165,9 +165,12 @@ async def test_a_jittered_run_waits_as_a_timer() -> None:
     row = store.rows[("p", task_id)]
     assert row.status is Status.SCHEDULED
     assert T0 + dt.timedelta(seconds=10) <= row.due_at < T0 + dt.timedelta(seconds=15)
-    clock.now = (row.due_at - T0).total_seconds()
+    clock.now = (row.due_at - T0).total_seconds() - 0.01
     await g.tick()
-    assert store.rows[("p", task_id)].status is Status.QUEUED
+    assert g.book.ready_count == 0
+    clock.now += 0.01
+    await g.tick()
+    assert g.book.ready_count == 1 and g.book.stats()["queued"] == 1  # due: in the window
 
 
 async def test_only_the_first_slice_fires() -> None:

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from actors.pipeline.timers import TimerHeap, TimerKey
+from actors.pipeline.model import Status, Task
+from actors.pipeline.timers import Taken, TimerHeap, TimerKey
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 
@@ -24,8 +25,8 @@ def opened(capacity: int) -> TimerHeap:
     return heap
 
 
-def ids(keys: list[TimerKey]) -> list[str]:
-    return [task_id for _, task_id in keys]
+def ids(taken: list[Taken]) -> list[str]:
+    return [key[1] for key, _ in taken]
 
 
 def test_a_new_heap_holds_nothing_and_asks_for_the_store() -> None:
@@ -154,7 +155,42 @@ def test_timers_whose_firing_failed_go_back_first() -> None:
     heap.offer("a", at(1))
     heap.offer("b", at(9))
     taken = heap.pop_due(wall=at(5), limit=4)
-    assert taken == [(at(1), "a")] and "a" not in heap
+    assert taken == [((at(1), "a"), None)] and "a" not in heap
     heap.put_back(taken)
     assert heap.next_due() == at(1) and "a" in heap
     assert ids(heap.pop_due(wall=at(9), limit=4)) == ["a", "b"]
+
+
+def task(task_id: str, due: dt.datetime, size: int) -> Task:
+    return Task(
+        id=task_id, attempt=1, status=Status.SCHEDULED, data=b"x" * size, due_at=due, created_at=T0
+    )
+
+
+def test_offered_tasks_ride_with_their_timers_within_the_byte_budget() -> None:
+    heap = TimerHeap(capacity=4, payload_bytes=250)
+    heap.refill([], limit=4)
+    a, b, c = task("a", at(1), 100), task("b", at(2), 100), task("c", at(3), 100)
+    for item in (a, b, c):
+        heap.offer(item.id, item.due_at, item)
+    assert heap.payload("a") is a and heap.payload("b") is b
+    assert heap.payload("c") is None  # over the budget: fired from a store read
+    taken = heap.pop_due(wall=at(5), limit=4)
+    assert [(key[1], held) for key, held in taken] == [("a", a), ("b", b), ("c", None)]
+    heap.put_back(taken)  # given back, the payloads come back within the budget
+    assert heap.payload("a") is a and heap.payload("b") is b
+    heap.remove("a")
+    heap.offer("c", at(3), c)  # room again
+    assert heap.payload("c") is c
+
+
+def test_a_timer_let_go_at_capacity_releases_its_payload() -> None:
+    heap = TimerHeap(capacity=2, payload_bytes=1000)
+    heap.refill([], limit=2)
+    for i in range(5):
+        item = task(f"t{i}", at(10 - i), 100)
+        heap.offer(item.id, item.due_at, item)
+    assert ids(heap.pop_due(wall=at(99), limit=9)) == ["t4", "t3"]
+    late = task("late", at(1), 800)  # fits only if the let-go timers gave their bytes back
+    heap.offer("late", late.due_at, late)
+    assert heap.payload("late") is late

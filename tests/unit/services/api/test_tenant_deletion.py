@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.deploy.ports import NoopDeployer
-from services.store.control import STEP_NAMESPACE
+from services.store.control import STEP_NAMESPACE, TenantDeletion
 from services.store.schema import applications, pipelines, task_results, tasks, tenants
 from tests.unit.services.api.conftest import LIMITS, Fakes
 from tests.unit.services.api.harness import (
@@ -57,6 +57,16 @@ async def tenant_state(api: Api, name: str) -> dict[str, Any]:
     return state
 
 
+async def deleted(api: Api, name: str) -> TenantDeletion:
+    """The tenant is gone: its GET says since when; its finished deletion, as recorded."""
+    answer = await api.client.get(f"/api/tenants/{name}", headers=OPERATOR)
+    assert "was deleted at" in assert_error(answer, 404, "not_found")
+    deletion = api.store.tenant_deletion_named(name)
+    assert deletion is not None and deletion.finished_at is not None
+    assert (deletion.step, deletion.pipelines_left) == ("done", 0)
+    return deletion
+
+
 async def test_deleting_a_tenant_removes_everything_it_had(api: Api, fakes: Fakes) -> None:
     key, made = await busy_tenant(api, "t-doomed")
     other_key, other = await api.ready_pipeline("keep")
@@ -68,10 +78,8 @@ async def test_deleting_a_tenant_removes_everything_it_had(api: Api, fakes: Fake
     )
     await api.settled()
 
-    state = await tenant_state(api, "t-doomed")
-    assert state["state"] == "deleted"
-    assert state["deletion"]["step"] == "done" and state["deletion"]["pipelines_left"] == 0
-    assert state["deletion"]["namespace"] == "wsched-t-doomed"
+    state = await deleted(api, "t-doomed")
+    assert state.namespace == "wsched-t-doomed"
     ids = [p["id"] for p in made]
     assert sorted(fakes.deployer.removed) == sorted(ids)  # workers uninstalled
     assert not any(p["topic"] in fakes.admin.topics for p in made)  # topics removed
@@ -79,8 +87,8 @@ async def test_deleting_a_tenant_removes_everything_it_had(api: Api, fakes: Fake
     for pipeline_id in ids:
         assert count(api, tasks, pipeline_id=pipeline_id) == 0
         assert count(api, task_results, pipeline_id=pipeline_id) == 0
-    assert count(api, pipelines, tenant_id=state["id"]) == 0
-    assert count(api, applications, tenant_id=state["id"]) == 0
+    assert count(api, pipelines, tenant_id=state.tenant_id) == 0
+    assert count(api, applications, tenant_id=state.tenant_id) == 0
     assert count(api, tenants, name="t-doomed") == 0
     listed = (await api.client.get("/api/tenants", headers=OPERATOR)).json()["tenants"]
     assert [t["name"] for t in listed] == ["t-keep"]
@@ -138,8 +146,7 @@ async def test_a_deletion_interrupted_is_shown_and_resumed_by_a_new_process(
     async with running_api(settings, limits=LIMITS, deployer=flaky, **ports) as second:
         await second.reconciler.scan()
         await second.settled()
-        state = await tenant_state(second, "t-crash")
-        assert state["state"] == "deleted", state
+        await deleted(second, "t-crash")
         assert flaky.removed_namespaces == ["wsched-t-crash"]
         assert sorted(flaky.removed) == sorted(p["id"] for p in made)
 
@@ -154,7 +161,7 @@ async def test_a_deletion_recorded_but_not_started_is_carried_out_by_the_scan(
     api.store.start_tenant_deletion(tenant.id, default_namespace="wsched-t-quiet")
     await api.reconciler.scan()
     await api.settled()
-    assert (await tenant_state(api, "t-quiet"))["state"] == "deleted"
+    await deleted(api, "t-quiet")
     assert sorted(fakes.deployer.removed) == sorted(p["id"] for p in made)
 
 

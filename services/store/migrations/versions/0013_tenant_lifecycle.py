@@ -1,7 +1,7 @@
 """tenant lifecycle: API keys and worker tokens rotated with a grace period, tenant deletion
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0013
+Revises: 0012
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from alembic import op
 
 from services.store.types import Timestamp
 
-revision = "0011"
-down_revision = "0010"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
