@@ -25,7 +25,7 @@ from services.api.app import make_deployer
 from services.deploy.helm import HelmDeployer
 from services.kafka.admin import KafkaTopicAdmin
 from services.settings import Settings
-from services.store.control import ControlStore, Pipeline, TenantDeletion
+from services.store.control import ControlStore, Pipeline
 from services.store.engine import make_engine
 from services.store.schema import task_results, tasks
 from services.store.tokens import TokenCipher
@@ -33,10 +33,11 @@ from tests.integration.api.conftest import LIMITS, REPO
 from tests.unit.services.api.harness import (
     OPERATOR,
     Api,
-    assert_error,
     bearer,
+    deleted,
     insert_task,
     running_api,
+    tenant_state,
 )
 
 pytestmark = pytest.mark.integration
@@ -54,23 +55,6 @@ async def pipeline_of(api: Api, key: str, name: str) -> dict[str, Any]:
     found: dict[str, Any] = current.json()
     assert found["state"] == "ready", found
     return {**found, "worker_token": answer.json()["worker_token"]}
-
-
-async def tenant_state(api: Api, name: str) -> dict[str, Any]:
-    answer = await api.client.get(f"/api/tenants/{name}", headers=OPERATOR)
-    assert answer.status_code == 200, answer.text
-    state: dict[str, Any] = answer.json()
-    return state
-
-
-async def deleted(api: Api, name: str) -> TenantDeletion:
-    """The tenant is gone: its GET says since when; its finished deletion, as recorded."""
-    answer = await api.client.get(f"/api/tenants/{name}", headers=OPERATOR)
-    assert "was deleted at" in assert_error(answer, 404, "not_found")
-    deletion = api.store.tenant_deletion_named(name)
-    assert deletion is not None and deletion.finished_at is not None
-    assert (deletion.step, deletion.pipelines_left) == ("done", 0)
-    return deletion
 
 
 def worker_token_in_cluster(kube: k8s.ApiClient, pipeline: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.deploy.ports import NoopDeployer
-from services.store.control import STEP_NAMESPACE, TenantDeletion
+from services.store.control import STEP_NAMESPACE
 from services.store.schema import applications, pipelines, task_results, tasks, tenants
 from tests.unit.services.api.conftest import LIMITS, Fakes
 from tests.unit.services.api.harness import (
@@ -16,9 +16,11 @@ from tests.unit.services.api.harness import (
     Api,
     assert_error,
     bearer,
+    deleted,
     insert_task,
     running_api,
     settings_for,
+    tenant_state,
 )
 
 
@@ -48,23 +50,6 @@ async def busy_tenant(api: Api, name: str) -> tuple[str, list[dict[str, Any]]]:
                 result=b"{}",
             )
     return key, made
-
-
-async def tenant_state(api: Api, name: str) -> dict[str, Any]:
-    answer = await api.client.get(f"/api/tenants/{name}", headers=OPERATOR)
-    assert answer.status_code == 200, answer.text
-    state: dict[str, Any] = answer.json()
-    return state
-
-
-async def deleted(api: Api, name: str) -> TenantDeletion:
-    """The tenant is gone: its GET says since when; its finished deletion, as recorded."""
-    answer = await api.client.get(f"/api/tenants/{name}", headers=OPERATOR)
-    assert "was deleted at" in assert_error(answer, 404, "not_found")
-    deletion = api.store.tenant_deletion_named(name)
-    assert deletion is not None and deletion.finished_at is not None
-    assert (deletion.step, deletion.pipelines_left) == ("done", 0)
-    return deletion
 
 
 async def test_deleting_a_tenant_removes_everything_it_had(api: Api, fakes: Fakes) -> None:
