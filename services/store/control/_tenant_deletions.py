@@ -17,7 +17,13 @@ import sqlalchemy as sa
 from services.store.control._pipelines import PipelineMethods
 from services.store.control._tenants import revoked_keys
 from services.store.records import NotFound, PipelineState, TenantDeletion
-from services.store.schema import applications, pipelines, tenant_deletions, tenants
+from services.store.schema import (
+    applications,
+    pipelines,
+    tenant_deletions,
+    tenant_submit_buckets,
+    tenants,
+)
 from services.store.sql import from_db, from_db_required
 
 STEP_PIPELINES = "pipelines"
@@ -119,8 +125,8 @@ class TenantDeletionMethods(PipelineMethods):
             conn.execute(tenant_deletions.update().where(where).values(values))
 
     def finish_tenant_deletion(self, tenant_id: str) -> None:
-        """Delete the tenant's applications and its row (its name is free from now on) and
-        mark the deletion done, in one transaction."""
+        """Delete the tenant's applications, submit bucket and row (its name is free from
+        now on) and mark the deletion done, in one transaction."""
         with self._engine.begin() as conn:
             left = conn.execute(
                 sa.select(sa.func.count()).where(pipelines.c.tenant_id == tenant_id)
@@ -128,6 +134,9 @@ class TenantDeletionMethods(PipelineMethods):
             if left:
                 raise NotFound(f"tenant {tenant_id} still has {left} pipelines")
             conn.execute(applications.delete().where(applications.c.tenant_id == tenant_id))
+            conn.execute(
+                tenant_submit_buckets.delete().where(tenant_submit_buckets.c.tenant_id == tenant_id)
+            )
             conn.execute(tenants.delete().where(tenants.c.id == tenant_id))
             conn.execute(
                 tenant_deletions.update()

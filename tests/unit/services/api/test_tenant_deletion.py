@@ -9,7 +9,14 @@ import sqlalchemy as sa
 
 from services.deploy.ports import NoopDeployer
 from services.store.control import STEP_NAMESPACE
-from services.store.schema import applications, pipelines, task_results, tasks, tenants
+from services.store.schema import (
+    applications,
+    pipelines,
+    task_results,
+    tasks,
+    tenant_submit_buckets,
+    tenants,
+)
 from tests.unit.services.api.conftest import LIMITS, Fakes
 from tests.unit.services.api.harness import (
     OPERATOR,
@@ -55,6 +62,10 @@ async def busy_tenant(api: Api, name: str) -> tuple[str, list[dict[str, Any]]]:
 async def test_deleting_a_tenant_removes_everything_it_had(api: Api, fakes: Fakes) -> None:
     key, made = await busy_tenant(api, "t-doomed")
     other_key, other = await api.ready_pipeline("keep")
+    doomed = api.store.tenant_by_name("t-doomed")
+    assert doomed is not None
+    api.store.draw_submit_tokens(doomed.id, rate=10, burst=10, now_s=0, need=1, want=1)
+    assert count(api, tenant_submit_buckets, tenant_id=doomed.id) == 1
     answer = await api.client.delete("/api/tenants/t-doomed", headers=OPERATOR)
     assert answer.status_code == 202, answer.text
     assert answer.json()["state"] == "deleting"
@@ -74,6 +85,7 @@ async def test_deleting_a_tenant_removes_everything_it_had(api: Api, fakes: Fake
         assert count(api, task_results, pipeline_id=pipeline_id) == 0
     assert count(api, pipelines, tenant_id=state.tenant_id) == 0
     assert count(api, applications, tenant_id=state.tenant_id) == 0
+    assert count(api, tenant_submit_buckets, tenant_id=state.tenant_id) == 0
     assert count(api, tenants, name="t-doomed") == 0
     listed = (await api.client.get("/api/tenants", headers=OPERATOR)).json()["tenants"]
     assert [t["name"] for t in listed] == ["t-keep"]
