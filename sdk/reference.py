@@ -48,6 +48,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "Tenant",
         "TenantCreated",
         "TenantQuotas",
+        "TenantStatus",
+        "Rotated",
         "Application",
         "Pipeline",
         "PipelineCreated",

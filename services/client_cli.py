@@ -92,11 +92,47 @@ def tenant_list() -> None:
         _show({"tenants": [tenant.raw for tenant in client.tenants.list()]})
 
 
+GraceOption = Annotated[
+    int,
+    typer.Option(
+        "--grace-s",
+        min=0,
+        help="Seconds the replaced one stays valid (0: refused at once; at most a week).",
+    ),
+]
+
+
 @tenants.command("get")
 def tenant_get(name: str) -> None:
-    """A tenant with its quotas (in force, and its overrides) and its usage."""
+    """A tenant with its quotas (in force, and its overrides), its usage, its state and how
+    far its deletion got."""
     with _client(operator=True) as client:
         _show(client.tenants.get(name).raw)
+
+
+@tenants.command("rotate-key")
+def tenant_rotate_key(name: str, grace_s: GraceOption = 0) -> None:
+    """Issue a new API key (shown once); the current one stays valid --grace-s seconds."""
+    with _client(operator=True) as client:
+        rotated = client.tenants.rotate_key(name, grace_s=grace_s)
+    _show({"previous_key_valid_until": rotated.previous_valid_until})
+    err.print(f"export WSCHED_API_KEY={rotated.secret}")
+
+
+@tenants.command("revoke-key")
+def tenant_revoke_key(name: str) -> None:
+    """Refuse every key of the tenant at once (rotate-key issues a new one)."""
+    with _client(operator=True) as client:
+        client.tenants.revoke_key(name)
+    err.print(f"every key of tenant {name} is refused; `wsched tenants rotate-key` issues one")
+
+
+@tenants.command("delete")
+def tenant_delete(name: str) -> None:
+    """Delete a tenant: its pipelines, namespace and tasks go in the background
+    (`wsched tenants get NAME` shows the progress)."""
+    with _client(operator=True) as client:
+        _show(client.tenants.delete(name).raw)
 
 
 _QUOTA_HELP = "0: unbounded for this tenant."
@@ -279,6 +315,15 @@ def pipeline_get(app: str, name: str) -> None:
 def pipeline_delete(app: str, name: str) -> None:
     with _client() as client:
         _show(client.pipelines.delete(app, name).raw)
+
+
+@pipelines.command("rotate-token")
+def pipeline_rotate_token(app: str, name: str, grace_s: GraceOption = 0) -> None:
+    """Issue a new worker token (shown once) and deploy the workers again with it; the
+    current one stays valid --grace-s seconds."""
+    with _client() as client:
+        rotated = client.pipelines.rotate_token(app, name, grace_s=grace_s)
+    _show(rotated.raw)
 
 
 # -- tasks ------------------------------------------------------------------------------

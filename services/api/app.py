@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from services.health import check_database, check_kafka
 from services.kafka.admin import KafkaTopicAdmin, TopicAdmin
 from services.kafka.event_reader import KafkaEventSource
 from services.kafka.producer import EventProducer, KafkaProducer
+from services.kafka.revocations import KafkaRevocations
 from services.live.hub import LiveHub
 from services.live.source import EventSource, MemoryEventLog
 from services.observability import setup_tracing
@@ -141,9 +142,9 @@ def make_event_source(settings: Settings) -> EventSource:
 
 
 @contextlib.asynccontextmanager
-async def following(hub: LiveHub, source: EventSource) -> AsyncIterator[None]:
-    """The process's one reader of the events topic, for as long as the app runs."""
-    reader = asyncio.create_task(hub.run(source), name="events reader")
+async def in_background(work: Coroutine[Any, Any, None], *, name: str) -> AsyncIterator[None]:
+    """``work`` runs for as long as the app does (a reader of a topic), then is cancelled."""
+    reader = asyncio.create_task(work, name=name)
     try:
         yield
     finally:
@@ -206,6 +207,15 @@ def create_app(
         live=LiveHub(observe_lag=lambda at_ms: metrics.event_lag.observe(_since(at_ms))),
         charts=chart_allow_list(settings) if settings.deployer == "helm" else None,
     )
+    if settings.kafka_bootstrap:
+        ctx.revocations = KafkaRevocations(
+            bootstrap=settings.kafka_bootstrap,
+            admin=KafkaTopicAdmin(
+                bootstrap=settings.kafka_bootstrap,
+                replication_factor=settings.kafka_replication_factor,
+            ),
+            producer=own_producer,
+        )
     metrics.waiters.set_function(lambda: ctx.live.waiting)
     reconciler = Reconciler(
         store=ctx.store,
@@ -222,15 +232,24 @@ def create_app(
             stack.callback(engine.dispose)
             # In a thread: the last export is a blocking call that may take its timeout.
             stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
-            if producer is None:
+            if producer is None or isinstance(ctx.revocations, KafkaRevocations):
+                # Also when a producer is given: revocations are sent with this one.
                 await stack.enter_async_context(own_producer)
             if own_deployer and isinstance(the_deployer, local.LocalDeployer):
                 # Entered before the reconciler, left after it: no deploy is under way
                 # when the workers are stopped.
                 await stack.enter_async_context(the_deployer)
             await stack.enter_async_context(reconciler.running())
-            await stack.enter_async_context(following(ctx.live, ctx.events))
+            # The process's one reader of the events topic, and of wsched.revocations:
+            # what it remembers of a tenant whose keys changed is forgotten at once.
+            readers = (
+                (ctx.live.run(ctx.events), "events reader"),
+                (ctx.revocations.follow(ctx.forget_tenant), "revocations reader"),
+            )
+            for work, name in readers:
+                await stack.enter_async_context(in_background(work, name=name))
             ctx.nudge = reconciler.nudge
+            ctx.nudge_tenant = reconciler.tenants.nudge
             yield
 
     app = FastAPI(

@@ -6,12 +6,14 @@ dependency, so that tests build the app with in-memory ports.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from fastapi import Depends, Request
@@ -25,11 +27,19 @@ from services.deploy.helm import ChartAllowList
 from services.deploy.ports import Deployer
 from services.kafka.admin import TopicAdmin
 from services.kafka.producer import EventProducer
+from services.kafka.revocations import MemoryRevocations, Revocations
 from services.live.hub import LiveHub
 from services.live.reads import BatchedReads
 from services.live.source import EventSource
 from services.settings import Settings
-from services.store.control import ControlStore, Pipeline, TaskRecord, Tenant, hash_secret
+from services.store.control import (
+    ControlStore,
+    Pipeline,
+    TaskRecord,
+    Tenant,
+    hash_secret,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from services.api.quotas import QuotaGuard
@@ -83,6 +93,18 @@ class LastKnown:
     def drop(self, key: object) -> None:
         self._entries.pop(key, None)
 
+    def replace_where(self, matches: Callable[[object], bool], value: object) -> None:
+        """Remember ``value`` instead of every value that ``matches``."""
+        self.update_where(matches, lambda _old: value)
+
+    def update_where(
+        self, matches: Callable[[object], bool], update: Callable[[Any], object]
+    ) -> None:
+        """Remember ``update(value)`` instead of every value that ``matches``."""
+        for entry in self._entries.values():
+            if matches(entry.value):
+                entry.value = update(entry.value)
+
     def get(self, key: object) -> tuple[bool, object]:
         entry = self._entries.get(key)
         if entry is None or self._clock() - entry.at > self._max_age_s:
@@ -109,7 +131,13 @@ class ApiContext:
     charts: ChartAllowList | None = None
     #: Set by the lifespan once the reconciler runs; routes nudge it after a change.
     nudge: Callable[[str], None] = lambda _pipeline_id: None
+    #: The same for a tenant being deleted.
+    nudge_tenant: Callable[[str], None] = lambda _tenant_id: None
     clock: Callable[[], float] = time.monotonic
+    #: When rotated-out keys stop being valid.
+    wall_clock: Callable[[], dt.datetime] = utcnow
+    #: Tells every API process that a tenant's keys changed (``wsched.revocations``).
+    revocations: Revocations = field(default_factory=MemoryRevocations)
     #: Seals and opens the dashboard's session cookies (see services.api.ui.session).
     sessions: SessionCodec = field(init=False)
     _last_known: LastKnown = field(init=False)
@@ -140,14 +168,40 @@ class ApiContext:
             raise self.database_unavailable(err) from err
 
     async def tenant_by_key(self, api_key: str) -> Tenant | None:
-        key = ("tenant", hash_secret(api_key))
-        return await self._remembered(key, functools.partial(self.store.tenant_by_key, api_key))
+        read = functools.partial(self.store.tenant_by_key, api_key)
+        return await self._tenant_of(hash_secret(api_key), read)
 
     async def tenant_by_key_digest(self, digest: str) -> Tenant | None:
         """The tenant of a key's digest (a dashboard session keeps the digest, never the
         key); remembered under the same entry as the key's own lookup."""
         read = functools.partial(self.store.tenant_by_key_digest, digest)
-        return await self._remembered(("tenant", digest), read)
+        return await self._tenant_of(digest, read)
+
+    async def _tenant_of(self, digest: str, read: Callable[[], Tenant | None]) -> Tenant | None:
+        """A rotated-out key is refused once its grace period ends, also when the answer
+        is a remembered one (the database down)."""
+        tenant = await self._remembered(("tenant", digest), read)
+        if tenant is None or tenant.key_until is None:
+            return tenant
+        return tenant if self.wall_clock() < tenant.key_until else None
+
+    def forget_tenant(self, tenant_id: str, until: dt.datetime | None = None) -> None:
+        """The tenant's keys changed (``wsched.revocations``): no lookup remembered for it
+        may answer beyond what now holds. Revoked (``until`` None: also a tenant being
+        deleted), its entries are kept as "no such tenant", so that while the database is
+        down they answer 401, not 503; rotated, the keys remembered so far hold until
+        ``until`` (the grace period), and its pipelines are still its own."""
+
+        def the_tenants(value: object) -> bool:
+            return isinstance(value, Tenant) and value.id == tenant_id
+
+        if until is not None:
+            self._last_known.update_where(the_tenants, lambda t: _until(t, until))
+            return
+        self._last_known.replace_where(the_tenants, None)
+        self._last_known.replace_where(
+            lambda value: isinstance(value, Pipeline) and value.tenant_id == tenant_id, None
+        )
 
     async def find_pipeline(
         self, *, tenant_id: str, application: str, name: str
@@ -158,7 +212,7 @@ class ApiContext:
         )
         return await self._remembered(key, read)
 
-    async def _remembered(self, key: object, read: Callable[[], R]) -> R:
+    async def _remembered(self, key: object, read: Callable[[], R | None]) -> R | None:
         """Read through; while the database is down, answer what was last read, so that
         submissions keep flowing into Kafka (the design's "Kafka absorbs submissions")."""
         try:
@@ -174,6 +228,12 @@ class ApiContext:
         else:
             self._last_known.put(key, value)
         return value
+
+
+def _until(tenant: Tenant, until: dt.datetime) -> Tenant:
+    """The tenant as looked up by a key that holds until ``until`` at the latest."""
+    ends = until if tenant.key_until is None else min(tenant.key_until, until)
+    return dataclasses.replace(tenant, key_until=ends)
 
 
 def _context(request: Request) -> ApiContext:

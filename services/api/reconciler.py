@@ -1,5 +1,6 @@
 """Brings pipelines to the state their row asks for: provisioning -> ready | failed, a
-pending redeploy, and deleting -> gone.
+pending redeploy, and deleting -> gone; and carries on tenant deletions
+(:mod:`services.api.tenant_deletion`).
 
 Runs in the API process. Every step is idempotent and every state change is a
 compare-and-set on the row, so a crash at any point is repaired by the next pass (one
@@ -24,6 +25,7 @@ from protos.wsched.v1 import events_pb2
 from services.api.context import DatabaseUnavailable, in_thread
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
+from services.api.tenant_deletion import TenantDeleter, guarded, pending_ids
 from services.deploy.ports import Deployer, DeployFailed, DeploymentStatus
 from services.kafka.admin import TopicAdmin
 from services.kafka.producer import BrokerUnavailable, EventProducer
@@ -65,6 +67,8 @@ class Reconciler:
         self._drift_due = 0.0 if deployer.kind else float("inf")
         self._drift_lock = asyncio.Lock()
         self._restarts: set[str] = set()
+        #: Tenant deletions, whose pipelines go through :meth:`reconcile` like any other.
+        self.tenants = TenantDeleter(store=store, deployer=deployer, reconcile=self.reconcile)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Reconciler]:
@@ -73,7 +77,7 @@ class Reconciler:
             yield self
         finally:
             loop.cancel()
-            tasks = [loop, *self._running.values()]
+            tasks = [loop, *self._running.values(), *self.tenants.cancel()]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -93,6 +97,7 @@ class Reconciler:
             async with self._drift_lock:  # a check under way nudges what it finds
                 pass
             await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+        await self.tenants.idle()
 
     async def _scan_forever(self) -> None:
         while True:
@@ -102,13 +107,12 @@ class Reconciler:
     async def scan(self) -> None:
         if not self._placement_topic_ready:
             await self._ensure_placement_topic()
-        try:
-            pending = await in_thread(self._store.pending_reconcile)
-        except DatabaseUnavailable as err:
-            log.warning("reconciler: cannot list pipelines, retrying next pass: %s", err)
-            return
-        for pipeline in pending:
-            self.nudge(pipeline.id)
+        pending = await pending_ids(
+            self._store.pending_reconcile, lambda pipeline: pipeline.id, what="pipelines"
+        )
+        for pipeline_id in pending:
+            self.nudge(pipeline_id)
+        await self.tenants.scan()
         if self._clock() >= self._drift_due:
             await self._check_drift()
 
@@ -165,12 +169,7 @@ class Reconciler:
             self._running.pop(pipeline_id, None)
 
     async def _reconcile_logged(self, pipeline_id: str) -> None:
-        try:
-            await self.reconcile(pipeline_id)
-        except DatabaseUnavailable as err:
-            log.warning("reconciler: pipeline %s waits for the database: %s", pipeline_id, err)
-        except Exception:  # one pipeline's bug must not stop the others
-            log.exception("reconciler: pipeline %s failed unexpectedly", pipeline_id)
+        await guarded(self.reconcile(pipeline_id), f"reconciler: pipeline {pipeline_id}")
 
     async def reconcile(self, pipeline_id: str) -> None:
         pipeline = await in_thread(self._store.pipeline_by_id, pipeline_id)

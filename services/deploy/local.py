@@ -168,6 +168,10 @@ class LocalDeployer:
                 await asyncio.to_thread(self._stop_recorded, directory)
             await asyncio.to_thread(_remove_dirs, directory)
 
+    async def remove_tenant(self, namespace: str) -> None:
+        """Local workers have no namespace: removing the pipelines removed everything."""
+        return None
+
     # -- building the spec -------------------------------------------------------------------
 
     def _spec(self, pipeline: Pipeline) -> WorkerSpec:

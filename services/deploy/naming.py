@@ -8,6 +8,7 @@ release, ``namespace`` the tenant's namespace).
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 #: Helm's limit on release names (they prefix generated object names).
 RELEASE_MAX = 53
@@ -17,6 +18,13 @@ NAMESPACE_PREFIX = "wsched-"
 def namespace_for(tenant: str) -> str:
     """Tenant names are DNS labels of at most 40 characters, so this stays under 63."""
     return f"{NAMESPACE_PREFIX}{tenant}"
+
+
+def spare_namespace(tenant: str) -> str:
+    """Another namespace for a tenant whose default one a deleted tenant of the same name
+    had (it may still be terminating): the default with a random suffix (56 chars at
+    most)."""
+    return f"{namespace_for(tenant)}-{secrets.token_hex(4)}"
 
 
 def release_name(tenant: str, application: str, pipeline: str) -> str:

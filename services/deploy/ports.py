@@ -60,6 +60,11 @@ class Deployer(Protocol):
         reconciler deploys again those that are not: lost processes, a deleted release)."""
         ...
 
+    async def remove_tenant(self, namespace: str) -> None:
+        """Remove a deleted tenant's namespace (once its pipelines are removed); removing
+        what is not there is not an error. The deletion may finish later."""
+        ...
+
 
 def _revision(deployment: Mapping[str, Any]) -> int:
     value = deployment.get("revision", 0)
@@ -77,6 +82,7 @@ class NoopDeployer:
     def __init__(self) -> None:
         self.deployed: dict[str, DeploymentStatus] = {}
         self.removed: list[str] = []
+        self.removed_namespaces: list[str] = []
 
     async def deploy(self, pipeline: Pipeline) -> DeploymentStatus:
         status = DeploymentStatus(status="deployed", revision=_revision(pipeline.deployment) + 1)
@@ -89,3 +95,6 @@ class NoopDeployer:
 
     async def in_place(self, pipeline: Pipeline) -> bool:
         return True
+
+    async def remove_tenant(self, namespace: str) -> None:
+        self.removed_namespaces.append(namespace)

@@ -111,6 +111,28 @@ def ensure_tenant(api: k8s.ApiClient, namespace: str, *, tenant: str, policy: Te
         _ensure_network_policy(k8s.NetworkingV1Api(api), namespace, tenant, policy)
 
 
+def remove_namespace(api: k8s.ApiClient, namespace: str) -> bool:
+    """Delete a tenant namespace this module prepared (our label on it); False when there
+    is none of ours by that name. Returns before the namespace has terminated."""
+    core = k8s.CoreV1Api(api)
+    try:
+        existing = core.read_namespace(namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    labels = (existing.metadata.labels if existing.metadata else None) or {}
+    if labels.get(MANAGED_BY) != MANAGER:
+        log.warning("namespace %s is not one we prepared; left in place", namespace)
+        return False
+    try:
+        core.delete_namespace(namespace)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+    return True
+
+
 def ensure_tenant_role(api: k8s.ApiClient, name: str = OWNED) -> None:
     """Create the tenant ClusterRole as the scheduler's chart does, for clusters without
     that chart (tests, benchmarks): the API itself has no right to."""

@@ -69,6 +69,10 @@ class KafkaTopicAdmin:
         retention = {"retention.ms": str(EVENTS_RETENTION_MS)}
         await self._create(EVENTS_TOPIC, EVENTS_PARTITIONS, configs=retention)
 
+    async def ensure_topic(self, topic: str, *, partitions: int, retention_ms: int) -> None:
+        """A topic of the API's own (``wsched.revocations``), with a short retention."""
+        await self._create(topic, partitions, configs={"retention.ms": str(retention_ms)})
+
     async def delete_pipeline_topic(self, pipeline_id: str) -> None:
         topic = pipeline_topic(pipeline_id)
 

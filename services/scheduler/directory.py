@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import datetime as dt
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -17,7 +17,7 @@ from actors.pipeline.ports import StoreUnavailable
 from actors.pipeline.retry import Backoff
 from services.deploy.naming import namespace_for, release_name
 from services.deploy.scaling import ScalingPolicy
-from services.store.control import pipeline_names
+from services.store.control import TokenDigests, pipeline_names, utcnow, worker_token_digests
 from services.store.schema import grain_owners, pipelines
 
 READY = "ready"
@@ -31,6 +31,26 @@ def _lead_s(scaling_json: str) -> float:
         return 0.0
 
 
+#: How old a cached digest may be before a token it refuses is checked in the store again
+#: (at most once per this many seconds and pipeline, whatever the workers send).
+_REREAD_S = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Digests:
+    digests: TokenDigests | None
+    read_at: float
+    fresh_until: float
+
+
+def _refused_long_ago(cached: _Digests, token: str, now: float, wall: dt.datetime) -> bool:
+    return not _accepts(cached.digests, token, wall) and now - cached.read_at > _REREAD_S
+
+
+def _accepts(digests: TokenDigests | None, token: str, wall: dt.datetime) -> bool:
+    return digests is not None and digests.accepts(token, now=wall)
+
+
 class PipelineDirectory:
     """Reads pipelines for the scheduler, caching worker token hashes briefly."""
 
@@ -41,13 +61,16 @@ class PipelineDirectory:
         window_tasks: int,
         token_ttl_s: float = 30,
         token_cache_size: int = 10_000,
+        wall_clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
+        """``wall_clock``: when a rotated-out worker token's grace period is over."""
         self._engine = engine
+        self._wall_clock = wall_clock
         self._window_tasks = window_tasks
         self._token_ttl_s = token_ttl_s
-        #: pipeline id -> (fresh until, token hash or None), least recently used first:
-        #: bounded, so a flood of made-up pipeline ids cannot grow it.
-        self._tokens: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        #: pipeline id -> its token digests (None: no such pipeline), least recently used
+        #: first: bounded, so a flood of made-up pipeline ids cannot grow it.
+        self._tokens: OrderedDict[str, _Digests] = OrderedDict()
         self._token_cache_size = token_cache_size
 
     async def pipeline_config(self, pipeline_id: str) -> PipelineConfig | None:
@@ -85,8 +108,8 @@ class PipelineDirectory:
             names = pipeline_names(self._engine, pipeline_id)
             if names is None:
                 return None
-            tenant, application, pipeline = names
-            return release_name(tenant, application, pipeline), namespace_for(tenant)
+            release = release_name(names.tenant, names.application, names.pipeline)
+            return release, names.namespace or namespace_for(names.tenant)
 
         return await asyncio.to_thread(read)
 
@@ -120,37 +143,41 @@ class PipelineDirectory:
         return await asyncio.to_thread(read)
 
     async def authenticate(self, pipeline_id: str, token: str) -> bool:
-        """Check a worker token against its pipeline's hash, cached for ``token_ttl_s``.
+        """Check a worker token against its pipeline's digests, cached for ``token_ttl_s``.
 
-        While the database cannot be reached, a hash seen before still answers (workers
-        keep running through an outage); without one it is ``StoreUnavailable``, which
+        A token rotated out is accepted until its grace period ends (checked on each call,
+        so the cache never stretches it). A token that matches nothing cached is checked
+        against the store once more when the entry is older than ``_REREAD_S``: workers
+        deployed with a new token are not refused for the cache's lifetime.
+        While the database cannot be reached, digests seen before still answer (workers
+        keep running through an outage); without them it is ``StoreUnavailable``, which
         workers retry, not a refusal they would take as final.
         """
         cached = self._tokens.get(pipeline_id)
-        if cached is None or cached[0] < time.monotonic():
-            try:
-                expected = await asyncio.to_thread(self._token_hash, pipeline_id)
-            except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
-                if cached is None:
-                    raise StoreUnavailable("worker tokens cannot be read now") from err
-            else:
-                cached = (time.monotonic() + self._token_ttl_s, expected)
-                self._tokens[pipeline_id] = cached
+        now = time.monotonic()
+        wall = self._wall_clock()
+        if (
+            cached is None
+            or cached.fresh_until < now
+            or _refused_long_ago(cached, token, now, wall)
+        ):
+            cached = await self._read_digests(pipeline_id, cached)
         self._tokens.move_to_end(pipeline_id)
         while len(self._tokens) > self._token_cache_size:
             self._tokens.popitem(last=False)
-        expected_hash = cached[1]
-        if expected_hash is None:
-            return False
-        given = hashlib.sha256(token.encode()).hexdigest()
-        return hmac.compare_digest(given, expected_hash)
+        return _accepts(cached.digests, token, wall)
 
-    def _token_hash(self, pipeline_id: str) -> str | None:
-        with self._engine.connect() as conn:
-            value = conn.execute(
-                sa.select(pipelines.c.worker_token_hash).where(pipelines.c.id == pipeline_id)
-            ).scalar()
-        return str(value) if value is not None else None
+    async def _read_digests(self, pipeline_id: str, cached: _Digests | None) -> _Digests:
+        try:
+            digests = await asyncio.to_thread(worker_token_digests, self._engine, pipeline_id)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+            if cached is None:
+                raise StoreUnavailable("worker tokens cannot be read now") from err
+            return cached
+        now = time.monotonic()
+        fresh = _Digests(digests=digests, read_at=now, fresh_until=now + self._token_ttl_s)
+        self._tokens[pipeline_id] = fresh
+        return fresh
 
     async def owner_address(self, pipeline_id: str) -> str | None:
         """The address of the replica that owns the pipeline's grain, if any."""

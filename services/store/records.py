@@ -84,6 +84,26 @@ class Tenant:
     name: str
     created_at: dt.datetime
     quotas: QuotaOverrides = field(default_factory=QuotaOverrides)
+    #: When the key it was looked up by stops being valid: a rotated-out key's end of
+    #: grace; None for the current key (and for lookups by id).
+    key_until: dt.datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantDeletion:
+    """A tenant's deletion and how far it got (the operator's view of it)."""
+
+    tenant_id: str
+    name: str
+    namespace: str
+    #: ``pipelines`` (deleting them), ``namespace`` (removing it), ``done``.
+    step: str
+    #: What the last pass hit; empty when it went well.
+    detail: str
+    pipelines_left: int
+    started_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None
 
 
 @dataclass(frozen=True, kw_only=True)

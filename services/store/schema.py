@@ -22,6 +22,12 @@ tenants = sa.Table(
     sa.Column("name", NAME, nullable=False, unique=True),
     sa.Column("api_key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", Timestamp, nullable=False),
+    #: The key a rotation replaced, valid until ``previous_key_until`` (the grace period).
+    sa.Column("previous_key_hash", sa.String(64), nullable=True),
+    sa.Column("previous_key_until", Timestamp, nullable=True),
+    #: The tenant's Kubernetes namespace; NULL: ``wsched-<name>``. A tenant re-created
+    #: under a name whose old namespace is still terminating gets another one.
+    sa.Column("namespace", sa.String(63), nullable=True),
     #: The tenant's quota overrides (``services.quotas.QuotaOverrides``); NULL: the
     #: operator's default (``WSCHED_QUOTA_*``).
     sa.Column("quota_max_pipelines", sa.Integer, nullable=True),
@@ -29,6 +35,26 @@ tenants = sa.Table(
     sa.Column("quota_submit_rate", sa.Float, nullable=True),
     sa.Column("quota_submit_burst", sa.Integer, nullable=True),
     sa.Column("quota_max_request_bytes", sa.BigInteger, nullable=True),
+    sa.Index("ix_tenants_previous_key_hash", "previous_key_hash"),
+)
+
+#: A tenant's deletion, its progress for the operator; kept once finished, so that a
+#: tenant re-created under the name knows the old namespace may still be terminating.
+tenant_deletions = sa.Table(
+    "tenant_deletions",
+    metadata,
+    sa.Column("tenant_id", ID, primary_key=True),
+    sa.Column("name", NAME, nullable=False),
+    sa.Column("namespace", sa.String(63), nullable=False),
+    #: ``pipelines`` -> ``namespace`` -> ``done``
+    sa.Column("step", sa.String(16), nullable=False),
+    #: What the last pass hit (empty when it went well).
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("pipelines_left", sa.Integer, nullable=False),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp, nullable=True),
+    sa.Index("ix_tenant_deletions_namespace", "namespace"),
 )
 
 #: Each tenant's submit-rate token bucket, shared by every API process (drawn in slices,
@@ -84,6 +110,9 @@ pipelines = sa.Table(
     # The token itself, Fernet-encrypted, for deployers to hand to the workers they start
     # (authentication uses the hash only). NULL for pipelines created before it was kept.
     sa.Column("worker_token_enc", sa.String(512), nullable=True),
+    #: The token a rotation replaced, valid until ``previous_token_until``.
+    sa.Column("previous_token_hash", sa.String(64), nullable=True),
+    sa.Column("previous_token_until", Timestamp, nullable=True),
     sa.Column("shard", sa.Integer, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from actors.pipeline.retry import Backoff, RetryOverride
 from services.api.auth import CurrentTenant
 from services.api.context import Ctx
 from services.api.errors import TENANT_ERRORS, ApiError, not_found
+from services.api.lifecycle_schemas import Rotate, TokenRotated
 from services.api.params import AppName, PipelineName
 from services.api.routes.applications import find_application
 from services.api.schemas import (
@@ -37,6 +39,7 @@ from services.store.control import (
     PipelineChanges,
     PipelineSpec,
     PipelineStats,
+    TokenUnavailable,
 )
 
 router = APIRouter(
@@ -248,3 +251,24 @@ async def delete_pipeline(
         raise not_found(f"pipeline {pipeline!r} is already being deleted")
     ctx.nudge(found.id)
     return PipelineDeleting(id=found.id, state="deleting")
+
+
+@router.post("/{pipeline}/rotate-token")
+async def rotate_token(
+    app: AppName, pipeline: PipelineName, body: Rotate, tenant: CurrentTenant, ctx: Ctx
+) -> TokenRotated:
+    """A new worker token, in this answer only. The workers are deployed again with it in
+    the background; the current token stays valid for ``grace_s`` (for the workers still
+    running with it: give the redeploy time to finish)."""
+    application = await find_application(ctx, tenant.id, app)
+    found = await find_pipeline(ctx, application, pipeline)
+    grace = dt.timedelta(seconds=body.grace_s)
+    try:
+        updated, token = await ctx.db(ctx.store.rotate_worker_token, found, grace=grace)
+    except NotFound as err:
+        raise not_found(str(err)) from err
+    except TokenUnavailable as err:
+        raise ApiError(409, "token_unavailable", str(err)) from err
+    ctx.nudge(updated.id)
+    until = ctx.wall_clock() + grace if body.grace_s else None
+    return TokenRotated(worker_token=token, previous_token_valid_until=until)

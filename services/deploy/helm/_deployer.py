@@ -36,7 +36,7 @@ from services.deploy.helm._scrub import scrubbed
 from services.deploy.helm._sources import ChartSource, chart_source
 from services.deploy.helm._values import release_description, release_values
 from services.deploy.ports import DeployFailed, DeploymentStatus
-from services.deploy.tenancy import ensure_tenant
+from services.deploy.tenancy import ensure_tenant, remove_namespace
 from services.store.control import ControlError, Pipeline
 
 log = logging.getLogger("wsched.deploy.helm")
@@ -184,6 +184,17 @@ class HelmDeployer:
                 log.warning("pipeline %s: release %s is stale", pipeline.id, names.release)
                 return False
             return True
+
+    async def remove_tenant(self, namespace: str) -> None:
+        """Delete the namespace, if it is one this deployer prepared (labelled by
+        :mod:`services.deploy.tenancy`): never another that happens to bear the name."""
+        try:
+            await asyncio.to_thread(remove_namespace, self._kube(), namespace)
+        except ApiException as err:
+            raise HelmUnavailable(f"namespace {namespace}: {err.reason}") from err
+        except (kube.KubeUnavailable, OSError) as err:
+            raise HelmUnavailable(str(err)) from err
+        log.info("namespace %s is being deleted", namespace)
 
     async def _unstick(self, pipeline: Pipeline, names: PipelineNames) -> None:
         """A release left pending by a helm that died mid-operation (the API restarted, its

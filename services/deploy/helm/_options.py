@@ -11,6 +11,7 @@ from services.deploy import postrender
 from services.deploy.helm._allowlist import ChartAllowList
 from services.deploy.naming import namespace_for, release_name
 from services.deploy.tenancy import TenantPolicy
+from services.store.control import PipelineNameRow
 
 #: Our post-renderer, run by helm with this interpreter.
 POST_RENDERER = (sys.executable, "-m", "services.deploy.postrender")
@@ -46,6 +47,8 @@ class PipelineNames:
     tenant: str
     application: str
     pipeline: str
+    #: The tenant's own namespace; None: the default one for its name.
+    tenant_namespace: str | None = None
 
     @property
     def release(self) -> str:
@@ -53,19 +56,23 @@ class PipelineNames:
 
     @property
     def namespace(self) -> str:
-        return namespace_for(self.tenant)
+        return self.tenant_namespace or namespace_for(self.tenant)
 
 
 def names_from_store(
-    lookup: Callable[[str], tuple[str, str, str] | None],
+    lookup: Callable[[str], PipelineNameRow | None],
 ) -> Callable[[str], PipelineNames | None]:
-    """Adapts the control store's ``(tenant, application, pipeline)`` name lookup."""
+    """Adapts the control store's name lookup."""
 
     def names_of(pipeline_id: str) -> PipelineNames | None:
         found = lookup(pipeline_id)
         if found is None:
             return None
-        tenant, application, pipeline = found
-        return PipelineNames(tenant=tenant, application=application, pipeline=pipeline)
+        return PipelineNames(
+            tenant=found.tenant,
+            application=found.application,
+            pipeline=found.pipeline,
+            tenant_namespace=found.namespace,
+        )
 
     return names_of

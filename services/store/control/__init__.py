@@ -7,18 +7,30 @@ their SHA-256 digests. A worker token is also kept encrypted (see
 only :meth:`ControlStore.worker_token` decrypts it.
 
 This package is the one entry point: :class:`ControlStore` is the union of one class per
-section (``_tenants``, ``_applications``, ``_pipelines``, ``_schedules``,
-``_task_reads``, ``_quotas``), and the records its callers need are re-exported here, so
-that none imports a section module.
+section (``_tenants``, ``_tenant_deletions``, ``_applications``, ``_pipelines``,
+``_schedules``, ``_task_reads``, ``_quotas``), and the records its callers need are
+re-exported here, so that none imports a section module.
 """
 
 from __future__ import annotations
 
 from services.store.control._applications import ApplicationMethods
-from services.store.control._pipelines import PipelineMethods, pipeline_names
+from services.store.control._pipelines import (
+    PipelineMethods,
+    PipelineNameRow,
+    TokenDigests,
+    pipeline_names,
+    worker_token_digests,
+)
 from services.store.control._quotas import QuotaMethods
 from services.store.control._schedules import ScheduleMethods
 from services.store.control._task_reads import TaskReadMethods
+from services.store.control._tenant_deletions import (
+    STEP_DONE,
+    STEP_NAMESPACE,
+    STEP_PIPELINES,
+    TenantDeletionMethods,
+)
 from services.store.control._tenants import TenantMethods
 from services.store.records import (
     DEPLOYMENT_PENDING,
@@ -40,6 +52,7 @@ from services.store.records import (
     ScheduleRun,
     TaskRecord,
     Tenant,
+    TenantDeletion,
     TokenUnavailable,
     hash_secret,
     issue_secret,
@@ -50,6 +63,9 @@ from services.store.records import (
 __all__ = [
     "DEPLOYMENT_PENDING",
     "PURGE_BATCH",
+    "STEP_DONE",
+    "STEP_NAMESPACE",
+    "STEP_PIPELINES",
     "TENANT_KEY_PREFIX",
     "WORKER_TOKEN_PREFIX",
     "Application",
@@ -61,6 +77,7 @@ __all__ = [
     "NotFound",
     "Pipeline",
     "PipelineChanges",
+    "PipelineNameRow",
     "PipelineSpec",
     "PipelineState",
     "PipelineStats",
@@ -68,22 +85,26 @@ __all__ = [
     "ScheduleRun",
     "TaskRecord",
     "Tenant",
+    "TenantDeletion",
+    "TokenDigests",
     "TokenUnavailable",
     "hash_secret",
     "issue_secret",
     "new_id",
     "pipeline_names",
     "utcnow",
+    "worker_token_digests",
 ]
 
 
 class ControlStore(
     TenantMethods,
+    TenantDeletionMethods,
     ApplicationMethods,
     PipelineMethods,
     ScheduleMethods,
     TaskReadMethods,
     QuotaMethods,
 ):
-    """Tenants, applications, pipelines and schedules; reads of tasks and of the grains'
-    counters; tenants' usage and submit buckets."""
+    """Tenants and their deletions, applications, pipelines and schedules; reads of tasks
+    and of the grains' counters; tenants' usage and submit buckets."""

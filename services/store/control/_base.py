@@ -35,6 +35,10 @@ class StoreBase:
     def _now(self) -> dt.datetime | None:
         return to_db(self._clock())
 
+    def _grace_end(self, grace: dt.timedelta) -> dt.datetime | None:
+        """Until when a rotated-out key or token stays valid; None: it does not."""
+        return self._clock() + grace if grace > dt.timedelta(0) else None
+
     def _insert_named(self, table: sa.Table, row: Mapping[str, Any], *, taken: str) -> None:
         """Insert a row whose name is unique in its scope; a name in use is NameTaken."""
         try:

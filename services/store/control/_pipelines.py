@@ -9,7 +9,8 @@ import datetime as dt
 import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -45,7 +46,7 @@ from services.store.schema import (
     tasks,
     tenants,
 )
-from services.store.sql import from_db_required, to_db
+from services.store.sql import from_db, from_db_required, to_db
 from services.store.tokens import TokenUnreadable
 
 
@@ -149,10 +150,30 @@ class PipelineMethods(StoreBase):
             return [_pipeline(row) for row in conn.execute(query.order_by(pipelines.c.id))]
 
     def verify_worker_token(self, *, pipeline_id: str, token: str) -> bool:
-        query = sa.select(pipelines.c.worker_token_hash).where(pipelines.c.id == pipeline_id)
-        with self._engine.connect() as conn:
-            digest = conn.execute(query).scalar_one_or_none()
-        return digest is not None and hmac.compare_digest(digest, hash_secret(token))
+        digests = worker_token_digests(self._engine, pipeline_id)
+        return digests is not None and digests.accepts(token, now=self._clock())
+
+    def rotate_worker_token(
+        self, pipeline: Pipeline, *, grace: dt.timedelta
+    ) -> tuple[Pipeline, str]:
+        """Issue a new worker token and mark the deployment pending, so the reconciler
+        deploys the workers again with it; the old token stays valid for ``grace``."""
+        if self._cipher is None:
+            raise TokenUnavailable("this process has no key to encrypt worker tokens with")
+        current = worker_token_digests(self._engine, pipeline.id)
+        if current is None:
+            raise NotFound(f"pipeline {pipeline.name!r} no longer exists")
+        token, digest = issue_secret(WORKER_TOKEN_PREFIX)
+        until = self._grace_end(grace)
+        # Literal values, not a column reference: MySQL assigns SET clauses in order, so
+        # "previous = current" after "current = new" would copy the new digest.
+        changes = {
+            "worker_token_hash": digest,
+            "worker_token_enc": self._cipher.encrypt(token),
+            "previous_token_hash": current.current if until else None,
+            "previous_token_until": to_db(until),
+        }
+        return self.update_pipeline(pipeline, PipelineChanges(), extra=changes), token
 
     def worker_token(self, pipeline_id: str) -> str:
         """The pipeline's worker token in plain text, for a deployer to hand to its workers.
@@ -177,9 +198,9 @@ class PipelineMethods(StoreBase):
         except TokenUnreadable as err:
             raise TokenUnavailable(f"pipeline {pipeline_id}: {err}") from None
 
-    def pipeline_names(self, pipeline_id: str) -> tuple[str, str, str] | None:
-        """``(tenant, application, pipeline)`` names: what the workers' Kubernetes names
-        are made of."""
+    def pipeline_names(self, pipeline_id: str) -> PipelineNameRow | None:
+        """The tenant's, application's and pipeline's names and the tenant's own
+        namespace: what the workers' Kubernetes names are made of."""
         return pipeline_names(self._engine, pipeline_id)
 
     def deployed_by(self, deployer: str) -> list[Pipeline]:
@@ -192,13 +213,19 @@ class PipelineMethods(StoreBase):
         with self._engine.connect() as conn:
             return [_pipeline(row) for row in conn.execute(query.order_by(pipelines.c.id))]
 
-    def update_pipeline(self, pipeline: Pipeline, changes: PipelineChanges) -> Pipeline:
-        """Apply a PATCH; the chart is redeployed by the reconciler.
+    def update_pipeline(
+        self,
+        pipeline: Pipeline,
+        changes: PipelineChanges,
+        *,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Pipeline:
+        """Apply a PATCH (and ``extra`` columns); the chart is redeployed by the reconciler.
 
         A ``failed`` pipeline goes back to ``provisioning`` (the patch is how a tenant
         fixes what failed); a ``ready`` one stays ready, its deployment marked pending.
         """
-        values = changes.columns()
+        values = {**changes.columns(), **(extra or {})}
         values["updated_at"] = self._now()
         values["deployment_json"] = _json(
             {**pipeline.deployment, "status": DEPLOYMENT_PENDING, "detail": ""}
@@ -339,17 +366,64 @@ class PipelineMethods(StoreBase):
             deleted += len(ids)
 
 
-def pipeline_names(engine: sa.Engine, pipeline_id: str) -> tuple[str, str, str] | None:
-    """``(tenant, application, pipeline)`` names of a pipeline (None if it is gone)."""
+class PipelineNameRow(NamedTuple):
+    tenant: str
+    application: str
+    pipeline: str
+    #: The tenant's own namespace; None: the default one for its name.
+    namespace: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenDigests:
+    """A pipeline's worker token digests: the current one, and the one a rotation
+    replaced with the end of its grace period."""
+
+    current: str
+    previous: str | None = None
+    previous_until: dt.datetime | None = None
+
+    def accepts(self, token: str, *, now: dt.datetime) -> bool:
+        given = hash_secret(token)
+        if hmac.compare_digest(given, self.current):
+            return True
+        return (
+            self.previous is not None
+            and self.previous_until is not None
+            and now < self.previous_until
+            and hmac.compare_digest(given, self.previous)
+        )
+
+
+def worker_token_digests(engine: sa.Engine, pipeline_id: str) -> TokenDigests | None:
+    """The pipeline's worker token digests (None if it is gone)."""
+    query = sa.select(
+        pipelines.c.worker_token_hash,
+        pipelines.c.previous_token_hash,
+        pipelines.c.previous_token_until,
+    ).where(pipelines.c.id == pipeline_id)
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        return None
+    return TokenDigests(
+        current=row.worker_token_hash,
+        previous=row.previous_token_hash,
+        previous_until=from_db(row.previous_token_until),
+    )
+
+
+def pipeline_names(engine: sa.Engine, pipeline_id: str) -> PipelineNameRow | None:
+    """The names a pipeline's workers are named by (None if it is gone)."""
     query = (
-        sa.select(tenants.c.name, applications.c.name, pipelines.c.name)
+        sa.select(tenants.c.name, applications.c.name, pipelines.c.name, tenants.c.namespace)
         .join_from(pipelines, tenants, tenants.c.id == pipelines.c.tenant_id)
         .join(applications, applications.c.id == pipelines.c.application_id)
         .where(pipelines.c.id == pipeline_id)
     )
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else PipelineNameRow(row[0], row[1], row[2], row[3])
 
 
 def _pipeline(row: sa.Row[*tuple[Any, ...]]) -> Pipeline:

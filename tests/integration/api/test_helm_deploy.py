@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,55 +27,12 @@ from kubernetes.client.exceptions import ApiException
 from services.infra.kube import KubeCluster
 from services.infra.registry import OciRegistry
 from services.settings import Settings
-from tests.integration.api.conftest import LIMITS
-from tests.unit.services.api.harness import Api, bearer, running_api, settings_for
+from tests.integration.api.conftest import IMAGE, LIMITS, REPO, SCHEDULER
+from tests.unit.services.api.harness import Api, bearer, running_api
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[3]
 ECHO = REPO / "charts" / "examples" / "echo"
-SCHEDULER = "wsched-scheduler.wsched.svc:50051"
-IMAGE = "registry.example:5000/team/wsched:test"
-
-
-@pytest.fixture
-def helm_settings(
-    tidb_api_url: str,
-    kafka_bootstrap: str,
-    kube_cluster: KubeCluster,
-    helm_bin: Path,
-    tmp_path: Path,
-) -> Settings:
-    base = settings_for(tidb_api_url, kafka_bootstrap=kafka_bootstrap)
-    return base.model_copy(
-        update={
-            "deployer": "helm",
-            "kubeconfig": kube_cluster.kubeconfig_path,
-            "helm_executable": str(helm_bin),
-            "workers_scheduler": SCHEDULER,
-            "worker_image": IMAGE,
-            "autoscaler": "builtin",
-            "data_dir": tmp_path / "data",
-            # The bundled charts and this test's own (the operator's allow-list).
-            "chart_roots": [
-                REPO / "charts" / "examples",
-                REPO / "charts" / "pipeline-lib",
-                tmp_path,
-            ],
-        }
-    )
-
-
-@pytest.fixture
-async def helm_api(helm_settings: Settings) -> AsyncIterator[Api]:
-    async with running_api(helm_settings, limits=LIMITS) as api:
-        yield api
-
-
-@pytest.fixture
-def kube(kube_cluster: KubeCluster) -> Iterator[k8s.ApiClient]:
-    with kube_cluster.api_client() as api:
-        yield api
 
 
 def unique_tenant() -> str:

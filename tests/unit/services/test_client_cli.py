@@ -139,3 +139,30 @@ def test_listings_print_what_the_api_answered(api: FakeApi) -> None:
     api.then(answer(200, apps))
     code, stdout, _ = run("apps", "list")
     assert code == 0 and json.loads(stdout) == apps
+
+
+def test_key_and_lifecycle_commands_use_the_right_key_and_print_what_matters(
+    api: FakeApi,
+) -> None:
+    until = "2026-11-26T13:00:00Z"
+    tenant = {"id": "t1", "name": "acme", "created_at": "2026-11-26T12:00:00Z"}
+    api.then(
+        answer(200, {"api_key": "wsk_new", "previous_key_valid_until": until}),
+        answer(200, {"revoked": True, "detail": "refused"}),
+        answer(202, {**tenant, "state": "deleting", "deletion": {"step": "pipelines"}}),
+        answer(200, {"worker_token": "wst_new", "previous_token_valid_until": None}),
+    )
+    code, stdout, stderr = run("tenants", "rotate-key", "acme", "--grace-s", "600")
+    assert code == 0 and "export WSCHED_API_KEY=wsk_new" in stderr
+    assert json.loads(stdout) == {"previous_key_valid_until": "2026-11-26 13:00:00+00:00"}
+    code, _, stderr = run("tenants", "revoke-key", "acme")
+    assert code == 0 and "every key of tenant acme is refused" in stderr
+    code, stdout, _ = run("tenants", "delete", "acme")
+    assert code == 0 and json.loads(stdout)["state"] == "deleting"
+    code, stdout, _ = run("pipelines", "rotate-token", "shop", "echo", "--grace-s", "60")
+    assert code == 0 and json.loads(stdout)["worker_token"] == "wst_new"
+    keys = [r.headers["authorization"] for r in api.requests]
+    assert keys == ["Bearer op", "Bearer op", "Bearer op", "Bearer wsk_tenant"]
+    assert api.bodies()[0] == {"grace_s": 600} and api.bodies()[3] == {"grace_s": 60}
+    code, _, stderr = run("tenants", "rotate-key", "acme", "--grace-s", "-1")
+    assert code == 2 and "--grace-s" in stderr

@@ -47,6 +47,7 @@ from wsched.client._models import (
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
+    Rotated,
     Stats,
     Task,
     TaskPage,
@@ -54,6 +55,7 @@ from wsched.client._models import (
     Tenant,
     TenantCreated,
     TenantQuotas,
+    TenantStatus,
 )
 from wsched.client._options import Backoff, TaskRetry, TaskSpec, new_task_id
 from wsched.client._retry import RequestRetry
@@ -111,6 +113,7 @@ __all__ = [
     "PollWithBackoff",
     "RateLimited",
     "RequestRetry",
+    "Rotated",
     "Schedule",
     "ScheduleCounts",
     "SchedulePage",
@@ -132,6 +135,7 @@ __all__ = [
     "Tenant",
     "TenantCreated",
     "TenantQuotas",
+    "TenantStatus",
     "Tenants",
     "Unauthorized",
     "Unavailable",

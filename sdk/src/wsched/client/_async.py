@@ -21,9 +21,11 @@ from wsched.client._models import (
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
+    Rotated,
     Tenant,
     TenantCreated,
     TenantQuotas,
+    TenantStatus,
 )
 from wsched.client._options import Duration, TaskRetry
 from wsched.client._retry import RequestRetry, log_retry, parse_retry_after
@@ -180,7 +182,8 @@ class AsyncTenants:
         return await self._client._send(calls.list_tenants())
 
     async def get(self, name: str) -> TenantQuotas:
-        """One tenant with its quotas and usage."""
+        """One tenant with its quotas and usage; for the operator also its state and
+        how far its deletion got."""
         return await self._client._send(calls.get_tenant(name))
 
     async def set_quotas(self, name: str, **quotas: float | None) -> TenantQuotas:
@@ -192,6 +195,19 @@ class AsyncTenants:
     async def me(self) -> TenantQuotas:
         """With a tenant's key: that tenant, its quotas and its usage."""
         return await self._client._send(calls.own_tenant())
+
+    async def rotate_key(self, name: str, *, grace_s: int = 0) -> Rotated:
+        """A new API key (in this answer only); the current one stays valid ``grace_s``."""
+        return await self._client._send(calls.rotate_key(name, grace_s))
+
+    async def revoke_key(self, name: str) -> None:
+        """Refuse every key of the tenant at once; :meth:`rotate_key` issues a new one."""
+        await self._client._send(calls.revoke_key(name))
+
+    async def delete(self, name: str) -> TenantStatus:
+        """Start deleting the tenant (pipelines, namespace, tasks, rows); :meth:`get`
+        shows the progress. Harmless to repeat."""
+        return await self._client._send(calls.delete_tenant(name))
 
 
 class AsyncApplications:
@@ -306,6 +322,11 @@ class AsyncPipelines:
             expires_after=expires_after,
         )
         return await self._client._send(calls.update_pipeline(app, name, changes))
+
+    async def rotate_token(self, app: str, name: str, *, grace_s: int = 0) -> Rotated:
+        """A new worker token (in this answer only); the workers are deployed again with
+        it and the current one stays valid ``grace_s``."""
+        return await self._client._send(calls.rotate_token(app, name, grace_s))
 
     async def delete(self, app: str, name: str) -> PipelineDeleting:
         """Start deleting: the name is free at once; workers, topic and tasks go later."""

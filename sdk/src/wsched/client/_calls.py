@@ -22,10 +22,12 @@ from wsched.client._models import (
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
+    Rotated,
     Stats,
     Tenant,
     TenantCreated,
     TenantQuotas,
+    TenantStatus,
 )
 from wsched.client._options import dumps
 
@@ -99,19 +101,20 @@ def list_tenants() -> Call[list[Tenant]]:
     )
 
 
+def tenant_path(name: str) -> str:
+    return f"/api/tenants/{seg(name)}"
+
+
 def get_tenant(name: str) -> Call[TenantQuotas]:
     return Call(
-        method="GET",
-        path=f"/api/tenants/{quote(name, safe='')}",
-        retryable=True,
-        read=_reader(TenantQuotas.from_json),
+        method="GET", path=tenant_path(name), retryable=True, read=_reader(TenantQuotas.from_json)
     )
 
 
 def set_tenant_quotas(name: str, quotas: Mapping[str, float | None]) -> Call[TenantQuotas]:
     return Call(
         method="PATCH",
-        path=f"/api/tenants/{quote(name, safe='')}",
+        path=tenant_path(name),
         body=dumps({"quotas": dict(quotas)}),
         read=_reader(TenantQuotas.from_json),
     )
@@ -120,6 +123,40 @@ def set_tenant_quotas(name: str, quotas: Mapping[str, float | None]) -> Call[Ten
 def own_tenant() -> Call[TenantQuotas]:
     return Call(
         method="GET", path="/api/tenant", retryable=True, read=_reader(TenantQuotas.from_json)
+    )
+
+
+def rotate_key(name: str, grace_s: int) -> Call[Rotated]:
+    return _rotate(f"{tenant_path(name)}/rotate-key", grace_s, field_name="api_key")
+
+
+def revoke_key(name: str) -> Call[None]:
+    return Call(method="POST", path=f"{tenant_path(name)}/revoke-key", read=_nothing)
+
+
+def delete_tenant(name: str) -> Call[TenantStatus]:
+    # Repeating it is harmless (the deletion under way is answered), so it is retried.
+    return Call(
+        method="DELETE",
+        path=tenant_path(name),
+        retryable=True,
+        read=_reader(TenantStatus.from_json),
+    )
+
+
+def rotate_token(app: str, pipeline: str, grace_s: int) -> Call[Rotated]:
+    return _rotate(
+        f"{pipeline_path(app, pipeline)}/rotate-token", grace_s, field_name="worker_token"
+    )
+
+
+def _rotate(path: str, grace_s: int, *, field_name: str) -> Call[Rotated]:
+    """A rotation; ``field_name``: the answer's field holding the new secret."""
+    return Call(
+        method="POST",
+        path=path,
+        body=dumps({"grace_s": grace_s}),
+        read=_reader(lambda body: Rotated.from_json(body, field_name=field_name)),
     )
 
 

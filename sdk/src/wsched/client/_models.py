@@ -67,8 +67,27 @@ class TenantCreated(Tenant):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TenantQuotas(Tenant):
-    """A tenant with its quotas and usage (``GET /api/tenant``, ``/api/tenants/{name}``).
+class TenantStatus(Tenant):
+    """A tenant with its state: ``active``, ``deleting`` or ``deleted``; ``deletion``
+    says how far a deletion got (``step``, ``pipelines_left``, ``namespace``, ``detail``)."""
+
+    state: str = "active"
+    deletion: Json | None = None
+
+    @classmethod
+    def from_json(cls, body: Json) -> TenantStatus:
+        """Read the answer of ``DELETE /api/tenants/{tenant}``."""
+        return cls(**_tenant_fields(body), **_state_fields(body))
+
+
+def _state_fields(body: Json) -> dict[str, Any]:
+    return {"state": body.get("state", "active"), "deletion": body.get("deletion")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantQuotas(TenantStatus):
+    """A tenant with its quotas and usage (``GET /api/tenant``, ``/api/tenants/{name}``),
+    and for the operator its state and deletion (:class:`TenantStatus`).
 
     ``quotas`` are the values in force (None: unbounded), ``overrides`` the tenant's own
     (None: the operator's default), ``usage`` its live ``pipelines`` and ``backlog``.
@@ -83,10 +102,28 @@ class TenantQuotas(Tenant):
         """Read a tenant answered with its quotas."""
         return cls(
             **_tenant_fields(body),
+            **_state_fields(body),
             quotas=dict(body["quotas"]),
             overrides=dict(body["overrides"]),
             usage=dict(body["usage"]),
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rotated:
+    """A new secret, shown once: a tenant's API key (``rotate_key``) or a pipeline's
+    worker token (``rotate_token``, its workers deployed again with it); and when the
+    one it replaced stops working (None: already)."""
+
+    secret: str
+    previous_valid_until: dt.datetime | None
+    raw: Json = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: Json, *, field_name: str) -> Rotated:
+        """Read the answer of a rotation whose new secret is the field ``field_name``."""
+        until = next((v for k, v in body.items() if k.startswith("previous_")), None)
+        return cls(secret=body[field_name], previous_valid_until=_maybe_time(until), raw=body)
 
 
 @dataclass(frozen=True, kw_only=True)

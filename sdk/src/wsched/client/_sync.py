@@ -24,9 +24,11 @@ from wsched.client._models import (
     Pipeline,
     PipelineCreated,
     PipelineDeleting,
+    Rotated,
     Tenant,
     TenantCreated,
     TenantQuotas,
+    TenantStatus,
 )
 from wsched.client._options import Duration, TaskRetry
 from wsched.client._retry import RequestRetry, log_retry, parse_retry_after
@@ -184,7 +186,8 @@ class Tenants:
         return self._client._send(calls.list_tenants())
 
     def get(self, name: str) -> TenantQuotas:
-        """One tenant with its quotas and usage."""
+        """One tenant with its quotas and usage; for the operator also its state and
+        how far its deletion got."""
         return self._client._send(calls.get_tenant(name))
 
     def set_quotas(self, name: str, **quotas: float | None) -> TenantQuotas:
@@ -196,6 +199,19 @@ class Tenants:
     def me(self) -> TenantQuotas:
         """With a tenant's key: that tenant, its quotas and its usage."""
         return self._client._send(calls.own_tenant())
+
+    def rotate_key(self, name: str, *, grace_s: int = 0) -> Rotated:
+        """A new API key (in this answer only); the current one stays valid ``grace_s``."""
+        return self._client._send(calls.rotate_key(name, grace_s))
+
+    def revoke_key(self, name: str) -> None:
+        """Refuse every key of the tenant at once; :meth:`rotate_key` issues a new one."""
+        self._client._send(calls.revoke_key(name))
+
+    def delete(self, name: str) -> TenantStatus:
+        """Start deleting the tenant (pipelines, namespace, tasks, rows); :meth:`get`
+        shows the progress. Harmless to repeat."""
+        return self._client._send(calls.delete_tenant(name))
 
 
 class Applications:
@@ -310,6 +326,11 @@ class Pipelines:
             expires_after=expires_after,
         )
         return self._client._send(calls.update_pipeline(app, name, changes))
+
+    def rotate_token(self, app: str, name: str, *, grace_s: int = 0) -> Rotated:
+        """A new worker token (in this answer only); the workers are deployed again with
+        it and the current one stays valid ``grace_s``."""
+        return self._client._send(calls.rotate_token(app, name, grace_s))
 
     def delete(self, app: str, name: str) -> PipelineDeleting:
         """Start deleting: the name is free at once; workers, topic and tasks go later."""

@@ -23,7 +23,7 @@ from services.kafka.admin import TopicAdmin
 from services.kafka.producer import EventProducer
 from services.settings import Settings
 from services.store import migrate
-from services.store.control import ControlStore
+from services.store.control import ControlStore, TenantDeletion
 from services.store.schema import task_results, tasks
 
 OPERATOR_KEY = "test-operator-key"
@@ -174,3 +174,21 @@ async def running_api(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             yield Api(app=app, client=client, database_url=settings.effective_database_url())
+
+
+async def tenant_state(api: Api, name: str) -> dict[str, Any]:
+    """The operator's view of a tenant: quotas, usage, state and deletion progress."""
+    answer = await api.client.get(f"/api/tenants/{name}", headers=OPERATOR)
+    assert answer.status_code == 200, answer.text
+    state: dict[str, Any] = answer.json()
+    return state
+
+
+async def deleted(api: Api, name: str) -> TenantDeletion:
+    """The tenant is gone: its GET says since when; its finished deletion, as recorded."""
+    answer = await api.client.get(f"/api/tenants/{name}", headers=OPERATOR)
+    assert "was deleted at" in assert_error(answer, 404, "not_found")
+    deletion = api.store.tenant_deletion_named(name)
+    assert deletion is not None and deletion.finished_at is not None
+    assert (deletion.step, deletion.pipelines_left) == ("done", 0)
+    return deletion

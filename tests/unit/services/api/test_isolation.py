@@ -57,6 +57,7 @@ class Call:
     foreign_task: int = 404
 
 
+TENANT = "/api/tenants/{tenant}"
 APPS = "/api/applications"
 APP = f"{APPS}/{{app}}"
 PIPELINES = f"{APP}/pipelines"
@@ -68,10 +69,11 @@ SCHEDULE = f"{SCHEDULES}/{{schedule}}"
 ROUTES: dict[tuple[str, str], Call] = {
     ("POST", "/api/tenants"): Call(kind="operator", json={"name": "t-gamma"}, ok=201),
     ("GET", "/api/tenants"): Call(kind="operator", ok=200),
-    ("GET", "/api/tenants/{tenant}"): Call(kind="operator", ok=200),
-    ("PATCH", "/api/tenants/{tenant}"): Call(
-        kind="operator", json={"quotas": {"max_pipelines": 5}}, ok=200
-    ),
+    ("GET", TENANT): Call(kind="operator", ok=200),
+    ("PATCH", TENANT): Call(kind="operator", json={"quotas": {"max_pipelines": 5}}, ok=200),
+    ("POST", f"{TENANT}/rotate-key"): Call(kind="operator", json={"grace_s": 60}, ok=200),
+    ("POST", f"{TENANT}/revoke-key"): Call(kind="operator", ok=200),
+    ("DELETE", TENANT): Call(kind="operator", ok=202),
     ("GET", "/api/tenant"): Call(kind="tenant-wide", ok=200),
     ("POST", APPS): Call(kind="tenant-wide", json={"name": "alpha"}, ok=201),
     ("GET", APPS): Call(kind="tenant-wide", ok=200),
@@ -85,6 +87,7 @@ ROUTES: dict[tuple[str, str], Call] = {
     ("GET", PIPELINE): Call(kind="scoped", ok=200),
     ("PATCH", PIPELINE): Call(kind="scoped", json={"lease_timeout_s": 45}, ok=200),
     ("DELETE", PIPELINE): Call(kind="scoped", ok=202),
+    ("POST", f"{PIPELINE}/rotate-token"): Call(kind="scoped", json={"grace_s": 60}, ok=200),
     ("POST", PIPELINE): Call(kind="scoped", json={"n": 1}, params={"id": "new-1"}, ok=202),
     ("GET", f"{PIPELINE}/stats"): Call(kind="scoped", ok=200),
     (
@@ -150,12 +153,12 @@ def test_the_table_covers_every_route(api: Api) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class Names:
+    tenant: str
     app: str
     idle_app: str
     pipeline: str
     tasks: dict[str, str]
     schedule: str
-    tenant: str = "t-alpha"
 
     def path(self, template: str, call: Call) -> str:
         return template.format(
@@ -168,6 +171,7 @@ class Names:
 
 
 A = Names(
+    tenant="t-alpha",
     app="alpha",
     idle_app="alpha-idle",
     pipeline="pa",
@@ -175,6 +179,7 @@ A = Names(
     schedule="sa",
 )
 B = Names(
+    tenant="t-beta",
     app="beta",
     idle_app="beta-idle",
     pipeline="pb",
@@ -183,6 +188,7 @@ B = Names(
 )
 #: Names that exist for no tenant: what a 404 must look like.
 GHOST = Names(
+    tenant="t-ghost",
     app="ghost",
     idle_app="ghost-idle",
     pipeline="pg",

@@ -3,9 +3,9 @@
 The app runs in-process, over SQLite and in-memory ports, reached through schemathesis'
 ASGI transport (which also runs its lifespan, so the reconciler makes the pipeline
 ready). Each operation gets a world of its own, so that a DELETE cannot empty the world
-of the operations after it: a tenant with application ``a``, a ready pipeline ``p`` and
-tasks ``t1`` (queued) and ``t2`` (dead). Fuzz dictionaries put those names into most path
-parameters, so requests reach real objects instead of answering 404; the rest are
+of the operations after it: a tenant ``t`` with application ``a``, a ready pipeline ``p``
+and tasks ``t1`` (queued) and ``t2`` (dead). Fuzz dictionaries put those names into most
+path parameters, so requests reach real objects instead of answering 404; the rest are
 generated, so unknown and malformed names are tried too.
 
 Schemathesis' pytest loaders are not used: ``from_fixture`` fails on pytest 9.2 (it
@@ -66,7 +66,7 @@ SERVES_503 = {"/readyz"}
 PROBES = ("GET /healthz", "GET /readyz", "GET /metrics")
 
 #: Real objects for path parameters, and how often a parameter takes one.
-DICTIONARIES = {"app": ["a"], "pipeline": ["p"], "task_id": ["t1", "t2"]}
+DICTIONARIES = {"tenant": ["t"], "app": ["a"], "pipeline": ["p"], "task_id": ["t1", "t2"]}
 PROBABILITY = 0.9
 
 

@@ -41,6 +41,9 @@ class RecordingDeployer:
     async def remove(self, pipeline: Pipeline) -> None:
         return None
 
+    async def remove_tenant(self, namespace: str) -> None:
+        return None
+
     async def in_place(self, pipeline: Pipeline) -> bool:
         self.checked.append(pipeline.id)
         if self.cannot_tell:

@@ -3,17 +3,21 @@ database outage."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 
 from actors.pipeline.ports import StoreUnavailable
 from services.scheduler.directory import PipelineDirectory
 from services.store import migrate
+from services.store.control import ControlStore
 from services.store.schema import pipelines
+from services.store.tokens import TokenCipher
 
 TOKEN = "wst_secret"
 
@@ -82,3 +86,28 @@ async def test_made_up_pipeline_ids_cannot_grow_the_cache(engine: sa.Engine) -> 
         assert not await directory.authenticate(f"made-up-{n}", TOKEN)
     assert await directory.authenticate("p1", TOKEN)
     assert len(directory._tokens) == 3 and "p1" in directory._tokens
+
+
+async def test_a_rotated_token_is_accepted_for_its_grace_period_only(engine: sa.Engine) -> None:
+    """Also from the cache: its grace period is checked on each call, never stretched."""
+    store = ControlStore(engine=engine, cipher=TokenCipher(key=Fernet.generate_key()))
+    pipeline = store.pipeline_by_id("p1")
+    assert pipeline is not None
+    now = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+    store._clock = lambda: now
+    wall = [now]
+    directory = PipelineDirectory(
+        engine=engine, window_tasks=10, token_ttl_s=3600, wall_clock=lambda: wall[0]
+    )
+    assert await directory.authenticate("p1", TOKEN)  # cached before the rotation
+    _, new = store.rotate_worker_token(pipeline, grace=dt.timedelta(seconds=30))
+    # The new token is not in the cached digests: looked up again (after _REREAD_S).
+    directory._tokens["p1"] = dataclasses.replace(directory._tokens["p1"], read_at=-10.0)
+    assert await directory.authenticate("p1", new)
+    assert await directory.authenticate("p1", TOKEN)
+    wall[0] = now + dt.timedelta(seconds=31)
+    assert not await directory.authenticate("p1", TOKEN)
+    assert await directory.authenticate("p1", new)
+    database_gone(engine)
+    assert await directory.authenticate("p1", new)  # kept through an outage, as before
+    assert not await directory.authenticate("p1", TOKEN)
