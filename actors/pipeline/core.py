@@ -45,6 +45,7 @@ from actors.pipeline.model import (
     Verdict,
 )
 from actors.pipeline.ports import Admission, EventSink, StaleEpoch, StoreUnavailable, TaskStore
+from actors.pipeline.timer_firing import TimerFiring
 from actors.pipeline.timers import TimerKey
 
 log = logging.getLogger("wsched.actors.pipeline")
@@ -99,6 +100,7 @@ class PipelineCore:
         self._clock = clock
         self.book = TaskBook(config=config, epoch=0)
         self.schedules = ScheduleFiring(self)
+        self.timer_firing = TimerFiring(self)
         self._waiters: deque[_Waiter] = deque()
         self._durable: list[asyncio.Future[None]] = []
         self.fenced = False
@@ -149,8 +151,8 @@ class PipelineCore:
         self.schedules = ScheduleFiring(self)
         await self.schedules.load()
         await self.schedules.fire()
-        await self.refill_timers()
-        await self.fire_due()
+        await self.timer_firing.refill()
+        await self.timer_firing.fire()
         await self.page_in()
         self.publish()
         log.info("grain %s activated at epoch %d: %s", self.key, epoch, self.book.stats())
@@ -220,7 +222,7 @@ class PipelineCore:
         duplicates: list[str] = []
         conflicts: list[str] = []
         for start in starts:
-            await self.fire_due()
+            await self.timer_firing.fire()
             last = start + size >= len(new)
             part = await self._store_admit(
                 new[start : start + size], offsets if last else {}, wall=self._clock.wall()
@@ -404,8 +406,8 @@ class PipelineCore:
             log.info("grain %s: %d lease(s) expired", self.key, len(expired))
         await self.schedules.resync()
         await self.schedules.fire()
-        await self.fire_due()
-        await self.refill_timers()
+        await self.timer_firing.fire()
+        await self.timer_firing.refill()
         await self.page_in()
         self.book.end_overdue(wall=self._clock.wall())
         self._serve_waiters()
@@ -418,59 +420,11 @@ class PipelineCore:
         due = min(times)
         return max(0.0, (due - self._clock.wall()).total_seconds())
 
-    async def fire_due(self) -> None:
-        """Due timers' tasks join the window, queued; no write (``TaskBook.fired``).
-
-        A timer the heap kept its task for fires from memory; the others' rows are read in
-        the same fenced transaction that checks the grain still owns the pipeline. Due
-        timers go before the stored backlog: ``tick`` fires them before it pages in.
-        """
-        wall = self._clock.wall()
-        soonest = self.book.timers.next_due()
-        if soonest is None or soonest > wall:
-            return
-        due = self.book.take_due(wall=wall)
-        if not due:
-            return
-        held = [(key, task) for key, task in due if task is not None]
-        unheld = [key for key, task in due if task is None]
-        try:
-            if self.book.dirty and (unheld or any(task.timer for _, task in held)):
-                # A retry's row becomes ``scheduled``, and the timer row its last attempt
-                # fired from is ended, with the next flush: read and fire only after it.
-                await self.flush()
-            read = await self._read_due(unheld, wall=wall)
-        except BaseException:
-            self.book.timers.put_back(due)  # still due; the next tick tries again
-            raise
-        keys = {key[1]: key for key in unheld}
-        fired = held + [(keys[task.id], task) for task in read]
+    def fired(self, fired: Sequence[tuple[TimerKey, Task]]) -> None:
+        """Due timers' tasks (``timer_firing.py``) join the window and go to waiters."""
         self._stamp_ready([task for _, task in fired])
         self.book.fired(fired)
         self._serve_waiters()
-
-    async def _read_due(self, keys: Sequence[TimerKey], *, wall: dt.datetime) -> list[Task]:
-        """The rows of timers fired without their tasks; a fenced read even when there are
-        none, so that an ex-owner fires nothing, not even from memory."""
-        return await self.guard(
-            self._store.fire_timers(grain=self.key, epoch=self.epoch, timers=keys, now=wall)
-        )
-
-    async def refill_timers(self) -> None:
-        """Read the next stored timers into the heap when it runs low.
-
-        Admitted tasks' timer rows are written before they are offered to the heap; a
-        retry's is written by the next flush, and until then no refill runs, so the cursor
-        never passes a timer still waiting for its write.
-        """
-        timers = self.book.timers
-        if not timers.wants_refill() or self.book.has_unwritten_timers:
-            return  # a retry beyond the horizon is not in the store yet: after the flush
-        room = timers.refill_room()
-        keys = await self.guard(
-            self._store.page_timers(grain=self.key, after=timers.refill_after, limit=room)
-        )
-        timers.refill(keys, limit=room)
 
     async def flush(self) -> None:
         """Write every change since the last flush in one fenced transaction."""
