@@ -38,11 +38,14 @@ class CompareFailed(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class Side:
-    """One system under comparison: a label and the ``wsched`` it runs."""
+    """One system under comparison: a label, the ``wsched`` it runs and the checkout it
+    runs in (the processes it starts run ``python -m services...`` from there: run from
+    another checkout they would import that checkout's code)."""
 
     label: str
     command: tuple[str, ...]
     commit: str
+    cwd: Path | None = None
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -71,7 +74,7 @@ def prepare_base(*, repo: Path, rev: str, root: Path, say: Say) -> Side:
             done = subprocess.run(step, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise CompareFailed(f"installing the base failed: {done.stderr.strip()[-2000:]}")
-    return Side(label=f"base {commit[:12]}", command=(str(wsched),), commit=commit)
+    return Side(label=f"base {commit[:12]}", command=(str(wsched),), commit=commit, cwd=tree)
 
 
 def _editables(tree: Path) -> list[str]:
@@ -88,7 +91,7 @@ def head_side(repo: Path) -> Side:
     label = f"this {commit[:12]}{' + changes' if dirty else ''}"
     # The wsched of the running interpreter's environment: this checkout's install.
     wsched = Path(sys.executable).parent / "wsched"
-    return Side(label=label, command=(str(wsched),), commit=commit)
+    return Side(label=label, command=(str(wsched),), commit=commit, cwd=repo)
 
 
 def parse_report(stdout: str) -> Report:
@@ -108,6 +111,7 @@ def run_once(side: Side, *, bench_args: Sequence[str], log: Path) -> Report:
         text=True,
         check=False,
         env={**os.environ, "COLUMNS": "200"},
+        cwd=side.cwd,
     )
     log.write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
     if done.returncode != 0:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from services.bench.compare import CompareFailed, Side, _editables, order, parse_report, summarise
+from services.bench.compare import (
+    CompareFailed,
+    Side,
+    _editables,
+    order,
+    parse_report,
+    run_once,
+    summarise,
+)
 
 BASE = Side(label="base", command=("base-wsched",), commit="a" * 40)
 HEAD = Side(label="this", command=("wsched",), commit="b" * 40)
@@ -51,3 +59,14 @@ def test_a_base_with_an_sdk_installs_it_from_its_own_tree(tmp_path: Path) -> Non
     (tmp_path / "sdk").mkdir()
     (tmp_path / "sdk" / "pyproject.toml").write_text("")
     assert _editables(tmp_path) == ["-e", str(tmp_path / "sdk"), "-e", str(tmp_path)]
+
+
+def test_each_side_runs_in_its_own_checkout(tmp_path: Path) -> None:
+    """Run from this checkout, the base's processes (``python -m services...``) would import
+    this checkout's code instead of the base's."""
+    tree = tmp_path / "base-tree"
+    tree.mkdir()
+    script = 'printf \'{\\n  "cwd": "%s"\\n}\\n\' "$PWD"'
+    side = Side(label="base", command=("sh", "-c", script, "sh"), commit="a" * 40, cwd=tree)
+    report = run_once(side, bench_args=[], log=tmp_path / "run.log")
+    assert Path(report["cwd"]).resolve() == tree.resolve()
