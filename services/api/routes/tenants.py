@@ -174,9 +174,12 @@ async def delete_tenant(tenant: TenantName, ctx: Ctx) -> TenantState:
     at once; its pipelines (workers, topics, tasks), namespace and rows go in the
     background. ``GET /api/tenants/{tenant}`` shows the progress."""
     found = await _named(ctx, tenant)
-    deletion = await ctx.db(
-        ctx.store.start_tenant_deletion, found.id, default_namespace=namespace_for(found.name)
-    )
+    try:
+        deletion = await ctx.db(
+            ctx.store.start_tenant_deletion, found.id, default_namespace=namespace_for(found.name)
+        )
+    except NotFound as err:  # an earlier deletion finished since the lookup above
+        raise _no_tenant(tenant) from err
     await _announce(ctx, found.id)
     ctx.nudge_tenant(found.id)
     return _state(found.id, found.name, found.created_at, deletion)

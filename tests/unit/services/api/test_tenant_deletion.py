@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from services.deploy.ports import NoopDeployer
@@ -108,6 +109,24 @@ async def test_deleting_again_is_harmless_and_an_unknown_tenant_is_404(
     assert fakes.deployer.removed_namespaces == ["wsched-t-twice"]
     rotate = await api.client.post("/api/tenants/t-twice/rotate-key", json={}, headers=OPERATOR)
     assert_error(rotate, 404, "not_found")
+
+
+async def test_a_deletion_finishing_between_lookup_and_start_is_404_not_500(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schemathesis found it: a background deletion removed the row after the route had
+    found the tenant, and the start of the next one raised out of the route."""
+    await api.tenant("t-race")
+    start = api.store.start_tenant_deletion
+
+    def finished_meanwhile(tenant_id: str, **kw: Any) -> Any:
+        with api.store._engine.begin() as conn:
+            conn.execute(sa.delete(tenants).where(tenants.c.id == tenant_id))
+        return start(tenant_id, **kw)
+
+    monkeypatch.setattr(api.store, "start_tenant_deletion", finished_meanwhile)
+    answer = await api.client.delete("/api/tenants/t-race", headers=OPERATOR)
+    assert "t-race" in assert_error(answer, 404, "not_found")
 
 
 class FlakyNamespaces(NoopDeployer):
