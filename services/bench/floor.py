@@ -10,10 +10,10 @@ of these two components can reach with Python clients on the same cores.
   from the first send to the last record consumed.
 * TiDB: the rows the task path writes, through SQLAlchemy on the real schema: each batch
   of 1,000 tasks is one multi-row INSERT of the task rows (admission), then one multi-row
-  upsert of the same rows to ``succeeded`` plus one multi-row INSERT of their result rows
-  (the flush). An admission thread and a flush thread run side by side on their own
-  connections, as the grain's admission and flush do; the rate runs from the first
-  insert to the last flush committed.
+  upsert of the same rows to ``succeeded`` with their (empty) results inline (the flush).
+  An admission thread and a flush thread run side by side on their own connections, as
+  the grain's admission and flush do; the rate runs from the first insert to the last
+  flush committed.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from services.kafka.producer import OutgoingTask, submit_records
 from services.placement import pipeline_topic
 from services.store import migrate
 from services.store.engine import make_engine
-from services.store.schema import task_results, tasks
+from services.store.schema import tasks
 
 PARTITIONS = 2
 #: Batches of task ids the admission thread committed, for the flush thread; None ends it.
@@ -185,6 +185,7 @@ def _finished_rows(pipeline_id: str, ids: Sequence[str]) -> list[dict[str, Any]]
             "lease_epoch": 1,
             "expire_at": now + dt.timedelta(days=7),
             "updated_at": now,
+            "result": b"",
         }
         for task_id in ids
     ]
@@ -202,6 +203,7 @@ _UPSERT = _UPSERT.on_duplicate_key_update(
             "lease_epoch",
             "expire_at",
             "updated_at",
+            "result",
         )
     }
 )
@@ -220,10 +222,6 @@ def _flush(engine: sa.Engine, pipeline_id: str, done: Done) -> None:
     while (ids := done.get()) is not None:
         with engine.begin() as conn:
             conn.execute(_UPSERT, _finished_rows(pipeline_id, ids))
-            conn.execute(
-                sa.insert(task_results),
-                [{"pipeline_id": pipeline_id, "id": i, "attempt": 1, "result": b""} for i in ids],
-            )
 
 
 def tidb_floor(*, root_url: str, count: int, batch: int) -> float:

@@ -132,6 +132,38 @@ def scrape(metrics_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     }
 
 
+#: TiDB's own account of what SQL clients' transactions wrote (``scope="general"``; its
+#: internal jobs, such as TTL and statistics, are ``internal``): key-value pairs (a row or
+#: one index entry each), their bytes, and the transactions that wrote.
+_TIDB_WRITES = {
+    "kv": "tidb_tikvclient_txn_write_kv_num_sum",
+    "bytes": "tidb_tikvclient_txn_write_size_bytes_sum",
+    "txns": "tidb_tikvclient_txn_write_kv_num_count",
+}
+
+
+def tidb_writes(status_url: str) -> dict[str, float]:
+    """What TiDB has written so far for SQL clients, from its status port's metrics."""
+    samples = scrape(status_url)
+    return {
+        key: samples.get((name, (("scope", "general"),)), 0.0) for key, name in _TIDB_WRITES.items()
+    }
+
+
+def writes_per_task(
+    before: dict[str, float], after: dict[str, float], tasks: int
+) -> dict[str, float]:
+    """Everything TiDB wrote between two readings, per task of the phase (the API's and
+    the grains' writes alike: counters, offsets and quota buckets included)."""
+    if tasks <= 0:
+        return {}
+    return {
+        "kv_writes_per_task": round((after["kv"] - before["kv"]) / tasks, 2),
+        "bytes_written_per_task": round((after["bytes"] - before["bytes"]) / tasks, 1),
+        "transactions_per_1000_tasks": round((after["txns"] - before["txns"]) * 1000 / tasks, 2),
+    }
+
+
 def pipeline_gauge(metrics_url: str, name: str, pipeline_id: str) -> float:
     return scrape(metrics_url).get((name, (("pipeline", pipeline_id),)), 0.0)
 

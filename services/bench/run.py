@@ -56,6 +56,8 @@ from services.bench.measure import (
     pipeline_gauge,
     scrape,
     settled_rss_mb,
+    tidb_writes,
+    writes_per_task,
 )
 from services.bench.report import FIGURES, machine, versions
 from services.infra import kafka, tidb
@@ -111,6 +113,8 @@ class Components:
     tidb_root_url: str
     #: Process ids by name, for CPU accounting; empty when the caller runs the components.
     pids: dict[str, int] = field(default_factory=dict)
+    #: TiDB's status metrics (``http://host:port/metrics``), for its writes per task.
+    tidb_metrics: str = ""
 
 
 @contextlib.contextmanager
@@ -130,6 +134,7 @@ def start_components(cache: Cache, work: Path, say: Say) -> Iterator[Components]
             bootstrap=broker.bootstrap,
             tidb_root_url=server.url(),
             pids={"kafka": broker.pid or 0, "tidb": server.pid or 0},
+            tidb_metrics=f"http://127.0.0.1:{server.status_port}/metrics",
         )
 
 
@@ -142,6 +147,8 @@ class System:
     scheduler_pid: int
     #: Process ids by name (the components', the API's, the scheduler's) for CPU accounting.
     pids: dict[str, int]
+    #: TiDB's status metrics, or "" when unknown.
+    tidb_metrics: str = ""
 
 
 @contextlib.contextmanager
@@ -192,6 +199,7 @@ def start_system(components: Components, work: Path, say: Say) -> Iterator[Syste
             database_url=database_url,
             scheduler_pid=scheduler.pid or 0,
             pids={**components.pids, "api": api.pid or 0, "scheduler": scheduler.pid or 0},
+            tidb_metrics=components.tidb_metrics,
         )
 
 
@@ -409,9 +417,11 @@ def _throughput_phase(run: Run) -> Report:
     opts = run.options
     pipeline = run.tenant.pipeline("throughput", lease_timeout_s=60)
     run.say(f"throughput: {opts.tasks:,} tasks, {opts.workers} worker process(es)")
+    written = _tidb_writes(run)
     with CpuUse(run.system.pids) as cpu, worker_processes(run, pipeline, opts.workers):
         summary = submit_client(run, pipeline, opts.tasks)
         _succeeded(run, pipeline, opts.tasks, "every task succeeded")
+    writes = _writes_since(run, written, opts.tasks)
     count, last = last_finished_unix(run.system.database_url, pipeline.id)
     elapsed = last - summary["first_submit_unix"]
     latencies = summary["latencies_ms"]
@@ -428,9 +438,20 @@ def _throughput_phase(run: Run) -> Report:
                 "submit_tasks_per_s": round(opts.tasks / submit_s, 1),
                 "submit_retries": summary["retries"],
                 "cpu_s": cpu.seconds,
+                # The client outruns the workers: most tasks wait behind a backlog.
+                "tidb_writes": writes,
             }
         },
     }
+
+
+def _tidb_writes(run: Run) -> dict[str, float] | None:
+    return tidb_writes(run.system.tidb_metrics) if run.system.tidb_metrics else None
+
+
+def _writes_since(run: Run, before: dict[str, float] | None, tasks: int) -> dict[str, float]:
+    after = _tidb_writes(run)
+    return writes_per_task(before, after, tasks) if before and after else {}
 
 
 def _paced_phase(run: Run, rate: float) -> Report:
@@ -442,9 +463,11 @@ def _paced_phase(run: Run, rate: float) -> Report:
     with worker_processes(run, pipeline, opts.workers):
         time.sleep(2)  # the workers are waiting in a poll before the first task is ready
         before = dispatch_buckets(run.system.metrics)
+        written = _tidb_writes(run)
         submit_client(run, pipeline, count, rate=rate)
         _succeeded(run, pipeline, count, "every paced task succeeded")
         after = dispatch_buckets(run.system.metrics)
+        writes = _writes_since(run, written, count)
     return {
         "dispatch_p99_ms": round(histogram_quantile(0.99, before, after) * 1000, 2),
         "details": {
@@ -452,6 +475,8 @@ def _paced_phase(run: Run, rate: float) -> Report:
                 "offered_tasks_per_s": round(rate, 1),
                 "tasks": count,
                 "dispatch_p50_ms": round(histogram_quantile(0.50, before, after) * 1000, 2),
+                # Half the peak rate: tasks hardly wait, the backlog stays near empty.
+                "tidb_writes": writes,
             }
         },
     }

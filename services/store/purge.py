@@ -13,7 +13,7 @@ import logging
 
 import sqlalchemy as sa
 
-from services.store.schema import task_attempts, task_results, tasks
+from services.store.schema import task_attempts, tasks
 from services.store.sql import to_db
 
 log = logging.getLogger("wsched.store.purge")
@@ -24,11 +24,11 @@ def needs_purge(engine: sa.Engine) -> bool:
 
 
 def purge_expired(engine: sa.Engine, *, now: dt.datetime, batch: int = 1000) -> int:
-    """Delete expired rows of ``tasks``, ``task_results`` and ``task_attempts``; return how
+    """Delete expired rows of ``tasks`` and ``task_attempts``; return how
     many went."""
     rowid: sa.ColumnClause[int] = sa.literal_column("rowid", sa.Integer)  # SQLite's row key
     removed = 0
-    for table in (task_attempts, task_results, tasks):
+    for table in (task_attempts, tasks):
         while True:
             victims = (
                 sa.select(rowid)

@@ -158,19 +158,11 @@ tasks = sa.Table(
     #: The W3C ``traceparent`` of the task's submit span when the API traced it (records
     #: paged back from here have no Kafka headers); NULL otherwise.
     sa.Column("trace_parent", sa.String(TRACE_PARENT_MAX), nullable=True),
+    #: What the worker reported with the end of the last attempt; NULL: no result (yet).
+    #: In the row (design D1): a table of its own cost a write per finished task.
+    sa.Column("result", Blob, nullable=True),
     NonClusteredPrimaryKey("pipeline_id", "id", name="pk_tasks"),
     sa.Index("ix_tasks_pipeline_status_id", "pipeline_id", "status", "id"),
-)
-
-task_results = sa.Table(
-    "task_results",
-    metadata,
-    sa.Column("pipeline_id", ID, nullable=False),
-    sa.Column("id", TASK_ID, nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("result", Blob, nullable=False),
-    sa.Column("expire_at", Timestamp, nullable=True),
-    NonClusteredPrimaryKey("pipeline_id", "id", name="pk_task_results"),
 )
 
 #: Fencing: one row per grain; activation increments the epoch, every flush checks it.
@@ -272,6 +264,6 @@ quarantine = sa.Table(
 )
 
 #: Tables that get a TTL attribute on TiDB (a batched purge elsewhere), by column.
-TTL_TABLES = {"tasks": "expire_at", "task_results": "expire_at", "task_attempts": "expire_at"}
+TTL_TABLES = {"tasks": "expire_at", "task_attempts": "expire_at"}
 #: Tables whose hidden row ids are scattered on TiDB to avoid a write hotspot.
-SHARDED_TABLES = ("tasks", "task_results")
+SHARDED_TABLES = ("tasks",)

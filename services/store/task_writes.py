@@ -1,8 +1,8 @@
 """The statements of the grain's transactions: what a task's rows become.
 
 ``SqlTaskStore`` (``tasks.py``) opens each fenced transaction and reads; the writes it
-runs inside are here: new tasks (with their timers), the flush's upserts of changed rows,
-results and attempts (cut to their columns), cancels' timers, purges, offsets, and the
+runs inside are here: new tasks (with their timers), the flush's upserts of changed rows
+with their results, and attempts (cut to their columns), cancels' timers, purges, offsets, and the
 task's own policy document.
 """
 
@@ -25,7 +25,6 @@ from actors.pipeline.timers import TimerKey
 from services.store.schema import (
     grain_offsets,
     task_attempts,
-    task_results,
     task_timers,
     tasks,
 )
@@ -46,6 +45,9 @@ MUTABLE = (
     "updated_at",
     # A retry's backoff moves the next attempt's due time (design D1).
     "due_at",
+    # The end's result, in the row (D1). A change without one writes NULL: every change
+    # after an end starts another attempt (a requeue), which has no result yet.
+    "result",
 )
 
 
@@ -208,11 +210,6 @@ def _delete_tasks(conn: sa.Connection, pipeline_id: str, task_ids: Sequence[str]
         )
     )
     conn.execute(
-        sa.delete(task_results).where(
-            task_results.c.pipeline_id == pipeline_id, task_results.c.id.in_(task_ids)
-        )
-    )
-    conn.execute(
         sa.delete(tasks).where(tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(task_ids))
     )
 
@@ -279,9 +276,11 @@ def _fit_error(error: str | None) -> str | None:
 
 
 def write_changes(conn: sa.Connection, *, pipeline_id: str, flush: Flush, now: dt.datetime) -> None:
-    """Upsert the changed rows. ``worker`` and ``error`` are cut to their columns here too,
-    though the worker API bounds them: a value the column cannot hold would fail every
-    flush of the grain, its restarts' included, and stop the whole pipeline."""
+    """Upsert the changed rows, each with its result when it ended with one: one statement
+    for a whole flush. ``worker`` and ``error`` are cut to their columns here too, though
+    the worker API bounds them: a value the column cannot hold would fail every flush of
+    the grain, its restarts' included, and stop the whole pipeline."""
+    results = {tid: result for tid, _attempt, result in flush.results}
     if flush.changes:
         rows = [
             {
@@ -297,6 +296,7 @@ def write_changes(conn: sa.Connection, *, pipeline_id: str, flush: Flush, now: d
                 "expire_at": to_db(c.expire_at),
                 "updated_at": to_db(now),
                 "due_at": to_db(c.due_at),
+                "result": results.pop(c.id, None),
                 # Required by the INSERT half of the upsert; never written over an existing row.
                 "data": b"",
                 "data_sha256": b"",
@@ -314,23 +314,13 @@ def write_changes(conn: sa.Connection, *, pipeline_id: str, flush: Flush, now: d
         keys = ("pipeline_id", "due_at", "task_id")
         upsert(conn, task_timers, timers, keys=keys, update=("task_id",))
         end_timers(conn, pipeline_id, [c.ended_timer for c in flush.changes if c.ended_timer])
-    if flush.results:
-        expire = {c.id: to_db(c.expire_at) for c in flush.changes}
-        upsert(
-            conn,
-            task_results,
-            [
-                {
-                    "pipeline_id": pipeline_id,
-                    "id": tid,
-                    "attempt": attempt,
-                    "result": result,
-                    "expire_at": expire.get(tid),
-                }
-                for tid, attempt, result in flush.results
-            ],
-            keys=("pipeline_id", "id"),
-            update=("attempt", "result", "expire_at"),
+    # The book records a result only with the end that changes its task, so none is left;
+    # should one be, it still reaches its row.
+    for tid, result in results.items():
+        conn.execute(
+            sa.update(tasks)
+            .where(tasks.c.pipeline_id == pipeline_id, tasks.c.id == tid)
+            .values(result=result)
         )
     history = [
         {

@@ -24,7 +24,11 @@ def test_quick_bench_reports_every_figure(
     kafka_broker: KafkaBroker, tidb_server: TidbServer, infra_cache: Cache
 ) -> None:
     options = Options.build(tasks=2000, workers=2, backlog=5000, quick=True)
-    components = Components(bootstrap=kafka_broker.bootstrap, tidb_root_url=tidb_server.url())
+    components = Components(
+        bootstrap=kafka_broker.bootstrap,
+        tidb_root_url=tidb_server.url(),
+        tidb_metrics=f"http://127.0.0.1:{tidb_server.status_port}/metrics",
+    )
     said: list[str] = []
 
     report = run(options, cache=infra_cache, say=said.append, components=components)
@@ -36,6 +40,13 @@ def test_quick_bench_reports_every_figure(
     details = report["details"]
     assert details["throughput"]["tasks_succeeded"] == 2000
     assert details["paced"]["tasks"] == 2000
+    # TiDB's own account: each task is at least its row and index entries, written twice
+    # (admitted, then ended), in far fewer transactions than tasks.
+    for phase in ("throughput", "paced"):
+        writes = details[phase]["tidb_writes"]
+        assert writes["kv_writes_per_task"] >= 4, (phase, writes)
+        assert writes["bytes_written_per_task"] > 100, (phase, writes)
+        assert 0 < writes["transactions_per_1000_tasks"] < 1000, (phase, writes)
     assert details["backlog"]["grain_backlog"] == 5000
     assert report["fraction_of_floor"] == pytest.approx(
         report["e2e_tasks_per_s"] / report["floor_tasks_per_s"], rel=0.01

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 import pytest
@@ -26,7 +27,6 @@ def test_upgrade_creates_the_schema_and_is_idempotent(database_url: str) -> None
         "applications",
         "pipelines",
         "tasks",
-        "task_results",
         "grain_owners",
         "grain_offsets",
         "quarantine",
@@ -65,3 +65,39 @@ def test_db_upgrade_creates_a_missing_tidb_database(tidb_server: TidbServer) -> 
     with admin.begin() as conn:
         conn.execute(sa.text(f"DROP DATABASE `{name}`"))
     admin.dispose()
+
+
+@pytest.mark.parametrize("url_fixture", ["sqlite_url", "tidb_url"])
+def test_results_move_into_their_task_rows(
+    request: pytest.FixtureRequest, url_fixture: str
+) -> None:
+    """0014 copies each ``task_results`` row into its task's ``result`` (in batches, so the
+    copy of a big table is more than one page) and drops the table."""
+    engine = sa.create_engine(request.getfixturevalue(url_fixture))
+    migrate.upgrade(engine, "0013")
+    ids = [f"t{i:04d}" for i in range(2_500)]
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO tasks (pipeline_id, id, attempt, status, due_at, data, "
+                "data_sha256, created_at, updated_at) VALUES (:p, :i, 1, 'succeeded', "
+                ":now, :d, :d, :now, :now)"
+            ),
+            [{"p": "p", "i": i, "d": b"x", "now": dt.datetime(2026, 1, 1)} for i in ids],
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO task_results (pipeline_id, id, attempt, result) VALUES (:p, :i, 1, :r)"
+            ),
+            # every other task has a result; one of them an empty one
+            [{"p": "p", "i": i, "r": i.encode() if i != "t0000" else b""} for i in ids[::2]],
+        )
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        got = {row.id: row.result for row in conn.execute(sa.text("SELECT id, result FROM tasks"))}
+    tables = set(sa.inspect(engine).get_table_names())
+    engine.dispose()
+    assert "task_results" not in tables
+    assert got == {
+        i: (None if n % 2 else (b"" if i == "t0000" else i.encode())) for n, i in enumerate(ids)
+    }

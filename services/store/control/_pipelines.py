@@ -41,7 +41,6 @@ from services.store.schema import (
     schedule_state,
     schedules,
     task_attempts,
-    task_results,
     task_timers,
     tasks,
     tenants,
@@ -331,8 +330,7 @@ class PipelineMethods(StoreBase):
         for history in (task_timers.c.task_id, task_attempts.c.task_id):
             self._purge_rows(history, pipeline_id, batch=batch)
         deleted = 0
-        for table in (tasks, task_results):
-            deleted += self._purge_rows(table.c.id, pipeline_id, batch=batch)
+        deleted += self._purge_rows(tasks.c.id, pipeline_id, batch=batch)
         grains = f"{pipeline_id}%"
         with self._engine.begin() as conn:
             conn.execute(pipeline_stats.delete().where(pipeline_stats.c.pipeline_id == pipeline_id))

@@ -16,21 +16,13 @@ import sqlalchemy as sa
 from actors.pipeline.model import Status
 from services.store.control._base import StoreBase
 from services.store.records import AttemptRow, ExistingTask, PipelineStats, TaskRecord
-from services.store.schema import pipeline_stats, task_attempts, task_results, tasks
+from services.store.schema import pipeline_stats, task_attempts, tasks
 from services.store.sql import chunks, from_db, from_db_required, to_db
 
 
 def _full_tasks() -> sa.Select[Any]:
     """Task rows with their data and result: what a read of one task answers."""
-    return sa.select(*_TASK_SUMMARY, tasks.c.data, task_results.c.result).select_from(
-        tasks.outerjoin(
-            task_results,
-            sa.and_(
-                task_results.c.pipeline_id == tasks.c.pipeline_id,
-                task_results.c.id == tasks.c.id,
-            ),
-        )
-    )
+    return sa.select(*_TASK_SUMMARY, tasks.c.data, tasks.c.result)
 
 
 _TASK_SUMMARY = (

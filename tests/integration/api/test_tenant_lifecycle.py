@@ -27,7 +27,7 @@ from services.kafka.admin import KafkaTopicAdmin
 from services.settings import Settings
 from services.store.control import ControlStore, Pipeline
 from services.store.engine import make_engine
-from services.store.schema import task_results, tasks
+from services.store.schema import tasks
 from services.store.tokens import TokenCipher
 from tests.integration.api.conftest import LIMITS, REPO
 from tests.unit.services.api.harness import (
@@ -95,15 +95,12 @@ def task_rows(database_url: str, pipeline_ids: list[str]) -> int:
     engine = sa.create_engine(database_url)
     try:
         with engine.connect() as conn:
-            return sum(
-                int(
-                    conn.execute(
-                        sa.select(sa.func.count())
-                        .select_from(table)
-                        .where(table.c.pipeline_id.in_(pipeline_ids))
-                    ).scalar_one()
-                )
-                for table in (tasks, task_results)
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(tasks)
+                    .where(tasks.c.pipeline_id.in_(pipeline_ids))
+                ).scalar_one()
             )
     finally:
         engine.dispose()

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from protos.wsched.v1 import worker_pb2
 from services.scheduler.host import SchedulerHost
-from services.store.schema import grain_offsets, quarantine, task_results, tasks
+from services.store.schema import grain_offsets, quarantine, tasks
 from tests.integration.scheduler.conftest import ReadyPipeline, Submit, stub, wait_hosted
 
 pytestmark = pytest.mark.integration
@@ -66,8 +66,8 @@ async def test_submitted_tasks_are_polled_reported_and_stored(
         ).all()
         results = conn.execute(
             sa.select(sa.func.count())
-            .select_from(task_results)
-            .where(task_results.c.pipeline_id == pipeline.id)
+            .select_from(tasks)
+            .where(tasks.c.pipeline_id == pipeline.id, tasks.c.result.is_not(None))
         ).scalar()
         offsets = conn.execute(sa.select(sa.func.sum(grain_offsets.c.next_offset))).scalar()
     assert [tuple(row) for row in statuses] == [("succeeded", 40)]

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from services.store import migrate
 from services.store.purge import needs_purge, purge_expired
-from services.store.schema import task_attempts, task_results, tasks
+from services.store.schema import task_attempts, tasks
 
 pytestmark = pytest.mark.integration
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -38,23 +38,11 @@ def test_expired_rows_go_in_batches_and_the_rest_stays(sqlite_url: str) -> None:
                 "created_at": naive,
                 "updated_at": naive,
                 "expire_at": expire,
+                "result": b"r" if i % 2 else None,
             }
         )
     with engine.begin() as conn:
         conn.execute(sa.insert(tasks), rows)
-        conn.execute(
-            sa.insert(task_results),
-            [
-                {
-                    "pipeline_id": "p",
-                    "id": r["id"],
-                    "attempt": 1,
-                    "result": b"r",
-                    "expire_at": r["expire_at"],
-                }
-                for r in rows
-            ],
-        )
         conn.execute(
             sa.insert(task_attempts),
             [
@@ -70,14 +58,16 @@ def test_expired_rows_go_in_batches_and_the_rest_stays(sqlite_url: str) -> None:
             ],
         )
     assert needs_purge(engine)
-    # 15 tasks + 15 results + 3 attempts
-    assert purge_expired(engine, now=NOW, batch=4) == 33
+    # 15 tasks (their results inline) + 3 attempts
+    assert purge_expired(engine, now=NOW, batch=4) == 18
     with engine.connect() as conn:
         left = {r.id for r in conn.execute(sa.select(tasks.c.id))}
-        results = conn.execute(sa.select(sa.func.count()).select_from(task_results)).scalar()
+        results = conn.execute(
+            sa.select(sa.func.count()).select_from(tasks).where(tasks.c.result.is_not(None))
+        ).scalar()
         history = conn.execute(sa.select(sa.func.count()).select_from(task_attempts)).scalar()
     engine.dispose()
-    assert left == {f"t{i}" for i in range(15, 25)} and results == 10 and history == 2
+    assert left == {f"t{i}" for i in range(15, 25)} and results == 5 and history == 2
 
 
 def test_tidb_needs_no_purge(tidb_url: str) -> None:

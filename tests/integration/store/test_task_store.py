@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from actors.pipeline.book import TaskBook
 from actors.pipeline.model import Outcome, PipelineConfig, Report
 from services.store import migrate
-from services.store.schema import schedules, task_attempts, task_results, tasks
+from services.store.schema import schedules, task_attempts, tasks
 from services.store.sql import duplicates_fail_at_once
 from services.store.tasks import SqlTaskStore
 from tests.ports.task_store import (
@@ -46,7 +46,9 @@ class SqlStoreUnderTest:
     async def results(self) -> list[tuple[str, bytes]]:
         with self._engine.connect() as conn:
             rows = conn.execute(
-                sa.select(task_results.c.id, task_results.c.result).order_by(task_results.c.id)
+                sa.select(tasks.c.id, tasks.c.result)
+                .where(tasks.c.result.is_not(None))
+                .order_by(tasks.c.id)
             ).all()
         return [(row.id, row.result) for row in rows]
 

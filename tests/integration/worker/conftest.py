@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from services.infra.process import free_port
 from services.scheduler.host import SchedulerHost
 from services.settings import Settings
-from services.store.schema import task_results, tasks
+from services.store.schema import tasks
 from tests.integration.scheduler import conftest as scheduler_fixtures
 from tests.integration.scheduler.conftest import ReadyPipeline
 
@@ -209,26 +209,14 @@ class TaskRow:
 
 
 def task_rows(engine: sa.Engine, pipeline_id: str) -> dict[str, TaskRow]:
-    query = (
-        sa.select(
-            tasks.c.id,
-            tasks.c.status,
-            tasks.c.attempt,
-            tasks.c.worker,
-            tasks.c.error,
-            task_results.c.result,
-        )
-        .select_from(
-            tasks.outerjoin(
-                task_results,
-                sa.and_(
-                    task_results.c.pipeline_id == tasks.c.pipeline_id,
-                    task_results.c.id == tasks.c.id,
-                ),
-            )
-        )
-        .where(tasks.c.pipeline_id == pipeline_id)
-    )
+    query = sa.select(
+        tasks.c.id,
+        tasks.c.status,
+        tasks.c.attempt,
+        tasks.c.worker,
+        tasks.c.error,
+        tasks.c.result,
+    ).where(tasks.c.pipeline_id == pipeline_id)
     with engine.connect() as conn:
         return {
             row.id: TaskRow(

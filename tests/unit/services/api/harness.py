@@ -24,7 +24,7 @@ from services.kafka.producer import EventProducer
 from services.settings import Settings
 from services.store import migrate
 from services.store.control import ControlStore, TenantDeletion
-from services.store.schema import task_results, tasks
+from services.store.schema import tasks
 
 OPERATOR_KEY = "test-operator-key"
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
@@ -68,17 +68,12 @@ def insert_task(
         "updated_at": now,
         "finished_at": now if status in ("succeeded", "failed", "dead", "cancelled") else None,
         "error": "boom" if status in ("failed", "dead") else None,
+        "result": result,
     }
     engine = sa.create_engine(database_url)
     try:
         with engine.begin() as conn:
             conn.execute(tasks.insert().values(row))
-            if result is not None:
-                conn.execute(
-                    task_results.insert().values(
-                        pipeline_id=pipeline_id, id=task_id, attempt=1, result=result
-                    )
-                )
     finally:
         engine.dispose()
 

@@ -13,7 +13,6 @@ from services.store.control import STEP_NAMESPACE
 from services.store.schema import (
     applications,
     pipelines,
-    task_results,
     tasks,
     tenant_submit_buckets,
     tenants,
@@ -83,7 +82,6 @@ async def test_deleting_a_tenant_removes_everything_it_had(api: Api, fakes: Fake
     assert fakes.deployer.removed_namespaces == ["wsched-t-doomed"]
     for pipeline_id in ids:
         assert count(api, tasks, pipeline_id=pipeline_id) == 0
-        assert count(api, task_results, pipeline_id=pipeline_id) == 0
     assert count(api, pipelines, tenant_id=state.tenant_id) == 0
     assert count(api, applications, tenant_id=state.tenant_id) == 0
     assert count(api, tenant_submit_buckets, tenant_id=state.tenant_id) == 0
