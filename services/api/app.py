@@ -77,6 +77,16 @@ def tenant_policy(settings: Settings) -> TenantPolicy:
     )
 
 
+def workers_observability(settings: Settings) -> helm.WorkerObservability | None:
+    """What deployed workers are told of traces and logs: this process's own settings,
+    when ``WSCHED_WORKERS_OBSERVABILITY`` says so; else nothing (each chart's own)."""
+    if not settings.workers_observability:
+        return None
+    return helm.WorkerObservability(
+        otlp_endpoint=settings.otlp_endpoint, log_format=settings.log_format
+    )
+
+
 def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
     """The deployer ``WSCHED_DEPLOYER`` names."""
     if settings.deployer == "helm":
@@ -94,6 +104,7 @@ def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
                 worker_image=settings.worker_image,
                 autoscaler=settings.autoscaler,
                 timeout_s=settings.helm_timeout_s,
+                observability=workers_observability(settings),
             ),
             token_of=store.worker_token,
             names_of=helm.names_from_store(store.pipeline_names),
