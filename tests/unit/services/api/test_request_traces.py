@@ -84,6 +84,21 @@ async def test_a_submit_is_the_child_of_its_request_span(
     assert len(spans) == 2, [s.name for s in spans]
 
 
+async def test_a_callers_traceparent_is_continued(
+    traced: Api, exporter: InMemorySpanExporter
+) -> None:
+    key, _ = await traced.ready_pipeline()
+    exporter.clear()
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = {**bearer(key), "traceparent": caller}
+    answer = await traced.client.post(SUBMIT, json={"n": 1}, headers=headers)
+    assert answer.status_code == 202, answer.text
+    request = _one_named(exporter.get_finished_spans(), f"POST {SUBMIT_ROUTE}")
+    assert request.parent is not None and request.parent.is_remote
+    assert format(request.parent.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert format(request.parent.span_id, "016x") == "b7ad6b7169203331"
+
+
 async def test_a_batch_gives_each_task_its_own_trace_linked_to_the_request(
     traced: Api, exporter: InMemorySpanExporter
 ) -> None:
