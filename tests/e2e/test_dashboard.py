@@ -180,6 +180,9 @@ async def schedules(page: Page, stack: Stack, key: str) -> None:
             json={"name": "nightly", "cron": "0 3 * * *", "data": {"order": 9}},
         )
     assert made.status_code == 201, made.text
+    # No event names a new schedule (the page would read it within its slow refresh):
+    # reading the page again shows it now.
+    await page.reload()
     row = page.get_by_role("row", name="nightly")
     await expect(row.get_by_role("cell", name="active")).to_be_visible()
     await expect(row).to_contain_text("03:00:00Z")
