@@ -178,6 +178,10 @@ class Settings(BaseSettings):
     #: How old a remembered tenant or pipeline may be to accept submits while the
     #: database is unreachable (Kafka absorbs the submissions meanwhile).
     stale_lookup_s: float = Field(default=600.0, ge=0)
+    #: How long a tenant or pipeline read for one request answers the next ones without a
+    #: database read (0: read every time). Revoked keys and deleted tenants are forgotten
+    #: at once on every API process; other changes hold within this time.
+    lookup_cache_s: float = Field(default=2.0, ge=0, le=60)
     # -- Tenants' quotas: the operator's defaults; 0 is unbounded. Per tenant, the operator
     # overrides them with PATCH /api/tenants/{name} (README "Quotas and fair use").
     #: Live pipelines per tenant.

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from services.api import errors
 from services.api.context import ApiContext
-from services.api.fair_pool import FairShare
+from services.api.fair_pool import WORKERS, FairShare
 from services.api.limits import Limits
 from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
@@ -183,7 +183,10 @@ def create_app(
     and stopped with it); ports given are the caller's to start and stop (``tracing``
     too: a test's in-memory exporter)."""
     limits = limits or Limits.from_settings(settings)
-    engine = make_engine(settings.effective_database_url())
+    # A connection for each database thread and for the calls made outside them (health
+    # checks, the reconciler's): with fewer, every call past the pool opened a connection
+    # and closed it again, which profiling showed under a burst of single submits.
+    engine = make_engine(settings.effective_database_url(), pool_size=WORKERS + 4)
     store = ControlStore(engine=engine, cipher=TokenCipher(key=settings.effective_secret_key()))
     own_deployer = deployer is None
     the_deployer = make_deployer(settings, store) if deployer is None else deployer

@@ -42,6 +42,11 @@ class Limits:
     #: How old a remembered tenant or pipeline may be to serve submits while the database
     #: is unreachable (Kafka absorbs submissions meanwhile).
     stale_lookup_s: float = 600.0
+    #: How long a tenant or pipeline read for one request answers the next ones without
+    #: a read (0: read every time). A key revoked or a tenant deleted is forgotten at once
+    #: on every API process (``wsched.revocations``); a pipeline changed through this
+    #: process at once, through another within this time.
+    lookup_cache_s: float = 2.0
     #: The longest ``?wait=`` on a task (a longer one is a 422): held connections past a
     #: minute meet most proxies' idle timeouts.
     max_wait_s: float = 60.0
@@ -63,4 +68,5 @@ class Limits:
             reconcile_interval_s=settings.reconcile_interval_s,
             drift_check_s=settings.drift_check_s,
             stale_lookup_s=settings.stale_lookup_s,
+            lookup_cache_s=settings.lookup_cache_s,
         )

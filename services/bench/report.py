@@ -87,6 +87,8 @@ FIGURES = (
     ("submit_p50_ms", "submit p50 per batch of 1,000, ms"),
     ("submit_p99_ms", "submit p99 per batch of 1,000, ms"),
     ("dispatch_p99_ms", "dispatch p99 at half the peak, ms"),
+    ("single_submit_p99_ms", "single submits at 1,000/s (open loop): p99, ms"),
+    ("batch_submit_p99_ms", "batches of 1,000 at 5/s (open loop): p99, ms"),
     ("scheduler_rss_mb", "scheduler peak RSS, MB"),
     ("memory_per_inflight_task_bytes", "scheduler memory per in-flight task, bytes"),
     ("backlog_rss_mb", "scheduler RSS with the backlog, MB"),

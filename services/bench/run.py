@@ -88,12 +88,16 @@ class Options:
     warmup: int = 5_000
     #: How long the paced phase offers load, at most ``tasks`` tasks.
     paced_s: float = 30.0
+    #: How long each open-loop submit latency run offers its load.
+    latency_s: float = 20.0
     quick: bool = False
 
     @classmethod
     def build(cls, *, tasks: int | None, workers: int, backlog: int | None, quick: bool) -> Options:
         """``--quick`` shrinks every phase to a smoke run; explicit sizes still win."""
-        base = cls(tasks=2000, backlog=5000, hold=5000, warmup=1000, paced_s=5, quick=True)
+        base = cls(
+            tasks=2000, backlog=5000, hold=5000, warmup=1000, paced_s=5, latency_s=3, quick=True
+        )
         base = base if quick else cls()
         return replace(
             base,
@@ -325,13 +329,18 @@ def submit_client(
         due_to=due[1],
         out=out,
     )
+    return _summary_of(client, out, "the client")
+
+
+def _summary_of(client: Service, out: Path, what: str) -> dict[str, Any]:
+    """Run a client process to its end; the JSON summary it wrote to ``out``."""
     client.start()
     try:
-        _until(lambda: not client.running(), 3600, "the client", pause_s=0.1)
+        _until(lambda: not client.running(), 3600, what, pause_s=0.1)
     finally:
         client.stop()
     if not out.exists():
-        raise BenchFailed(f"the client failed:\n{client.log_tail()}")
+        raise BenchFailed(f"{what} failed:\n{client.log_tail()}")
     summary: dict[str, Any] = json.loads(out.read_text())
     return summary
 
@@ -482,6 +491,50 @@ def _paced_phase(run: Run, rate: float) -> Report:
     }
 
 
+#: The open-loop submit runs the cost-per-task issue names: (mode, requests/s, tasks each).
+LATENCY_RUNS = (("single", 1000.0, 1), ("batch", 5.0, 1000))
+
+
+def _latency_phase(run: Run) -> Report:
+    """Submit latency on an open loop (``services/bench/latency.py``): single submits at
+    1,000 a second, then batches of 1,000 at 5 a second, each on a pipeline of its own
+    with no workers, so the scheduler admits what the API accepts but runs nothing."""
+    report: Report = {"details": {}}
+    for mode, rate, size in LATENCY_RUNS:
+        pipeline = run.tenant.pipeline(f"latency-{mode}", lease_timeout_s=60)
+        run.say(f"submit latency: {mode} requests of {size:,} at {rate:,.0f}/s, open loop")
+        out = run.work / f"latency-{mode}.json"
+        client = _module(
+            out.stem,
+            "services.bench.latency",
+            run.work,
+            api=run.system.api,
+            key=run.tenant.key,
+            pipeline_path=pipeline.path,
+            mode=mode,
+            rate=rate,
+            seconds=run.options.latency_s,
+            batch=size,
+            out=out,
+        )
+        summary = _summary_of(client, out, f"the {mode} latency client")
+        latencies, lag = summary["latencies_ms"], summary["client_lag_ms"]
+        report[f"{mode}_submit_p99_ms"] = round(percentile(latencies, 0.99), 1)
+        report["details"][f"{mode}_submit"] = {
+            "requests": summary["requests"],
+            "tasks_accepted": summary["tasks"],
+            "offered_per_s": summary["offered_per_s"],
+            "answered_per_s": summary["answered_per_s"],
+            "refused": summary["refused"],
+            "p50_ms": round(percentile(latencies, 0.50), 1),
+            "p90_ms": round(percentile(latencies, 0.90), 1),
+            "p99_ms": round(percentile(latencies, 0.99), 1),
+            "max_ms": round(max(latencies), 1),
+            "client_lag_p99_ms": round(percentile(lag, 0.99), 1),
+        }
+    return report
+
+
 def _backlog_phase(run: Run) -> Report:
     opts, pid = run.options, run.system.scheduler_pid
     pipeline = run.tenant.pipeline("backlog", lease_timeout_s=60)
@@ -561,6 +614,7 @@ def _phases(bench: Run, report: Report) -> None:
         _merge(report, _throughput_phase(bench))
         _merge(report, _paced_phase(bench, report["e2e_tasks_per_s"] / 2))
     report["scheduler_rss_mb"] = round(peak.peak_mb, 1)
+    _merge(report, _latency_phase(bench))
     report["backlog_rss_mb"] = None
     if bench.options.backlog:
         _merge(report, _backlog_phase(bench))

@@ -20,9 +20,24 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
         return engine
     # A short connect timeout turns "TiDB unreachable" into a quick, retryable error
     # instead of holding a request for pymysql's default 10 s per attempt.
+    connect_args: dict[str, Any] = {"connect_timeout": 3}
+    if _plain_loopback(sa.make_url(url)):
+        connect_args["ssl_disabled"] = True
     return sa.create_engine(
-        url, pool_pre_ping=True, pool_recycle=3600, connect_args={"connect_timeout": 3}, **kwargs
+        url, pool_pre_ping=True, pool_recycle=3600, connect_args=connect_args, **kwargs
     )
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _plain_loopback(url: sa.URL) -> bool:
+    """A database on this machine with no TLS options asked for. pymysql otherwise tries
+    TLS on every connection ("preferred" mode) and builds a TLS context for it first, even
+    when the server offers none: measured against tidb-server on this machine, 28 ms per
+    connection instead of 0.7 ms. Over loopback TLS protects nothing; a URL that names TLS
+    options (``ssl_ca``, ...) keeps them, and remote servers keep pymysql's default."""
+    return url.host in _LOOPBACK and not any(key.startswith("ssl") for key in url.query)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

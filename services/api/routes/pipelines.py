@@ -181,6 +181,8 @@ async def create_pipeline(
         pipeline, token = await ctx.db(ctx.store.create_pipeline, app=application, spec=spec)
     except NameTaken as err:
         raise ApiError(409, "name_taken", f"{err}; choose another name") from err
+    # A pipeline of this name deleted a moment ago may still be remembered.
+    ctx.forget_pipeline(tenant_id=tenant.id, application=application.name, name=body.name)
     ctx.nudge(pipeline.id)
     out = pipeline_out(pipeline, application=application.name, stats={})
     return PipelineCreated(**out.model_dump(), worker_token=token)
@@ -234,6 +236,7 @@ async def patch_pipeline(
         updated = await ctx.db(ctx.store.update_pipeline, found, changes)
     except NotFound as err:
         raise not_found(str(err)) from err
+    ctx.forget_pipeline(tenant_id=tenant.id, application=app, name=pipeline)
     ctx.nudge(updated.id)
     stats = await ctx.db(ctx.store.stats, [updated.id])
     return pipeline_out(updated, application=application.name, stats=stats)
@@ -249,6 +252,7 @@ async def delete_pipeline(
     found = await find_pipeline(ctx, application, pipeline)
     if not await ctx.db(ctx.store.start_deleting, found.id):
         raise not_found(f"pipeline {pipeline!r} is already being deleted")
+    ctx.forget_pipeline(tenant_id=tenant.id, application=app, name=pipeline)
     ctx.nudge(found.id)
     return PipelineDeleting(id=found.id, state="deleting")
 

@@ -97,13 +97,14 @@ async def get_tenant(tenant: TenantName, ctx: Ctx) -> TenantDetail:
 async def patch_tenant(tenant: TenantName, body: PatchTenant, ctx: Ctx) -> TenantQuotasOut:
     """Override the tenant's quotas: a quota left out is unchanged, null returns it to
     the default (``WSCHED_QUOTA_*``), 0 makes it unbounded. Every API process applies the
-    change with the tenant's next request."""
+    change within ``WSCHED_LOOKUP_CACHE_S`` (this one at once)."""
     found = await _named(ctx, tenant)
     changes = {name: getattr(body.quotas, name) for name in body.quotas.model_fields_set}
     overrides = dataclasses.replace(found.quotas, **changes)
     updated = await ctx.db(ctx.store.set_tenant_quotas, found.id, overrides)
     if updated is None:
         raise not_found(f"tenant {tenant!r} was deleted meanwhile")
+    ctx.quotas_changed(updated)
     return await quotas_out(ctx, updated)
 
 
