@@ -93,9 +93,10 @@ def bench(
     """Benchmark the stated workload end to end, beside Kafka and TiDB alone (the floor)."""
     from services.bench import run as bench_run
     from services.bench.report import render
+    from services.bench.system import Options
     from services.infra.cache import Cache
 
-    options = bench_run.Options.build(tasks=tasks, workers=workers, backlog=backlog, quick=quick)
+    options = Options.build(tasks=tasks, workers=workers, backlog=backlog, quick=quick)
     report = bench_run.run(
         options,
         cache=Cache(root=_settings().cache_dir),

@@ -138,11 +138,18 @@ async def submit(*, api: str, key: str, pipeline_path: str, plan: Plan) -> Summa
     return summary
 
 
-def _arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def target_parser(description: str) -> argparse.ArgumentParser:
+    """A submitting client's parser with the pipeline it submits to (shared with the
+    open-loop latency client)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--api", required=True, help="the API's base URL")
     parser.add_argument("--key", required=True, help="the tenant's API key")
     parser.add_argument("--pipeline-path", required=True, help="/api/applications/A/pipelines/P")
+    return parser
+
+
+def _arguments() -> argparse.Namespace:
+    parser = target_parser(__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, required=True)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4, help="batches in flight")

@@ -31,10 +31,10 @@ from typing import Any
 import httpx
 
 from protos.wsched.v1 import worker_pb2
-from services.bench import run as bench_run
+from services.bench import system as sut
 from services.bench.measure import CpuUse, percentile
 from services.bench.report import machine
-from services.bench.run import Pipeline, System, Tenant
+from services.bench.system import Pipeline, System, Tenant
 from services.infra.cache import Cache
 from services.worker.client import SchedulerClient
 
@@ -77,13 +77,13 @@ def run(
     options: Options,
     *,
     cache: Cache,
-    say: bench_run.Say,
-    components: bench_run.Components | None = None,
+    say: sut.Say,
+    components: sut.Components | None = None,
 ) -> Report:
     """The figures of one run; ``components`` given means: use them, start none."""
     report: Report = {"machine": machine(), "workload": vars(options).copy()}
     with (
-        bench_run.bench_system("fairness", cache=cache, say=say, components=components) as system,
+        sut.bench_system("fairness", cache=cache, say=say, components=components) as system,
         contextlib.ExitStack() as stack,
     ):
         a, b = Tenant(api=system.api), Tenant(api=system.api)
@@ -111,7 +111,7 @@ def _limit(tenant: Tenant, rate: float) -> None:
     answer = tenant.http.patch(
         f"/api/tenants/{tenant.name}",
         json={"quotas": {"submit_rate": rate, "submit_burst": max(1, round(rate))}},
-        headers={"Authorization": f"Bearer {bench_run.OPERATOR_KEY}"},
+        headers={"Authorization": f"Bearer {sut.OPERATOR_KEY}"},
     )
     answer.raise_for_status()
 
@@ -274,10 +274,10 @@ def _figures(
     steady: _Steady, done: dict[str, float], flood: _Flood, cpu: CpuUse, options: Options
 ) -> Report:
     if not steady.submit_ms:
-        raise bench_run.BenchFailed("no submit of tenant B was accepted")
+        raise sut.BenchFailed("no submit of tenant B was accepted")
     ends = [(done[i] - t) * 1000 for i, t in steady.started.items() if i in done]
     if not ends:
-        raise bench_run.BenchFailed("no task of tenant B ran")
+        raise sut.BenchFailed("no task of tenant B ran")
     wall = cpu.seconds["wall"] or 1.0
     return {
         "b_tasks": len(steady.started),

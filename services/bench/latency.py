@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from services.bench.client import batch_body, task_data
+from services.bench.client import batch_body, target_parser, task_data
 
 #: Connections the client may open: enough that the pool is never the queue at the rates
 #: asked (1,000 requests a second answered within tens of ms need a few dozen).
@@ -175,10 +175,7 @@ async def measure(plan: Plan) -> Summary:
 
 
 def _arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--api", required=True, help="the API's base URL")
-    parser.add_argument("--key", required=True, help="the tenant's API key")
-    parser.add_argument("--pipeline-path", required=True, help="/api/applications/A/pipelines/P")
+    parser = target_parser(__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("single", "batch"), required=True)
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
     parser.add_argument("--seconds", type=float, required=True)

@@ -44,7 +44,7 @@ import sqlalchemy as sa
 
 from services.bench.measure import CpuUse, PeakRss, percentile, settled_rss_mb
 from services.bench.report import machine, versions
-from services.bench.run import (
+from services.bench.system import (
     Components,
     Pipeline,
     Run,
@@ -56,7 +56,7 @@ from services.bench.run import (
     submit_client,
     worker_processes,
 )
-from services.bench.run import (
+from services.bench.system import (
     Options as TaskOptions,
 )
 from services.infra.cache import Cache

@@ -35,7 +35,7 @@ from typing import Any
 from protos.wsched.v1 import worker_pb2
 from services.bench.measure import CpuUse, histogram_quantile, percentile, scrape
 from services.bench.report import machine
-from services.bench.run import (
+from services.bench.system import (
     BenchFailed,
     Components,
     Pipeline,

@@ -11,7 +11,8 @@ import json
 import pytest
 
 from services.bench.report import FIGURES
-from services.bench.run import Components, Options, run
+from services.bench.run import run
+from services.bench.system import Components, Options
 from services.infra.cache import Cache
 from services.infra.kafka import KafkaBroker
 from services.infra.tidb import TidbServer

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from services.bench import triggers
-from services.bench.run import Components
+from services.bench.system import Components
 from services.infra.cache import Cache
 from services.infra.kafka import KafkaBroker
 from services.infra.tidb import TidbServer

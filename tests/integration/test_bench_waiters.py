@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.bench import waiters
-from services.bench.run import Components
+from services.bench.system import Components
 from services.infra.cache import Cache
 from services.infra.kafka import KafkaBroker
 from services.infra.tidb import TidbServer
