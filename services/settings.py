@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     replica_name: str | None = None
     #: The consumer group of the scheduler replicas over the placement topic.
     placement_group: str = "wsched.scheduler"
+    #: How long a scheduler's stop may take (the grains' last flushes, leaving the group)
+    #: before it exits anyway, as a crash would: with Kafka or TiDB away the stop could
+    #: otherwise wait for ever. Keep it under the pod's termination grace period (30 s).
+    shutdown_timeout_s: float = Field(default=25.0, gt=0, le=600)
     #: Ready tasks each pipeline grain keeps in memory; the rest stays in the store.
     window_tasks: int = Field(default=2000, ge=10, le=1_000_000)
     kafka_bootstrap: str | None = None
