@@ -81,3 +81,6 @@ def configure_logging(*, level: str, log_format: LogFormat = "text") -> None:
         json_formatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # grpc's Cython layer logs a line per call at DEBUG ("Loaded running loop"), which
+    # buried a worker's own debug lines; it keeps INFO and above.
+    logging.getLogger("grpc._cython.cygrpc").setLevel(max(logging.INFO, logging.root.level))

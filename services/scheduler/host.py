@@ -277,6 +277,10 @@ class SchedulerHost:
             group_id=self._settings.placement_group,
             group_instance_id=self._settings.effective_replica_name(),
             auto_offset_reset="latest",
+            # Placement records are hints (a rescan follows every rebalance), so their
+            # offsets are never committed: an auto-commit at stop retried for ever while
+            # the group was rebalancing and the replica's stop never ended.
+            enable_auto_commit=False,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )

@@ -56,8 +56,11 @@ async def create_ready_pipeline(
     shard: int | None = None,
     lease_timeout_s: int = 5,
     partitions: int = 2,
+    **columns: object,
 ) -> ReadyPipeline:
-    """A pipeline row in state ready, and its topic; ``shard`` picks an id on that shard."""
+    """A pipeline row in state ready, and its topic; ``shard`` picks an id on that shard,
+    ``columns`` set more of the row (in the insert: a running replica may activate the
+    pipeline's grain as soon as the row exists, and a grain reads its settings then)."""
     pipeline_id = str(uuid.uuid4())
     while shard is not None and shard_of(pipeline_id) != shard:
         pipeline_id = str(uuid.uuid4())
@@ -65,7 +68,8 @@ async def create_ready_pipeline(
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with engine.begin() as conn:
         conn.execute(
-            sa.insert(pipelines).values(
+            sa.insert(pipelines)
+            .values(
                 id=pipeline_id,
                 tenant_id="t",
                 application_id="a",
@@ -86,6 +90,7 @@ async def create_ready_pipeline(
                 created_at=now,
                 updated_at=now,
             )
+            .values(**columns)
         )
     admin = KafkaTopicAdmin(bootstrap=kafka_bootstrap)
     await admin.create_pipeline_topic(pipeline_id, partitions)

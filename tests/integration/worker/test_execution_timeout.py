@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.kafka.producer import KafkaProducer, OutgoingTask
-from services.store.schema import pipelines, task_attempts
+from services.store.schema import task_attempts
 from tests.integration.scheduler.conftest import ReadyPipeline, create_ready_pipeline
 from tests.integration.worker.conftest import (
     Launcher,
@@ -42,17 +42,17 @@ HANDLERS = "tests.fixtures.handlers"
 
 @pytest.fixture
 async def pipeline(engine: sa.Engine, kafka_bootstrap: str) -> ReadyPipeline:
-    """A pipeline with an execution timeout of 1.5 s, 2 attempts and a short backoff, set
-    before the scheduler activates its grain (the grain reads them then)."""
-    ready = await create_ready_pipeline(engine, kafka_bootstrap)
+    """A pipeline with an execution timeout of 1.5 s, 2 attempts and a short backoff, in
+    the row's insert: the scheduler may activate the grain at once, and it reads them then
+    (an update after the insert lost that race once the grain's start got faster)."""
     backoff = {"initial_s": 0.5, "multiplier": 1.0, "max_s": 1.0, "jitter": 0.0}
-    with engine.begin() as conn:
-        conn.execute(
-            sa.update(pipelines)
-            .where(pipelines.c.id == ready.id)
-            .values(execution_timeout_s=1.5, max_attempts=2, backoff_json=json.dumps(backoff))
-        )
-    return ready
+    return await create_ready_pipeline(
+        engine,
+        kafka_bootstrap,
+        execution_timeout_s=1.5,
+        max_attempts=2,
+        backoff_json=json.dumps(backoff),
+    )
 
 
 def history(engine: sa.Engine, pipeline_id: str, task_id: str) -> list[tuple[int, str, str]]:
