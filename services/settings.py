@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     #: The image deployed agents run, ``repository:tag`` (the chart's ``image``), e.g. a
     #: mirror of the wsched image in a private registry; unset keeps each chart's own.
     worker_image: str | None = Field(default=None, pattern=r"^\S+$")
+    #: Give deployed workers this process's ``otlp_endpoint`` and ``log_format``: their
+    #: agents then export their spans (attempts, steps, reports) to the same collector and
+    #: log in the same format. Off: each chart's own (no spans, text logs). The tenants'
+    #: NetworkPolicy must let the workers reach the collector (``tenant_extra_egress``).
+    workers_observability: bool = False
     #: Who sets the replicas of pipeline Deployments: ``none`` (the chart's
     #: ``scaling.min_replicas``, or KEDA when a pipeline enables it) or ``builtin`` (the
     #: scheduler replica owning a pipeline scales its Deployment on its backlog). The API

@@ -25,7 +25,7 @@ from services.api.middleware import BodyLimit, RequestMetrics
 from services.api.quotas import EarlyRefusal, QuotaGuard, default_quotas
 from services.api.reconciler import Reconciler
 from services.api.routes import applications, bulk, live, pipelines, schedules, tasks, tenants
-from services.api.tracing import TracedProducer
+from services.api.tracing import TracedProducer, trace_requests
 from services.api.ui import routes as dashboard
 from services.api.ui.headers import DashboardHeaders
 from services.deploy import helm, local
@@ -38,7 +38,7 @@ from services.kafka.producer import EventProducer, KafkaProducer
 from services.kafka.revocations import KafkaRevocations
 from services.live.hub import LiveHub
 from services.live.source import EventSource, MemoryEventLog
-from services.observability import setup_tracing
+from services.observability import Tracing, setup_tracing
 from services.settings import Settings
 from services.store.control import ControlStore
 from services.store.engine import make_engine
@@ -77,6 +77,16 @@ def tenant_policy(settings: Settings) -> TenantPolicy:
     )
 
 
+def workers_observability(settings: Settings) -> helm.WorkerObservability | None:
+    """What deployed workers are told of traces and logs: this process's own settings,
+    when ``WSCHED_WORKERS_OBSERVABILITY`` says so; else nothing (each chart's own)."""
+    if not settings.workers_observability:
+        return None
+    return helm.WorkerObservability(
+        otlp_endpoint=settings.otlp_endpoint, log_format=settings.log_format
+    )
+
+
 def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
     """The deployer ``WSCHED_DEPLOYER`` names."""
     if settings.deployer == "helm":
@@ -94,6 +104,7 @@ def make_deployer(settings: Settings, store: ControlStore) -> Deployer:
                 worker_image=settings.worker_image,
                 autoscaler=settings.autoscaler,
                 timeout_s=settings.helm_timeout_s,
+                observability=workers_observability(settings),
             ),
             token_of=store.worker_token,
             names_of=helm.names_from_store(store.pipeline_names),
@@ -166,9 +177,11 @@ def create_app(
     admin: TopicAdmin | None = None,
     deployer: Deployer | None = None,
     events: EventSource | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The API. Ports not given are built from ``settings`` and owned by the app (started
-    and stopped with it); ports given are the caller's to start and stop."""
+    and stopped with it); ports given are the caller's to start and stop (``tracing``
+    too: a test's in-memory exporter)."""
     limits = limits or Limits.from_settings(settings)
     # A connection for each database thread and for the calls made outside them (health
     # checks, the reconciler's): with fewer, every call past the pool opened a connection
@@ -182,17 +195,26 @@ def create_app(
     own_producer = KafkaProducer(
         bootstrap=settings.kafka_bootstrap or "", deadline_s=limits.produce_deadline_s
     )
-    tracing = setup_tracing(
-        service="wsched-api",
-        endpoint=settings.otlp_endpoint,
-        sample_ratio=settings.trace_sample_ratio,
+    own_tracing = (
+        setup_tracing(
+            service="wsched-api",
+            endpoint=settings.otlp_endpoint,
+            sample_ratio=settings.trace_sample_ratio,
+        )
+        if tracing is None
+        else Tracing()  # off: the caller's is used, and flushed by the caller
     )
+    the_tracing = tracing or own_tracing
     the_producer = producer or own_producer
     ctx = ApiContext(
         settings=settings,
         limits=limits,
         store=store,
-        producer=TracedProducer(the_producer, tracing=tracing) if tracing.enabled else the_producer,
+        producer=(
+            TracedProducer(the_producer, tracing=the_tracing)
+            if the_tracing.enabled
+            else the_producer
+        ),
         admin=admin
         or KafkaTopicAdmin(
             bootstrap=settings.kafka_bootstrap or "",
@@ -234,7 +256,7 @@ def create_app(
         async with AsyncExitStack() as stack:
             stack.callback(engine.dispose)
             # In a thread: the last export is a blocking call that may take its timeout.
-            stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+            stack.push_async_callback(asyncio.to_thread, own_tracing.shutdown)
             if producer is None or isinstance(ctx.revocations, KafkaRevocations):
                 # Also when a producer is given: revocations are sent with this one.
                 await stack.enter_async_context(own_producer)
@@ -280,6 +302,8 @@ def create_app(
     # The dashboard's script, styles and images, shipped in the package: no build step.
     app.mount("/ui/static", StaticFiles(directory=dashboard.STATIC), name="ui-static")
     _health_routes(app, settings=settings, engine=engine, registry=registry)
+    if the_tracing.enabled:
+        trace_requests(app, tracing=the_tracing)
     return app
 
 

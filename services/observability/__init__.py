@@ -9,6 +9,7 @@ configured, and a process that has none never creates a span (callers check
 from services.observability.logs import configure_logging, log_context
 from services.observability.tracing import (
     TRACEPARENT,
+    TRACEPARENT_ENV,
     Tracing,
     ending,
     parent_context,
@@ -19,6 +20,7 @@ from services.observability.tracing import (
 
 __all__ = [
     "TRACEPARENT",
+    "TRACEPARENT_ENV",
     "Tracing",
     "configure_logging",
     "ending",

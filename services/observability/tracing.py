@@ -25,6 +25,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 #: The W3C header (and Kafka record header) name of a span context.
 TRACEPARENT = "traceparent"
+#: The environment variable that carries a ``traceparent`` to a child process (the
+#: name OpenTelemetry's environment-variable carrier uses).
+TRACEPARENT_ENV = "TRACEPARENT"
 #: Instrumentation scope of our spans.
 SCOPE = "wsched"
 

@@ -42,7 +42,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from protos.wsched.v1 import worker_pb2
-from services.observability import configure_logging, log_context, setup_tracing
+from services.observability import Tracing, configure_logging, log_context, setup_tracing
 from services.worker.client import SchedulerClient, WorkerRejected
 from services.worker.command import ExecutorError
 from services.worker.definition import DefinitionError, PipelineDefinition, load_definition
@@ -50,7 +50,7 @@ from services.worker.executor import ExecutorClients
 from services.worker.reporter import Reporter, ReportPort
 from services.worker.runner import Outcome, TaskOutcome, TaskRunner, TaskSpec, failed
 from services.worker.settings import WorkerSettings, explain
-from services.worker.tracing import AttemptSpans
+from services.worker.tracing import AttemptSpans, StepSpans
 
 log = logging.getLogger("wsched.worker")
 
@@ -414,12 +414,14 @@ async def serve(settings: WorkerSettings, definition: PipelineDefinition) -> int
         token=settings.token.get_secret_value(),
         worker=settings.name,
     )
+    tracing = _tracing(settings)
     runner = TaskRunner(
         definition=definition,
         executors=executors,
         work_root=settings.workdir,
         timeout_s=settings.task_timeout_s,
         max_result_bytes=settings.max_result_bytes,
+        steps=StepSpans(tracing=tracing) if tracing.enabled else None,
     )
     try:
         if not await _until_ready(executors, stopping):
@@ -435,7 +437,7 @@ async def serve(settings: WorkerSettings, definition: PipelineDefinition) -> int
             scheduler=client,
             runner=runner,
             options=AgentOptions.of(settings),
-            spans=_spans(settings),
+            spans=_attempt_spans(settings, tracing),
         )
         with log_context(pipeline_id=settings.pipeline_id):
             await agent.run(stopping=stopping, now=now)
@@ -449,13 +451,18 @@ async def serve(settings: WorkerSettings, definition: PipelineDefinition) -> int
     return 0
 
 
-def _spans(settings: WorkerSettings) -> AttemptSpans | None:
-    tracing = setup_tracing(service="wsched-worker", endpoint=settings.otlp_endpoint)
+def _attempt_spans(settings: WorkerSettings, tracing: Tracing) -> AttemptSpans | None:
     if not tracing.enabled:
         return None
-    # Flushed at exit: the last attempts' spans would otherwise be lost with the process.
-    atexit.register(tracing.shutdown)
     return AttemptSpans(tracing=tracing, pipeline_id=settings.pipeline_id, worker=settings.name)
+
+
+def _tracing(settings: WorkerSettings) -> Tracing:
+    tracing = setup_tracing(service="wsched-worker", endpoint=settings.otlp_endpoint)
+    if tracing.enabled:
+        # Flushed at exit: the last attempts' spans would otherwise be lost with the process.
+        atexit.register(tracing.shutdown)
+    return tracing
 
 
 def worker_main() -> None:

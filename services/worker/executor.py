@@ -33,14 +33,15 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import grpc
+from opentelemetry import context as otel_context
 from pydantic import ValidationError
 
 from protos.wsched.v1 import executor_pb2, executor_pb2_grpc
-from services.observability import configure_logging
+from services.observability import TRACEPARENT_ENV, configure_logging, parent_context
 from services.worker.command import (
     Command,
     CommandResult,
@@ -197,6 +198,21 @@ def _result(
 # -- the gRPC server ----------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def in_step_context(env: Mapping[str, str]) -> Iterator[None]:
+    """The agent's step span (``TRACEPARENT``, when traced) as the current context, so
+    that this process's log lines about the call carry its ids; it makes no spans."""
+    parent = parent_context(env.get(TRACEPARENT_ENV))
+    if parent is None:
+        yield
+        return
+    token = otel_context.attach(parent)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 class ExecutorService(executor_pb2_grpc.ExecutorServicer):
     def __init__(self, *, settings: ExecutorSettings) -> None:
         self._settings = settings
@@ -224,8 +240,9 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
             max_result_bytes=request.max_result_bytes,
             env=dict(request.env),
         )
-        log.debug("calling %s in a %s pool", call.handler, call.pool)
-        result = await self.handlers.call(call)
+        with in_step_context(call.env):
+            log.debug("calling %s in a %s pool", call.handler, call.pool)
+            result = await self.handlers.call(call)
         return executor_pb2.CallResponse(
             result=result.result,
             error=result.error,
@@ -246,6 +263,11 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
             timeout_s=request.timeout_ms / 1000 if request.timeout_ms else None,
             max_stdout_bytes=request.max_stdout_bytes,
         )
+        with in_step_context(command.env):
+            result = await self._run(command, context)
+        return to_response(result)
+
+    async def _run(self, command: Command, context: grpc.aio.ServicerContext) -> CommandResult:
         log.debug("running %.200r in %s", command.text, command.work_dir or ".")
         try:
             result = await run_command(
@@ -262,7 +284,7 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
             )
             raise AssertionError("abort returned") from err  # pragma: no cover
         log.debug("exit %d after %d ms", result.exit_code, result.duration_ms)
-        return to_response(result)
+        return result
 
     def kill_all(self) -> None:
         for pgid in list(self.groups):

@@ -17,6 +17,10 @@ first bytes of its stdout and the tail of its stderr go into the error when a la
 command fails (bounded so the error fits the scheduler's 8192 characters), and into the
 agent's debug log when the task succeeds. Large outputs belong in files the last
 command uploads somewhere, with a reference as the result.
+
+Traces. With tracing on, each step runs inside a span of its own (a :class:`StepTracer`,
+made in :mod:`services.worker.tracing`), whose context its commands and handler get in
+``TRACEPARENT``; with it off the runner has no tracer and skips that on one check.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 from services.worker.command import (
     Command,
@@ -78,6 +84,25 @@ class TaskOutcome:
     non_retryable: bool = False
     #: Killed at its execution timeout (retried like any failure).
     timed_out: bool = False
+
+
+@dataclass(kw_only=True)
+class StepRecord:
+    """What became of one step, for its span: filled in by the runner as the step runs."""
+
+    #: Set by the tracer: the variables that carry the step's context to its commands.
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: The exit code of the step's last command that ran (None: a handler, or none ran).
+    exit_code: int | None = None
+    timed_out: bool = False
+    #: The step's failure (None: it succeeded).
+    error: str | None = None
+
+
+class StepTracer(Protocol):
+    """Opens a span around each step of an attempt (``services.worker.tracing``)."""
+
+    def step(self, step: RenderedStep) -> AbstractContextManager[StepRecord]: ...
 
 
 def _make_dir(work_dir: Path) -> None:
@@ -170,16 +195,21 @@ class _Run:
     last: bytes | None = None
     #: The deadline passed between steps.
     over: bool = False
+    #: The exit code of the last command run (None once a command could not run).
+    exit_code: int | None = None
+    #: Added to the task's variables for the current step (its trace context).
+    step_env: Mapping[str, str] = field(default_factory=dict)
 
 
-def _task_env(task: TaskSpec, work_dir: Path) -> dict[str, str]:
+def _task_env(run: _Run) -> dict[str, str]:
     env = {
-        "WSCHED_TASK_ID": task.task_id,
-        "WSCHED_TASK_ATTEMPT": str(task.attempt),
-        "WSCHED_WORK_DIR": str(work_dir),
+        "WSCHED_TASK_ID": run.task.task_id,
+        "WSCHED_TASK_ATTEMPT": str(run.task.attempt),
+        "WSCHED_WORK_DIR": str(run.work_dir),
+        **run.step_env,
     }
-    if task.fire_at is not None:
-        env["WSCHED_FIRE_AT"] = task.fire_at
+    if run.task.fire_at is not None:
+        env["WSCHED_FIRE_AT"] = run.task.fire_at
     return env
 
 
@@ -193,13 +223,16 @@ class TaskRunner:
         timeout_s: float,
         max_result_bytes: int = MAX_RESULT_BYTES,
         clock: Callable[[], float] = time.monotonic,
+        steps: StepTracer | None = None,
     ) -> None:
+        """``steps``: the steps' spans; None when tracing is off."""
         self._definition = definition
         self._executors = executors
         self._work_root = work_root
         self._timeout_s = timeout_s
         self._max_result_bytes = max_result_bytes
         self._clock = clock
+        self._steps = steps
 
     async def __call__(self, task: TaskSpec) -> TaskOutcome:
         work_dir = self._work_root / f"task-{uuid.uuid4().hex[:12]}"
@@ -220,13 +253,30 @@ class TaskRunner:
             task=task, work_dir=work_dir, limit=limit, deadline=self._clock() + limit.seconds
         )
         for step in steps:
-            failure = await self._run_step(run, step, final=step is steps[-1])
+            final = step is steps[-1]
+            if self._steps is None:
+                failure = await self._run_step(run, step, final=final)
+            else:
+                failure = await self._traced_step(run, step, final=final, tracer=self._steps)
             if failure is not None:
                 return failure
         log.debug("task %s attempt %d:%s", task.task_id, task.attempt, run.trail.text(10_000))
         if run.last is None:  # a validated definition has at least one command
             return failed("the pipeline definition has no commands")
         return TaskOutcome(outcome=Outcome.SUCCEEDED, result=run.last)
+
+    async def _traced_step(
+        self, run: _Run, step: RenderedStep, *, final: bool, tracer: StepTracer
+    ) -> TaskOutcome | None:
+        """:meth:`_run_step` inside the step's span, its commands in the span's context."""
+        with tracer.step(step) as record:
+            run.step_env, run.exit_code = record.env, None
+            failure = await self._run_step(run, step, final=final)
+            record.exit_code = run.exit_code
+            if failure is not None:
+                record.timed_out, record.error = failure.timed_out, failure.error
+        run.step_env = {}
+        return failure
 
     async def _run_step(self, run: _Run, step: RenderedStep, *, final: bool) -> TaskOutcome | None:
         """Run one step; its failure, or None once it succeeded (``run.last`` is its output)."""
@@ -264,7 +314,7 @@ class TaskRunner:
             pool=step.pool,
             timeout_s=remaining,
             max_result_bytes=self._max_result_bytes,
-            env=_task_env(run.task, run.work_dir),
+            env=_task_env(run),
         )
         try:
             result = await self._executors.call(step.executor, call)
@@ -292,6 +342,7 @@ class TaskRunner:
         self, run: _Run, step: RenderedStep, text: str, final: bool
     ) -> CommandResult | str:
         """The command's result, or why it could not run."""
+        run.exit_code = None
         remaining = run.deadline - self._clock()
         if remaining <= 0:
             run.over = True
@@ -299,14 +350,16 @@ class TaskRunner:
         command = Command(
             text=text,
             work_dir=str(run.work_dir),
-            env=_task_env(run.task, run.work_dir),
+            env=_task_env(run),
             timeout_s=remaining,
             max_stdout_bytes=self._max_result_bytes if final else _DIAGNOSTIC_STDOUT,
         )
         try:
-            return await self._executors.run(step.executor, command)
+            result = await self._executors.run(step.executor, command)
         except ExecutorError as err:
             return str(err)
+        run.exit_code = result.exit_code
+        return result
 
     def _final_exit(self, result: CommandResult) -> bool:
         """Whether the command exited by itself with a code the definition calls final."""

@@ -1,11 +1,16 @@
-"""The worker's spans of a task's trace: each attempt, and the report of its result.
+"""The worker's spans of a task's trace: each attempt, its steps, and the report of its
+result.
 
 ``wsched.attempt`` is a child of the scheduler's ``wsched.dispatch`` span of that attempt
-(its ``traceparent`` comes in the leased task) and lasts while the steps run; the steps'
-log lines carry its ids. ``wsched.report`` is the attempt's child from the result being
-handed to the reporter to the scheduler's acknowledgement (results are reported in
-batches, so several report spans may end at one call). The agent keeps no
-:class:`AttemptSpans` when tracing is off.
+(its ``traceparent`` comes in the leased task) and lasts while the steps run. Each step
+is a ``wsched.step`` under it (:class:`StepSpans`), with its last command's exit code and
+whether it timed out; the executor is another process (often another container), so the
+step's context goes to it in the call's environment, ``TRACEPARENT``, which the step's
+commands and handler inherit and the executor's log lines carry. ``wsched.report`` is the
+attempt's child from the result being handed to the reporter to the scheduler's
+acknowledgement (results are reported in batches, so several report spans may end at one
+call). The agent keeps no :class:`AttemptSpans` and its runner no :class:`StepSpans`
+when tracing is off.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from protos.wsched.v1 import worker_pb2
-from services.observability import Tracing, parent_context
-from services.worker.runner import Outcome, TaskOutcome
+from services.observability import TRACEPARENT_ENV, Tracing, parent_context, traceparent_of
+from services.worker.definition import RenderedStep
+from services.worker.runner import Outcome, StepRecord, TaskOutcome
 
 
 class AttemptSpans:
@@ -86,3 +92,49 @@ class AttemptSpans:
         if span is not None:
             span.set_status(Status(StatusCode.ERROR, "lease lost before the acknowledgement"))
             span.end()
+
+
+class StepSpans:
+    """A ``wsched.step`` span around each step of an attempt (a :class:`StepTracer` of
+    the runner): the child of the current span, the attempt's while its steps run."""
+
+    def __init__(self, *, tracing: Tracing) -> None:
+        self._tracer = tracing.require()
+
+    @contextlib.contextmanager
+    def step(self, step: RenderedStep) -> Iterator[StepRecord]:
+        if not trace.get_current_span().get_span_context().is_valid:
+            yield StepRecord()  # an untraced task's steps start no trace of their own
+            return
+        span = self._tracer.start_span("wsched.step", attributes=_step_attributes(step))
+        traceparent = traceparent_of(span)
+        record = StepRecord(env={TRACEPARENT_ENV: traceparent} if traceparent else {})
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                yield record
+        except BaseException as err:  # the task was cancelled or abandoned mid-step
+            span.set_status(Status(StatusCode.ERROR, f"stopped: {type(err).__name__}"))
+            raise
+        finally:
+            _record(span, record)
+            span.end()
+
+
+def _step_attributes(step: RenderedStep) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {
+        "wsched.step": step.number,
+        "wsched.step.name": f"step {step.number} ({step.executor})",
+        "wsched.executor": step.executor,
+    }
+    if step.handler is not None:
+        attributes["wsched.handler"] = step.handler
+    return attributes
+
+
+def _record(span: Span, record: StepRecord) -> None:
+    if record.exit_code is not None:
+        span.set_attribute("wsched.exit_code", record.exit_code)
+    span.set_attribute("wsched.timed_out", record.timed_out)
+    if record.error is not None:
+        headline = record.error.splitlines()[0] if record.error else ""
+        span.set_status(Status(StatusCode.ERROR, headline[:200]))

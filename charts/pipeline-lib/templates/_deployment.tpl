@@ -134,6 +134,17 @@ capabilities:
       value: {{ include "pipeline-lib.graceSeconds" . | quote }}
     - name: WSCHED_WORKER_TASK_TIMEOUT_S
       value: {{ dig "agent" "task_timeout_s" 3600 $v | int | quote }}
+    {{- with (dig "observability" "otlp_endpoint" "" $v) }}
+    - name: WSCHED_WORKER_OTLP_ENDPOINT
+      value: {{ . | quote }}
+    # The spans' service is wsched-worker; these say which pod of which pipeline sent them.
+    - name: OTEL_RESOURCE_ATTRIBUTES
+      value: {{ include "pipeline-lib.resourceAttributes" $ | quote }}
+    {{- end }}
+    {{- with (dig "observability" "log_format" "" $v) }}
+    - name: WSCHED_WORKER_LOG_FORMAT
+      value: {{ . | quote }}
+    {{- end }}
     {{- with (dig "agent" "env" list $v) }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -192,6 +203,10 @@ capabilities:
     # Serve on after SIGTERM while the agent finishes (a sidecar is stopped after it).
     - name: WSCHED_WORKER_EXECUTOR_GRACE_S
       value: {{ ternary 0 (add $grace 10) $sidecar | quote }}
+    {{- with (dig "observability" "log_format" "" $v) }}
+    - name: WSCHED_WORKER_EXECUTOR_LOG_FORMAT
+      value: {{ . | quote }}
+    {{- end }}
     {{- with $executor.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

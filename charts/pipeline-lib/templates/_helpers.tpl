@@ -84,3 +84,17 @@ wsched.io/pipeline-id: {{ . | trunc 63 | quote }}
 {{- define "pipeline-lib.secretName" -}}
 {{- dig "workerToken" "existingSecret" "" .Values.AsMap | default (printf "%s-worker-token" (include "pipeline-lib.fullname" .)) -}}
 {{- end -}}
+
+{{/* OTEL_RESOURCE_ATTRIBUTES of the agent: its pod (WSCHED_WORKER_NAME, set before it in
+the container's env), namespace, Deployment and pipeline. */}}
+{{- define "pipeline-lib.resourceAttributes" -}}
+{{- $attributes := list
+  "service.instance.id=$(WSCHED_WORKER_NAME)"
+  "k8s.pod.name=$(WSCHED_WORKER_NAME)"
+  (printf "k8s.namespace.name=%s" .Release.Namespace)
+  (printf "k8s.deployment.name=%s" (include "pipeline-lib.fullname" .)) -}}
+{{- with (dig "pipelineId" "" .Values.AsMap) }}
+{{- $attributes = append $attributes (printf "wsched.pipeline_id=%s" .) -}}
+{{- end }}
+{{- join "," $attributes -}}
+{{- end -}}

@@ -23,8 +23,10 @@ in the namespace ``wsched-<tenant>``, prepared before every deploy as
 :mod:`services.deploy.tenancy` says. The values are the
 chart's, then the operator's image override, then the pipeline's ``values`` and
 ``scaling``, then what the deployer injects, which always wins: ``pipelineId``,
-``scheduler.address``, ``workerToken.value`` (the chart keeps it in a Secret) and
-``scaling.autoscaler`` when the scheduler's built-in scaler sets the replicas.
+``scheduler.address``, ``workerToken.value`` (the chart keeps it in a Secret),
+``scaling.autoscaler`` when the scheduler's built-in scaler sets the replicas, and
+``observability`` (the API's OTLP endpoint and log format) when the operator passes
+them on (``WSCHED_WORKERS_OBSERVABILITY``).
 
 What was deployed is fingerprinted (chart, version, values; the token by digest) into
 the release's description, so :meth:`HelmDeployer.in_place` can tell a release that is
@@ -42,7 +44,12 @@ from __future__ import annotations
 from services.deploy.helm._allowlist import ChartAllowList, ChartNotAllowed
 from services.deploy.helm._deployer import KIND, HelmDeployer
 from services.deploy.helm._errors import HelmUnavailable
-from services.deploy.helm._options import HelmOptions, PipelineNames, names_from_store
+from services.deploy.helm._options import (
+    HelmOptions,
+    PipelineNames,
+    WorkerObservability,
+    names_from_store,
+)
 from services.deploy.helm._sources import ChartSource, chart_source
 
 __all__ = [
@@ -54,6 +61,7 @@ __all__ = [
     "HelmOptions",
     "HelmUnavailable",
     "PipelineNames",
+    "WorkerObservability",
     "chart_source",
     "names_from_store",
 ]

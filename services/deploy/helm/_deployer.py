@@ -401,6 +401,9 @@ class HelmDeployer:
             scheduler=self._options.scheduler,
             worker_image=self._options.worker_image,
             autoscaler=self._options.autoscaler,
+            observability=(
+                self._options.observability.values() if self._options.observability else None
+            ),
         )
 
     def _lock(self, pipeline_id: str) -> asyncio.Lock:

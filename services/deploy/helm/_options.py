@@ -18,6 +18,21 @@ POST_RENDERER = (sys.executable, "-m", "services.deploy.postrender")
 
 
 @dataclass(frozen=True, kw_only=True)
+class WorkerObservability:
+    """Where deployed workers send their spans and how they log (the operator's own
+    settings, with ``WSCHED_WORKERS_OBSERVABILITY``)."""
+
+    #: OTLP/gRPC; None: the agents make no spans.
+    otlp_endpoint: str | None = None
+    log_format: str = "text"
+
+    def values(self) -> dict[str, str]:
+        """As the pipeline chart's ``observability`` values: both keys, so that they
+        replace whatever a pipeline's own values say (empty: no spans)."""
+        return {"otlp_endpoint": self.otlp_endpoint or "", "log_format": self.log_format}
+
+
+@dataclass(frozen=True, kw_only=True)
 class HelmOptions:
     #: The scheduler's gRPC address the workers poll.
     scheduler: str
@@ -35,6 +50,8 @@ class HelmOptions:
     #: ``builtin``: the scheduler's scaler sets replicas, so charts leave them alone.
     autoscaler: str = "none"
     timeout_s: int = 300
+    #: Traces and log format injected into every release; None: each chart's own.
+    observability: WorkerObservability | None = None
     #: Tenant namespaces: Pod Security, quota, limits, network policy, helm's account.
     tenants: TenantPolicy = field(default_factory=TenantPolicy)
     #: The kinds a tenant's chart may render (``group/Kind``).

@@ -28,6 +28,7 @@ def release_values(
     scheduler: str,
     worker_image: str | None,
     autoscaler: str,
+    observability: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The values a pipeline's release is installed with (see the module's docstring)."""
     values: dict[str, Any] = {}
@@ -43,6 +44,8 @@ def release_values(
     }
     if autoscaler == "builtin":
         injected["scaling"] = {"autoscaler": "builtin"}
+    if observability is not None:
+        injected["observability"] = dict(observability)
     return merge_values(values, injected)
 
 

@@ -21,6 +21,7 @@ from services.api.reconciler import Reconciler
 from services.deploy.ports import Deployer
 from services.kafka.admin import TopicAdmin
 from services.kafka.producer import EventProducer
+from services.observability import Tracing
 from services.settings import Settings
 from services.store import migrate
 from services.store.control import ControlStore, TenantDeletion
@@ -163,8 +164,16 @@ async def running_api(
     producer: EventProducer | None = None,
     admin: TopicAdmin | None = None,
     deployer: Deployer | None = None,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[Api]:
-    app = create_app(settings, limits=limits, producer=producer, admin=admin, deployer=deployer)
+    app = create_app(
+        settings,
+        limits=limits,
+        producer=producer,
+        admin=admin,
+        deployer=deployer,
+        tracing=tracing,
+    )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:

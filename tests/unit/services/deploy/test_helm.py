@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pyhelm3 import errors as helm_errors
 
+from services.api.app import workers_observability
 from services.deploy.helm import (
     ChartAllowList,
     ChartSource,
@@ -16,12 +17,14 @@ from services.deploy.helm import (
     HelmOptions,
     HelmUnavailable,
     PipelineNames,
+    WorkerObservability,
     chart_source,
     names_from_store,
 )
 from services.deploy.helm._errors import classified
 from services.deploy.helm._values import fingerprint, image_values
 from services.deploy.ports import DeployFailed
+from services.settings import Settings
 from services.store.control import ControlStore
 from tests.unit.services.deploy.conftest import ECHO, REPO, new_pipeline
 
@@ -79,7 +82,11 @@ def test_the_fingerprint_follows_chart_values_and_token_without_showing_the_toke
 
 
 def deployer(
-    tmp_path: Path, *, worker_image: str | None = None, autoscaler: str = "none"
+    tmp_path: Path,
+    *,
+    worker_image: str | None = None,
+    autoscaler: str = "none",
+    observability: WorkerObservability | None = None,
 ) -> HelmDeployer:
     return HelmDeployer(
         options=HelmOptions(
@@ -89,6 +96,7 @@ def deployer(
             work_dir=tmp_path,
             worker_image=worker_image,
             autoscaler=autoscaler,
+            observability=observability,
         ),
         token_of=lambda _: "wst_token",
         names_of=lambda _: PipelineNames(tenant="t", application="a", pipeline="p"),
@@ -118,6 +126,36 @@ def test_injected_values_win_and_the_operators_image_is_only_a_default(
     own_image = dataclasses.replace(pipeline, values={"image": {"tag": "2"}})
     values = deployer(tmp_path, worker_image="mirror/wsched:1")._values(own_image, "t")
     assert values["image"] == {"repository": "mirror/wsched", "tag": "2"}
+
+
+def test_the_operators_observability_is_injected_only_when_passed_on(
+    store: ControlStore, tmp_path: Path
+) -> None:
+    own = {"otlp_endpoint": "http://tenants-own:4317"}
+    pipeline, _ = new_pipeline(store, values={"observability": own, "executors": {"echo": {}}})
+    assert deployer(tmp_path)._values(pipeline, "t")["observability"] == own
+    passed_on = WorkerObservability(otlp_endpoint="http://collector:4317", log_format="json")
+    values = deployer(tmp_path, observability=passed_on)._values(pipeline, "t")
+    assert values["observability"] == {
+        "otlp_endpoint": "http://collector:4317",
+        "log_format": "json",
+    }
+    logs_only = WorkerObservability(otlp_endpoint=None, log_format="json")
+    values = deployer(tmp_path, observability=logs_only)._values(pipeline, "t")
+    # The operator's word replaces a pipeline's own: no endpoint means no spans.
+    assert values["observability"] == {"otlp_endpoint": "", "log_format": "json"}
+
+
+def test_the_api_passes_its_own_observability_on_when_the_operator_says_so() -> None:
+    traced = {"otlp_endpoint": "http://collector:4317", "log_format": "json"}
+    assert workers_observability(Settings(**traced)) is None  # type: ignore[arg-type]
+    told = Settings(**traced, workers_observability=True)  # type: ignore[arg-type]
+    assert workers_observability(told) == WorkerObservability(
+        otlp_endpoint="http://collector:4317", log_format="json"
+    )
+    assert workers_observability(Settings(workers_observability=True)) == WorkerObservability(
+        otlp_endpoint=None, log_format="text"
+    )
 
 
 def test_names_come_from_the_store(store: ControlStore) -> None:
