@@ -87,6 +87,11 @@ class LiveHub:
     def waiting(self) -> int:
         return sum(len(w) for w in self._waiters.values())
 
+    @property
+    def streams(self) -> int:
+        """Open SSE streams (subscriptions) of this process."""
+        return sum(len(s) for s in self._subscribers.values())
+
     @contextlib.contextmanager
     def waiter(self, pipeline_id: str, task_id: str) -> Iterator[Waiter]:
         key = (pipeline_id, task_id)

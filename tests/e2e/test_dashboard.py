@@ -3,9 +3,11 @@ and a scheduler as processes on real Kafka and TiDB.
 
 A tenant signs in, creates an application and a pipeline, submits tasks and watches the
 counts move as a worker succeeds some and fails others to death, opens a dead task and
-requeues it; the operator then sees every tenant's pipelines. Each page is saved as a
-screenshot under ``test-artifacts/dashboard/`` (gitignored), the layout is checked at a
-phone's width, and every control must have an accessible name.
+requeues it; the operator then sees every tenant's pipelines. The pipeline's page moves
+by its event stream: tasks submitted over HTTP, outside the page, and the worker's results
+show in its counts while the page reads no /stats, and a page left closes its stream.
+Each page is saved as a screenshot under ``test-artifacts/dashboard/`` (gitignored), the
+layout is checked at a phone's width, and every control must have an accessible name.
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    Page,
+    Request,
+    ViewportSize,
+    async_playwright,
+    expect,
+)
 
 from protos.wsched.v1 import worker_pb2
 from services.worker.client import SchedulerClient
@@ -33,6 +43,23 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 PHONE: ViewportSize = {"width": 390, "height": 844}
 #: Roles of the controls that must each have an accessible name.
 CONTROLS = "a, button, input, select, textarea, [role=button], [role=img]"
+#: Run before the page's own script: keeps each EventSource the page makes, so that the
+#: test can tell which are still open (none may outlive the view that opened it).
+TRACK_STREAMS = """
+(() => {
+  const Native = window.EventSource;
+  const made = [];
+  window.EventSource = class extends Native {
+    constructor(...args) {
+      super(...args);
+      made.push(this);
+    }
+  };
+  window.openStreams = () =>
+    made.filter((s) => s.readyState !== Native.CLOSED).map((s) => new URL(s.url).pathname);
+  window.streaming = () => made.some((s) => s.readyState === Native.OPEN);
+})();
+"""
 
 
 @pytest.fixture
@@ -98,6 +125,43 @@ async def counted(page: Page, status: str, value: int) -> None:
     """Wait for the pipeline page's live count of ``status`` to read ``value``."""
     cell = page.locator(f'[data-count="{status}"]')
     await expect(cell).to_have_text(str(value), timeout=60_000)
+
+
+async def open_streams(page: Page, count: int) -> list[str]:
+    """Wait until the page has ``count`` event streams open (connecting or open); their
+    paths."""
+    await page.wait_for_function(f"() => window.openStreams().length === {count}")
+    paths: list[str] = await page.evaluate("window.openStreams()")
+    return paths
+
+
+@contextlib.contextmanager
+def stats_reads(page: Page) -> Iterator[list[str]]:
+    """The GETs of a /stats route the page makes meanwhile (the REST read of the counts
+    that the stream replaces)."""
+    seen: list[str] = []
+
+    def record(request: Request) -> None:
+        if request.method == "GET" and urlsplit(request.url).path.endswith("/stats"):
+            seen.append(request.url)
+
+    page.on("request", record)
+    try:
+        yield seen
+    finally:
+        page.remove_listener("request", record)
+
+
+async def submit_over_http(stack: Stack, key: str, data: dict[str, object], copies: int) -> None:
+    """Submit tasks as another client would, not through the page."""
+    async with httpx.AsyncClient(
+        base_url=stack.api, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
+        answer = await http.post(
+            "/api/applications/shop/pipelines/orders/tasks",
+            json={"tasks": [{"data": data}] * copies},
+        )
+    assert answer.status_code == 202, answer.text
 
 
 async def sign_in(page: Page, stack: Stack, key: str) -> None:
@@ -180,6 +244,9 @@ async def schedules(page: Page, stack: Stack, key: str) -> None:
             json={"name": "nightly", "cron": "0 3 * * *", "data": {"order": 9}},
         )
     assert made.status_code == 201, made.text
+    # No event names a new schedule (the page would read it within its slow refresh):
+    # reading the page again shows it now.
+    await page.reload()
     row = page.get_by_role("row", name="nightly")
     await expect(row.get_by_role("cell", name="active")).to_be_visible()
     await expect(row).to_contain_text("03:00:00Z")
@@ -196,6 +263,9 @@ async def schedules(page: Page, stack: Stack, key: str) -> None:
 async def test_a_tenant_works_its_pipeline_in_the_dashboard(stack: Stack, browser: Browser) -> None:
     key = await new_tenant(stack)
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.add_init_script(TRACK_STREAMS)
+    # The page's timers run on a clock the test can move forward (time flows meanwhile).
+    await page.clock.install()
     errors: list[str] = []
     # The page asks who is signed in first: its 401 before signing in is the answer.
     page.on(
@@ -216,13 +286,30 @@ async def test_a_tenant_works_its_pipeline_in_the_dashboard(stack: Stack, browse
 
     await page.get_by_role("link", name="orders").click()
     await expect(page.get_by_role("heading", name="shop / orders")).to_be_visible()
-    await submit(page, '{"order": 1}', 3)
-    await submit(page, '{"order": "bad"}', 2)
-    await counted(page, "queued", 5)
+    await counted(page, "queued", 0)
+    stream = await open_streams(page, 1)
+    assert stream == ["/api/applications/shop/pipelines/orders/events"], stream
+    await page.wait_for_function("() => window.streaming()")
+    # From here on the counts move by the stream alone: the page read /stats once, when it
+    # opened (a page that polled would read it again before showing any change), and no
+    # timer of the page reads it, however far its clock moves on (short of the slow
+    # fallback, which reads no counts either).
+    with stats_reads(page) as reads:
+        await submit_over_http(stack, key, {"order": 1}, 3)
+        await counted(page, "queued", 3)
+        assert reads == [], f"the page read the counts over REST: {reads}"
+        await page.clock.fast_forward(25_000)
+        await submit(page, '{"order": "bad"}', 2)
+        await counted(page, "queued", 5)
+    assert reads == [], f"the page read the counts over REST: {reads}"
     await expect(page.get_by_role("button", name="Next tasks")).to_be_disabled()
     async with worker(stack, pipeline_id, token, fail={"bad"}):
-        await counted(page, "succeeded", 3)
-        await counted(page, "dead", 2)
+        with stats_reads(page) as reads:
+            await counted(page, "succeeded", 3)
+            await counted(page, "dead", 2)
+            # The rows' statuses follow the events as well.
+            await expect(page.get_by_role("row").filter(has_text="dead")).to_have_count(2)
+        assert reads == [], f"the page read the counts over REST: {reads}"
         await expect(page.get_by_role("img", name="Tasks finished per second")).to_be_visible()
         await every_control_is_named(page)
         await shot(page, "03-pipeline")
@@ -232,6 +319,8 @@ async def test_a_tenant_works_its_pipeline_in_the_dashboard(stack: Stack, browse
         await expect(dead).to_have_count(2)
         await dead.first.click()
         await expect(page.get_by_role("heading", name="Task ")).to_be_visible()
+        # The task's page follows the pipeline's stream too; the pipeline page's is closed.
+        assert await open_streams(page, 1) == stream
         await expect(page.get_by_text("no such customer").first).to_be_visible()
         await expect(page.get_by_role("cell", name="ui-worker")).to_be_visible()
         await expect(page.get_by_role("list").get_by_text("finished: dead")).to_be_visible()
@@ -251,6 +340,10 @@ async def test_a_tenant_works_its_pipeline_in_the_dashboard(stack: Stack, browse
         await expect(page.get_by_role("status")).to_contain_text("2 dead task(s) requeued")
 
     await schedules(page, stack, key)
+    await page.get_by_role("link", name="← Applications").click()
+    await expect(page.get_by_role("heading", name="Applications", exact=True)).to_be_visible()
+    assert await open_streams(page, 0) == []
+    await page.go_back()
 
     await page.set_viewport_size(PHONE)
     await page.reload()

@@ -2,14 +2,27 @@
 // Every element is built with createElement and textContent (never innerHTML), so a
 // task's data or error cannot become markup; the CSP forbids inline script anyway.
 // The session is an HttpOnly cookie; the CSRF token is kept in memory only.
+// A pipeline's page and a task's page follow the pipeline's event stream (Server-Sent
+// Events); the home page, which lists many pipelines, polls.
 
 const POLL_MS = 3000;
+// Events carry task statuses and counts, not a pipeline's state, its deployment (status,
+// revision) or its schedules' next fire times: those are re-read this often.
+const FALLBACK_MS = 30000;
+// A burst of events costs one re-read of the rows it touched, not one per event.
+const REREAD_MS = 1000;
+// After the API refused a stream (not a dropped connection, which EventSource retries by
+// itself): the first pause before trying again, doubled up to the second.
+const RETRY_MIN_MS = 2000;
+const RETRY_MAX_MS = 60000;
 const PAGE_SIZE = 50;
 const STATUSES = ["scheduled", "queued", "leased", "succeeded", "failed", "dead", "cancelled", "expired"];
 const FINISHED = ["succeeded", "failed", "dead", "cancelled", "expired"];
 const CHART_SPAN_MS = 5 * 60 * 1000;
+const CHART_SLOT_MS = 3000;
 
-const state = { session: null, timer: null, samples: new Map(), view: 0 };
+// `leave`: how to undo what the current view started (timers, its event stream).
+const state = { session: null, leave: [], samples: new Map(), view: 0 };
 
 // -- DOM helpers -------------------------------------------------------------------------
 
@@ -99,7 +112,7 @@ const pipelinePath = (app, pipeline) => `/api/applications/${enc(app)}/pipelines
 function signedOut() {
   state.session = null;
   renderHeader();
-  stopPolling();
+  leaveView();
   renderSignIn();
 }
 
@@ -139,29 +152,108 @@ function renderSignIn() {
   key.focus();
 }
 
-// -- polling ----------------------------------------------------------------------------
+// -- views: what a page starts, undone when it is left ---------------------------------
 
-function stopPolling() {
-  clearInterval(state.timer);
-  state.timer = null;
+function onLeave(undo) {
+  state.leave.push(undo);
 }
 
-// Refresh now and every few seconds until the page changes; a refresh of a page left
-// behind is dropped (state.view).
-function poll(refresh) {
-  stopPolling();
-  const view = ++state.view;
+// Stop the timers and close the event stream of the view being left, so that none
+// outlives its page; a refresh of a view left behind is dropped (state.view).
+function leaveView() {
+  state.view++;
+  for (const undo of state.leave.splice(0)) undo();
+}
+
+function report(err) {
+  if (err instanceof ApiError && err.status === 401) return;
+  toast(err.message);
+}
+
+// Refresh now and every `every` ms until the view is left.
+function poll(refresh, every = POLL_MS) {
+  const view = state.view;
   const tick = async () => {
     if (view !== state.view) return;
-    try {
-      await refresh();
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) return;
-      toast(err.message);
-    }
+    await refresh().catch(report);
   };
   tick();
-  state.timer = setInterval(tick, POLL_MS);
+  const timer = setInterval(tick, every);
+  onLeave(() => clearInterval(timer));
+}
+
+// `read` at most once per `ms` while the view lasts; a call meanwhile runs once that time
+// is over, so the last change is never left unread.
+function throttled(read, ms = REREAD_MS) {
+  const view = state.view;
+  let timer = null;
+  let again = false;
+  const run = () => {
+    if (view !== state.view) return;
+    timer = setTimeout(() => {
+      timer = null;
+      if (again) {
+        again = false;
+        run();
+      }
+    }, ms);
+    read().catch(report);
+  };
+  onLeave(() => clearTimeout(timer));
+  return () => {
+    if (timer) again = true;
+    else run();
+  };
+}
+
+// -- live updates: a pipeline's event stream -----------------------------------------
+
+// Follow GET .../events while the view lasts: `resync` reads the page through the REST
+// calls, then the stream is opened and hands `counts` the pipeline's counts and `changes`
+// its tasks' new statuses. A fresh stream starts with the counts read after it subscribed,
+// so nothing committed between `resync` and the stream is lost.
+//
+// One stream per page, closed when the view is left: the API holds a subscription per
+// open stream, and a browser keeps at most 6 connections to a host over HTTP/1.1.
+// EventSource sends the session cookie (same origin) and can send no header: the key is
+// never in its URL, and a GET needs no CSRF token.
+//
+// When the API ends a stream (after its duration, 5 minutes) or the connection drops, the
+// browser reconnects by itself with Last-Event-ID and the API resumes from there.
+// `reconnect` (this stream fell behind) and `gap` (the events after ours have expired)
+// mean changes were missed: read everything again and start a fresh stream. A stream
+// the API refused (signed out, pipeline gone, API away) is retried the same way after a
+// growing pause; a 401 on the way signs the page out, which ends it.
+function follow(base, { resync, counts = () => {}, changes = () => {} }) {
+  const view = state.view;
+  let source = null;
+  let retry = null;
+  let pause = RETRY_MIN_MS;
+  const start = async () => {
+    source?.close();
+    await resync().catch(report);
+    if (view !== state.view) return;
+    source = new EventSource(`${base}/events`);
+    source.addEventListener("open", () => { pause = RETRY_MIN_MS; });
+    source.addEventListener("counts", (event) => counts(JSON.parse(event.data).counts));
+    source.addEventListener("tasks", (event) => {
+      const data = JSON.parse(event.data);
+      changes(data.changes);
+      counts(data.counts);
+    });
+    source.addEventListener("reconnect", start);
+    source.addEventListener("gap", start);
+    source.addEventListener("error", (event) => {
+      if (event.target.readyState !== EventSource.CLOSED || view !== state.view) return;
+      retry = setTimeout(start, pause);
+      pause = Math.min(2 * pause, RETRY_MAX_MS);
+    });
+  };
+  onLeave(() => {
+    clearTimeout(retry);
+    source?.close();
+  });
+  start();
 }
 
 async function act(promise, done) {
@@ -198,10 +290,13 @@ function pipelineRow(p, tenant) {
 
 const PIPELINE_HEADERS = ["Application", "Pipeline", "State", "Deployment", "Queued", "Running", "Succeeded", "Dead", "Backlog"];
 
+// Many pipelines at once, and no stream of them all: this page polls.
 async function renderHome() {
   const s = state.session;
+  const view = state.view;
   const parts = [];
   if (s.kind === "operator") parts.push(...(await operatorParts()));
+  if (view !== state.view) return;
   if (s.tenant) parts.push(...tenantParts(s.kind === "operator"));
   setMain(...parts);
   poll(async () => {
@@ -223,7 +318,7 @@ async function operatorParts() {
     try {
       state.session = await api("PUT", "/ui/session/tenant", { tenant_id: pick.value });
       renderHeader();
-      renderHome();
+      route();
     } catch (err) {
       toast(err.message);
     }
@@ -316,12 +411,15 @@ function renderPipeline(app, name) {
   // Pages of tasks by id: the cursors of the pages before this one, to go back.
   const paging = { cursors: [], cursor: null, next: null };
   const tasks = () => refreshTasks(app, name, filter.value, paging);
-  const again = () => tasks().catch((err) => toast(err.message));
+  const again = () => tasks().catch(report);
   filter.addEventListener("change", () => {
     Object.assign(paging, { cursors: [], cursor: null, next: null });
     again();
   });
   paging.again = again;
+  // The schedules' ids, to know their runs' events (a run's id is `<schedule id>@...`).
+  const known = { ids: [] };
+  const schedules = () => refreshSchedules(base, readOnly, known);
   setMain(
     h("p", {}, h("a", { href: "#/" }, "← Applications")),
     h("h1", {}, `${app} / ${name}`),
@@ -336,9 +434,20 @@ function renderPipeline(app, name) {
     h("h2", {}, "Schedules"),
     h("div", { id: "schedules" }, "Loading…"),
   );
-  poll(async () => {
-    await Promise.all([refreshStats(base), tasks(), refreshSchedules(base, readOnly)]);
+  const rereadTasks = throttled(tasks);
+  const rereadSchedules = throttled(schedules);
+  follow(base, {
+    resync: () => Promise.all([refreshStats(base), tasks()]),
+    counts: (counts) => showCounts(base, counts),
+    changes: (changes) => {
+      if (markTasks(changes, paging)) rereadTasks();
+      if (changes.some((c) => known.ids.some((id) => c.id.startsWith(`${id}@`)))) rereadSchedules();
+    },
   });
+  poll(() => Promise.all([refreshPipelineState(base), schedules()]), FALLBACK_MS);
+  // The chart moves on with time, events or not (a quiet pipeline's rate falls to 0).
+  const redraw = setInterval(() => drawChart(base), CHART_SLOT_MS);
+  onLeave(() => clearInterval(redraw));
 }
 
 function submitForm(base) {
@@ -376,27 +485,50 @@ function taskTools(app, name, base, filter, readOnly) {
   return h("div", {}, find, readOnly ? null : requeue);
 }
 
-async function refreshStats(base) {
-  const [pipeline, stats] = await Promise.all([api("GET", base), api("GET", `${base}/stats`)]);
+async function refreshPipelineState(base) {
+  const pipeline = await api("GET", base);
   document.getElementById("pipeline-state")?.replaceChildren(
     "State ", badge(pipeline.state), ` · deployment ${deployment(pipeline)}`,
     pipeline.reason ? ` · ${pipeline.reason}` : "");
-  const cards = [["backlog", stats.backlog], ...STATUSES.map((s) => [s, stats.counts[s] ?? 0])];
-  document.getElementById("stats")?.replaceChildren(
-    ...cards.map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", { "data-count": label }, value))));
-  const finished = FINISHED.reduce((sum, s) => sum + (stats.counts[s] ?? 0), 0);
-  drawChart(base, finished);
 }
 
-// Throughput as the page saw it: tasks finished between two polls, per second.
-function drawChart(base, finished) {
+// Counts as last flushed, before the stream starts (and again after a missed stretch).
+async function refreshStats(base) {
+  const stats = await api("GET", `${base}/stats`);
+  showCounts(base, { ...stats.counts, backlog: stats.backlog });
+}
+
+// The counts of /stats, or of an event (there `backlog` is one of them).
+function showCounts(base, counts) {
+  const cards = [["backlog", counts.backlog ?? counts.queued ?? 0], ...STATUSES.map((s) => [s, counts[s] ?? 0])];
+  document.getElementById("stats")?.replaceChildren(
+    ...cards.map(([label, value]) => h("div", {}, h("dt", {}, label), h("dd", { "data-count": label }, value))));
+  const finished = FINISHED.reduce((sum, s) => sum + (counts[s] ?? 0), 0);
   const now = Date.now();
-  const samples = (state.samples.get(base) || []).filter((s) => now - s.t <= CHART_SPAN_MS);
+  const samples = (state.samples.get(base) || []).filter((s) => now - s.t <= CHART_SPAN_MS + CHART_SLOT_MS);
   samples.push({ t: now, finished });
   state.samples.set(base, samples);
-  const rates = samples.slice(1).map((s, i) => Math.max(0, (s.finished - samples[i].finished) / ((s.t - samples[i].t) / 1000)));
-  const latest = rates.length ? rates[rates.length - 1] : 0;
-  const top = Math.max(1, ...rates);
+  drawChart(base);
+}
+
+// Tasks finished per second in each slot of the last minutes, from the counts the page
+// has seen: the finished count at a time is the last one seen by then.
+function rates(base, now) {
+  const samples = state.samples.get(base) || [];
+  const at = (t) => samples.findLast((s) => s.t <= t)?.finished;
+  const out = [];
+  for (let end = now; end - CHART_SLOT_MS >= now - CHART_SPAN_MS; end -= CHART_SLOT_MS) {
+    const [before, after] = [at(end - CHART_SLOT_MS), at(end)];
+    if (before === undefined) break;
+    out.unshift(Math.max(0, (after - before) / (CHART_SLOT_MS / 1000)));
+  }
+  return out;
+}
+
+function drawChart(base) {
+  const slots = rates(base, Date.now());
+  const latest = slots.length ? slots[slots.length - 1] : 0;
+  const top = Math.max(1, ...slots);
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("class", "chart");
@@ -407,21 +539,21 @@ function drawChart(base, finished) {
   const axis = document.createElementNS(ns, "line");
   for (const [name, value] of [["x1", 0], ["x2", 100], ["y1", 39.8], ["y2", 39.8]]) axis.setAttribute(name, String(value));
   svg.append(axis);
-  // One slot per poll over the span, the latest on the right.
-  const width = 100 / (CHART_SPAN_MS / POLL_MS);
-  rates.forEach((rate, i) => {
+  // One slot per few seconds over the span, the latest on the right.
+  const width = 100 / (CHART_SPAN_MS / CHART_SLOT_MS);
+  slots.forEach((rate, i) => {
     const bar = document.createElementNS(ns, "rect");
     const height = (rate / top) * 38;
-    bar.setAttribute("x", String(100 - (rates.length - i) * width));
+    bar.setAttribute("x", String(100 - (slots.length - i) * width));
     bar.setAttribute("y", String(40 - height));
     bar.setAttribute("width", String(Math.max(width - 0.3, 0.2)));
     bar.setAttribute("height", String(height));
     svg.append(bar);
   });
   document.getElementById("chart")?.replaceChildren(svg,
-    h("p", { class: "muted" }, rates.length
+    h("p", { class: "muted" }, slots.length
       ? `${latest.toFixed(1)} tasks/s now, at most ${top.toFixed(1)} in the last ${CHART_SPAN_MS / 60000} minutes (since this page opened)`
-      : "Measuring: the first figure comes with the next refresh."));
+      : "Measuring: the first figure comes in a few seconds."));
 }
 
 async function refreshTasks(app, name, status, paging) {
@@ -431,15 +563,33 @@ async function refreshTasks(app, name, status, paging) {
   if (paging.cursor) query.set("cursor", paging.cursor);
   const { tasks, next_cursor: next } = await api("GET", `${base}/tasks?${query}`);
   paging.next = next;
-  const rows = tasks.map((t) => h("tr", {},
+  const rows = tasks.map((t) => h("tr", { "data-task": t.id },
     h("td", {}, h("a", { href: `#/p/${enc(app)}/${enc(name)}/t/${enc(t.id)}` }, t.id)),
-    h("td", {}, badge(t.status)), h("td", {}, t.attempt), h("td", {}, t.worker ?? "—"),
-    h("td", {}, when(t.created_at)), h("td", {}, when(t.finished_at)),
+    h("td", { "data-field": "status" }, badge(t.status)), h("td", { "data-field": "attempt" }, t.attempt),
+    h("td", {}, t.worker ?? "—"), h("td", {}, when(t.created_at)), h("td", {}, when(t.finished_at)),
     h("td", { class: "wrap" }, t.error ?? "")));
   document.getElementById("tasks")?.replaceChildren(rows.length
     ? table(["Task", "Status", "Attempt", "Worker", "Created", "Finished", "Error"], rows)
     : h("p", { class: "muted" }, "No tasks" + (status ? ` with status ${status}` : "") + "."),
   pager(paging));
+}
+
+// An event's statuses in the rows shown, at once. True when the rows should be read
+// again: a shown task changed (its worker, finish time or error come with the row), or a
+// task not shown may belong on this page (the last one, not full: a new task).
+function markTasks(changes, paging) {
+  const rows = new Map([...document.querySelectorAll("#tasks tr[data-task]")].map((row) => [row.dataset.task, row]));
+  const room = !paging.next && rows.size < PAGE_SIZE;
+  let reread = false;
+  for (const change of changes) {
+    const row = rows.get(change.id);
+    if (row) {
+      row.querySelector('[data-field="status"]')?.replaceChildren(badge(change.status));
+      if (change.attempt) row.querySelector('[data-field="attempt"]')?.replaceChildren(String(change.attempt));
+    }
+    reread ||= Boolean(row) || room;
+  }
+  return reread;
 }
 
 function pager(paging) {
@@ -459,27 +609,35 @@ function pager(paging) {
     h("span", { class: "muted" }, `page ${page}, ${PAGE_SIZE} tasks a page, oldest first`));
 }
 
-async function refreshSchedules(base, readOnly) {
+async function refreshSchedules(base, readOnly, known) {
   const { schedules } = await api("GET", `${base}/schedules`);
+  known.ids = schedules.map((s) => s.id);
+  const again = () => refreshSchedules(base, readOnly, known).catch(report);
   const rows = schedules.map((s) => h("tr", {},
     h("td", {}, s.name), h("td", {}, s.cron ?? `every ${s.every}`),
     h("td", {}, s.paused ? "paused" : "active"),
     h("td", { class: "wrap" }, s.next_fire_times.slice(0, 3).map(when).join(", ") || "—"),
     h("td", { class: "wrap" }, s.last_runs.slice(0, 3).map((r) => `${when(r.fire_at)} ${r.status}`).join(", ") || "—"),
-    h("td", {}, readOnly ? "" : scheduleButtons(base, s))));
+    h("td", {}, readOnly ? "" : scheduleButtons(base, s, again))));
   document.getElementById("schedules")?.replaceChildren(rows.length
     ? table(["Schedule", "When", "State", "Next fire times", "Last runs", "Actions"], rows)
     : h("p", { class: "muted" }, "No schedules."));
 }
 
-function scheduleButtons(base, s) {
+function scheduleButtons(base, s, again) {
   const path = `${base}/schedules/${enc(s.name)}`;
   const verb = s.paused ? "resume" : "pause";
   const toggle = h("button", { type: "button", class: "secondary", "aria-label": `${s.paused ? "Resume" : "Pause"} ${s.name}` },
     s.paused ? "Resume" : "Pause");
-  toggle.addEventListener("click", () => act(api("POST", `${path}:${verb}`, {}), () => `Schedule ${s.name}: ${verb}d`));
+  toggle.addEventListener("click", async () => {
+    await act(api("POST", `${path}:${verb}`, {}), () => `Schedule ${s.name}: ${verb}d`);
+    again();
+  });
   const trigger = h("button", { type: "button", class: "secondary", "aria-label": `Trigger ${s.name} now` }, "Trigger");
-  trigger.addEventListener("click", () => act(api("POST", `${path}:trigger`, {}), () => `Schedule ${s.name} triggered`));
+  trigger.addEventListener("click", async () => {
+    await act(api("POST", `${path}:trigger`, {}), () => `Schedule ${s.name} triggered`);
+    again();
+  });
   return [toggle, " ", trigger];
 }
 
@@ -492,28 +650,31 @@ function renderTask(app, name, id) {
     h("p", {}, h("a", { href: `#/p/${enc(app)}/${enc(name)}` }, `← ${app} / ${name}`)),
     h("h1", {}, `Task ${id}`),
     h("div", { id: "task" }, "Loading…"));
-  poll(async () => {
+  const read = async () => {
     try {
       const task = await api("GET", `${path}?attempts=true`);
-      document.getElementById("task")?.replaceChildren(...taskParts(task, path));
+      document.getElementById("task")?.replaceChildren(...taskParts(task, path, again));
     } catch (err) {
       if (err.status !== 404) throw err;
       document.getElementById("task")?.replaceChildren(h("p", {}, err.message));
     }
-  });
+  };
+  const again = throttled(read);
+  // Everything on this page changes with the task's status, which the events name.
+  follow(base, { resync: read, changes: (changes) => changes.some((c) => c.id === id) && again() });
 }
 
-function taskParts(task, path) {
+function taskParts(task, path, again) {
   const readOnly = state.session.kind === "operator";
   const buttons = [];
   if (!readOnly && !FINISHED.includes(task.status)) {
     const cancel = h("button", { type: "button", class: "secondary" }, "Cancel task");
-    cancel.addEventListener("click", () => act(api("DELETE", path), () => "Cancelling the task"));
+    cancel.addEventListener("click", () => act(api("DELETE", path), () => "Cancelling the task").then(again));
     buttons.push(cancel);
   }
   if (!readOnly && task.status === "dead") {
     const requeue = h("button", { type: "button" }, "Requeue task");
-    requeue.addEventListener("click", () => act(api("POST", `${path}/requeue`, {}), () => "Requeueing the task"));
+    requeue.addEventListener("click", () => act(api("POST", `${path}/requeue`, {}), () => "Requeueing the task").then(again));
     buttons.push(requeue);
   }
   const facts = [["Status", badge(task.status)], ["Attempt", task.attempt], ["Worker", task.worker ?? "—"],
@@ -547,8 +708,7 @@ function timeline(task) {
 // -- routing -----------------------------------------------------------------------------
 
 function route() {
-  stopPolling();
-  state.view++;
+  leaveView();
   if (!state.session) return renderSignIn();
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   if (parts[0] === "p" && parts.length === 3 && state.session.tenant) return renderPipeline(parts[1], parts[2]);

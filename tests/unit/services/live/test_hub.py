@@ -115,10 +115,12 @@ async def test_an_already_final_task_is_answered_at_once() -> None:
 async def test_subscribers_get_their_pipeline_and_a_slow_one_is_told_to_reconnect() -> None:
     hub = LiveHub()
     with hub.subscribe("p") as mine, hub.subscribe("q") as other:
+        assert hub.streams == 2
         hub.deliver(delivered(event("p", ("t1", "queued")), offset=7))
         got = await mine.next(0.1)
         assert got is not None and got.position == Position(partition=0, offset=7)
         assert await other.next(0.01) is None
+    assert hub.streams == 0
     small = Subscription(size=1)
     small.put(delivered(event("p"), 1))
     small.put(delivered(event("p"), 2))
