@@ -339,7 +339,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 
 @app.command()
 def worker() -> None:
-    """Run a worker agent: poll the pipeline's tasks and run their steps (WSCHED_WORKER_*)."""
+    """Run a worker agent: poll a pipeline's tasks (or those of the pipelines listed in
+    WSCHED_WORKER_PIPELINES) and run their steps (WSCHED_WORKER_*)."""
     from services.worker.agent import worker_main
 
     worker_main()

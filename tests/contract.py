@@ -14,11 +14,12 @@ from typer.core import TyperGroup
 
 from services.cli import app
 from services.settings import Settings
-from services.worker.settings import ExecutorSettings, WorkerSettings
+from services.worker.settings import ExecutorSettings, PipelinesWorkerSettings, WorkerSettings
 
 _SETTINGS: tuple[tuple[type[pydantic.BaseModel], str], ...] = (
     (Settings, "WSCHED_"),
     (WorkerSettings, "WSCHED_WORKER_"),
+    (PipelinesWorkerSettings, "WSCHED_WORKER_"),
     (ExecutorSettings, "WSCHED_WORKER_EXECUTOR_"),
 )
 

@@ -32,6 +32,7 @@ import atexit
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -47,9 +48,15 @@ from services.worker.client import SchedulerClient, WorkerRejected
 from services.worker.command import ExecutorError
 from services.worker.definition import DefinitionError, PipelineDefinition, load_definition
 from services.worker.executor import ExecutorClients
+from services.worker.pipelines import ServedPipeline, load_pipelines
 from services.worker.reporter import Reporter, ReportPort
 from services.worker.runner import Outcome, TaskOutcome, TaskRunner, TaskSpec, failed
-from services.worker.settings import WorkerSettings, explain
+from services.worker.settings import (
+    AgentSettings,
+    PipelinesWorkerSettings,
+    WorkerSettings,
+    explain,
+)
 from services.worker.tracing import AttemptSpans, StepSpans
 
 log = logging.getLogger("wsched.worker")
@@ -85,7 +92,7 @@ class AgentOptions:
     final_flush_s: float = 5.0
 
     @classmethod
-    def of(cls, settings: WorkerSettings) -> AgentOptions:
+    def of(cls, settings: AgentSettings) -> AgentOptions:
         return cls(
             concurrency=settings.concurrency,
             grace_s=settings.grace_s,
@@ -125,8 +132,65 @@ async def _wait_any(events: Sequence[asyncio.Event], timeout_s: float | None = N
         await asyncio.gather(*waiters, return_exceptions=True)
 
 
+class Slots:
+    """The task slots of one agent process, shared by the poll loops of its pipelines.
+
+    A poll asks only for slots it holds: taken before the poll, the unused ones given back
+    when it answers, one more each time a task ends. So the pipelines together never run
+    more than ``capacity`` tasks. Alone, a pipeline asks for every free slot. Among
+    several, a pipeline whose last poll found nothing holds one slot while its long poll
+    waits (the next task still starts at once), and one whose last poll found tasks asks
+    for every free slot without waiting (only what is ready): an idle pipeline keeps one
+    slot from a busy one, no more, and two busy ones share what frees up in the order
+    they ask.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._free = capacity
+        self._freed = asyncio.Event()
+        self._sharers = 0
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    def join(self) -> None:
+        """One more pipeline polls with these slots."""
+        self._sharers += 1
+
+    def ask(self, *, found_tasks: bool) -> int:
+        """How many slots the next poll asks for (see the class)."""
+        return self.capacity if found_tasks or self._sharers <= 1 else 1
+
+    def long_poll(self, held: int) -> bool:
+        """Whether a poll holding ``held`` slots may wait for tasks: not when it would
+        keep more than one slot from the other pipelines meanwhile (it then only takes
+        what is ready, and its next poll, finding nothing, holds one slot and waits)."""
+        return held <= 1 or self._sharers <= 1
+
+    async def take(self, most: int, stopping: asyncio.Event) -> int:
+        """Wait for a free slot, then take up to ``most`` of the free ones; 0 if
+        ``stopping`` came first."""
+        while self._free == 0 and not stopping.is_set():
+            self._freed.clear()
+            await _wait_any([self._freed, stopping])
+        if stopping.is_set():
+            return 0
+        taken = min(most, self._free)
+        self._free -= taken
+        return taken
+
+    def give(self, count: int) -> None:
+        if count > 0:
+            self._free += count
+            self._freed.set()
+
+
 class Agent:
-    """Use as ``await Agent(...).run(stopping=event)``; returns after a clean shutdown."""
+    """Use as ``await Agent(...).run(stopping=event)``; returns after a clean shutdown.
+    ``slots``: shared with other pipelines' agents in the same process (default: its own,
+    ``options.concurrency`` of them)."""
 
     def __init__(
         self,
@@ -135,8 +199,11 @@ class Agent:
         runner: Runner,
         options: AgentOptions,
         spans: AttemptSpans | None = None,
+        slots: Slots | None = None,
     ) -> None:
         """``spans``: the attempts' trace spans; None when tracing is off."""
+        self._slots = slots or Slots(options.concurrency)
+        self._slots.join()
         self._scheduler = scheduler
         self._runner = runner
         self._options = options
@@ -180,26 +247,35 @@ class Agent:
     # -- polling --------------------------------------------------------------------------
 
     async def _poll_until(self, stopping: asyncio.Event) -> None:
+        found_tasks = False  # alone, a pipeline asks for every free slot all the same
         while not stopping.is_set():
-            while len(self._jobs) >= self._options.concurrency and not stopping.is_set():
-                self._slot_freed.clear()
-                await _wait_any([self._slot_freed, stopping])
-            if stopping.is_set():
+            held = await self._slots.take(self._slots.ask(found_tasks=found_tasks), stopping)
+            if held == 0:
                 return
-            reply = await self._poll(self._options.concurrency - len(self._jobs), stopping)
+            wait_ms = self._options.poll_wait_ms if self._slots.long_poll(held) else 0
+            try:
+                reply = await self._poll(held, stopping, wait_ms)
+            except BaseException:
+                self._slots.give(held)
+                raise
             if reply is None:
+                self._slots.give(held)
                 return
             self._learn_lease_timeout(reply.lease_timeout_ms)
-            for task in reply.tasks:
+            # The scheduler grants at most what was asked; each task gives its slot back.
+            granted = reply.tasks[:held]
+            self._slots.give(held - len(granted))
+            found_tasks = bool(granted)
+            for task in granted:
                 self._start(task)
 
-    async def _poll(self, free: int, stopping: asyncio.Event) -> worker_pb2.PollResponse | None:
+    async def _poll(
+        self, free: int, stopping: asyncio.Event, wait_ms: int
+    ) -> worker_pb2.PollResponse | None:
         """A poll's answer, or None if ``stopping`` came first (the poll is cancelled)."""
         poll = asyncio.create_task(
             self._scheduler.poll(
-                max_tasks=free,
-                max_bytes=self._options.poll_max_bytes,
-                wait_ms=self._options.poll_wait_ms,
+                max_tasks=free, max_bytes=self._options.poll_max_bytes, wait_ms=wait_ms
             )
         )
         stop = asyncio.create_task(stopping.wait())
@@ -267,6 +343,7 @@ class Agent:
             outcome = failed(f"the worker failed to run the task: {type(err).__name__}: {err}")
         finally:
             del self._jobs[job.token]
+            self._slots.give(1)
             self._slot_freed.set()
         return outcome
 
@@ -393,8 +470,10 @@ async def _until_ready(executors: ExecutorClients, stopping: asyncio.Event) -> b
     return True
 
 
-async def serve(settings: WorkerSettings, definition: PipelineDefinition) -> int:
-    """Run the agent until a signal; the process's exit code."""
+async def serve(settings: AgentSettings, pipelines: Sequence[ServedPipeline]) -> int:
+    """Run an agent per pipeline until a signal, sharing the slots and the executors; the
+    process's exit code. If one pipeline's polling fails for good (a revoked token, say),
+    every pipeline stops and the process exits 1, to be restarted whole."""
     stopping, now = asyncio.Event(), asyncio.Event()
 
     def on_signal() -> None:
@@ -408,56 +487,82 @@ async def serve(settings: WorkerSettings, definition: PipelineDefinition) -> int
     executors = ExecutorClients(
         addresses=settings.executor_addresses(), connect_timeout_s=settings.executor_wait_s
     )
-    client = SchedulerClient(
-        addresses=settings.scheduler_addresses(),
-        pipeline_id=settings.pipeline_id,
-        token=settings.token.get_secret_value(),
-        worker=settings.name,
-    )
+    clients = {
+        pipeline.id: SchedulerClient(
+            addresses=settings.scheduler_addresses(),
+            pipeline_id=pipeline.id,
+            token=pipeline.token,
+            worker=settings.name,
+        )
+        for pipeline in pipelines
+    }
     tracing = _tracing(settings)
-    runner = TaskRunner(
-        definition=definition,
-        executors=executors,
-        work_root=settings.workdir,
-        timeout_s=settings.task_timeout_s,
-        max_result_bytes=settings.max_result_bytes,
-        steps=StepSpans(tracing=tracing) if tracing.enabled else None,
-    )
+    slots = Slots(settings.concurrency)
     try:
         if not await _until_ready(executors, stopping):
             return 0
         log.info(
-            "worker %s for pipeline %s: %d slot(s), scheduler %s",
+            "worker %s for pipeline(s) %s: %d slot(s), scheduler %s",
             settings.name,
-            settings.pipeline_id,
+            ", ".join(pipeline.id for pipeline in pipelines),
             settings.concurrency,
             settings.scheduler,
         )
-        agent = Agent(
-            scheduler=client,
-            runner=runner,
-            options=AgentOptions.of(settings),
-            spans=_attempt_spans(settings, tracing),
+        agents = {
+            pipeline.id: Agent(
+                scheduler=clients[pipeline.id],
+                runner=TaskRunner(
+                    definition=pipeline.definition,
+                    executors=executors,
+                    work_root=settings.workdir,
+                    timeout_s=settings.task_timeout_s,
+                    max_result_bytes=settings.max_result_bytes,
+                    steps=StepSpans(tracing=tracing) if tracing.enabled else None,
+                ),
+                options=AgentOptions.of(settings),
+                spans=_attempt_spans(settings, pipeline.id, tracing),
+                slots=slots,
+            )
+            for pipeline in pipelines
+        }
+        ended = await asyncio.gather(
+            *(_run_agent(pid, agent, stopping, now) for pid, agent in agents.items()),
+            return_exceptions=True,
         )
-        with log_context(pipeline_id=settings.pipeline_id):
-            await agent.run(stopping=stopping, now=now)
+        for outcome in ended:
+            if isinstance(outcome, BaseException):
+                raise outcome
     except (ExecutorError, WorkerRejected) as err:
         log.error("worker stopped: %s", err)
         return 1
     finally:
         await executors.close()
-        await client.close()
+        for client in clients.values():
+            await client.close()
     log.info("worker stopped")
     return 0
 
 
-def _attempt_spans(settings: WorkerSettings, tracing: Tracing) -> AttemptSpans | None:
+async def _run_agent(
+    pipeline_id: str, agent: Agent, stopping: asyncio.Event, now: asyncio.Event
+) -> None:
+    with log_context(pipeline_id=pipeline_id):
+        try:
+            await agent.run(stopping=stopping, now=now)
+        except WorkerRejected:
+            stopping.set()  # the others finish their tasks and stop too
+            raise
+
+
+def _attempt_spans(
+    settings: AgentSettings, pipeline_id: str, tracing: Tracing
+) -> AttemptSpans | None:
     if not tracing.enabled:
         return None
-    return AttemptSpans(tracing=tracing, pipeline_id=settings.pipeline_id, worker=settings.name)
+    return AttemptSpans(tracing=tracing, pipeline_id=pipeline_id, worker=settings.name)
 
 
-def _tracing(settings: WorkerSettings) -> Tracing:
+def _tracing(settings: AgentSettings) -> Tracing:
     tracing = setup_tracing(service="wsched-worker", endpoint=settings.otlp_endpoint)
     if tracing.enabled:
         # Flushed at exit: the last attempts' spans would otherwise be lost with the process.
@@ -466,11 +571,13 @@ def _tracing(settings: WorkerSettings) -> Tracing:
 
 
 def worker_main() -> None:
-    """``wsched worker``: everything comes from ``WSCHED_WORKER_*`` (see WorkerSettings)."""
+    """``wsched worker``: everything comes from ``WSCHED_WORKER_*`` (see WorkerSettings),
+    or, with ``WSCHED_WORKER_PIPELINES``, the pipelines from that file (see
+    :mod:`services.worker.pipelines`)."""
     try:
-        settings = WorkerSettings()  # type: ignore[call-arg]  # required fields come from env
-        definition = load_definition(settings.definition)
-        check_executors(definition, settings.executor_addresses())
+        settings, pipelines = _configured()
+        for pipeline in pipelines:
+            check_executors(pipeline.definition, settings.executor_addresses())
     except ValidationError as err:
         print(f"wsched worker: {explain(err, prefix='WSCHED_WORKER_')}", file=sys.stderr)
         raise SystemExit(2) from err
@@ -478,7 +585,26 @@ def worker_main() -> None:
         print(f"wsched worker: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     configure_logging(level=settings.log_level, log_format=settings.log_format)
-    raise SystemExit(asyncio.run(serve(settings, definition)))
+    raise SystemExit(asyncio.run(serve(settings, pipelines)))
+
+
+def _configured() -> tuple[AgentSettings, list[ServedPipeline]]:
+    if os.environ.get("WSCHED_WORKER_PIPELINES"):
+        several = PipelinesWorkerSettings()  # type: ignore[call-arg]  # from the environment
+        for single in ("PIPELINE_ID", "TOKEN", "DEFINITION"):
+            if os.environ.get(f"WSCHED_WORKER_{single}"):
+                raise ValueError(
+                    f"WSCHED_WORKER_{single} is set with WSCHED_WORKER_PIPELINES: name the "
+                    "pipelines in the file only"
+                )
+        return several, load_pipelines(several.pipelines)
+    one = WorkerSettings()  # type: ignore[call-arg]  # required fields come from env
+    served = ServedPipeline(
+        id=one.pipeline_id,
+        token=one.token.get_secret_value(),
+        definition=load_definition(one.definition),
+    )
+    return one, [served]
 
 
 def _fire_at(fire_at_ms: int) -> str | None:

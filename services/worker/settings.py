@@ -18,8 +18,8 @@ MAX_RESULT_BYTES = 256 * 1024
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./-]+$")
 
 
-class WorkerSettings(BaseSettings):
-    """What a worker agent is configured with; the chart sets these in the agent container."""
+class AgentSettings(BaseSettings):
+    """What a worker agent is configured with, whichever pipelines it serves."""
 
     # Empty counts as unset: a compose file's `${ECHO_WORKER_TOKEN:-}` left unset is then
     # "missing", naming the variable, not an empty token the scheduler refuses later.
@@ -30,12 +30,8 @@ class WorkerSettings(BaseSettings):
     #: Scheduler replicas' gRPC addresses, comma-separated; any one will redirect to the
     #: replica serving the pipeline.
     scheduler: str = "127.0.0.1:50051"
-    pipeline_id: str
-    token: SecretStr
     #: A stable name for this worker (the pod name), shown in the task's status.
     name: str = Field(default_factory=socket.gethostname)
-    #: The pipeline definition, a JSON or YAML file.
-    definition: Path
     #: ``name=address`` pairs, comma-separated; an address is ``host:port`` or
     #: ``unix:///path.sock``. Every executor the definition names must be here.
     executors: str
@@ -82,6 +78,23 @@ class WorkerSettings(BaseSettings):
     def executor_addresses(self) -> dict[str, str]:
         """``{"echo": "unix:///tmp/x/echo.sock", ...}`` from ``WSCHED_WORKER_EXECUTORS``."""
         return parse_executors(self.executors)
+
+
+class WorkerSettings(AgentSettings):
+    """An agent of one pipeline: what the pipeline charts set in the agent container."""
+
+    pipeline_id: str
+    token: SecretStr
+    #: The pipeline definition, a JSON or YAML file.
+    definition: Path
+
+
+class PipelinesWorkerSettings(AgentSettings):
+    """An agent of several pipelines (``WSCHED_WORKER_PIPELINES``), as one Celery worker
+    serves many task types: the pipelines share its slots and executors."""
+
+    #: A JSON or YAML file listing the pipelines (see :mod:`services.worker.pipelines`).
+    pipelines: Path
 
 
 def parse_executors(text: str) -> dict[str, str]:

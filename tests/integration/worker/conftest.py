@@ -139,6 +139,43 @@ class Launcher:
         }
         return self._start(f"agent-{name}", "services.worker.agent", [], {**settings, **env})
 
+    def agent_of_several(
+        self,
+        *,
+        name: str,
+        pipelines: list[tuple[ReadyPipeline, Mapping[str, object]]],
+        executors: Mapping[str, str],
+        **env: str,
+    ) -> Proc:
+        """One agent for several pipelines (``WSCHED_WORKER_PIPELINES``), each with its
+        definition; the tokens in variables the file names."""
+        listed, tokens = [], {}
+        for number, (pipeline, definition) in enumerate(pipelines):
+            definition_path = self.root / f"{name}-pipeline-{number}.json"
+            definition_path.write_text(json.dumps(definition))
+            tokens[f"TOKEN_{number}"] = pipeline.token
+            listed.append(
+                {
+                    "id": pipeline.id,
+                    "token_env": f"TOKEN_{number}",
+                    "definition": definition_path.name,
+                }
+            )
+        file = self.root / f"{name}-pipelines.json"
+        file.write_text(json.dumps({"pipelines": listed}))
+        settings = {
+            "WSCHED_WORKER_SCHEDULER": self.scheduler_address,
+            "WSCHED_WORKER_PIPELINES": str(file),
+            "WSCHED_WORKER_NAME": name,
+            "WSCHED_WORKER_EXECUTORS": ",".join(f"{k}={v}" for k, v in executors.items()),
+            "WSCHED_WORKER_WORKDIR": str(self.root / "work"),
+            "WSCHED_WORKER_POLL_WAIT_MS": "1000",
+            "WSCHED_WORKER_LOG_LEVEL": "DEBUG",
+        }
+        return self._start(
+            f"agent-{name}", "services.worker.agent", [], {**settings, **tokens, **env}
+        )
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log()[-4000:]}" for p in self.procs)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from services.kafka.producer import KafkaProducer
+from services.scheduler.host import SchedulerHost
 from services.store.schema import task_attempts
-from tests.integration.scheduler.conftest import ReadyPipeline
+from tests.integration.scheduler.conftest import ReadyPipeline, create_ready_pipeline
 from tests.integration.worker.conftest import (
     Launcher,
     Submit,
@@ -302,3 +304,42 @@ async def test_sigterm_abandons_tasks_unfinished_after_the_grace(
         2,
         b"after the grace\n",
     ), launcher.logs()
+
+
+async def test_one_agent_serves_several_pipelines_on_shared_slots(
+    launcher: Launcher,
+    pipeline: ReadyPipeline,
+    scheduler: SchedulerHost,
+    submit: Submit,
+    engine: sa.Engine,
+    kafka_bootstrap: str,
+) -> None:
+    """One ``wsched worker`` process for two pipelines (as one Celery worker serves many
+    task types): each pipeline's tasks run with its own definition and are reported to
+    it, both on the agent's two slots."""
+    other = await create_ready_pipeline(engine, kafka_bootstrap)
+    async with asyncio.timeout(30):
+        while other.id not in scheduler.hosted_pipelines():
+            await asyncio.sleep(0.1)
+    echo = await launcher.executor("echo")
+    shout = {"pipeline": [{"executor": "echo", "commands": ["echo {{message}}!"]}]}
+    launcher.agent_of_several(
+        name="both",
+        pipelines=[(pipeline, ECHO), (other, shout)],
+        executors={"echo": echo},
+        WSCHED_WORKER_CONCURRENCY="2",
+    )
+    first = {f"a-{i:02d}": {"message": f"first {i}"} for i in range(20)}
+    second = {f"b-{i:02d}": {"message": f"second {i}"} for i in range(20)}
+    await submit(pipeline, first)
+    await submit(other, second)
+    for ready, items, suffix in ((pipeline, first, ""), (other, second, "!")):
+        rows = await wait_finished(engine, ready.id, set(items), launcher)
+        assert {
+            task_id: (row.status, row.worker) for task_id, row in rows.items()
+        } == dict.fromkeys(items, ("succeeded", "both")), launcher.logs()
+        assert {task_id: row.result for task_id, row in rows.items()} == {
+            task_id: f"{data['message']}{suffix}\n".encode() for task_id, data in items.items()
+        }
+    log = launcher.procs[-1].log()
+    assert f"for pipeline(s) {pipeline.id}, {other.id}: 2 slot(s)" in log, log

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from protos.wsched.v1 import worker_pb2
-from services.worker.agent import Agent, AgentOptions, check_executors
+from services.worker.agent import Agent, AgentOptions, Slots, check_executors
 from services.worker.client import WorkerRejected
 from services.worker.definition import DefinitionError, PipelineDefinition
 from services.worker.runner import Outcome, TaskOutcome, TaskSpec
@@ -54,12 +54,37 @@ class FakeRunner:
         return TaskOutcome(outcome=Outcome.SUCCEEDED, result=f"done {task.task_id}".encode())
 
 
+class RunningTogether:
+    """Wraps a pipeline's runner and counts the tasks running in every pipeline at once."""
+
+    running = 0
+    most_at_once = 0
+
+    def __init__(self, runners: dict[str, FakeRunner], runner: FakeRunner) -> None:
+        self._runner = runner
+        RunningTogether.running = RunningTogether.most_at_once = 0
+
+    async def __call__(self, task: TaskSpec) -> TaskOutcome:
+        cls = RunningTogether
+        cls.running += 1
+        cls.most_at_once = max(cls.most_at_once, cls.running)
+        try:
+            await asyncio.sleep(0.01)
+            return await self._runner(task)
+        finally:
+            cls.running -= 1
+
+
 @asynccontextmanager
 async def agent_running(
-    scheduler: FakeScheduler, runner: FakeRunner, options: AgentOptions = OPTIONS
+    scheduler: FakeScheduler,
+    runner: FakeRunner,
+    options: AgentOptions = OPTIONS,
+    *,
+    slots: Slots | None = None,
 ) -> AsyncIterator[tuple[asyncio.Event, asyncio.Event, asyncio.Task[None]]]:
     stopping, now = asyncio.Event(), asyncio.Event()
-    agent = Agent(scheduler=scheduler, runner=runner, options=options)
+    agent = Agent(scheduler=scheduler, runner=runner, options=options, slots=slots)
     task = asyncio.create_task(agent.run(stopping=stopping, now=now))
     try:
         yield stopping, now, task
@@ -230,3 +255,65 @@ def test_every_executor_of_the_definition_needs_an_address() -> None:
     check_executors(definition, {"wget": "unix:///a", "ocr": "127.0.0.1:1"})
     with pytest.raises(DefinitionError, match=r"executor\(s\) ocr have no address .*names: wget"):
         check_executors(definition, {"wget": "unix:///a"})
+
+
+async def test_pipelines_sharing_slots_never_run_more_than_the_capacity() -> None:
+    """Two pipelines' agents on three shared slots: at most three tasks at once in all,
+    and every task of both is run and reported to its own pipeline."""
+    busy = FakeScheduler(queue=[leased(f"busy{i}") for i in range(12)])
+    other = FakeScheduler(queue=[leased(f"other{i}") for i in range(6)])
+    runners = {"busy": FakeRunner(), "other": FakeRunner()}
+    slots = Slots(3)
+    stopping = asyncio.Event()
+    running = [
+        asyncio.create_task(
+            Agent(
+                scheduler=scheduler,
+                runner=RunningTogether(runners, runner),
+                options=OPTIONS,
+                slots=slots,
+            ).run(stopping=stopping)
+        )
+        for scheduler, runner in ((busy, runners["busy"]), (other, runners["other"]))
+    ]
+    await busy.until(lambda: len(busy.reported()) == 12)
+    await other.until(lambda: len(other.reported()) == 6)
+    stopping.set()
+    await asyncio.wait_for(asyncio.gather(*running), 10)
+    assert RunningTogether.most_at_once <= 3
+    assert RunningTogether.most_at_once >= 2  # they did share: not one after the other
+    assert max(busy.polls + other.polls) <= 3
+    assert {r.result for r in busy.reported().values()} == {
+        f"done busy{i}".encode() for i in range(12)
+    }
+    assert slots.free == 3
+
+
+async def test_an_idle_pipeline_holds_one_shared_slot_not_all() -> None:
+    """With nothing to do, a pipeline's poll holds a single slot: the busy one runs on
+    the rest."""
+    busy = FakeScheduler(queue=[leased("a"), leased("b"), leased("c"), leased("d")])
+    idle = FakeScheduler()
+    runner = FakeRunner(hold={"a", "b", "c", "d"})
+    slots = Slots(4)
+    async with agent_running(idle, FakeRunner(), OPTIONS, slots=slots):
+        await idle.until(lambda: len(idle.polls) >= 2)
+        async with agent_running(busy, runner, OPTIONS, slots=slots):
+            await busy.until(lambda: len(runner.running) == 3)
+            joined = len(idle.polls)
+            await idle.until(lambda: len(idle.polls) >= joined + 2)
+            assert set(idle.polls[joined:]) == {1}
+            await asyncio.sleep(0.1)
+            assert len(runner.running) == 3  # the fourth slot is the idle pipeline's poll
+            runner.release.set()
+            await busy.until(lambda: len(busy.reported()) == 4)
+
+
+def test_slots_alone_ask_for_all_and_shared_idle_for_one() -> None:
+    slots = Slots(8)
+    slots.join()
+    assert slots.ask(found_tasks=False) == 8 and slots.long_poll(8)
+    slots.join()
+    assert (slots.ask(found_tasks=False), slots.ask(found_tasks=True)) == (1, 8)
+    # shared, a poll holding several slots takes only what is ready
+    assert slots.long_poll(1) and not slots.long_poll(2)
