@@ -102,7 +102,7 @@ class StepRecord:
 class StepTracer(Protocol):
     """Opens a span around each step of an attempt (``services.worker.tracing``)."""
 
-    def step(self, step: RenderedStep) -> AbstractContextManager[StepRecord]: ...
+    def step(self, step: RenderedStep, task: TaskSpec) -> AbstractContextManager[StepRecord]: ...
 
 
 def _make_dir(work_dir: Path) -> None:
@@ -269,7 +269,7 @@ class TaskRunner:
         self, run: _Run, step: RenderedStep, *, final: bool, tracer: StepTracer
     ) -> TaskOutcome | None:
         """:meth:`_run_step` inside the step's span, its commands in the span's context."""
-        with tracer.step(step) as record:
+        with tracer.step(step, run.task) as record:
             run.step_env, run.exit_code = record.env, None
             failure = await self._run_step(run, step, final=final)
             record.exit_code = run.exit_code

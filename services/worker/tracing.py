@@ -24,7 +24,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from protos.wsched.v1 import worker_pb2
 from services.observability import TRACEPARENT_ENV, Tracing, parent_context, traceparent_of
 from services.worker.definition import RenderedStep
-from services.worker.runner import Outcome, StepRecord, TaskOutcome
+from services.worker.runner import Outcome, StepRecord, TaskOutcome, TaskSpec
 
 
 class AttemptSpans:
@@ -102,11 +102,11 @@ class StepSpans:
         self._tracer = tracing.require()
 
     @contextlib.contextmanager
-    def step(self, step: RenderedStep) -> Iterator[StepRecord]:
+    def step(self, step: RenderedStep, task: TaskSpec) -> Iterator[StepRecord]:
         if not trace.get_current_span().get_span_context().is_valid:
             yield StepRecord()  # an untraced task's steps start no trace of their own
             return
-        span = self._tracer.start_span("wsched.step", attributes=_step_attributes(step))
+        span = self._tracer.start_span("wsched.step", attributes=_step_attributes(step, task))
         traceparent = traceparent_of(span)
         record = StepRecord(env={TRACEPARENT_ENV: traceparent} if traceparent else {})
         try:
@@ -120,8 +120,11 @@ class StepSpans:
             span.end()
 
 
-def _step_attributes(step: RenderedStep) -> dict[str, str | int]:
+def _step_attributes(step: RenderedStep, task: TaskSpec) -> dict[str, str | int]:
     attributes: dict[str, str | int] = {
+        # like every span of a task's trace: a span store can find each by the task
+        "wsched.task_id": task.task_id,
+        "wsched.attempt": task.attempt,
         "wsched.step": step.number,
         "wsched.step.name": f"step {step.number} ({step.executor})",
         "wsched.executor": step.executor,

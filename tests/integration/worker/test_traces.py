@@ -219,5 +219,10 @@ def _check_trace(keeper: Collector, submit: Received, stored: dict[str, str]) ->
         assert _attribute(attempt, "wsched.attempt") == _attribute(dispatch, "wsched.attempt")
         [report] = [r for r in named["wsched.report"] if _child_of(r, attempt)]
         assert _attribute(report, "wsched.ack") == "ACK_ACCEPTED"
+    # each attempt ran its one step in a span of its own, named by the task and attempt
+    steps = [r.span for r in trace if r.span.name == "wsched.step"]
+    for attempt in named["wsched.attempt"]:
+        [step] = [s for s in steps if _child_of(s, attempt)]
+        assert _attribute(step, "wsched.attempt") == _attribute(attempt, "wsched.attempt")
     outcomes = sorted(str(_attribute(a, "wsched.outcome")) for a in named["wsched.attempt"])
     assert outcomes == ["failed", "succeeded"]

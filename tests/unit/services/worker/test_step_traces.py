@@ -115,6 +115,7 @@ async def test_each_step_is_a_child_of_its_attempt_with_its_exit_code(tmp_path: 
     assert fetch.attributes is not None and convert.attributes is not None
     assert (fetch.attributes["wsched.step"], fetch.attributes["wsched.executor"]) == (1, "fetch")
     assert fetch.attributes["wsched.step.name"] == "step 1 (fetch)"
+    assert (convert.attributes["wsched.task_id"], convert.attributes["wsched.attempt"]) == ("t", 1)
     assert fetch.attributes["wsched.exit_code"] == 0
     assert fetch.attributes["wsched.timed_out"] is False
     assert fetch.status.status_code is StatusCode.UNSET
