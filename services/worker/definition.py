@@ -203,14 +203,18 @@ def parse_definition(text: str, *, source: str, as_json: bool = False) -> Pipeli
     try:
         return PipelineDefinition.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in err.errors()
-        )
         raise DefinitionError(
-            f"{source} is not a pipeline definition ({problems}); expected "
+            f"{source} is not a pipeline definition ({problems_of(err)}); expected "
             '{"pipeline": [{"executor": "name", "commands": ["..."]}]}'
         ) from None
+
+
+def problems_of(err: ValidationError) -> str:
+    """A file's validation errors in one line, each at its place (``pipeline.0.commands``)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}"
+        for e in err.errors()
+    )
 
 
 # -- templating -------------------------------------------------------------------------

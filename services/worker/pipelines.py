@@ -25,7 +25,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.worker.definition import DefinitionError, PipelineDefinition, load_definition
+from services.worker.definition import (
+    DefinitionError,
+    PipelineDefinition,
+    load_definition,
+    problems_of,
+)
 
 #: More would be a Deployment's worth of pipelines in one process: split them instead.
 MAX_PIPELINES = 100
@@ -79,12 +84,8 @@ def load_pipelines(path: Path, *, environ: dict[str, str] | None = None) -> list
     try:
         listed = _File.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in err.errors()
-        )
         raise DefinitionError(
-            f"{path} is not a pipelines file ({problems}); expected "
+            f"{path} is not a pipelines file ({problems_of(err)}); expected "
             '{"pipelines": [{"id": "...", "token_env": "VAR", "definition": "file.yaml"}]}'
         ) from None
     served: list[ServedPipeline] = []
