@@ -333,6 +333,12 @@ async def test_a_tenant_works_its_pipeline_in_the_dashboard(stack: Stack, browse
         await counted(page, "queued", 5)
     assert reads == [], f"the page read the counts over REST: {reads}"
     await expect(page.get_by_role("button", name="Next tasks")).to_be_disabled()
+    # The tasks filtered by creation time: none were created in the future.
+    created_from = page.get_by_label("Created from")
+    await created_from.fill("2099-01-01T00:00:00")
+    await expect(page.get_by_text("No tasks created in that time.")).to_be_visible()
+    await created_from.fill("")
+    await expect(page.get_by_role("row").filter(has_text="queued")).to_have_count(5)
     async with worker(stack, pipeline_id, token, fail={"bad"}):
         with stats_reads(page) as reads:
             await counted(page, "succeeded", 3)

@@ -46,7 +46,7 @@ from services.api.submit import (
     produced,
     require_ready,
 )
-from services.api.when import deadline, due_at, parse_duration
+from services.api.when import deadline, due_at, parse_duration, parse_run_at
 from services.kafka.producer import OutgoingTask
 from services.live.hub import wait_until_final
 from services.store.control import Pipeline, TaskRecord, new_id
@@ -507,10 +507,23 @@ async def list_tasks(
     status: Status | None = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
     cursor: str | None = None,
+    created_after: Annotated[
+        str | None,
+        Query(description="Only tasks created at or after this RFC 3339 time (with offset)."),
+    ] = None,
+    created_before: Annotated[
+        str | None,
+        Query(description="Only tasks created before this RFC 3339 time (with offset)."),
+    ] = None,
 ) -> TaskPage:
-    """Tasks ordered by id, a page at a time; pass ``next_cursor`` back for the next."""
+    """Tasks ordered by id, a page at a time; pass ``next_cursor`` back for the next (with
+    the same filters)."""
     size = min(limit or ctx.limits.default_page_size, ctx.limits.max_page_size)
     after = _decode_cursor(cursor) if cursor else None
+    since = parse_run_at(created_after, field="created_after") if created_after else None
+    until = parse_run_at(created_before, field="created_before") if created_before else None
+    if since is not None and until is not None and since >= until:
+        raise ApiError(422, "invalid_request", "created_before: must be later than created_after")
     target = await resolve(ctx, tenant.id, app, pipeline)
     records = await ctx.db(
         ctx.store.list_tasks,
@@ -518,6 +531,8 @@ async def list_tasks(
         status=status.value if status else None,
         after=after,
         limit=size,
+        created_from=since,
+        created_before=until,
     )
     next_cursor = _encode_cursor(records[-1].id) if len(records) == size else None
     return TaskPage(

@@ -92,12 +92,26 @@ class TaskReadMethods(StoreBase):
             ]
 
     def list_tasks(
-        self, *, pipeline_id: str, status: str | None, after: str | None, limit: int
+        self,
+        *,
+        pipeline_id: str,
+        status: str | None,
+        after: str | None,
+        limit: int,
+        created_from: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
     ) -> list[TaskRecord]:
-        """A page of tasks ordered by id, after the cursor ``after`` (exclusive)."""
+        """A page of tasks ordered by id, after the cursor ``after`` (exclusive), created
+        in ``[created_from, created_before)`` when given. The time filter reads the
+        pipeline's rows in id order until a page is found (no index by creation time: a
+        dashboard's filter, not a hot path)."""
         query = sa.select(*_TASK_SUMMARY).where(tasks.c.pipeline_id == pipeline_id)
         if status is not None:
             query = query.where(_shown_as(status, now=dt.datetime.now(dt.UTC)))
+        if created_from is not None:
+            query = query.where(tasks.c.created_at >= to_db(created_from))
+        if created_before is not None:
+            query = query.where(tasks.c.created_at < to_db(created_before))
         if after is not None:
             query = query.where(tasks.c.id > after)
         query = query.order_by(tasks.c.id).limit(limit)

@@ -410,12 +410,18 @@ function renderPipeline(app, name) {
     STATUSES.map((s) => h("option", { value: s }, s)));
   // Pages of tasks by id: the cursors of the pages before this one, to go back.
   const paging = { cursors: [], cursor: null, next: null };
-  const tasks = () => refreshTasks(app, name, filter.value, paging);
+  // Created from (inclusive) and before (exclusive), in the browser's time zone.
+  const since = h("input", { name: "created-after", type: "datetime-local", step: "1" });
+  const until = h("input", { name: "created-before", type: "datetime-local", step: "1" });
+  const criteria = () => ({ status: filter.value, since: instant(since.value), until: instant(until.value) });
+  const tasks = () => refreshTasks(app, name, criteria(), paging);
   const again = () => tasks().catch(report);
-  filter.addEventListener("change", () => {
-    Object.assign(paging, { cursors: [], cursor: null, next: null });
-    again();
-  });
+  for (const input of [filter, since, until]) {
+    input.addEventListener("change", () => {
+      Object.assign(paging, { cursors: [], cursor: null, next: null });
+      again();
+    });
+  }
   paging.again = again;
   // The schedules' ids, to know their runs' events (a run's id is `<schedule id>@...`).
   const known = { ids: [] };
@@ -429,7 +435,8 @@ function renderPipeline(app, name) {
     h("div", { id: "chart" }),
     readOnly ? null : submitForm(base),
     h("h2", {}, "Tasks"),
-    taskTools(app, name, base, filter, readOnly),
+    taskTools(app, name, base, [field("Status", filter), field("Created from", since),
+      field("Created before", until)], readOnly),
     h("div", { id: "tasks" }, "Loading…"),
     h("h2", {}, "Schedules"),
     h("div", { id: "schedules" }, "Loading…"),
@@ -471,10 +478,10 @@ function submitForm(base) {
   return h("section", { class: "card" }, h("h2", {}, "Submit tasks"), form);
 }
 
-function taskTools(app, name, base, filter, readOnly) {
+function taskTools(app, name, base, filters, readOnly) {
   const search = h("input", { name: "task-id", type: "search" });
   const find = h("form", { class: "inline", role: "search", "aria-label": "Find a task" },
-    field("Status", filter), field("Task id", search), h("button", { type: "submit" }, "Open task"));
+    ...filters, field("Task id", search), h("button", { type: "submit" }, "Open task"));
   find.addEventListener("submit", (event) => {
     event.preventDefault();
     if (search.value.trim()) location.hash = `#/p/${enc(app)}/${enc(name)}/t/${enc(search.value.trim())}`;
@@ -556,10 +563,17 @@ function drawChart(base) {
       : "Measuring: the first figure comes in a few seconds."));
 }
 
-async function refreshTasks(app, name, status, paging) {
+// A datetime-local input's value (the browser's time zone) as an instant; null if empty.
+function instant(value) {
+  return value ? new Date(value).toISOString() : null;
+}
+
+async function refreshTasks(app, name, { status, since, until }, paging) {
   const base = pipelinePath(app, name);
   const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
   if (status) query.set("status", status);
+  if (since) query.set("created_after", since);
+  if (until) query.set("created_before", until);
   if (paging.cursor) query.set("cursor", paging.cursor);
   const { tasks, next_cursor: next } = await api("GET", `${base}/tasks?${query}`);
   paging.next = next;
@@ -570,7 +584,8 @@ async function refreshTasks(app, name, status, paging) {
     h("td", { class: "wrap" }, t.error ?? "")));
   document.getElementById("tasks")?.replaceChildren(rows.length
     ? table(["Task", "Status", "Attempt", "Worker", "Created", "Finished", "Error"], rows)
-    : h("p", { class: "muted" }, "No tasks" + (status ? ` with status ${status}` : "") + "."),
+    : h("p", { class: "muted" }, "No tasks" + (status ? ` with status ${status}` : "") +
+      (since || until ? " created in that time" : "") + "."),
   pager(paging));
 }
 

@@ -54,9 +54,11 @@ def insert_task(
     data: bytes,
     status: str = "queued",
     result: bytes | None = None,
+    created_at: dt.datetime | None = None,
 ) -> None:
-    """Write a task row as the scheduler's admission would (for idempotency and reads)."""
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    """Write a task row as the scheduler's admission would (for idempotency and reads);
+    ``created_at``: when it was admitted (UTC; default now)."""
+    now = (created_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).replace(tzinfo=None)
     row = {
         "pipeline_id": pipeline_id,
         "id": task_id,

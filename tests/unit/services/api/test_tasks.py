@@ -276,6 +276,53 @@ async def test_tasks_list_in_pages_with_a_status_filter(api: Api) -> None:
     assert "limit" in assert_error(bad, 422, "invalid_request")
 
 
+async def test_tasks_filtered_by_creation_time_in_pages(api: Api) -> None:
+    """``created_after`` (inclusive) and ``created_before`` (exclusive), with offsets, and
+    with the status filter and the cursor; a bad time is a 422 naming its parameter."""
+    key, pipeline = await api.ready_pipeline()
+    start = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+    for hour in range(6):
+        insert_task(
+            api.database_url,
+            pipeline_id=pipeline["id"],
+            task_id=f"h{hour}",
+            data=b"{}",
+            status="dead" if hour % 2 else "queued",
+            created_at=start + dt.timedelta(hours=hour),
+        )
+
+    async def listed(**params: str) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await api.client.get(
+                TASKS,
+                params={"limit": "1", **params, **({"cursor": cursor} if cursor else {})},
+                headers=bearer(key),
+            )
+            assert page.status_code == 200, page.text
+            seen += [t["id"] for t in page.json()["tasks"]]
+            if (cursor := page.json()["next_cursor"]) is None:
+                return seen
+
+    # 13:00Z written as 14:00 at +01:00: offsets are honoured
+    assert await listed(created_after="2026-11-20T14:00:00+01:00") == ["h1", "h2", "h3", "h4", "h5"]
+    assert await listed(created_before="2026-11-20T14:00:00Z") == ["h0", "h1"]
+    assert await listed(
+        created_after="2026-11-20T13:00:00Z", created_before="2026-11-20T16:30:00Z", status="dead"
+    ) == ["h1", "h3"]
+    for params, named in (
+        ({"created_after": "yesterday"}, "created_after"),
+        ({"created_before": "2026-11-20T14:00:00"}, "created_before"),  # no offset
+        (
+            {"created_after": "2026-11-20T15:00:00Z", "created_before": "2026-11-20T15:00:00Z"},
+            "created_before",
+        ),
+    ):
+        bad = await api.client.get(TASKS, params=params, headers=bearer(key))
+        assert named in assert_error(bad, 422, "invalid_request")
+
+
 async def test_stats_and_pipeline_counts_come_from_the_grains_counters(api: Api) -> None:
     key, pipeline = await api.ready_pipeline()
     empty = (await api.client.get(f"{SUBMIT}/stats", headers=bearer(key))).json()
