@@ -196,6 +196,23 @@ def test_get_with_attempts_and_listing_pages() -> None:
     assert dict(api.requests[2].url.params) == {"status": "dead", "limit": "1", "cursor": "YQ"}
 
 
+def test_listing_by_creation_time_sends_rfc3339_with_the_offset() -> None:
+    page = {"tasks": [task_json("a", "queued")], "next_cursor": None}
+    api = FakeApi().then(answer(200, page))
+    since = dt.datetime(2026, 11, 26, 13, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    with client(api) as sdk:
+        listed = sdk.tasks("shop", "echo").iterate(
+            created_after=since, created_before="2026-11-27T00:00:00Z"
+        )
+        assert [t.id for t in listed] == ["a"]
+        with pytest.raises(ValueError, match="no time zone"):
+            sdk.tasks("shop", "echo").list(created_after=dt.datetime(2026, 11, 26))
+    assert dict(api.requests[0].url.params) == {
+        "created_after": "2026-11-26T13:00:00+01:00",
+        "created_before": "2026-11-27T00:00:00Z",
+    }
+
+
 def test_bulk_requeue_and_cancel_send_ids_in_runs_of_a_thousand() -> None:
     def bulk(request: httpx.Request) -> httpx.Response:
         ids = json.loads(request.content).get("ids", [])

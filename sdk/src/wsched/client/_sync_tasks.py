@@ -118,20 +118,48 @@ class Tasks:
         return self._client._send(calls.get(self.app, self.pipeline, task_id, attempts=attempts))
 
     def list(
-        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        created_after: Instant | None = None,
+        created_before: Instant | None = None,
     ) -> TaskPage:
-        """One page of tasks ordered by id; give ``next_cursor`` back for the next."""
+        """One page of tasks ordered by id; give ``next_cursor`` back for the next (with the
+        same filters). ``created_after`` (inclusive) and ``created_before`` (exclusive):
+        aware datetimes or RFC 3339 text."""
         return self._client._send(
-            calls.page(self.app, self.pipeline, status=status, limit=limit, cursor=cursor)
+            calls.page(
+                self.app,
+                self.pipeline,
+                status=status,
+                limit=limit,
+                cursor=cursor,
+                created_after=created_after,
+                created_before=created_before,
+            )
         )
 
     def iterate(
-        self, *, status: str | None = None, page_size: int | None = None
+        self,
+        *,
+        status: str | None = None,
+        page_size: int | None = None,
+        created_after: Instant | None = None,
+        created_before: Instant | None = None,
     ) -> Iterator[TaskSummary]:
-        """Every task (of ``status``), page after page, as they are read."""
+        """Every task (of ``status``, created in the range given), page after page, as
+        they are read."""
         cursor: str | None = None
         while True:
-            page = self.list(status=status, limit=page_size, cursor=cursor)
+            page = self.list(
+                status=status,
+                limit=page_size,
+                cursor=cursor,
+                created_after=created_after,
+                created_before=created_before,
+            )
             yield from page.tasks
             if page.next_cursor is None:
                 return

@@ -24,7 +24,7 @@ from wsched.client._models import (
     Task,
     TaskPage,
 )
-from wsched.client._options import TaskSpec, dumps
+from wsched.client._options import Instant, TaskSpec, dumps, instant_text
 
 #: The API's default bound on items per batch request.
 MAX_BATCH_ITEMS = 10_000
@@ -139,9 +139,22 @@ def get(app: str, pipeline: str, task_id: str, *, attempts: bool = False) -> Cal
 
 
 def page(
-    app: str, pipeline: str, *, status: str | None, limit: int | None, cursor: str | None
+    app: str,
+    pipeline: str,
+    *,
+    status: str | None,
+    limit: int | None,
+    cursor: str | None,
+    created_after: Instant | None = None,
+    created_before: Instant | None = None,
 ) -> Call[TaskPage]:
-    given = {"status": status, "limit": None if limit is None else str(limit), "cursor": cursor}
+    given = {
+        "status": status,
+        "limit": None if limit is None else str(limit),
+        "cursor": cursor,
+        "created_after": None if created_after is None else instant_text(created_after),
+        "created_before": None if created_before is None else instant_text(created_before),
+    }
     return Call(
         method="GET",
         path=f"{pipeline_path(app, pipeline)}/tasks",
