@@ -408,9 +408,22 @@ def task_list(
     pipeline: str,
     status: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option()] = 50,
+    created_after: Annotated[
+        str | None,
+        typer.Option(help="Only tasks created at or after this RFC 3339 time (with offset)."),
+    ] = None,
+    created_before: Annotated[
+        str | None,
+        typer.Option(help="Only tasks created before this RFC 3339 time (with offset)."),
+    ] = None,
 ) -> None:
     with _client() as client:
-        page = client.tasks(app, pipeline).list(status=status or None, limit=limit)
+        page = client.tasks(app, pipeline).list(
+            status=status or None,
+            limit=limit,
+            created_after=created_after,
+            created_before=created_before,
+        )
     table = Table("id", "status", "attempt", "worker", "finished_at", "error")
     for task in page.tasks:
         table.add_row(

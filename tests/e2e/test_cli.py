@@ -88,6 +88,10 @@ async def test_the_readme_walkthrough_with_the_cli(stack: Stack) -> None:
     assert task["status"] == "succeeded" and task["result"] == {"message": "hi"}
     listing = ok(wsched(stack, "tasks", "list", "shop", "echo", "--status", "succeeded", key=key))
     assert "greeting" in listing
+    future = ["--created-after", "2099-01-01T00:00:00Z"]
+    assert "greeting" not in ok(wsched(stack, "tasks", "list", "shop", "echo", *future, key=key))
+    past = ["--created-after", "2020-01-01T00:00:00Z", "--created-before", "2099-01-01T00:00:00Z"]
+    assert "greeting" in ok(wsched(stack, "tasks", "list", "shop", "echo", *past, key=key))
 
 
 def test_cli_errors_say_what_was_wrong(stack: Stack) -> None:
