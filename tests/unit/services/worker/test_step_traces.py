@@ -19,6 +19,7 @@ from protos.wsched.v1 import worker_pb2
 from services.observability import Tracing, setup_tracing, traceparent_of
 from services.worker.agent import Agent, AgentOptions
 from services.worker.command import Command, CommandResult, HandlerResult
+from services.worker.definition import PipelineDefinition
 from services.worker.executor import in_step_context
 from services.worker.runner import TaskRunner
 from services.worker.tracing import AttemptSpans, StepSpans
@@ -61,13 +62,7 @@ async def _run_agent(
 ) -> FakeScheduler:
     """The agent with a traced runner, until every task is reported."""
     scheduler = FakeScheduler(queue=list(tasks))
-    runner = TaskRunner(
-        definition=DEFINITION,
-        executors=executors,
-        work_root=work_root,
-        timeout_s=60.0,
-        steps=StepSpans(tracing=tracing),
-    )
+    runner = _traced_runner(tracing, executors, work_root)
     agent = Agent(
         scheduler=scheduler,
         runner=runner,
@@ -84,6 +79,23 @@ async def _run_agent(
 
 def _named(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name == name]
+
+
+def _traced_runner(
+    tracing: Tracing,
+    executors: FakeExecutors,
+    work_root: Path,
+    definition: PipelineDefinition = DEFINITION,
+    timeout_s: float = 60.0,
+) -> TaskRunner:
+    """A runner with step spans, as a traced agent builds it."""
+    return TaskRunner(
+        definition=definition,
+        executors=executors,
+        work_root=work_root,
+        timeout_s=timeout_s,
+        steps=StepSpans(tracing=tracing),
+    )
 
 
 def _span_id_in(command: Command) -> int:
@@ -134,13 +146,7 @@ async def test_a_timed_out_step_says_so(tmp_path: Path) -> None:
     executors = FakeExecutors(
         script=lambda _e, _c: CommandResult(exit_code=137, killed=True, signal=9, timed_out=True)
     )
-    runner = TaskRunner(
-        definition=DEFINITION,
-        executors=executors,
-        work_root=tmp_path / "work",
-        timeout_s=5.0,
-        steps=StepSpans(tracing=tracing),
-    )
+    runner = _traced_runner(tracing, executors, tmp_path / "work", timeout_s=5.0)
     with tracing.require().start_as_current_span("wsched.attempt"):
         outcome = await runner(task({"url": "u"}))
     assert outcome.timed_out
@@ -155,12 +161,8 @@ async def test_a_handler_step_has_no_exit_code_and_gets_the_context(tmp_path: Pa
     exporter = InMemorySpanExporter()
     tracing = _tracing(exporter)
     executors = FakeExecutors(script=echo_script, answer=HandlerResult(timed_out=True))
-    runner = TaskRunner(
-        definition=HANDLERS,
-        executors=executors,
-        work_root=tmp_path / "work",
-        timeout_s=5.0,
-        steps=StepSpans(tracing=tracing),
+    runner = _traced_runner(
+        tracing, executors, tmp_path / "work", definition=HANDLERS, timeout_s=5.0
     )
     with tracing.require().start_as_current_span("wsched.attempt"):
         await runner(task({"url": "u"}))
@@ -186,13 +188,7 @@ async def test_a_step_cancelled_mid_way_ends_its_span_as_an_error(tmp_path: Path
 
     exporter = InMemorySpanExporter()
     tracing = _tracing(exporter)
-    runner = TaskRunner(
-        definition=DEFINITION,
-        executors=Hanging(script=echo_script),
-        work_root=tmp_path / "work",
-        timeout_s=60.0,
-        steps=StepSpans(tracing=tracing),
-    )
+    runner = _traced_runner(tracing, Hanging(script=echo_script), tmp_path / "work")
 
     async def attempt() -> None:
         with tracing.require().start_as_current_span("wsched.attempt"):
@@ -212,13 +208,7 @@ async def test_an_untraced_task_and_tracing_off_pass_no_context(tmp_path: Path) 
     tracing = _tracing(exporter)
     traced = FakeExecutors(script=echo_script)
     # Traced agent, but the task came without a context: no attempt, so no step spans.
-    runner = TaskRunner(
-        definition=DEFINITION,
-        executors=traced,
-        work_root=tmp_path / "a",
-        timeout_s=60.0,
-        steps=StepSpans(tracing=tracing),
-    )
+    runner = _traced_runner(tracing, traced, tmp_path / "a")
     await runner(task({"url": "u"}))
     off = FakeExecutors(script=echo_script)
     await TaskRunner(
