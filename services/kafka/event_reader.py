@@ -44,8 +44,8 @@ class KafkaEventSource:
         count = await self._admin.partitions(EVENTS_TOPIC) or 1
         partitions = [TopicPartition(EVENTS_TOPIC, p) for p in range(count)]
         consumer = self._consumer(reset="latest")
-        await consumer.start()
-        try:
+        try:  # started inside: a cancel during start must still stop it
+            await consumer.start()
             consumer.assign(partitions)
             await consumer.seek_to_end(*partitions)
             log.info("following %s (%d partitions) from its end", EVENTS_TOPIC, count)
@@ -60,8 +60,8 @@ class KafkaEventSource:
 
     async def end_offset(self, partition: int) -> int:
         consumer = self._consumer(reset="earliest")
-        await consumer.start()
-        try:
+        try:  # started inside: a cancel during start must still stop it
+            await consumer.start()
             tp = TopicPartition(EVENTS_TOPIC, partition)
             ends: dict[TopicPartition, int] = await consumer.end_offsets([tp])
             return ends[tp]
@@ -72,8 +72,8 @@ class KafkaEventSource:
         if end <= start:
             return
         consumer = self._consumer(reset="earliest")  # an expired start: the oldest kept
-        await consumer.start()
-        try:
+        try:  # started inside: a cancel during start must still stop it
+            await consumer.start()
             tp = TopicPartition(EVENTS_TOPIC, partition)
             consumer.assign([tp])
             consumer.seek(tp, start)

@@ -119,8 +119,8 @@ class KafkaRevocations:
             fetch_max_wait_ms=200,
             client_id="wsched-api-revocations",
         )
-        await consumer.start()
-        try:
+        try:  # started inside: a cancel during start must still stop it
+            await consumer.start()
             consumer.assign([partition])
             if self._next is None:
                 await consumer.seek_to_end(partition)
