@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -16,8 +18,15 @@ async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         await admin.create_topics(
             [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
         )
-        described = await admin.describe_topics([topic])
-        assert len(described[0]["partitions"]) == partitions
+        # The broker answers CreateTopics before its metadata cache knows the topic's
+        # partitions: a describe right after it may list none for a moment.
+        async with asyncio.timeout(10):
+            while True:
+                [described] = await admin.describe_topics([topic])
+                if described["error_code"] == 0 and described["partitions"]:
+                    break
+                await asyncio.sleep(0.05)
+        assert len(described["partitions"]) == partitions
     finally:
         await admin.close()
 
