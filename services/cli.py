@@ -127,6 +127,25 @@ def bench_waiters(
     typer.echo(json.dumps(report, indent=None if as_json else 2))
 
 
+@app.command("bench-idle")
+def bench_idle(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    pipelines: Annotated[int, typer.Option(help="Empty pipelines to create.")] = 200,
+    measure_s: Annotated[float, typer.Option(help="Seconds of each idle measurement.")] = 30.0,
+) -> None:
+    """What empty pipelines cost one scheduler replica: its idle CPU and RSS and the
+    broker's, with none and with PIPELINES, then one task to each until all are admitted."""
+    from services.bench import idle
+    from services.infra.cache import Cache
+
+    report = idle.run(
+        idle.Options(pipelines=pipelines, measure_s=measure_s),
+        cache=Cache(root=_settings().cache_dir),
+        say=lambda text: console.print(f"[cyan]bench-idle[/]: {text}"),
+    )
+    typer.echo(json.dumps(report, indent=None if as_json else 2))
+
+
 @app.command("bench-fairness")
 def bench_fairness(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -121,8 +121,11 @@ class System:
 
 
 @contextlib.contextmanager
-def start_system(components: Components, work: Path, say: Say) -> Iterator[System]:
-    """The API and one scheduler replica as processes, on a fresh database."""
+def start_system(
+    components: Components, work: Path, say: Say, env: dict[str, str] | None = None
+) -> Iterator[System]:
+    """The API and one scheduler replica as processes, on a fresh database; ``env``: more
+    settings for both."""
     database = f"wsched_bench_{uuid.uuid4().hex[:8]}"
     database_url = f"{components.tidb_root_url.rstrip('/')}/{database}"
     admin = make_engine(components.tidb_root_url)
@@ -143,6 +146,7 @@ def start_system(components: Components, work: Path, say: Say) -> Iterator[Syste
         "WSCHED_PLACEMENT_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
         "WSCHED_REPLICA_NAME": f"bench-{grpc_port}",
         "WSCHED_RECONCILE_INTERVAL_S": "1",
+        **(env or {}),
     }
     say("starting the API and the scheduler")
     api, scheduler = (
@@ -174,7 +178,12 @@ def start_system(components: Components, work: Path, say: Say) -> Iterator[Syste
 
 @contextlib.contextmanager
 def bench_system(
-    name: str, *, cache: Cache, say: Say, components: Components | None = None
+    name: str,
+    *,
+    cache: Cache,
+    say: Say,
+    components: Components | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[System]:
     """The system under test of ``wsched bench-<name>``, and the components unless given,
     on a fresh work directory: removed after a run that ends well, kept and named after
@@ -186,7 +195,7 @@ def bench_system(
         with contextlib.ExitStack() as stack:
             if components is None:
                 components = stack.enter_context(start_components(cache, work, say))
-            yield stack.enter_context(start_system(components, work, say))
+            yield stack.enter_context(start_system(components, work, say, env))
     except BaseException:
         say(f"stopped; the logs are kept in {work}")
         raise

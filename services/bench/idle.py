@@ -1,0 +1,138 @@
+"""``wsched bench-idle``: what pipelines cost a scheduler replica when they have no work.
+
+A fresh system (Kafka, TiDB, the API and one scheduler replica, the no-op deployer) is
+measured idle with no pipelines, then ``pipelines`` empty pipelines are created over the
+API and, once the replica hosts every one (its ``wsched_active_grains``), measured idle
+again: each process's CPU over ``measure_s`` in % of one core, and the replica's and the
+broker's RSS. Then one task is submitted to every pipeline and the time until all are
+admitted (rows in TiDB) is taken.
+
+The issue's targets for 10,000 pipelines: the replica below 5 % of a core and 300 MB.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from services.bench.measure import CpuUse, scrape, settled_rss_mb
+from services.bench.report import machine
+from services.bench.system import (
+    BenchFailed,
+    Components,
+    Say,
+    System,
+    Tenant,
+    bench_system,
+    until,
+)
+from services.infra.cache import Cache
+from services.store.engine import make_engine
+from services.store.schema import pipelines as pipelines_table
+from services.store.schema import tasks as tasks_table
+
+Report = dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    pipelines: int = 200
+    #: How long each idle measurement lasts.
+    measure_s: float = 30.0
+    #: Pipelines created at once over the API.
+    concurrency: int = 8
+
+
+def run(
+    options: Options, *, cache: Cache, say: Say, components: Components | None = None
+) -> Report:
+    report: Report = {"machine": machine(), "workload": vars(options).copy()}
+    env = {"WSCHED_QUOTA_MAX_PIPELINES": "0"}
+    with bench_system("idle", cache=cache, say=say, components=components, env=env) as system:
+        engine = make_engine(system.database_url)
+        tenant = Tenant(api=system.api)
+        try:
+            say(f"measuring the idle system with no pipelines for {options.measure_s:g}s")
+            report["no_pipelines"] = _idle(system, options.measure_s)
+            started = time.monotonic()
+            ids = _create(tenant, options, say)
+            until(lambda: _ready(engine) >= len(ids), 600 + len(ids) / 5, "pipelines ready")
+            report["create_s"] = round(time.monotonic() - started, 1)
+            say(f"{len(ids)} pipelines ready; waiting for the replica to host them")
+            until(lambda: _active(system) >= len(ids), 600, "every grain active")
+            report["host_s"] = round(time.monotonic() - started, 1)
+            time.sleep(5)  # activation's own work done
+            say(f"measuring {len(ids)} idle pipelines for {options.measure_s:g}s")
+            report["with_pipelines"] = _idle(system, options.measure_s)
+            report["one_task_each"] = _one_task_each(tenant, engine, ids, options, say)
+        finally:
+            tenant.http.close()
+            engine.dispose()
+    return report
+
+
+def _idle(system: System, seconds: float) -> Report:
+    with CpuUse(system.pids) as cpu:
+        time.sleep(seconds)
+    wall = cpu.seconds.pop("wall")
+    cpu.seconds.pop("bench processes", None)
+    return {
+        "cpu_percent": {name: round(100 * s / wall, 1) for name, s in cpu.seconds.items()},
+        "scheduler_rss_mb": round(settled_rss_mb(system.scheduler_pid), 1),
+        "kafka_rss_mb": round(settled_rss_mb(system.pids["kafka"]), 1),
+    }
+
+
+def _create(tenant: Tenant, options: Options, say: Say) -> list[str]:
+    say(f"creating {options.pipelines} pipelines, {options.concurrency} at a time")
+
+    def create(index: int) -> str:
+        body = {"name": f"idle-{index:05d}", "chart": "charts/examples/echo"}
+        answer = tenant.http.post("/api/applications/bench/pipelines", json=body)
+        if answer.status_code != 201:
+            raise BenchFailed(f"creating a pipeline: {answer.status_code} {answer.text}")
+        return str(answer.json()["id"])
+
+    with concurrent.futures.ThreadPoolExecutor(options.concurrency) as pool:
+        return list(pool.map(create, range(options.pipelines)))
+
+
+def _ready(engine: sa.Engine) -> int:
+    query = sa.select(sa.func.count()).where(pipelines_table.c.state == "ready")
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def _active(system: System) -> int:
+    metrics = scrape(system.metrics)
+    return int(sum(v for (name, _), v in metrics.items() if name == "wsched_active_grains"))
+
+
+def _one_task_each(
+    tenant: Tenant, engine: sa.Engine, ids: list[str], options: Options, say: Say
+) -> Report:
+    say(f"submitting one task to each of {len(ids)} pipelines")
+    started = time.monotonic()
+
+    def submit(index: int) -> None:
+        path = f"/api/applications/bench/pipelines/idle-{index:05d}/tasks"
+        answer = tenant.http.post(path, json={"tasks": [{"data": {"i": index}}]})
+        if answer.status_code not in (200, 201, 202):
+            raise BenchFailed(f"submitting: {answer.status_code} {answer.text}")
+
+    with concurrent.futures.ThreadPoolExecutor(options.concurrency) as pool:
+        list(pool.map(submit, range(len(ids))))
+    submitted = time.monotonic() - started
+
+    count = sa.select(sa.func.count()).select_from(tasks_table)
+
+    def admitted() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(count).scalar_one())
+
+    until(lambda: admitted() >= len(ids), 120, "one task of each pipeline admitted")
+    return {"submit_s": round(submitted, 1), "all_admitted_s": round(time.monotonic() - started, 1)}
