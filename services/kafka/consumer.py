@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +84,17 @@ def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | N
     return next((value for key, value in headers or () if key == name), None)
 
 
+def consumed(partition: int, record: ConsumerRecord[bytes, bytes]) -> ConsumedRecord:
+    """An aiokafka record as ours."""
+    return ConsumedRecord(
+        partition=partition,
+        offset=record.offset,
+        value=record.value,
+        timestamp_ms=record.timestamp,
+        trace_parent=_header(record.headers, TRACEPARENT),
+    )
+
+
 class KafkaPartitionConsumer:
     """:class:`PartitionConsumer` over ``AIOKafkaConsumer``; ``group_id`` only names where
     commits go (partitions are assigned, never balanced)."""
@@ -137,16 +148,7 @@ class KafkaPartitionConsumer:
     ) -> dict[int, list[ConsumedRecord]]:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         return {
-            tp.partition: [
-                ConsumedRecord(
-                    partition=tp.partition,
-                    offset=record.offset,
-                    value=record.value,
-                    timestamp_ms=record.timestamp,
-                    trace_parent=_header(record.headers, TRACEPARENT),
-                )
-                for record in records
-            ]
+            tp.partition: [consumed(tp.partition, record) for record in records]
             for tp, records in batches.items()
         }
 

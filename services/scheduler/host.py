@@ -31,8 +31,8 @@ from actors.pipeline.ports import StaleEpoch
 from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindStats
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin, TopicError
-from services.kafka.consumer import KafkaPartitionConsumer
 from services.kafka.event_publisher import KafkaEventPublisher
+from services.kafka.shared import SharedKafkaReader
 from services.observability import setup_tracing
 from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
 from services.scheduler.directory import PipelineDirectory
@@ -80,6 +80,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self._host.take_shards({tp.partition for tp in assigned})
+
+
+#: Where the grains' shared consumer commits its offsets (for Kafka's lag tooling only:
+#: the store's offsets are what a grain resumes from).
+GRAINS_GROUP = "wsched.grains"
 
 
 class SchedulerHost:
@@ -140,6 +145,7 @@ class SchedulerHost:
         self._purge: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._server: grpc.aio.Server | None = None
+        self._reader: SharedKafkaReader | None = None
         self.grpc_port = 0
 
     def _make_grain(self, key: str, context: ActorContext) -> grain_actor.PipelineActor:
@@ -175,6 +181,9 @@ class SchedulerHost:
         await admin.ensure_placement_topic()
         await self._ensure_events_topic(admin)
         self._events.start()
+        # Every hosted grain reads its topic through this one consumer.
+        self._reader = SharedKafkaReader(bootstrap=self._bootstrap, group_id=GRAINS_GROUP)
+        await self._reader.start()
         self._server = grpc.aio.server()
         worker_pb2_grpc.add_WorkerServicer_to_server(
             WorkerService(
@@ -236,6 +245,8 @@ class SchedulerHost:
                 await self._placement
         await self.release_shards(set(self._shards))
         await self._system.stop()
+        if self._reader is not None:
+            await self._reader.stop()
         # After the grains' last flushes, whose events are still queued.
         await self._events.stop()
         if self._server is not None:
@@ -356,11 +367,9 @@ class SchedulerHost:
             grain=grain,
             lease_timeout_s=config.lease_timeout_s if config else 30.0,
         )
-        consumer = KafkaPartitionConsumer(
-            bootstrap=self._bootstrap,
-            topic=pipeline_topic(pipeline_id),
-            group_id=f"wsched.grain.{pipeline_id}",
-        )
+        if self._reader is None:
+            raise RuntimeError("grains are hosted once the replica has started")
+        consumer = self._reader.view(pipeline_topic(pipeline_id))
         forwarder = Forwarder(
             consumer=consumer,
             pipeline_id=pipeline_id,
