@@ -67,7 +67,11 @@ def run(
             report["host_s"] = round(time.monotonic() - started, 1)
             time.sleep(5)  # activation's own work done
             say(f"measuring {len(ids)} idle pipelines for {options.measure_s:g}s")
+            before = _statements(engine)
             report["with_pipelines"] = _idle(system, options.measure_s)
+            report["with_pipelines"]["tidb_statements_per_s"] = _busiest(
+                before, _statements(engine), options.measure_s
+            )
             report["one_task_each"] = _one_task_each(tenant, engine, ids, options, say)
         finally:
             tenant.http.close()
@@ -85,6 +89,28 @@ def _idle(system: System, seconds: float) -> Report:
         "scheduler_rss_mb": round(settled_rss_mb(system.scheduler_pid), 1),
         "kafka_rss_mb": round(settled_rss_mb(system.pids["kafka"]), 1),
     }
+
+
+def _statements(engine: sa.Engine) -> dict[str, int]:
+    """Statements run on the bench's database so far, by digest (TiDB's statement
+    summary, per refresh window: a window that turns during the idle phase shows less)."""
+    query = sa.text(
+        "SELECT DIGEST_TEXT, SUM(EXEC_COUNT) FROM information_schema.statements_summary"
+        " WHERE SCHEMA_NAME = DATABASE() GROUP BY DIGEST_TEXT"
+    )
+    with engine.connect() as conn:
+        return {str(text): int(count) for text, count in conn.execute(query)}
+
+
+def _busiest(before: dict[str, int], after: dict[str, int], seconds: float) -> dict[str, float]:
+    """What TiDB was asked most during the idle phase, per second: so the next cost of
+    an idle pipeline shows."""
+    rates = {
+        text[:120]: round((count - before.get(text, 0)) / seconds, 2)
+        for text, count in after.items()
+        if count > before.get(text, 0)
+    }
+    return dict(sorted(rates.items(), key=lambda item: -item[1])[:6])
 
 
 def _create(tenant: Tenant, options: Options, say: Say) -> list[str]:

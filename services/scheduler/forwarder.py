@@ -152,8 +152,10 @@ class Forwarder:
                 if partition in start:
                     self._consumer.seek(partition, start[partition])
             while True:
+                # Records wake it at once; the timeout only paces the lag metric (a shared
+                # reader's view waits in memory, so an idle grain costs one wake-up here).
                 records = await self._consumer.getmany(
-                    timeout_ms=500, max_records=self._max_records
+                    timeout_ms=int(LAG_INTERVAL_S * 1000), max_records=self._max_records
                 )
                 if records:
                     await self._forward(build_batch(self.pipeline_id, records))
