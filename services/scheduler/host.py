@@ -302,27 +302,33 @@ class SchedulerHost:
         rescan_at = loop.time() + self._rescan_s
         while True:
             batches = await consumer.getmany(timeout_ms=1000)
-            for records in batches.values():
-                for record in records:
-                    await self._placement_event(record.value)
+            records = [record.value for batch in batches.values() for record in batch]
+            if records:
+                await self._placement_events(records)
             if loop.time() >= rescan_at:
                 rescan_at = loop.time() + self._rescan_s
                 await self.reconcile()
 
-    async def _placement_event(self, raw: bytes | None) -> None:
-        event = events_pb2.PlacementEvent()
-        try:
-            event.ParseFromString(raw or b"")
-        except Exception:  # noqa: BLE001 - a bad placement record only delays a rescan
-            log.warning("ignored an undecodable placement record")
-            return
-        if event.shard not in self._shards:
-            return
-        if self._scaler is not None:
-            self._scaler.invalidate(event.pipeline_id)
-        if event.kind == events_pb2.PlacementEvent.KIND_DELETED:
-            await self._drop(event.pipeline_id)
-        else:
+    async def _placement_events(self, records: Sequence[bytes | None]) -> None:
+        """Apply a fetch's placement records: drops one by one, and one reconcile for all
+        the others (a thousand pipelines created together cost one scan, not a thousand)."""
+        rescan = False
+        for raw in records:
+            event = events_pb2.PlacementEvent()
+            try:
+                event.ParseFromString(raw or b"")
+            except Exception:  # noqa: BLE001 - a bad placement record only delays a rescan
+                log.warning("ignored an undecodable placement record")
+                continue
+            if event.shard not in self._shards:
+                continue
+            if self._scaler is not None:
+                self._scaler.invalidate(event.pipeline_id)
+            if event.kind == events_pb2.PlacementEvent.KIND_DELETED:
+                await self._drop(event.pipeline_id)
+            else:
+                rescan = True
+        if rescan:
             await self.reconcile()
 
     async def take_shards(self, shards: set[int]) -> None:
