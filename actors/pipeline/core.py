@@ -118,8 +118,9 @@ class PipelineCore:
     def clock(self) -> GrainClock:
         return self._clock
 
-    def snapshot(self) -> GrainSnapshot:
-        """The figures readers outside the actor may see (metrics, the scaler)."""
+    def snapshot(self, *, idle: bool = False) -> GrainSnapshot:
+        """The figures readers outside the actor may see (metrics, the scaler); ``idle``:
+        the actor ticks the grain at its slow pace."""
         return GrainSnapshot(
             key=self.key,
             epoch=self.epoch,
@@ -128,6 +129,7 @@ class PipelineCore:
             leased=self.book.leased_count,
             taken_at=self._clock.monotonic(),
             due_soon=self._due_soon(),
+            idle=idle,
         )
 
     def _due_soon(self) -> int:
