@@ -28,6 +28,7 @@ from actors.pipeline.model import (
     Report,
     ReportAck,
 )
+from actors.pipeline.pace import Pace
 from actors.pipeline.ports import EventSink, StaleEpoch, StoreUnavailable, TaskStore
 
 log = logging.getLogger("wsched.actors.pipeline")
@@ -107,6 +108,11 @@ class Timing:
     flush_s: float = 2.0
     #: How long a report waits for others to share its flush (group commit).
     report_linger_s: float = 0.005
+    #: The tick of a grain with nothing to do (``pace.py``); it flushes nothing, as it has
+    #: nothing to write, and still notices a schedule change whose record was lost.
+    idle_tick_s: float = 10.0
+    #: How long a grain has nothing to do before it ticks at ``idle_tick_s``.
+    idle_after_s: float = 5.0
 
 
 class ConfigSource(Protocol):
@@ -164,7 +170,15 @@ class PipelineActor(Actor[object, Any]):
         self._offsets: dict[int, int] = {}
         self._flush_timer: Cancellable | None = None
         self._due_timer: Cancellable | None = None
+        self._pace = Pace(idle_after_s=timing.idle_after_s)
+        #: The periodic tick (and flush, at the fast pace) of the current pace.
+        self._periodic: list[Cancellable] = []
         self._handlers = self._dispatch_table()
+
+    @property
+    def idle(self) -> bool:
+        """Whether the grain ticks at the slow pace of a grain with nothing to do."""
+        return self._pace.slow
 
     @property
     def core(self) -> PipelineCore:
@@ -190,8 +204,7 @@ class PipelineActor(Actor[object, Any]):
         )
         self._offsets = await self._fenced(self._core.activate())
         self._publish()
-        self._ctx.every(self._timing.tick_s, TICK)
-        self._ctx.every(self._timing.flush_s, FLUSH)
+        self._start_periodic()
 
     async def on_deactivate(self, reason: str) -> None:
         if self._core is not None:
@@ -202,7 +215,7 @@ class PipelineActor(Actor[object, Any]):
     def _publish(self) -> None:
         if self._core is None or self._core.fenced:
             return  # a fenced grain's figures are no longer the pipeline's
-        self._published = self._core.snapshot()
+        self._published = self._core.snapshot(idle=self._pace.slow)
         self._snapshots[self._key] = self._published
 
     def _withdraw_snapshot(self) -> None:
@@ -224,11 +237,45 @@ class PipelineActor(Actor[object, Any]):
                 return None
             return Failed(error=err)
         finally:
+            self._keep_pace()
             # Even a failed admission or tick may have changed the book part way.
             if isinstance(message, _PUBLISHED_AFTER):
                 self._publish()
             if isinstance(message, Admit | Poll | _Tick | _Timer | _Flush):
                 self._arm_due_timer()
+
+    def _keep_pace(self) -> None:
+        """Slow down once the grain has had nothing to do for a while; speed up as soon as
+        it has. Checked after every message, since only a message gives it work.
+
+        No tick is run on the spot when speeding up: the message that gave it work did
+        what is urgent (an admission hands its tasks to waiting polls, and
+        ``_arm_due_timer`` wakes the grain for a timer or schedule due before the next
+        tick), and the first fast tick follows within ``tick_s``, as it would have for a
+        grain that never slowed down.
+        """
+        if self._core is None or self._core.fenced:
+            return
+        if self._pace.observe(quiescent=self._core.quiescent, now=self._ctx.clock.now()):
+            pace = "slowly: nothing to do" if self._pace.slow else "fast again"
+            log.debug("grain %s ticks %s", self._key, pace)
+            self._start_periodic()
+
+    def _start_periodic(self) -> None:
+        """The timers of the current pace, in place of the previous pace's.
+
+        The slow pace has no flush: a quiescent grain has nothing to write, and whatever
+        gives it something to write is a message, after which it is at the fast pace.
+        """
+        for timer in self._periodic:
+            timer.cancel()
+        if self._pace.slow:
+            self._periodic = [self._ctx.every(self._timing.idle_tick_s, TICK)]
+        else:
+            self._periodic = [
+                self._ctx.every(self._timing.tick_s, TICK),
+                self._ctx.every(self._timing.flush_s, FLUSH),
+            ]
 
     def _dispatch_table(self) -> dict[type, Callable[[Any], Awaitable[Any]]]:
         return {

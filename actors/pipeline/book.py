@@ -367,6 +367,29 @@ class TaskBook:
             self._unwritten_timers.add(task.id)
 
     @property
+    def quiescent(self) -> bool:
+        """Nothing in the book waits for time to pass or for a write.
+
+        - no lease: nothing to expire (``expire``);
+        - an empty window and no queued task in the store beyond it: nothing to hand out,
+          to sweep for deadlines (``end_overdue``) or to page in (``wants_page``);
+        - no timer held and none left in the store: nothing to fire or refill;
+        - no change, result or attempt waiting for a flush (a retry's unwritten timer is
+          one of them).
+
+        Only a call from outside (an admission, a cancel, a requeue) can end it.
+        ``PipelineCore.quiescent`` adds what the core holds around the book.
+        """
+        return not (
+            self._leases
+            or self._ready
+            or self.stored_backlog
+            or not self.timers.exhausted
+            or self.dirty
+            or self._unwritten_timers
+        )
+
+    @property
     def has_unwritten_timers(self) -> bool:
         return bool(self._unwritten_timers)
 

@@ -118,8 +118,9 @@ class PipelineCore:
     def clock(self) -> GrainClock:
         return self._clock
 
-    def snapshot(self) -> GrainSnapshot:
-        """The figures readers outside the actor may see (metrics, the scaler)."""
+    def snapshot(self, *, idle: bool = False) -> GrainSnapshot:
+        """The figures readers outside the actor may see (metrics, the scaler); ``idle``:
+        the actor ticks the grain at its slow pace."""
         return GrainSnapshot(
             key=self.key,
             epoch=self.epoch,
@@ -128,6 +129,7 @@ class PipelineCore:
             leased=self.book.leased_count,
             taken_at=self._clock.monotonic(),
             due_soon=self._due_soon(),
+            idle=idle,
         )
 
     def _due_soon(self) -> int:
@@ -470,6 +472,37 @@ class PipelineCore:
     @property
     def wants_flush(self) -> bool:
         return self.book.dirty or bool(self._durable) or self.book.stats() != self._written_stats
+
+    @property
+    def quiescent(self) -> bool:
+        """Whether neither a tick nor a flush has anything to do until a message arrives;
+        the actor then ticks the grain slowly (``Timing.idle_tick_s``).
+
+        Each job of ``_tick`` and ``flush``, and why a quiescent grain has none:
+
+        - lease expiry, deadline sweep, page-in, timer firing and refill: the book holds
+          no lease, no ready task, no stored backlog and no timer (``TaskBook.quiescent``).
+          New work reaches it only by a message: an admission, a requeue, or a poll
+          that takes a lease (which needs ready tasks, so the grain was not quiescent).
+        - schedule firing, buffered runs included: it holds no schedule. A new one comes
+          with a ``ScheduleChanged`` record (an admission); the version resync, in case
+          that record was lost, still runs at the slow tick.
+        - the flush: no pending change (``book.dirty``), no report waiting for its flush
+          (``_durable``), and the counters are those last written.
+        - events: none committed and not yet published.
+
+        Long polls waiting here do not count: tasks reach them the moment they join the
+        window (``_serve_waiters`` after admission, firing and page-in, all of them
+        messages or work a quiescent grain has not got), and their timeout is their
+        caller's (``GrainHandle.poll`` withdraws), so a waiter needs no tick.
+        """
+        return (
+            self.book.quiescent
+            and not len(self.schedules.book)
+            and not self._durable
+            and not self._unpublished
+            and self.book.stats() == self._written_stats
+        )
 
     # -- live results (D6) ---------------------------------------------------------------
 

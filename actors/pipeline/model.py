@@ -221,7 +221,8 @@ class GrainSnapshot:
     Metrics and the scaler read these instead of the live book, whose state only the
     actor's mailbox may touch. Published after activation and after each admission, tick
     and flush (never per poll or heartbeat: that is the hot path), so it is at most a
-    tick old.
+    tick old. An idle grain's slow tick leaves it older, but then only a message could
+    change its figures, and an admission publishes.
     """
 
     key: GrainKey
@@ -236,6 +237,8 @@ class GrainSnapshot:
     taken_at: float
     #: Scheduled tasks due within the pipeline's ``lead_s``: work the scaler prepares for.
     due_soon: int = 0
+    #: The grain had nothing to do and ticked slowly (``PipelineCore.quiescent``).
+    idle: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stats", MappingProxyType(dict(self.stats)))

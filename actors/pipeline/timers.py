@@ -106,6 +106,12 @@ class TimerHeap:
         del self._keys[index]
         return True
 
+    @property
+    def exhausted(self) -> bool:
+        """No timer is held and the store has none beyond the horizon: nothing to fire,
+        nothing to refill, until a new timer is offered."""
+        return not self._keys and self.horizon is None
+
     def payload(self, task_id: str) -> Task | None:
         return self._payloads.get(task_id)
 

@@ -87,6 +87,9 @@ class SchedulerCollector(Collector):
         leased = GaugeMetricFamily(
             "wsched_pipeline_leased", "Tasks held by workers now.", labels=["pipeline"]
         )
+        idle = GaugeMetricFamily(
+            "wsched_idle_grains", "Pipeline grains with nothing to do, ticking slowly."
+        )
         for key, snapshot in snapshots.items():
             pipeline = key.pipeline_id
             for event, value in sorted(snapshot.totals.items()):
@@ -96,7 +99,8 @@ class SchedulerCollector(Collector):
                     tasks.add_metric([pipeline, status], value)
             backlog.add_metric([pipeline], snapshot.backlog)
             leased.add_metric([pipeline], snapshot.leased)
-        yield from (events, tasks, backlog, leased)
+        idle.add_metric([], sum(1 for snapshot in snapshots.values() if snapshot.idle))
+        yield from (events, tasks, backlog, leased, idle)
 
     def _queue_length(
         self, snapshots: dict[GrainKey, GrainSnapshot], labels: dict[str, tuple[str, str]]

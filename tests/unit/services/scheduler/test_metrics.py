@@ -68,3 +68,14 @@ def test_a_pipeline_without_a_snapshot_has_no_grain_series() -> None:
     text = scrape({})
     assert 'wsched_pipeline_backlog{pipeline="p1"}' not in text
     assert "server_scheduler_queue_length{" not in text
+
+
+def test_idle_grains_are_counted() -> None:
+    def snapshot(pipeline_id: str, *, idle: bool) -> GrainSnapshot:
+        key = GrainKey(pipeline_id=pipeline_id)
+        return GrainSnapshot(
+            key=key, epoch=1, stats={"backlog": 0}, totals={}, leased=0, taken_at=0.0, idle=idle
+        )
+
+    snapshots = {s.key: s for s in (snapshot("a", idle=True), snapshot("b", idle=False))}
+    assert "wsched_idle_grains 1.0" in scrape(snapshots)
