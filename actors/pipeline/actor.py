@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -81,6 +81,14 @@ class Stats:
     pass
 
 
+@dataclass(frozen=True, kw_only=True)
+class SyncSchedules:
+    """The stored versions of the pipeline's schedules, read by the replica for all its
+    grains at once: the grain loads those that differ from its own (a lost record)."""
+
+    stored: Mapping[str, int]
+
+
 class _Tick:
     pass
 
@@ -96,7 +104,7 @@ class _Timer:
 TICK, FLUSH, TIMER = _Tick(), _Flush(), _Timer()
 #: The messages after which the grain publishes a snapshot; polls, heartbeats and
 #: reports are the hot path and show up at the next tick or flush instead.
-_PUBLISHED_AFTER = (Admit, _Tick, _Flush, _Timer)
+_PUBLISHED_AFTER = (Admit, SyncSchedules, _Tick, _Flush, _Timer)
 #: Messages the actor sends itself: a failure is logged, nobody waits for a reply.
 _OWN = (_Tick, _Flush, _Timer)
 
@@ -113,6 +121,9 @@ class Timing:
     idle_tick_s: float = 10.0
     #: How long a grain has nothing to do before it ticks at ``idle_tick_s``.
     idle_after_s: float = 5.0
+    #: How often a grain compares its schedules' versions with the store (a lost
+    #: ``ScheduleChanged`` record); None: its replica does it for all its grains.
+    schedule_resync_s: float | None = 30.0
 
 
 class ConfigSource(Protocol):
@@ -201,6 +212,7 @@ class PipelineActor(Actor[object, Any]):
             observe_flush=self._observe_flush,
             observe_dispatch=self._observe_dispatch,
             events=self._events,
+            schedule_resync_s=self._timing.schedule_resync_s,
         )
         self._offsets = await self._fenced(self._core.activate())
         self._publish()
@@ -286,6 +298,7 @@ class PipelineActor(Actor[object, Any]):
             Heartbeat: self._heartbeat,
             ReportBatch: self._report,
             Stats: self._stats,
+            SyncSchedules: self._sync_schedules,
             _Tick: self._tick,
             _Flush: self._flush,
             _Timer: self._timer,
@@ -322,6 +335,9 @@ class PipelineActor(Actor[object, Any]):
 
     async def _stats(self, _: Stats) -> dict[str, int]:
         return self.core.book.stats()
+
+    async def _sync_schedules(self, msg: SyncSchedules) -> None:
+        await self.core.schedules.check(dict(msg.stored))
 
     async def _tick(self, _: _Tick) -> None:
         await self.core.tick()

@@ -84,8 +84,12 @@ class PipelineCore:
         observe_flush: Callable[[int, float], None] | None = None,
         observe_dispatch: Callable[[float], None] | None = None,
         events: EventSink | None = None,
+        schedule_resync_s: float | None = 30.0,
     ) -> None:
+        """``schedule_resync_s``: how often the grain compares its schedules' versions with
+        the store; None when its replica does that for all its grains."""
         self.config = config
+        self._schedule_resync_s = schedule_resync_s
         #: Told what each committed write changed (D6); None: nobody listens.
         self._events = events
         #: Changes committed but not yet published: sent at the end of the mailbox turn.
@@ -99,7 +103,7 @@ class PipelineCore:
         self._store = store
         self._clock = clock
         self.book = TaskBook(config=config, epoch=0)
-        self.schedules = ScheduleFiring(self)
+        self.schedules = ScheduleFiring(self, resync_s=self._schedule_resync_s)
         self.timer_firing = TimerFiring(self)
         self._waiters: deque[_Waiter] = deque()
         self._durable: list[asyncio.Future[None]] = []
@@ -130,6 +134,7 @@ class PipelineCore:
             taken_at=self._clock.monotonic(),
             due_soon=self._due_soon(),
             idle=idle,
+            schedule_versions=self.schedules.book.versions() if self.schedules.enabled else None,
         )
 
     def _due_soon(self) -> int:
@@ -150,7 +155,7 @@ class PipelineCore:
         self.book = TaskBook(config=self.config, epoch=epoch)
         self.book.load_counts(loaded.counts)
         self.book.restore_leases(loaded.leased, now=self._clock.monotonic())
-        self.schedules = ScheduleFiring(self)
+        self.schedules = ScheduleFiring(self, resync_s=self._schedule_resync_s)
         await self.schedules.load()
         await self.schedules.fire()
         await self.timer_firing.refill()

@@ -7,8 +7,10 @@ transaction (``TaskStore.admit``): a crash before it fires the same nominal time
 
 Definitions reach the grain three ways: all of them at activation, the changed ones when
 a ``ScheduleChanged`` record arrives on the pipeline's topic (the API produces one after
-each change), and a comparison of versions every ``resync_s`` in case such a record was
-never produced (the API crashed between its write and its record).
+each change), and a comparison of versions in case such a record was never produced (the
+API crashed between its write and its record): every ``resync_s`` by the grain itself, or,
+in a scheduler replica, by the replica for all its grains in one read (``check``), which
+spares an idle pipeline's grain a read of its own every 30 s.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ FIRE_BATCHES = 2
 
 
 class ScheduleFiring:
-    def __init__(self, core: PipelineCore, *, resync_s: float = 30.0) -> None:
+    def __init__(self, core: PipelineCore, *, resync_s: float | None = 30.0) -> None:
+        """``resync_s``: how often the grain compares versions itself; None: never, the
+        replica does it for its grains (``check``)."""
         self._core = core
         self.book = ScheduleBook()
         self.enabled = core.key.slice == 0
@@ -65,11 +69,18 @@ class ScheduleFiring:
 
     async def resync(self) -> None:
         """Compare versions with the store now and then (a lost change record)."""
-        if not self.enabled or self._synced_at is None:
+        if not self.enabled or self._synced_at is None or self._resync_s is None:
             return
         if self._core.clock.monotonic() - self._synced_at < self._resync_s:
             return
         stored = await self._core.guard(self._core.store.schedule_versions(grain=self._core.key))
+        await self.check(stored)
+
+    async def check(self, stored: dict[str, int]) -> None:
+        """Load the definitions whose stored versions (``stored``, read by the caller)
+        differ from those held, and drop those no longer stored."""
+        if not self.enabled or self._synced_at is None:
+            return
         mine = self.book.versions()
         stale = [sid for sid, version in stored.items() if mine.get(sid) != version]
         stale += [sid for sid in mine if sid not in stored]

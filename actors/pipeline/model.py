@@ -239,9 +239,15 @@ class GrainSnapshot:
     due_soon: int = 0
     #: The grain had nothing to do and ticked slowly (``PipelineCore.quiescent``).
     idle: bool = False
+    #: The versions of the schedules it fires (schedule id -> version); None: a grain
+    #: that fires none (not its pipeline's first slice).
+    schedule_versions: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stats", MappingProxyType(dict(self.stats)))
+        if self.schedule_versions is not None:
+            versions = MappingProxyType(dict(self.schedule_versions))
+            object.__setattr__(self, "schedule_versions", versions)
         object.__setattr__(self, "totals", MappingProxyType(dict(self.totals)))
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -97,9 +98,12 @@ class SchedulerHost:
         timing: grain_actor.Timing | None = None,
         rescan_s: float = 10.0,
         kube: KubePort | None = None,
+        schedule_resync_s: float = 30.0,
     ) -> None:
         """``kube``: the built-in scaler's Kubernetes calls (tests inject one); only used
-        with ``autoscaler == "builtin"``."""
+        with ``autoscaler == "builtin"``. ``schedule_resync_s``: how often the replica
+        compares its grains' schedules with the store (in one read for all of them), in
+        case a ``ScheduleChanged`` record was never produced."""
         if not settings.kafka_bootstrap:
             raise ValueError("WSCHED_KAFKA_BOOTSTRAP must be set for the scheduler")
         self._settings = settings
@@ -110,7 +114,10 @@ class SchedulerHost:
         )
         self._bootstrap = settings.kafka_bootstrap
         self._address = settings.advertised_grpc()
-        self._timing = timing or grain_actor.Timing()
+        # The replica compares every grain's schedule versions in one read, so that an
+        # idle pipeline's grain does not read its own every 30 s.
+        self._timing = dataclasses.replace(timing or grain_actor.Timing(), schedule_resync_s=None)
+        self._schedule_resync_s = schedule_resync_s
         self._rescan_s = rescan_s
         self._engine = make_engine(settings.effective_database_url())
         self._store = SqlTaskStore(engine=self._engine, clock=_utcnow)
@@ -143,6 +150,7 @@ class SchedulerHost:
         self._changes = asyncio.Lock()
         self._placement: asyncio.Task[None] | None = None
         self._purge: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._server: grpc.aio.Server | None = None
         self._reader: SharedKafkaReader | None = None
@@ -195,6 +203,7 @@ class SchedulerHost:
         self.grpc_port = self._server.add_insecure_port(bind)
         await self._server.start()
         self._placement = asyncio.create_task(self._run_placement(), name="placement")
+        self._resync = asyncio.create_task(self._resync_schedules_forever(), name="resync")
         if needs_purge(self._engine):
             self._purge = asyncio.create_task(purge_forever(self._engine), name="purge")
         await self._start_http()
@@ -235,10 +244,11 @@ class SchedulerHost:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await self._http_task
-        if self._purge is not None:
-            self._purge.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purge
+        for task in (self._purge, self._resync):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._placement is not None:
             self._placement.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,6 +264,37 @@ class SchedulerHost:
         self._engine.dispose()
         # In a thread: the last export is a blocking call that may take its timeout.
         await asyncio.to_thread(self._tracing.shutdown)
+
+    # -- schedules ----------------------------------------------------------------------
+
+    async def _resync_schedules_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._schedule_resync_s)
+            try:
+                await self.resync_schedules()
+            except Exception as err:  # noqa: BLE001 - the next pass tries again
+                log.warning("schedules: versions not compared now: %s: %s", type(err).__name__, err)
+
+    async def resync_schedules(self) -> int:
+        """Read the schedule versions of every hosted pipeline in one statement (per 500
+        pipelines) and tell each grain whose published versions differ; the grain then
+        reads the definitions that changed. Returns how many grains were told."""
+        hosted = list(self._hosted)
+        if not hosted:
+            return 0
+        stored = await self._directory.schedule_versions(hosted)
+        told = 0
+        for pipeline_id in hosted:
+            snapshot = self._snapshots.get(GrainKey(pipeline_id=pipeline_id))
+            if snapshot is None or snapshot.schedule_versions is None:
+                continue
+            theirs = stored.get(pipeline_id, {})
+            if dict(snapshot.schedule_versions) != theirs:
+                hosted_grain = self._hosted.get(pipeline_id)
+                if hosted_grain is not None:
+                    self._system.tell(hosted_grain.grain, grain_actor.SyncSchedules(stored=theirs))
+                    told += 1
+        return told
 
     # -- placement ----------------------------------------------------------------------
 

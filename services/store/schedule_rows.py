@@ -74,6 +74,20 @@ def versions(conn: sa.Connection, *, pipeline_id: str) -> dict[str, int]:
     return {row.id: int(row.version) for row in rows}
 
 
+def versions_of(conn: sa.Connection, pipeline_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """The schedules' versions of many pipelines (those with none are absent)."""
+    out: dict[str, dict[str, int]] = {}
+    for chunk in chunks(list(pipeline_ids)):
+        rows = conn.execute(
+            sa.select(schedules.c.pipeline_id, schedules.c.id, schedules.c.version).where(
+                schedules.c.pipeline_id.in_(chunk)
+            )
+        )
+        for row in rows:
+            out.setdefault(row.pipeline_id, {})[row.id] = int(row.version)
+    return out
+
+
 def run_statuses(
     conn: sa.Connection, *, pipeline_id: str, task_ids: Sequence[str]
 ) -> dict[str, Status]:

@@ -219,3 +219,32 @@ async def test_a_sigstopped_ex_owner_fires_nothing_once_resumed(
     found = runs(engine, pipeline.id, record.id)
     assert_every_second_once(found, record.id)
     assert "lost ownership" in paused.log(), "the ex-owner never tried its stale write"
+
+
+async def test_a_schedule_whose_record_was_lost_is_found_by_the_replicas_one_read(
+    host: SchedulerHost,
+    pipeline: ReadyPipeline,
+    control: ControlStore,
+    engine: sa.Engine,
+) -> None:
+    """The API crashed between its write and its ``ScheduleChanged`` record: the replica's
+    comparison of every grain's versions (one read for all) finds the schedule, and the
+    grain fires it; grains that hold the stored versions are not told anything."""
+    await wait_hosted(host, pipeline.id)
+    assert await host.resync_schedules() == 0  # nothing stored, nothing held
+    record = control.create_schedule(
+        pipeline_id=pipeline.id,
+        name="lost",
+        spec={**EVERY_SECOND, "created_at": dt.datetime.now(dt.UTC).isoformat()},
+        paused=False,
+    )  # and no record on the topic
+    await asyncio.sleep(1.0)
+    assert runs(engine, pipeline.id, record.id) == [], "fired with no record and no resync"
+    assert await host.resync_schedules() == 1
+    await wait_runs(engine, pipeline.id, record.id, 2)
+    assert_every_second_once(runs(engine, pipeline.id, record.id), record.id)
+
+    async def held() -> bool:
+        return await host.resync_schedules() == 0  # published: versions equal now
+
+    await wait_for(held, timeout_s=10, what="the grain to publish the schedule's version")
