@@ -132,6 +132,9 @@ def bench_idle(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     pipelines: Annotated[int, typer.Option(help="Empty pipelines to create.")] = 200,
     measure_s: Annotated[float, typer.Option(help="Seconds of each idle measurement.")] = 30.0,
+    idle_timeout_s: Annotated[
+        float, typer.Option(help="The replica's grain idle timeout (0: never deactivate).")
+    ] = 10.0,
 ) -> None:
     """What empty pipelines cost one scheduler replica: its idle CPU and RSS and the
     broker's, with none and with PIPELINES, then one task to each until all are admitted."""
@@ -139,7 +142,7 @@ def bench_idle(
     from services.infra.cache import Cache
 
     report = idle.run(
-        idle.Options(pipelines=pipelines, measure_s=measure_s),
+        idle.Options(pipelines=pipelines, measure_s=measure_s, idle_timeout_s=idle_timeout_s),
         cache=Cache(root=_settings().cache_dir),
         say=lambda text: console.print(f"[cyan]bench-idle[/]: {text}"),
     )

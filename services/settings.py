@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=25.0, gt=0, le=600)
     #: Ready tasks each pipeline grain keeps in memory; the rest stays in the store.
     window_tasks: int = Field(default=2000, ge=10, le=1_000_000)
+    #: How long a pipeline's grain has nothing to do (no task ready, leased or due, no
+    #: schedule) before it deactivates; the next record or report activates it. 0: never.
+    grain_idle_timeout_s: float = Field(default=120.0, ge=0, le=86_400)
     kafka_bootstrap: str | None = None
     database_url: str | None = None
     operator_key: SecretStr = SecretStr("dev-operator-key")

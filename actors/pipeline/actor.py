@@ -121,6 +121,9 @@ class Timing:
     idle_tick_s: float = 10.0
     #: How long a grain has nothing to do before it ticks at ``idle_tick_s``.
     idle_after_s: float = 5.0
+    #: How long a grain stays quiescent before it deactivates (its replica keeps reading
+    #: its topic, and the next record or report activates it again); None: never.
+    deactivate_after_s: float | None = None
     #: How often a grain compares its schedules' versions with the store (a lost
     #: ``ScheduleChanged`` record); None: its replica does it for all its grains.
     schedule_resync_s: float | None = 30.0
@@ -161,9 +164,13 @@ class PipelineActor(Actor[object, Any]):
         observe_flush: Callable[[int, float], None] | None = None,
         observe_dispatch: Callable[[float], None] | None = None,
         events: EventSink | None = None,
+        may_deactivate: Callable[[GrainKey], bool] | None = None,
     ) -> None:
+        """``may_deactivate``: asked before an idle grain deactivates (its replica's
+        scaler says no while the pipeline's workers are above their minimum)."""
         self._key = key
         self._events = events
+        self._may_deactivate = may_deactivate or (lambda _key: True)
         #: Where this grain publishes its snapshot, read by metrics and the scaler; shared
         #: by the host's grains, so an entry is removed only by the actor that put it there.
         self._snapshots: MutableMapping[GrainKey, GrainSnapshot] = (
@@ -268,10 +275,21 @@ class PipelineActor(Actor[object, Any]):
         """
         if self._core is None or self._core.fenced:
             return
-        if self._pace.observe(quiescent=self._core.quiescent, now=self._ctx.clock.now()):
+        now = self._ctx.clock.now()
+        if self._pace.observe(quiescent=self._core.quiescent, now=now):
             pace = "slowly: nothing to do" if self._pace.slow else "fast again"
             log.debug("grain %s ticks %s", self._key, pace)
             self._start_periodic()
+        after = self._timing.deactivate_after_s
+        if (
+            after is not None
+            and self._pace.slow
+            and self._pace.quiet_for(now) >= after
+            and self._may_deactivate(self._key)
+        ):
+            # Nothing to do for a while: a record, a report or a poll's wait for the next
+            # activation bring it back; polls waiting here are answered empty.
+            self._ctx.self_stop("idle")
 
     def _start_periodic(self) -> None:
         """The timers of the current pace, in place of the previous pace's.

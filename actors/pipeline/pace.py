@@ -37,3 +37,7 @@ class Pace:
             return False
         self.slow = True
         return True
+
+    def quiet_for(self, now: float) -> float:
+        """Seconds the grain has been quiescent, as of its last message (0: it is not)."""
+        return 0.0 if self._quiet_since is None else now - self._quiet_since

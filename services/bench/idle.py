@@ -2,7 +2,8 @@
 
 A fresh system (Kafka, TiDB, the API and one scheduler replica, the no-op deployer) is
 measured idle with no pipelines, then ``pipelines`` empty pipelines are created over the
-API and, once the replica hosts every one (its ``wsched_active_grains``), measured idle
+API and, once the replica hosts every one (``wsched_hosted_pipelines``) and their grains
+have deactivated (``wsched_active_grains`` 0, after ``idle_timeout_s``), measured idle
 again: each process's CPU over ``measure_s`` in % of one core, and the replica's and the
 broker's RSS. Then one task is submitted to every pipeline and the time until all are
 admitted (rows in TiDB) is taken.
@@ -45,13 +46,18 @@ class Options:
     measure_s: float = 30.0
     #: Pipelines created at once over the API.
     concurrency: int = 8
+    #: The replica's ``WSCHED_GRAIN_IDLE_TIMEOUT_S`` (0: grains never deactivate).
+    idle_timeout_s: float = 10.0
 
 
 def run(
     options: Options, *, cache: Cache, say: Say, components: Components | None = None
 ) -> Report:
     report: Report = {"machine": machine(), "workload": vars(options).copy()}
-    env = {"WSCHED_QUOTA_MAX_PIPELINES": "0"}
+    env = {
+        "WSCHED_QUOTA_MAX_PIPELINES": "0",
+        "WSCHED_GRAIN_IDLE_TIMEOUT_S": str(options.idle_timeout_s),
+    }
     with bench_system("idle", cache=cache, say=say, components=components, env=env) as system:
         engine = make_engine(system.database_url)
         tenant = Tenant(api=system.api)
@@ -63,12 +69,18 @@ def run(
             until(lambda: _ready(engine) >= len(ids), 600 + len(ids) / 5, "pipelines ready")
             report["create_s"] = round(time.monotonic() - started, 1)
             say(f"{len(ids)} pipelines ready; waiting for the replica to host them")
-            until(lambda: _active(system) >= len(ids), 600, "every grain active")
+            until(lambda: _gauge(system, "wsched_hosted_pipelines") >= len(ids), 600, "hosting")
             report["host_s"] = round(time.monotonic() - started, 1)
-            time.sleep(5)  # activation's own work done
+            if options.idle_timeout_s > 0:
+                say("waiting for the idle grains to deactivate")
+                limit = options.idle_timeout_s + 120
+                until(lambda: _gauge(system, "wsched_active_grains") == 0, limit, "deactivation")
+                report["deactivated_s"] = round(time.monotonic() - started, 1)
+            time.sleep(5)  # activation's or deactivation's own work done
             say(f"measuring {len(ids)} idle pipelines for {options.measure_s:g}s")
             before = _statements(engine)
             report["with_pipelines"] = _idle(system, options.measure_s)
+            report["with_pipelines"]["active_grains"] = _gauge(system, "wsched_active_grains")
             report["with_pipelines"]["tidb_statements_per_s"] = _busiest(
                 before, _statements(engine), options.measure_s
             )
@@ -133,9 +145,10 @@ def _ready(engine: sa.Engine) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-def _active(system: System) -> int:
+def _gauge(system: System, name: str) -> int:
+    """The replica's gauge, summed over its labels."""
     metrics = scrape(system.metrics)
-    return int(sum(v for (name, _), v in metrics.items() if name == "wsched_active_grains"))
+    return int(sum(v for (metric, _), v in metrics.items() if metric == name))
 
 
 def _one_task_each(

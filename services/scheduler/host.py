@@ -116,7 +116,12 @@ class SchedulerHost:
         self._address = settings.advertised_grpc()
         # The replica compares every grain's schedule versions in one read, so that an
         # idle pipeline's grain does not read its own every 30 s.
-        self._timing = dataclasses.replace(timing or grain_actor.Timing(), schedule_resync_s=None)
+        idle_s = settings.grain_idle_timeout_s
+        self._timing = dataclasses.replace(
+            timing or grain_actor.Timing(),
+            schedule_resync_s=None,
+            deactivate_after_s=idle_s if idle_s > 0 else None,
+        )
         self._schedule_resync_s = schedule_resync_s
         self._rescan_s = rescan_s
         self._engine = make_engine(settings.effective_database_url())
@@ -157,8 +162,13 @@ class SchedulerHost:
         self.grpc_port = 0
 
     def _make_grain(self, key: str, context: ActorContext) -> grain_actor.PipelineActor:
+        grain_key = GrainKey.parse(key)
+        hosted = self._hosted.get(grain_key.pipeline_id)
+        if hosted is not None:
+            hosted.handle.activated()  # its parked polls go to it now
         return grain_actor.PipelineActor(
-            key=GrainKey.parse(key),
+            key=grain_key,
+            may_deactivate=self._may_deactivate,
             context=context,
             store=self._store,
             configs=self._directory,
@@ -169,6 +179,11 @@ class SchedulerHost:
             observe_dispatch=self._grain_metrics.dispatch.observe,
             events=self._events,
         )
+
+    def _may_deactivate(self, key: GrainKey) -> bool:
+        """An idle grain may go once its pipeline's workers are at their minimum (else
+        the built-in scaler, which scales what grains publish, would leave them up)."""
+        return self._scaler is None or self._scaler.at_rest(key.pipeline_id)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -286,10 +301,15 @@ class SchedulerHost:
         told = 0
         for pipeline_id in hosted:
             snapshot = self._snapshots.get(GrainKey(pipeline_id=pipeline_id))
-            if snapshot is None or snapshot.schedule_versions is None:
-                continue
             theirs = stored.get(pipeline_id, {})
-            if dict(snapshot.schedule_versions) != theirs:
+            if snapshot is None:
+                # Not active (an idle grain holds no schedule) or not published yet: told
+                # only if schedules are stored, which activates it to fire them.
+                differs = bool(theirs)
+            else:
+                held = snapshot.schedule_versions
+                differs = held is not None and dict(held) != theirs
+            if differs:
                 hosted_grain = self._hosted.get(pipeline_id)
                 if hosted_grain is not None:
                     self._system.tell(hosted_grain.grain, grain_actor.SyncSchedules(stored=theirs))
@@ -492,6 +512,11 @@ class SchedulerHost:
 
     def hosted_pipelines(self) -> list[str]:
         return sorted(self._hosted)
+
+    def grain_active(self, pipeline_id: str) -> bool:
+        """Whether the pipeline's grain is active now (a hosted pipeline's grain
+        deactivates when idle; its pipeline stays hosted)."""
+        return self._system.is_active(grain_actor.grain_id(GrainKey(pipeline_id=pipeline_id)))
 
     # -- what the metrics collector reads ------------------------------------------------
 

@@ -134,7 +134,12 @@ class SchedulerCollector(Collector):
                 lag.add_metric([pipeline, str(partition)], value)
             quarantined.add_metric([pipeline], stats.quarantined)
             retries.add_metric([pipeline], stats.retries)
-        yield from (lag, quarantined, retries)
+        hosted = GaugeMetricFamily(
+            "wsched_hosted_pipelines",
+            "Pipelines this replica reads and serves, their grains active or not.",
+        )
+        hosted.add_metric([], len(forwarders))
+        yield from (lag, quarantined, retries, hosted)
 
     def _actor_metrics(self, kinds: dict[str, KindStats]) -> Iterator[Metric]:
         active = GaugeMetricFamily(

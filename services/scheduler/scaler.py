@@ -197,6 +197,18 @@ class Scaler:
             state.policy_at = None
             state.deployments = None
 
+    def at_rest(self, pipeline_id: str) -> bool:
+        """Whether the pipeline's Deployments are at its minimum, or not scaled by this
+        scaler at all (KEDA's, no policy, no Deployment): its grain may then deactivate
+        without leaving workers up."""
+        state = self._states.get(pipeline_id)
+        if state is None:
+            return False  # not looked at yet: the next pass decides
+        policy = state.policy
+        if policy is None or policy.keda or not state.deployments:
+            return True
+        return all(replicas <= policy.min_replicas for replicas in state.deployments.values())
+
     def stats(self) -> ScalerStats:
         return ScalerStats(
             desired={pid: s.desired for pid, s in self._states.items() if s.desired is not None},

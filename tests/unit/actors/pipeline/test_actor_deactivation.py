@@ -1,0 +1,164 @@
+"""An idle grain deactivates (``Timing.deactivate_after_s``) and comes back with its state;
+a poll of an inactive grain is parked by its handle without activating it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from actors.pipeline.actor import (
+    KIND,
+    Activate,
+    Admit,
+    PipelineActor,
+    Poll,
+    Timing,
+    grain_id,
+)
+from actors.pipeline.memory import InMemoryTaskStore
+from actors.pipeline.model import AdmitBatch, GrainKey, GrainSnapshot, NewTask, PipelineConfig
+from actors.runtime import ActorContext, ActorSystem, FakeClock, KindConfig
+from services.scheduler.handle import GrainHandle
+
+KEY = GrainKey(pipeline_id="p")
+GRAIN = grain_id(KEY)
+TIMING = Timing(
+    tick_s=0.5, flush_s=2.0, idle_tick_s=10.0, idle_after_s=5.0, deactivate_after_s=60.0
+)
+CONFIG = PipelineConfig(pipeline_id="p", lease_timeout_s=30.0)
+
+
+class Configs:
+    async def pipeline_config(self, pipeline_id: str) -> PipelineConfig | None:
+        return CONFIG
+
+
+@dataclass(kw_only=True)
+class World:
+    system: ActorSystem
+    clock: FakeClock
+    store: InMemoryTaskStore = field(default_factory=InMemoryTaskStore)
+    snapshots: dict[GrainKey, GrainSnapshot] = field(default_factory=dict)
+    activations: int = 0
+    may_go: bool = True
+    handle: GrainHandle | None = None
+
+    def make(self, key: str, context: ActorContext) -> PipelineActor:
+        self.activations += 1
+        if self.handle is not None:
+            self.handle.activated()
+        return PipelineActor(
+            key=GrainKey.parse(key),
+            context=context,
+            store=self.store,
+            configs=Configs(),
+            owner="a",
+            timing=TIMING,
+            snapshots=self.snapshots,
+            may_deactivate=lambda _key: self.may_go,
+        )
+
+    @property
+    def active(self) -> bool:
+        return self.system.is_active(GRAIN)
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    clock = FakeClock()
+    async with ActorSystem(clock=clock) as system:
+        world = World(system=system, clock=clock)
+        system.register(KIND, world.make, config=KindConfig(idle_timeout_s=None))
+        world.handle = GrainHandle(system=system, grain=GRAIN, lease_timeout_s=30.0)
+        yield world
+
+
+def new(i: int, *, now: dt.datetime) -> NewTask:
+    data = b"{}"
+    return NewTask(
+        id=f"t{i}", data=data, data_sha256=hashlib.sha256(data).digest(), due_at=now, created_at=now
+    )
+
+
+async def idle_until_gone(world: World) -> None:
+    await world.system.ask(GRAIN, Activate())
+    await world.clock.advance(2 + 5 + 0.5 + 60 + 10)  # slow, then quiet for a minute
+    for _ in range(100):  # the deactivation itself runs on the loop
+        if not world.active:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the idle grain did not deactivate")
+
+
+async def test_an_idle_grain_deactivates_and_a_record_brings_it_back_with_its_state(
+    world: World,
+) -> None:
+    await idle_until_gone(world)
+    assert KEY not in world.snapshots  # its figures withdrawn: no series, no scaling
+    now = world.clock.wall()
+    result = await world.system.ask(GRAIN, Admit(batch=AdmitBatch(new=(new(1, now=now),))))
+    assert result.admitted == 1 and world.active and world.activations == 2
+    assert world.handle is not None
+    grants = await world.handle.poll(worker="w", max_tasks=5, max_bytes=1 << 20, wait_s=1)
+    assert [g.task.id for g in grants] == ["t1"]
+
+
+async def test_a_grain_holding_a_lease_or_refused_by_its_scaler_stays(world: World) -> None:
+    world.may_go = False
+    await world.system.ask(GRAIN, Activate())
+    await world.clock.advance(200)
+    assert world.active, "deactivated while its workers were above their minimum"
+    world.may_go = True
+    now = world.clock.wall()
+    await world.system.ask(GRAIN, Admit(batch=AdmitBatch(new=(new(1, now=now),))))
+    assert world.handle is not None
+    grants = await world.handle.poll(worker="w", max_tasks=5, max_bytes=1 << 20, wait_s=1)
+    assert len(grants) == 1
+    await world.clock.advance(25)  # the lease (30 s) is still held: not quiescent
+    assert world.active
+
+
+async def test_a_poll_of_an_inactive_grain_is_parked_and_does_not_activate_it(
+    world: World,
+) -> None:
+    await idle_until_gone(world)
+    assert world.handle is not None
+    handle = world.handle
+    waiting = asyncio.create_task(
+        handle.poll(worker="w", max_tasks=5, max_bytes=1 << 20, wait_s=30)
+    )
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert handle.parked == 1 and not world.active and world.activations == 1
+    # A record activates it: the parked poll goes to the grain and gets the task.
+    now = world.clock.wall()
+    await world.system.ask(GRAIN, Admit(batch=AdmitBatch(new=(new(7, now=now),))))
+    grants = await asyncio.wait_for(waiting, 5)
+    assert [g.task.id for g in grants] == ["t7"] and handle.parked == 0
+
+
+async def test_a_parked_poll_ends_empty_at_its_wait_without_activating(world: World) -> None:
+    await idle_until_gone(world)
+    assert world.handle is not None
+    handle = world.handle
+    waiting = asyncio.create_task(
+        handle.poll(worker="w", max_tasks=5, max_bytes=1 << 20, wait_s=0.05)
+    )
+    assert await asyncio.wait_for(waiting, 5) == []
+    assert not world.active and world.activations == 1 and handle.parked == 0
+
+
+async def test_polls_waiting_in_a_grain_that_deactivates_are_answered_empty(world: World) -> None:
+    await world.system.ask(GRAIN, Activate())
+    future = await world.system.ask(GRAIN, Poll(worker="w", max_tasks=1, max_bytes=1 << 20))
+    await world.clock.advance(2 + 5 + 0.5 + 60 + 10)
+    for _ in range(100):
+        if future.done():
+            break
+        await asyncio.sleep(0)
+    assert future.done() and future.result() == [] and not world.active
