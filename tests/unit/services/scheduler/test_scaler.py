@@ -150,6 +150,19 @@ async def test_scales_to_zero_only_after_idle_s() -> None:
     assert h.scaler.stats().desired == {"p1": 0}
 
 
+async def test_a_grain_may_deactivate_only_once_its_workers_are_at_their_minimum() -> None:
+    h = Harness(p1={**FAST, "min_replicas": 0}, p2={"keda": {"enabled": True}})
+    assert not h.scaler.at_rest("p1")  # not looked at yet
+    h.kube.add("p1", replicas=1)
+    h.host("p1")
+    h.host("p2")
+    await h.round()
+    assert not h.scaler.at_rest("p1")  # idle, but its worker is still up
+    assert h.scaler.at_rest("p2")  # KEDA's: it reads a grain's missing series as 0
+    await h.round(100)
+    assert h.kube.replicas("p1") == 0 and h.scaler.at_rest("p1")
+
+
 async def test_work_during_the_idle_period_restarts_it() -> None:
     h = Harness(p1={**FAST, "min_replicas": 0})
     h.kube.add("p1", replicas=1)
