@@ -6,7 +6,8 @@ batches of records, a commit of what was admitted (for lag tooling only), the en
 and positions for the lag metric, and pausing a partition (for a grain that stalls).
 :class:`PartitionConsumer` is that much, over one topic, with partitions as plain numbers
 and records as our own :class:`ConsumedRecord`, so the forwarder imports no Kafka client.
-:class:`KafkaPartitionConsumer` implements it over aiokafka; :class:`MemoryConsumer` over a
+Over Kafka, a view of the replica's one shared consumer implements it
+(``shared.py``: ``SharedPartitionConsumer``); :class:`MemoryConsumer` over a
 :class:`MemoryLog`, for unit tests.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,74 +94,6 @@ def consumed(partition: int, record: ConsumerRecord[bytes, bytes]) -> ConsumedRe
         timestamp_ms=record.timestamp,
         trace_parent=_header(record.headers, TRACEPARENT),
     )
-
-
-class KafkaPartitionConsumer:
-    """:class:`PartitionConsumer` over ``AIOKafkaConsumer``; ``group_id`` only names where
-    commits go (partitions are assigned, never balanced)."""
-
-    def __init__(
-        self,
-        *,
-        bootstrap: str,
-        topic: str,
-        group_id: str,
-        max_partition_fetch_bytes: int = 4 * 1024 * 1024,
-    ) -> None:
-        self._topic = topic
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=max_partition_fetch_bytes,
-        )
-
-    def _tp(self, partition: int) -> TopicPartition:
-        return TopicPartition(self._topic, partition)
-
-    async def start(self) -> None:
-        try:
-            await self._consumer.start()
-        except BaseException:
-            # A start that failed (Kafka away) still holds the client's connections: close
-            # them, or every retry of a forwarder leaks a consumer (the chaos soak saw it).
-            await self._consumer.stop()
-            raise
-
-    async def stop(self) -> None:
-        await self._consumer.stop()
-
-    def assign(self, partitions: Collection[int]) -> None:
-        self._consumer.assign([self._tp(p) for p in partitions])
-
-    def seek(self, partition: int, offset: int) -> None:
-        self._consumer.seek(self._tp(partition), offset)
-
-    def pause(self, partitions: Collection[int]) -> None:
-        self._consumer.pause(*(self._tp(p) for p in partitions))
-
-    def resume(self, partitions: Collection[int]) -> None:
-        self._consumer.resume(*(self._tp(p) for p in partitions))
-
-    async def getmany(
-        self, *, timeout_ms: int, max_records: int
-    ) -> dict[int, list[ConsumedRecord]]:
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        return {
-            tp.partition: [consumed(tp.partition, record) for record in records]
-            for tp, records in batches.items()
-        }
-
-    async def commit(self, offsets: Mapping[int, int]) -> None:
-        await self._consumer.commit({self._tp(p): o for p, o in offsets.items()})
-
-    async def end_offsets(self, partitions: Collection[int]) -> dict[int, int]:
-        ends = await self._consumer.end_offsets([self._tp(p) for p in partitions])
-        return {tp.partition: int(offset) for tp, offset in ends.items()}
-
-    async def position(self, partition: int) -> int:
-        return int(await self._consumer.position(self._tp(partition)))
 
 
 # -- in memory ------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -19,17 +18,13 @@ from actors.pipeline.actor import (
     grain_id,
 )
 from actors.pipeline.memory import InMemoryTaskStore
-from actors.pipeline.model import AdmitBatch, GrainKey, GrainSnapshot, NewTask, PipelineConfig
+from actors.pipeline.model import AdmitBatch, GrainKey, GrainSnapshot, NewTask
 from actors.runtime import ActorContext, ActorSystem, FakeClock, KindConfig
+from tests.unit.actors.pipeline.grains import Configs, new_task
 
 KEY = GrainKey(pipeline_id="p")
 TIMING = Timing(tick_s=0.5, flush_s=2.0)
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-
-class Configs:
-    async def pipeline_config(self, pipeline_id: str) -> PipelineConfig | None:
-        return PipelineConfig(pipeline_id=pipeline_id)
 
 
 @dataclass(kw_only=True)
@@ -61,10 +56,7 @@ async def world() -> AsyncIterator[World]:
 
 
 def new(i: int) -> NewTask:
-    data = b"{}"
-    return NewTask(
-        id=f"t{i}", data=data, data_sha256=hashlib.sha256(data).digest(), due_at=T0, created_at=T0
-    )
+    return new_task(i, due_at=T0)
 
 
 async def test_activation_publishes_a_snapshot(world: World) -> None:

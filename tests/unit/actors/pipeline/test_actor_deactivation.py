@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ from actors.pipeline.memory import InMemoryTaskStore
 from actors.pipeline.model import AdmitBatch, GrainKey, GrainSnapshot, NewTask, PipelineConfig
 from actors.runtime import ActorContext, ActorSystem, FakeClock, KindConfig
 from services.scheduler.handle import GrainHandle
+from tests.unit.actors.pipeline.grains import Configs, new_task
 
 KEY = GrainKey(pipeline_id="p")
 GRAIN = grain_id(KEY)
@@ -31,11 +31,6 @@ TIMING = Timing(
     tick_s=0.5, flush_s=2.0, idle_tick_s=10.0, idle_after_s=5.0, deactivate_after_s=60.0
 )
 CONFIG = PipelineConfig(pipeline_id="p", lease_timeout_s=30.0)
-
-
-class Configs:
-    async def pipeline_config(self, pipeline_id: str) -> PipelineConfig | None:
-        return CONFIG
 
 
 @dataclass(kw_only=True)
@@ -56,7 +51,7 @@ class World:
             key=GrainKey.parse(key),
             context=context,
             store=self.store,
-            configs=Configs(),
+            configs=Configs(lease_timeout_s=CONFIG.lease_timeout_s),
             owner="a",
             timing=TIMING,
             snapshots=self.snapshots,
@@ -79,10 +74,7 @@ async def world() -> AsyncIterator[World]:
 
 
 def new(i: int, *, now: dt.datetime) -> NewTask:
-    data = b"{}"
-    return NewTask(
-        id=f"t{i}", data=data, data_sha256=hashlib.sha256(data).digest(), due_at=now, created_at=now
-    )
+    return new_task(i, due_at=now)
 
 
 async def idle_until_gone(world: World) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ from actors.pipeline.model import (
     GrainKey,
     GrainSnapshot,
     Grant,
-    NewTask,
     Outcome,
     PipelineConfig,
     Report,
@@ -41,6 +39,7 @@ from actors.pipeline.model import (
 from actors.pipeline.recurrence import Every
 from actors.pipeline.schedules import ScheduleSpec
 from actors.runtime import ActorContext, ActorSystem, FakeClock, KindConfig
+from tests.unit.actors.pipeline.grains import Configs, new_task
 
 KEY = GrainKey(pipeline_id="p")
 GRAIN = grain_id(KEY)
@@ -48,11 +47,6 @@ TIMING = Timing(tick_s=0.5, flush_s=2.0, idle_tick_s=10.0, idle_after_s=5.0)
 CONFIG = PipelineConfig(pipeline_id="p", lease_timeout_s=30.0)
 #: From activation: the first flush writes the counters, then five quiet seconds.
 SLOW_BY_S = TIMING.flush_s + TIMING.idle_after_s + TIMING.tick_s
-
-
-class Configs:
-    async def pipeline_config(self, pipeline_id: str) -> PipelineConfig | None:
-        return CONFIG
 
 
 @dataclass(kw_only=True)
@@ -70,7 +64,7 @@ class World:
             key=GrainKey.parse(key),
             context=context,
             store=self.store,
-            configs=Configs(),
+            configs=Configs(lease_timeout_s=CONFIG.lease_timeout_s),
             owner="a",
             timing=TIMING,
             snapshots=self.snapshots,
@@ -133,15 +127,7 @@ async def slowed_down(world: World, monkeypatch: pytest.MonkeyPatch) -> Counter[
     return calls
 
 
-def new(i: int, *, due_at: dt.datetime) -> NewTask:
-    data = b"{}"
-    return NewTask(
-        id=f"t{i}",
-        data=data,
-        data_sha256=hashlib.sha256(data).digest(),
-        due_at=due_at,
-        created_at=due_at,
-    )
+new = new_task
 
 
 async def test_an_empty_grain_ticks_slowly_after_its_counters_are_written(
