@@ -1,8 +1,8 @@
 """A scheduler replica: owns shards of the placement space, hosts their pipelines' grains.
 
-Placement: one consumer group (static membership, the replica's stable name) over the
-placement topic, one partition per shard. The owner of a shard activates the grains of
-the shard's ready pipelines, runs their forwarders and serves their workers over gRPC.
+Placement (``following.py``): one consumer group over the placement topic, one partition
+per shard. The owner of a shard activates the grains of the shard's ready pipelines, runs
+their forwarders and serves their workers over gRPC.
 Revoking a shard stops its forwarders and deactivates its grains (which flush); the new
 owner claims them with a higher epoch, which fences any write the old one still tries.
 """
@@ -22,21 +22,20 @@ from typing import Self
 import grpc
 import sqlalchemy as sa
 import uvicorn
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from actors.pipeline import actor as grain_actor
 from actors.pipeline.model import GrainKey, GrainSnapshot
 from actors.pipeline.ports import StaleEpoch
 from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindStats
-from protos.wsched.v1 import events_pb2, worker_pb2_grpc
+from protos.wsched.v1 import worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin, TopicError
 from services.kafka.event_publisher import KafkaEventPublisher
 from services.kafka.shared import SharedKafkaReader
 from services.observability import setup_tracing
-from services.placement import PLACEMENT_TOPIC, pipeline_topic, shard_of
+from services.placement import pipeline_topic, shard_of
 from services.scheduler.directory import PipelineDirectory
+from services.scheduler.following import PlacementFollower
 from services.scheduler.forwarder import Forwarder, ForwarderStats
 from services.scheduler.handle import GrainHandle
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector, http_app
@@ -65,22 +64,6 @@ class _Hosted:
     task: asyncio.Task[None]
     #: (worker, namespace) labels of the seed's KEDA gauge; None if the names are unknown.
     queue_labels: tuple[str, str] | None = None
-
-
-#: Pauses between attempts to join the placement group: the first, and the cap.
-_JOIN_RETRY_FIRST_S = 0.5
-_JOIN_RETRY_MAX_S = 10.0
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, host: SchedulerHost) -> None:
-        self._host = host
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._host.release_shards({tp.partition for tp in revoked})
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._host.take_shards({tp.partition for tp in assigned})
 
 
 #: Where the grains' shared consumer commits its offsets (for Kafka's lag tooling only:
@@ -217,7 +200,14 @@ class SchedulerHost:
         bind = f"{self._settings.grpc_host}:{self._settings.grpc_port}"
         self.grpc_port = self._server.add_insecure_port(bind)
         await self._server.start()
-        self._placement = asyncio.create_task(self._run_placement(), name="placement")
+        follower = PlacementFollower(
+            replica=self,
+            bootstrap=self._bootstrap,
+            group=self._settings.placement_group,
+            member=self._settings.effective_replica_name(),
+            rescan_s=self._rescan_s,
+        )
+        self._placement = asyncio.create_task(follower.run(), name="placement")
         self._resync = asyncio.create_task(self._resync_schedules_forever(), name="resync")
         if needs_purge(self._engine):
             self._purge = asyncio.create_task(purge_forever(self._engine), name="purge")
@@ -316,81 +306,17 @@ class SchedulerHost:
                     told += 1
         return told
 
-    # -- placement ----------------------------------------------------------------------
+    # -- placement (``following.py`` drives these) --------------------------------------
 
-    async def _run_placement(self) -> None:
-        """Join the placement group and follow it, for the life of the replica.
+    def owns(self, shard: int) -> bool:
+        return shard in self._shards
 
-        Joining is retried: a replica started while Kafka is away (or restarting) would
-        otherwise live on without shards, serving nothing and saying nothing until it
-        stopped (the chaos soak found one). Each failure is logged and the pause is
-        capped; ``/readyz`` stays red until the replica has joined.
-        """
-        pause_s = _JOIN_RETRY_FIRST_S
-        while True:
-            consumer = self._placement_consumer()
-            try:
-                await consumer.start()
-            except KafkaError as err:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-                log.warning("placement: cannot join (%r); again in %.1fs", err, pause_s)
-                await asyncio.sleep(pause_s)
-                pause_s = min(pause_s * 2, _JOIN_RETRY_MAX_S)
-                continue
-            try:
-                await self._follow_placement(consumer)
-            finally:
-                await consumer.stop()
+    def changed(self, pipeline_id: str) -> None:
+        if self._scaler is not None:
+            self._scaler.invalidate(pipeline_id)
 
-    def _placement_consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            group_id=self._settings.placement_group,
-            group_instance_id=self._settings.effective_replica_name(),
-            auto_offset_reset="latest",
-            # Placement records are hints (a rescan follows every rebalance), so their
-            # offsets are never committed: an auto-commit at stop retried for ever while
-            # the group was rebalancing and the replica's stop never ended.
-            enable_auto_commit=False,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-        )
-
-    async def _follow_placement(self, consumer: AIOKafkaConsumer) -> None:
-        consumer.subscribe([PLACEMENT_TOPIC], listener=_Rebalance(self))
-        loop = asyncio.get_running_loop()
-        rescan_at = loop.time() + self._rescan_s
-        while True:
-            batches = await consumer.getmany(timeout_ms=1000)
-            records = [record.value for batch in batches.values() for record in batch]
-            if records:
-                await self._placement_events(records)
-            if loop.time() >= rescan_at:
-                rescan_at = loop.time() + self._rescan_s
-                await self.reconcile()
-
-    async def _placement_events(self, records: Sequence[bytes | None]) -> None:
-        """Apply a fetch's placement records: drops one by one, and one reconcile for all
-        the others (a thousand pipelines created together cost one scan, not a thousand)."""
-        rescan = False
-        for raw in records:
-            event = events_pb2.PlacementEvent()
-            try:
-                event.ParseFromString(raw or b"")
-            except Exception:  # noqa: BLE001 - a bad placement record only delays a rescan
-                log.warning("ignored an undecodable placement record")
-                continue
-            if event.shard not in self._shards:
-                continue
-            if self._scaler is not None:
-                self._scaler.invalidate(event.pipeline_id)
-            if event.kind == events_pb2.PlacementEvent.KIND_DELETED:
-                await self._drop(event.pipeline_id)
-            else:
-                rescan = True
-        if rescan:
-            await self.reconcile()
+    async def drop(self, pipeline_id: str) -> None:
+        await self._drop(pipeline_id)
 
     async def take_shards(self, shards: set[int]) -> None:
         self._shards = set(shards)
