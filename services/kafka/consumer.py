@@ -21,6 +21,8 @@ from typing import Protocol
 
 from aiokafka import ConsumerRecord
 
+from services.placement import PIPELINE_HEADER
+
 
 @dataclass(frozen=True, kw_only=True)
 class ConsumedRecord:
@@ -32,6 +34,8 @@ class ConsumedRecord:
     #: The record's ``traceparent`` header, if any (the task's trace; see
     #: ``services/observability``): the one header a forwarder reads.
     trace_parent: bytes | None = None
+    #: The ``wsched-pipeline`` header of a shared topic record: whose it is.
+    pipeline_id: str | None = None
 
 
 class PartitionConsumer(Protocol):
@@ -87,12 +91,14 @@ def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | N
 
 def consumed(partition: int, record: ConsumerRecord[bytes, bytes]) -> ConsumedRecord:
     """An aiokafka record as ours."""
+    pipeline = _header(record.headers, PIPELINE_HEADER)
     return ConsumedRecord(
         partition=partition,
         offset=record.offset,
         value=record.value,
         timestamp_ms=record.timestamp,
         trace_parent=_header(record.headers, TRACEPARENT),
+        pipeline_id=pipeline.decode(errors="replace") if pipeline is not None else None,
     )
 
 
@@ -112,13 +118,25 @@ class MemoryLog:
         self.fail_commits = False
         self._appended = asyncio.Event()
 
-    def append(self, partition: int, value: bytes | None, *, timestamp_ms: int = 0) -> int:
-        """Append a record; return its offset."""
+    def append(
+        self,
+        partition: int,
+        value: bytes | None,
+        *,
+        timestamp_ms: int = 0,
+        pipeline_id: str | None = None,
+    ) -> int:
+        """Append a record (``pipeline_id``: its ``wsched-pipeline`` header); return its
+        offset."""
         records = self._partitions[partition]
         offset = len(records)
         records.append(
             ConsumedRecord(
-                partition=partition, offset=offset, value=value, timestamp_ms=timestamp_ms
+                partition=partition,
+                offset=offset,
+                value=value,
+                timestamp_ms=timestamp_ms,
+                pipeline_id=pipeline_id,
             )
         )
         self._appended.set()

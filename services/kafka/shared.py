@@ -51,13 +51,14 @@ class SharedKafkaReader:
         self,
         *,
         bootstrap: str,
-        group_id: str,
+        group_id: str | None,
         max_records: int = 5000,
         max_partition_fetch_bytes: int = 4 * 1024 * 1024,
         end_offsets_ttl_s: float = 2.0,
     ) -> None:
-        """``group_id`` only names where commits go: partitions are assigned, never
-        balanced; ``max_records``: a fetch's records and what one view may hold."""
+        """``group_id`` only names where commits go (None: nowhere): partitions are
+        assigned, never balanced; ``max_records``: a fetch's records and what one view may
+        hold."""
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
@@ -67,7 +68,9 @@ class SharedKafkaReader:
             fetch_max_wait_ms=FETCH_WAIT_MS,
         )
         self.max_records = max_records
-        self._views: dict[str, SharedPartitionConsumer] = {}
+        #: Who reads each partition: a view may read several partitions of its topic,
+        #: and several views one topic (the shared topic: one view per shard).
+        self._views: dict[TopicPartition, SharedPartitionConsumer] = {}
         #: The next offset to hand out, by partition, once known.
         self._positions: dict[TopicPartition, int] = {}
         #: The partitions the views want, and those the consumer is assigned now (the
@@ -114,9 +117,8 @@ class SharedKafkaReader:
             await self._consumer.stop()
 
     def view(self, topic: str) -> SharedPartitionConsumer:
-        """A grain's ``PartitionConsumer`` of ``topic`` (one view per topic at a time)."""
-        if topic in self._views:
-            raise ValueError(f"topic {topic} is already read through this reader")
+        """A ``PartitionConsumer`` of ``topic``: a grain's, or a shard's of the shared topic
+        (a partition is read by one view at a time: ``assign`` refuses a taken one)."""
         return SharedPartitionConsumer(reader=self, topic=topic)
 
     @property
@@ -127,25 +129,24 @@ class SharedKafkaReader:
     # -- what views call ------------------------------------------------------------------
 
     def _attach(self, view: SharedPartitionConsumer, partitions: Collection[int]) -> None:
-        current = self._views.get(view.topic)
-        if current is not None and current is not view:
-            raise ValueError(f"topic {view.topic} is already read through this reader")
-        self._views[view.topic] = view
+        tps = {TopicPartition(view.topic, p) for p in partitions}
+        taken = sorted(str(tp) for tp in tps if self._views.get(tp, view) is not view)
+        if taken:
+            raise ValueError(f"already read through this reader: {', '.join(taken)}")
+        self._views = {tp: v for tp, v in self._views.items() if v is not view}
+        self._views.update(dict.fromkeys(tps, view))
         self._reassign()
 
     def _detach(self, view: SharedPartitionConsumer) -> None:
-        if self._views.get(view.topic) is view:
-            del self._views[view.topic]
+        kept = {tp: v for tp, v in self._views.items() if v is not view}
+        if len(kept) != len(self._views):
+            self._views = kept
             self._reassign()
 
     def _reassign(self) -> None:
         """Note the partitions the views want; the fetch loop assigns them before its next
         fetch (one assignment for many grains arriving together, not one each)."""
-        wanted = {
-            TopicPartition(topic, partition)
-            for topic, view in self._views.items()
-            for partition in view.partitions
-        }
+        wanted = set(self._views)
         if wanted == self._wanted:
             return
         for gone in self._wanted - wanted:
@@ -242,7 +243,7 @@ class SharedKafkaReader:
                 # only with what is handed out, so the next assignment reads these again.
                 continue
             for tp, records in batches.items():
-                view = self._views.get(tp.topic)
+                view = self._views.get(tp)
                 if view is None or not records:
                     continue
                 self._positions[tp] = records[-1].offset + 1
@@ -357,3 +358,48 @@ class SharedPartitionConsumer:
         if waiting:
             return waiting[0].offset
         return await self._reader._position(self._tp(partition))
+
+
+class ReaderOfItsOwn:
+    """A ``PartitionConsumer`` with a reader of its own, started and stopped with it: for a
+    short read beside the replica's reader (a stalled grain's catch-up on the shared
+    topic, whose partition the replica's reader is reading at the same time)."""
+
+    def __init__(self, *, bootstrap: str, topic: str, max_records: int = 5000) -> None:
+        self._reader = SharedKafkaReader(
+            bootstrap=bootstrap, group_id=None, max_records=max_records
+        )
+        self._view = self._reader.view(topic)
+
+    async def start(self) -> None:
+        await self._reader.start()
+
+    async def stop(self) -> None:
+        await self._view.stop()
+        await self._reader.stop()
+
+    def assign(self, partitions: Collection[int]) -> None:
+        self._view.assign(partitions)
+
+    def seek(self, partition: int, offset: int) -> None:
+        self._view.seek(partition, offset)
+
+    def pause(self, partitions: Collection[int]) -> None:
+        self._view.pause(partitions)
+
+    def resume(self, partitions: Collection[int]) -> None:
+        self._view.resume(partitions)
+
+    async def getmany(
+        self, *, timeout_ms: int, max_records: int
+    ) -> dict[int, list[ConsumedRecord]]:
+        return await self._view.getmany(timeout_ms=timeout_ms, max_records=max_records)
+
+    async def commit(self, offsets: Mapping[int, int]) -> None:
+        raise NotImplementedError("a reader of its own commits nothing")
+
+    async def end_offsets(self, partitions: Collection[int]) -> dict[int, int]:
+        return await self._view.end_offsets(partitions)
+
+    async def position(self, partition: int) -> int:
+        return await self._view.position(partition)

@@ -126,3 +126,16 @@ def _retry(submit: events_pb2.SubmitTask) -> RetryOverride:
 def _timeout(seconds: float) -> float | None:
     """The task's own execution timeout (0: none); out of bounds raises ValueError."""
     return check_execution_timeout(seconds) if seconds else None
+
+
+def pipeline_of(raw: bytes | None) -> str | None:
+    """The pipeline a shared topic record without its ``wsched-pipeline`` header names in
+    its event; None if it names none (such a record is quarantined)."""
+    if raw is None:
+        return None
+    event = events_pb2.TaskEvent()
+    try:
+        event.ParseFromString(raw)
+    except DecodeError:
+        return None
+    return event.pipeline_id or None

@@ -17,6 +17,7 @@ from actors.pipeline.ports import StoreUnavailable
 from actors.pipeline.retry import Backoff
 from services.deploy.naming import namespace_for, release_name
 from services.deploy.scaling import ScalingPolicy
+from services.placement import TopicMode
 from services.store import schedule_rows
 from services.store.control import TokenDigests, pipeline_names, utcnow, worker_token_digests
 from services.store.schema import grain_owners, pipelines
@@ -50,6 +51,20 @@ def _refused_long_ago(cached: _Digests, token: str, now: float, wall: dt.datetim
 
 def _accepts(digests: TokenDigests | None, token: str, wall: dt.datetime) -> bool:
     return digests is not None and digests.accepts(token, now=wall)
+
+
+@dataclass(frozen=True)
+class Hosting:
+    """How a ready pipeline's records are read."""
+
+    #: Partitions of its own topic (1 on the shared topic: its shard's).
+    partitions: int
+    #: On the shared topic (its shard's forwarder reads it), or a topic of its own.
+    shared: bool
+
+
+def _hosting(partitions: int, topic: str) -> Hosting:
+    return Hosting(partitions=int(partitions), shared=topic == TopicMode.SHARED.value)
 
 
 class PipelineDirectory:
@@ -114,20 +129,35 @@ class PipelineDirectory:
 
         return await asyncio.to_thread(read)
 
-    async def ready_pipelines(self, shards: Iterable[int]) -> dict[str, int]:
-        """Ready pipelines of the given shards: id -> number of topic partitions."""
+    async def ready_pipelines(self, shards: Iterable[int]) -> dict[str, Hosting]:
+        """Ready pipelines of the given shards, and how each is read."""
         wanted = sorted(set(shards))
         if not wanted:
             return {}
 
-        def read() -> dict[str, int]:
+        def read() -> dict[str, Hosting]:
             with self._engine.connect() as conn:
                 rows = conn.execute(
-                    sa.select(pipelines.c.id, pipelines.c.partitions).where(
+                    sa.select(pipelines.c.id, pipelines.c.partitions, pipelines.c.topic).where(
                         pipelines.c.shard.in_(wanted), pipelines.c.state == READY
                     )
                 ).all()
-            return {row.id: int(row.partitions) for row in rows}
+            return {row.id: _hosting(row.partitions, row.topic) for row in rows}
+
+        return await asyncio.to_thread(read)
+
+    async def ready_pipeline(self, pipeline_id: str) -> Hosting | None:
+        """How a pipeline is read, if it is ready (one that is gone or being deleted is
+        not)."""
+
+        def read() -> Hosting | None:
+            with self._engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(pipelines.c.partitions, pipelines.c.topic).where(
+                        pipelines.c.id == pipeline_id, pipelines.c.state == READY
+                    )
+                ).first()
+            return None if row is None else _hosting(row.partitions, row.topic)
 
         return await asyncio.to_thread(read)
 
@@ -138,18 +168,6 @@ class PipelineDirectory:
         def read() -> dict[str, dict[str, int]]:
             with self._engine.connect() as conn:
                 return schedule_rows.versions_of(conn, pipeline_ids)
-
-        return await asyncio.to_thread(read)
-
-    async def partitions(self, pipeline_id: str) -> int | None:
-        def read() -> int | None:
-            with self._engine.connect() as conn:
-                value = conn.execute(
-                    sa.select(pipelines.c.partitions).where(
-                        pipelines.c.id == pipeline_id, pipelines.c.state == READY
-                    )
-                ).scalar()
-            return int(value) if value is not None else None
 
         return await asyncio.to_thread(read)
 

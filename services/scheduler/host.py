@@ -31,21 +31,24 @@ from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindS
 from protos.wsched.v1 import worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin, TopicError
 from services.kafka.event_publisher import KafkaEventPublisher
-from services.kafka.shared import SharedKafkaReader
+from services.kafka.shared import ReaderOfItsOwn, SharedKafkaReader
 from services.observability import setup_tracing
-from services.placement import pipeline_topic, shard_of
-from services.scheduler.directory import PipelineDirectory
+from services.placement import SHARED_TOPIC, pipeline_topic, shard_of
+from services.scheduler.directory import Hosting, PipelineDirectory
 from services.scheduler.following import PlacementFollower
-from services.scheduler.forwarder import Forwarder, ForwarderStats
+from services.scheduler.forwarder import Admit, Forwarder, ForwarderStats
 from services.scheduler.handle import GrainHandle
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector, http_app
 from services.scheduler.scaler import KubePort, build_scaler, hosted_workloads
+from services.scheduler.schedule_sync import differing, every
+from services.scheduler.shard_forwarder import ShardForwarder, ShardForwarders
 from services.scheduler.tracing import traced_admit
 from services.scheduler.worker_api import Limits, LocalGrain, WorkerService
 from services.settings import Settings
 from services.store.engine import make_engine
 from services.store.purge import needs_purge, purge_forever
 from services.store.quarantine import Quarantined, SqlQuarantine
+from services.store.shard_offsets import SqlShardOffsets
 from services.store.tasks import SqlTaskStore
 
 log = logging.getLogger("wsched.scheduler")
@@ -60,8 +63,12 @@ class _Hosted:
     grain: GrainId
     #: How the worker API and the forwarder reach the grain.
     handle: GrainHandle
-    forwarder: Forwarder
-    task: asyncio.Task[None]
+    #: The grain's admission (traced when tracing is on), for its forwarder.
+    admit: Admit
+    #: The forwarder of a pipeline with a topic of its own, and its task; None for one on
+    #: the shared topic (its shard's forwarder feeds it).
+    forwarder: Forwarder | None
+    task: asyncio.Task[None] | None
     #: (worker, namespace) labels of the seed's KEDA gauge; None if the names are unknown.
     queue_labels: tuple[str, str] | None = None
 
@@ -110,12 +117,25 @@ class SchedulerHost:
         self._engine = make_engine(settings.effective_database_url())
         self._store = SqlTaskStore(engine=self._engine, clock=_utcnow)
         self._quarantine = SqlQuarantine(engine=self._engine)
+        self._shard_offsets = SqlShardOffsets(engine=self._engine, clock=_utcnow)
         self._directory = PipelineDirectory(engine=self._engine, window_tasks=settings.window_tasks)
         self._system = ActorSystem()
         self._system.register(
             grain_actor.KIND, self._make_grain, config=KindConfig(idle_timeout_s=None)
         )
         self._hosted: dict[str, _Hosted] = {}
+        #: The forwarders of the owned shards' partitions of the shared topic.
+        self._shard_forwarders = ShardForwarders(
+            make=lambda shard: ShardForwarder(
+                shard=shard,
+                consumer=self._started_reader().view(SHARED_TOPIC),
+                catch_up=lambda: ReaderOfItsOwn(bootstrap=self._bootstrap, topic=SHARED_TOPIC),
+                offsets=self._shard_offsets,
+                owner=self._address,
+                route=self._route,
+                keep=self._keep,
+            )
+        )
         self._snapshots: dict[GrainKey, GrainSnapshot] = {}
         self.registry = CollectorRegistry()
         self._grain_metrics = GrainMetrics(self.registry)
@@ -185,6 +205,7 @@ class SchedulerHost:
     async def start(self) -> None:
         admin = KafkaTopicAdmin(bootstrap=self._bootstrap)
         await admin.ensure_placement_topic()
+        await admin.ensure_shared_topic()
         await self._ensure_events_topic(admin)
         self._events.start()
         # Every hosted grain reads its topic through this one consumer.
@@ -208,7 +229,9 @@ class SchedulerHost:
             rescan_s=self._rescan_s,
         )
         self._placement = asyncio.create_task(follower.run(), name="placement")
-        self._resync = asyncio.create_task(self._resync_schedules_forever(), name="resync")
+        self._resync = asyncio.create_task(
+            every(self._schedule_resync_s, self.resync_schedules), name="resync"
+        )
         if needs_purge(self._engine):
             self._purge = asyncio.create_task(purge_forever(self._engine), name="purge")
         await self._start_http()
@@ -272,38 +295,20 @@ class SchedulerHost:
 
     # -- schedules ----------------------------------------------------------------------
 
-    async def _resync_schedules_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._schedule_resync_s)
-            try:
-                await self.resync_schedules()
-            except Exception as err:  # noqa: BLE001 - the next pass tries again
-                log.warning("schedules: versions not compared now: %s: %s", type(err).__name__, err)
-
     async def resync_schedules(self) -> int:
-        """Read the schedule versions of every hosted pipeline in one statement (per 500
-        pipelines) and tell each grain whose published versions differ; the grain then
-        reads the definitions that changed. Returns how many grains were told."""
+        """Tell each hosted grain whose schedules differ from the store's
+        (``schedule_sync.py``); returns how many were told."""
         hosted = list(self._hosted)
         if not hosted:
             return 0
         stored = await self._directory.schedule_versions(hosted)
         told = 0
-        for pipeline_id in hosted:
-            snapshot = self._snapshots.get(GrainKey(pipeline_id=pipeline_id))
-            theirs = stored.get(pipeline_id, {})
-            if snapshot is None:
-                # Not active (an idle grain holds no schedule) or not published yet: told
-                # only if schedules are stored, which activates it to fire them.
-                differs = bool(theirs)
-            else:
-                held = snapshot.schedule_versions
-                differs = held is not None and dict(held) != theirs
-            if differs:
-                hosted_grain = self._hosted.get(pipeline_id)
-                if hosted_grain is not None:
-                    self._system.tell(hosted_grain.grain, grain_actor.SyncSchedules(stored=theirs))
-                    told += 1
+        for pipeline_id, versions in differing(hosted, stored, self._snapshots).items():
+            hosted_grain = self._hosted.get(pipeline_id)
+            if hosted_grain is not None:
+                message = grain_actor.SyncSchedules(stored=dict(versions))
+                self._system.tell(hosted_grain.grain, message)
+                told += 1
         return told
 
     # -- placement (``following.py`` drives these) --------------------------------------
@@ -325,6 +330,8 @@ class SchedulerHost:
         await self.reconcile()
 
     async def release_shards(self, shards: set[int]) -> None:
+        for shard in shards:
+            await self._shard_forwarders.stop(shard)
         for pipeline_id in list(self._hosted):
             if shard_of(pipeline_id) in shards:
                 await self._drop(pipeline_id)
@@ -340,11 +347,14 @@ class SchedulerHost:
                 return
             for pipeline_id in set(self._hosted) - set(wanted):
                 await self._drop_locked(pipeline_id)
-            for pipeline_id, partitions in wanted.items():
+            for pipeline_id, hosting in wanted.items():
                 if pipeline_id not in self._hosted:
-                    await self._ensure(pipeline_id, partitions)
+                    await self._ensure(pipeline_id, hosting)
+            # After the shards' grains, so that their records find them hosted.
+            for shard in self._shards - self._shard_forwarders.running():
+                self._shard_forwarders.start(shard)
 
-    async def _ensure(self, pipeline_id: str, partitions: int) -> None:
+    async def _ensure(self, pipeline_id: str, hosting: Hosting) -> None:
         grain = grain_actor.grain_id(GrainKey(pipeline_id=pipeline_id))
         try:
             offsets = grain_actor.unwrap(await self._system.ask(grain, grain_actor.Activate()))
@@ -360,30 +370,62 @@ class SchedulerHost:
             grain=grain,
             lease_timeout_s=config.lease_timeout_s if config else 30.0,
         )
-        if self._reader is None:
-            raise RuntimeError("grains are hosted once the replica has started")
-        consumer = self._reader.view(pipeline_topic(pipeline_id))
+        admit = (
+            traced_admit(handle.admit, tracing=self._tracing, pipeline_id=pipeline_id)
+            if self._tracing.enabled
+            else handle.admit
+        )
+        hosted = _Hosted(
+            grain=grain,
+            handle=handle,
+            admit=admit,
+            forwarder=None,
+            task=None,
+            queue_labels=labels,
+        )
+        self._hosted[pipeline_id] = hosted
+        if hosting.shared:
+            log.info("pipeline %s: grain active, on the shared topic", pipeline_id)
+            return
         forwarder = Forwarder(
-            consumer=consumer,
+            consumer=self._started_reader().view(pipeline_topic(pipeline_id)),
             pipeline_id=pipeline_id,
-            partitions=partitions,
-            admit=(
-                traced_admit(handle.admit, tracing=self._tracing, pipeline_id=pipeline_id)
-                if self._tracing.enabled
-                else handle.admit
-            ),
+            partitions=hosting.partitions,
+            admit=admit,
             keep=self._keep,
         )
         task = asyncio.create_task(forwarder.run(offsets), name=f"forwarder {pipeline_id}")
         task.add_done_callback(lambda _: self._forwarder_ended(pipeline_id, task))
-        self._hosted[pipeline_id] = _Hosted(
-            grain=grain,
-            handle=handle,
-            forwarder=forwarder,
-            task=task,
-            queue_labels=labels,
+        hosted.forwarder, hosted.task = forwarder, task
+        log.info(
+            "pipeline %s: grain active, forwarding %d partition(s)",
+            pipeline_id,
+            hosting.partitions,
         )
-        log.info("pipeline %s: grain active, forwarding %d partition(s)", pipeline_id, partitions)
+
+    def _started_reader(self) -> SharedKafkaReader:
+        if self._reader is None:
+            raise RuntimeError("partitions are read once the replica has started")
+        return self._reader
+
+    # -- the shared topic (``shard_forwarder.py``) --------------------------------------
+
+    async def _route(self, pipeline_id: str) -> Admit | None:
+        """The admission of a shared pipeline's grain, hosting the pipeline if it was made
+        ready a moment ago; None if it is not a ready shared pipeline of an owned shard."""
+        hosted = self._hosted.get(pipeline_id)
+        if hosted is not None:
+            return hosted.admit
+        hosting = await self._directory.ready_pipeline(pipeline_id)
+        if hosting is None or not hosting.shared or shard_of(pipeline_id) not in self._shards:
+            return None
+        async with self._changes:
+            if pipeline_id not in self._hosted:
+                await self._ensure(pipeline_id, hosting)
+        hosted = self._hosted.get(pipeline_id)
+        if hosted is None:
+            raise RuntimeError(f"pipeline {pipeline_id}: grain not activated yet")
+        return hosted.admit
 
     async def _keep(self, records: Sequence[Quarantined]) -> None:
         await self._quarantine.keep(records, now=_utcnow())
@@ -412,9 +454,10 @@ class SchedulerHost:
         hosted = self._hosted.pop(pipeline_id, None)
         if hosted is None:
             return
-        hosted.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await hosted.task
+        if hosted.task is not None:
+            hosted.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await hosted.task
         await self._system.deactivate(hosted.grain, "revoked")
         log.info("pipeline %s: grain released", pipeline_id)
 
@@ -450,7 +493,21 @@ class SchedulerHost:
         return dict(self._snapshots)
 
     def forwarders(self) -> dict[str, ForwarderStats]:
-        return {pid: hosted.forwarder.stats for pid, hosted in self._hosted.items()}
+        """Every hosted pipeline's forwarding figures (a shared one's from its shard's
+        forwarder)."""
+        shards = self._shard_forwarders.forwarders()
+        stats = {}
+        for pipeline_id, hosted in self._hosted.items():
+            if hosted.forwarder is not None:
+                stats[pipeline_id] = hosted.forwarder.stats
+            else:
+                shard = shards.get(shard_of(pipeline_id))
+                found = shard.pipelines.get(pipeline_id) if shard is not None else None
+                stats[pipeline_id] = found or ForwarderStats()
+        return stats
+
+    def shard_forwarders(self) -> dict[int, ShardForwarder]:
+        return self._shard_forwarders.forwarders()
 
     def queue_labels(self) -> dict[str, tuple[str, str]]:
         return {pid: h.queue_labels for pid, h in self._hosted.items() if h.queue_labels}

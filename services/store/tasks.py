@@ -96,13 +96,39 @@ def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
 
 def fence(conn: sa.Connection, *, grain: GrainKey, epoch: int, now: dt.datetime) -> None:
     """Fail with StaleEpoch unless ``epoch`` is still the grain's; locks the owner row."""
+    fence_key(conn, key=str(grain), epoch=epoch, now=now)
+
+
+def fence_key(conn: sa.Connection, *, key: str, epoch: int, now: dt.datetime) -> None:
+    """``fence`` for any fencing row: a grain's, or a shard's (``shard:<n>``)."""
     touched = conn.execute(
         sa.update(grain_owners)
-        .where(grain_owners.c.grain_id == str(grain), grain_owners.c.epoch == epoch)
+        .where(grain_owners.c.grain_id == key, grain_owners.c.epoch == epoch)
         .values(updated_at=to_db(now))
     )
     if touched.rowcount != 1:
-        raise StaleEpoch(f"grain {grain} is no longer at epoch {epoch}")
+        raise StaleEpoch(f"{key} is no longer at epoch {epoch}")
+
+
+def claim_key(conn: sa.Connection, *, key: str, owner: str, now: dt.datetime) -> int:
+    """Take the fencing row ``key`` with the next epoch (the first is 1) and return it.
+    Two first claims at once: one insert fails with IntegrityError; retry."""
+    bumped = conn.execute(
+        sa.update(grain_owners)
+        .where(grain_owners.c.grain_id == key)
+        .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=to_db(now))
+    )
+    if bumped.rowcount == 0:
+        conn.execute(
+            sa.insert(grain_owners).values(
+                grain_id=key, epoch=1, owner=owner, updated_at=to_db(now)
+            )
+        )
+    return int(
+        conn.execute(
+            sa.select(grain_owners.c.epoch).where(grain_owners.c.grain_id == key)
+        ).scalar_one()
+    )
 
 
 class SqlTaskStore:
@@ -123,26 +149,10 @@ class SqlTaskStore:
             raise StoreUnavailable(str(err.orig or err)) from err
 
     async def claim(self, *, grain: GrainKey, owner: str) -> int:
-        now = to_db(self._clock())
-        grain_id = str(grain)
+        now = self._clock()
 
         def claim(conn: sa.Connection) -> int:
-            bumped = conn.execute(
-                sa.update(grain_owners)
-                .where(grain_owners.c.grain_id == grain_id)
-                .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=now)
-            )
-            if bumped.rowcount == 0:
-                conn.execute(
-                    sa.insert(grain_owners).values(
-                        grain_id=grain_id, epoch=1, owner=owner, updated_at=now
-                    )
-                )
-            return int(
-                conn.execute(
-                    sa.select(grain_owners.c.epoch).where(grain_owners.c.grain_id == grain_id)
-                ).scalar_one()
-            )
+            return claim_key(conn, key=str(grain), owner=owner, now=now)
 
         for _ in range(3):
             try:

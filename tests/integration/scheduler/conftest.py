@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
 from services.infra.process import free_port
 from services.kafka.admin import KafkaTopicAdmin
-from services.placement import pipeline_topic, shard_of
+from services.placement import Route, TopicMode, shard_of
 from services.scheduler.host import SchedulerHost
 from services.settings import Settings
 from services.store import migrate
@@ -39,6 +39,8 @@ class ReadyPipeline:
     topic: str
     partitions: int
     name: str = "p"
+    #: On the shared topic (its shard's partition, the pipeline header on each record).
+    shared: bool = False
 
 
 @pytest.fixture
@@ -56,11 +58,15 @@ async def create_ready_pipeline(
     shard: int | None = None,
     lease_timeout_s: int = 5,
     partitions: int = 2,
+    shared: bool = False,
     **columns: object,
 ) -> ReadyPipeline:
     """A pipeline row in state ready, and its topic; ``shard`` picks an id on that shard,
-    ``columns`` set more of the row (in the insert: a running replica may activate the
-    pipeline's grain as soon as the row exists, and a grain reads its settings then)."""
+    ``shared`` puts it on the shared topic, ``columns`` set more of the row (in the
+    insert: a running replica may activate the pipeline's grain as soon as the row
+    exists, and a grain reads its settings then)."""
+    if shared:
+        partitions = 1
     pipeline_id = str(uuid.uuid4())
     while shard is not None and shard_of(pipeline_id) != shard:
         pipeline_id = str(uuid.uuid4())
@@ -78,6 +84,7 @@ async def create_ready_pipeline(
                 chart="charts/examples/echo",
                 values_json="{}",
                 partitions=partitions,
+                topic=TopicMode.SHARED.value if shared else TopicMode.DEDICATED.value,
                 scaling_json="{}",
                 max_attempts=3,
                 lease_timeout_s=lease_timeout_s,
@@ -93,9 +100,13 @@ async def create_ready_pipeline(
             .values(**columns)
         )
     admin = KafkaTopicAdmin(bootstrap=kafka_bootstrap)
-    await admin.create_pipeline_topic(pipeline_id, partitions)
+    route = Route(pipeline_id, TopicMode.SHARED if shared else TopicMode.DEDICATED)
+    if shared:
+        await admin.ensure_shared_topic()
+    else:
+        await admin.create_pipeline_topic(pipeline_id, partitions)
     return ReadyPipeline(
-        id=pipeline_id, token=token, topic=pipeline_topic(pipeline_id), partitions=partitions
+        id=pipeline_id, token=token, topic=route.topic, partitions=partitions, shared=shared
     )
 
 
@@ -122,8 +133,15 @@ async def submit(kafka_bootstrap: str) -> AsyncIterator[object]:
                 produced_at_ms=int(time.time() * 1000),
                 submit=events_pb2.SubmitTask(data=raw, data_sha256=hashlib.sha256(raw).digest()),
             )
+            route = Route(pipeline.id, TopicMode.SHARED if pipeline.shared else TopicMode.DEDICATED)
             futures.append(
-                await producer.send(pipeline.topic, event.SerializeToString(), key=task_id.encode())
+                await producer.send(
+                    route.topic,
+                    event.SerializeToString(),
+                    key=task_id.encode(),
+                    partition=route.partition,
+                    headers=list(route.headers),
+                )
             )
         for future in futures:
             await future

@@ -1,0 +1,389 @@
+"""Shard forwarders: feed the grains of a shard's shared pipelines (design D3).
+
+A pipeline on the shared topic has no partition of its own: its records are on partition
+``shard_of(pipeline)`` of ``wsched.shared``, with its id in the ``wsched-pipeline``
+header, beside the records of every other shared pipeline of the shard. The shard's owner
+runs one :class:`ShardForwarder` per owned shard: it reads the partition, groups each
+batch by pipeline and has every pipeline's grain admit its records at once (each in its
+own fenced transaction, as a dedicated topic's forwarder does), then stores the
+partition's next offset fenced by the shard's epoch (``services/store/shard_offsets.py``).
+
+- **Offsets are the shard's.** The stored offset is the lowest record some grain may
+  still lack: the end of the last batch, or a stalled grain's first withheld record. A
+  crash replays from there; the grains recognise what they already admitted (every
+  admitted id is checked against memory and the store), so a replay makes no second task.
+- **A stalled grain blocks nobody.** The reader cannot pause the partition for one grain.
+  A grain that has not admitted its records ``stall_after_s`` after its neighbours did is
+  *stalled*: its records are withheld from the live stream from its first unadmitted one
+  on, and a catch-up reader (a consumer of its own) reads the partition from there,
+  handing the grain only its own records, until it reaches the live stream's position;
+  the grain then rejoins it. If no grain of a batch gets through (the store is down),
+  nobody is stalled: they all wait, as one grain with a topic of its own would.
+- **Unknown pipelines.** A record for a pipeline the replica does not host yet (it was
+  made ready a moment ago) hosts it; one for a pipeline that is gone or being deleted is
+  dropped (its rows are being purged) and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
+
+from actors.pipeline.ports import StaleEpoch
+from services.kafka.consumer import ConsumedRecord, PartitionConsumer
+from services.scheduler.decode import pipeline_of
+from services.scheduler.forwarder import LAG_INTERVAL_S, Admit, ForwarderStats, Keep, build_batch
+from services.store.quarantine import Quarantined
+from services.store.shard_offsets import ShardClaim, shard_key
+
+log = logging.getLogger("wsched.scheduler.shard_forwarder")
+
+#: How a shard forwarder reaches a pipeline's grain: its admission, or None if the
+#: pipeline is not one of the shard's live pipelines (its records are dropped).
+Route = Callable[[str], Awaitable[Admit | None]]
+Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
+
+
+class ShardOffsets(Protocol):
+    async def claim(self, shard: int, *, owner: str) -> ShardClaim: ...
+
+    async def save(self, shard: int, *, epoch: int, next_offset: int) -> None: ...
+
+
+@dataclasses.dataclass(kw_only=True)
+class ShardStats:
+    """The shard's figures; per pipeline ones are in ``ShardForwarder.pipelines``."""
+
+    lag: int = 0
+    #: Records of pipelines that are gone (or being deleted), skipped.
+    dropped: int = 0
+    #: Times a grain was left behind the live stream, and caught up.
+    stalls: int = 0
+    caught_up: int = 0
+
+
+@dataclasses.dataclass
+class _Stall:
+    #: The pipeline's first record not admitted; its records from here on are withheld
+    #: from the live stream and read by the catch-up.
+    from_offset: int
+    task: asyncio.Task[None] | None = None
+
+
+class ShardForwarder:
+    def __init__(
+        self,
+        *,
+        shard: int,
+        consumer: PartitionConsumer,
+        catch_up: Callable[[], PartitionConsumer],
+        offsets: ShardOffsets,
+        owner: str,
+        route: Route,
+        keep: Keep,
+        max_records: int = 5000,
+        stall_after_s: float = 10.0,
+        retry_max_s: float = 5.0,
+        sleep: Sleep = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``consumer`` reads the shard's partition (started and stopped by ``run``);
+        ``catch_up`` makes a consumer of its own for a stalled grain's catch-up."""
+        self.shard = shard
+        self._consumer = consumer
+        self._catch_up_consumer = catch_up
+        self._offsets = offsets
+        self._owner = owner
+        self._route = route
+        self._keep = keep
+        self._max_records = max_records
+        self._stall_after_s = stall_after_s
+        self._retry_max_s = retry_max_s
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self.stats = ShardStats()
+        self.pipelines: dict[str, ForwarderStats] = {}
+        self._epoch = 0
+        #: Every record below this offset was routed: admitted, dropped, or withheld
+        #: from a stalled pipeline (whose catch-up reads it). None before the first batch.
+        self._handed: int | None = None
+        self._stalled: dict[str, _Stall] = {}
+        self._saved: int | None = None
+        self._lag_due = 0.0
+
+    @property
+    def stalled(self) -> frozenset[str]:
+        return frozenset(self._stalled)
+
+    async def run(self) -> None:
+        """Forward until cancelled or the shard is fenced (another replica claimed it)."""
+        claim = await self._retrying(
+            "claim", lambda: self._offsets.claim(self.shard, owner=self._owner)
+        )
+        self._epoch, self._saved = claim.epoch, claim.next_offset
+        await self._consumer.start()
+        try:
+            self._consumer.assign([self.shard])
+            if claim.next_offset is not None:
+                self._consumer.seek(self.shard, claim.next_offset)
+            while True:
+                records = await self._consumer.getmany(
+                    timeout_ms=int(LAG_INTERVAL_S * 1000), max_records=self._max_records
+                )
+                batch = records.get(self.shard)
+                if batch:
+                    await self._forward(batch)
+                    await self._save()
+                if self._monotonic() >= self._lag_due:
+                    self._lag_due = self._monotonic() + LAG_INTERVAL_S
+                    await self._save()  # a catch-up that ended since moves it on
+                    await self._update_lag()
+        except StaleEpoch:
+            log.info("shard %d: fenced, its forwarder stops", self.shard)
+        finally:
+            for stall in self._stalled.values():
+                if stall.task is not None:
+                    stall.task.cancel()
+            await self._consumer.stop()
+
+    # -- the live stream ------------------------------------------------------------------
+
+    async def _forward(self, batch: Sequence[ConsumedRecord]) -> None:
+        groups: dict[str, list[ConsumedRecord]] = {}
+        strays: list[ConsumedRecord] = []
+        for record in batch:
+            pipeline_id = record.pipeline_id or pipeline_of(record.value)
+            if pipeline_id is None:
+                strays.append(record)
+            elif pipeline_id not in self._stalled:
+                groups.setdefault(pipeline_id, []).append(record)
+        self._handed = batch[-1].offset + 1
+        if strays:
+            await self._retrying("quarantine", lambda: self._keep(self._strays(strays)))
+        admissions = {
+            asyncio.create_task(self._admit(pid, records), name=f"admit {pid}"): pid
+            for pid, records in groups.items()
+        }
+        if not admissions:
+            return
+        done, waiting = await asyncio.wait(admissions, timeout=self._stall_after_s)
+        while waiting and not done:
+            # Nobody got through: nobody waits on anybody (the store is down, say).
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for task in waiting:
+            task.cancel()
+            self._stall(admissions[task], groups[admissions[task]][0].offset)
+        for task in done:
+            task.result()  # StaleEpoch ends the shard's forwarder
+
+    def _strays(self, records: Sequence[ConsumedRecord]) -> list[Quarantined]:
+        for record in records:
+            log.warning("shard %d: record @%d names no pipeline", self.shard, record.offset)
+        return [
+            Quarantined(
+                pipeline_id=shard_key(self.shard),
+                partition=record.partition,
+                offset=record.offset,
+                reason="a shared topic record that names no pipeline",
+                raw=record.value or b"",
+            )
+            for record in records
+        ]
+
+    async def _admit(self, pipeline_id: str, records: Sequence[ConsumedRecord]) -> None:
+        """Have the pipeline's grain admit ``records`` (its own, in offset order), retrying
+        with backoff until it does; StaleEpoch if the grain was claimed elsewhere."""
+        stats = self.pipelines.setdefault(pipeline_id, ForwarderStats())
+        fetched = build_batch(pipeline_id, {self.shard: records})
+        # The offsets are the shard's, stored by this forwarder, not by the grain.
+        batch = dataclasses.replace(fetched.batch, offsets={})
+        delay = 0.05
+        while True:
+            try:
+                admit = await self._route(pipeline_id)
+                if admit is None:
+                    self.stats.dropped += len(records)
+                    log.info(
+                        "shard %d: %d record(s) of pipeline %s dropped: it is gone",
+                        self.shard,
+                        len(records),
+                        pipeline_id,
+                    )
+                    return
+                await self._keep(fetched.quarantined)
+                result = await admit(batch)
+                break
+            except StaleEpoch:
+                raise
+            except Exception as err:  # noqa: BLE001 - any failure: keep the records, back off
+                stats.retries += 1
+                log.warning(
+                    "shard %d: pipeline %s: admission failed (%s: %s); again in %.2fs",
+                    self.shard,
+                    pipeline_id,
+                    type(err).__name__,
+                    err,
+                    delay,
+                )
+                await self._sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+        stats.admitted += result.admitted
+        stats.duplicates += result.duplicates
+        stats.conflicts += result.conflicts
+        stats.quarantined += len(fetched.quarantined)
+
+    # -- stalled grains -------------------------------------------------------------------
+
+    def _stall(self, pipeline_id: str, from_offset: int) -> None:
+        log.warning(
+            "shard %d: pipeline %s is stalled at @%d; it catches up on its own reader",
+            self.shard,
+            pipeline_id,
+            from_offset,
+        )
+        self.stats.stalls += 1
+        stall = _Stall(from_offset=from_offset)
+        self._stalled[pipeline_id] = stall
+        stall.task = asyncio.create_task(
+            self._catch_up(pipeline_id, stall), name=f"catch-up {pipeline_id}"
+        )
+        stall.task.add_done_callback(lambda task: self._caught_up(pipeline_id, task))
+
+    async def _catch_up(self, pipeline_id: str, stall: _Stall) -> None:
+        """Admit the pipeline's records from its first withheld one up to the live
+        stream's position, then let it rejoin the live stream. The check that it has
+        reached the live position and its rejoining happen with no ``await`` between, so
+        every record is either the catch-up's or the live stream's, never both or none."""
+        consumer = self._catch_up_consumer()
+        await consumer.start()
+        try:
+            consumer.assign([self.shard])
+            consumer.seek(self.shard, stall.from_offset)
+            carried: list[ConsumedRecord] = []  # the pipeline's records read, not admitted
+            read_to = stall.from_offset
+            while True:
+                live = self._handed if self._handed is not None else read_to
+                due = [r for r in carried if r.offset < live]
+                if due:
+                    carried = carried[len(due) :]
+                    await self._admit(pipeline_id, due)
+                    continue
+                if read_to >= live:
+                    break
+                records = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
+                for record in records.get(self.shard, ()):
+                    read_to = record.offset + 1
+                    if (record.pipeline_id or pipeline_of(record.value)) == pipeline_id:
+                        carried.append(record)
+            # Rejoin: what is left in ``carried`` is past the live position, and the live
+            # stream routes it now.
+            del self._stalled[pipeline_id]
+        finally:
+            await consumer.stop()
+
+    def _caught_up(self, pipeline_id: str, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self.stats.caught_up += 1
+            log.info("shard %d: pipeline %s caught up and rejoined", self.shard, pipeline_id)
+            return
+        # Fenced, or a failure of its own reader: try again from the same place (the
+        # stored offset has not moved past it).
+        log.warning("shard %d: pipeline %s: catch-up failed: %r", self.shard, pipeline_id, error)
+        stall = self._stalled.get(pipeline_id)
+        if stall is not None and stall.task is task and not isinstance(error, StaleEpoch):
+            del self._stalled[pipeline_id]
+            self._stall(pipeline_id, stall.from_offset)
+
+    # -- offsets and lag ------------------------------------------------------------------
+
+    async def _save(self) -> None:
+        """Store the lowest offset some grain may still lack, if it moved."""
+        if self._handed is None:
+            return
+        starts = [stall.from_offset for stall in self._stalled.values()]
+        next_offset = min([self._handed, *starts])
+        if next_offset == self._saved:
+            return
+        await self._retrying(
+            "offset",
+            lambda: self._offsets.save(self.shard, epoch=self._epoch, next_offset=next_offset),
+        )
+        self._saved = next_offset
+        try:
+            await self._consumer.commit({self.shard: next_offset})
+        except Exception as err:  # noqa: BLE001 - Kafka's copy is informational only
+            log.info("shard %d: offset commit failed: %s", self.shard, err)
+
+    async def _update_lag(self) -> None:
+        try:
+            ends = await self._consumer.end_offsets([self.shard])
+            position = await self._consumer.position(self.shard)
+            self.stats.lag = max(0, ends[self.shard] - position)
+        except Exception as err:  # noqa: BLE001 - lag is a metric, not a reason to stop
+            log.debug("shard %d: lag unavailable: %s", self.shard, err)
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except StaleEpoch:
+                raise
+            except Exception as err:  # noqa: BLE001 - the store or broker away: wait
+                log.warning(
+                    "shard %d: %s failed (%s: %s); again in %.2fs",
+                    self.shard,
+                    what,
+                    type(err).__name__,
+                    err,
+                    delay,
+                )
+                await self._sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+
+class ShardForwarders:
+    """The running forwarders of a replica's owned shards."""
+
+    def __init__(self, *, make: Callable[[int], ShardForwarder]) -> None:
+        self._make = make
+        self._running: dict[int, tuple[ShardForwarder, asyncio.Task[None]]] = {}
+
+    def running(self) -> set[int]:
+        return set(self._running)
+
+    def forwarders(self) -> dict[int, ShardForwarder]:
+        return {shard: running[0] for shard, running in self._running.items()}
+
+    def start(self, shard: int) -> None:
+        forwarder = self._make(shard)
+        task = asyncio.create_task(forwarder.run(), name=f"shard forwarder {shard}")
+        task.add_done_callback(lambda _: self._ended(shard, task))
+        self._running[shard] = (forwarder, task)
+
+    async def stop(self, shard: int) -> None:
+        running = self._running.pop(shard, None)
+        if running is not None:
+            running[1].cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await running[1]
+
+    def _ended(self, shard: int, task: asyncio.Task[None]) -> None:
+        current = self._running.get(shard)
+        if current is None or current[1] is not task or task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("shard %d: forwarder failed: %r", shard, error)
+        # Fenced or failed: the replica's next reconcile starts it again if the shard is
+        # still its own (it claims the shard anew and resumes from the stored offset).
+        del self._running[shard]
