@@ -41,7 +41,7 @@ from services.scheduler.handle import GrainHandle
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector, http_app
 from services.scheduler.scaler import KubePort, build_scaler, hosted_workloads
 from services.scheduler.schedule_sync import differing, every
-from services.scheduler.shard_forwarder import ShardForwarder, ShardForwarders
+from services.scheduler.shard_forwarder import ShardForwarder, ShardForwarders, ShardStats
 from services.scheduler.tracing import traced_admit
 from services.scheduler.worker_api import Limits, LocalGrain, WorkerService
 from services.settings import Settings
@@ -508,6 +508,9 @@ class SchedulerHost:
 
     def shard_forwarders(self) -> dict[int, ShardForwarder]:
         return self._shard_forwarders.forwarders()
+
+    def shard_stats(self) -> dict[int, ShardStats]:
+        return {shard: f.stats for shard, f in self._shard_forwarders.forwarders().items()}
 
     def queue_labels(self) -> dict[str, tuple[str, str]]:
         return {pid: h.queue_labels for pid, h in self._hosted.items() if h.queue_labels}

@@ -26,6 +26,7 @@ from actors.pipeline.model import GrainKey, GrainSnapshot
 from actors.runtime import KindStats
 from services.scheduler.forwarder import ForwarderStats
 from services.scheduler.scaler import ScalerStats
+from services.scheduler.shard_forwarder import ShardStats
 
 FLUSH_ROW_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000, 20000)
 DISPATCH_BUCKETS = (
@@ -60,6 +61,8 @@ class Sources(Protocol):
 
     def actor_stats(self) -> Mapping[str, KindStats]: ...
 
+    def shard_stats(self) -> Mapping[int, ShardStats]: ...
+
 
 class SchedulerCollector(Collector):
     def __init__(self, sources: Sources) -> None:
@@ -71,6 +74,7 @@ class SchedulerCollector(Collector):
         yield self._queue_length(snapshots, dict(self._sources.queue_labels()))
         yield from self._forwarder_metrics(dict(self._sources.forwarders()))
         yield from self._actor_metrics(dict(self._sources.actor_stats()))
+        yield from self._shard_metrics(dict(self._sources.shard_stats()))
 
     def _grain_metrics(self, snapshots: dict[GrainKey, GrainSnapshot]) -> Iterator[Metric]:
         events = CounterMetricFamily(
@@ -140,6 +144,28 @@ class SchedulerCollector(Collector):
         )
         hosted.add_metric([], len(forwarders))
         yield from (lag, quarantined, retries, hosted)
+
+    def _shard_metrics(self, shards: dict[int, ShardStats]) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "wsched_shard_lag",
+            "Records of the shard's partition of the shared topic not yet routed.",
+            labels=["shard"],
+        )
+        dropped = CounterMetricFamily(
+            "wsched_shard_dropped_records",
+            "Shared topic records of pipelines that are gone, skipped.",
+            labels=["shard"],
+        )
+        stalls = CounterMetricFamily(
+            "wsched_shard_stalls",
+            "Grains left behind their shard's live stream (and caught up on their own).",
+            labels=["shard"],
+        )
+        for shard, stats in sorted(shards.items()):
+            lag.add_metric([str(shard)], stats.lag)
+            dropped.add_metric([str(shard)], stats.dropped)
+            stalls.add_metric([str(shard)], stats.stalls)
+        yield from (lag, dropped, stalls)
 
     def _actor_metrics(self, kinds: dict[str, KindStats]) -> Iterator[Metric]:
         active = GaugeMetricFamily(

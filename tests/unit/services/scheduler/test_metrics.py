@@ -10,6 +10,7 @@ from actors.pipeline.model import GrainKey, GrainSnapshot
 from actors.runtime import KindStats
 from services.scheduler.forwarder import ForwarderStats
 from services.scheduler.metrics import SchedulerCollector
+from services.scheduler.shard_forwarder import ShardStats
 
 KEY = GrainKey(pipeline_id="p1")
 
@@ -31,6 +32,9 @@ class Sources:
         return {
             "pipeline": KindStats(active=1, activations=1, messages=9, restarts=0, quarantined=0)
         }
+
+    def shard_stats(self) -> Mapping[int, ShardStats]:
+        return {4: ShardStats(lag=12, dropped=3, stalls=1)}
 
 
 def scrape(snapshots: Mapping[GrainKey, GrainSnapshot]) -> str:
@@ -59,6 +63,9 @@ def test_grain_series_come_from_the_snapshot() -> None:
         'server_scheduler_queue_length{namespace="wsched-t",worker="t-a-p1"} 5.0',
         'wsched_consumer_lag{partition="0",pipeline="p1"} 3.0',
         'wsched_active_grains{kind="pipeline"} 1.0',
+        'wsched_shard_lag{shard="4"} 12.0',
+        'wsched_shard_dropped_records_total{shard="4"} 3.0',
+        'wsched_shard_stalls_total{shard="4"} 1.0',
     ):
         assert line in text
     assert 'status="backlog"' not in text
