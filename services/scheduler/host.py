@@ -347,28 +347,41 @@ class SchedulerHost:
                 return
             for pipeline_id in set(self._hosted) - set(wanted):
                 await self._drop_locked(pipeline_id)
-            for pipeline_id, hosting in wanted.items():
-                if pipeline_id not in self._hosted:
-                    await self._ensure(pipeline_id, hosting)
+            new = {pid: hosting for pid, hosting in wanted.items() if pid not in self._hosted}
+            # A shared pipeline's grain is activated only if it has work now (its next
+            # record activates it otherwise): taking a shard of 10,000 idle pipelines
+            # claims and loads none of them.
+            shared = [pid for pid, hosting in new.items() if hosting.shared]
+            try:
+                busy = await self._directory.with_work(shared) if shared else set()
+            except sa.exc.SQLAlchemyError as err:
+                log.warning("placement: cannot read which pipelines have work: %s", err)
+                return
+            for pipeline_id, hosting in new.items():
+                activate = not hosting.shared or pipeline_id in busy
+                await self._ensure(pipeline_id, hosting, activate=activate)
             # After the shards' grains, so that their records find them hosted.
             for shard in self._shards - self._shard_forwarders.running():
                 self._shard_forwarders.start(shard)
 
-    async def _ensure(self, pipeline_id: str, hosting: Hosting) -> None:
+    async def _ensure(self, pipeline_id: str, hosting: Hosting, *, activate: bool = True) -> None:
+        """Host the pipeline: its handle, and the forwarder of a topic of its own (which
+        resumes from the offsets its grain's activation loads)."""
         grain = grain_actor.grain_id(GrainKey(pipeline_id=pipeline_id))
-        try:
-            offsets = grain_actor.unwrap(await self._system.ask(grain, grain_actor.Activate()))
-            config = await self._directory.pipeline_config(pipeline_id)
-            labels = await self._directory.queue_labels(pipeline_id)
-        except Exception as err:  # noqa: BLE001 - retried at the next reconcile
-            log.warning(
-                "pipeline %s: grain not activated: %s: %s", pipeline_id, type(err).__name__, err
-            )
-            return
+        offsets: dict[int, int] = {}
+        if activate:
+            try:
+                offsets = grain_actor.unwrap(await self._system.ask(grain, grain_actor.Activate()))
+            except Exception as err:  # noqa: BLE001 - retried at the next reconcile
+                log.warning(
+                    "pipeline %s: grain not activated: %s: %s",
+                    pipeline_id,
+                    type(err).__name__,
+                    err,
+                )
+                return
         handle = GrainHandle(
-            system=self._system,
-            grain=grain,
-            lease_timeout_s=config.lease_timeout_s if config else 30.0,
+            system=self._system, grain=grain, lease_timeout_s=hosting.lease_timeout_s
         )
         admit = (
             traced_admit(handle.admit, tracing=self._tracing, pipeline_id=pipeline_id)
@@ -381,11 +394,12 @@ class SchedulerHost:
             admit=admit,
             forwarder=None,
             task=None,
-            queue_labels=labels,
+            queue_labels=hosting.queue_labels,
         )
         self._hosted[pipeline_id] = hosted
         if hosting.shared:
-            log.info("pipeline %s: grain active, on the shared topic", pipeline_id)
+            state = "active" if activate else "inactive until it has work"
+            log.info("pipeline %s: hosted on the shared topic, grain %s", pipeline_id, state)
             return
         forwarder = Forwarder(
             consumer=self._started_reader().view(pipeline_topic(pipeline_id)),

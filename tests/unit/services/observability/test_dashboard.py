@@ -17,6 +17,7 @@ from actors.pipeline.model import GrainKey, GrainSnapshot
 from actors.runtime import KindStats
 from services.api.metrics import ApiMetrics
 from services.scheduler.forwarder import ForwarderStats
+from services.scheduler.shard_forwarder import ShardStats
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector
 from services.scheduler.scaler import ScalerStats
 
@@ -47,6 +48,9 @@ class _NoGrains:
         return {}
 
     def actor_stats(self) -> Mapping[str, KindStats]:
+        return {}
+
+    def shard_stats(self) -> Mapping[int, ShardStats]:
         return {}
 
 
