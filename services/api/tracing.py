@@ -25,7 +25,7 @@ from opentelemetry.trace import Link, SpanKind
 from protos.wsched.v1 import events_pb2
 from services.kafka.producer import EventProducer, OutgoingTask
 from services.observability import Tracing, ending, traceparent_of
-from services.placement import pipeline_topic
+from services.placement import Route
 
 #: Probes and scrapes (every few seconds, never about a task) get no span: full URLs,
 #: comma-separated regular expressions.
@@ -64,8 +64,7 @@ class TracedProducer:
         self._inner = inner
         self._tracer = tracing.require()
 
-    async def submit(self, pipeline_id: str, tasks: Sequence[OutgoingTask]) -> None:
-        topic = pipeline_topic(pipeline_id)
+    async def submit(self, route: Route, tasks: Sequence[OutgoingTask]) -> None:
         context, links = _submit_parent(len(tasks))
         spans = [
             self._tracer.start_span(
@@ -74,10 +73,10 @@ class TracedProducer:
                 links=links,
                 kind=SpanKind.PRODUCER,
                 attributes={
-                    "wsched.pipeline_id": pipeline_id,
+                    "wsched.pipeline_id": route.pipeline_id,
                     "wsched.task_id": task.id,
                     "messaging.system": "kafka",
-                    "messaging.destination.name": topic,
+                    "messaging.destination.name": route.topic,
                 },
             )
             for task in tasks
@@ -87,19 +86,19 @@ class TracedProducer:
             for task, span in zip(tasks, spans, strict=True)
         ]
         with ending(spans):
-            await self._inner.submit(pipeline_id, traced)
+            await self._inner.submit(route, traced)
 
-    async def cancel(self, pipeline_id: str, task_id: str, *, reason: str = "") -> None:
-        await self._inner.cancel(pipeline_id, task_id, reason=reason)
+    async def cancel(self, route: Route, task_id: str, *, reason: str = "") -> None:
+        await self._inner.cancel(route, task_id, reason=reason)
 
-    async def requeue(self, pipeline_id: str, task_id: str) -> None:
-        await self._inner.requeue(pipeline_id, task_id)
+    async def requeue(self, route: Route, task_id: str) -> None:
+        await self._inner.requeue(route, task_id)
 
-    async def schedule_changed(self, pipeline_id: str, schedule_id: str, version: int) -> None:
-        await self._inner.schedule_changed(pipeline_id, schedule_id, version)
+    async def schedule_changed(self, route: Route, schedule_id: str, version: int) -> None:
+        await self._inner.schedule_changed(route, schedule_id, version)
 
-    async def purge(self, pipeline_id: str, task_id: str, *, finished_before_ms: int) -> None:
-        await self._inner.purge(pipeline_id, task_id, finished_before_ms=finished_before_ms)
+    async def purge(self, route: Route, task_id: str, *, finished_before_ms: int) -> None:
+        await self._inner.purge(route, task_id, finished_before_ms=finished_before_ms)
 
     async def placement(
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType

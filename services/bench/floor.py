@@ -40,7 +40,7 @@ from services.bench.client import task_data
 from services.infra.process import Service
 from services.kafka.admin import KafkaTopicAdmin
 from services.kafka.producer import OutgoingTask, submit_records
-from services.placement import pipeline_topic
+from services.placement import Route
 from services.store import migrate
 from services.store.engine import make_engine
 from services.store.schema import tasks
@@ -63,6 +63,7 @@ def _payloads(count: int) -> list[bytes]:
 
 async def _produce(*, bootstrap: str, pipeline_id: str, count: int, batch: int) -> float:
     """Produce ``count`` task envelopes; return the wall time of the first send."""
+    route = Route(pipeline_id)  # a topic of its own, over PARTITIONS partitions
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
@@ -85,7 +86,7 @@ async def _produce(*, bootstrap: str, pipeline_id: str, count: int, batch: int) 
                     )
                     for d in payloads[start : start + batch]
                 ]
-                records = submit_records(pipeline_id, items, now_ms=int(time.time() * 1000))
+                records = submit_records(route, items, now_ms=int(time.time() * 1000))
                 futures = [await producer.send(r.topic, r.value, key=r.key) for r in records]
                 await asyncio.gather(*futures)
 
@@ -122,7 +123,7 @@ def kafka_floor(*, bootstrap: str, count: int, batch: int, work_dir: Path) -> fl
     pipeline_id = f"bench-floor-{uuid.uuid4().hex[:12]}"
     asyncio.run(KafkaTopicAdmin(bootstrap=bootstrap).create_pipeline_topic(pipeline_id, PARTITIONS))
     ready, out = work_dir / "floor-consumer.ready", work_dir / "floor-consumer.json"
-    flags = {"bootstrap": bootstrap, "topic": pipeline_topic(pipeline_id), "count": count}
+    flags = {"bootstrap": bootstrap, "topic": Route(pipeline_id).topic, "count": count}
     argv = [sys.executable, "-m", "services.bench.floor", "consume"]
     for flag, value in {**flags, "ready": ready, "out": out}.items():
         argv += [f"--{flag}", str(value)]

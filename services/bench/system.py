@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from services.infra import kafka, tidb
 from services.infra.cache import Cache
 from services.infra.process import Service, free_port, port_open
+from services.placement import Route, TopicMode
 from services.store import migrate
 from services.store.engine import make_engine
 
@@ -210,6 +211,12 @@ class Pipeline:
     id: str
     token: str
     path: str
+    #: Where its records go (the API's default unless the bench asked for one).
+    topic_mode: TopicMode = TopicMode.DEDICATED
+
+    @property
+    def route(self) -> Route:
+        return Route(self.id, self.topic_mode)
 
 
 class Tenant:
@@ -234,7 +241,13 @@ class Tenant:
         created.raise_for_status()
         path = f"/api/applications/bench/pipelines/{name}"
         until(lambda: self.http.get(path).json()["state"] == "ready", 60, f"{name} ready")
-        return Pipeline(id=created.json()["id"], token=created.json()["worker_token"], path=path)
+        body = created.json()
+        return Pipeline(
+            id=body["id"],
+            token=body["worker_token"],
+            path=path,
+            topic_mode=TopicMode(body["topic_mode"]),
+        )
 
     def stats(self, pipeline: Pipeline) -> dict[str, Any]:
         answer = self.http.get(f"{pipeline.path}/stats")

@@ -61,6 +61,7 @@ from services.bench.system import (
 )
 from services.infra.cache import Cache
 from services.kafka.producer import KafkaProducer
+from services.placement import Route
 from services.store.engine import make_engine
 from services.store.schema import schedules, tasks
 
@@ -127,9 +128,9 @@ class Window:
 
 def _define(
     database_url: str, pipelines: Sequence[Pipeline], count: int, every_s: int, first: dt.datetime
-) -> list[tuple[str, str]]:
+) -> list[tuple[Route, str]]:
     """Insert ``count`` interval schedules round-robin over the pipelines, their first fire
-    times spread over the interval's seconds from ``first``; (pipeline id, schedule id)."""
+    times spread over the interval's seconds from ``first``; (pipeline's route, schedule id)."""
     now = dt.datetime.now(dt.UTC)
     rows, made = [], []
     for index in range(count):
@@ -145,7 +146,7 @@ def _define(
             "input": {"every": f"{every_s}s"},
         }
         schedule_id = str(uuid.uuid4())
-        made.append((pipeline.id, schedule_id))
+        made.append((pipeline.route, schedule_id))
         rows.append(
             {
                 "id": schedule_id,
@@ -177,7 +178,7 @@ def _undefine(database_url: str, pipeline_ids: Sequence[str]) -> None:
         engine.dispose()
 
 
-def _announce(bootstrap: str, made: Sequence[tuple[str, str]]) -> None:
+def _announce(bootstrap: str, made: Sequence[tuple[Route, str]]) -> None:
     async def send() -> None:
         async with KafkaProducer(bootstrap=bootstrap) as producer:
             for start in range(0, len(made), 1000):

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from actors.pipeline.retry import RetryOverride
 from protos.wsched.v1 import events_pb2
 from services.kafka.consumer import TRACEPARENT
-from services.placement import PLACEMENT_TOPIC, pipeline_topic
+from services.placement import PLACEMENT_TOPIC, SHARED_TOPIC, Route, pipeline_id_of
 
 log = logging.getLogger("wsched.kafka.producer")
 
@@ -62,14 +62,18 @@ class Record:
 
 
 class EventProducer(Protocol):
-    async def submit(self, pipeline_id: str, tasks: Sequence[OutgoingTask]) -> None: ...
+    """Task events go where the pipeline's :class:`Route` says (its own topic, or its
+    shard's partition of the shared one); placement events to the placement topic."""
 
-    async def cancel(self, pipeline_id: str, task_id: str, *, reason: str = "") -> None: ...
+    async def submit(self, route: Route, tasks: Sequence[OutgoingTask]) -> None: ...
 
-    async def requeue(self, pipeline_id: str, task_id: str) -> None: ...
+    async def cancel(self, route: Route, task_id: str, *, reason: str = "") -> None: ...
 
-    async def schedule_changed(self, pipeline_id: str, schedule_id: str, version: int) -> None: ...
-    async def purge(self, pipeline_id: str, task_id: str, *, finished_before_ms: int) -> None: ...
+    async def requeue(self, route: Route, task_id: str) -> None: ...
+
+    async def schedule_changed(self, route: Route, schedule_id: str, version: int) -> None: ...
+
+    async def purge(self, route: Route, task_id: str, *, finished_before_ms: int) -> None: ...
 
     async def placement(
         self, pipeline_id: str, shard: int, kind: events_pb2.PlacementEvent.Kind.ValueType
@@ -88,11 +92,25 @@ def _envelope(pipeline_id: str, task_id: str, now_ms: int) -> events_pb2.TaskEve
     )
 
 
-def submit_records(pipeline_id: str, tasks: Sequence[OutgoingTask], *, now_ms: int) -> list[Record]:
-    topic = pipeline_topic(pipeline_id)
+def _record(
+    route: Route, key: str, event: events_pb2.TaskEvent, *headers: tuple[str, bytes]
+) -> Record:
+    """A task event where its route says; keyed by ``key`` (the task's or schedule's id),
+    so that all records about one task land in order on one partition (the route's own
+    partition on the shared topic, where the header names the pipeline)."""
+    return Record(
+        topic=route.topic,
+        key=key.encode(),
+        value=event.SerializeToString(),
+        partition=route.partition,
+        headers=(*route.headers, *headers),
+    )
+
+
+def submit_records(route: Route, tasks: Sequence[OutgoingTask], *, now_ms: int) -> list[Record]:
     records = []
     for task in tasks:
-        event = _envelope(pipeline_id, task.id, now_ms)
+        event = _envelope(route.pipeline_id, task.id, now_ms)
         event.submit.data = task.data
         event.submit.due_at_ms = task.due_at_ms
         event.submit.expires_at_ms = task.expires_at_ms
@@ -104,52 +122,40 @@ def submit_records(pipeline_id: str, tasks: Sequence[OutgoingTask], *, now_ms: i
         if task.execution_timeout_s is not None:
             event.submit.execution_timeout_s = task.execution_timeout_s
         event.submit.data_sha256 = task.data_sha256
-        headers: tuple[tuple[str, bytes], ...] = ()
-        if task.trace_parent is not None:
-            # In the event, to be stored with the task; in the header, where Kafka tooling
-            # and other consumers look for it.
-            event.submit.trace_parent = task.trace_parent
-            headers = ((TRACEPARENT, task.trace_parent.encode()),)
-        records.append(
-            Record(
-                topic=topic, key=task.id.encode(), value=event.SerializeToString(), headers=headers
-            )
-        )
+        if task.trace_parent is None:
+            records.append(_record(route, task.id, event))
+            continue
+        # In the event, to be stored with the task; in the header, where Kafka tooling and
+        # other consumers look for it.
+        event.submit.trace_parent = task.trace_parent
+        records.append(_record(route, task.id, event, (TRACEPARENT, task.trace_parent.encode())))
     return records
 
 
-def cancel_record(pipeline_id: str, task_id: str, *, reason: str, now_ms: int) -> Record:
-    event = _envelope(pipeline_id, task_id, now_ms)
+def cancel_record(route: Route, task_id: str, *, reason: str, now_ms: int) -> Record:
+    event = _envelope(route.pipeline_id, task_id, now_ms)
     event.cancel.reason = reason
     # Same topic and key as the submit, so the cancel lands after it on the same partition.
-    return Record(
-        topic=pipeline_topic(pipeline_id), key=task_id.encode(), value=event.SerializeToString()
-    )
+    return _record(route, task_id, event)
 
 
-def requeue_record(pipeline_id: str, task_id: str, *, now_ms: int) -> Record:
-    event = _envelope(pipeline_id, task_id, now_ms)
+def requeue_record(route: Route, task_id: str, *, now_ms: int) -> Record:
+    event = _envelope(route.pipeline_id, task_id, now_ms)
     event.requeue.SetInParent()
-    return Record(
-        topic=pipeline_topic(pipeline_id), key=task_id.encode(), value=event.SerializeToString()
-    )
+    return _record(route, task_id, event)
 
 
-def schedule_record(pipeline_id: str, schedule_id: str, *, version: int, now_ms: int) -> Record:
-    event = _envelope(pipeline_id, schedule_id, now_ms)
+def schedule_record(route: Route, schedule_id: str, *, version: int, now_ms: int) -> Record:
+    event = _envelope(route.pipeline_id, schedule_id, now_ms)
     event.schedule_changed.version = version
-    return Record(
-        topic=pipeline_topic(pipeline_id), key=schedule_id.encode(), value=event.SerializeToString()
-    )
+    return _record(route, schedule_id, event)
 
 
-def purge_record(pipeline_id: str, task_id: str, *, finished_before_ms: int, now_ms: int) -> Record:
-    event = _envelope(pipeline_id, task_id, now_ms)
+def purge_record(route: Route, task_id: str, *, finished_before_ms: int, now_ms: int) -> Record:
+    event = _envelope(route.pipeline_id, task_id, now_ms)
     event.purge.finished_before_ms = finished_before_ms
     # Keyed like the task's other records: a requeue and a purge apply in the order sent.
-    return Record(
-        topic=pipeline_topic(pipeline_id), key=task_id.encode(), value=event.SerializeToString()
-    )
+    return _record(route, task_id, event)
 
 
 def placement_record(
@@ -237,24 +243,22 @@ class KafkaProducer:
     async def __aexit__(self, *_: object) -> None:
         await self.stop()
 
-    async def submit(self, pipeline_id: str, tasks: Sequence[OutgoingTask]) -> None:
-        await self.send(submit_records(pipeline_id, tasks, now_ms=self._clock_ms()))
+    async def submit(self, route: Route, tasks: Sequence[OutgoingTask]) -> None:
+        await self.send(submit_records(route, tasks, now_ms=self._clock_ms()))
 
-    async def cancel(self, pipeline_id: str, task_id: str, *, reason: str = "") -> None:
-        await self.send(
-            [cancel_record(pipeline_id, task_id, reason=reason, now_ms=self._clock_ms())]
-        )
+    async def cancel(self, route: Route, task_id: str, *, reason: str = "") -> None:
+        await self.send([cancel_record(route, task_id, reason=reason, now_ms=self._clock_ms())])
 
-    async def requeue(self, pipeline_id: str, task_id: str) -> None:
-        await self.send([requeue_record(pipeline_id, task_id, now_ms=self._clock_ms())])
+    async def requeue(self, route: Route, task_id: str) -> None:
+        await self.send([requeue_record(route, task_id, now_ms=self._clock_ms())])
 
-    async def schedule_changed(self, pipeline_id: str, schedule_id: str, version: int) -> None:
-        record = schedule_record(pipeline_id, schedule_id, version=version, now_ms=self._clock_ms())
+    async def schedule_changed(self, route: Route, schedule_id: str, version: int) -> None:
+        record = schedule_record(route, schedule_id, version=version, now_ms=self._clock_ms())
         await self.send([record])
 
-    async def purge(self, pipeline_id: str, task_id: str, *, finished_before_ms: int) -> None:
+    async def purge(self, route: Route, task_id: str, *, finished_before_ms: int) -> None:
         record = purge_record(
-            pipeline_id, task_id, finished_before_ms=finished_before_ms, now_ms=self._clock_ms()
+            route, task_id, finished_before_ms=finished_before_ms, now_ms=self._clock_ms()
         )
         await self.send([record])
 
@@ -329,8 +333,14 @@ class MemoryProducer:
         self._clock_ms = clock_ms
 
     def task_events(self, pipeline_id: str) -> list[events_pb2.TaskEvent]:
-        topic = pipeline_topic(pipeline_id)
-        return [events_pb2.TaskEvent.FromString(r.value) for r in self.records if r.topic == topic]
+        """The pipeline's task events in the order sent, whichever topic they went to (the
+        shared topic carries other pipelines' too)."""
+        events = (
+            events_pb2.TaskEvent.FromString(r.value)
+            for r in self.records
+            if r.topic == SHARED_TOPIC or pipeline_id_of(r.topic) is not None
+        )
+        return [event for event in events if event.pipeline_id == pipeline_id]
 
     def placements(self) -> list[events_pb2.PlacementEvent]:
         return [
@@ -344,24 +354,22 @@ class MemoryProducer:
             raise BrokerUnavailable(self.fail)
         self.records.extend(records)
 
-    async def submit(self, pipeline_id: str, tasks: Sequence[OutgoingTask]) -> None:
-        await self._send(submit_records(pipeline_id, tasks, now_ms=self._clock_ms()))
+    async def submit(self, route: Route, tasks: Sequence[OutgoingTask]) -> None:
+        await self._send(submit_records(route, tasks, now_ms=self._clock_ms()))
 
-    async def cancel(self, pipeline_id: str, task_id: str, *, reason: str = "") -> None:
-        await self._send(
-            [cancel_record(pipeline_id, task_id, reason=reason, now_ms=self._clock_ms())]
-        )
+    async def cancel(self, route: Route, task_id: str, *, reason: str = "") -> None:
+        await self._send([cancel_record(route, task_id, reason=reason, now_ms=self._clock_ms())])
 
-    async def requeue(self, pipeline_id: str, task_id: str) -> None:
-        await self._send([requeue_record(pipeline_id, task_id, now_ms=self._clock_ms())])
+    async def requeue(self, route: Route, task_id: str) -> None:
+        await self._send([requeue_record(route, task_id, now_ms=self._clock_ms())])
 
-    async def schedule_changed(self, pipeline_id: str, schedule_id: str, version: int) -> None:
-        record = schedule_record(pipeline_id, schedule_id, version=version, now_ms=self._clock_ms())
+    async def schedule_changed(self, route: Route, schedule_id: str, version: int) -> None:
+        record = schedule_record(route, schedule_id, version=version, now_ms=self._clock_ms())
         await self._send([record])
 
-    async def purge(self, pipeline_id: str, task_id: str, *, finished_before_ms: int) -> None:
+    async def purge(self, route: Route, task_id: str, *, finished_before_ms: int) -> None:
         record = purge_record(
-            pipeline_id, task_id, finished_before_ms=finished_before_ms, now_ms=self._clock_ms()
+            route, task_id, finished_before_ms=finished_before_ms, now_ms=self._clock_ms()
         )
         await self._send([record])
 

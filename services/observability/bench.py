@@ -23,6 +23,7 @@ from services.api.tracing import TracedProducer
 from services.kafka.consumer import ConsumedRecord
 from services.kafka.producer import MemoryProducer, OutgoingTask, submit_records
 from services.observability import log_context, setup_tracing
+from services.placement import Route
 from services.scheduler.forwarder import build_batch
 from services.scheduler.tracing import mark_dispatched, traced_admit
 from services.scheduler.worker_api import _leased
@@ -30,6 +31,7 @@ from services.scheduler.worker_api import _leased
 TASKS = 10_000
 ROUNDS = 7
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+ROUTE = Route("p")
 
 
 def _best_us_per_task(work: Callable[[], object]) -> float:
@@ -43,7 +45,7 @@ def _best_us_per_task(work: Callable[[], object]) -> float:
 
 def main() -> None:
     tasks = [OutgoingTask(id=f"t{i}", data=b'{"n":1}', data_sha256=b"x" * 32) for i in range(TASKS)]
-    records = submit_records("p", tasks, now_ms=0)
+    records = submit_records(ROUTE, tasks, now_ms=0)
     consumed = {
         0: [
             ConsumedRecord(partition=0, offset=i, value=r.value, timestamp_ms=0)
@@ -95,8 +97,10 @@ def main() -> None:
                 pass
 
     figures = {
-        "submit_records_off_us": _best_us_per_task(lambda: submit_records("p", tasks, now_ms=0)),
-        "submit_traced_on_us": _best_us_per_task(lambda: asyncio.run(producer.submit("p", tasks))),
+        "submit_records_off_us": _best_us_per_task(lambda: submit_records(ROUTE, tasks, now_ms=0)),
+        "submit_traced_on_us": _best_us_per_task(
+            lambda: asyncio.run(producer.submit(ROUTE, tasks))
+        ),
         "build_batch_off_us": _best_us_per_task(lambda: build_batch("p", consumed)),
         "admit_traced_on_us": _best_us_per_task(lambda: asyncio.run(admit_all())),
         "leased_off_us": _best_us_per_task(lambda: [_leased(g) for g in grants]),

@@ -13,7 +13,7 @@ from typing import Any
 
 import uuid6
 
-from services.placement import pipeline_topic
+from services.placement import Route, TopicMode
 from services.quotas import QuotaOverrides
 
 TENANT_KEY_PREFIX = "wsk_"
@@ -122,7 +122,9 @@ class PipelineSpec:
     chart: str
     chart_version: str | None = None
     values: Mapping[str, Any] = field(default_factory=dict)
+    #: Ignored for a shared pipeline: the shared topic gives it one partition, its shard's.
     partitions: int = 2
+    topic_mode: TopicMode = TopicMode.DEDICATED
     scaling: Mapping[str, Any] = field(default_factory=dict)
     max_attempts: int = 3
     #: ``Backoff``'s fields that differ from its defaults; empty: the defaults.
@@ -194,10 +196,16 @@ class Pipeline:
     shard: int
     created_at: dt.datetime
     updated_at: dt.datetime
+    #: Where its records go (design D3); chosen at creation, never changed.
+    topic_mode: TopicMode = TopicMode.DEDICATED
+
+    @property
+    def route(self) -> Route:
+        return Route(self.id, self.topic_mode)
 
     @property
     def topic(self) -> str:
-        return pipeline_topic(self.id)
+        return self.route.topic
 
 
 @dataclass(frozen=True, kw_only=True)

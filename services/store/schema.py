@@ -91,6 +91,9 @@ pipelines = sa.Table(
     sa.Column("chart_version", sa.String(128), nullable=True),
     sa.Column("values_json", JsonText, nullable=False),
     sa.Column("partitions", sa.Integer, nullable=False),
+    #: ``dedicated`` (``wsched.p.<id>``) or ``shared`` (its shard's partition of
+    #: ``wsched.shared``): ``services.placement.TopicMode``, chosen at creation.
+    sa.Column("topic", sa.String(16), nullable=False, server_default="dedicated"),
     sa.Column("scaling_json", JsonText, nullable=False),
     sa.Column("max_attempts", sa.Integer, nullable=False),
     #: The pause between attempts (``actors.pipeline.retry.Backoff``'s fields); NULL: the

@@ -52,7 +52,7 @@ async def requeue_tasks(
         statuses, body.ids, act="requeueing", when={Status.DEAD.value}, unknown="not_found"
     )
     chosen = [r.id for r in results if r.result == "requeueing"]
-    await produced(ctx, _together(ctx.producer.requeue(target.id, tid) for tid in chosen))
+    await produced(ctx, _together(ctx.producer.requeue(target.route, tid) for tid in chosen))
     return BulkOut(results=results, acted=len(chosen))
 
 
@@ -77,7 +77,7 @@ async def cancel_tasks(
     chosen = [r.id for r in results if r.result == "cancelling"]
     reason = "cancelled by the tenant (bulk)"
     await produced(
-        ctx, _together(ctx.producer.cancel(target.id, tid, reason=reason) for tid in chosen)
+        ctx, _together(ctx.producer.cancel(target.route, tid, reason=reason) for tid in chosen)
     )
     return BulkOut(results=results, acted=len(chosen))
 
@@ -112,7 +112,7 @@ async def purge_tasks(
     await produced(
         ctx,
         _together(
-            ctx.producer.purge(target.id, tid, finished_before_ms=before_ms) for tid in chosen
+            ctx.producer.purge(target.route, tid, finished_before_ms=before_ms) for tid in chosen
         ),
     )
     return PurgeOut(results=results, acted=len(chosen), older_than=before)

@@ -147,11 +147,10 @@ async def _find(ctx: Ctx, target: Pipeline, name: str) -> ScheduleRecord:
     return record
 
 
-async def _changed(ctx: Ctx, record: ScheduleRecord) -> None:
-    """Tell the firing grain (it also finds changes by itself within a resync period)."""
-    await produced(
-        ctx, ctx.producer.schedule_changed(record.pipeline_id, record.id, record.version)
-    )
+async def _changed(ctx: Ctx, target: Pipeline, record: ScheduleRecord) -> None:
+    """Tell the firing grain (it also finds changes by itself within a resync period),
+    where its pipeline's records go (``target`` is the schedule's pipeline)."""
+    await produced(ctx, ctx.producer.schedule_changed(target.route, record.id, record.version))
 
 
 async def _answer(ctx: Ctx, record: ScheduleRecord) -> ScheduleOut:
@@ -175,7 +174,7 @@ async def create_schedule(
         )
     except NameTaken as err:
         raise ApiError(409, "name_taken", f"{err}; choose another name or PATCH it") from err
-    await _changed(ctx, record)
+    await _changed(ctx, target, record)
     return schedule_out(record, [], now=_now())
 
 
@@ -259,17 +258,22 @@ async def patch_schedule(
     target = await resolve(ctx, tenant.id, app, pipeline)
     record = await _find(ctx, target, schedule)
     doc = build(body, base=record.spec, now=_now(), limits=ctx.limits)
-    return await _update(ctx, record, spec=doc, paused=body.paused)
+    return await _update(ctx, target, record, spec=doc, paused=body.paused)
 
 
 async def _update(
-    ctx: Ctx, record: ScheduleRecord, *, spec: dict[str, object] | None, paused: bool | None
+    ctx: Ctx,
+    target: Pipeline,
+    record: ScheduleRecord,
+    *,
+    spec: dict[str, object] | None,
+    paused: bool | None,
 ) -> ScheduleOut:
     try:
         fresh = await ctx.db(ctx.store.update_schedule, record, spec=spec, paused=paused)
     except NotFound as err:
         raise not_found(str(err)) from err
-    await _changed(ctx, fresh)
+    await _changed(ctx, target, fresh)
     return await _answer(ctx, fresh)
 
 
@@ -279,7 +283,7 @@ async def pause_schedule(
 ) -> ScheduleOut:
     """Stop firing until resumed (runs already made go on)."""
     target = await resolve(ctx, tenant.id, app, pipeline)
-    return await _update(ctx, await _find(ctx, target, schedule), spec=None, paused=True)
+    return await _update(ctx, target, await _find(ctx, target, schedule), spec=None, paused=True)
 
 
 @router.post("/{schedule}:resume")
@@ -288,7 +292,7 @@ async def resume_schedule(
 ) -> ScheduleOut:
     """Fire again from the next fire time (or catch up, with ``catchup.after_pause``)."""
     target = await resolve(ctx, tenant.id, app, pipeline)
-    return await _update(ctx, await _find(ctx, target, schedule), spec=None, paused=False)
+    return await _update(ctx, target, await _find(ctx, target, schedule), spec=None, paused=False)
 
 
 @router.post("/{schedule}:trigger", status_code=202)
@@ -302,7 +306,7 @@ async def trigger_schedule(
     now = _now()
     fire_at = now.replace(microsecond=now.microsecond // 1000 * 1000)  # what a record keeps
     task = _run(record, fire_at)
-    await produced(ctx, ctx.producer.submit(target.id, [task]))
+    await produced(ctx, ctx.producer.submit(target.route, [task]))
     return Triggered(id=task.id, fire_at=format_fire(fire_at))
 
 
@@ -332,7 +336,7 @@ async def backfill_schedule(
         raise invalid("to", f"more than {MAX_BACKFILL} fire times; backfill a shorter range")
     tasks = [_run(record, t) for t in times]
     if tasks:
-        await produced(ctx, ctx.producer.submit(target.id, tasks))
+        await produced(ctx, ctx.producer.submit(target.route, tasks))
     return Backfilled(runs=len(tasks), task_ids=[t.id for t in tasks])
 
 
@@ -355,5 +359,5 @@ async def delete_schedule(
     target = await resolve(ctx, tenant.id, app, pipeline)
     record = await _find(ctx, target, schedule)
     await ctx.db(ctx.store.delete_schedule, record)
-    await _changed(ctx, record)
+    await _changed(ctx, target, record)
     return Response(status_code=204)

@@ -193,7 +193,7 @@ async def submit_task(
         stored = (await existing_tasks(ctx, target, [client_id])).get(client_id)
         if stored is not None:
             return await _resubmitted(ctx, target, task, stored.data_sha256)
-    await produced(ctx, ctx.producer.submit(target.id, [task]))
+    await produced(ctx, ctx.producer.submit(target.route, [task]))
     ctx.quotas.accepted(tenant, 1)
     ctx.metrics.tasks_created.labels(target.id).inc()
     status = "scheduled" if due_ms else "queued"
@@ -282,7 +282,7 @@ async def submit_batch(
     client_ids = sorted({item.id for item in body.tasks if item.id is not None})
     planned = plan(candidates, await existing_tasks(ctx, target, client_ids))
     if planned.produce:
-        await produced(ctx, ctx.producer.submit(target.id, planned.produce))
+        await produced(ctx, ctx.producer.submit(target.route, planned.produce))
         ctx.quotas.accepted(tenant, len(planned.produce))
         ctx.metrics.tasks_created.labels(target.id).inc(len(planned.produce))
     results = planned.results
@@ -571,7 +571,9 @@ async def cancel_task(
     stored = (await existing_tasks(ctx, target, [task_id])).get(task_id)
     if stored is not None and stored.status in TERMINAL:
         raise ApiError(409, "task_finished", f"task {task_id!r} already finished ({stored.status})")
-    await produced(ctx, ctx.producer.cancel(target.id, task_id, reason="cancelled by the tenant"))
+    await produced(
+        ctx, ctx.producer.cancel(target.route, task_id, reason="cancelled by the tenant")
+    )
     return Accepted(id=task_id, status="cancelling")
 
 
@@ -591,5 +593,5 @@ async def requeue_task(
             "task_not_dead",
             f"task {task_id!r} is {record.status}; only dead tasks can be requeued",
         )
-    await produced(ctx, ctx.producer.requeue(target.id, task_id))
+    await produced(ctx, ctx.producer.requeue(target.route, task_id))
     return Accepted(id=task_id, status="requeueing")

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from services.placement import shard_of
+from services.placement import TopicMode, shard_of
 from services.store.control._base import StoreBase
 from services.store.records import (
     DEPLOYMENT_PENDING,
@@ -64,7 +64,9 @@ class PipelineMethods(StoreBase):
             "chart": spec.chart,
             "chart_version": spec.chart_version,
             "values_json": _json(spec.values),
-            "partitions": spec.partitions,
+            # The shared topic gives a pipeline one partition: its shard's.
+            "partitions": 1 if spec.topic_mode is TopicMode.SHARED else spec.partitions,
+            "topic": spec.topic_mode.value,
             "scaling_json": _json(spec.scaling),
             "max_attempts": spec.max_attempts,
             "backoff_json": _json(spec.backoff) if spec.backoff else None,
@@ -447,4 +449,5 @@ def _pipeline(row: sa.Row[*tuple[Any, ...]]) -> Pipeline:
         shard=row.shard,
         created_at=from_db_required(row.created_at),
         updated_at=from_db_required(row.updated_at),
+        topic_mode=TopicMode(row.topic),
     )

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
 from services.kafka.producer import KafkaProducer, OutgoingTask
+from services.placement import Route
 from services.scheduler.host import SchedulerHost
 from services.store.schema import task_timers, tasks
 from tests.integration.scheduler.conftest import ReadyPipeline, settings_for, stub, wait_hosted
@@ -74,7 +75,7 @@ async def test_a_delayed_task_is_scheduled_then_handed_out_within_a_second_of_du
 ) -> None:
     await wait_hosted(host, pipeline.id)
     submitted = time.time()
-    await producer.submit(pipeline.id, [task("later", due_in_s=3), task("now")])
+    await producer.submit(Route(pipeline.id), [task("later", due_in_s=3), task("now")])
     due = submitted + 3
     channel, worker = stub(host)
     async with channel:
@@ -116,9 +117,11 @@ async def test_a_cancelled_scheduled_task_never_runs(
     host: SchedulerHost, pipeline: ReadyPipeline, producer: KafkaProducer, engine: sa.Engine
 ) -> None:
     await wait_hosted(host, pipeline.id)
-    await producer.submit(pipeline.id, [task("doomed", due_in_s=2), task("kept", due_in_s=2)])
+    await producer.submit(
+        Route(pipeline.id), [task("doomed", due_in_s=2), task("kept", due_in_s=2)]
+    )
     await wait_for(lambda: len(statuses(engine, pipeline.id)) == 2)
-    await producer.cancel(pipeline.id, "doomed", reason="test")
+    await producer.cancel(Route(pipeline.id), "doomed", reason="test")
     await wait_for(lambda: statuses(engine, pipeline.id)["doomed"] == "cancelled")
     channel, worker = stub(host)
     async with channel:
@@ -140,7 +143,7 @@ async def test_timers_outlive_their_owner(
     settings = settings_for(kafka_bootstrap, tidb_url, kafka_group)
     async with SchedulerHost(settings=settings, rescan_s=1) as first:
         await wait_hosted(first, pipeline.id)
-        await producer.submit(pipeline.id, [task(f"t{i}", due_in_s=4) for i in range(20)])
+        await producer.submit(Route(pipeline.id), [task(f"t{i}", due_in_s=4) for i in range(20)])
         await wait_for(lambda: len(statuses(engine, pipeline.id)) == 20)
     # The first owner is gone before any timer was due; a new one takes the grain over.
     async with SchedulerHost(settings=settings, rescan_s=1) as second:
@@ -160,7 +163,7 @@ async def test_bad_due_time_records_are_not_a_reason_to_stop(
     await wait_hosted(host, pipeline.id)
     raw = b'{"old":1}'
     old = OutgoingTask(id="old", data=raw, data_sha256=hashlib.sha256(raw).digest(), due_at_ms=1000)
-    await producer.submit(pipeline.id, [old])
+    await producer.submit(Route(pipeline.id), [old])
     channel, worker = stub(host)
     async with channel:
         got = await poll(worker, pipeline)
@@ -172,7 +175,7 @@ async def test_a_task_not_started_by_its_deadline_expires_and_never_runs(
 ) -> None:
     await wait_hosted(host, pipeline.id)
     await producer.submit(
-        pipeline.id,
+        Route(pipeline.id),
         [
             task("late", expires_in_s=1),  # nobody polls within its second
             task("waits", due_in_s=2, expires_in_s=3),  # due, then nobody polls in time

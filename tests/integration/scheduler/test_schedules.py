@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from actors.pipeline.schedules import ScheduleState, format_fire
 from protos.wsched.v1 import worker_pb2
 from services.kafka.producer import KafkaProducer
+from services.placement import Route
 from services.scheduler.host import SchedulerHost
 from services.store.control import ControlStore, ScheduleRecord
 from services.store.schema import schedule_state, tasks
@@ -69,7 +70,7 @@ async def define(
         spec={**doc, "created_at": dt.datetime.now(dt.UTC).isoformat()},
         paused=False,
     )
-    await producer.schedule_changed(pipeline.id, record.id, record.version)
+    await producer.schedule_changed(Route(pipeline.id), record.id, record.version)
     return record
 
 
@@ -130,7 +131,7 @@ async def test_runs_are_handed_out_within_a_second_of_their_fire_time(
     # The first may wait for the change record; the ones after it are fired on time.
     assert max(lateness[1:]) < 1.0, lateness
     paused = control.update_schedule(record, paused=True)
-    await producer.schedule_changed(pipeline.id, paused.id, paused.version)
+    await producer.schedule_changed(Route(pipeline.id), paused.id, paused.version)
     await asyncio.sleep(1.5)
     before = runs(engine, pipeline.id, record.id)
     await asyncio.sleep(3)

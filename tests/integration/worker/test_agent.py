@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.kafka.producer import KafkaProducer
+from services.placement import Route
 from services.scheduler.host import SchedulerHost
 from services.store.schema import task_attempts
 from tests.integration.scheduler.conftest import ReadyPipeline, create_ready_pipeline
@@ -197,7 +198,7 @@ async def test_cancelling_a_running_task_kills_its_command(
     (pid,) = [int(line) for line in await wait_lines(pidfile, 1)]
     assert alive(pid)
     async with KafkaProducer(bootstrap=kafka_bootstrap) as producer:
-        await producer.cancel(pipeline.id, "victim", reason="test")
+        await producer.cancel(Route(pipeline.id), "victim", reason="test")
     # a heartbeat every 5/3 s brings the verdict; the bound only keeps a failure short
     await wait_gone(pid, timeout_s=30)
     rows = await wait_finished(engine, pipeline.id, {"victim"}, launcher)

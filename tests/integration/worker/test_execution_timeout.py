@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.kafka.producer import KafkaProducer, OutgoingTask
+from services.placement import Route
 from services.store.schema import task_attempts
 from tests.integration.scheduler.conftest import ReadyPipeline, create_ready_pipeline
 from tests.integration.worker.conftest import (
@@ -87,7 +88,7 @@ async def test_a_step_past_its_timeout_is_killed_retried_then_dead(
     by_pipeline, by_task = short_dir / "pipeline.pids", short_dir / "task.pids"
     async with KafkaProducer(bootstrap=kafka_bootstrap) as producer:
         await producer.submit(
-            pipeline.id,
+            Route(pipeline.id),
             [
                 outgoing("own", {"pidfile": str(by_task)}, timeout_s=0.5),
                 OutgoingTask(

@@ -19,6 +19,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from services.api.tracing import TracedProducer
 from services.kafka.producer import KafkaProducer, OutgoingTask
 from services.observability import setup_tracing
+from services.placement import Route
 from services.scheduler.host import SchedulerHost
 from services.store.schema import tasks
 from tests.integration.scheduler.conftest import ReadyPipeline
@@ -144,7 +145,7 @@ async def test_one_trace_per_task_across_api_scheduler_and_worker(
     ids = ["t-a", "t-b"]
     async with KafkaProducer(bootstrap=kafka_bootstrap) as kafka:
         await TracedProducer(kafka, tracing=api).submit(
-            pipeline.id,
+            Route(pipeline.id),
             [OutgoingTask(id=i, data=b'{"message": "hi"}', data_sha256=b"x" * 32) for i in ids],
         )
     await asyncio.to_thread(api.shutdown)  # exports to the collector on this loop

@@ -13,7 +13,7 @@ from services.kafka.producer import (
     OutgoingTask,
     placement_record,
 )
-from services.placement import PLACEMENT_TOPIC, pipeline_id_of, pipeline_topic
+from services.placement import PLACEMENT_TOPIC, Route, pipeline_id_of, pipeline_topic
 from tests.unit.services.api.harness import Api
 
 
@@ -21,7 +21,7 @@ async def test_an_unconfigured_broker_is_unavailable_with_the_setting_named() ->
     producer = KafkaProducer(bootstrap="")
     task = OutgoingTask(id="t", data=b"{}", data_sha256=b"")
     with pytest.raises(BrokerUnavailable, match="WSCHED_KAFKA_BOOTSTRAP"):
-        await producer.submit("p", [task])
+        await producer.submit(Route("p"), [task])
     await producer.stop()
     with pytest.raises(TopicError, match="WSCHED_KAFKA_BOOTSTRAP"):
         await KafkaTopicAdmin(bootstrap="").create_pipeline_topic("p", 2)
@@ -36,8 +36,8 @@ def test_placement_records_go_to_the_shards_partition_keyed_by_pipeline() -> Non
 
 async def test_cancel_and_requeue_travel_on_the_tasks_topic_and_key() -> None:
     producer = MemoryProducer(clock_ms=lambda: 1234)
-    await producer.cancel("pid", "t1", reason="no longer needed")
-    await producer.requeue("pid", "t1")
+    await producer.cancel(Route("pid"), "t1", reason="no longer needed")
+    await producer.requeue(Route("pid"), "t1")
     assert {(r.topic, r.key) for r in producer.records} == {(pipeline_topic("pid"), b"t1")}
     cancel, requeue = producer.task_events("pid")
     assert (cancel.cancel.reason, cancel.produced_at_ms) == ("no longer needed", 1234)

@@ -24,6 +24,7 @@ from services.kafka.producer import (
     submit_records,
 )
 from services.observability import Tracing, setup_tracing, traceparent_of, valid_traceparent
+from services.placement import Route
 from services.scheduler.forwarder import build_batch
 from services.scheduler.tracing import mark_dispatched, traced_admit
 from services.scheduler.worker_api import _leased
@@ -31,6 +32,7 @@ from services.worker.runner import Outcome, TaskOutcome
 from services.worker.tracing import AttemptSpans
 
 PIPELINE = "p-1"
+ROUTE = Route(PIPELINE)
 NOW = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
 
 
@@ -91,7 +93,7 @@ async def test_one_trace_per_task_through_every_hop() -> None:
     api, scheduler, worker = (_tracing(exporter, s) for s in ("api", "scheduler", "worker"))
     # API: one submit span per task, its context in the record's header and event
     memory = MemoryProducer()
-    await TracedProducer(memory, tracing=api).submit(PIPELINE, [_task("a"), _task("b")])
+    await TracedProducer(memory, tracing=api).submit(ROUTE, [_task("a"), _task("b")])
     headers = [dict(r.headers)["traceparent"].decode() for r in memory.records]
     events = memory.task_events(PIPELINE)
     assert [e.submit.trace_parent for e in events] == headers
@@ -146,9 +148,7 @@ async def test_a_failed_produce_marks_the_submit_spans() -> None:
     memory = MemoryProducer()
     memory.fail = "no broker"
     with pytest.raises(BrokerUnavailable):
-        await TracedProducer(memory, tracing=_tracing(exporter, "api")).submit(
-            PIPELINE, [_task("a")]
-        )
+        await TracedProducer(memory, tracing=_tracing(exporter, "api")).submit(ROUTE, [_task("a")])
     [span] = exporter.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
 
@@ -176,7 +176,7 @@ def test_only_well_formed_contexts_are_kept() -> None:
 
 
 def test_the_header_stands_in_for_an_event_without_a_context() -> None:
-    [record] = submit_records(PIPELINE, [_task("a")], now_ms=0)
+    [record] = submit_records(ROUTE, [_task("a")], now_ms=0)
     assert record.headers == ()  # not traced: no header, no field
     header = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     consumed = ConsumedRecord(
