@@ -135,14 +135,20 @@ def bench_idle(
     idle_timeout_s: Annotated[
         float, typer.Option(help="The replica's grain idle timeout (0: never deactivate).")
     ] = 10.0,
+    topic: Annotated[
+        str, typer.Option(help="The pipelines' topic: shared, or dedicated (one each).")
+    ] = "shared",
 ) -> None:
     """What empty pipelines cost one scheduler replica: its idle CPU and RSS and the
     broker's, with none and with PIPELINES, then one task to each until all are admitted."""
     from services.bench import idle
     from services.infra.cache import Cache
 
+    options = idle.Options(
+        pipelines=pipelines, measure_s=measure_s, idle_timeout_s=idle_timeout_s, topic=topic
+    )
     report = idle.run(
-        idle.Options(pipelines=pipelines, measure_s=measure_s, idle_timeout_s=idle_timeout_s),
+        options,
         cache=Cache(root=_settings().cache_dir),
         say=lambda text: console.print(f"[cyan]bench-idle[/]: {text}"),
     )

@@ -48,6 +48,9 @@ class Options:
     concurrency: int = 8
     #: The replica's ``WSCHED_GRAIN_IDLE_TIMEOUT_S`` (0: grains never deactivate).
     idle_timeout_s: float = 10.0
+    #: The pipelines' ``topic``: "shared" (a partition of the shared topic each) or
+    #: "dedicated" (a topic of their own, 2 partitions each).
+    topic: str = "shared"
 
 
 def run(
@@ -129,7 +132,11 @@ def _create(tenant: Tenant, options: Options, say: Say) -> list[str]:
     say(f"creating {options.pipelines} pipelines, {options.concurrency} at a time")
 
     def create(index: int) -> str:
-        body = {"name": f"idle-{index:05d}", "chart": "charts/examples/echo"}
+        body = {
+            "name": f"idle-{index:05d}",
+            "chart": "charts/examples/echo",
+            "topic": options.topic,
+        }
         answer = tenant.http.post("/api/applications/bench/pipelines", json=body)
         if answer.status_code != 201:
             raise BenchFailed(f"creating a pipeline: {answer.status_code} {answer.text}")

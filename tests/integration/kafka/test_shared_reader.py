@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.kafka.admin import KafkaTopicAdmin
 from services.kafka.consumer import ConsumedRecord
-from services.kafka.shared import SharedKafkaReader, SharedPartitionConsumer
+from services.kafka.shared import ReaderOfItsOwn, SharedKafkaReader, SharedPartitionConsumer
 from services.placement import pipeline_topic
 from tests.ports.partition_consumer import PARTITIONS, PartitionConsumerContract, read
 
@@ -98,8 +98,37 @@ async def test_each_view_reads_its_own_topic_and_a_newcomer_moves_nobody(
     assert _values(await read(one, 1)) == [b"a3"]
     assert await one.getmany(timeout_ms=300, max_records=10) == {}
     with pytest.raises(ValueError):
-        reader.view(first)  # one view per topic
+        reader.view(first).assign([0])  # a partition is read by one view at a time
     await one.stop()
+
+
+async def test_shards_read_one_topic_through_views_of_their_own_partitions(
+    kafka_bootstrap: str, kafka_topic: str, reader: SharedKafkaReader
+) -> None:
+    """The shared topic: one view per shard, each its partition; a stalled grain's
+    catch-up reads a partition again on a reader of its own, moving nobody."""
+    topic = await _topic(kafka_bootstrap, kafka_topic)
+    await _append(kafka_bootstrap, topic, 0, [b"a0", b"a1", b"a2"])
+    await _append(kafka_bootstrap, topic, 1, [b"b0"])
+    shard_a, shard_b = reader.view(topic), reader.view(topic)
+    shard_a.assign([0])
+    shard_b.assign([1])
+    assert _values(await read(shard_a, 3)) == [b"a0", b"a1", b"a2"]
+    assert _values(await read(shard_b, 1)) == [b"b0"]
+    catch_up = ReaderOfItsOwn(bootstrap=kafka_bootstrap, topic=topic)
+    await catch_up.start()
+    try:
+        catch_up.assign([0])
+        catch_up.seek(0, 1)
+        assert _values(await read(catch_up, 2)) == [b"a1", b"a2"]
+    finally:
+        await catch_up.stop()
+    await _append(kafka_bootstrap, topic, 0, [b"a3"])
+    assert _values(await read(shard_a, 1)) == [b"a3"]  # the shard's view went on
+    await shard_b.stop()
+    await _append(kafka_bootstrap, topic, 0, [b"a4"])
+    assert _values(await read(shard_a, 1)) == [b"a4"]
+    await shard_a.stop()
 
 
 async def test_a_stalled_view_holds_a_bounded_batch_blocks_nobody_and_loses_nothing(
