@@ -141,3 +141,35 @@ async def test_pipelines_of_one_shard_share_its_partition_and_each_gets_its_own(
         assert (stats.admitted, stats.duplicates) == (1, 0)
     assert task_rows(engine, one) == 21
     assert task_rows(engine, two) == 10
+
+
+async def test_a_new_owner_activates_only_the_shared_pipelines_with_work(
+    engine: sa.Engine,
+    kafka_bootstrap: str,
+    tidb_url: str,
+    kafka_group: str,
+    submit: Submit,
+) -> None:
+    idle = await create_ready_pipeline(engine, kafka_bootstrap, shared=True)
+    busy = await create_ready_pipeline(engine, kafka_bootstrap, shared=True)
+    async with SchedulerHost(
+        settings=settings_for(kafka_bootstrap, tidb_url, kafka_group), rescan_s=1
+    ) as host:
+        await wait_hosted(host, busy.id)
+        await submit(busy, {"waiting": {}})
+        async with asyncio.timeout(30):
+            while task_rows(engine, busy) < 1:
+                await asyncio.sleep(0.1)
+    async with SchedulerHost(
+        settings=settings_for(kafka_bootstrap, tidb_url, kafka_group), rescan_s=1
+    ) as host:
+        for p in (idle, busy):
+            await wait_hosted(host, p.id)
+        # The queued task needs its grain; the empty pipeline is hosted inactive.
+        assert host.grain_active(busy.id)
+        assert not host.grain_active(idle.id)
+        assert await poll_all(host, busy, 1) == ["waiting"]
+        # Its first record activates it.
+        await submit(idle, {"first": {}})
+        assert await poll_all(host, idle, 1) == ["first"]
+        assert host.grain_active(idle.id)
