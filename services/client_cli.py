@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 import wsched
+from services.placement import TopicMode
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -227,7 +228,17 @@ def pipeline_create(
     name: str,
     chart: ChartOption,
     chart_version: VersionOption = None,
-    partitions: Annotated[int, typer.Option()] = 2,
+    topic: Annotated[
+        TopicMode | None,
+        typer.Option(
+            help="dedicated: a Kafka topic of its own (big pipelines); shared: a partition "
+            "of the topic small pipelines share. Default: the API's (WSCHED_PIPELINE_TOPIC).",
+        ),
+    ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(help="Partitions of a dedicated topic (the API's default: 2)."),
+    ] = None,
     max_attempts: Annotated[int, typer.Option()] = 3,
     lease_timeout_s: Annotated[int, typer.Option()] = 30,
     values: ValuesOption = None,
@@ -240,6 +251,7 @@ def pipeline_create(
             app,
             name,
             chart=chart,
+            topic=None if topic is None else topic.value,
             partitions=partitions,
             max_attempts=max_attempts,
             lease_timeout_s=lease_timeout_s,

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.deploy.chart_urls import parse_location
 from services.deploy.postrender import CLUSTER_SCOPED, DEFAULT_KINDS
 from services.infra.cache import default_cache_dir
+from services.placement import TopicMode
 from services.store.tokens import check_key, derive_key
 
 
@@ -205,6 +206,17 @@ class Settings(BaseSettings):
     quota_max_request_bytes: int = Field(default=0, ge=0)
     #: Replication factor of new topics; unset means min(3, brokers in the cluster).
     kafka_replication_factor: int | None = Field(default=None, ge=1)
+    #: Where a pipeline created without ``topic`` puts its records: ``dedicated`` (a topic
+    #: of its own) or ``shared`` (its shard's partition of ``wsched.shared``, design D3).
+    pipeline_topic: TopicMode = TopicMode.DEDICATED
+
+    @field_validator("pipeline_topic", mode="before")
+    @classmethod
+    def _topic_mode(cls, value: object) -> object:
+        # The enum's own error would not name the variable an operator sets.
+        if isinstance(value, str) and value not in {mode.value for mode in TopicMode}:
+            raise ValueError("WSCHED_PIPELINE_TOPIC must be 'dedicated' or 'shared'")
+        return value
 
     @field_validator("secret_key")
     @classmethod

@@ -63,6 +63,7 @@ class Reconciler:
         self._again: set[str] = set()
         self._slots = asyncio.Semaphore(_CONCURRENCY)
         self._placement_topic_ready = False
+        self._shared_topic_ready = False
         #: When the next drift check is due (on ``clock``): at once, at start.
         self._drift_due = 0.0 if deployer.kind else float("inf")
         self._drift_lock = asyncio.Lock()
@@ -107,6 +108,8 @@ class Reconciler:
     async def scan(self) -> None:
         if not self._placement_topic_ready:
             await self._ensure_placement_topic()
+        if not self._shared_topic_ready:
+            await self._ensure_shared_topic_logged()
         pending = await pending_ids(
             self._store.pending_reconcile, lambda pipeline: pipeline.id, what="pipelines"
         )
@@ -156,6 +159,19 @@ class Reconciler:
             log.warning("reconciler: placement topic not ensured, retrying next pass: %s", err)
             return
         self._placement_topic_ready = True
+
+    async def _ensure_shared_topic_logged(self) -> None:
+        try:
+            await self._ensure_shared_topic()
+        except Exception as err:  # noqa: BLE001 - the broker's many errors; retried next pass
+            log.warning("reconciler: shared topic not ensured, retrying next pass: %s", err)
+
+    async def _ensure_shared_topic(self) -> None:
+        """Ensured at start, so that scheduler replicas find it; and again before a shared
+        pipeline is made ready if that failed (raises then: it is not ready without it)."""
+        if not self._shared_topic_ready:
+            await self._admin.ensure_shared_topic()
+            self._shared_topic_ready = True
 
     async def _reconcile_repeatedly(self, pipeline_id: str) -> None:
         try:
@@ -222,10 +238,18 @@ class Reconciler:
 
     def _deploy_steps(self, pipeline: Pipeline) -> Callable[[], Awaitable[DeploymentStatus]]:
         async def steps() -> DeploymentStatus:
-            await self._admin.create_pipeline_topic(pipeline.id, pipeline.partitions)
+            await self._ensure_topic_of(pipeline)
             return await self._timed_deploy(pipeline)
 
         return steps
+
+    async def _ensure_topic_of(self, pipeline: Pipeline) -> None:
+        """A dedicated pipeline's own topic; for a shared one, the topic it shares (its
+        records go to its shard's partition there: nothing of its own to create)."""
+        if pipeline.route.shared:
+            await self._ensure_shared_topic()
+        else:
+            await self._admin.create_pipeline_topic(pipeline.id, pipeline.partitions)
 
     def _deploy_only(self, pipeline: Pipeline) -> Callable[[], Awaitable[DeploymentStatus]]:
         async def steps() -> DeploymentStatus:
@@ -319,7 +343,11 @@ class Reconciler:
         await self._announce(pipeline, Kind.KIND_DELETED)
         try:
             await self._deployer.remove(pipeline)
-            await self._admin.delete_pipeline_topic(pipeline.id)
+            if not pipeline.route.shared:
+                # A shared pipeline has no topic of its own: its records stay in its
+                # shard's partition until retention drops them, for the shard's reader
+                # to skip (no such pipeline any more).
+                await self._admin.delete_pipeline_topic(pipeline.id)
             deleted = await in_thread(self._store.purge_pipeline, pipeline.id)
             if self._metrics is not None:
                 self._metrics.deployment_forgotten(pipeline.id)

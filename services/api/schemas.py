@@ -250,7 +250,21 @@ class CreatePipeline(_Request):
     chart: Chart = Field(description="Chart path, repository URL or OCI reference.")
     chart_version: ChartVersion | None = None
     values: Values = Field(default_factory=dict)
-    partitions: int = Field(default=2, ge=1, le=128)
+    topic: Literal["dedicated", "shared"] | None = Field(
+        default=None,
+        description="Where the pipeline's tasks travel, chosen now and never changed: "
+        '"dedicated", a Kafka topic of its own (for big pipelines: `partitions` of them); '
+        '"shared", one partition of the topic small pipelines share (`partitions` is then '
+        "1). Absent: the operator's default (WSCHED_PIPELINE_TOPIC).",
+        examples=["shared"],
+    )
+    partitions: int = Field(
+        default=2,
+        ge=1,
+        le=128,
+        description="Partitions of a dedicated topic (2 by default); never changes. A shared "
+        "pipeline has 1.",
+    )
     scaling: Scaling = Field(default_factory=dict)
     max_attempts: MaxAttempts = 3
     retry: RetryIn | None = Field(
@@ -301,6 +315,11 @@ class PatchPipeline(_Request):
                     "partitions cannot change: tasks are routed to partitions by id; "
                     "create a new pipeline instead"
                 )
+            if "topic" in data:
+                raise ValueError(
+                    "topic cannot change: the pipeline's tasks are in it; "
+                    "create a new pipeline instead"
+                )
             if "name" in data:
                 raise ValueError("a pipeline cannot be renamed; create a new one instead")
         return data
@@ -331,7 +350,14 @@ class PipelineOut(BaseModel):
     state: Literal["provisioning", "ready", "failed", "deleting"]
     reason: str = Field(description="Why the pipeline is failed, or what its deployment hit.")
     deployment: dict[str, Any]
-    topic: str
+    topic_mode: Literal["dedicated", "shared"] = Field(
+        description="What was chosen at creation (the request's `topic`): a topic of its "
+        "own, or a partition of the shared one."
+    )
+    topic: str = Field(
+        description="The Kafka topic its tasks travel on: its own (wsched.p.<id>), or "
+        "wsched.shared."
+    )
     counts: dict[str, int] = Field(description="Tasks by status, as the scheduler last flushed.")
     created_at: dt.datetime
     updated_at: dt.datetime

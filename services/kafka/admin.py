@@ -1,4 +1,5 @@
-"""Topic administration: a topic per pipeline, and the placement topic.
+"""Topic administration: a topic per dedicated pipeline, the shared topic of the others,
+and the placement topic.
 
 Every operation is idempotent (an existing topic on create, a missing one on delete, are
 success), because the reconciler retries after a crash without knowing how far it got.
@@ -14,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
 from services.live.wire import EVENTS_PARTITIONS, EVENTS_RETENTION_MS, EVENTS_TOPIC
-from services.placement import PLACEMENT_TOPIC, SHARDS, pipeline_topic
+from services.placement import PLACEMENT_TOPIC, SHARDS, SHARED_TOPIC, pipeline_topic
 
 R = TypeVar("R")
 
@@ -35,6 +36,10 @@ class TopicAdmin(Protocol):
     async def delete_pipeline_topic(self, pipeline_id: str) -> None: ...
 
     async def ensure_placement_topic(self) -> None: ...
+
+    async def ensure_shared_topic(self) -> None:
+        """``wsched.shared`` (D3): one partition per shard, for the shared pipelines."""
+        ...
 
     async def ensure_events_topic(self) -> None:
         """``wsched.events`` (D6), with its short retention."""
@@ -64,6 +69,11 @@ class KafkaTopicAdmin:
 
     async def ensure_placement_topic(self) -> None:
         await self._create(PLACEMENT_TOPIC, SHARDS)
+
+    async def ensure_shared_topic(self) -> None:
+        # The default retention, as a dedicated topic's: records wait there for their
+        # grain (a stalled one is read again from its watermark).
+        await self._create(SHARED_TOPIC, SHARDS)
 
     async def ensure_events_topic(self) -> None:
         retention = {"retention.ms": str(EVENTS_RETENTION_MS)}
@@ -187,6 +197,10 @@ class MemoryTopicAdmin:
     async def ensure_placement_topic(self) -> None:
         self._check()
         self.topics.setdefault(PLACEMENT_TOPIC, SHARDS)
+
+    async def ensure_shared_topic(self) -> None:
+        self._check()
+        self.topics.setdefault(SHARED_TOPIC, SHARDS)
 
     async def ensure_events_topic(self) -> None:
         self._check()

@@ -31,6 +31,7 @@ from services.api.schemas import (
     RetryIn,
 )
 from services.deploy.helm import ChartNotAllowed
+from services.placement import TopicMode
 from services.store.control import (
     Application,
     NameTaken,
@@ -100,6 +101,25 @@ def _span(seconds: float | None) -> int | None:
     return None if seconds is None else max(1, round(seconds)) if seconds else 0
 
 
+def topic_of(body: CreatePipeline, default: TopicMode) -> tuple[TopicMode, int]:
+    """The pipeline's topic (``default`` when not asked for) and its partitions; a shared
+    pipeline has one, its shard's partition of the shared topic, so asking for more is an
+    error rather than a setting silently dropped."""
+    mode = default if body.topic is None else TopicMode(body.topic)
+    if mode is TopicMode.DEDICATED:
+        return mode, body.partitions
+    if "partitions" in body.model_fields_set and body.partitions != 1:
+        chosen = "asked for" if body.topic is not None else "this API's default"
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"partitions: a pipeline on the shared topic ({chosen}) has 1 partition, its "
+            f"shard's, not {body.partitions}; leave partitions out, or choose "
+            'topic "dedicated" for a topic of its own with more',
+        )
+    return mode, 1
+
+
 def retry_out(pipeline: Pipeline) -> dict[str, Any]:
     backoff = Backoff(**pipeline.backoff) if pipeline.backoff else Backoff()
     return {"max_attempts": pipeline.max_attempts, "backoff": dataclasses.asdict(backoff)}
@@ -126,6 +146,7 @@ def pipeline_out(
         state=pipeline.state.value,
         reason=pipeline.state_reason,
         deployment=dict(pipeline.deployment),
+        topic_mode=pipeline.topic_mode.value,
         topic=pipeline.topic,
         counts=counts_of(stats.get(pipeline.id)),
         created_at=pipeline.created_at,
@@ -159,6 +180,7 @@ async def create_pipeline(
 ) -> PipelineCreated:
     """Create a pipeline (state ``provisioning``); its worker token is in this answer only."""
     application = await find_application(ctx, tenant.id, app)
+    mode, partitions = topic_of(body, ctx.settings.pipeline_topic)
     await check_chart(ctx, body.chart)
     if ctx.quotas.of(tenant).max_pipelines is not None:
         live = await ctx.db(ctx.store.count_live_pipelines, tenant.id)
@@ -168,7 +190,8 @@ async def create_pipeline(
         chart=body.chart,
         chart_version=body.chart_version,
         values=body.values,
-        partitions=body.partitions,
+        partitions=partitions,
+        topic_mode=mode,
         scaling=body.scaling,
         max_attempts=max_attempts(body.max_attempts, body.retry) or 3,
         backoff=backoff_of(body.retry) or {},

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import wsched
 from services.cli import app
 from tests.unit.wsched.fakes import FakeApi, answer, batch_answer, error
+from tests.unit.wsched.test_pipelines import pipeline_json
 
 PIPE = "/api/applications/shop/pipelines/echo"
 
@@ -92,6 +93,30 @@ def test_tenants_use_the_operator_key_and_print_the_export_line(api: FakeApi) ->
     assert code == 0 and json.loads(stdout) == created
     assert "export WSCHED_API_KEY=wsk_1" in stderr
     assert api.requests[0].headers["Authorization"] == "Bearer op"
+
+
+@pytest.mark.parametrize(
+    ("options", "sent"),
+    [
+        (["--topic", "shared"], {"topic": "shared"}),
+        (["--topic", "dedicated", "--partitions", "4"], {"topic": "dedicated", "partitions": 4}),
+        ([], {}),  # the API's defaults: its topic, 2 partitions
+    ],
+)
+def test_a_pipeline_is_created_on_the_topic_asked_for(
+    api: FakeApi, options: list[str], sent: dict[str, object]
+) -> None:
+    api.then(answer(201, pipeline_json("provisioning", worker_token="wst_1")))
+    code, _, _ = run("pipelines", "create", "shop", "echo", "--chart", "c", "--no-wait", *options)
+    assert code == 0
+    body = json.loads(api.requests[0].content)
+    assert {k: v for k, v in body.items() if k in ("topic", "partitions")} == sent
+
+
+def test_an_unknown_topic_is_refused_before_anything_is_sent(api: FakeApi) -> None:
+    code, _, stderr = run("pipelines", "create", "shop", "echo", "--chart", "c", "--topic", "own")
+    assert code == 2 and "own" in stderr
+    assert api.requests == []
 
 
 TENANT_QUOTAS = {

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from services.placement import TopicMode
 from services.settings import Settings
 
 
@@ -40,6 +41,7 @@ def test_database_url_wins_over_the_sqlite_default(monkeypatch: pytest.MonkeyPat
         ("WSCHED_TENANT_KINDS", '["ConfigMap", "rbac.authorization.k8s.io/ClusterRole"]'),
         ("WSCHED_TENANT_POD_SECURITY", "lenient"),
         ("WSCHED_TENANT_POD_SECURITY_OVERRIDES", '{"acme": "anything"}'),
+        ("WSCHED_PIPELINE_TOPIC", "both"),
     ],
 )
 def test_bad_values_are_rejected_with_the_setting_named(
@@ -49,6 +51,18 @@ def test_bad_values_are_rejected_with_the_setting_named(
     with pytest.raises(ValidationError) as info:
         Settings()
     assert name.removeprefix("WSCHED_").lower() in str(info.value)
+
+
+def test_the_default_pipeline_topic_is_dedicated_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("WSCHED_PIPELINE_TOPIC", raising=False)
+    assert Settings().pipeline_topic is TopicMode.DEDICATED
+    monkeypatch.setenv("WSCHED_PIPELINE_TOPIC", "shared")
+    assert Settings().pipeline_topic is TopicMode.SHARED
+    monkeypatch.setenv("WSCHED_PIPELINE_TOPIC", "Shared ")
+    with pytest.raises(ValidationError, match="WSCHED_PIPELINE_TOPIC must be 'dedicated' or"):
+        Settings()
 
 
 def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,6 +75,30 @@ def test_create_sends_the_settings_given_and_waits_until_ready() -> None:
     assert clock.slept == [0.5]
 
 
+def test_a_shared_pipeline_is_asked_for_by_its_topic_and_shown_as_such() -> None:
+    created = pipeline_json(
+        "provisioning",
+        worker_token="wst_1",
+        topic_mode="shared",
+        topic="wsched.shared",
+        partitions=1,
+    )
+    api = FakeApi().then(answer(201, created), answer(200, pipeline_json("ready")))
+    with client(api, Clock()) as sdk:
+        pipeline = sdk.pipelines.create(
+            "shop", "echo", chart="charts/examples/echo", topic="shared"
+        )
+        # An API from before the choice: every pipeline had a topic of its own.
+        older = sdk.pipelines.get("shop", "echo")
+    assert api.bodies()[0] == {"name": "echo", "chart": "charts/examples/echo", "topic": "shared"}
+    assert (pipeline.topic_mode, pipeline.topic, pipeline.partitions) == (
+        "shared",
+        "wsched.shared",
+        1,
+    )
+    assert older.topic_mode == "dedicated"
+
+
 def test_a_failed_provisioning_raises_with_its_reason() -> None:
     api = FakeApi().then(answer(200, pipeline_json("failed", reason="chart not found")))
     with client(api, Clock()) as sdk, pytest.raises(wsched.PipelineFailed, match="chart not"):

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -247,6 +247,7 @@ class AsyncPipelines:
         chart: str,
         chart_version: str | None = None,
         values: Mapping[str, Any] | None = None,
+        topic: Literal["dedicated", "shared"] | None = None,
         partitions: int | None = None,
         scaling: Mapping[str, Any] | None = None,
         max_attempts: int | None = None,
@@ -259,10 +260,13 @@ class AsyncPipelines:
         """Create a pipeline; its ``worker_token`` is in this answer only.
 
         ``chart`` is a chart directory or .tgz, ``oci://...``, or a chart repository URL
-        followed by the chart's name; the settings are those of :meth:`update`, and
-        ``partitions`` cannot change later. The pipeline starts ``provisioning``; with
-        ``wait_ready_s`` this returns once it is ready (the answer's ``state`` says so),
-        raising :class:`PipelineFailed` if provisioning fails.
+        followed by the chart's name; the settings are those of :meth:`update`.
+        ``topic`` is ``"dedicated"`` (a Kafka topic of its own, over ``partitions``) or
+        ``"shared"`` (one partition of the topic small pipelines share: ``partitions``
+        must then be left out or 1); None: the API's default. Neither changes later.
+        The pipeline starts ``provisioning``; with ``wait_ready_s`` this returns once it
+        is ready (the answer's ``state`` says so), raising :class:`PipelineFailed` if
+        provisioning fails.
         """
         spec = pipeline_spec(
             name,
@@ -278,6 +282,7 @@ class AsyncPipelines:
                 retention=retention,
                 expires_after=expires_after,
             ),
+            topic=topic,
         )
         created = await self._client._send(calls.create_pipeline(app, spec))
         if wait_ready_s is None:

@@ -162,6 +162,10 @@ class Pipeline:
     state: str
     reason: str
     deployment: Json
+    #: ``dedicated`` (a Kafka topic of its own) or ``shared`` (a partition of the shared
+    #: topic), as chosen at creation.
+    topic_mode: str
+    #: The Kafka topic its tasks travel on.
     topic: str
     counts: Mapping[str, int]
     created_at: dt.datetime
@@ -183,6 +187,8 @@ def _pipeline_fields(body: Json) -> dict[str, Any]:
     return {
         **{name: body[name] for name in plain},
         "expires_after_s": body.get("expires_after_s"),
+        # An API from before the choice existed gave every pipeline a topic of its own.
+        "topic_mode": body.get("topic_mode", "dedicated"),
         "created_at": _time(body["created_at"]),
         "updated_at": _time(body["updated_at"]),
         "raw": body,

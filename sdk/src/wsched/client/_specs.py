@@ -45,9 +45,13 @@ def _span(value: Duration | None) -> Any:
     return duration_text(value)
 
 
-def pipeline_spec(name: str, partitions: int | None, fields: dict[str, Any]) -> dict[str, Any]:
-    """The body of a pipeline's create."""
+def pipeline_spec(
+    name: str, partitions: int | None, fields: dict[str, Any], *, topic: str | None = None
+) -> dict[str, Any]:
+    """The body of a pipeline's create (what is not given is left to the API's defaults)."""
     spec = {"name": name, **fields}
+    if topic is not None:
+        spec["topic"] = topic
     if partitions is not None:
         spec["partitions"] = partitions
     return spec
