@@ -317,7 +317,7 @@ class PatchPipeline(_Request):
                 )
             if "topic" in data:
                 raise ValueError(
-                    "topic cannot change: the pipeline's tasks are in it; "
+                    "topic cannot change: the pipeline's queued tasks are on it, in order; "
                     "create a new pipeline instead"
                 )
             if "name" in data:

@@ -72,8 +72,9 @@ class KafkaTopicAdmin:
 
     async def ensure_shared_topic(self) -> None:
         # The default retention, as a dedicated topic's: records wait there for their
-        # grain (a stalled one is read again from its watermark).
-        await self._create(SHARED_TOPIC, SHARDS)
+        # grain (a stalled one is read again from its watermark). Its size is checked: a
+        # shard's records go to the partition of the shard's number.
+        await self._create(SHARED_TOPIC, SHARDS, exact=True)
 
     async def ensure_events_topic(self) -> None:
         retention = {"retention.ms": str(EVENTS_RETENTION_MS)}
@@ -107,8 +108,16 @@ class KafkaTopicAdmin:
         return int(self._timeout_s * 1000)
 
     async def _create(
-        self, topic: str, partitions: int, *, configs: dict[str, str] | None = None
+        self,
+        topic: str,
+        partitions: int,
+        *,
+        configs: dict[str, str] | None = None,
+        exact: bool = False,
     ) -> None:
+        """Create ``topic`` unless it exists, and wait until it is led; ``exact``: refuse
+        one that exists with another number of partitions."""
+
         async def create(admin: AIOKafkaAdminClient) -> None:
             replicas = self._replication_factor or await _replicas(admin)
             new = NewTopic(
@@ -124,7 +133,13 @@ class KafkaTopicAdmin:
                     raise TopicError(
                         f"creating topic {name}: {for_code(code).__name__} {message}".strip()
                     )
-            await _until_led(admin, topic)
+            led = await _until_led(admin, topic)
+            if exact and led != partitions:
+                raise TopicError(
+                    f"topic {topic} has {led} partitions, not {partitions}: it was made by "
+                    "something else (a broker's auto.create.topics.enable, by hand); delete "
+                    "it so that it is made again, or disable auto-creation"
+                )
 
         await self._with_admin(f"creating topic {topic}", create)
 
@@ -155,9 +170,10 @@ async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> int | None:
     return len(described["partitions"])
 
 
-async def _until_led(admin: AIOKafkaAdminClient, topic: str) -> None:
+async def _until_led(admin: AIOKafkaAdminClient, topic: str) -> int:
     """Wait until every partition of a new topic has a leader, so that a pipeline is only
-    called ready once producing to it works (bounded by the caller's timeout)."""
+    called ready once producing to it works (bounded by the caller's timeout); returns
+    how many partitions it has."""
     while True:
         [described] = await admin.describe_topics([topic])
         partitions = described["partitions"]
@@ -166,7 +182,7 @@ async def _until_led(admin: AIOKafkaAdminClient, topic: str) -> None:
             and partitions
             and all(p["error_code"] == 0 and p["leader"] >= 0 for p in partitions)
         ):
-            return
+            return len(partitions)
         await asyncio.sleep(_LEADER_POLL_S)
 
 

@@ -101,3 +101,32 @@ def test_results_move_into_their_task_rows(
     assert got == {
         i: (None if n % 2 else (b"" if i == "t0000" else i.encode())) for n, i in enumerate(ids)
     }
+
+
+@pytest.mark.parametrize("url_fixture", ["sqlite_url", "tidb_url"])
+def test_pipelines_made_before_the_topic_choice_keep_a_topic_of_their_own(
+    request: pytest.FixtureRequest, url_fixture: str
+) -> None:
+    """0015 adds ``pipelines.topic``: every existing pipeline has a topic of its own, so
+    it reads ``dedicated``."""
+    engine = sa.create_engine(request.getfixturevalue(url_fixture))
+    migrate.upgrade(engine, "0014")
+    now = dt.datetime(2026, 1, 1)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO pipelines (id, tenant_id, application_id, name, live_name, chart, "
+                "values_json, partitions, scaling_json, max_attempts, lease_timeout_s, "
+                "retention_s, state, state_reason, deployment_json, worker_token_hash, shard, "
+                "created_at, updated_at) VALUES ('p1', 't', 'a', 'p', 'p', './c', '{}', 3, "
+                "'{}', 3, 30, 60, 'ready', '', '{}', 'h', 7, :now, :now)"
+            ),
+            {"now": now},
+        )
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        topic, partitions = conn.execute(
+            sa.text("SELECT topic, partitions FROM pipelines WHERE id = 'p1'")
+        ).one()
+    engine.dispose()
+    assert (topic, partitions) == ("dedicated", 3)
