@@ -17,9 +17,9 @@ from actors.pipeline.model import GrainKey, GrainSnapshot
 from actors.runtime import KindStats
 from services.api.metrics import ApiMetrics
 from services.scheduler.forwarder import ForwarderStats
-from services.scheduler.shard_forwarder import ShardStats
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector
 from services.scheduler.scaler import ScalerStats
+from services.scheduler.shard_forwarder import ShardStats
 
 DASHBOARD = (
     Path(__file__).resolve().parents[4]

@@ -179,7 +179,7 @@ async def test_a_stalled_grain_blocks_nobody_and_catches_up_exactly() -> None:
         h.append("slow", "s2")
         h.append("fast", "f2")
         await h.until(lambda: h.grains["fast"].ids == ["f0", "f1", "f2"])
-        await h.until(lambda: h.offsets.saves and h.offsets.saves[-1] == first)
+        await h.until(lambda: h.offsets.saves[-1:] == [first])
         assert h.offsets.stored == first  # a crash now replays from the stalled grain
         h.grains["slow"].open.set()
         await h.until(lambda: not h.forwarder.stalled)
