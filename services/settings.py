@@ -206,9 +206,10 @@ class Settings(BaseSettings):
     quota_max_request_bytes: int = Field(default=0, ge=0)
     #: Replication factor of new topics; unset means min(3, brokers in the cluster).
     kafka_replication_factor: int | None = Field(default=None, ge=1)
-    #: Where a pipeline created without ``topic`` puts its records: ``dedicated`` (a topic
-    #: of its own) or ``shared`` (its shard's partition of ``wsched.shared``, design D3).
-    pipeline_topic: TopicMode = TopicMode.DEDICATED
+    #: Where a pipeline created without ``topic`` (nor more than one partition) puts its
+    #: records: ``shared`` (its shard's partition of ``wsched.shared``, design D3: 10,000
+    #: pipelines open 64 partitions) or ``dedicated`` (a topic of its own).
+    pipeline_topic: TopicMode = TopicMode.SHARED
 
     @field_validator("pipeline_topic", mode="before")
     @classmethod

@@ -102,20 +102,25 @@ def _span(seconds: float | None) -> int | None:
 
 
 def topic_of(body: CreatePipeline, default: TopicMode) -> tuple[TopicMode, int]:
-    """The pipeline's topic (``default`` when not asked for) and its partitions; a shared
-    pipeline has one, its shard's partition of the shared topic, so asking for more is an
-    error rather than a setting silently dropped."""
-    mode = default if body.topic is None else TopicMode(body.topic)
+    """The pipeline's topic and its partitions. Not asked for: a pipeline that asks for
+    more than one partition gets a topic of its own (it is a big one), any other the
+    operator's ``default``. A shared pipeline has one partition, its shard's of the shared
+    topic, so asking for shared and more partitions is an error rather than a setting
+    silently dropped."""
+    asked_partitions = "partitions" in body.model_fields_set and body.partitions != 1
+    if body.topic is None:
+        mode = TopicMode.DEDICATED if asked_partitions else default
+    else:
+        mode = TopicMode(body.topic)
     if mode is TopicMode.DEDICATED:
         return mode, body.partitions
-    if "partitions" in body.model_fields_set and body.partitions != 1:
-        chosen = "asked for" if body.topic is not None else "this API's default"
+    if asked_partitions:
         raise ApiError(
             422,
             "invalid_request",
-            f"partitions: a pipeline on the shared topic ({chosen}) has 1 partition, its "
-            f"shard's, not {body.partitions}; leave partitions out, or choose "
-            'topic "dedicated" for a topic of its own with more',
+            f"partitions: a pipeline on the shared topic has 1 partition, its shard's, not "
+            f'{body.partitions}; leave partitions out, or choose topic "dedicated" for a '
+            "topic of its own with more",
         )
     return mode, 1
 

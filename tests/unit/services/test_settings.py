@@ -53,13 +53,13 @@ def test_bad_values_are_rejected_with_the_setting_named(
     assert name.removeprefix("WSCHED_").lower() in str(info.value)
 
 
-def test_the_default_pipeline_topic_is_dedicated_unless_set(
+def test_the_default_pipeline_topic_is_shared_unless_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("WSCHED_PIPELINE_TOPIC", raising=False)
-    assert Settings().pipeline_topic is TopicMode.DEDICATED
-    monkeypatch.setenv("WSCHED_PIPELINE_TOPIC", "shared")
     assert Settings().pipeline_topic is TopicMode.SHARED
+    monkeypatch.setenv("WSCHED_PIPELINE_TOPIC", "dedicated")
+    assert Settings().pipeline_topic is TopicMode.DEDICATED
     monkeypatch.setenv("WSCHED_PIPELINE_TOPIC", "Shared ")
     with pytest.raises(ValidationError, match="WSCHED_PIPELINE_TOPIC must be 'dedicated' or"):
         Settings()

@@ -149,11 +149,11 @@ class Api:
         state: dict[str, Any] = current.json()
         return {**state, "worker_token": created["worker_token"]}
 
-    async def ready_pipeline(self, name: str = "p") -> tuple[str, dict[str, Any]]:
+    async def ready_pipeline(self, name: str = "p", **fields: Any) -> tuple[str, dict[str, Any]]:
         """A tenant ``t-<name>`` with application ``a`` and a ready pipeline ``name``."""
         key = await self.tenant(f"t-{name}")
         await self.application(key, "a")
-        pipeline = await self.pipeline(key, "a", name)
+        pipeline = await self.pipeline(key, "a", name, **fields)
         assert pipeline["state"] == "ready", pipeline
         return key, pipeline
 

@@ -75,7 +75,7 @@ async def test_a_failed_pipeline_shows_its_reason_and_a_patch_retries_it(
     key = await api.tenant("acme")
     await api.application(key, "a")
     fakes.admin.fail = "TopicAuthorizationFailed"
-    failed = await api.pipeline(key, "a", "p")
+    failed = await api.pipeline(key, "a", "p", topic="dedicated")
     assert failed["state"] == "failed"
     assert "TopicAuthorizationFailed" in failed["reason"]
     assert failed["deployment"]["status"] == "failed"
@@ -182,7 +182,7 @@ async def test_bad_scaling_is_refused_at_create_and_patch_and_nothing_changes(
 
 
 async def test_delete_frees_the_name_at_once_and_removes_everything(api: Api, fakes: Fakes) -> None:
-    key, pipeline = await api.ready_pipeline()
+    key, pipeline = await api.ready_pipeline(topic="dedicated")  # its topic goes too
     insert_task(api.database_url, pipeline_id=pipeline["id"], task_id="t1", data=b"{}")
     engine = sa.create_engine(api.database_url)
     with engine.begin() as conn:

@@ -69,14 +69,23 @@ async def _tenant(api: Api) -> str:
     return key
 
 
-async def test_a_pipeline_has_a_topic_of_its_own_by_default(api: Api, fakes: Fakes) -> None:
+async def test_a_small_pipeline_is_shared_by_default_and_a_big_one_has_its_own(
+    api: Api, fakes: Fakes
+) -> None:
     key = await _tenant(api)
-    created = await api.pipeline(key, "a", "p")
-    assert (created["topic_mode"], created["partitions"]) == ("dedicated", 2)
-    assert created["topic"] == f"wsched.p.{created['id']}"
-    assert fakes.admin.topics[created["topic"]] == 2
-    # The shared topic is there from the start anyway, for the scheduler replicas.
+    small = await api.pipeline(key, "a", "small")
+    assert (small["topic_mode"], small["partitions"], small["topic"]) == (
+        "shared",
+        1,
+        SHARED_TOPIC,
+    )
+    # Asking for partitions is asking for a big pipeline: a topic of its own.
+    big = await api.pipeline(key, "a", "big", partitions=4)
+    assert (big["topic_mode"], big["partitions"]) == ("dedicated", 4)
+    assert big["topic"] == f"wsched.p.{big['id']}"
+    assert fakes.admin.topics[big["topic"]] == 4
     assert fakes.admin.topics[SHARED_TOPIC] == SHARDS
+    assert f"wsched.p.{small['id']}" not in fakes.admin.topics
 
 
 async def test_a_shared_pipeline_goes_to_its_shards_partition_of_the_shared_topic(
@@ -145,7 +154,9 @@ async def test_the_topic_cannot_be_patched(api: Api) -> None:
 async def test_the_operators_default_applies_when_no_topic_is_asked_for(
     migrated_sqlite: str,
 ) -> None:
-    settings = settings_for(migrated_sqlite).model_copy(update={"pipeline_topic": TopicMode.SHARED})
+    settings = settings_for(migrated_sqlite).model_copy(
+        update={"pipeline_topic": TopicMode.DEDICATED}
+    )
     async with running_api(
         settings,
         limits=LIMITS,
@@ -154,12 +165,10 @@ async def test_the_operators_default_applies_when_no_topic_is_asked_for(
         deployer=NoopDeployer(),
     ) as api:
         key = await _tenant(api)
-        refused = await _create(api, key, partitions=3)
-        assert "this API's default" in assert_error(refused, 422, "invalid_request")
-        shared = await _create(api, key)
+        own = await _create(api, key)
+        assert (own.json()["topic_mode"], own.json()["partitions"]) == ("dedicated", 2)
+        shared = await _create(api, key, name="small", topic="shared")
         assert (shared.json()["topic_mode"], shared.json()["partitions"]) == ("shared", 1)
-        own = await _create(api, key, name="big", topic="dedicated", partitions=3)
-        assert (own.json()["topic_mode"], own.json()["partitions"]) == ("dedicated", 3)
 
 
 async def test_the_reconciler_neither_creates_nor_deletes_a_topic_for_a_shared_pipeline(
@@ -179,7 +188,7 @@ async def test_the_reconciler_neither_creates_nor_deletes_a_topic_for_a_shared_p
         shared = await api.pipeline(key, "a", "p", topic="shared")
         assert shared["state"] == "ready", shared
         assert admin.topics[SHARED_TOPIC] == SHARDS
-        own = await api.pipeline(key, "a", "own")
+        own = await api.pipeline(key, "a", "own", topic="dedicated")
         for name in ("p", "own"):
             answer = await api.client.delete(f"{PIPELINES}/{name}", headers=bearer(key))
             assert answer.status_code == 202, answer.text

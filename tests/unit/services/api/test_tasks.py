@@ -165,7 +165,7 @@ async def test_submits_to_a_pipeline_that_is_not_ready_are_409_with_state_and_re
     key = await api.tenant("acme")
     await api.application(key, "a")
     fakes.admin.fail = "broker said no"
-    failed = await api.pipeline(key, "a", "p")
+    failed = await api.pipeline(key, "a", "p", topic="dedicated")  # its topic is refused
     assert failed["state"] == "failed"
     for path, body in ((SUBMIT, {"n": 1}), (TASKS, {"tasks": [{"data": {}}]})):
         answer = await api.client.post(path, json=body, headers=bearer(key))

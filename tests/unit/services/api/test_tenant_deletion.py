@@ -46,7 +46,8 @@ async def busy_tenant(api: Api, name: str) -> tuple[str, list[dict[str, Any]]]:
     for app, pipeline in (("a", "p1"), ("a", "p2"), ("b", "p3")):
         if pipeline != "p2":
             await api.application(key, app)
-        made.append(await api.pipeline(key, app, pipeline))
+        # Topics of their own, to see them removed.
+        made.append(await api.pipeline(key, app, pipeline, topic="dedicated"))
         for n in range(3):
             insert_task(
                 api.database_url,
