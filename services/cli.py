@@ -138,6 +138,10 @@ def bench_idle(
     topic: Annotated[
         str, typer.Option(help="The pipelines' topic: shared, or dedicated (one each).")
     ] = "shared",
+    failover: Annotated[
+        bool,
+        typer.Option(help="Then SIGKILL the replica once a second one joined; time the takeover."),
+    ] = False,
 ) -> None:
     """What empty pipelines cost one scheduler replica: its idle CPU and RSS and the
     broker's, with none and with PIPELINES, then one task to each until all are admitted."""
@@ -145,7 +149,11 @@ def bench_idle(
     from services.infra.cache import Cache
 
     options = idle.Options(
-        pipelines=pipelines, measure_s=measure_s, idle_timeout_s=idle_timeout_s, topic=topic
+        pipelines=pipelines,
+        measure_s=measure_s,
+        idle_timeout_s=idle_timeout_s,
+        topic=topic,
+        failover=failover,
     )
     report = idle.run(
         options,

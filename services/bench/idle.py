@@ -6,20 +6,29 @@ API and, once the replica hosts every one (``wsched_hosted_pipelines``) and thei
 have deactivated (``wsched_active_grains`` 0, after ``idle_timeout_s``), measured idle
 again: each process's CPU over ``measure_s`` in % of one core, and the replica's and the
 broker's RSS. Then one task is submitted to every pipeline and the time until all are
-admitted (rows in TiDB) is taken.
+admitted (rows in TiDB) is taken. With ``failover``, a second replica joins (the placement
+gives it about half the shards), the first is killed with SIGKILL, and the time until the
+survivor hosts every pipeline and until each of them has answered a worker's poll there
+is taken.
 
 The issue's targets for 10,000 pipelines: the replica below 5 % of a core and 300 MB.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import sqlalchemy as sa
 
+from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
 from services.bench.measure import CpuUse, scrape, settled_rss_mb
 from services.bench.report import machine
 from services.bench.system import (
@@ -32,6 +41,7 @@ from services.bench.system import (
     until,
 )
 from services.infra.cache import Cache
+from services.infra.process import Service, free_port, port_open
 from services.store.engine import make_engine
 from services.store.schema import pipelines as pipelines_table
 from services.store.schema import tasks as tasks_table
@@ -51,6 +61,8 @@ class Options:
     #: The pipelines' ``topic``: "shared" (a partition of the shared topic each) or
     #: "dedicated" (a topic of their own, 2 partitions each).
     topic: str = "shared"
+    #: Kill the replica (SIGKILL) once a second one has joined, and time the takeover.
+    failover: bool = False
 
 
 def run(
@@ -68,7 +80,8 @@ def run(
             say(f"measuring the idle system with no pipelines for {options.measure_s:g}s")
             report["no_pipelines"] = _idle(system, options.measure_s)
             started = time.monotonic()
-            ids = _create(tenant, options, say)
+            tokens = _create(tenant, options, say)
+            ids = list(tokens)
             until(lambda: _ready(engine) >= len(ids), 600 + len(ids) / 5, "pipelines ready")
             report["create_s"] = round(time.monotonic() - started, 1)
             say(f"{len(ids)} pipelines ready; waiting for the replica to host them")
@@ -87,6 +100,8 @@ def run(
             report["with_pipelines"]["tidb_statements_per_s"] = _busiest(
                 before, _statements(engine), options.measure_s
             )
+            if options.failover:
+                report["failover"] = _failover(system, tokens, say)
             report["one_task_each"] = _one_task_each(tenant, engine, ids, options, say)
         finally:
             tenant.http.close()
@@ -128,10 +143,11 @@ def _busiest(before: dict[str, int], after: dict[str, int], seconds: float) -> d
     return dict(sorted(rates.items(), key=lambda item: -item[1])[:6])
 
 
-def _create(tenant: Tenant, options: Options, say: Say) -> list[str]:
+def _create(tenant: Tenant, options: Options, say: Say) -> dict[str, str]:
+    """Pipeline id -> its worker token."""
     say(f"creating {options.pipelines} pipelines, {options.concurrency} at a time")
 
-    def create(index: int) -> str:
+    def create(index: int) -> tuple[str, str]:
         body = {
             "name": f"idle-{index:05d}",
             "chart": "charts/examples/echo",
@@ -140,10 +156,11 @@ def _create(tenant: Tenant, options: Options, say: Say) -> list[str]:
         answer = tenant.http.post("/api/applications/bench/pipelines", json=body)
         if answer.status_code != 201:
             raise BenchFailed(f"creating a pipeline: {answer.status_code} {answer.text}")
-        return str(answer.json()["id"])
+        made = answer.json()
+        return str(made["id"]), str(made["worker_token"])
 
     with concurrent.futures.ThreadPoolExecutor(options.concurrency) as pool:
-        return list(pool.map(create, range(options.pipelines)))
+        return dict(pool.map(create, range(options.pipelines)))
 
 
 def _ready(engine: sa.Engine) -> int:
@@ -182,3 +199,92 @@ def _one_task_each(
 
     until(lambda: admitted() >= len(ids), 120, "one task of each pipeline admitted")
     return {"submit_s": round(submitted, 1), "all_admitted_s": round(time.monotonic() - started, 1)}
+
+
+def _failover(system: System, tokens: dict[str, str], say: Say) -> Report:
+    """Start a second replica, wait for the placement to give it its share, SIGKILL the
+    first, and time until the survivor hosts every pipeline and each has answered a poll
+    there (a worker's first poll after the takeover)."""
+    if system.work is None:
+        raise BenchFailed("the system's work directory is unknown")
+    grpc_port, metrics_port = free_port(), free_port()
+    env = {
+        **system.env,
+        "WSCHED_GRPC_PORT": str(grpc_port),
+        "WSCHED_METRICS_PORT": str(metrics_port),
+        "WSCHED_REPLICA_NAME": f"bench-{grpc_port}",
+    }
+    survivor = Service(
+        name="scheduler-b",
+        argv=[sys.executable, "-m", "services.cli", "scheduler"],
+        log_path=system.work / "scheduler-b.log",
+        env=env,
+    )
+    metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+    total = len(tokens)
+    say("starting a second replica")
+    survivor.start()
+    try:
+        survivor.wait_ready(lambda: port_open(metrics_port), timeout_s=60)
+
+        def hosted(url: str) -> int:
+            return int(
+                sum(v for (m, _), v in scrape(url).items() if m == "wsched_hosted_pipelines")
+            )
+
+        until(
+            lambda: hosted(metrics) > 0 and hosted(metrics) + hosted(system.metrics) >= total,
+            600,
+            "the placement giving the second replica its share",
+        )
+        moved = hosted(system.metrics)
+        say(f"killing the replica holding {moved:,} of the pipelines (SIGKILL)")
+        killed = time.monotonic()
+        os.killpg(system.scheduler_pid, signal.SIGKILL)
+        until(lambda: hosted(metrics) >= total, 600, "the survivor hosting every pipeline")
+        hosted_s = time.monotonic() - killed
+        polls = asyncio.run(_first_polls(f"127.0.0.1:{grpc_port}", tokens, deadline_s=600))
+        return {
+            "pipelines_moved": moved,
+            "all_hosted_s": round(hosted_s, 1),
+            "all_polled_s": round(time.monotonic() - killed, 1),
+            "poll_rounds": polls,
+            "survivor_rss_mb": round(settled_rss_mb(survivor.pid or 0), 1),
+        }
+    finally:
+        survivor.stop()
+
+
+async def _first_polls(target: str, tokens: dict[str, str], *, deadline_s: float) -> int:
+    """Poll every pipeline (no wait) until each has answered OK; returns the rounds."""
+    waiting = dict(tokens)
+    rounds = 0
+    gate = asyncio.Semaphore(64)
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = worker_pb2_grpc.WorkerStub(channel)
+
+        async def poll(pipeline_id: str, token: str) -> bool:
+            request = worker_pb2.PollRequest(
+                pipeline_id=pipeline_id, worker="bench-failover", max_tasks=1, wait_ms=0
+            )
+            async with gate:
+                try:
+                    await stub.Poll(
+                        request, metadata=(("authorization", f"Bearer {token}"),), timeout=30
+                    )
+                except grpc.aio.AioRpcError:
+                    return False
+            return True
+
+        while waiting:
+            if time.monotonic() - started > deadline_s:
+                raise BenchFailed(f"{len(waiting)} pipelines answered no poll in time")
+            rounds += 1
+            answered = await asyncio.gather(*(poll(p, t) for p, t in waiting.items()))
+            for pipeline_id, ok in zip(list(waiting), answered, strict=True):
+                if ok:
+                    del waiting[pipeline_id]
+            if waiting:
+                await asyncio.sleep(0.5)
+    return rounds

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,10 @@ class System:
     pids: dict[str, int]
     #: TiDB's status metrics, or "" when unknown.
     tidb_metrics: str = ""
+    #: The settings the API and the scheduler were started with, and the run's directory
+    #: (for another replica beside them).
+    env: Mapping[str, str] = field(default_factory=dict)
+    work: Path | None = None
 
 
 @contextlib.contextmanager
@@ -174,6 +178,8 @@ def start_system(
             scheduler_pid=scheduler.pid or 0,
             pids={**components.pids, "api": api.pid or 0, "scheduler": scheduler.pid or 0},
             tidb_metrics=components.tidb_metrics,
+            env=env,
+            work=work,
         )
 
 
