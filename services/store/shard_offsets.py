@@ -10,21 +10,16 @@ that epoch, so an ex-owner that was paused while the shard moved writes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import Callable
-from typing import TypeVar
 
 import sqlalchemy as sa
 
-from actors.pipeline.ports import StoreUnavailable
 from services.placement import SHARED_TOPIC
 from services.store.schema import grain_offsets
 from services.store.sql import upsert
-from services.store.tasks import claim_key, fence_key
-
-R = TypeVar("R")
+from services.store.tasks import claim_fenced, claim_key, fence_key, in_transaction
 
 
 def shard_key(shard: int) -> str:
@@ -49,16 +44,6 @@ class SqlShardOffsets:
         self._engine = engine
         self._clock = clock
 
-    async def _run(self, fn: Callable[[sa.Connection], R]) -> R:
-        def in_transaction() -> R:
-            with self._engine.begin() as conn:
-                return fn(conn)
-
-        try:
-            return await asyncio.to_thread(in_transaction)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
-            raise StoreUnavailable(str(err.orig or err)) from err
-
     async def claim(self, shard: int, *, owner: str) -> ShardClaim:
         """A new epoch for the shard, and where its partition's reading resumes."""
         key, now = shard_key(shard), self._clock()
@@ -72,12 +57,7 @@ class SqlShardOffsets:
             ).scalar()
             return ShardClaim(epoch=epoch, next_offset=None if stored is None else int(stored))
 
-        for _ in range(3):
-            try:
-                return await self._run(claim)
-            except sa.exc.IntegrityError:
-                continue  # another replica inserted the first row at the same moment
-        raise StoreUnavailable(f"could not claim shard {shard}: repeated conflicts")
+        return await claim_fenced(self._engine, claim, what=f"shard {shard}")
 
     async def save(self, shard: int, *, epoch: int, next_offset: int) -> None:
         """Store the partition's next offset; ``StaleEpoch`` if the shard moved on."""
@@ -93,4 +73,4 @@ class SqlShardOffsets:
                 update=("next_offset",),
             )
 
-        await self._run(save)
+        await in_transaction(self._engine, save)

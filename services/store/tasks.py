@@ -131,6 +131,31 @@ def claim_key(conn: sa.Connection, *, key: str, owner: str, now: dt.datetime) ->
     )
 
 
+async def in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], R]) -> R:
+    """Run ``fn`` in one transaction in a worker thread; a database that cannot be reached
+    (or went away mid-way) is ``StoreUnavailable``."""
+
+    def run() -> R:
+        with engine.begin() as conn:
+            return fn(conn)
+
+    try:
+        return await asyncio.to_thread(run)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+        raise StoreUnavailable(str(err.orig or err)) from err
+
+
+async def claim_fenced(engine: sa.Engine, fn: Callable[[sa.Connection], R], *, what: str) -> R:
+    """``in_transaction`` for a claim (``claim_key`` in ``fn``): two first claims of one
+    row at once make one insert fail, which is tried again."""
+    for _ in range(3):
+        try:
+            return await in_transaction(engine, fn)
+        except sa.exc.IntegrityError:
+            continue  # another replica inserted the first row at the same moment
+    raise StoreUnavailable(f"could not claim {what}: repeated conflicts")
+
+
 class SqlTaskStore:
     """Implements ``actors.pipeline.ports.TaskStore``."""
 
@@ -139,14 +164,7 @@ class SqlTaskStore:
         self._clock = clock
 
     async def _run(self, fn: Callable[[sa.Connection], R]) -> R:
-        def in_transaction() -> R:
-            with self._engine.begin() as conn:
-                return fn(conn)
-
-        try:
-            return await asyncio.to_thread(in_transaction)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
-            raise StoreUnavailable(str(err.orig or err)) from err
+        return await in_transaction(self._engine, fn)
 
     async def claim(self, *, grain: GrainKey, owner: str) -> int:
         now = self._clock()
@@ -154,12 +172,7 @@ class SqlTaskStore:
         def claim(conn: sa.Connection) -> int:
             return claim_key(conn, key=str(grain), owner=owner, now=now)
 
-        for _ in range(3):
-            try:
-                return await self._run(claim)
-            except sa.exc.IntegrityError:
-                continue  # another replica inserted the first row at the same moment
-        raise StoreUnavailable(f"could not claim grain {grain}: repeated conflicts")
+        return await claim_fenced(self._engine, claim, what=f"grain {grain}")
 
     async def load(self, *, grain: GrainKey) -> Loaded:
         pipeline_id = grain.pipeline_id
