@@ -350,15 +350,18 @@ class SchedulerHost:
             new = {pid: hosting for pid, hosting in wanted.items() if pid not in self._hosted}
             # A shared pipeline's grain is activated only if it has work now (its next
             # record activates it otherwise): taking a shard of 10,000 idle pipelines
-            # claims and loads none of them.
-            shared = [pid for pid, hosting in new.items() if hosting.shared]
+            # claims and loads none of them. Not with the built-in scaler, which scales
+            # what grains publish: each grain is activated so that its workers are brought
+            # to their minimum, and then deactivates when idle.
+            lazy = self._scaler is None
+            shared = [pid for pid, hosting in new.items() if hosting.shared and lazy]
             try:
                 busy = await self._directory.with_work(shared) if shared else set()
             except sa.exc.SQLAlchemyError as err:
                 log.warning("placement: cannot read which pipelines have work: %s", err)
                 return
             for pipeline_id, hosting in new.items():
-                activate = not hosting.shared or pipeline_id in busy
+                activate = not (hosting.shared and lazy) or pipeline_id in busy
                 await self._ensure(pipeline_id, hosting, activate=activate)
             # After the shards' grains, so that their records find them hosted.
             for shard in self._shards - self._shard_forwarders.running():

@@ -57,7 +57,7 @@ async def test_a_pipeline_gets_its_topic_and_a_placement_event(
 async def test_submitted_tasks_land_on_the_topic_keyed_by_id_with_raw_data(
     real_api: Api, kafka_bootstrap: str
 ) -> None:
-    key, pipeline = await real_api.ready_pipeline()
+    key, pipeline = await real_api.ready_pipeline(topic="dedicated")  # its own topic
     raw = b'{"name":  "scan-1.pdf" , "pages": [1, 2]}'
     single = await real_api.client.post(PIPE, content=raw, headers=bearer(key))
     assert single.status_code == 202, single.text
@@ -82,7 +82,7 @@ async def test_submitted_tasks_land_on_the_topic_keyed_by_id_with_raw_data(
 async def test_resubmits_of_admitted_tasks_are_idempotent(
     real_api: Api, kafka_bootstrap: str
 ) -> None:
-    key, pipeline = await real_api.ready_pipeline()
+    key, pipeline = await real_api.ready_pipeline(topic="dedicated")  # its own topic
     insert_task(real_api.database_url, pipeline_id=pipeline["id"], task_id="t-1", data=b'{"n":1}')
     same = await real_api.client.post(f"{PIPE}?id=t-1", content=b'{"n":1}', headers=bearer(key))
     assert same.status_code == 200, same.text
@@ -206,7 +206,7 @@ async def test_a_broker_that_is_down_gives_503_within_the_deadline(
 async def test_deleting_a_pipeline_deletes_its_topic(
     real_api: Api, topic_admin: KafkaTopicAdmin
 ) -> None:
-    key, pipeline = await real_api.ready_pipeline()
+    key, pipeline = await real_api.ready_pipeline(topic="dedicated")  # its own topic
     assert await topic_admin.partitions(pipeline["topic"]) == 2
     for n in range(3):
         insert_task(real_api.database_url, pipeline_id=pipeline["id"], task_id=f"t{n}", data=b"{}")
@@ -231,7 +231,7 @@ async def test_deleting_a_pipeline_deletes_its_topic(
 async def test_a_bulk_requeue_produces_one_requeue_per_dead_task_on_kafka(
     real_api: Api, kafka_bootstrap: str
 ) -> None:
-    key, pipeline = await real_api.ready_pipeline()
+    key, pipeline = await real_api.ready_pipeline(topic="dedicated")  # its own topic
     for n in range(300):
         insert_task(
             real_api.database_url,

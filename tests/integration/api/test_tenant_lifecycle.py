@@ -47,7 +47,9 @@ ECHO = str(REPO / "charts" / "examples" / "echo")
 
 async def pipeline_of(api: Api, key: str, name: str) -> dict[str, Any]:
     answer = await api.client.post(
-        "/api/applications/shop/pipelines", json={"name": name, "chart": ECHO}, headers=bearer(key)
+        "/api/applications/shop/pipelines",
+        json={"name": name, "chart": ECHO, "topic": "dedicated"},  # topics of their own, to see go
+        headers=bearer(key),
     )
     assert answer.status_code == 201, answer.text
     await api.settled()
