@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import signal
 import sys
@@ -100,9 +101,11 @@ def run(
             report["with_pipelines"]["tidb_statements_per_s"] = _busiest(
                 before, _statements(engine), options.measure_s
             )
-            if options.failover:
-                report["failover"] = _failover(system, tokens, say)
-            report["one_task_each"] = _one_task_each(tenant, engine, ids, options, say)
+            with contextlib.ExitStack() as survivors:
+                if options.failover:
+                    # The survivor stays up for the tasks that follow.
+                    report["failover"] = _failover(system, tokens, say, survivors)
+                report["one_task_each"] = _one_task_each(tenant, engine, ids, options, say)
         finally:
             tenant.http.close()
             engine.dispose()
@@ -201,10 +204,12 @@ def _one_task_each(
     return {"submit_s": round(submitted, 1), "all_admitted_s": round(time.monotonic() - started, 1)}
 
 
-def _failover(system: System, tokens: dict[str, str], say: Say) -> Report:
+def _failover(
+    system: System, tokens: dict[str, str], say: Say, stack: contextlib.ExitStack
+) -> Report:
     """Start a second replica, wait for the placement to give it its share, SIGKILL the
     first, and time until the survivor hosts every pipeline and each has answered a poll
-    there (a worker's first poll after the takeover)."""
+    there (a worker's first poll after the takeover). ``stack`` stops the survivor."""
     if system.work is None:
         raise BenchFailed("the system's work directory is unknown")
     grpc_port, metrics_port = free_port(), free_port()
@@ -224,35 +229,31 @@ def _failover(system: System, tokens: dict[str, str], say: Say) -> Report:
     total = len(tokens)
     say("starting a second replica")
     survivor.start()
-    try:
-        survivor.wait_ready(lambda: port_open(metrics_port), timeout_s=60)
+    stack.callback(survivor.stop)
+    survivor.wait_ready(lambda: port_open(metrics_port), timeout_s=60)
 
-        def hosted(url: str) -> int:
-            return int(
-                sum(v for (m, _), v in scrape(url).items() if m == "wsched_hosted_pipelines")
-            )
+    def hosted(url: str) -> int:
+        return int(sum(v for (m, _), v in scrape(url).items() if m == "wsched_hosted_pipelines"))
 
-        until(
-            lambda: hosted(metrics) > 0 and hosted(metrics) + hosted(system.metrics) >= total,
-            600,
-            "the placement giving the second replica its share",
-        )
-        moved = hosted(system.metrics)
-        say(f"killing the replica holding {moved:,} of the pipelines (SIGKILL)")
-        killed = time.monotonic()
-        os.killpg(system.scheduler_pid, signal.SIGKILL)
-        until(lambda: hosted(metrics) >= total, 600, "the survivor hosting every pipeline")
-        hosted_s = time.monotonic() - killed
-        polls = asyncio.run(_first_polls(f"127.0.0.1:{grpc_port}", tokens, deadline_s=600))
-        return {
-            "pipelines_moved": moved,
-            "all_hosted_s": round(hosted_s, 1),
-            "all_polled_s": round(time.monotonic() - killed, 1),
-            "poll_rounds": polls,
-            "survivor_rss_mb": round(settled_rss_mb(survivor.pid or 0), 1),
-        }
-    finally:
-        survivor.stop()
+    until(
+        lambda: hosted(metrics) > 0 and hosted(metrics) + hosted(system.metrics) >= total,
+        600,
+        "the placement giving the second replica its share",
+    )
+    moved = hosted(system.metrics)
+    say(f"killing the replica holding {moved:,} of the pipelines (SIGKILL)")
+    killed = time.monotonic()
+    os.killpg(system.scheduler_pid, signal.SIGKILL)
+    until(lambda: hosted(metrics) >= total, 600, "the survivor hosting every pipeline")
+    hosted_s = time.monotonic() - killed
+    polls = asyncio.run(_first_polls(f"127.0.0.1:{grpc_port}", tokens, deadline_s=600))
+    return {
+        "pipelines_moved": moved,
+        "all_hosted_s": round(hosted_s, 1),
+        "all_polled_s": round(time.monotonic() - killed, 1),
+        "poll_rounds": polls,
+        "survivor_rss_mb": round(settled_rss_mb(survivor.pid or 0), 1),
+    }
 
 
 async def _first_polls(target: str, tokens: dict[str, str], *, deadline_s: float) -> int:
