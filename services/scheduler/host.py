@@ -1,10 +1,11 @@
 """A scheduler replica: owns shards of the placement space, hosts their pipelines' grains.
 
 Placement (``following.py``): one consumer group over the placement topic, one partition
-per shard. The owner of a shard activates the grains of the shard's ready pipelines, runs
-their forwarders and serves their workers over gRPC.
-Revoking a shard stops its forwarders and deactivates its grains (which flush); the new
-owner claims them with a higher epoch, which fences any write the old one still tries.
+per shard. The owner of a shard hosts the shard's ready pipelines (``hosting.py``): their
+grains, their forwarders and its partition of the shared topic, and serves their workers
+over gRPC. Revoking a shard stops its forwarders and deactivates its grains (which flush);
+the new owner claims them with a higher epoch, which fences any write the old one still
+tries.
 """
 
 from __future__ import annotations
@@ -15,34 +16,30 @@ import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import grpc
-import sqlalchemy as sa
 import uvicorn
 from prometheus_client import CollectorRegistry
 
 from actors.pipeline import actor as grain_actor
 from actors.pipeline.model import GrainKey, GrainSnapshot
-from actors.pipeline.ports import StaleEpoch
-from actors.runtime import ActorContext, ActorSystem, GrainId, KindConfig, KindStats
+from actors.runtime import ActorContext, ActorSystem, KindConfig, KindStats
 from protos.wsched.v1 import worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin, TopicError
 from services.kafka.event_publisher import KafkaEventPublisher
 from services.kafka.shared import ReaderOfItsOwn, SharedKafkaReader
 from services.observability import setup_tracing
-from services.placement import SHARED_TOPIC, pipeline_topic, shard_of
-from services.scheduler.directory import Hosting, PipelineDirectory
+from services.placement import SHARED_TOPIC
+from services.scheduler.directory import PipelineDirectory
 from services.scheduler.following import PlacementFollower
-from services.scheduler.forwarder import Admit, Forwarder, ForwarderStats
-from services.scheduler.handle import GrainHandle
+from services.scheduler.forwarder import ForwarderStats
+from services.scheduler.hosting import PipelineHosting
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector, http_app
 from services.scheduler.scaler import KubePort, build_scaler, hosted_workloads
 from services.scheduler.schedule_sync import differing, every
-from services.scheduler.shard_forwarder import ShardForwarder, ShardForwarders, ShardStats
-from services.scheduler.tracing import traced_admit
+from services.scheduler.shard_forwarder import ShardForwarder, ShardStats
 from services.scheduler.worker_api import Limits, LocalGrain, WorkerService
 from services.settings import Settings
 from services.store.engine import make_engine
@@ -56,21 +53,6 @@ log = logging.getLogger("wsched.scheduler")
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-@dataclass(kw_only=True)
-class _Hosted:
-    grain: GrainId
-    #: How the worker API and the forwarder reach the grain.
-    handle: GrainHandle
-    #: The grain's admission (traced when tracing is on), for its forwarder.
-    admit: Admit
-    #: The forwarder of a pipeline with a topic of its own, and its task; None for one on
-    #: the shared topic (its shard's forwarder feeds it).
-    forwarder: Forwarder | None
-    task: asyncio.Task[None] | None
-    #: (worker, namespace) labels of the seed's KEDA gauge; None if the names are unknown.
-    queue_labels: tuple[str, str] | None = None
 
 
 #: Where the grains' shared consumer commits its offsets (for Kafka's lag tooling only:
@@ -123,19 +105,6 @@ class SchedulerHost:
         self._system.register(
             grain_actor.KIND, self._make_grain, config=KindConfig(idle_timeout_s=None)
         )
-        self._hosted: dict[str, _Hosted] = {}
-        #: The forwarders of the owned shards' partitions of the shared topic.
-        self._shard_forwarders = ShardForwarders(
-            make=lambda shard: ShardForwarder(
-                shard=shard,
-                consumer=self._started_reader().view(SHARED_TOPIC),
-                catch_up=lambda: ReaderOfItsOwn(bootstrap=self._bootstrap, topic=SHARED_TOPIC),
-                offsets=self._shard_offsets,
-                owner=self._address,
-                route=self._route,
-                keep=self._keep,
-            )
-        )
         self._snapshots: dict[GrainKey, GrainSnapshot] = {}
         self.registry = CollectorRegistry()
         self._grain_metrics = GrainMetrics(self.registry)
@@ -151,22 +120,31 @@ class SchedulerHost:
         )
         if self._scaler is not None:
             self.registry.register(ScalerCollector(self._scaler))
+        self._hosting = PipelineHosting(
+            system=self._system,
+            directory=self._directory,
+            reader=self._started_reader,
+            shard_forwarder=self._shard_forwarder,
+            keep=self._keep,
+            tracing=self._tracing,
+            # The built-in scaler scales what grains publish: with it, each grain is
+            # activated at a takeover, so that its workers are brought to their minimum.
+            lazy=self._scaler is None,
+        )
         self._joined = False
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._shards: set[int] = set()
-        self._changes = asyncio.Lock()
         self._placement: asyncio.Task[None] | None = None
         self._purge: asyncio.Task[None] | None = None
         self._resync: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self._server: grpc.aio.Server | None = None
         self._reader: SharedKafkaReader | None = None
         self.grpc_port = 0
 
     def _make_grain(self, key: str, context: ActorContext) -> grain_actor.PipelineActor:
         grain_key = GrainKey.parse(key)
-        hosted = self._hosted.get(grain_key.pipeline_id)
+        hosted = self._hosting.get(grain_key.pipeline_id)
         if hosted is not None:
             hosted.handle.activated()  # its parked polls go to it now
         return grain_actor.PipelineActor(
@@ -298,13 +276,13 @@ class SchedulerHost:
     async def resync_schedules(self) -> int:
         """Tell each hosted grain whose schedules differ from the store's
         (``schedule_sync.py``); returns how many were told."""
-        hosted = list(self._hosted)
+        hosted = self._hosting.pipelines()
         if not hosted:
             return 0
         stored = await self._directory.schedule_versions(hosted)
         told = 0
         for pipeline_id, versions in differing(hosted, stored, self._snapshots).items():
-            hosted_grain = self._hosted.get(pipeline_id)
+            hosted_grain = self._hosting.get(pipeline_id)
             if hosted_grain is not None:
                 message = grain_actor.SyncSchedules(stored=dict(versions))
                 self._system.tell(hosted_grain.grain, message)
@@ -321,7 +299,7 @@ class SchedulerHost:
             self._scaler.invalidate(pipeline_id)
 
     async def drop(self, pipeline_id: str) -> None:
-        await self._drop(pipeline_id)
+        await self._hosting.drop(pipeline_id)
 
     async def take_shards(self, shards: set[int]) -> None:
         self._shards = set(shards)
@@ -330,153 +308,31 @@ class SchedulerHost:
         await self.reconcile()
 
     async def release_shards(self, shards: set[int]) -> None:
-        for shard in shards:
-            await self._shard_forwarders.stop(shard)
-        for pipeline_id in list(self._hosted):
-            if shard_of(pipeline_id) in shards:
-                await self._drop(pipeline_id)
+        await self._hosting.release(shards)
         self._shards -= shards
 
     async def reconcile(self) -> None:
-        """Host exactly the ready pipelines of the owned shards."""
-        async with self._changes:
-            try:
-                wanted = await self._directory.ready_pipelines(self._shards)
-            except sa.exc.SQLAlchemyError as err:
-                log.warning("placement: cannot read pipelines now: %s", err)
-                return
-            for pipeline_id in set(self._hosted) - set(wanted):
-                await self._drop_locked(pipeline_id)
-            new = {pid: hosting for pid, hosting in wanted.items() if pid not in self._hosted}
-            # A shared pipeline's grain is activated only if it has work now (its next
-            # record activates it otherwise): taking a shard of 10,000 idle pipelines
-            # claims and loads none of them. Not with the built-in scaler, which scales
-            # what grains publish: each grain is activated so that its workers are brought
-            # to their minimum, and then deactivates when idle.
-            lazy = self._scaler is None
-            shared = [pid for pid, hosting in new.items() if hosting.shared and lazy]
-            try:
-                busy = await self._directory.with_work(shared) if shared else set()
-            except sa.exc.SQLAlchemyError as err:
-                log.warning("placement: cannot read which pipelines have work: %s", err)
-                return
-            for pipeline_id, hosting in new.items():
-                activate = not (hosting.shared and lazy) or pipeline_id in busy
-                await self._ensure(pipeline_id, hosting, activate=activate)
-            # After the shards' grains, so that their records find them hosted.
-            for shard in self._shards - self._shard_forwarders.running():
-                self._shard_forwarders.start(shard)
-
-    async def _ensure(self, pipeline_id: str, hosting: Hosting, *, activate: bool = True) -> None:
-        """Host the pipeline: its handle, and the forwarder of a topic of its own (which
-        resumes from the offsets its grain's activation loads)."""
-        grain = grain_actor.grain_id(GrainKey(pipeline_id=pipeline_id))
-        offsets: dict[int, int] = {}
-        if activate:
-            try:
-                offsets = grain_actor.unwrap(await self._system.ask(grain, grain_actor.Activate()))
-            except Exception as err:  # noqa: BLE001 - retried at the next reconcile
-                log.warning(
-                    "pipeline %s: grain not activated: %s: %s",
-                    pipeline_id,
-                    type(err).__name__,
-                    err,
-                )
-                return
-        handle = GrainHandle(
-            system=self._system, grain=grain, lease_timeout_s=hosting.lease_timeout_s
-        )
-        admit = (
-            traced_admit(handle.admit, tracing=self._tracing, pipeline_id=pipeline_id)
-            if self._tracing.enabled
-            else handle.admit
-        )
-        hosted = _Hosted(
-            grain=grain,
-            handle=handle,
-            admit=admit,
-            forwarder=None,
-            task=None,
-            queue_labels=hosting.queue_labels,
-        )
-        self._hosted[pipeline_id] = hosted
-        if hosting.shared:
-            state = "active" if activate else "inactive until it has work"
-            log.info("pipeline %s: hosted on the shared topic, grain %s", pipeline_id, state)
-            return
-        forwarder = Forwarder(
-            consumer=self._started_reader().view(pipeline_topic(pipeline_id)),
-            pipeline_id=pipeline_id,
-            partitions=hosting.partitions,
-            admit=admit,
-            keep=self._keep,
-        )
-        task = asyncio.create_task(forwarder.run(offsets), name=f"forwarder {pipeline_id}")
-        task.add_done_callback(lambda _: self._forwarder_ended(pipeline_id, task))
-        hosted.forwarder, hosted.task = forwarder, task
-        log.info(
-            "pipeline %s: grain active, forwarding %d partition(s)",
-            pipeline_id,
-            hosting.partitions,
-        )
+        """Host exactly the ready pipelines of the owned shards (``hosting.py``)."""
+        await self._hosting.reconcile(self._shards)
 
     def _started_reader(self) -> SharedKafkaReader:
         if self._reader is None:
             raise RuntimeError("partitions are read once the replica has started")
         return self._reader
 
-    # -- the shared topic (``shard_forwarder.py``) --------------------------------------
-
-    async def _route(self, pipeline_id: str) -> Admit | None:
-        """The admission of a shared pipeline's grain, hosting the pipeline if it was made
-        ready a moment ago; None if it is not a ready shared pipeline of an owned shard."""
-        hosted = self._hosted.get(pipeline_id)
-        if hosted is not None:
-            return hosted.admit
-        hosting = await self._directory.ready_pipeline(pipeline_id)
-        if hosting is None or not hosting.shared or shard_of(pipeline_id) not in self._shards:
-            return None
-        async with self._changes:
-            if pipeline_id not in self._hosted:
-                await self._ensure(pipeline_id, hosting)
-        hosted = self._hosted.get(pipeline_id)
-        if hosted is None:
-            raise RuntimeError(f"pipeline {pipeline_id}: grain not activated yet")
-        return hosted.admit
+    def _shard_forwarder(self, shard: int) -> ShardForwarder:
+        return ShardForwarder(
+            shard=shard,
+            consumer=self._started_reader().view(SHARED_TOPIC),
+            catch_up=lambda: ReaderOfItsOwn(bootstrap=self._bootstrap, topic=SHARED_TOPIC),
+            offsets=self._shard_offsets,
+            owner=self._address,
+            route=self._hosting.route,
+            keep=self._keep,
+        )
 
     async def _keep(self, records: Sequence[Quarantined]) -> None:
         await self._quarantine.keep(records, now=_utcnow())
-
-    def _forwarder_ended(self, pipeline_id: str, task: asyncio.Task[None]) -> None:
-        hosted = self._hosted.get(pipeline_id)
-        if hosted is None or hosted.task is not task or task.cancelled():
-            return
-        error = task.exception()
-        if error is not None and not isinstance(error, StaleEpoch):
-            log.error("pipeline %s: forwarder failed: %r", pipeline_id, error)
-        # Fenced or failed: forget the grain; the next reconcile decides again.
-        del self._hosted[pipeline_id]
-        cleanup = asyncio.get_running_loop().create_task(
-            self._system.deactivate(hosted.grain, "forwarder ended")
-        )
-        # The loop keeps only weak references to tasks: hold it until it is done.
-        self._background.add(cleanup)
-        cleanup.add_done_callback(self._background.discard)
-
-    async def _drop(self, pipeline_id: str) -> None:
-        async with self._changes:
-            await self._drop_locked(pipeline_id)
-
-    async def _drop_locked(self, pipeline_id: str) -> None:
-        hosted = self._hosted.pop(pipeline_id, None)
-        if hosted is None:
-            return
-        if hosted.task is not None:
-            hosted.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await hosted.task
-        await self._system.deactivate(hosted.grain, "revoked")
-        log.info("pipeline %s: grain released", pipeline_id)
 
     # -- the worker API's directory -----------------------------------------------------
 
@@ -484,7 +340,7 @@ class SchedulerHost:
         return await self._directory.authenticate(pipeline_id, token)
 
     async def local(self, pipeline_id: str) -> LocalGrain | None:
-        hosted = self._hosted.get(pipeline_id)
+        hosted = self._hosting.get(pipeline_id)
         if hosted is None:
             return None
         return hosted.handle
@@ -497,7 +353,7 @@ class SchedulerHost:
         return self._settings.metrics_port
 
     def hosted_pipelines(self) -> list[str]:
-        return sorted(self._hosted)
+        return sorted(self._hosting.pipelines())
 
     def grain_active(self, pipeline_id: str) -> bool:
         """Whether the pipeline's grain is active now (a hosted pipeline's grain
@@ -510,27 +366,16 @@ class SchedulerHost:
         return dict(self._snapshots)
 
     def forwarders(self) -> dict[str, ForwarderStats]:
-        """Every hosted pipeline's forwarding figures (a shared one's from its shard's
-        forwarder)."""
-        shards = self._shard_forwarders.forwarders()
-        stats = {}
-        for pipeline_id, hosted in self._hosted.items():
-            if hosted.forwarder is not None:
-                stats[pipeline_id] = hosted.forwarder.stats
-            else:
-                shard = shards.get(shard_of(pipeline_id))
-                found = shard.pipelines.get(pipeline_id) if shard is not None else None
-                stats[pipeline_id] = found or ForwarderStats()
-        return stats
+        return self._hosting.forwarders()
 
     def shard_forwarders(self) -> dict[int, ShardForwarder]:
-        return self._shard_forwarders.forwarders()
+        return self._hosting.shard_forwarders()
 
     def shard_stats(self) -> dict[int, ShardStats]:
-        return {shard: f.stats for shard, f in self._shard_forwarders.forwarders().items()}
+        return {shard: f.stats for shard, f in self._hosting.shard_forwarders().items()}
 
     def queue_labels(self) -> dict[str, tuple[str, str]]:
-        return {pid: h.queue_labels for pid, h in self._hosted.items() if h.queue_labels}
+        return self._hosting.queue_labels()
 
     def actor_stats(self) -> dict[str, KindStats]:
         return self._system.stats()
