@@ -33,7 +33,9 @@ class Placed(Protocol):
 
     def owns(self, shard: int) -> bool: ...
 
-    async def take_shards(self, shards: set[int]) -> None: ...
+    async def take_shards(self, shards: set[int]) -> None:
+        """Note the shards assigned (quickly: the follower reconciles after)."""
+        ...
 
     async def release_shards(self, shards: set[int]) -> None: ...
 
@@ -49,14 +51,31 @@ class Placed(Protocol):
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Revoked shards are released before the group goes on (their grains flush, so the
+    new owner finds them stored; aiokafka keeps heartbeating during that listener).
+    Assigned shards are only noted, and hosted by the follower's loop after the
+    rebalance: aiokafka sends no heartbeat until the assignment listener returns, and
+    hosting a shard's pipelines can take longer than the session timeout (a replica
+    taking over 550 pipelines with topics of their own hosted for 45 s, was dropped from
+    the group, and took them over again, for ever)."""
+
     def __init__(self, replica: Placed) -> None:
         self._replica = replica
+        #: Assigned shards not hosted yet: the loop reconciles.
+        self.due = False
+        #: The loop's reconcile in flight, which a revocation cancels first.
+        self.reconciling: asyncio.Task[None] | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if self.reconciling is not None and not self.reconciling.done():
+            self.reconciling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.reconciling
         await self._replica.release_shards({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self._replica.take_shards({tp.partition for tp in assigned})
+        self.due = True
 
 
 class PlacementFollower:
@@ -116,7 +135,8 @@ class PlacementFollower:
         )
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        consumer.subscribe([PLACEMENT_TOPIC], listener=_Rebalance(self._replica))
+        listener = _Rebalance(self._replica)
+        consumer.subscribe([PLACEMENT_TOPIC], listener=listener)
         loop = asyncio.get_running_loop()
         rescan_at = loop.time() + self._rescan_s
         while True:
@@ -124,9 +144,22 @@ class PlacementFollower:
             records = [record.value for batch in batches.values() for record in batch]
             if records:
                 await self.apply(records)
-            if loop.time() >= rescan_at:
+            if listener.due or loop.time() >= rescan_at:
+                listener.due = False
                 rescan_at = loop.time() + self._rescan_s
-                await self._replica.reconcile()
+                await self._reconcile(listener)
+
+    async def _reconcile(self, listener: _Rebalance) -> None:
+        """Reconcile as a task a revocation may cancel (the next assignment reconciles
+        again); the follower's own cancellation cancels it too."""
+        task = listener.reconciling = asyncio.ensure_future(self._replica.reconcile())
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not task.cancelled():
+            task.result()
 
     async def apply(self, records: Sequence[bytes | None]) -> None:
         """Apply a fetch's placement records: drops one by one, and one reconcile for all

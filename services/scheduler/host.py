@@ -302,10 +302,10 @@ class SchedulerHost:
         await self._hosting.drop(pipeline_id)
 
     async def take_shards(self, shards: set[int]) -> None:
+        """Note the shards; the follower reconciles right after the rebalance."""
         self._shards = set(shards)
         self._joined = True
         log.info("placement: this replica owns %d shard(s)", len(shards))
-        await self.reconcile()
 
     async def release_shards(self, shards: set[int]) -> None:
         await self._hosting.release(shards)
