@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     #: How long a pipeline's grain has nothing to do (no task ready, leased or due, no
     #: schedule) before it deactivates; the next record or report activates it. 0: never.
     grain_idle_timeout_s: float = Field(default=120.0, ge=0, le=86_400)
+    #: Grain activations a scheduler replica runs at once (each claims its grain and
+    #: reads its state); the others wait their turn. Bounds the herd when a replica takes
+    #: over thousands of pipelines or one task reaches each of thousands at once.
+    grain_activations: int = Field(default=16, ge=1, le=1024)
     kafka_bootstrap: str | None = None
     database_url: str | None = None
     operator_key: SecretStr = SecretStr("dev-operator-key")

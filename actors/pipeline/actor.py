@@ -165,9 +165,13 @@ class PipelineActor(Actor[object, Any]):
         observe_dispatch: Callable[[float], None] | None = None,
         events: EventSink | None = None,
         may_deactivate: Callable[[GrainKey], bool] | None = None,
+        activations: asyncio.Semaphore | None = None,
     ) -> None:
         """``may_deactivate``: asked before an idle grain deactivates (its replica's
-        scaler says no while the pipeline's workers are above their minimum)."""
+        scaler says no while the pipeline's workers are above their minimum);
+        ``activations``: shared by a replica's grains, bounds the activations reading the
+        store at once (a herd of thousands then finishes in turn, not all at the end)."""
+        self._activations = activations
         self._key = key
         self._events = events
         self._may_deactivate = may_deactivate or (lambda _key: True)
@@ -205,6 +209,13 @@ class PipelineActor(Actor[object, Any]):
         return self._core
 
     async def on_activate(self) -> None:
+        if self._activations is None:
+            await self._load()
+            return
+        async with self._activations:
+            await self._load()
+
+    async def _load(self) -> None:
         pipeline_id = self._key.pipeline_id
         config = await self._configs.pipeline_config(pipeline_id)
         if config is None:
@@ -276,7 +287,7 @@ class PipelineActor(Actor[object, Any]):
         if self._core is None or self._core.fenced:
             return
         now = self._ctx.clock.now()
-        if self._pace.observe(quiescent=self._core.quiescent, now=now):
+        if self._pace.observe(tickless=self._core.tickless, now=now):
             pace = "slowly: nothing to do" if self._pace.slow else "fast again"
             log.debug("grain %s ticks %s", self._key, pace)
             self._start_periodic()
@@ -285,6 +296,7 @@ class PipelineActor(Actor[object, Any]):
             after is not None
             and self._pace.slow
             and self._pace.quiet_for(now) >= after
+            and self._core.quiescent  # tickless with a backlog: it stays, for its workers
             and self._may_deactivate(self._key)
         ):
             # Nothing to do for a while: a record, a report or a poll's wait for the next
@@ -294,7 +306,7 @@ class PipelineActor(Actor[object, Any]):
     def _start_periodic(self) -> None:
         """The timers of the current pace, in place of the previous pace's.
 
-        The slow pace has no flush: a quiescent grain has nothing to write, and whatever
+        The slow pace has no flush: a tickless grain has nothing to write, and whatever
         gives it something to write is a message, after which it is at the fast pace.
         """
         for timer in self._periodic:

@@ -367,27 +367,37 @@ class TaskBook:
             self._unwritten_timers.add(task.id)
 
     @property
-    def quiescent(self) -> bool:
-        """Nothing in the book waits for time to pass or for a write.
+    def tickless(self) -> bool:
+        """Nothing in the book waits for time to pass or for a write; ready tasks may wait
+        for a worker, which comes as a message (a poll).
 
         - no lease: nothing to expire (``expire``);
-        - an empty window and no queued task in the store beyond it: nothing to hand out,
-          to sweep for deadlines (``end_overdue``) or to page in (``wants_page``);
+        - no ready task with a deadline: nothing to sweep (``end_overdue``);
+        - the window at least half full, or nothing more in the store: nothing to page in
+          (``wants_page``); a poll that takes tasks leaves a lease, which ends this;
         - no timer held and none left in the store: nothing to fire or refill;
         - no change, result or attempt waiting for a flush (a retry's unwritten timer is
           one of them).
 
-        Only a call from outside (an admission, a cancel, a requeue) can end it.
-        ``PipelineCore.quiescent`` adds what the core holds around the book.
+        A pipeline with a backlog and no worker yet (its Deployment scaled to zero) is
+        tickless: a replica holding thousands of them ticks each slowly.
         """
         return not (
             self._leases
-            or self._ready
-            or self.stored_backlog
+            or self.wants_page()
             or not self.timers.exhausted
             or self.dirty
             or self._unwritten_timers
+            or any(task.expires_at is not None for task in self._ready.values())
         )
+
+    @property
+    def quiescent(self) -> bool:
+        """Tickless, and no task to hand out at all: an empty window and no queued task in
+        the store beyond it. Only a call from outside (an admission, a cancel, a requeue)
+        can end it. ``PipelineCore.quiescent`` adds what the core holds around the book.
+        """
+        return not (self._ready or self.stored_backlog) and self.tickless
 
     @property
     def has_unwritten_timers(self) -> bool:

@@ -150,15 +150,17 @@ class PipelineCore:
 
     async def activate(self) -> dict[int, int]:
         """Claim the grain (a new epoch) and load its state; return the offsets to resume."""
-        epoch = await self._store.claim(grain=self.key, owner=self._owner)
-        loaded = await self._store.load(grain=self.key)
+        activation = await self._store.activate(
+            grain=self.key, owner=self._owner, timers=self.config.timer_heap
+        )
+        epoch, loaded = activation.epoch, activation.loaded
         self.book = TaskBook(config=self.config, epoch=epoch)
         self.book.load_counts(loaded.counts)
         self.book.restore_leases(loaded.leased, now=self._clock.monotonic())
+        self.book.timers.refill(activation.timers, limit=self.config.timer_heap)
         self.schedules = ScheduleFiring(self, resync_s=self._schedule_resync_s)
-        await self.schedules.load()
+        await self.schedules.load(stored=activation.schedules)
         await self.schedules.fire()
-        await self.timer_firing.refill()
         await self.timer_firing.fire()
         await self.page_in()
         self.publish()
@@ -479,16 +481,16 @@ class PipelineCore:
         return self.book.dirty or bool(self._durable) or self.book.stats() != self._written_stats
 
     @property
-    def quiescent(self) -> bool:
+    def tickless(self) -> bool:
         """Whether neither a tick nor a flush has anything to do until a message arrives;
         the actor then ticks the grain slowly (``Timing.idle_tick_s``).
 
-        Each job of ``_tick`` and ``flush``, and why a quiescent grain has none:
+        Each job of ``_tick`` and ``flush``, and why a tickless grain has none:
 
         - lease expiry, deadline sweep, page-in, timer firing and refill: the book holds
-          no lease, no ready task, no stored backlog and no timer (``TaskBook.quiescent``).
-          New work reaches it only by a message: an admission, a requeue, or a poll
-          that takes a lease (which needs ready tasks, so the grain was not quiescent).
+          no lease, no ready task with a deadline, no timer, and its window needs no
+          page-in (``TaskBook.tickless``). Ready tasks wait for a poll, a message; the
+          poll that takes them leaves leases, which end this.
         - schedule firing, buffered runs included: it holds no schedule. A new one comes
           with a ``ScheduleChanged`` record (an admission); the version resync, in case
           that record was lost, still runs at the slow tick.
@@ -498,16 +500,22 @@ class PipelineCore:
 
         Long polls waiting here do not count: tasks reach them the moment they join the
         window (``_serve_waiters`` after admission, firing and page-in, all of them
-        messages or work a quiescent grain has not got), and their timeout is their
+        messages or work a tickless grain has not got), and their timeout is their
         caller's (``GrainHandle.poll`` withdraws), so a waiter needs no tick.
         """
         return (
-            self.book.quiescent
+            self.book.tickless
             and not len(self.schedules.book)
             and not self._durable
             and not self._unpublished
             and self.book.stats() == self._written_stats
         )
+
+    @property
+    def quiescent(self) -> bool:
+        """Tickless with no task to hand out either (``TaskBook.quiescent``): the grain
+        may deactivate, since nothing but a message can give it work."""
+        return self.book.quiescent and self.tickless
 
     # -- live results (D6) ---------------------------------------------------------------
 

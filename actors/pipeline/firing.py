@@ -46,12 +46,16 @@ class ScheduleFiring:
 
     # -- definitions ----------------------------------------------------------------------
 
-    async def load(self, ids: Sequence[str] | None = None) -> None:
-        """Read definitions (all, or those of ``ids``) and follow their changes."""
+    async def load(
+        self, ids: Sequence[str] | None = None, *, stored: Sequence[StoredSchedule] | None = None
+    ) -> None:
+        """Read definitions (all, or those of ``ids``) and follow their changes;
+        ``stored``: all of them, read already (at activation)."""
         if not self.enabled:
             return
         core = self._core
-        stored = await self._core.guard(core.store.load_schedules(grain=core.key, ids=ids))
+        if stored is None:
+            stored = await self._core.guard(core.store.load_schedules(grain=core.key, ids=ids))
         found = {item.spec.id for item in stored}
         dropped = [sid for sid in (ids or list(self.book.versions())) if sid not in found]
         changed = [state for item in stored if (state := self._follow(item)) is not None]

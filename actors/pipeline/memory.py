@@ -15,6 +15,7 @@ from actors.pipeline.book import Flush
 from actors.pipeline.events import EventBatch
 from actors.pipeline.model import AttemptRecord, GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.ports import (
+    Activation,
     Admission,
     Loaded,
     StaleEpoch,
@@ -43,6 +44,8 @@ class InMemoryTaskStore:
         self.schedule_states: dict[str, dict[str, ScheduleState]] = {}
         #: Set to make every call fail as if the database were down.
         self.down = False
+        #: Calls of ``activate``.
+        self.activations = 0
 
     def _check(self, grain: GrainKey | None = None, epoch: int | None = None) -> None:
         if self.down:
@@ -63,6 +66,16 @@ class InMemoryTaskStore:
             counts=dict(Counter(t.status for t in mine)),
             leased=[dataclasses.replace(t) for t in mine if t.status is Status.LEASED],
             offsets=dict(self.offsets.get(grain, {})),
+        )
+
+    async def activate(self, *, grain: GrainKey, owner: str, timers: int) -> Activation:
+        self._check()
+        self.activations += 1
+        return Activation(
+            epoch=await self.claim(grain=grain, owner=owner),
+            loaded=await self.load(grain=grain),
+            schedules=await self.load_schedules(grain=grain),
+            timers=await self.page_timers(grain=grain, after=None, limit=timers),
         )
 
     async def admit(

@@ -237,7 +237,7 @@ class GrainSnapshot:
     taken_at: float
     #: Scheduled tasks due within the pipeline's ``lead_s``: work the scaler prepares for.
     due_soon: int = 0
-    #: The grain had nothing to do and ticked slowly (``PipelineCore.quiescent``).
+    #: The grain had nothing to do and ticked slowly (``PipelineCore.tickless``).
     idle: bool = False
     #: The versions of the schedules it fires (schedule id -> version); None: a grain
     #: that fires none (not its pipeline's first slice).

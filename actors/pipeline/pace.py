@@ -2,7 +2,7 @@
 
 Most pipelines are idle most of the time, and a replica hosts thousands of them: at the
 fast pace every idle grain would still cost a tick every 0.5 s and a flush every 2 s.
-A grain quiescent (``PipelineCore.quiescent``) for ``idle_after_s`` drops to one tick
+A grain tickless (``PipelineCore.tickless``) for ``idle_after_s`` drops to one tick
 every ``idle_tick_s``; the first message that leaves it with something to do brings the
 fast pace back. The wait before slowing down keeps a pipeline between two bursts, or
 one whose flush just emptied it, from switching back and forth.
@@ -21,13 +21,13 @@ class Pace:
     idle_after_s: float
     #: Ticking at the slow pace now.
     slow: bool = False
-    #: Since when (monotonic seconds) the grain has been quiescent; None: it is not.
+    #: Since when (monotonic seconds) the grain has been tickless; None: it is not.
     _quiet_since: float | None = None
 
-    def observe(self, *, quiescent: bool, now: float) -> bool:
+    def observe(self, *, tickless: bool, now: float) -> bool:
         """Take the grain's state after a message; True when the pace changes (``slow``
         says to which)."""
-        if not quiescent:
+        if not tickless:
             self._quiet_since = None
             changed, self.slow = self.slow, False
             return changed
@@ -39,5 +39,5 @@ class Pace:
         return True
 
     def quiet_for(self, now: float) -> float:
-        """Seconds the grain has been quiescent, as of its last message (0: it is not)."""
+        """Seconds the grain has been tickless, as of its last message (0: it is not)."""
         return 0.0 if self._quiet_since is None else now - self._quiet_since

@@ -34,6 +34,17 @@ class Loaded:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Activation:
+    """What a grain starts from, read with its claim in one transaction."""
+
+    epoch: int
+    loaded: Loaded
+    schedules: list[StoredSchedule]
+    #: The first stored timers, in order, at most the number asked for.
+    timers: list[TimerKey]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Admission:
     admitted: list[Task]
     #: Ids already stored with the same data: an idempotent resubmit.
@@ -60,6 +71,12 @@ class TaskStore(Protocol):
         ...
 
     async def load(self, *, grain: GrainKey) -> Loaded: ...
+
+    async def activate(self, *, grain: GrainKey, owner: str, timers: int) -> Activation:
+        """``claim``, ``load``, ``load_schedules`` and the first ``timers`` of
+        ``page_timers`` in one transaction: a replica activating thousands of grains
+        pays one round of the store per grain, not four."""
+        ...
 
     async def admit(
         self,

@@ -123,6 +123,8 @@ class System:
     #: (for another replica beside them).
     env: Mapping[str, str] = field(default_factory=dict)
     work: Path | None = None
+    #: Set by a run whose phase fell short without failing: its logs are kept too.
+    shortfalls: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -202,10 +204,14 @@ def bench_system(
         with contextlib.ExitStack() as stack:
             if components is None:
                 components = stack.enter_context(start_components(cache, work, say))
-            yield stack.enter_context(start_system(components, work, say, env))
+            system = stack.enter_context(start_system(components, work, say, env))
+            yield system
     except BaseException:
         say(f"stopped; the logs are kept in {work}")
         raise
+    if system.shortfalls:
+        say(f"{'; '.join(system.shortfalls)}: the logs are kept in {work}")
+        return
     shutil.rmtree(work, ignore_errors=True)
 
 

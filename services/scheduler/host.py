@@ -102,6 +102,7 @@ class SchedulerHost:
         self._shard_offsets = SqlShardOffsets(engine=self._engine, clock=_utcnow)
         self._directory = PipelineDirectory(engine=self._engine, window_tasks=settings.window_tasks)
         self._system = ActorSystem()
+        self._activations = asyncio.Semaphore(settings.grain_activations)
         self._system.register(
             grain_actor.KIND, self._make_grain, config=KindConfig(idle_timeout_s=None)
         )
@@ -159,6 +160,7 @@ class SchedulerHost:
             observe_flush=self._grain_metrics.observe,
             observe_dispatch=self._grain_metrics.dispatch.observe,
             events=self._events,
+            activations=self._activations,
         )
 
     def _may_deactivate(self, key: GrainKey) -> bool:

@@ -14,11 +14,14 @@ partition's next offset fenced by the shard's epoch (``services/store/shard_offs
   admitted id is checked against memory and the store), so a replay makes no second task.
 - **A stalled grain blocks nobody.** The reader cannot pause the partition for one grain.
   A grain that has not admitted its records ``stall_after_s`` after its neighbours did is
-  *stalled*: its records are withheld from the live stream from its first unadmitted one
-  on, and a catch-up reader (a consumer of its own) reads the partition from there,
-  handing the grain only its own records, until it reaches the live stream's position;
-  the grain then rejoins it. If no grain of a batch gets through (the store is down),
-  nobody is stalled: they all wait, as one grain with a topic of its own would.
+  *stalled*: its admission goes on in the background, and its later records are withheld
+  from the live stream. When the late admission ends, a grain with nothing withheld
+  rejoins the live stream at once (the common case: one of thousands of grains activated
+  at once, each with a record or two, waited its turn). Otherwise a catch-up reader (a
+  consumer of its own) reads the partition from its first withheld record, handing the
+  grain only its own records, until it reaches the live stream's position; the grain
+  then rejoins it. If no grain of a batch gets through (the store is down), nobody is
+  stalled: they all wait, as one grain with a topic of its own would.
 - **Unknown pipelines.** A record for a pipeline the replica does not host yet (it was
   made ready a moment ago) hosts it; one for a pipeline that is gone or being deleted is
   dropped (its rows are being purged) and counted.
@@ -70,10 +73,14 @@ class ShardStats:
 
 @dataclasses.dataclass
 class _Stall:
-    #: The pipeline's first record not admitted; its records from here on are withheld
-    #: from the live stream and read by the catch-up.
+    #: The pipeline's first record not admitted: where a crash must replay from.
     from_offset: int
+    #: The catch-up reading the withheld records, once the late admission has ended.
     task: asyncio.Task[None] | None = None
+    #: The admission that was late, still running.
+    late: asyncio.Task[None] | None = None
+    #: The pipeline's first record withheld from the live stream; None: none yet.
+    withheld_from: int | None = None
 
 
 class ShardForwarder:
@@ -148,8 +155,9 @@ class ShardForwarder:
             log.info("shard %d: fenced, its forwarder stops", self.shard)
         finally:
             for stall in self._stalled.values():
-                if stall.task is not None:
-                    stall.task.cancel()
+                for task in (stall.task, stall.late):
+                    if task is not None:
+                        task.cancel()
             await self._consumer.stop()
 
     # -- the live stream ------------------------------------------------------------------
@@ -161,8 +169,10 @@ class ShardForwarder:
             pipeline_id = record.pipeline_id or pipeline_of(record.value)
             if pipeline_id is None:
                 strays.append(record)
-            elif pipeline_id not in self._stalled:
+            elif (stall := self._stalled.get(pipeline_id)) is None:
                 groups.setdefault(pipeline_id, []).append(record)
+            elif stall.withheld_from is None:
+                stall.withheld_from = record.offset
         self._handed = batch[-1].offset + 1
         if strays:
             await self._retrying("quarantine", lambda: self._keep(self._strays(strays)))
@@ -177,8 +187,7 @@ class ShardForwarder:
             # Nobody got through: nobody waits on anybody (the store is down, say).
             done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         for task in waiting:
-            task.cancel()
-            self._stall(admissions[task], groups[admissions[task]][0].offset)
+            self._stall(admissions[task], groups[admissions[task]][0].offset, late=task)
         for task in done:
             task.result()  # StaleEpoch ends the shard's forwarder
 
@@ -240,16 +249,46 @@ class ShardForwarder:
 
     # -- stalled grains -------------------------------------------------------------------
 
-    def _stall(self, pipeline_id: str, from_offset: int) -> None:
+    def _stall(self, pipeline_id: str, from_offset: int, *, late: asyncio.Task[None]) -> None:
         log.warning(
-            "shard %d: pipeline %s is stalled at @%d; it catches up on its own reader",
+            "shard %d: pipeline %s is stalled at @%d; its later records wait",
             self.shard,
             pipeline_id,
             from_offset,
         )
         self.stats.stalls += 1
-        stall = _Stall(from_offset=from_offset)
+        stall = _Stall(from_offset=from_offset, late=late)
         self._stalled[pipeline_id] = stall
+        late.add_done_callback(lambda task: self._late_ended(pipeline_id, task))
+
+    def _late_ended(self, pipeline_id: str, task: asyncio.Task[None]) -> None:
+        """The late admission ended: rejoin the live stream at once if nothing was
+        withheld meanwhile (no ``await`` between the check and the rejoining), else catch
+        up from the first withheld record."""
+        stall = self._stalled.get(pipeline_id)
+        if stall is None or stall.late is not task or task.cancelled():
+            return
+        stall.late = None
+        if task.exception() is not None:
+            # Fenced (the only failure ``_admit`` lets through): the stored offset stays
+            # held back, and the shard's forwarder is fenced too at its next save.
+            log.warning("shard %d: pipeline %s: late admission failed", self.shard, pipeline_id)
+            return
+        if stall.withheld_from is None:
+            del self._stalled[pipeline_id]
+            self.stats.caught_up += 1
+            log.info("shard %d: pipeline %s admitted late, rejoined", self.shard, pipeline_id)
+            return
+        stall.from_offset = stall.withheld_from
+        self._start_catch_up(pipeline_id, stall)
+
+    def _start_catch_up(self, pipeline_id: str, stall: _Stall) -> None:
+        log.info(
+            "shard %d: pipeline %s catches up on its own reader from @%d",
+            self.shard,
+            pipeline_id,
+            stall.from_offset,
+        )
         stall.task = asyncio.create_task(
             self._catch_up(pipeline_id, stall), name=f"catch-up {pipeline_id}"
         )
@@ -300,8 +339,7 @@ class ShardForwarder:
         log.warning("shard %d: pipeline %s: catch-up failed: %r", self.shard, pipeline_id, error)
         stall = self._stalled.get(pipeline_id)
         if stall is not None and stall.task is task and not isinstance(error, StaleEpoch):
-            del self._stalled[pipeline_id]
-            self._stall(pipeline_id, stall.from_offset)
+            self._start_catch_up(pipeline_id, stall)
 
     # -- offsets and lag ------------------------------------------------------------------
 

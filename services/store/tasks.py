@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from actors.pipeline.book import Flush
 from actors.pipeline.model import GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.ports import (
+    Activation,
     Admission,
     Loaded,
     StaleEpoch,
@@ -175,31 +176,20 @@ class SqlTaskStore:
         return await claim_fenced(self._engine, claim, what=f"grain {grain}")
 
     async def load(self, *, grain: GrainKey) -> Loaded:
-        pipeline_id = grain.pipeline_id
+        return await self._run(lambda conn: _load(conn, grain))
 
-        def load(conn: sa.Connection) -> Loaded:
-            counts = conn.execute(
-                sa.select(tasks.c.status, sa.func.count())
-                .where(tasks.c.pipeline_id == pipeline_id)
-                .group_by(tasks.c.status)
-            ).all()
-            leased = conn.execute(
-                sa.select(*_TASK_COLUMNS).where(
-                    tasks.c.pipeline_id == pipeline_id, tasks.c.status == Status.LEASED.value
-                )
-            ).all()
-            offsets = conn.execute(
-                sa.select(grain_offsets.c.topic_partition, grain_offsets.c.next_offset).where(
-                    grain_offsets.c.grain_id == str(grain)
-                )
-            ).all()
-            return Loaded(
-                counts={Status(status): int(n) for status, n in counts},
-                leased=[_task(row) for row in leased],
-                offsets={int(p): int(o) for p, o in offsets},
+    async def activate(self, *, grain: GrainKey, owner: str, timers: int) -> Activation:
+        now = self._clock()
+
+        def activate(conn: sa.Connection) -> Activation:
+            return Activation(
+                epoch=claim_key(conn, key=str(grain), owner=owner, now=now),
+                loaded=_load(conn, grain),
+                schedules=schedule_rows.load(conn, pipeline_id=grain.pipeline_id, ids=None),
+                timers=_page_timers(conn, grain.pipeline_id, after=None, limit=timers),
             )
 
-        return await self._run(load)
+        return await claim_fenced(self._engine, activate, what=f"grain {grain}")
 
     async def admit(
         self,
@@ -368,21 +358,8 @@ class SqlTaskStore:
     async def page_timers(
         self, *, grain: GrainKey, after: TimerKey | None, limit: int
     ) -> list[TimerKey]:
-        def page(conn: sa.Connection) -> list[TimerKey]:
-            query = sa.select(task_timers.c.due_at, task_timers.c.task_id).where(
-                task_timers.c.pipeline_id == grain.pipeline_id
-            )
-            if after is not None:
-                query = query.where(
-                    sa.tuple_(task_timers.c.due_at, task_timers.c.task_id)
-                    > sa.tuple_(sa.literal(to_db(after[0]), Timestamp), sa.literal(after[1]))
-                )
-            rows = conn.execute(
-                query.order_by(task_timers.c.due_at, task_timers.c.task_id).limit(limit)
-            ).all()
-            return [(from_db_required(row.due_at), row.task_id) for row in rows]
-
-        return await self._run(page)
+        pipeline_id = grain.pipeline_id
+        return await self._run(lambda conn: _page_timers(conn, pipeline_id, after, limit))
 
     async def fire_timers(
         self, *, grain: GrainKey, epoch: int, timers: Sequence[TimerKey], now: dt.datetime
@@ -431,3 +408,44 @@ class SqlTaskStore:
             )
 
         await self._run(write)
+
+
+def _load(conn: sa.Connection, grain: GrainKey) -> Loaded:
+    pipeline_id = grain.pipeline_id
+    counts = conn.execute(
+        sa.select(tasks.c.status, sa.func.count())
+        .where(tasks.c.pipeline_id == pipeline_id)
+        .group_by(tasks.c.status)
+    ).all()
+    leased = conn.execute(
+        sa.select(*_TASK_COLUMNS).where(
+            tasks.c.pipeline_id == pipeline_id, tasks.c.status == Status.LEASED.value
+        )
+    ).all()
+    offsets = conn.execute(
+        sa.select(grain_offsets.c.topic_partition, grain_offsets.c.next_offset).where(
+            grain_offsets.c.grain_id == str(grain)
+        )
+    ).all()
+    return Loaded(
+        counts={Status(status): int(n) for status, n in counts},
+        leased=[_task(row) for row in leased],
+        offsets={int(p): int(o) for p, o in offsets},
+    )
+
+
+def _page_timers(
+    conn: sa.Connection, pipeline_id: str, after: TimerKey | None, limit: int
+) -> list[TimerKey]:
+    query = sa.select(task_timers.c.due_at, task_timers.c.task_id).where(
+        task_timers.c.pipeline_id == pipeline_id
+    )
+    if after is not None:
+        query = query.where(
+            sa.tuple_(task_timers.c.due_at, task_timers.c.task_id)
+            > sa.tuple_(sa.literal(to_db(after[0]), Timestamp), sa.literal(after[1]))
+        )
+    rows = conn.execute(
+        query.order_by(task_timers.c.due_at, task_timers.c.task_id).limit(limit)
+    ).all()
+    return [(from_db_required(row.due_at), row.task_id) for row in rows]

@@ -336,6 +336,24 @@ class TimerContract:
         assert await store.page_timers(grain=other, after=None, limit=10) == []
         assert (await store.load(grain=GRAIN)).counts == {Status.QUEUED: 1, Status.SCHEDULED: 2}
 
+    async def test_an_activation_claims_and_reads_state_and_first_timers_at_once(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        epoch, _ = await claim_and_admit(
+            store, new(1), new(2, due_in_s=60), new(3, due_in_s=5), offsets={0: 3}
+        )
+        activation = await store.activate(grain=GRAIN, owner="b", timers=1)
+        assert activation.epoch == epoch + 1  # the old owner is fenced
+        assert activation.loaded.counts == {Status.QUEUED: 1, Status.SCHEDULED: 2}
+        assert activation.loaded.offsets == {0: 3}
+        assert activation.timers == [(at(5), "task-00003")]  # the first, as many as asked
+        assert activation.schedules == []
+        with pytest.raises(StaleEpoch):
+            await store.admit(grain=GRAIN, epoch=epoch, tasks=[new(4)], offsets={}, now=NOW)
+        fresh = await store.activate(grain=GrainKey(pipeline_id="0190-new"), owner="b", timers=5)
+        assert (fresh.epoch, fresh.loaded.counts, fresh.timers) == (1, {}, [])
+
     async def test_firing_reads_the_task_and_its_next_state_ends_the_timer(
         self, under_test: StoreUnderTest
     ) -> None:
@@ -465,6 +483,14 @@ class ScheduleContract:
         assert (page.id, page.schedule_id, page.fire_at) == (run.id, "sch-a", NOW)
         statuses = await store.run_statuses(grain=GRAIN, task_ids=[run.id, "none"])
         assert statuses == {run.id: Status.QUEUED}
+
+    async def test_an_activation_reads_the_schedules_with_their_state(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        await under_test.define_schedule(schedule_id="sch-a", version=1, doc=SCHEDULE_DOC)
+        (read,) = (await store.activate(grain=GRAIN, owner="a", timers=10)).schedules
+        assert (read.spec.id, read.state) == ("sch-a", None)
 
     async def test_a_fenced_firing_writes_neither_run_nor_state(
         self, under_test: StoreUnderTest

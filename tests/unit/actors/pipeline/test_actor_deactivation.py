@@ -115,6 +115,21 @@ async def test_a_grain_holding_a_lease_or_refused_by_its_scaler_stays(world: Wor
     assert world.active
 
 
+async def test_a_grain_with_a_backlog_and_no_worker_ticks_slowly_and_stays(
+    world: World,
+) -> None:
+    now = world.clock.wall()
+    await world.system.ask(GRAIN, Admit(batch=AdmitBatch(new=(new(1, now=now),))))
+    await world.clock.advance(2 + 5 + 0.5 + 60 + 10)
+    assert world.active, "a grain with a task to hand out deactivated"
+    assert world.snapshots[KEY].idle  # and ticks slowly: its task waits for a poll
+    assert world.handle is not None
+    grants = await world.handle.poll(worker="w", max_tasks=5, max_bytes=1 << 20, wait_s=1)
+    assert [g.task.id for g in grants] == ["t1"]
+    await world.clock.advance(0.5)  # the next fast tick publishes
+    assert not world.snapshots[KEY].idle  # a lease to expire: fast again
+
+
 async def test_a_poll_of_an_inactive_grain_is_parked_and_does_not_activate_it(
     world: World,
 ) -> None:

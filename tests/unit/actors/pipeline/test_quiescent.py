@@ -1,7 +1,9 @@
-"""What makes a grain quiescent: nothing for a tick or a flush to do until a message."""
+"""What makes a grain tickless (nothing for a tick or a flush to do until a message) and
+quiescent (tickless, with no task to hand out either: it may deactivate)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 
@@ -164,3 +166,27 @@ async def test_a_grain_holding_a_schedule_is_never_quiescent() -> None:
     core = await active_core(store, clock)
     await core.flush()
     assert core.book.quiescent and not core.quiescent
+
+
+def test_ready_tasks_waiting_for_a_worker_need_no_tick_unless_one_has_a_deadline() -> None:
+    book = loaded_book()
+    book.admit([task(1)])
+    book.take_flush()
+    # A backlog and no worker yet: nothing for a tick to do until a poll comes.
+    assert book.tickless and not book.quiescent
+    deadline = dataclasses.replace(task(2), expires_at=T0 + dt.timedelta(minutes=5))
+    book.admit([deadline])
+    book.take_flush()
+    assert not book.tickless  # its deadline is swept by a tick
+    (grant,) = book.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
+    assert grant.token.task_id == "t1"
+    book.take_flush()
+    assert not book.tickless  # and a lease expires
+
+
+def test_a_window_below_half_with_more_in_the_store_needs_a_tick_to_page_in() -> None:
+    book = loaded_book(window_tasks=4)
+    book.load_counts({Status.QUEUED: 10})
+    assert not book.tickless and book.wants_page()
+    book.page_in([task(i) for i in range(4)], exhausted=False)
+    assert book.tickless and not book.quiescent  # a full window: a poll comes first

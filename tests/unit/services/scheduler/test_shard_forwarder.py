@@ -193,6 +193,25 @@ async def test_a_stalled_grain_blocks_nobody_and_catches_up_exactly() -> None:
     assert h.catch_ups and all(c.stopped for c in h.catch_ups)
 
 
+async def test_a_late_grain_with_nothing_withheld_rejoins_without_a_reader() -> None:
+    """The herd: thousands of grains activated at once, one record each; the late ones
+    finish their admission in turn and need no consumer of their own."""
+    h = Harness(["slow", "fast"])
+    h.grains["slow"].open.clear()
+    first = h.append("slow", "s0")
+    h.append("fast", "f0")
+    async with running(h):
+        await h.until(lambda: h.forwarder.stalled == {"slow"})
+        await h.until(lambda: h.offsets.saves[-1:] == [first])
+        h.grains["slow"].open.set()
+        await h.until(lambda: not h.forwarder.stalled)
+        h.append("slow", "s1")  # the live stream's again
+        await h.until(lambda: h.grains["slow"].ids == ["s0", "s1"])
+        await h.until(lambda: h.offsets.stored == 3)
+    assert h.forwarder.stats.stalls == 1 and h.forwarder.stats.caught_up == 1
+    assert h.catch_ups == []
+
+
 async def test_nobody_is_stalled_when_no_grain_gets_through() -> None:
     h = Harness(["a", "b"])
     for grain in h.grains.values():
