@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     #: Grain activations a scheduler replica runs at once (each claims its grain and
     #: reads its state); the others wait their turn. Bounds the herd when a replica takes
     #: over thousands of pipelines or one task reaches each of thousands at once.
-    grain_activations: int = Field(default=16, ge=1, le=1024)
+    grain_activations: int = Field(default=64, ge=1, le=1024)
     kafka_bootstrap: str | None = None
     database_url: str | None = None
     operator_key: SecretStr = SecretStr("dev-operator-key")

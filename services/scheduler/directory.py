@@ -20,6 +20,7 @@ from services.deploy.naming import namespace_for, release_name
 from services.deploy.scaling import ScalingPolicy
 from services.placement import TopicMode
 from services.store import schedule_rows
+from services.store.coalesce import Coalescer
 from services.store.control import TokenDigests, utcnow, worker_token_digests
 from services.store.schema import applications, grain_owners, pipelines, schedules, tasks, tenants
 from services.store.sql import chunks
@@ -102,6 +103,7 @@ class PipelineDirectory:
         self._engine = engine
         self._wall_clock = wall_clock
         self._window_tasks = window_tasks
+        self._configs: Coalescer[str, PipelineConfig | None] = Coalescer(self._configs_of)
         self._token_ttl_s = token_ttl_s
         #: pipeline id -> its token digests (None: no such pipeline), least recently used
         #: first: bounded, so a flood of made-up pipeline ids cannot grow it.
@@ -109,32 +111,42 @@ class PipelineDirectory:
         self._token_cache_size = token_cache_size
 
     async def pipeline_config(self, pipeline_id: str) -> PipelineConfig | None:
-        def read() -> PipelineConfig | None:
+        """The config of a ready pipeline, None if it is not; the lookups of many grains
+        activating at once go together (``coalesce.py``)."""
+        return await self._configs.get(pipeline_id)
+
+    async def _configs_of(self, pipeline_ids: Sequence[str]) -> dict[str, PipelineConfig | None]:
+        def read() -> dict[str, PipelineConfig | None]:
+            found: dict[str, PipelineConfig | None] = dict.fromkeys(pipeline_ids)
             with self._engine.connect() as conn:
-                row = conn.execute(
-                    sa.select(
-                        pipelines.c.max_attempts,
-                        pipelines.c.backoff_json,
-                        pipelines.c.lease_timeout_s,
-                        pipelines.c.retention_s,
-                        pipelines.c.scaling_json,
-                        pipelines.c.execution_timeout_s,
-                    ).where(pipelines.c.id == pipeline_id, pipelines.c.state == READY)
-                ).first()
-            if row is None:
-                return None
-            return PipelineConfig(
-                pipeline_id=pipeline_id,
-                max_attempts=row.max_attempts,
-                backoff=Backoff(**json.loads(row.backoff_json)) if row.backoff_json else Backoff(),
-                lease_timeout_s=float(row.lease_timeout_s),
-                retention_s=float(row.retention_s),
-                window_tasks=self._window_tasks,
-                lead_s=_lead_s(row.scaling_json),
-                execution_timeout_s=row.execution_timeout_s,
-            )
+                for chunk in chunks(list(pipeline_ids)):
+                    for row in conn.execute(
+                        sa.select(
+                            pipelines.c.id,
+                            pipelines.c.max_attempts,
+                            pipelines.c.backoff_json,
+                            pipelines.c.lease_timeout_s,
+                            pipelines.c.retention_s,
+                            pipelines.c.scaling_json,
+                            pipelines.c.execution_timeout_s,
+                        ).where(pipelines.c.id.in_(chunk), pipelines.c.state == READY)
+                    ):
+                        found[row.id] = self._config(row)
+            return found
 
         return await asyncio.to_thread(read)
+
+    def _config(self, row: Any) -> PipelineConfig:
+        return PipelineConfig(
+            pipeline_id=row.id,
+            max_attempts=row.max_attempts,
+            backoff=Backoff(**json.loads(row.backoff_json)) if row.backoff_json else Backoff(),
+            lease_timeout_s=float(row.lease_timeout_s),
+            retention_s=float(row.retention_s),
+            window_tasks=self._window_tasks,
+            lead_s=_lead_s(row.scaling_json),
+            execution_timeout_s=row.execution_timeout_s,
+        )
 
     async def ready_pipelines(self, shards: Iterable[int]) -> dict[str, Hosting]:
         """Ready pipelines of the given shards, and how each is hosted: one statement for

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -24,47 +25,59 @@ from services.store.sql import chunks, to_db, upsert
 log = logging.getLogger("wsched.store.schedules")
 
 
+def _query() -> sa.Select[Any]:
+    return sa.select(
+        schedules.c.pipeline_id,
+        schedules.c.id,
+        schedules.c.name,
+        schedules.c.version,
+        schedules.c.paused,
+        schedules.c.spec_json,
+        schedule_state.c.state_json,
+    ).select_from(
+        schedules.outerjoin(schedule_state, schedule_state.c.schedule_id == schedules.c.id)
+    )
+
+
 def load(
     conn: sa.Connection, *, pipeline_id: str, ids: Sequence[str] | None
 ) -> list[StoredSchedule]:
-    query = (
-        sa.select(
-            schedules.c.id,
-            schedules.c.name,
-            schedules.c.version,
-            schedules.c.paused,
-            schedules.c.spec_json,
-            schedule_state.c.state_json,
-        )
-        .select_from(
-            schedules.outerjoin(schedule_state, schedule_state.c.schedule_id == schedules.c.id)
-        )
-        .where(schedules.c.pipeline_id == pipeline_id)
-    )
+    query = _query().where(schedules.c.pipeline_id == pipeline_id)
     rows = []
     if ids is None:
         rows = list(conn.execute(query))
     else:
         for chunk in chunks(list(ids)):
             rows += conn.execute(query.where(schedules.c.id.in_(chunk))).all()
-    out = []
-    for row in rows:
-        try:
-            spec = ScheduleSpec.from_doc(
-                id=row.id,
-                name=row.name,
-                version=row.version,
-                paused=bool(row.paused),
-                doc=json.loads(row.spec_json),
-            )
-        except (InvalidRecurrence, ValueError, KeyError) as err:
-            # Validated by the API when written; a time zone gone from the zone database
-            # can still break it. The schedule stays stopped and says why in the log.
-            log.warning("schedule %s of pipeline %s cannot be fired: %s", row.id, pipeline_id, err)
-            continue
-        state = ScheduleState.from_doc(json.loads(row.state_json)) if row.state_json else None
-        out.append(StoredSchedule(spec=spec, state=state))
+    return [stored for row in rows if (stored := _stored(row)) is not None]
+
+
+def load_of(conn: sa.Connection, pipeline_ids: Sequence[str]) -> dict[str, list[StoredSchedule]]:
+    """Every schedule of many pipelines (those with none are absent)."""
+    out: dict[str, list[StoredSchedule]] = {}
+    for chunk in chunks(list(pipeline_ids)):
+        for row in conn.execute(_query().where(schedules.c.pipeline_id.in_(chunk))):
+            if (stored := _stored(row)) is not None:
+                out.setdefault(row.pipeline_id, []).append(stored)
     return out
+
+
+def _stored(row: sa.Row[Any]) -> StoredSchedule | None:
+    try:
+        spec = ScheduleSpec.from_doc(
+            id=row.id,
+            name=row.name,
+            version=row.version,
+            paused=bool(row.paused),
+            doc=json.loads(row.spec_json),
+        )
+    except (InvalidRecurrence, ValueError, KeyError) as err:
+        # Validated by the API when written; a time zone gone from the zone database
+        # can still break it. The schedule stays stopped and says why in the log.
+        log.warning("schedule %s of pipeline %s cannot be fired: %s", row.id, row.pipeline_id, err)
+        return None
+    state = ScheduleState.from_doc(json.loads(row.state_json)) if row.state_json else None
+    return StoredSchedule(spec=spec, state=state)
 
 
 def versions(conn: sa.Connection, *, pipeline_id: str) -> dict[str, int]:

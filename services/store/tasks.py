@@ -30,6 +30,7 @@ from actors.pipeline.ports import (
 from actors.pipeline.schedules import ScheduleState
 from actors.pipeline.timers import TimerKey
 from services.store import schedule_rows
+from services.store.coalesce import Coalescer
 from services.store.schema import (
     grain_offsets,
     grain_owners,
@@ -132,6 +133,39 @@ def claim_key(conn: sa.Connection, *, key: str, owner: str, now: dt.datetime) ->
     )
 
 
+def claim_keys(
+    conn: sa.Connection, *, keys: Sequence[str], owner: str, now: dt.datetime
+) -> dict[str, int]:
+    """``claim_key`` for many fencing rows at once: one update, one read, and one insert
+    of the rows claimed for the first time. Their epochs by key."""
+    epochs: dict[str, int] = {}
+    for chunk in chunks(list(keys)):
+        conn.execute(
+            sa.update(grain_owners)
+            .where(grain_owners.c.grain_id.in_(chunk))
+            .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=to_db(now))
+        )
+        epochs.update(
+            (key, int(epoch))
+            for key, epoch in conn.execute(
+                sa.select(grain_owners.c.grain_id, grain_owners.c.epoch).where(
+                    grain_owners.c.grain_id.in_(chunk)
+                )
+            )
+        )
+        first = [key for key in chunk if key not in epochs]
+        if first:
+            conn.execute(
+                sa.insert(grain_owners),
+                [
+                    {"grain_id": k, "epoch": 1, "owner": owner, "updated_at": to_db(now)}
+                    for k in first
+                ],
+            )
+            epochs.update((key, 1) for key in first)
+    return epochs
+
+
 async def in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], R]) -> R:
     """Run ``fn`` in one transaction in a worker thread; a database that cannot be reached
     (or went away mid-way) is ``StoreUnavailable``."""
@@ -157,12 +191,19 @@ async def claim_fenced(engine: sa.Engine, fn: Callable[[sa.Connection], R], *, w
     raise StoreUnavailable(f"could not claim {what}: repeated conflicts")
 
 
+#: Grains claimed and read per activation transaction at most.
+ACTIVATION_BATCH = 256
+
+
 class SqlTaskStore:
     """Implements ``actors.pipeline.ports.TaskStore``."""
 
     def __init__(self, *, engine: sa.Engine, clock: Callable[[], dt.datetime]) -> None:
         self._engine = engine
         self._clock = clock
+        self._activations: Coalescer[_ToActivate, Activation] = Coalescer(
+            self._activate_many, max_batch=ACTIVATION_BATCH
+        )
 
     async def _run(self, fn: Callable[[sa.Connection], R]) -> R:
         return await in_transaction(self._engine, fn)
@@ -179,17 +220,16 @@ class SqlTaskStore:
         return await self._run(lambda conn: _load(conn, grain))
 
     async def activate(self, *, grain: GrainKey, owner: str, timers: int) -> Activation:
+        """Activations asked for while others are read go together (``coalesce.py``)."""
+        return await self._activations.get(_ToActivate(grain=grain, owner=owner, timers=timers))
+
+    async def _activate_many(self, wanted: Sequence[_ToActivate]) -> dict[_ToActivate, Activation]:
         now = self._clock()
-
-        def activate(conn: sa.Connection) -> Activation:
-            return Activation(
-                epoch=claim_key(conn, key=str(grain), owner=owner, now=now),
-                loaded=_load(conn, grain),
-                schedules=schedule_rows.load(conn, pipeline_id=grain.pipeline_id, ids=None),
-                timers=_page_timers(conn, grain.pipeline_id, after=None, limit=timers),
-            )
-
-        return await claim_fenced(self._engine, activate, what=f"grain {grain}")
+        return await claim_fenced(
+            self._engine,
+            lambda conn: _activate_many(conn, wanted, now=now),
+            what=f"{len(wanted)} grain(s)",
+        )
 
     async def admit(
         self,
@@ -449,3 +489,75 @@ def _page_timers(
         query.order_by(task_timers.c.due_at, task_timers.c.task_id).limit(limit)
     ).all()
     return [(from_db_required(row.due_at), row.task_id) for row in rows]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _ToActivate:
+    grain: GrainKey
+    owner: str
+    timers: int
+
+
+def _activate_many(
+    conn: sa.Connection, wanted: Sequence[_ToActivate], *, now: dt.datetime
+) -> dict[_ToActivate, Activation]:
+    """Claim the grains and read what each starts from: one statement per table for all
+    of them (``chunks`` of them), plus a timer page per pipeline that has timers."""
+    by_owner: dict[str, list[str]] = {}
+    for item in wanted:
+        by_owner.setdefault(item.owner, []).append(str(item.grain))
+    epochs: dict[str, int] = {}
+    for owner, keys in by_owner.items():
+        epochs.update(claim_keys(conn, keys=keys, owner=owner, now=now))
+    pipeline_ids = list(dict.fromkeys(item.grain.pipeline_id for item in wanted))
+    counts: dict[str, dict[Status, int]] = {}
+    leased: dict[str, list[Task]] = {}
+    offsets: dict[str, dict[int, int]] = {}
+    with_timers: set[str] = set()
+    for chunk in chunks(pipeline_ids):
+        for pipeline_id, status, n in conn.execute(
+            sa.select(tasks.c.pipeline_id, tasks.c.status, sa.func.count())
+            .where(tasks.c.pipeline_id.in_(chunk))
+            .group_by(tasks.c.pipeline_id, tasks.c.status)
+        ):
+            counts.setdefault(pipeline_id, {})[Status(status)] = int(n)
+        for row in conn.execute(
+            sa.select(tasks.c.pipeline_id, *_TASK_COLUMNS).where(
+                tasks.c.pipeline_id.in_(chunk), tasks.c.status == Status.LEASED.value
+            )
+        ):
+            leased.setdefault(row.pipeline_id, []).append(_task(row))
+        with_timers.update(
+            conn.execute(
+                sa.select(task_timers.c.pipeline_id)
+                .where(task_timers.c.pipeline_id.in_(chunk))
+                .distinct()
+            ).scalars()
+        )
+    for chunk in chunks(list({str(item.grain) for item in wanted})):
+        for grain_id, partition, next_offset in conn.execute(
+            sa.select(
+                grain_offsets.c.grain_id,
+                grain_offsets.c.topic_partition,
+                grain_offsets.c.next_offset,
+            ).where(grain_offsets.c.grain_id.in_(chunk))
+        ):
+            offsets.setdefault(grain_id, {})[int(partition)] = int(next_offset)
+    stored_schedules = schedule_rows.load_of(conn, pipeline_ids)
+    timer_pages: dict[str, list[TimerKey]] = {}
+    for pipeline_id in with_timers:
+        limit = max(item.timers for item in wanted if item.grain.pipeline_id == pipeline_id)
+        timer_pages[pipeline_id] = _page_timers(conn, pipeline_id, after=None, limit=limit)
+    return {
+        item: Activation(
+            epoch=epochs[str(item.grain)],
+            loaded=Loaded(
+                counts=counts.get(item.grain.pipeline_id, {}),
+                leased=leased.get(item.grain.pipeline_id, []),
+                offsets=offsets.get(str(item.grain), {}),
+            ),
+            schedules=stored_schedules.get(item.grain.pipeline_id, []),
+            timers=timer_pages.get(item.grain.pipeline_id, [])[: item.timers],
+        )
+        for item in wanted
+    }

@@ -6,6 +6,7 @@ fixture: an empty store, and a way to read back the rows it holds.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -353,6 +354,20 @@ class TimerContract:
             await store.admit(grain=GRAIN, epoch=epoch, tasks=[new(4)], offsets={}, now=NOW)
         fresh = await store.activate(grain=GrainKey(pipeline_id="0190-new"), owner="b", timers=5)
         assert (fresh.epoch, fresh.loaded.counts, fresh.timers) == (1, {}, [])
+
+    async def test_activations_at_once_each_get_their_own_grain(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        grains = [GRAIN, *(GrainKey(pipeline_id=f"0190-many-{i}") for i in range(4))]
+        epoch, _ = await claim_and_admit(store, new(1), new(2, due_in_s=30))
+        read = await asyncio.gather(
+            *(store.activate(grain=grain, owner="b", timers=10) for grain in grains)
+        )
+        assert read[0].epoch == epoch + 1
+        assert read[0].loaded.counts == {Status.QUEUED: 1, Status.SCHEDULED: 1}
+        assert read[0].timers == [(at(30), "task-00002")]
+        assert all((r.epoch, r.loaded.counts, r.timers) == (1, {}, []) for r in read[1:])
 
     async def test_firing_reads_the_task_and_its_next_state_ends_the_timer(
         self, under_test: StoreUnderTest

@@ -1,0 +1,84 @@
+"""Calls made while a batch is answered go together in the next one; a lone call goes at
+once; failures and missing answers reach every caller of the batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from services.store.coalesce import Coalescer
+
+
+class Store:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+
+    async def run(self, keys: Sequence[str]) -> Mapping[str, str]:
+        self.batches.append(list(keys))
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return {key: key.upper() for key in keys if key != "missing"}
+
+
+async def test_a_lone_call_goes_at_once() -> None:
+    store = Store()
+    assert await Coalescer(store.run).get("a") == "A"
+    assert store.batches == [["a"]]
+
+
+async def test_calls_made_while_a_batch_runs_go_in_the_next_one() -> None:
+    store = Store()
+    store.gate.clear()
+    coalescer: Coalescer[str, str] = Coalescer(store.run, max_batch=3)
+    first = asyncio.create_task(coalescer.get("a"))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(coalescer.get(key)) for key in ("b", "c", "b", "d")]
+    await asyncio.sleep(0)
+    assert store.batches == [["a"]]  # the others wait for it
+    store.gate.set()
+    assert await first == "A"
+    assert [await task for task in later] == ["B", "C", "B", "D"]
+    # At most three calls per batch; a key asked twice is read once.
+    assert store.batches == [["a"], ["b", "c"], ["d"]]
+    assert (coalescer.batches, coalescer.keys) == (3, 4)
+
+
+async def test_a_failed_batch_fails_each_caller_and_the_next_batch_runs() -> None:
+    store = Store()
+    store.gate.clear()
+    store.fail = RuntimeError("down")
+    coalescer: Coalescer[str, str] = Coalescer(store.run)
+    calls = [asyncio.create_task(coalescer.get(key)) for key in ("a", "b")]
+    await asyncio.sleep(0)
+    store.gate.set()
+    for call in calls:
+        with pytest.raises(RuntimeError, match="down"):
+            await call
+    store.fail = None
+    assert await coalescer.get("c") == "C"
+
+
+async def test_a_key_left_unanswered_is_a_key_error() -> None:
+    coalescer: Coalescer[str, str] = Coalescer(Store().run)
+    with pytest.raises(KeyError):
+        await coalescer.get("missing")
+
+
+async def test_a_caller_that_gives_up_leaves_the_others_their_answers() -> None:
+    store = Store()
+    store.gate.clear()
+    coalescer: Coalescer[str, str] = Coalescer(store.run)
+    first = asyncio.create_task(coalescer.get("a"))
+    await asyncio.sleep(0)
+    gone, kept = (asyncio.create_task(coalescer.get(key)) for key in ("b", "c"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    store.gate.set()
+    assert (await first, await kept) == ("A", "C")
+    assert store.batches == [["a"], ["c"]]  # nobody waited for b any more
