@@ -21,6 +21,8 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+Item = TypeVar("Item")
+R = TypeVar("R")
 
 log = logging.getLogger("wsched.store.coalesce")
 
@@ -80,3 +82,66 @@ class Coalescer(Generic[K, V]):
                 future.set_result(answers[key])
             else:
                 future.set_exception(KeyError(key))
+
+
+class Batcher(Generic[Item, R]):
+    """``Coalescer`` for calls that are not lookups: every item is run (none merged), and
+    the batch's ``run`` returns one outcome per item, an exception for an item that
+    failed alone. Batches hold at most ``max_weight`` (by ``weight``) unless one item
+    weighs more on its own."""
+
+    def __init__(
+        self,
+        run: Callable[[Sequence[Item]], Awaitable[Sequence[R | Exception]]],
+        *,
+        weight: Callable[[Item], int] = lambda _item: 1,
+        max_weight: int = 256,
+    ) -> None:
+        self._run = run
+        self._weight = weight
+        self._max_weight = max_weight
+        self._pending: list[tuple[Item, asyncio.Future[R]]] = []
+        self._drain: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.items = 0
+
+    async def submit(self, item: Item) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._drain is None:
+            self._drain = asyncio.create_task(self._drain_pending(), name="batch")
+        return await future
+
+    async def _drain_pending(self) -> None:
+        try:
+            while self._pending:
+                taken, weight = 0, 0
+                for item, _ in self._pending:
+                    weight += self._weight(item)
+                    if taken and weight > self._max_weight:
+                        break
+                    taken += 1
+                batch = self._pending[:taken]
+                del self._pending[:taken]
+                await self._answer(batch)
+        finally:
+            self._drain = None
+
+    async def _answer(self, batch: list[tuple[Item, asyncio.Future[R]]]) -> None:
+        self.batches += 1
+        self.items += len(batch)
+        try:
+            outcomes = await self._run([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as err:  # noqa: BLE001 - each caller gets the batch's failure
+            outcomes = [err] * len(batch)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +31,7 @@ from actors.pipeline.ports import (
 from actors.pipeline.schedules import ScheduleState
 from actors.pipeline.timers import TimerKey
 from services.store import schedule_rows
-from services.store.coalesce import Coalescer
+from services.store.coalesce import Batcher, Coalescer
 from services.store.schema import (
     grain_offsets,
     grain_owners,
@@ -193,6 +194,9 @@ async def claim_fenced(engine: sa.Engine, fn: Callable[[sa.Connection], R], *, w
 
 #: Grains claimed and read per activation transaction at most.
 ACTIVATION_BATCH = 256
+#: Tasks (plus one per grain) admitted per shared transaction at most; a grain's batch
+#: larger than this has a transaction of its own.
+ADMISSION_BATCH = 5000
 
 
 class SqlTaskStore:
@@ -203,6 +207,9 @@ class SqlTaskStore:
         self._clock = clock
         self._activations: Coalescer[_ToActivate, Activation] = Coalescer(
             self._activate_many, max_batch=ACTIVATION_BATCH
+        )
+        self._admissions: Batcher[_ToAdmit, Admission] = Batcher(
+            self._admit_many, weight=lambda item: len(item.tasks) + 1, max_weight=ADMISSION_BATCH
         )
 
     async def _run(self, fn: Callable[[sa.Connection], R]) -> R:
@@ -242,21 +249,42 @@ class SqlTaskStore:
         schedules: Sequence[ScheduleState] = (),
         dropped_schedules: Sequence[str] = (),
     ) -> Admission:
-        def admit(conn: sa.Connection) -> Admission:
-            fence(conn, grain=grain, epoch=epoch, now=now)
-            admission = insert_new(conn, pipeline_id=grain.pipeline_id, batch=tasks, now=now)
-            save_offsets(conn, grain=grain, offsets=offsets)
-            if schedules or dropped_schedules:
-                schedule_rows.write(
-                    conn,
-                    pipeline_id=grain.pipeline_id,
-                    states=schedules,
-                    dropped=dropped_schedules,
-                    now=now,
-                )
-            return admission
+        """Admissions of other grains asked for meanwhile share the transaction
+        (``coalesce.Batcher``): each is fenced by its own grain's epoch."""
+        return await self._admissions.submit(
+            _ToAdmit(
+                grain=grain,
+                epoch=epoch,
+                tasks=tasks,
+                offsets=offsets,
+                now=now,
+                schedules=schedules,
+                dropped_schedules=dropped_schedules,
+            )
+        )
 
-        return await self._run(admit)
+    async def _admit_many(self, items: Sequence[_ToAdmit]) -> list[Admission | Exception]:
+        """All in one transaction; if one fails (fenced, say), each on its own, so that
+        it fails alone."""
+
+        def admit_all(conn: sa.Connection) -> list[Admission | Exception]:
+            return [_admit(conn, item) for item in items]
+
+        if len(items) == 1:
+            return await self._run(admit_all)
+        try:
+            return await self._run(admit_all)
+        except StoreUnavailable as err:
+            return [err] * len(items)  # nobody's own failure: each caller retries
+        except Exception:  # noqa: BLE001 - tried again one by one, which says whose it was
+            log.info("a batch of %d admissions failed; each on its own", len(items))
+        outcomes: list[Admission | Exception] = []
+        for item in items:
+            try:
+                outcomes.append(await self._run(functools.partial(_admit, item=item)))
+            except Exception as err:  # noqa: BLE001 - this item's own failure
+                outcomes.append(err)
+        return outcomes
 
     async def load_schedules(
         self, *, grain: GrainKey, ids: Sequence[str] | None = None
@@ -561,3 +589,30 @@ def _activate_many(
         )
         for item in wanted
     }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _ToAdmit:
+    grain: GrainKey
+    epoch: int
+    tasks: Sequence[NewTask]
+    offsets: Mapping[int, int]
+    now: dt.datetime
+    schedules: Sequence[ScheduleState]
+    dropped_schedules: Sequence[str]
+
+
+def _admit(conn: sa.Connection, item: _ToAdmit) -> Admission:
+    grain, now = item.grain, item.now
+    fence(conn, grain=grain, epoch=item.epoch, now=now)
+    admission = insert_new(conn, pipeline_id=grain.pipeline_id, batch=item.tasks, now=now)
+    save_offsets(conn, grain=grain, offsets=item.offsets)
+    if item.schedules or item.dropped_schedules:
+        schedule_rows.write(
+            conn,
+            pipeline_id=grain.pipeline_id,
+            states=item.schedules,
+            dropped=item.dropped_schedules,
+            now=now,
+        )
+    return admission

@@ -159,6 +159,29 @@ class TaskStoreContract:
             )
         assert await statuses(under_test) == {"task-00001": "queued"}
 
+    async def test_admissions_at_once_are_each_fenced_by_their_own_grain(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        grains = [GrainKey(pipeline_id=f"0190-admit-{i}") for i in range(4)]
+        epochs = [await store.claim(grain=grain, owner="a") for grain in grains]
+        await store.claim(grain=grains[2], owner="b")  # the third moved away
+        outcomes = await asyncio.gather(
+            *(
+                store.admit(grain=g, epoch=e, tasks=[new(i)], offsets={0: i + 1}, now=NOW)
+                for i, (g, e) in enumerate(zip(grains, epochs, strict=True))
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[2], StaleEpoch)
+        for i in (0, 1, 3):
+            admission = outcomes[i]
+            assert isinstance(admission, Admission)
+            assert [t.id for t in admission.admitted] == [new(i).id]
+            loaded = await store.load(grain=grains[i])
+            assert (loaded.counts, loaded.offsets) == ({Status.QUEUED: 1}, {0: i + 1})
+        assert (await store.load(grain=grains[2])).counts == {}
+
     async def test_admit_is_idempotent_and_reports_conflicts(
         self, under_test: StoreUnderTest
     ) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from services.store.coalesce import Coalescer
+from services.store.coalesce import Batcher, Coalescer
 
 
 class Store:
@@ -82,3 +82,44 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_answers() -> None:
     store.gate.set()
     assert (await first, await kept) == ("A", "C")
     assert store.batches == [["a"], ["c"]]  # nobody waited for b any more
+
+
+class Writes:
+    """Runs a batch of items; an item named "bad" fails on its own."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def run(self, items: Sequence[str]) -> list[str | Exception]:
+        self.batches.append(list(items))
+        await self.gate.wait()
+        return [ValueError(item) if item == "bad" else item.upper() for item in items]
+
+
+async def test_items_sent_while_a_batch_runs_go_together_each_with_its_own_outcome() -> None:
+    writes = Writes()
+    writes.gate.clear()
+    batcher: Batcher[str, str] = Batcher(writes.run, weight=len, max_weight=6)
+    first = asyncio.create_task(batcher.submit("a"))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(batcher.submit(item)) for item in ("bb", "bad", "bb", "cccccccc")]
+    await asyncio.sleep(0)
+    writes.gate.set()
+    assert await first == "A"
+    assert await later[0] == "BB"
+    with pytest.raises(ValueError, match="bad"):
+        await later[1]
+    assert [await later[2], await later[3]] == ["BB", "CCCCCCCC"]
+    # Nothing merged; at most a weight of six per batch, unless one item weighs more.
+    assert writes.batches == [["a"], ["bb", "bad"], ["bb"], ["cccccccc"]]
+
+
+async def test_a_batch_that_fails_as_a_whole_fails_each_item() -> None:
+    async def down(items: Sequence[str]) -> list[str | Exception]:
+        raise ConnectionError("down")
+
+    batcher: Batcher[str, str] = Batcher(down)
+    with pytest.raises(ConnectionError):
+        await batcher.submit("a")
