@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -29,14 +29,19 @@ log = logging.getLogger("wsched.store.coalesce")
 
 class Coalescer(Generic[K, V]):
     def __init__(
-        self, run: Callable[[Sequence[K]], Awaitable[Mapping[K, V]]], *, max_batch: int = 256
+        self,
+        run: Callable[[Sequence[K]], Awaitable[Mapping[K, V]]],
+        *,
+        max_batch: int = 256,
+        concurrency: int = 1,
     ) -> None:
         """``run`` answers a batch of distinct keys; a key it leaves out fails with
-        ``KeyError``. ``max_batch``: the most keys per call of ``run``."""
+        ``KeyError``. ``max_batch``: the most keys per call of ``run``; ``concurrency``:
+        the most calls of ``run`` at once."""
         self._run = run
         self._max_batch = max_batch
         self._pending: list[tuple[K, asyncio.Future[V]]] = []
-        self._drain: asyncio.Task[None] | None = None
+        self._drains = _Drains(concurrency)
         #: Calls of ``run`` and keys answered, for tests and logs.
         self.batches = 0
         self.keys = 0
@@ -44,18 +49,14 @@ class Coalescer(Generic[K, V]):
     async def get(self, key: K) -> V:
         future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._pending.append((key, future))
-        if self._drain is None:
-            self._drain = asyncio.create_task(self._drain_pending(), name="coalesce")
+        self._drains.start(self._drain_pending)
         return await future
 
     async def _drain_pending(self) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                await self._answer(batch)
-        finally:
-            self._drain = None
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            await self._answer(batch)
 
     async def _answer(self, batch: list[tuple[K, asyncio.Future[V]]]) -> None:
         waiting = [(key, future) for key, future in batch if not future.done()]
@@ -96,36 +97,33 @@ class Batcher(Generic[Item, R]):
         *,
         weight: Callable[[Item], int] = lambda _item: 1,
         max_weight: int = 256,
+        concurrency: int = 1,
     ) -> None:
         self._run = run
         self._weight = weight
         self._max_weight = max_weight
         self._pending: list[tuple[Item, asyncio.Future[R]]] = []
-        self._drain: asyncio.Task[None] | None = None
+        self._drains = _Drains(concurrency)
         self.batches = 0
         self.items = 0
 
     async def submit(self, item: Item) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if self._drain is None:
-            self._drain = asyncio.create_task(self._drain_pending(), name="batch")
+        self._drains.start(self._drain_pending)
         return await future
 
     async def _drain_pending(self) -> None:
-        try:
-            while self._pending:
-                taken, weight = 0, 0
-                for item, _ in self._pending:
-                    weight += self._weight(item)
-                    if taken and weight > self._max_weight:
-                        break
-                    taken += 1
-                batch = self._pending[:taken]
-                del self._pending[:taken]
-                await self._answer(batch)
-        finally:
-            self._drain = None
+        while self._pending:
+            taken, weight = 0, 0
+            for item, _ in self._pending:
+                weight += self._weight(item)
+                if taken and weight > self._max_weight:
+                    break
+                taken += 1
+            batch = self._pending[:taken]
+            del self._pending[:taken]
+            await self._answer(batch)
 
     async def _answer(self, batch: list[tuple[Item, asyncio.Future[R]]]) -> None:
         self.batches += 1
@@ -145,3 +143,21 @@ class Batcher(Generic[Item, R]):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+
+class _Drains:
+    """The tasks taking batches off a queue: a new one starts for a new call while fewer
+    than ``concurrency`` run, so rare calls never wait for each other."""
+
+    def __init__(self, concurrency: int) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._concurrency = concurrency
+        self._running: set[asyncio.Task[None]] = set()
+
+    def start(self, drain: Callable[[], Coroutine[None, None, None]]) -> None:
+        if len(self._running) >= self._concurrency:
+            return  # a running drain takes the call with its next batch
+        task = asyncio.create_task(drain(), name="coalesce")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import functools
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 
@@ -113,6 +112,20 @@ def fence_key(conn: sa.Connection, *, key: str, epoch: int, now: dt.datetime) ->
         raise StaleEpoch(f"{key} is no longer at epoch {epoch}")
 
 
+def fence_many(conn: sa.Connection, pairs: Sequence[tuple[str, int]], *, now: dt.datetime) -> None:
+    """``fence_key`` for many fencing rows in one statement per chunk; StaleEpoch if any
+    of them moved on (which one is not told: the caller fences them one by one then)."""
+    wanted = list(dict.fromkeys(pairs))
+    for chunk in chunks(wanted):
+        touched = conn.execute(
+            sa.update(grain_owners)
+            .where(sa.tuple_(grain_owners.c.grain_id, grain_owners.c.epoch).in_(chunk))
+            .values(updated_at=to_db(now))
+        )
+        if touched.rowcount != len(chunk):
+            raise StaleEpoch(f"{len(chunk) - touched.rowcount} of {len(chunk)} grains moved on")
+
+
 def claim_key(conn: sa.Connection, *, key: str, owner: str, now: dt.datetime) -> int:
     """Take the fencing row ``key`` with the next epoch (the first is 1) and return it.
     Two first claims at once: one insert fails with IntegrityError; retry."""
@@ -194,9 +207,12 @@ async def claim_fenced(engine: sa.Engine, fn: Callable[[sa.Connection], R], *, w
 
 #: Grains claimed and read per activation transaction at most.
 ACTIVATION_BATCH = 256
-#: Tasks (plus one per grain) admitted per shared transaction at most; a grain's batch
+#: Tasks (plus one per grain) written per shared transaction at most; a grain's batch
 #: larger than this has a transaction of its own.
-ADMISSION_BATCH = 5000
+WRITE_BATCH = 5000
+#: Shared transactions of fenced writes in flight at once (the loop's default executor
+#: has cores + 4 threads).
+WRITE_CONCURRENCY = 4
 
 
 class SqlTaskStore:
@@ -206,10 +222,14 @@ class SqlTaskStore:
         self._engine = engine
         self._clock = clock
         self._activations: Coalescer[_ToActivate, Activation] = Coalescer(
-            self._activate_many, max_batch=ACTIVATION_BATCH
+            self._activate_many, max_batch=ACTIVATION_BATCH, concurrency=2
         )
-        self._admissions: Batcher[_ToAdmit, Admission] = Batcher(
-            self._admit_many, weight=lambda item: len(item.tasks) + 1, max_weight=ADMISSION_BATCH
+        self._writes: Batcher[_Fenced, object] = Batcher(
+            self._write_many,
+            weight=lambda item: item.weight,
+            max_weight=WRITE_BATCH,
+            # Grains that write alone keep writing side by side, as before batching.
+            concurrency=WRITE_CONCURRENCY,
         )
 
     async def _run(self, fn: Callable[[sa.Connection], R]) -> R:
@@ -249,39 +269,46 @@ class SqlTaskStore:
         schedules: Sequence[ScheduleState] = (),
         dropped_schedules: Sequence[str] = (),
     ) -> Admission:
-        """Admissions of other grains asked for meanwhile share the transaction
-        (``coalesce.Batcher``): each is fenced by its own grain's epoch."""
-        return await self._admissions.submit(
-            _ToAdmit(
-                grain=grain,
-                epoch=epoch,
-                tasks=tasks,
-                offsets=offsets,
-                now=now,
-                schedules=schedules,
-                dropped_schedules=dropped_schedules,
-            )
+        """Admissions and flushes of other grains asked for meanwhile share the
+        transaction (``_write_many``)."""
+        item = _ToAdmit(
+            grain=grain,
+            epoch=epoch,
+            tasks=tasks,
+            offsets=offsets,
+            now=now,
+            schedules=schedules,
+            dropped_schedules=dropped_schedules,
         )
+        admission = await self._writes.submit(
+            _Fenced(grain=grain, epoch=epoch, now=now, weight=len(tasks) + 1, write=item.write)
+        )
+        return cast(Admission, admission)
 
-    async def _admit_many(self, items: Sequence[_ToAdmit]) -> list[Admission | Exception]:
-        """All in one transaction; if one fails (fenced, say), each on its own, so that
-        it fails alone."""
+    async def _write_many(self, items: Sequence[_Fenced]) -> list[object | Exception]:
+        """Fenced writes of many grains in one transaction: their fencing rows checked in
+        one statement, then each grain's writes. If that fails (one of them was fenced,
+        say), each runs on its own, so that it fails alone."""
 
-        def admit_all(conn: sa.Connection) -> list[Admission | Exception]:
-            return [_admit(conn, item) for item in items]
+        def write_all(conn: sa.Connection) -> list[object | Exception]:
+            if len(items) == 1:
+                fence(conn, grain=items[0].grain, epoch=items[0].epoch, now=items[0].now)
+            else:
+                fence_many(conn, [(str(i.grain), i.epoch) for i in items], now=items[-1].now)
+            return [item.write(conn) for item in items]
 
         if len(items) == 1:
-            return await self._run(admit_all)
+            return await self._run(write_all)
         try:
-            return await self._run(admit_all)
+            return await self._run(write_all)
         except StoreUnavailable as err:
             return [err] * len(items)  # nobody's own failure: each caller retries
         except Exception:  # noqa: BLE001 - tried again one by one, which says whose it was
-            log.info("a batch of %d admissions failed; each on its own", len(items))
-        outcomes: list[Admission | Exception] = []
+            log.info("a batch of %d fenced writes failed; each on its own", len(items))
+        outcomes: list[object | Exception] = []
         for item in items:
             try:
-                outcomes.append(await self._run(functools.partial(_admit, item=item)))
+                outcomes.append((await self._write_many([item]))[0])
             except Exception as err:  # noqa: BLE001 - this item's own failure
                 outcomes.append(err)
         return outcomes
@@ -458,8 +485,9 @@ class SqlTaskStore:
         stats: Mapping[str, int],
         now: dt.datetime,
     ) -> None:
+        """Shares a transaction with other grains' admissions and flushes (``admit``)."""
+
         def write(conn: sa.Connection) -> None:
-            fence(conn, grain=grain, epoch=epoch, now=now)
             write_changes(conn, pipeline_id=grain.pipeline_id, flush=flush, now=now)
             upsert(
                 conn,
@@ -475,7 +503,10 @@ class SqlTaskStore:
                 update=("counts_json", "updated_at"),
             )
 
-        await self._run(write)
+        weight = 1 + len(flush.changes) + len(flush.results) + len(flush.attempts)
+        await self._writes.submit(
+            _Fenced(grain=grain, epoch=epoch, now=now, weight=weight, write=write)
+        )
 
 
 def _load(conn: sa.Connection, grain: GrainKey) -> Loaded:
@@ -592,6 +623,18 @@ def _activate_many(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class _Fenced:
+    """A grain's writes, to run after its fencing row is checked (``_write_many``)."""
+
+    grain: GrainKey
+    epoch: int
+    now: dt.datetime
+    #: Rows it writes, about: bounds the shared transaction.
+    weight: int
+    write: Callable[[sa.Connection], object]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _ToAdmit:
     grain: GrainKey
     epoch: int
@@ -601,18 +644,16 @@ class _ToAdmit:
     schedules: Sequence[ScheduleState]
     dropped_schedules: Sequence[str]
 
-
-def _admit(conn: sa.Connection, item: _ToAdmit) -> Admission:
-    grain, now = item.grain, item.now
-    fence(conn, grain=grain, epoch=item.epoch, now=now)
-    admission = insert_new(conn, pipeline_id=grain.pipeline_id, batch=item.tasks, now=now)
-    save_offsets(conn, grain=grain, offsets=item.offsets)
-    if item.schedules or item.dropped_schedules:
-        schedule_rows.write(
-            conn,
-            pipeline_id=grain.pipeline_id,
-            states=item.schedules,
-            dropped=item.dropped_schedules,
-            now=now,
-        )
-    return admission
+    def write(self, conn: sa.Connection) -> Admission:
+        grain, now = self.grain, self.now
+        admission = insert_new(conn, pipeline_id=grain.pipeline_id, batch=self.tasks, now=now)
+        save_offsets(conn, grain=grain, offsets=self.offsets)
+        if self.schedules or self.dropped_schedules:
+            schedule_rows.write(
+                conn,
+                pipeline_id=grain.pipeline_id,
+                states=self.schedules,
+                dropped=self.dropped_schedules,
+                now=now,
+            )
+        return admission

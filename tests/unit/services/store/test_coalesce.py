@@ -123,3 +123,19 @@ async def test_a_batch_that_fails_as_a_whole_fails_each_item() -> None:
     batcher: Batcher[str, str] = Batcher(down)
     with pytest.raises(ConnectionError):
         await batcher.submit("a")
+
+
+async def test_with_room_for_two_batches_a_second_call_does_not_wait_for_the_first() -> None:
+    writes = Writes()
+    writes.gate.clear()
+    batcher: Batcher[str, str] = Batcher(writes.run, concurrency=2)
+    calls = [asyncio.create_task(batcher.submit(item)) for item in ("a",)]
+    await asyncio.sleep(0)
+    calls.append(asyncio.create_task(batcher.submit("b")))
+    await asyncio.sleep(0)
+    calls += [asyncio.create_task(batcher.submit(item)) for item in ("c", "d")]
+    await asyncio.sleep(0)
+    assert writes.batches == [["a"], ["b"]]  # both running; c and d wait for one of them
+    writes.gate.set()
+    assert [await call for call in calls] == ["A", "B", "C", "D"]
+    assert writes.batches[2:] == [["c", "d"]]
