@@ -39,57 +39,29 @@ class Coalescer(Generic[K, V]):
         ``KeyError``. ``max_batch``: the most keys per call of ``run``; ``concurrency``:
         the most calls of ``run`` at once."""
         self._run = run
-        self._max_batch = max_batch
-        self._pending: list[tuple[K, asyncio.Future[V]]] = []
-        self._drains = _Drains(concurrency)
+        self._batcher: Batcher[K, V] = Batcher(
+            self._answer, max_weight=max_batch, concurrency=concurrency
+        )
         #: Calls of ``run`` and keys answered, for tests and logs.
         self.batches = 0
         self.keys = 0
 
     async def get(self, key: K) -> V:
-        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._pending.append((key, future))
-        self._drains.start(self._drain_pending)
-        return await future
+        return await self._batcher.submit(key)
 
-    async def _drain_pending(self) -> None:
-        while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            await self._answer(batch)
-
-    async def _answer(self, batch: list[tuple[K, asyncio.Future[V]]]) -> None:
-        waiting = [(key, future) for key, future in batch if not future.done()]
-        if not waiting:
-            return  # every caller gave up
-        keys = list(dict.fromkeys(key for key, _ in waiting))
+    async def _answer(self, asked: Sequence[K]) -> list[V | Exception]:
+        keys = list(dict.fromkeys(asked))
         self.batches += 1
         self.keys += len(keys)
-        try:
-            answers = await self._run(keys)
-        except asyncio.CancelledError:
-            for _, future in waiting:
-                future.cancel()
-            raise
-        except Exception as err:  # noqa: BLE001 - each caller gets the batch's failure
-            for _, future in waiting:
-                if not future.done():
-                    future.set_exception(err)
-            return
-        for key, future in waiting:
-            if future.done():
-                continue
-            if key in answers:
-                future.set_result(answers[key])
-            else:
-                future.set_exception(KeyError(key))
+        answers = await self._run(keys)
+        return [answers[key] if key in answers else KeyError(key) for key in asked]
 
 
 class Batcher(Generic[Item, R]):
-    """``Coalescer`` for calls that are not lookups: every item is run (none merged), and
-    the batch's ``run`` returns one outcome per item, an exception for an item that
-    failed alone. Batches hold at most ``max_weight`` (by ``weight``) unless one item
-    weighs more on its own."""
+    """Items submitted while a batch runs go together in the next one; ``run`` returns
+    one outcome per item, an exception for an item that failed alone. Batches hold at
+    most ``max_weight`` (by ``weight``) unless one item weighs more on its own. An item
+    whose caller gave up before its batch started is not run."""
 
     def __init__(
         self,
@@ -126,6 +98,9 @@ class Batcher(Generic[Item, R]):
             await self._answer(batch)
 
     async def _answer(self, batch: list[tuple[Item, asyncio.Future[R]]]) -> None:
+        batch = [(item, future) for item, future in batch if not future.done()]
+        if not batch:
+            return  # every caller gave up
         self.batches += 1
         self.items += len(batch)
         try:

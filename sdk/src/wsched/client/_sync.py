@@ -267,7 +267,9 @@ class Pipelines:
         followed by the chart's name; the settings are those of :meth:`update`.
         ``topic`` is ``"dedicated"`` (a Kafka topic of its own, over ``partitions``) or
         ``"shared"`` (one partition of the topic small pipelines share: ``partitions``
-        must then be left out or 1); None: the API's default. Neither changes later.
+        must then be left out or 1); None: a topic of its own if ``partitions`` is above
+        1, else the API's default (``WSCHED_PIPELINE_TOPIC``, ``"shared"`` unless the
+        operator set it). Neither changes later.
         The pipeline starts ``provisioning``; with ``wait_ready_s`` this returns once it
         is ready (the answer's ``state`` says so), raising :class:`PipelineFailed` if
         provisioning fails.
