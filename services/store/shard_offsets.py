@@ -17,9 +17,9 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from services.placement import SHARED_TOPIC
+from services.store.fencing import claim_fenced, claim_key, fence_key, in_transaction
 from services.store.schema import grain_offsets
 from services.store.sql import upsert
-from services.store.tasks import claim_fenced, claim_key, fence_key, in_transaction
 
 
 def shard_key(shard: int) -> str:

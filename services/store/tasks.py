@@ -1,19 +1,19 @@
 """The pipeline grain's store over SQLAlchemy: TiDB in production, SQLite in development.
 
 Every write a grain makes runs in one transaction that first checks the grain's epoch
-(fencing): an ex-owner that was paused while its grain moved finds the epoch changed and
-writes nothing. SQLAlchemy here is synchronous (pymysql); calls run in worker threads.
+(``fencing.py``); the writes of grains that write at the same moment share one, and so
+do their activations' reads (``grain_reads.py``). SQLAlchemy here is synchronous
+(pymysql); calls run in worker threads.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import sqlalchemy as sa
 
@@ -23,7 +23,6 @@ from actors.pipeline.ports import (
     Activation,
     Admission,
     Loaded,
-    StaleEpoch,
     StoredSchedule,
     StoreUnavailable,
 )
@@ -31,179 +30,31 @@ from actors.pipeline.schedules import ScheduleState
 from actors.pipeline.timers import TimerKey
 from services.store import schedule_rows
 from services.store.coalesce import Batcher, Coalescer
+from services.store.fencing import claim_fenced, claim_key, fence, fence_many, in_transaction
+from services.store.grain_reads import (
+    TASK_COLUMNS,
+    ToActivate,
+    activate_many,
+    load_grain,
+    page_timers,
+    task_from_row,
+)
 from services.store.schema import (
-    grain_offsets,
-    grain_owners,
     pipeline_stats,
-    task_timers,
     tasks,
 )
-from services.store.sql import chunks, from_db, from_db_required, to_db, upsert
+from services.store.sql import chunks, from_db_required, to_db, upsert
 from services.store.task_writes import (
     WAITING,
     end_timers,
     insert_new,
-    policy_from_json,
     purge_rows,
     save_offsets,
     write_changes,
 )
-from services.store.types import Timestamp
 
 log = logging.getLogger("wsched.store.tasks")
 R = TypeVar("R")
-
-_TASK_COLUMNS = (
-    tasks.c.id,
-    tasks.c.attempt,
-    tasks.c.status,
-    tasks.c.data,
-    tasks.c.due_at,
-    tasks.c.created_at,
-    tasks.c.started_at,
-    tasks.c.finished_at,
-    tasks.c.worker,
-    tasks.c.error,
-    tasks.c.lease_epoch,
-    tasks.c.expires_at,
-    tasks.c.policy_json,
-    tasks.c.schedule_id,
-    tasks.c.fire_at,
-    tasks.c.trace_parent,
-)
-
-
-def _task(row: sa.Row[*tuple[Any, ...]]) -> Task:
-    retry, timeout_s = policy_from_json(row.policy_json)
-    return Task(
-        id=row.id,
-        attempt=row.attempt,
-        status=Status(row.status),
-        data=row.data,
-        due_at=from_db_required(row.due_at),
-        created_at=from_db_required(row.created_at),
-        started_at=from_db(row.started_at),
-        finished_at=from_db(row.finished_at),
-        worker=row.worker,
-        error=row.error,
-        lease_epoch=row.lease_epoch,
-        expires_at=from_db(row.expires_at),
-        retry=retry,
-        execution_timeout_s=timeout_s,
-        schedule_id=row.schedule_id,
-        fire_at=from_db(row.fire_at),
-        trace_parent=row.trace_parent,
-    )
-
-
-def fence(conn: sa.Connection, *, grain: GrainKey, epoch: int, now: dt.datetime) -> None:
-    """Fail with StaleEpoch unless ``epoch`` is still the grain's; locks the owner row."""
-    fence_key(conn, key=str(grain), epoch=epoch, now=now)
-
-
-def fence_key(conn: sa.Connection, *, key: str, epoch: int, now: dt.datetime) -> None:
-    """``fence`` for any fencing row: a grain's, or a shard's (``shard:<n>``)."""
-    touched = conn.execute(
-        sa.update(grain_owners)
-        .where(grain_owners.c.grain_id == key, grain_owners.c.epoch == epoch)
-        .values(updated_at=to_db(now))
-    )
-    if touched.rowcount != 1:
-        raise StaleEpoch(f"{key} is no longer at epoch {epoch}")
-
-
-def fence_many(conn: sa.Connection, pairs: Sequence[tuple[str, int]], *, now: dt.datetime) -> None:
-    """``fence_key`` for many fencing rows in one statement per chunk; StaleEpoch if any
-    of them moved on (which one is not told: the caller fences them one by one then)."""
-    wanted = list(dict.fromkeys(pairs))
-    for chunk in chunks(wanted):
-        touched = conn.execute(
-            sa.update(grain_owners)
-            .where(sa.tuple_(grain_owners.c.grain_id, grain_owners.c.epoch).in_(chunk))
-            .values(updated_at=to_db(now))
-        )
-        if touched.rowcount != len(chunk):
-            raise StaleEpoch(f"{len(chunk) - touched.rowcount} of {len(chunk)} grains moved on")
-
-
-def claim_key(conn: sa.Connection, *, key: str, owner: str, now: dt.datetime) -> int:
-    """Take the fencing row ``key`` with the next epoch (the first is 1) and return it.
-    Two first claims at once: one insert fails with IntegrityError; retry."""
-    bumped = conn.execute(
-        sa.update(grain_owners)
-        .where(grain_owners.c.grain_id == key)
-        .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=to_db(now))
-    )
-    if bumped.rowcount == 0:
-        conn.execute(
-            sa.insert(grain_owners).values(
-                grain_id=key, epoch=1, owner=owner, updated_at=to_db(now)
-            )
-        )
-    return int(
-        conn.execute(
-            sa.select(grain_owners.c.epoch).where(grain_owners.c.grain_id == key)
-        ).scalar_one()
-    )
-
-
-def claim_keys(
-    conn: sa.Connection, *, keys: Sequence[str], owner: str, now: dt.datetime
-) -> dict[str, int]:
-    """``claim_key`` for many fencing rows at once: one update, one read, and one insert
-    of the rows claimed for the first time. Their epochs by key."""
-    epochs: dict[str, int] = {}
-    for chunk in chunks(list(keys)):
-        conn.execute(
-            sa.update(grain_owners)
-            .where(grain_owners.c.grain_id.in_(chunk))
-            .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=to_db(now))
-        )
-        epochs.update(
-            (key, int(epoch))
-            for key, epoch in conn.execute(
-                sa.select(grain_owners.c.grain_id, grain_owners.c.epoch).where(
-                    grain_owners.c.grain_id.in_(chunk)
-                )
-            )
-        )
-        first = [key for key in chunk if key not in epochs]
-        if first:
-            conn.execute(
-                sa.insert(grain_owners),
-                [
-                    {"grain_id": k, "epoch": 1, "owner": owner, "updated_at": to_db(now)}
-                    for k in first
-                ],
-            )
-            epochs.update((key, 1) for key in first)
-    return epochs
-
-
-async def in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], R]) -> R:
-    """Run ``fn`` in one transaction in a worker thread; a database that cannot be reached
-    (or went away mid-way) is ``StoreUnavailable``."""
-
-    def run() -> R:
-        with engine.begin() as conn:
-            return fn(conn)
-
-    try:
-        return await asyncio.to_thread(run)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
-        raise StoreUnavailable(str(err.orig or err)) from err
-
-
-async def claim_fenced(engine: sa.Engine, fn: Callable[[sa.Connection], R], *, what: str) -> R:
-    """``in_transaction`` for a claim (``claim_key`` in ``fn``): two first claims of one
-    row at once make one insert fail, which is tried again."""
-    for _ in range(3):
-        try:
-            return await in_transaction(engine, fn)
-        except sa.exc.IntegrityError:
-            continue  # another replica inserted the first row at the same moment
-    raise StoreUnavailable(f"could not claim {what}: repeated conflicts")
-
 
 #: Grains claimed and read per activation transaction at most.
 ACTIVATION_BATCH = 256
@@ -221,7 +72,7 @@ class SqlTaskStore:
     def __init__(self, *, engine: sa.Engine, clock: Callable[[], dt.datetime]) -> None:
         self._engine = engine
         self._clock = clock
-        self._activations: Coalescer[_ToActivate, Activation] = Coalescer(
+        self._activations: Coalescer[ToActivate, Activation] = Coalescer(
             self._activate_many, max_batch=ACTIVATION_BATCH, concurrency=2
         )
         self._writes: Batcher[_Fenced, object] = Batcher(
@@ -244,17 +95,17 @@ class SqlTaskStore:
         return await claim_fenced(self._engine, claim, what=f"grain {grain}")
 
     async def load(self, *, grain: GrainKey) -> Loaded:
-        return await self._run(lambda conn: _load(conn, grain))
+        return await self._run(lambda conn: load_grain(conn, grain))
 
     async def activate(self, *, grain: GrainKey, owner: str, timers: int) -> Activation:
         """Activations asked for while others are read go together (``coalesce.py``)."""
-        return await self._activations.get(_ToActivate(grain=grain, owner=owner, timers=timers))
+        return await self._activations.get(ToActivate(grain=grain, owner=owner, timers=timers))
 
-    async def _activate_many(self, wanted: Sequence[_ToActivate]) -> dict[_ToActivate, Activation]:
+    async def _activate_many(self, wanted: Sequence[ToActivate]) -> dict[ToActivate, Activation]:
         now = self._clock()
         return await claim_fenced(
             self._engine,
-            lambda conn: _activate_many(conn, wanted, now=now),
+            lambda conn: activate_many(conn, wanted, now=now),
             what=f"{len(wanted)} grain(s)",
         )
 
@@ -417,9 +268,9 @@ class SqlTaskStore:
                 )
             )
             rows = conn.execute(
-                sa.select(*_TASK_COLUMNS).where(*where, tasks.c.status == Status.QUEUED.value)
+                sa.select(*TASK_COLUMNS).where(*where, tasks.c.status == Status.QUEUED.value)
             ).all()
-            return [_task(row) for row in rows]
+            return [task_from_row(row) for row in rows]
 
         return await self._run(requeue)
 
@@ -437,7 +288,7 @@ class SqlTaskStore:
 
         def page(conn: sa.Connection) -> list[Task]:
             rows = conn.execute(
-                sa.select(*_TASK_COLUMNS)
+                sa.select(*TASK_COLUMNS)
                 .where(
                     tasks.c.pipeline_id == pipeline_id,
                     tasks.c.status == Status.QUEUED.value,
@@ -446,7 +297,7 @@ class SqlTaskStore:
                 .order_by(tasks.c.id)
                 .limit(limit)
             ).all()
-            return [_task(row) for row in rows]
+            return [task_from_row(row) for row in rows]
 
         return await self._run(page)
 
@@ -454,7 +305,7 @@ class SqlTaskStore:
         self, *, grain: GrainKey, after: TimerKey | None, limit: int
     ) -> list[TimerKey]:
         pipeline_id = grain.pipeline_id
-        return await self._run(lambda conn: _page_timers(conn, pipeline_id, after, limit))
+        return await self._run(lambda conn: page_timers(conn, pipeline_id, after, limit))
 
     async def fire_timers(
         self, *, grain: GrainKey, epoch: int, timers: Sequence[TimerKey], now: dt.datetime
@@ -463,13 +314,13 @@ class SqlTaskStore:
             fence(conn, grain=grain, epoch=epoch, now=now)
             ids = [task_id for _, task_id in timers]
             where = (tasks.c.pipeline_id == grain.pipeline_id, tasks.c.id.in_(ids))
-            rows = conn.execute(sa.select(*_TASK_COLUMNS).where(*where)).all()
+            rows = conn.execute(sa.select(*TASK_COLUMNS).where(*where)).all()
             live = {row.id for row in rows if row.status == Status.SCHEDULED.value}
             # A timer whose task is no longer scheduled is stale: it ends now. The others
             # stay until the flush that writes their tasks' next state.
             end_timers(conn, grain.pipeline_id, [key for key in timers if key[1] not in live])
             return [
-                dataclasses.replace(_task(row), status=Status.QUEUED)
+                dataclasses.replace(task_from_row(row), status=Status.QUEUED)
                 for row in rows
                 if row.id in live
             ]
@@ -507,119 +358,6 @@ class SqlTaskStore:
         await self._writes.submit(
             _Fenced(grain=grain, epoch=epoch, now=now, weight=weight, write=write)
         )
-
-
-def _load(conn: sa.Connection, grain: GrainKey) -> Loaded:
-    pipeline_id = grain.pipeline_id
-    counts = conn.execute(
-        sa.select(tasks.c.status, sa.func.count())
-        .where(tasks.c.pipeline_id == pipeline_id)
-        .group_by(tasks.c.status)
-    ).all()
-    leased = conn.execute(
-        sa.select(*_TASK_COLUMNS).where(
-            tasks.c.pipeline_id == pipeline_id, tasks.c.status == Status.LEASED.value
-        )
-    ).all()
-    offsets = conn.execute(
-        sa.select(grain_offsets.c.topic_partition, grain_offsets.c.next_offset).where(
-            grain_offsets.c.grain_id == str(grain)
-        )
-    ).all()
-    return Loaded(
-        counts={Status(status): int(n) for status, n in counts},
-        leased=[_task(row) for row in leased],
-        offsets={int(p): int(o) for p, o in offsets},
-    )
-
-
-def _page_timers(
-    conn: sa.Connection, pipeline_id: str, after: TimerKey | None, limit: int
-) -> list[TimerKey]:
-    query = sa.select(task_timers.c.due_at, task_timers.c.task_id).where(
-        task_timers.c.pipeline_id == pipeline_id
-    )
-    if after is not None:
-        query = query.where(
-            sa.tuple_(task_timers.c.due_at, task_timers.c.task_id)
-            > sa.tuple_(sa.literal(to_db(after[0]), Timestamp), sa.literal(after[1]))
-        )
-    rows = conn.execute(
-        query.order_by(task_timers.c.due_at, task_timers.c.task_id).limit(limit)
-    ).all()
-    return [(from_db_required(row.due_at), row.task_id) for row in rows]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _ToActivate:
-    grain: GrainKey
-    owner: str
-    timers: int
-
-
-def _activate_many(
-    conn: sa.Connection, wanted: Sequence[_ToActivate], *, now: dt.datetime
-) -> dict[_ToActivate, Activation]:
-    """Claim the grains and read what each starts from: one statement per table for all
-    of them (``chunks`` of them), plus a timer page per pipeline that has timers."""
-    by_owner: dict[str, list[str]] = {}
-    for item in wanted:
-        by_owner.setdefault(item.owner, []).append(str(item.grain))
-    epochs: dict[str, int] = {}
-    for owner, keys in by_owner.items():
-        epochs.update(claim_keys(conn, keys=keys, owner=owner, now=now))
-    pipeline_ids = list(dict.fromkeys(item.grain.pipeline_id for item in wanted))
-    counts: dict[str, dict[Status, int]] = {}
-    leased: dict[str, list[Task]] = {}
-    offsets: dict[str, dict[int, int]] = {}
-    with_timers: set[str] = set()
-    for chunk in chunks(pipeline_ids):
-        for pipeline_id, status, n in conn.execute(
-            sa.select(tasks.c.pipeline_id, tasks.c.status, sa.func.count())
-            .where(tasks.c.pipeline_id.in_(chunk))
-            .group_by(tasks.c.pipeline_id, tasks.c.status)
-        ):
-            counts.setdefault(pipeline_id, {})[Status(status)] = int(n)
-        for row in conn.execute(
-            sa.select(tasks.c.pipeline_id, *_TASK_COLUMNS).where(
-                tasks.c.pipeline_id.in_(chunk), tasks.c.status == Status.LEASED.value
-            )
-        ):
-            leased.setdefault(row.pipeline_id, []).append(_task(row))
-        with_timers.update(
-            conn.execute(
-                sa.select(task_timers.c.pipeline_id)
-                .where(task_timers.c.pipeline_id.in_(chunk))
-                .distinct()
-            ).scalars()
-        )
-    for chunk in chunks(list({str(item.grain) for item in wanted})):
-        for grain_id, partition, next_offset in conn.execute(
-            sa.select(
-                grain_offsets.c.grain_id,
-                grain_offsets.c.topic_partition,
-                grain_offsets.c.next_offset,
-            ).where(grain_offsets.c.grain_id.in_(chunk))
-        ):
-            offsets.setdefault(grain_id, {})[int(partition)] = int(next_offset)
-    stored_schedules = schedule_rows.load_of(conn, pipeline_ids)
-    timer_pages: dict[str, list[TimerKey]] = {}
-    for pipeline_id in with_timers:
-        limit = max(item.timers for item in wanted if item.grain.pipeline_id == pipeline_id)
-        timer_pages[pipeline_id] = _page_timers(conn, pipeline_id, after=None, limit=limit)
-    return {
-        item: Activation(
-            epoch=epochs[str(item.grain)],
-            loaded=Loaded(
-                counts=counts.get(item.grain.pipeline_id, {}),
-                leased=leased.get(item.grain.pipeline_id, []),
-                offsets=offsets.get(str(item.grain), {}),
-            ),
-            schedules=stored_schedules.get(item.grain.pipeline_id, []),
-            timers=timer_pages.get(item.grain.pipeline_id, [])[: item.timers],
-        )
-        for item in wanted
-    }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

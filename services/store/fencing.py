@@ -1,0 +1,132 @@
+"""Fencing rows and the transactions around them.
+
+Every write of a grain (or of a shard's offset) runs in one transaction that first checks
+the epoch of its fencing row in ``grain_owners``: an ex-owner that was paused while its
+grain moved finds the epoch changed and writes nothing. Claiming a row takes its next
+epoch. SQLAlchemy here is synchronous (pymysql); transactions run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import sqlalchemy as sa
+
+from actors.pipeline.model import GrainKey
+from actors.pipeline.ports import StaleEpoch, StoreUnavailable
+from services.store.schema import grain_owners
+from services.store.sql import chunks, to_db
+
+R = TypeVar("R")
+
+
+def fence(conn: sa.Connection, *, grain: GrainKey, epoch: int, now: dt.datetime) -> None:
+    """Fail with StaleEpoch unless ``epoch`` is still the grain's; locks the owner row."""
+    fence_key(conn, key=str(grain), epoch=epoch, now=now)
+
+
+def fence_key(conn: sa.Connection, *, key: str, epoch: int, now: dt.datetime) -> None:
+    """``fence`` for any fencing row: a grain's, or a shard's (``shard:<n>``)."""
+    touched = conn.execute(
+        sa.update(grain_owners)
+        .where(grain_owners.c.grain_id == key, grain_owners.c.epoch == epoch)
+        .values(updated_at=to_db(now))
+    )
+    if touched.rowcount != 1:
+        raise StaleEpoch(f"{key} is no longer at epoch {epoch}")
+
+
+def fence_many(conn: sa.Connection, pairs: Sequence[tuple[str, int]], *, now: dt.datetime) -> None:
+    """``fence_key`` for many fencing rows in one statement per chunk; StaleEpoch if any
+    of them moved on (which one is not told: the caller fences them one by one then)."""
+    wanted = list(dict.fromkeys(pairs))
+    for chunk in chunks(wanted):
+        touched = conn.execute(
+            sa.update(grain_owners)
+            .where(sa.tuple_(grain_owners.c.grain_id, grain_owners.c.epoch).in_(chunk))
+            .values(updated_at=to_db(now))
+        )
+        if touched.rowcount != len(chunk):
+            raise StaleEpoch(f"{len(chunk) - touched.rowcount} of {len(chunk)} grains moved on")
+
+
+def claim_key(conn: sa.Connection, *, key: str, owner: str, now: dt.datetime) -> int:
+    """Take the fencing row ``key`` with the next epoch (the first is 1) and return it.
+    Two first claims at once: one insert fails with IntegrityError; retry."""
+    bumped = conn.execute(
+        sa.update(grain_owners)
+        .where(grain_owners.c.grain_id == key)
+        .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=to_db(now))
+    )
+    if bumped.rowcount == 0:
+        conn.execute(
+            sa.insert(grain_owners).values(
+                grain_id=key, epoch=1, owner=owner, updated_at=to_db(now)
+            )
+        )
+    return int(
+        conn.execute(
+            sa.select(grain_owners.c.epoch).where(grain_owners.c.grain_id == key)
+        ).scalar_one()
+    )
+
+
+def claim_keys(
+    conn: sa.Connection, *, keys: Sequence[str], owner: str, now: dt.datetime
+) -> dict[str, int]:
+    """``claim_key`` for many fencing rows at once: one update, one read, and one insert
+    of the rows claimed for the first time. Their epochs by key."""
+    epochs: dict[str, int] = {}
+    for chunk in chunks(list(keys)):
+        conn.execute(
+            sa.update(grain_owners)
+            .where(grain_owners.c.grain_id.in_(chunk))
+            .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=to_db(now))
+        )
+        epochs.update(
+            (key, int(epoch))
+            for key, epoch in conn.execute(
+                sa.select(grain_owners.c.grain_id, grain_owners.c.epoch).where(
+                    grain_owners.c.grain_id.in_(chunk)
+                )
+            )
+        )
+        first = [key for key in chunk if key not in epochs]
+        if first:
+            conn.execute(
+                sa.insert(grain_owners),
+                [
+                    {"grain_id": k, "epoch": 1, "owner": owner, "updated_at": to_db(now)}
+                    for k in first
+                ],
+            )
+            epochs.update((key, 1) for key in first)
+    return epochs
+
+
+async def in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], R]) -> R:
+    """Run ``fn`` in one transaction in a worker thread; a database that cannot be reached
+    (or went away mid-way) is ``StoreUnavailable``."""
+
+    def run() -> R:
+        with engine.begin() as conn:
+            return fn(conn)
+
+    try:
+        return await asyncio.to_thread(run)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+        raise StoreUnavailable(str(err.orig or err)) from err
+
+
+async def claim_fenced(engine: sa.Engine, fn: Callable[[sa.Connection], R], *, what: str) -> R:
+    """``in_transaction`` for a claim (``claim_key`` in ``fn``): two first claims of one
+    row at once make one insert fail, which is tried again."""
+    for _ in range(3):
+        try:
+            return await in_transaction(engine, fn)
+        except sa.exc.IntegrityError:
+            continue  # another replica inserted the first row at the same moment
+    raise StoreUnavailable(f"could not claim {what}: repeated conflicts")
