@@ -43,6 +43,10 @@ FETCH_WAIT_MS = 500
 _RETRY_S, _RETRY_MAX_S = 0.1, 5.0
 
 
+#: What aiokafka's fetch says, for ever, once its group coordination task has died.
+_BROKEN = "Unexpected error during coordination"
+
+
 class SharedKafkaReader:
     """Use as ``async with SharedKafkaReader(...) as reader`` or ``start``/``stop``; a grain
     reads through ``reader.view(topic)``."""
@@ -59,14 +63,17 @@ class SharedKafkaReader:
         """``group_id`` only names where commits go (None: nowhere): partitions are
         assigned, never balanced; ``max_records``: a fetch's records and what one view may
         hold."""
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=max_partition_fetch_bytes,
-            fetch_max_wait_ms=FETCH_WAIT_MS,
-        )
+        self._consumer_args: dict[str, object] = {
+            "bootstrap_servers": bootstrap,
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_partition_fetch_bytes": max_partition_fetch_bytes,
+            "fetch_max_wait_ms": FETCH_WAIT_MS,
+        }
+        self._consumer = AIOKafkaConsumer(**self._consumer_args)
+        #: Set when a new consumer could not start: the fetch loop tries again.
+        self._renewing = False
         self.max_records = max_records
         #: Who reads each partition: a view may read several partitions of its topic,
         #: and several views one topic (the shared topic: one view per shard).
@@ -217,10 +224,37 @@ class SharedKafkaReader:
 
     # -- the fetch loop -------------------------------------------------------------------
 
+    async def _renew(self) -> None:
+        """Put a new consumer in place of one that is broken for good: aiokafka's group
+        coordination task can die (an assertion on an assignment changed while the broker
+        was away), and every fetch then fails the same way. The new one is assigned the
+        views' partitions and sought to the positions handed out, so nothing is lost or
+        read twice; the others start from the group's committed offsets, as at first."""
+        log.warning("shared reader: its consumer is broken; starting a new one")
+        old, self._consumer = self._consumer, AIOKafkaConsumer(**self._consumer_args)
+        with contextlib.suppress(Exception):
+            await old.stop()
+        self._assigned = set()
+        self._dirty = True
+        try:
+            await self._consumer.start()
+        except Exception as err:  # noqa: BLE001 - the broker away: the loop tries again
+            log.warning("shared reader: a new consumer could not start: %s", err)
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._renewing = True
+            return
+        self._renewing = False
+
     async def _fetch_forever(self) -> None:
         delay = _RETRY_S
         while True:
             await self._wake.wait()
+            if self._renewing:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                await self._renew()
+                continue
             if self._dirty:
                 self._apply()
             if not self._assigned:
@@ -236,6 +270,8 @@ class SharedKafkaReader:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
+                if _BROKEN in str(err):
+                    await self._renew()
                 continue
             delay = _RETRY_S
             if self._dirty:

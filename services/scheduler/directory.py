@@ -18,11 +18,12 @@ from actors.pipeline.ports import StoreUnavailable
 from actors.pipeline.retry import Backoff
 from services.deploy.naming import namespace_for, release_name
 from services.deploy.scaling import ScalingPolicy
-from services.placement import TopicMode
+from services.placement import TopicMode, shard_of
 from services.store import schedule_rows
 from services.store.coalesce import Coalescer
 from services.store.control import TokenDigests, utcnow, worker_token_digests
 from services.store.schema import applications, grain_owners, pipelines, schedules, tasks, tenants
+from services.store.shard_offsets import shard_key
 from services.store.sql import chunks
 
 READY = "ready"
@@ -256,16 +257,26 @@ class PipelineDirectory:
         return fresh
 
     async def owner_address(self, pipeline_id: str) -> str | None:
-        """The address of the replica that owns the pipeline's grain, if any."""
+        """The address of the replica that serves the pipeline, if any: the owner of its
+        placement shard (its fencing row ``shard:<n>``, claimed by the shard's forwarder
+        when the shard is taken), else the last owner of its grain. The grain's row alone
+        would name a replica that lost the shard while the grain was inactive (a shared
+        pipeline's grain is activated only when it has work), and the poll would bounce
+        between replicas until a record activated it."""
+        grain_key = str(GrainKey(pipeline_id=pipeline_id))
+        key_of_shard = shard_key(shard_of(pipeline_id))
 
         def read() -> str | None:
             with self._engine.connect() as conn:
-                value = conn.execute(
-                    sa.select(grain_owners.c.owner).where(
-                        grain_owners.c.grain_id == str(GrainKey(pipeline_id=pipeline_id))
-                    )
-                ).scalar()
-            return str(value) if value is not None else None
+                owners = dict(
+                    conn.execute(
+                        sa.select(grain_owners.c.grain_id, grain_owners.c.owner).where(
+                            grain_owners.c.grain_id.in_([key_of_shard, grain_key])
+                        )
+                    ).all()
+                )
+            owner = owners.get(key_of_shard) or owners.get(grain_key)
+            return str(owner) if owner is not None else None
 
         try:
             return await asyncio.to_thread(read)

@@ -1,11 +1,13 @@
 """Pipelines on the shared topic, on a real replica (Kafka, TiDB): each shard's partition
 feeds the grains of its pipelines, each pipeline gets exactly its own tasks, the shard's
-offset is stored fenced by the shard, and a new replica resumes from it."""
+offset is stored fenced by the shard, a new replica resumes from it, and workers are sent
+to the shard's owner."""
 
 from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -13,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from protos.wsched.v1 import worker_pb2
 from services.placement import SHARED_TOPIC
 from services.scheduler.host import SchedulerHost
+from services.scheduler.worker_api import OWNER_KEY
 from services.store.schema import grain_offsets, grain_owners, tasks
 from tests.integration.scheduler.conftest import (
     ReadyPipeline,
@@ -173,3 +176,47 @@ async def test_a_new_owner_activates_only_the_shared_pipelines_with_work(
         await submit(idle, {"first": {}})
         assert await poll_all(host, idle, 1) == ["first"]
         assert host.grain_active(idle.id)
+
+
+async def test_a_worker_asking_the_wrong_replica_is_sent_to_the_shards_owner(
+    engine: sa.Engine,
+    kafka_bootstrap: str,
+    tidb_url: str,
+    kafka_group: str,
+    submit: Submit,
+) -> None:
+    """A shared pipeline's grain, last activated on one replica, is hosted inactive by its
+    shard's new owner: a worker asking the first replica goes to the new owner, not back
+    to the first one (its grain's row still names it)."""
+    pipelines = [
+        await create_ready_pipeline(engine, kafka_bootstrap, shared=True, shard=shard)
+        for shard in (3, 40)
+    ]
+    first_settings = settings_for(kafka_bootstrap, tidb_url, kafka_group)
+    async with SchedulerHost(settings=first_settings, rescan_s=1) as first:
+        for p in pipelines:
+            await wait_hosted(first, p.id)
+            await submit(p, {f"{p.id}-t": {}})
+            assert await poll_all(first, p, 1) == [f"{p.id}-t"]  # its grain: the first's
+        second_settings = settings_for(kafka_bootstrap, tidb_url, kafka_group)
+        async with SchedulerHost(settings=second_settings, rescan_s=1) as second:
+            async with asyncio.timeout(60):
+                while True:
+                    moved = [p for p in pipelines if p.id in second.hosted_pipelines()]
+                    if moved and all(p.id not in first.hosted_pipelines() for p in moved):
+                        break
+                    await asyncio.sleep(0.2)
+            pipeline = moved[0]
+            assert not second.grain_active(pipeline.id)  # no work: hosted inactive
+            channel, worker = stub(first)
+            async with channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await worker.Poll(
+                        worker_pb2.PollRequest(
+                            pipeline_id=pipeline.id, worker="w", max_tasks=1, wait_ms=100
+                        ),
+                        metadata=(("authorization", f"Bearer {pipeline.token}"),),
+                    )
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            trailing = dict(refused.value.trailing_metadata() or ())
+            assert trailing.get(OWNER_KEY) == second_settings.advertised_grpc()

@@ -1,5 +1,5 @@
 """The scheduler's pipeline directory: worker tokens cached, bounded, and kept through a
-database outage."""
+database outage; workers sent to the owner of the pipeline's shard."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from actors.pipeline.ports import StoreUnavailable
+from services.placement import shard_of
 from services.scheduler.directory import PipelineDirectory
 from services.store import migrate
 from services.store.control import ControlStore
-from services.store.schema import pipelines
+from services.store.schema import grain_owners, pipelines
+from services.store.shard_offsets import shard_key
 from services.store.tokens import TokenCipher
 
 TOKEN = "wst_secret"
@@ -111,3 +113,23 @@ async def test_a_rotated_token_is_accepted_for_its_grace_period_only(engine: sa.
     database_gone(engine)
     assert await directory.authenticate("p1", new)  # kept through an outage, as before
     assert not await directory.authenticate("p1", TOKEN)
+
+
+async def test_workers_are_sent_to_the_owner_of_the_pipelines_shard(engine: sa.Engine) -> None:
+    """A shared pipeline's grain stays inactive on its shard's new owner until it has
+    work: its own row still names the replica that last activated it."""
+    directory = PipelineDirectory(engine=engine, window_tasks=10)
+    assert await directory.owner_address("p1") is None
+    now = dt.datetime(2026, 11, 26)
+    with engine.begin() as conn:
+        conn.execute(
+            grain_owners.insert().values(grain_id="p1/0", epoch=3, owner="old:1", updated_at=now)
+        )
+    assert await directory.owner_address("p1") == "old:1"  # no shard owner known
+    with engine.begin() as conn:
+        conn.execute(
+            grain_owners.insert().values(
+                grain_id=shard_key(shard_of("p1")), epoch=1, owner="new:2", updated_at=now
+            )
+        )
+    assert await directory.owner_address("p1") == "new:2"
