@@ -142,6 +142,12 @@ def bench_idle(
         bool,
         typer.Option(help="Then SIGKILL the replica once a second one joined; time the takeover."),
     ] = False,
+    timers: Annotated[
+        bool,
+        typer.Option(
+            help="Then a task due minutes later to each: idle with resting grains, and lateness."
+        ),
+    ] = False,
 ) -> None:
     """What empty pipelines cost one scheduler replica: its idle CPU and RSS and the
     broker's, with none and with PIPELINES, then one task to each until all are admitted."""
@@ -154,6 +160,7 @@ def bench_idle(
         idle_timeout_s=idle_timeout_s,
         topic=topic,
         failover=failover,
+        timers=timers,
     )
     report = idle.run(
         options,

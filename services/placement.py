@@ -15,6 +15,10 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from actors.pipeline.model import GrainKey
 
 #: Fixed size of the shard space; the placement topic has one partition per shard.
 #: Changing it moves every pipeline to another shard: it is part of the wire format.
@@ -68,6 +72,12 @@ class Route:
 def shard_of(pipeline_id: str) -> int:
     """The pipeline's shard: stable across processes and Python versions (not ``hash``)."""
     return zlib.crc32(pipeline_id.encode()) % SHARDS
+
+
+def shard_of_grain(key: GrainKey) -> int:
+    """The placement shard of a grain: its pipeline's for slice 0, and the next ones for
+    further slices, so the slices of one pipeline usually land on different replicas."""
+    return (shard_of(key.pipeline_id) + key.slice) % SHARDS
 
 
 def pipeline_topic(pipeline_id: str) -> str:

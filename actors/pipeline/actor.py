@@ -9,6 +9,7 @@ other messages. See ``core.py`` for how the layers of a grain fit together.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -101,12 +102,17 @@ class _Timer:
     """The soonest timer is due: a tick at that moment, not at the next periodic one."""
 
 
-TICK, FLUSH, TIMER = _Tick(), _Flush(), _Timer()
+class _Rest:
+    """Quiescent for long enough, holding timers or schedules: write the wake-up, then
+    deactivate."""
+
+
+TICK, FLUSH, TIMER, REST = _Tick(), _Flush(), _Timer(), _Rest()
 #: The messages after which the grain publishes a snapshot; polls, heartbeats and
 #: reports are the hot path and show up at the next tick or flush instead.
 _PUBLISHED_AFTER = (Admit, SyncSchedules, _Tick, _Flush, _Timer)
 #: Messages the actor sends itself: a failure is logged, nobody waits for a reply.
-_OWN = (_Tick, _Flush, _Timer)
+_OWN = (_Tick, _Flush, _Timer, _Rest)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +130,11 @@ class Timing:
     #: How long a grain stays quiescent before it deactivates (its replica keeps reading
     #: its topic, and the next record or report activates it again); None: never.
     deactivate_after_s: float | None = None
+    #: A grain holding timers or schedules rests (deactivates with a wake-up) only if its
+    #: soonest is further off than ``deactivate_after_s``; it is woken this much before
+    #: it (and the pipeline's ``lead_s``): the wake-up index's scan period, and an
+    #: activation's time in a herd.
+    wake_margin_s: float = 15.0
     #: How often a grain compares its schedules' versions with the store (a lost
     #: ``ScheduleChanged`` record); None: its replica does it for all its grains.
     schedule_resync_s: float | None = 30.0
@@ -192,6 +203,12 @@ class PipelineActor(Actor[object, Any]):
         self._offsets: dict[int, int] = {}
         self._flush_timer: Cancellable | None = None
         self._due_timer: Cancellable | None = None
+        #: When (monotonic) the armed ``_due_timer`` goes off.
+        self._due_at = 0.0
+        #: A ``_Rest`` is on its way: not sent again until it is handled.
+        self._resting = False
+        #: After a failed ``_Rest``, no new one before this (monotonic).
+        self._rest_after = 0.0
         self._pace = Pace(idle_after_s=timing.idle_after_s)
         #: The periodic tick (and flush, at the fast pace) of the current pace.
         self._periodic: list[Cancellable] = []
@@ -291,17 +308,52 @@ class PipelineActor(Actor[object, Any]):
             pace = "slowly: nothing to do" if self._pace.slow else "fast again"
             log.debug("grain %s ticks %s", self._key, pace)
             self._start_periodic()
-        after = self._timing.deactivate_after_s
-        if (
-            after is not None
-            and self._pace.slow
-            and self._pace.quiet_for(now) >= after
-            and self._core.quiescent  # tickless with a backlog: it stays, for its workers
-            and self._may_deactivate(self._key)
-        ):
+            self._arm_due_timer()  # at the slow pace, for a timer after the next tick too
+        if self._resting or now < self._rest_after or not self._wants_rest(now):
+            return
+        if self._core.wake_at() is None:
             # Nothing to do for a while: a record, a report or a poll's wait for the next
             # activation bring it back; polls waiting here are answered empty.
             self._ctx.self_stop("idle")
+        else:
+            self._resting = True
+            self._ctx.schedule(0, REST)
+
+    def _wants_rest(self, now: float) -> bool:
+        """Quiescent for ``deactivate_after_s`` at the slow pace (a tickless grain with a
+        backlog stays, for its workers), its workers at their minimum, and its soonest
+        timer or schedule (if any) further off than the grain would stay idle anyway."""
+        after = self._timing.deactivate_after_s
+        if (
+            after is None
+            or not self._pace.slow
+            or self._pace.quiet_for(now) < after
+            or self._core is None
+            or not self._core.quiescent
+        ):
+            return False
+        wake_at = self._core.wake_at()
+        if wake_at is not None:
+            margin = dt.timedelta(seconds=after + self._timing.wake_margin_s)
+            if wake_at - self._core.clock.wall() < margin:
+                return False
+        return self._may_deactivate(self._key)
+
+    async def _rest(self, _: _Rest) -> None:
+        """Write the wake-up (fenced: a grain claimed elsewhere stops instead), then go.
+        A failed write leaves the grain active; it tries again a slow tick later."""
+        now = self._ctx.clock.now()
+        self._resting = False
+        self._rest_after = now + self._timing.idle_tick_s
+        if not self._wants_rest(now):
+            return  # a message since gave it work
+        wake_at = self.core.wake_at()
+        if wake_at is not None:
+            wake_at -= dt.timedelta(seconds=self._timing.wake_margin_s)
+            await self.core.rest(wake_at)
+            log.info("grain %s resting until %s", self._key, wake_at.isoformat())
+        self._resting = True  # for good: it is going
+        self._ctx.self_stop("idle")
 
     def _start_periodic(self) -> None:
         """The timers of the current pace, in place of the previous pace's.
@@ -332,6 +384,7 @@ class PipelineActor(Actor[object, Any]):
             _Tick: self._tick,
             _Flush: self._flush,
             _Timer: self._timer,
+            _Rest: self._rest,
         }
 
     async def _fenced(self, call: Awaitable[R]) -> R:
@@ -377,16 +430,23 @@ class PipelineActor(Actor[object, Any]):
         await self.core.tick()
 
     def _arm_due_timer(self) -> None:
-        """Wake at the soonest timer's due time when it comes before the next tick, so a
-        due task is handed out within milliseconds, not up to a tick late."""
-        if self._core is None or self._core.fenced or self._due_timer is not None:
+        """Wake at the soonest timer's or schedule's due time when it comes before the
+        next tick, so a due task is handed out within milliseconds, not up to a tick late.
+        At the slow pace that is any due time: a grain holding only timers ticks slowly."""
+        if self._core is None or self._core.fenced:
             return
         wait = self._core.next_timer_in()
-        if wait is None or wait >= self._timing.tick_s:
+        if wait is None or (wait >= self._timing.tick_s and not self._pace.slow):
             return
         if wait == 0 and self._core.book.window_room() == 0 and not self._core.schedules.due_now():
             return  # due, but the window is full: the periodic tick fires it when room frees
+        due_at = self._ctx.clock.now() + wait
+        if self._due_timer is not None:
+            if self._due_at <= due_at:
+                return  # armed for that moment or sooner
+            self._due_timer.cancel()  # an earlier timer came since
         self._due_timer = self._ctx.schedule(wait, TIMER)
+        self._due_at = due_at
 
     async def _flush(self, _: _Flush) -> None:
         self._flush_timer = None

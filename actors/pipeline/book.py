@@ -375,7 +375,8 @@ class TaskBook:
         - no ready task with a deadline: nothing to sweep (``end_overdue``);
         - the window at least half full, or nothing more in the store: nothing to page in
           (``wants_page``); a poll that takes tasks leaves a lease, which ends this;
-        - no timer held and none left in the store: nothing to fire or refill;
+        - no refill of the timer heap wanted: firing needs no tick (the actor arms a
+          one-shot timer at the soonest due time);
         - no change, result or attempt waiting for a flush (a retry's unwritten timer is
           one of them).
 
@@ -385,7 +386,7 @@ class TaskBook:
         return not (
             self._leases
             or self.wants_page()
-            or not self.timers.exhausted
+            or self.timers.wants_refill()
             or self.dirty
             or self._unwritten_timers
             or any(task.expires_at is not None for task in self._ready.values())
@@ -395,7 +396,8 @@ class TaskBook:
     def quiescent(self) -> bool:
         """Tickless, and no task to hand out at all: an empty window and no queued task in
         the store beyond it. Only a call from outside (an admission, a cancel, a requeue)
-        can end it. ``PipelineCore.quiescent`` adds what the core holds around the book.
+        or a timer coming due can end it. ``PipelineCore.quiescent`` adds what the core
+        holds around the book.
         """
         return not (self._ready or self.stored_backlog) and self.tickless
 

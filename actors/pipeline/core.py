@@ -167,6 +167,22 @@ class PipelineCore:
         log.info("grain %s activated at epoch %d: %s", self.key, epoch, self.book.stats())
         return loaded.offsets
 
+    def wake_at(self) -> dt.datetime | None:
+        """When a quiescent grain must be active again: its soonest timer or schedule fire,
+        less the pipeline's ``lead_s`` (so its workers are started in time, as if it had
+        stayed active); None if it holds neither, so only a message can give it work."""
+        times = [t for t in (self.book.timers.next_due(), self.schedules.book.next_due()) if t]
+        if not times:
+            return None
+        return min(times) - dt.timedelta(seconds=self.config.lead_s)
+
+    async def rest(self, wake_at: dt.datetime) -> None:
+        """Write the grain's wake-up (``TaskStore.rest``) before it deactivates with timers
+        or schedules; any pending change is flushed first."""
+        if self.wants_flush:
+            await self.flush()
+        await self._store.rest(grain=self.key, epoch=self.epoch, wake_at=wake_at)
+
     async def deactivate(self) -> None:
         """Flush what changed and fail every waiter; a new owner takes over from the store."""
         try:
@@ -491,9 +507,12 @@ class PipelineCore:
           no lease, no ready task with a deadline, no timer, and its window needs no
           page-in (``TaskBook.tickless``). Ready tasks wait for a poll, a message; the
           poll that takes them leaves leases, which end this.
-        - schedule firing, buffered runs included: it holds no schedule. A new one comes
-          with a ``ScheduleChanged`` record (an admission); the version resync, in case
-          that record was lost, still runs at the slow tick.
+        - timer and schedule firing: the actor arms a one-shot timer at the soonest due
+          time (``next_timer_in``) at any pace, so neither needs the periodic tick. A
+          buffered schedule run waits for its predecessor's end, which the tick looks
+          at: a grain holding one is not tickless. A changed schedule comes with a
+          ``ScheduleChanged`` record (an admission); the version resync, in case that
+          record was lost, is the replica's (or the slow tick's).
         - the flush: no pending change (``book.dirty``), no report waiting for its flush
           (``_durable``), and the counters are those last written.
         - events: none committed and not yet published.
@@ -505,7 +524,7 @@ class PipelineCore:
         """
         return (
             self.book.tickless
-            and not len(self.schedules.book)
+            and not self.schedules.book.buffered
             and not self._durable
             and not self._unpublished
             and self.book.stats() == self._written_stats
@@ -514,7 +533,8 @@ class PipelineCore:
     @property
     def quiescent(self) -> bool:
         """Tickless with no task to hand out either (``TaskBook.quiescent``): the grain
-        may deactivate, since nothing but a message can give it work."""
+        may deactivate, since nothing but a message, or a timer or schedule coming due
+        (``wake_at``, the wake-up index), can give it work."""
         return self.book.quiescent and self.tickless
 
     # -- live results (D6) ---------------------------------------------------------------

@@ -44,6 +44,8 @@ class InMemoryTaskStore:
         self.schedule_states: dict[str, dict[str, ScheduleState]] = {}
         #: Set to make every call fail as if the database were down.
         self.down = False
+        #: The wake-up index: grains resting with timers or schedules, and when they wake.
+        self.wakeups: dict[GrainKey, dt.datetime] = {}
         #: Calls of ``activate``.
         self.activations = 0
 
@@ -55,9 +57,14 @@ class InMemoryTaskStore:
 
     async def claim(self, *, grain: GrainKey, owner: str) -> int:
         self._check()
+        self.wakeups.pop(grain, None)
         self.epochs[grain] = self.epochs.get(grain, 0) + 1
         self.owners[grain] = owner
         return self.epochs[grain]
+
+    async def rest(self, *, grain: GrainKey, epoch: int, wake_at: dt.datetime) -> None:
+        self._check(grain, epoch)
+        self.wakeups[grain] = wake_at
 
     async def load(self, *, grain: GrainKey) -> Loaded:
         self._check()

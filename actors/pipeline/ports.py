@@ -78,6 +78,12 @@ class TaskStore(Protocol):
         pays one round of the store per grain, not four."""
         ...
 
+    async def rest(self, *, grain: GrainKey, epoch: int, wake_at: dt.datetime) -> None:
+        """Record, fenced by ``epoch``, that the grain deactivates with timers or
+        schedules and must be active again at ``wake_at`` (the wake-up index, design D4);
+        its next claim clears it. StaleEpoch if another owner claimed it since."""
+        ...
+
     async def admit(
         self,
         *,

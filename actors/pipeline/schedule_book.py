@@ -68,6 +68,12 @@ class ScheduleBook:
             if state.next_fire_at is not None and state.next_fire_at <= by and not specs[sid].paused
         )
 
+    @property
+    def buffered(self) -> bool:
+        """Whether a schedule holds a buffered run (released by the periodic tick once its
+        predecessor has ended)."""
+        return bool(self._buffered)
+
     def next_due(self) -> dt.datetime | None:
         """The soonest next fire time of an active schedule."""
         self._drop_stale()

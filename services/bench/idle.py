@@ -30,6 +30,7 @@ import grpc
 import sqlalchemy as sa
 
 from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
+from services.bench import idle_timers
 from services.bench.measure import CpuUse, scrape, settled_rss_mb
 from services.bench.report import machine
 from services.bench.system import (
@@ -64,6 +65,9 @@ class Options:
     topic: str = "shared"
     #: Kill the replica (SIGKILL) once a second one has joined, and time the takeover.
     failover: bool = False
+    #: Then give each pipeline one task due a few minutes ahead, all at one moment: idle
+    #: with grains resting on their wake-ups, and how late each is handed out.
+    timers: bool = False
 
 
 def run(
@@ -101,6 +105,8 @@ def run(
             report["with_pipelines"]["tidb_statements_per_s"] = _busiest(
                 before, _statements(engine), options.measure_s
             )
+            if options.timers:
+                report["with_timers"] = _with_timers(system, tenant, tokens, options, say)
             with contextlib.ExitStack() as survivors:
                 if options.failover:
                     # The survivor stays up for the tasks that follow.
@@ -111,6 +117,36 @@ def run(
         finally:
             tenant.http.close()
             engine.dispose()
+    return report
+
+
+def _with_timers(
+    system: System, tenant: Tenant, tokens: dict[str, str], options: Options, say: Say
+) -> Report:
+    """``idle_timers.py``: rest with a task due later each, then the herd at its due time."""
+    count = len(tokens)
+    # Room for the submits (about 100 a second), the grains' rest and the measurement.
+    due_at = time.time() + count / 50 + options.idle_timeout_s + options.measure_s + 60
+    report: Report = {
+        "submit_s": round(
+            idle_timers.submit_due_at(
+                tenant, count, due_at, concurrency=options.concurrency, say=say
+            ),
+            1,
+        )
+    }
+    started = time.monotonic()
+    say("waiting for the grains to rest with their wake-ups")
+    idle_timers.wait_resting(
+        lambda: _gauge(system, "wsched_active_grains"), options.idle_timeout_s, count
+    )
+    report["rested_s"] = round(time.monotonic() - started, 1)
+    time.sleep(5)
+    say(f"measuring {count} pipelines holding a task due later for {options.measure_s:g}s")
+    report["idle"] = _idle(system, options.measure_s)
+    report["lateness"] = idle_timers.lateness(system.grpc, tokens, due_at, say)
+    if report["lateness"]["handed_out"] < count:
+        system.shortfalls.append("not every delayed task was handed out")
     return report
 
 
@@ -184,6 +220,14 @@ def _one_task_each(
     tenant: Tenant, engine: sa.Engine, ids: list[str], options: Options, say: Say
 ) -> Report:
     say(f"submitting one task to each of {len(ids)} pipelines")
+    count = sa.select(sa.func.count()).select_from(tasks_table)
+
+    def admitted() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(count).scalar_one()) - before
+
+    before = 0
+    before = admitted()  # the delayed tasks of ``--timers``, if any
     started = time.monotonic()
 
     def submit(index: int) -> None:
@@ -195,13 +239,6 @@ def _one_task_each(
     with concurrent.futures.ThreadPoolExecutor(options.concurrency) as pool:
         list(pool.map(submit, range(len(ids))))
     submitted = time.monotonic() - started
-
-    count = sa.select(sa.func.count()).select_from(tasks_table)
-
-    def admitted() -> int:
-        with engine.connect() as conn:
-            return int(conn.execute(count).scalar_one())
-
     limit_s = max(120.0, len(ids) / 20)
     try:
         until(lambda: admitted() >= len(ids), limit_s, "one task of each pipeline admitted")

@@ -19,7 +19,7 @@ from actors.pipeline.retry import Backoff
 from services.deploy.naming import namespace_for, release_name
 from services.deploy.scaling import ScalingPolicy
 from services.placement import TopicMode, shard_of
-from services.store import schedule_rows
+from services.store import schedule_rows, wakeups
 from services.store.coalesce import Coalescer
 from services.store.control import TokenDigests, utcnow, worker_token_digests
 from services.store.schema import applications, grain_owners, pipelines, schedules, tasks, tenants
@@ -71,8 +71,10 @@ class Hosting:
     queue_labels: tuple[str, str] | None
 
 
-#: Task statuses that need an active grain.
-_LIVE = (Status.QUEUED.value, Status.SCHEDULED.value, Status.LEASED.value)
+#: Task statuses that need an active grain now.
+_NOW = (Status.QUEUED.value, Status.LEASED.value)
+#: ``str(GrainKey(pipeline_id=...))`` in SQL: a pipeline's grain row is ``<id>/0``.
+_SLICE_0 = "/0"
 
 
 def _hosting(row: Any) -> Hosting:
@@ -187,8 +189,10 @@ class PipelineDirectory:
 
     async def with_work(self, pipeline_ids: Sequence[str]) -> set[str]:
         """Those of these pipelines whose grain must be active to do its work: tasks
-        waiting or leased (a lease's timeout runs in the grain), or schedules to fire.
-        The others are hosted inactive; a record activates them. One statement per 500."""
+        waiting or leased (a lease's timeout runs in the grain), or timers or schedules
+        to fire unless the grain rests with a wake-up (the wake-up index activates it
+        when they come due; a grain active when its replica died wrote none). The others
+        are hosted inactive; a record activates them. One statement per 500."""
 
         def read() -> set[str]:
             busy: set[str] = set()
@@ -196,16 +200,36 @@ class PipelineDirectory:
                 for chunk in chunks(list(pipeline_ids)):
                     live = sa.exists().where(
                         tasks.c.pipeline_id == pipelines.c.id,
-                        tasks.c.status.in_(_LIVE),
+                        tasks.c.status.in_(_NOW),
                     )
-                    timed = sa.exists().where(schedules.c.pipeline_id == pipelines.c.id)
+                    later = sa.or_(
+                        sa.exists().where(
+                            tasks.c.pipeline_id == pipelines.c.id,
+                            tasks.c.status == Status.SCHEDULED.value,
+                        ),
+                        sa.exists().where(schedules.c.pipeline_id == pipelines.c.id),
+                    )
+                    resting = sa.exists().where(
+                        grain_owners.c.grain_id == pipelines.c.id + _SLICE_0,
+                        grain_owners.c.wake_at.is_not(None),
+                    )
                     rows = conn.execute(
                         sa.select(pipelines.c.id).where(
-                            pipelines.c.id.in_(chunk), sa.or_(live, timed)
+                            pipelines.c.id.in_(chunk),
+                            sa.or_(live, sa.and_(later, sa.not_(resting))),
                         )
                     )
                     busy.update(row.id for row in rows)
             return busy
+
+        return await asyncio.to_thread(read)
+
+    async def resting(self, pipeline_ids: Sequence[str]) -> set[str]:
+        """Those of these pipelines whose grain rests with a wake-up (``wakeups.py``)."""
+
+        def read() -> set[str]:
+            with self._engine.connect() as conn:
+                return wakeups.resting(conn, pipeline_ids)
 
         return await asyncio.to_thread(read)
 

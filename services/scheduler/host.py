@@ -31,7 +31,7 @@ from services.kafka.admin import KafkaTopicAdmin, TopicError
 from services.kafka.event_publisher import KafkaEventPublisher
 from services.kafka.shared import ReaderOfItsOwn, SharedKafkaReader
 from services.observability import setup_tracing
-from services.placement import SHARED_TOPIC
+from services.placement import SHARED_TOPIC, shard_of_grain
 from services.scheduler.directory import PipelineDirectory
 from services.scheduler.following import PlacementFollower
 from services.scheduler.forwarder import ForwarderStats
@@ -40,6 +40,7 @@ from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerC
 from services.scheduler.scaler import KubePort, build_scaler, hosted_workloads
 from services.scheduler.schedule_sync import differing, every
 from services.scheduler.shard_forwarder import ShardForwarder, ShardStats
+from services.scheduler.waking import Waking, WakingStats
 from services.scheduler.worker_api import Limits, LocalGrain, WorkerService
 from services.settings import Settings
 from services.store.engine import make_engine
@@ -93,6 +94,7 @@ class SchedulerHost:
             timing or grain_actor.Timing(),
             schedule_resync_s=None,
             deactivate_after_s=idle_s if idle_s > 0 else None,
+            wake_margin_s=settings.grain_wake_margin_s,
         )
         self._schedule_resync_s = schedule_resync_s
         self._rescan_s = rescan_s
@@ -139,6 +141,14 @@ class SchedulerHost:
         self._placement: asyncio.Task[None] | None = None
         self._purge: asyncio.Task[None] | None = None
         self._resync: asyncio.Task[None] | None = None
+        self._waking = Waking(
+            engine=self._engine,
+            shards=lambda: self._shards,
+            wake=self._wake,
+            ready=self._is_ready,
+            clock=_utcnow,
+        )
+        self._waking_task: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self._reader: SharedKafkaReader | None = None
         self.grpc_port = 0
@@ -212,6 +222,7 @@ class SchedulerHost:
         self._resync = asyncio.create_task(
             every(self._schedule_resync_s, self.resync_schedules), name="resync"
         )
+        self._waking_task = asyncio.create_task(self._waking.run(), name="wake-ups")
         if needs_purge(self._engine):
             self._purge = asyncio.create_task(purge_forever(self._engine), name="purge")
         await self._start_http()
@@ -252,7 +263,7 @@ class SchedulerHost:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await self._http_task
-        for task in (self._purge, self._resync):
+        for task in (self._purge, self._resync, self._waking_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -282,14 +293,36 @@ class SchedulerHost:
         if not hosted:
             return 0
         stored = await self._directory.schedule_versions(hosted)
+        inactive = [p for p in stored if GrainKey(pipeline_id=p) not in self._snapshots]
+        resting = await self._directory.resting(inactive) if inactive else set()
         told = 0
-        for pipeline_id, versions in differing(hosted, stored, self._snapshots).items():
+        for pipeline_id, versions in differing(hosted, stored, self._snapshots, resting).items():
             hosted_grain = self._hosting.get(pipeline_id)
             if hosted_grain is not None:
                 message = grain_actor.SyncSchedules(stored=dict(versions))
                 self._system.tell(hosted_grain.grain, message)
                 told += 1
         return told
+
+    # -- the wake-up index (``waking.py``) -----------------------------------------------
+
+    async def _wake(self, key: GrainKey) -> bool | None:
+        """Activate a resting grain of an owned shard; False if its pipeline is not hosted
+        here, None if its shard is no longer owned (its new owner wakes it)."""
+        if not self.owns(shard_of_grain(key)):
+            return None
+        hosted = self._hosting.get(key.pipeline_id)
+        if hosted is None:
+            return False
+        grain_actor.unwrap(await self._system.ask(hosted.grain, grain_actor.Activate()))
+        return True
+
+    async def _is_ready(self, pipeline_id: str) -> bool:
+        return await self._directory.ready_pipeline(pipeline_id) is not None
+
+    @property
+    def waking(self) -> WakingStats:
+        return self._waking.stats
 
     # -- placement (``following.py`` drives these) --------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 
 from actors.pipeline.model import GrainKey, GrainSnapshot
 
@@ -24,16 +24,19 @@ def differing(
     pipelines: Iterable[str],
     stored: Mapping[str, Versions],
     snapshots: Mapping[GrainKey, GrainSnapshot],
+    resting: Collection[str] = (),
 ) -> dict[str, Versions]:
-    """The pipelines whose grain must read its schedules, with the stored versions."""
+    """The pipelines whose grain must read its schedules, with the stored versions.
+    ``resting``: pipelines whose grain rests with a wake-up (it reads its schedules when
+    woken, and the API makes it due at once when one changes)."""
     told: dict[str, Versions] = {}
     for pipeline_id in pipelines:
         snapshot = snapshots.get(GrainKey(pipeline_id=pipeline_id))
         theirs = stored.get(pipeline_id, {})
         if snapshot is None:
-            # Not active (an idle grain holds no schedule) or not published yet: told only
-            # if schedules are stored, which activates it to fire them.
-            differs = bool(theirs)
+            # Not active, or not published yet: told only if schedules are stored and no
+            # wake-up will activate it to fire them (telling activates it).
+            differs = bool(theirs) and pipeline_id not in resting
         else:
             held = snapshot.schedule_versions
             differs = held is not None and dict(held) != dict(theirs)

@@ -53,13 +53,37 @@ def fence_many(conn: sa.Connection, pairs: Sequence[tuple[str, int]], *, now: dt
             raise StaleEpoch(f"{len(chunk) - touched.rowcount} of {len(chunk)} grains moved on")
 
 
+#: A claim activates the grain: its wake-up row, if it rested, is done with.
+_AWAKE = {"wake_at": None, "shard": None}
+
+
+def rest(
+    conn: sa.Connection,
+    *,
+    grain: GrainKey,
+    epoch: int,
+    shard: int,
+    wake_at: dt.datetime,
+    now: dt.datetime,
+) -> None:
+    """Write the wake-up of a grain that deactivates with timers or schedules, fenced:
+    StaleEpoch if another replica claimed it since (that one writes its own)."""
+    touched = conn.execute(
+        sa.update(grain_owners)
+        .where(grain_owners.c.grain_id == str(grain), grain_owners.c.epoch == epoch)
+        .values(shard=shard, wake_at=to_db(wake_at), updated_at=to_db(now))
+    )
+    if touched.rowcount != 1:
+        raise StaleEpoch(f"{grain} is no longer at epoch {epoch}")
+
+
 def claim_key(conn: sa.Connection, *, key: str, owner: str, now: dt.datetime) -> int:
     """Take the fencing row ``key`` with the next epoch (the first is 1) and return it.
     Two first claims at once: one insert fails with IntegrityError; retry."""
     bumped = conn.execute(
         sa.update(grain_owners)
         .where(grain_owners.c.grain_id == key)
-        .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=to_db(now))
+        .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=to_db(now), **_AWAKE)
     )
     if bumped.rowcount == 0:
         conn.execute(
@@ -84,7 +108,7 @@ def claim_keys(
         conn.execute(
             sa.update(grain_owners)
             .where(grain_owners.c.grain_id.in_(chunk))
-            .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=to_db(now))
+            .values(epoch=grain_owners.c.epoch + 1, owner=owner, updated_at=to_db(now), **_AWAKE)
         )
         epochs.update(
             (key, int(epoch))

@@ -176,6 +176,12 @@ grain_owners = sa.Table(
     sa.Column("epoch", sa.BigInteger, nullable=False),
     sa.Column("owner", sa.String(255), nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    #: The wake-up index (design D4): a grain that deactivates with timers or schedules
+    #: writes when it must be active again and its placement shard; its next claim clears
+    #: both. Each replica reads its shards' due rows through ``ix_grain_owners_wake``.
+    sa.Column("shard", sa.SmallInteger, nullable=True),
+    sa.Column("wake_at", Timestamp, nullable=True),
+    sa.Index("ix_grain_owners_wake", "shard", "wake_at"),
 )
 
 #: The next Kafka offset to admit per partition, written in the flush transaction.

@@ -28,9 +28,17 @@ from actors.pipeline.ports import (
 )
 from actors.pipeline.schedules import ScheduleState
 from actors.pipeline.timers import TimerKey
+from services.placement import shard_of_grain
 from services.store import schedule_rows
 from services.store.coalesce import Batcher, Coalescer
-from services.store.fencing import claim_fenced, claim_key, fence, fence_many, in_transaction
+from services.store.fencing import (
+    claim_fenced,
+    claim_key,
+    fence,
+    fence_many,
+    in_transaction,
+    rest,
+)
 from services.store.grain_reads import (
     TASK_COLUMNS,
     ToActivate,
@@ -96,6 +104,13 @@ class SqlTaskStore:
 
     async def load(self, *, grain: GrainKey) -> Loaded:
         return await self._run(lambda conn: load_grain(conn, grain))
+
+    async def rest(self, *, grain: GrainKey, epoch: int, wake_at: dt.datetime) -> None:
+        now = self._clock()
+        shard = shard_of_grain(grain)
+        await self._run(
+            lambda conn: rest(conn, grain=grain, epoch=epoch, shard=shard, wake_at=wake_at, now=now)
+        )
 
     async def activate(self, *, grain: GrainKey, owner: str, timers: int) -> Activation:
         """Activations asked for while others are read go together (``coalesce.py``)."""

@@ -1,5 +1,5 @@
 """``wsched bench-idle`` with a few shared pipelines over the session's Kafka and TiDB,
-the takeover after a SIGKILL included: the machinery works and every figure is there
+resting grains woken for their delayed tasks and the takeover after a SIGKILL included: the machinery works and every figure is there
 (none is compared with a target)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def test_a_small_idle_bench_with_a_failover_reports_every_figure(
         pids={"kafka": kafka_broker.pid or 0, "tidb": tidb_server.pid or 0},
     )
     report = idle.run(
-        idle.Options(pipelines=6, measure_s=1, idle_timeout_s=1, failover=True),
+        idle.Options(pipelines=6, measure_s=1, idle_timeout_s=1, failover=True, timers=True),
         cache=infra_cache,
         say=lambda _text: None,
         components=components,
@@ -33,6 +33,10 @@ def test_a_small_idle_bench_with_a_failover_reports_every_figure(
     assert report["workload"]["topic"] == "shared"
     assert report["with_pipelines"]["active_grains"] == 0
     assert report["with_pipelines"]["scheduler_rss_mb"] > 0
+    timers = report["with_timers"]
+    assert timers["rested_s"] >= 0 and timers["idle"]["scheduler_rss_mb"] > 0
+    # Every task handed out, none before its due time (the figures' bounds are the bench's).
+    assert timers["lateness"]["handed_out"] == 6 and timers["lateness"]["early_ms"] >= 0
     failover = report["failover"]
     assert 0 < failover["pipelines_moved"] <= 6
     assert failover["all_polled_s"] >= failover["all_hosted_s"] > 0

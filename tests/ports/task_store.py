@@ -69,6 +69,10 @@ class StoreUnderTest(Protocol):
         """Write a schedule definition of ``PIPELINE`` as the API would."""
         ...
 
+    async def wake_ups(self) -> dict[GrainKey, dt.datetime]:
+        """The wake-up index: every resting grain, and when it must be active again."""
+        ...
+
 
 def new(i: int, data: bytes = b'{"n":1}', *, due_in_s: float = 0) -> NewTask:
     return NewTask(
@@ -391,6 +395,24 @@ class TimerContract:
         assert read[0].loaded.counts == {Status.QUEUED: 1, Status.SCHEDULED: 1}
         assert read[0].timers == [(at(30), "task-00002")]
         assert all((r.epoch, r.loaded.counts, r.timers) == (1, {}, []) for r in read[1:])
+
+    async def test_a_resting_grain_keeps_its_wake_up_until_its_next_claim(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        epoch = await store.claim(grain=GRAIN, owner="a")
+        wake_at = NOW + dt.timedelta(hours=1)
+        await store.rest(grain=GRAIN, epoch=epoch, wake_at=wake_at)
+        assert await under_test.wake_ups() == {GRAIN: wake_at}
+        await store.activate(grain=GRAIN, owner="b", timers=10)
+        assert await under_test.wake_ups() == {}
+        with pytest.raises(StaleEpoch):  # an ex-owner resting late writes nothing
+            await store.rest(grain=GRAIN, epoch=epoch, wake_at=wake_at)
+        assert await under_test.wake_ups() == {}
+        epoch = await store.claim(grain=GRAIN, owner="b")
+        await store.rest(grain=GRAIN, epoch=epoch, wake_at=wake_at)
+        await store.claim(grain=GRAIN, owner="c")
+        assert await under_test.wake_ups() == {}
 
     async def test_firing_reads_the_task_and_its_next_state_ends_the_timer(
         self, under_test: StoreUnderTest

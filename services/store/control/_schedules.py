@@ -19,6 +19,7 @@ from services.store.control._base import StoreBase
 from services.store.records import NotFound, ScheduleRecord, ScheduleRun, new_id
 from services.store.schema import schedule_state, schedules, tasks
 from services.store.sql import from_db_required, to_db
+from services.store.wakeups import nudge
 
 _COLUMNS = (*schedules.c, schedule_state.c.state_json)
 _JOINED = schedules.outerjoin(schedule_state, schedule_state.c.schedule_id == schedules.c.id)
@@ -42,6 +43,7 @@ class ScheduleMethods(StoreBase):
             "updated_at": to_db(now),
         }
         self._insert_named(schedules, row, taken=f"a schedule named {name!r} already exists")
+        self._wake_resting(pipeline_id)
         return ScheduleRecord(
             id=schedule_id,
             pipeline_id=pipeline_id,
@@ -97,6 +99,7 @@ class ScheduleMethods(StoreBase):
             )
             if done.rowcount != 1:
                 raise NotFound(f"schedule {schedule.name!r} was deleted meanwhile")
+            nudge(conn, pipeline_id=schedule.pipeline_id, now=self._clock())
         fresh = self.get_schedule(pipeline_id=schedule.pipeline_id, name=schedule.name)
         if fresh is None:
             raise NotFound(f"schedule {schedule.name!r} was deleted meanwhile")
@@ -106,6 +109,13 @@ class ScheduleMethods(StoreBase):
         """Delete the definition; the firing grain drops the state when it sees it gone."""
         with self._engine.begin() as conn:
             conn.execute(sa.delete(schedules).where(schedules.c.id == schedule.id))
+            nudge(conn, pipeline_id=schedule.pipeline_id, now=self._clock())
+
+    def _wake_resting(self, pipeline_id: str) -> None:
+        """A resting grain of the pipeline reads its schedules now, in case the
+        ``ScheduleChanged`` record that tells it is never produced (``wakeups.py``)."""
+        with self._engine.begin() as conn:
+            nudge(conn, pipeline_id=pipeline_id, now=self._clock())
 
     def schedule_runs(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -10,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from actors.pipeline.book import TaskBook
-from actors.pipeline.model import Outcome, PipelineConfig, Report
+from actors.pipeline.model import GrainKey, Outcome, PipelineConfig, Report
 from services.store import migrate
-from services.store.schema import schedules, task_attempts, tasks
-from services.store.sql import duplicates_fail_at_once
+from services.store.schema import grain_owners, schedules, task_attempts, tasks
+from services.store.sql import duplicates_fail_at_once, from_db_required
 from services.store.tasks import SqlTaskStore
 from tests.ports.task_store import (
     GRAIN,
@@ -78,6 +79,14 @@ class SqlStoreUnderTest:
                     updated_at=NOW.replace(tzinfo=None),
                 )
             )
+
+    async def wake_ups(self) -> dict[GrainKey, dt.datetime]:
+        query = sa.select(grain_owners.c.grain_id, grain_owners.c.wake_at).where(
+            grain_owners.c.wake_at.is_not(None)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {GrainKey.parse(row.grain_id): from_db_required(row.wake_at) for row in rows}
 
 
 @pytest.fixture

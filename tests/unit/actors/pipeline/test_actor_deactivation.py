@@ -169,3 +169,62 @@ async def test_polls_waiting_in_a_grain_that_deactivates_are_answered_empty(worl
             break
         await asyncio.sleep(0)
     assert future.done() and future.result() == [] and not world.active
+
+
+async def gone_within(world: World, seconds: float) -> bool:
+    """Advance ``seconds`` of fake time; whether the grain deactivated meanwhile."""
+    await world.clock.advance(seconds)
+    for _ in range(100):  # the deactivation itself runs on the loop
+        if not world.active:
+            return True
+        await asyncio.sleep(0)
+    return False
+
+
+async def test_a_grain_holding_only_a_far_timer_rests_with_its_wake_up(world: World) -> None:
+    """It deactivates like an empty grain, after writing when it must be back: its timer's
+    due time less the wake margin (and the pipeline's lead, zero here)."""
+    due_at = world.clock.wall() + dt.timedelta(hours=1)
+    await world.system.ask(GRAIN, Admit(batch=AdmitBatch(new=(new_task(1, due_at=due_at),))))
+    assert await gone_within(world, 2 + 5 + 0.5 + 60 + 10)
+    margin = dt.timedelta(seconds=TIMING.wake_margin_s)
+    assert world.store.wakeups == {KEY: due_at - margin}
+    # Its next activation (a record, a poll's, or the wake-up index's) clears the row.
+    await world.system.ask(GRAIN, Activate())
+    assert world.store.wakeups == {} and world.active
+    assert world.activations == 2
+
+
+async def test_a_grain_whose_timer_is_near_stays_active_and_fires_it(world: World) -> None:
+    """A timer due sooner than the grain would stay idle anyway plus the wake margin
+    (60 + 15 s): resting would only wake it again at once."""
+    due_at = world.clock.wall() + dt.timedelta(seconds=100)
+    await world.system.ask(GRAIN, Admit(batch=AdmitBatch(new=(new_task(1, due_at=due_at),))))
+    assert not await gone_within(world, 99)
+    assert world.store.wakeups == {}
+    waiting = await world.system.ask(GRAIN, Poll(worker="w", max_tasks=5, max_bytes=1 << 20))
+    await world.clock.advance(1)
+    assert [g.task.id for g in waiting.result()] == ["t1"]
+
+
+async def test_a_grain_whose_wake_up_cannot_be_written_stays_and_tries_again(
+    world: World,
+) -> None:
+    due_at = world.clock.wall() + dt.timedelta(hours=1)
+    await world.system.ask(GRAIN, Admit(batch=AdmitBatch(new=(new_task(1, due_at=due_at),))))
+    await world.clock.advance(2 + 5 + 0.5)  # flushed, and slow
+    world.store.down = True
+    assert not await gone_within(world, 60 + 30)
+    assert world.store.wakeups == {}, "its timer would be forgotten with no wake-up row"
+    world.store.down = False
+    assert await gone_within(world, TIMING.idle_tick_s * 2)
+    assert KEY in world.store.wakeups
+
+
+async def test_a_fenced_grain_does_not_write_a_wake_up(world: World) -> None:
+    due_at = world.clock.wall() + dt.timedelta(hours=1)
+    await world.system.ask(GRAIN, Admit(batch=AdmitBatch(new=(new_task(1, due_at=due_at),))))
+    await world.clock.advance(2 + 5 + 0.5)
+    await world.store.claim(grain=KEY, owner="b")  # another replica took it over
+    assert await gone_within(world, 60 + 30)
+    assert world.store.wakeups == {}  # the new owner's to write

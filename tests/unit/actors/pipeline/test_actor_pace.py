@@ -201,19 +201,41 @@ async def test_a_reported_lease_lets_the_grain_slow_down_after_its_flush(
     assert world.store.stats["p"] == world.core.book.stats()
 
 
-async def test_a_delayed_task_keeps_the_grain_fast_and_fires_on_time(
+async def test_a_delayed_task_lets_the_grain_slow_down_and_still_fires_on_time(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await slowed_down(world, monkeypatch)
+    """The actor arms a timer at the due time: the grain needs no fast tick to wait."""
+    calls = await slowed_down(world, monkeypatch)
     waiting = await world.poll()
     due_at = world.clock.wall() + dt.timedelta(seconds=30)
     admitted_at = world.clock.now()
     await world.ask(Admit(batch=AdmitBatch(new=(new(1, due_at=due_at),))))
-    while world.clock.now() < admitted_at + 29:
-        await world.clock.advance(1)
-        assert not world.actor.idle and not waiting.done()
+    await world.until(admitted_at + 29.9)
+    assert world.actor.idle and not waiting.done()
+    # Fast until the admission's counters are flushed and five quiet seconds passed,
+    # then slow ticks only: 60 ticks at the fast pace.
+    assert calls["tick"] <= SLOW_BY_S / TIMING.tick_s + 30 / TIMING.idle_tick_s + 1
+    assert calls["flush"] == 1
     await world.until(admitted_at + 30)
     assert waiting.done() and [g.task.id for g in waiting.result()] == ["t1"]
+
+
+async def test_an_earlier_timer_rearms_a_slow_grain(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await slowed_down(world, monkeypatch)
+    later = world.clock.wall() + dt.timedelta(seconds=300)
+    start = world.clock.now()
+    await world.ask(Admit(batch=AdmitBatch(new=(new(1, due_at=later),))))
+    await world.until(start + 20)
+    assert world.actor.idle
+    waiting = await world.poll()
+    sooner = world.clock.wall() + dt.timedelta(seconds=7.3)
+    await world.ask(Admit(batch=AdmitBatch(new=(new(2, due_at=sooner),))))
+    await world.until(start + 27.2)
+    assert not waiting.done()
+    await world.until(start + 27.3)
+    assert waiting.done() and [g.task.id for g in waiting.result()] == ["t2"]
 
 
 def hourly() -> ScheduleSpec:
@@ -223,12 +245,25 @@ def hourly() -> ScheduleSpec:
     )
 
 
-async def test_a_grain_with_a_schedule_never_slows_down(world: World) -> None:
+async def test_a_grain_with_a_schedule_slows_down_and_fires_on_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world.store.schedules["p"] = {"s": hourly()}
     await world.ask(Activate())
-    for _ in range(60):
-        await world.clock.advance(1)
-        assert not world.actor.idle
+    calls = count(world, monkeypatch)
+    await world.until(SLOW_BY_S + TIMING.flush_s)
+    assert world.actor.idle
+    next_fire = world.core.schedules.book.next_due()
+    assert next_fire is not None
+    fire_in = (next_fire - world.clock.wall()).total_seconds()
+    ticks = calls["tick"]
+    await world.clock.advance(fire_in - 0.01)
+    assert world.store.schedule_states.get("p", {}).get("s") is None or not any(
+        row.status is Status.QUEUED for row in world.store.rows.values()
+    )
+    assert calls["tick"] - ticks <= fire_in / TIMING.idle_tick_s + 1  # slow ticks only
+    await world.clock.advance(0.01)
+    assert any(row.status is Status.QUEUED for row in world.store.rows.values())
 
 
 async def test_a_schedule_change_brings_a_slow_grain_back(
@@ -237,7 +272,7 @@ async def test_a_schedule_change_brings_a_slow_grain_back(
     await slowed_down(world, monkeypatch)
     world.store.schedules["p"] = {"s": hourly()}
     await world.ask(Admit(batch=AdmitBatch(schedules=("s",))))
-    assert not world.actor.idle and len(world.core.schedules.book) == 1
+    assert len(world.core.schedules.book) == 1
 
 
 async def test_a_schedule_whose_record_was_lost_is_found_at_a_slow_tick(
@@ -247,7 +282,7 @@ async def test_a_schedule_whose_record_was_lost_is_found_at_a_slow_tick(
     world.store.schedules["p"] = {"s": hourly()}
     # The resync compares versions every 30 s from activation; a slow tick runs it.
     await world.until(30 + TIMING.idle_tick_s)
-    assert len(world.core.schedules.book) == 1 and not world.actor.idle
+    assert len(world.core.schedules.book) == 1
 
 
 async def test_counters_that_cannot_be_written_keep_the_grain_fast(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
 
 from actors.pipeline.memory import InMemoryTaskStore
+from actors.pipeline.model import GrainKey
 from actors.pipeline.schedules import ScheduleSpec
 from tests.ports.task_store import (
     PIPELINE,
@@ -39,6 +41,9 @@ class MemoryStoreUnderTest:
             id=schedule_id, name=schedule_id, version=version, paused=False, doc=doc
         )
         self.store.schedules.setdefault(PIPELINE, {})[schedule_id] = spec
+
+    async def wake_ups(self) -> dict[GrainKey, dt.datetime]:
+        return dict(self.store.wakeups)
 
 
 class TestInMemoryTaskStore(

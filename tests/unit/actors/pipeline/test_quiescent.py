@@ -60,9 +60,9 @@ def loaded_book(**config: int) -> TaskBook:
     return book
 
 
-async def active_core(store: InMemoryTaskStore, clock: Clock) -> PipelineCore:
+async def active_core(store: InMemoryTaskStore, clock: Clock, lead_s: float = 0) -> PipelineCore:
     core = PipelineCore(
-        config=PipelineConfig(pipeline_id="p"),
+        config=PipelineConfig(pipeline_id="p", lead_s=lead_s),
         key=KEY,
         owner="a",
         store=store,
@@ -108,10 +108,16 @@ def test_a_stored_backlog_keeps_a_book_busy_until_a_page_finds_it_gone() -> None
     assert book.quiescent
 
 
-def test_a_timer_keeps_a_book_busy() -> None:
+def test_a_book_holding_only_timers_is_quiescent_until_it_wants_a_refill() -> None:
+    """Firing needs no tick (the actor arms a timer at the due time): a book holding
+    timers may rest, with a wake-up; one whose heap ran low while the store holds more
+    has a refill to do."""
     book = loaded_book()
     book.admit([task(1, due=T0 + dt.timedelta(hours=1))])
-    assert not book.quiescent
+    book.take_flush()
+    assert book.quiescent and book.timers.next_due() == T0 + dt.timedelta(hours=1)
+    book.timers.horizon = (T0 + dt.timedelta(hours=2), "")  # the store holds later ones
+    assert book.timers.wants_refill() and not book.quiescent
 
 
 async def test_a_fresh_grain_is_quiescent_once_its_counters_are_written() -> None:
@@ -156,16 +162,29 @@ async def test_a_cancel_in_the_store_keeps_a_grain_busy_until_its_counters_are_w
     assert core.quiescent
 
 
-async def test_a_grain_holding_a_schedule_is_never_quiescent() -> None:
+async def test_a_grain_holding_a_schedule_is_quiescent_and_wakes_before_it_fires() -> None:
     store, clock = InMemoryTaskStore(), Clock()
     store.schedules["p"] = {
         "s": ScheduleSpec(
             id="s", name="hourly", version=1, rule=Every(every_s=3600, anchor=T0), data=b"{}"
         )
     }
+    core = await active_core(store, clock, lead_s=60)
+    await core.flush()
+    fires_at = core.schedules.book.next_due()
+    assert fires_at is not None and core.quiescent
+    assert core.wake_at() == fires_at - dt.timedelta(seconds=60)  # its workers in time
+
+
+async def test_a_grain_with_timers_wakes_at_the_soonest() -> None:
+    store, clock = InMemoryTaskStore(), Clock()
     core = await active_core(store, clock)
     await core.flush()
-    assert core.book.quiescent and not core.quiescent
+    assert core.wake_at() is None  # only a message can give it work
+    await core.admit(AdmitBatch(new=(new(1, due_in_s=7200), new(2, due_in_s=5400))))
+    await core.flush()
+    assert core.quiescent
+    assert core.wake_at() == T0 + dt.timedelta(seconds=5400)
 
 
 def test_ready_tasks_waiting_for_a_worker_need_no_tick_unless_one_has_a_deadline() -> None:

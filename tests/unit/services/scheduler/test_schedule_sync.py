@@ -36,3 +36,12 @@ def test_only_grains_whose_versions_differ_are_told() -> None:
 def test_an_inactive_grain_is_told_only_if_it_has_schedules() -> None:
     stored = {"with": {"s": 1}}
     assert differing(["with", "without"], stored, {}) == {"with": {"s": 1}}
+
+
+def test_an_inactive_grain_resting_with_a_wake_up_is_left_to_it() -> None:
+    """It reads its schedules when woken, and the API makes it due when one changes:
+    telling it every 30 s would wake it every 30 s."""
+    stored = {"resting": {"s": 1}, "stopped": {"s": 1}}
+    assert differing(["resting", "stopped"], stored, {}, resting={"resting"}) == {
+        "stopped": {"s": 1}
+    }
