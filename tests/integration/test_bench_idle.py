@@ -1,6 +1,6 @@
 """``wsched bench-idle`` with a few shared pipelines over the session's Kafka and TiDB,
-resting grains woken for their delayed tasks and the takeover after a SIGKILL included: the machinery works and every figure is there
-(none is compared with a target)."""
+resting grains woken for their delayed tasks and the takeover after a SIGKILL included:
+the machinery works and every figure is there (none is compared with a target)."""
 
 from __future__ import annotations
 
