@@ -137,10 +137,15 @@ def _with_timers(
     }
     started = time.monotonic()
     say("waiting for the grains to rest with their wake-ups")
-    idle_timers.wait_resting(
-        lambda: _gauge(system, "wsched_active_grains"), options.idle_timeout_s, count
+    # Leave the measurement and the polls' start (20 s before due) their time.
+    limit_s = max(10.0, due_at - time.time() - options.measure_s - 30)
+    still_active = idle_timers.wait_resting(
+        lambda: _gauge(system, "wsched_active_grains"), limit_s=limit_s
     )
     report["rested_s"] = round(time.monotonic() - started, 1)
+    report["still_active"] = still_active
+    if still_active:
+        system.shortfalls.append(f"{still_active} grains did not rest")
     time.sleep(5)
     say(f"measuring {count} pipelines holding a task due later for {options.measure_s:g}s")
     report["idle"] = _idle(system, options.measure_s)

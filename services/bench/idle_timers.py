@@ -21,7 +21,7 @@ import grpc
 
 from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
 from services.bench.measure import percentile
-from services.bench.system import BenchFailed, Say, Tenant, until
+from services.bench.system import BenchFailed, Say, Tenant
 
 Report = dict[str, Any]
 
@@ -125,6 +125,10 @@ async def _until_handed_out(
         return
 
 
-def wait_resting(active: Callable[[], int], idle_timeout_s: float, count: int) -> None:
-    """Until no grain is active: every one of them rested with its wake-up."""
-    until(lambda: active() == 0, idle_timeout_s + 120 + count / 50, "grains resting")
+def wait_resting(active: Callable[[], int], *, limit_s: float) -> int:
+    """Until no grain is active (every one rested with its wake-up) or ``limit_s`` ran
+    out; how many are still active then."""
+    deadline = time.monotonic() + limit_s
+    while (left := active()) > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
