@@ -325,8 +325,10 @@ class SqlTaskStore:
     async def fire_timers(
         self, *, grain: GrainKey, epoch: int, timers: Sequence[TimerKey], now: dt.datetime
     ) -> list[Task]:
+        """Shares a fenced transaction with other grains' firings, admissions and flushes
+        (``_write_many``): a herd of timers due at one moment is a few transactions."""
+
         def fire(conn: sa.Connection) -> list[Task]:
-            fence(conn, grain=grain, epoch=epoch, now=now)
             ids = [task_id for _, task_id in timers]
             where = (tasks.c.pipeline_id == grain.pipeline_id, tasks.c.id.in_(ids))
             rows = conn.execute(sa.select(*TASK_COLUMNS).where(*where)).all()
@@ -340,7 +342,10 @@ class SqlTaskStore:
                 if row.id in live
             ]
 
-        return await self._run(fire)
+        fired = await self._writes.submit(
+            _Fenced(grain=grain, epoch=epoch, now=now, weight=len(timers) + 1, write=fire)
+        )
+        return cast(list[Task], fired)
 
     async def flush(
         self,

@@ -203,6 +203,21 @@ def test_ready_tasks_waiting_for_a_worker_need_no_tick_unless_one_has_a_deadline
     assert not book.tickless  # and a lease expires
 
 
+def test_the_deadline_sweep_counts_ready_tasks_with_a_deadline_as_they_come_and_go() -> None:
+    book = loaded_book()
+    soon = T0 + dt.timedelta(minutes=5)
+    book.admit([dataclasses.replace(task(i), expires_at=soon) for i in (1, 2)] + [task(3)])
+    book.take_flush()
+    assert not book.tickless
+    (grant,) = book.lease(worker="w", max_tasks=1, max_bytes=1 << 20, now=0, wall=T0)
+    assert grant.token.task_id == "t1" and book.end_overdue(wall=T0) == 0
+    assert book.end_overdue(wall=soon + dt.timedelta(seconds=1)) == 1  # t2 ends expired
+    assert book.ready_count == 1 and book.end_overdue(wall=soon + dt.timedelta(days=1)) == 0
+    book.report(Report(token=grant.token, outcome=Outcome.SUCCEEDED), wall=T0)
+    book.take_flush()
+    assert book.tickless  # t3 waits for a worker, with no deadline to sweep
+
+
 def test_a_window_below_half_with_more_in_the_store_needs_a_tick_to_page_in() -> None:
     book = loaded_book(window_tasks=4)
     book.load_counts({Status.QUEUED: 10})
