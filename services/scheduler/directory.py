@@ -100,9 +100,11 @@ class PipelineDirectory:
         window_tasks: int,
         token_ttl_s: float = 30,
         token_cache_size: int = 10_000,
+        owner_ttl_s: float = 2.0,
         wall_clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
-        """``wall_clock``: when a rotated-out worker token's grace period is over."""
+        """``wall_clock``: when a rotated-out worker token's grace period is over;
+        ``owner_ttl_s``: how long a shard's owner read for a redirect is trusted."""
         self._engine = engine
         self._wall_clock = wall_clock
         self._window_tasks = window_tasks
@@ -112,6 +114,10 @@ class PipelineDirectory:
         #: first: bounded, so a flood of made-up pipeline ids cannot grow it.
         self._tokens: OrderedDict[str, _Digests] = OrderedDict()
         self._token_cache_size = token_cache_size
+        #: shard -> (its owner's address, until when it is trusted): the redirects of
+        #: many workers asking the wrong replica cost one read per shard, not one each.
+        self._shard_owners: dict[int, tuple[str, float]] = {}
+        self._owner_ttl_s = owner_ttl_s
 
     async def pipeline_config(self, pipeline_id: str) -> PipelineConfig | None:
         """The config of a ready pipeline, None if it is not; the lookups of many grains
@@ -287,22 +293,30 @@ class PipelineDirectory:
         would name a replica that lost the shard while the grain was inactive (a shared
         pipeline's grain is activated only when it has work), and the poll would bounce
         between replicas until a record activated it."""
+        shard = shard_of(pipeline_id)
+        cached = self._shard_owners.get(shard)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]  # a shard's owner changes at a rebalance, not per poll
         grain_key = str(GrainKey(pipeline_id=pipeline_id))
-        key_of_shard = shard_key(shard_of(pipeline_id))
+        key_of_shard = shard_key(shard)
 
-        def read() -> str | None:
+        def read() -> dict[str, str]:
             with self._engine.connect() as conn:
-                owners = dict(
-                    conn.execute(
+                return {
+                    str(key): str(owner)
+                    for key, owner in conn.execute(
                         sa.select(grain_owners.c.grain_id, grain_owners.c.owner).where(
                             grain_owners.c.grain_id.in_([key_of_shard, grain_key])
                         )
                     ).all()
-                )
-            owner = owners.get(key_of_shard) or owners.get(grain_key)
-            return str(owner) if owner is not None else None
+                }
 
         try:
-            return await asyncio.to_thread(read)
+            owners = await asyncio.to_thread(read)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
             raise StoreUnavailable("the grain's owner cannot be read now") from err
+        if key_of_shard in owners:
+            expires = time.monotonic() + self._owner_ttl_s
+            self._shard_owners[shard] = (owners[key_of_shard], expires)
+            return owners[key_of_shard]
+        return owners.get(grain_key)

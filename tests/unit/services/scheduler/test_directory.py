@@ -3,6 +3,7 @@ database outage; workers sent to the owner of the pipeline's shard."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -133,3 +134,26 @@ async def test_workers_are_sent_to_the_owner_of_the_pipelines_shard(engine: sa.E
             )
         )
     assert await directory.owner_address("p1") == "new:2"
+
+
+async def test_a_shards_owner_is_read_once_for_many_redirects_until_it_is_stale(
+    engine: sa.Engine,
+) -> None:
+    directory = PipelineDirectory(engine=engine, window_tasks=10, owner_ttl_s=0.2)
+    now = dt.datetime(2026, 11, 26)
+    with engine.begin() as conn:
+        conn.execute(
+            grain_owners.insert().values(
+                grain_id=shard_key(shard_of("p1")), epoch=1, owner="a:1", updated_at=now
+            )
+        )
+    assert await directory.owner_address("p1") == "a:1"
+    with engine.begin() as conn:  # the shard moves at a rebalance
+        conn.execute(
+            grain_owners.update()
+            .where(grain_owners.c.grain_id == shard_key(shard_of("p1")))
+            .values(epoch=2, owner="b:2")
+        )
+    assert await directory.owner_address("p1") == "a:1"  # cached
+    await asyncio.sleep(0.25)
+    assert await directory.owner_address("p1") == "b:2"
