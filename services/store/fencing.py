@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import sqlalchemy as sa
 
@@ -75,6 +75,27 @@ def rest(
     )
     if touched.rowcount != 1:
         raise StaleEpoch(f"{grain} is no longer at epoch {epoch}")
+
+
+class Fenced(Protocol):
+    """A grain's item of a batch: checked against its fencing row before it runs."""
+
+    @property
+    def grain(self) -> GrainKey: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def now(self) -> dt.datetime: ...
+
+
+def fence_all(conn: sa.Connection, items: Sequence[Fenced]) -> None:
+    """``fence`` every item's grain, in one statement for many (``fence_many``)."""
+    if len(items) == 1:
+        fence(conn, grain=items[0].grain, epoch=items[0].epoch, now=items[0].now)
+    else:
+        fence_many(conn, [(str(i.grain), i.epoch) for i in items], now=items[-1].now)
 
 
 def claim_key(conn: sa.Connection, *, key: str, owner: str, now: dt.datetime) -> int:

@@ -14,11 +14,13 @@ from actors.pipeline.model import GrainKey, Status, Task
 from actors.pipeline.ports import Activation, Loaded
 from actors.pipeline.timers import TimerKey
 from services.store import schedule_rows
-from services.store.fencing import claim_keys
+from services.store.fencing import claim_keys, fence_all
 from services.store.schema import grain_offsets, task_timers, tasks
 from services.store.sql import chunks, from_db, from_db_required, to_db
-from services.store.task_writes import policy_from_json
+from services.store.task_writes import end_timers, policy_from_json
 from services.store.types import Timestamp
+
+SCHEDULED = Status.SCHEDULED.value
 
 TASK_COLUMNS = (
     tasks.c.id,
@@ -174,3 +176,41 @@ def activate_many(
         )
         for item in wanted
     }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ToFire:
+    """A grain's due timers, to read their tasks (``fire_many``)."""
+
+    grain: GrainKey
+    epoch: int
+    timers: tuple[TimerKey, ...]
+    now: dt.datetime
+
+
+def fire_many(conn: sa.Connection, items: Sequence[ToFire]) -> list[list[Task]]:
+    """Fenced, read the tasks of many grains' due timers that are still ``scheduled``, as
+    queued, in one statement per 500 tasks. Nothing else is written: their rows stay
+    ``scheduled`` and their timer rows stay until the flush that writes their next state
+    (a crash before then fires them again). A timer whose task is no longer scheduled is
+    stale, and is deleted."""
+    fence_all(conn, items)
+    wanted = list(dict.fromkeys((i.grain.pipeline_id, key[1]) for i in items for key in i.timers))
+    rows: dict[tuple[str, str], Any] = {}
+    for chunk in chunks(wanted):
+        query = sa.select(*TASK_COLUMNS, tasks.c.pipeline_id).where(
+            sa.tuple_(tasks.c.pipeline_id, tasks.c.id).in_(chunk)
+        )
+        rows.update(((row.pipeline_id, row.id), row) for row in conn.execute(query))
+    fired: list[list[Task]] = []
+    for item in items:
+        pipeline_id = item.grain.pipeline_id
+        found = [(key, rows.get((pipeline_id, key[1]))) for key in item.timers]
+        live = [row for _, row in found if row is not None and row.status == SCHEDULED]
+        end_timers(
+            conn, pipeline_id, [key for key, row in found if row is None or row.status != SCHEDULED]
+        )
+        fired.append(
+            [dataclasses.replace(task_from_row(row), status=Status.QUEUED) for row in live]
+        )
+    return fired

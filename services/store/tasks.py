@@ -32,17 +32,20 @@ from services.placement import shard_of_grain
 from services.store import schedule_rows
 from services.store.coalesce import Batcher, Coalescer
 from services.store.fencing import (
+    Fenced,
     claim_fenced,
     claim_key,
     fence,
-    fence_many,
+    fence_all,
     in_transaction,
     rest,
 )
 from services.store.grain_reads import (
     TASK_COLUMNS,
     ToActivate,
+    ToFire,
     activate_many,
+    fire_many,
     load_grain,
     page_timers,
     task_from_row,
@@ -63,6 +66,8 @@ from services.store.task_writes import (
 
 log = logging.getLogger("wsched.store.tasks")
 R = TypeVar("R")
+#: A batched item: a grain's, with its fencing row's epoch.
+B = TypeVar("B", bound=Fenced)
 
 #: Grains claimed and read per activation transaction at most.
 ACTIVATION_BATCH = 256
@@ -72,6 +77,9 @@ WRITE_BATCH = 5000
 #: Shared transactions of fenced writes in flight at once (the loop's default executor
 #: has cores + 4 threads).
 WRITE_CONCURRENCY = 4
+#: Timers (plus one per grain) fired per shared transaction at most: their tasks are read
+#: in one statement per 500.
+FIRE_BATCH = 5000
 
 
 class SqlTaskStore:
@@ -89,6 +97,13 @@ class SqlTaskStore:
             max_weight=WRITE_BATCH,
             # Grains that write alone keep writing side by side, as before batching.
             concurrency=WRITE_CONCURRENCY,
+        )
+
+        self._fires: Batcher[ToFire, object] = Batcher(
+            self._fire_many,
+            weight=lambda item: len(item.timers) + 1,
+            max_weight=FIRE_BATCH,
+            concurrency=2,
         )
 
     async def _run(self, fn: Callable[[sa.Connection], R]) -> R:
@@ -153,28 +168,36 @@ class SqlTaskStore:
 
     async def _write_many(self, items: Sequence[_Fenced]) -> list[object | Exception]:
         """Fenced writes of many grains in one transaction: their fencing rows checked in
-        one statement, then each grain's writes. If that fails (one of them was fenced,
-        say), each runs on its own, so that it fails alone."""
+        one statement, then each grain's writes."""
 
-        def write_all(conn: sa.Connection) -> list[object | Exception]:
-            if len(items) == 1:
-                fence(conn, grain=items[0].grain, epoch=items[0].epoch, now=items[0].now)
-            else:
-                fence_many(conn, [(str(i.grain), i.epoch) for i in items], now=items[-1].now)
+        def write_all(conn: sa.Connection, items: Sequence[_Fenced]) -> list[object]:
+            fence_all(conn, items)
             return [item.write(conn) for item in items]
 
+        return await self._together(items, write_all, what="fenced writes")
+
+    async def _together(
+        self,
+        items: Sequence[B],
+        fn: Callable[[sa.Connection, Sequence[B]], Sequence[object]],
+        *,
+        what: str,
+    ) -> list[object | Exception]:
+        """``fn`` over many grains' items in one transaction. If that fails (one of them
+        was fenced, say), each runs on its own, so that it fails alone; a database that
+        cannot be reached fails them all (each caller retries)."""
         if len(items) == 1:
-            return await self._run(write_all)
+            return list(await self._run(lambda conn: fn(conn, items)))
         try:
-            return await self._run(write_all)
+            return list(await self._run(lambda conn: fn(conn, items)))
         except StoreUnavailable as err:
-            return [err] * len(items)  # nobody's own failure: each caller retries
+            return [err] * len(items)
         except Exception:  # noqa: BLE001 - tried again one by one, which says whose it was
-            log.info("a batch of %d fenced writes failed; each on its own", len(items))
+            log.info("a batch of %d %s failed; each on its own", len(items), what)
         outcomes: list[object | Exception] = []
         for item in items:
             try:
-                outcomes.append((await self._write_many([item]))[0])
+                outcomes.append((await self._together([item], fn, what=what))[0])
             except Exception as err:  # noqa: BLE001 - this item's own failure
                 outcomes.append(err)
         return outcomes
@@ -325,27 +348,16 @@ class SqlTaskStore:
     async def fire_timers(
         self, *, grain: GrainKey, epoch: int, timers: Sequence[TimerKey], now: dt.datetime
     ) -> list[Task]:
-        """Shares a fenced transaction with other grains' firings, admissions and flushes
-        (``_write_many``): a herd of timers due at one moment is a few transactions."""
-
-        def fire(conn: sa.Connection) -> list[Task]:
-            ids = [task_id for _, task_id in timers]
-            where = (tasks.c.pipeline_id == grain.pipeline_id, tasks.c.id.in_(ids))
-            rows = conn.execute(sa.select(*TASK_COLUMNS).where(*where)).all()
-            live = {row.id for row in rows if row.status == Status.SCHEDULED.value}
-            # A timer whose task is no longer scheduled is stale: it ends now. The others
-            # stay until the flush that writes their tasks' next state.
-            end_timers(conn, grain.pipeline_id, [key for key in timers if key[1] not in live])
-            return [
-                dataclasses.replace(task_from_row(row), status=Status.QUEUED)
-                for row in rows
-                if row.id in live
-            ]
-
-        fired = await self._writes.submit(
-            _Fenced(grain=grain, epoch=epoch, now=now, weight=len(timers) + 1, write=fire)
+        """Firings of other grains asked for meanwhile go together (``_fire_many``): a
+        herd of timers due at one moment is one fenced read, not a transaction each."""
+        fired = await self._fires.submit(
+            ToFire(grain=grain, epoch=epoch, timers=tuple(timers), now=now)
         )
         return cast(list[Task], fired)
+
+    async def _fire_many(self, items: Sequence[ToFire]) -> list[object | Exception]:
+        """Many grains' firings in one transaction (``grain_reads.fire_many``)."""
+        return await self._together(items, fire_many, what="firings")
 
     async def flush(
         self,

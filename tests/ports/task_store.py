@@ -441,6 +441,36 @@ class TimerContract:
         again = await store.fire_timers(grain=GRAIN, epoch=epoch, timers=[key], now=at(6))
         assert again == []
 
+    async def test_firings_at_once_are_each_fenced_and_read_for_their_own_grain(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        """Grains firing at one moment may share the store's work; each still gets only
+        its own tasks (the same task id in two pipelines included), and a fenced one
+        fails alone."""
+        store = under_test.store
+        grains = [GrainKey(pipeline_id=f"0190-fire-{i}") for i in range(4)]
+        epochs = []
+        for grain in grains:
+            epoch = await store.claim(grain=grain, owner="a")
+            await store.admit(
+                grain=grain, epoch=epoch, tasks=[new(1, due_in_s=5)], offsets={}, now=NOW
+            )
+            epochs.append(epoch)
+        await store.claim(grain=grains[2], owner="b")  # the third moved away
+        key = (at(5), "task-00001")
+        outcomes = await asyncio.gather(
+            *(
+                store.fire_timers(grain=g, epoch=e, timers=[key], now=at(5))
+                for g, e in zip(grains, epochs, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[2], StaleEpoch)
+        for i in (0, 1, 3):
+            fired = outcomes[i]
+            assert isinstance(fired, list)
+            assert [(t.id, t.status) for t in fired] == [("task-00001", Status.QUEUED)]
+
     async def test_cancelling_a_scheduled_task_ends_its_timer(
         self, under_test: StoreUnderTest
     ) -> None:
