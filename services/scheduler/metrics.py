@@ -27,6 +27,7 @@ from actors.runtime import KindStats
 from services.scheduler.forwarder import ForwarderStats
 from services.scheduler.scaler import ScalerStats
 from services.scheduler.shard_forwarder import ShardStats
+from services.scheduler.waking import WakingStats
 
 FLUSH_ROW_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000, 20000)
 DISPATCH_BUCKETS = (
@@ -63,6 +64,9 @@ class Sources(Protocol):
 
     def shard_stats(self) -> Mapping[int, ShardStats]: ...
 
+    @property
+    def waking(self) -> WakingStats: ...
+
 
 class SchedulerCollector(Collector):
     def __init__(self, sources: Sources) -> None:
@@ -75,6 +79,18 @@ class SchedulerCollector(Collector):
         yield from self._forwarder_metrics(dict(self._sources.forwarders()))
         yield from self._actor_metrics(dict(self._sources.actor_stats()))
         yield from self._shard_metrics(dict(self._sources.shard_stats()))
+        yield from self._waking_metrics(self._sources.waking)
+
+    def _waking_metrics(self, stats: WakingStats) -> Iterator[Metric]:
+        woken = CounterMetricFamily(
+            "wsched_grains_woken", "Resting grains activated by their wake-up (timers due)."
+        )
+        woken.add_metric([], stats.woken)
+        failed = CounterMetricFamily(
+            "wsched_grain_wakeups_failed", "Wake-ups whose activation failed (tried again)."
+        )
+        failed.add_metric([], stats.failed)
+        yield from (woken, failed)
 
     def _grain_metrics(self, snapshots: dict[GrainKey, GrainSnapshot]) -> Iterator[Metric]:
         events = CounterMetricFamily(

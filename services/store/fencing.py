@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
@@ -21,6 +22,9 @@ from services.store.schema import grain_owners
 from services.store.sql import chunks, to_db
 
 R = TypeVar("R")
+#: An item of a batch of many grains' (``together``).
+F = TypeVar("F", bound="Fenced")
+log = logging.getLogger("wsched.store.fencing")
 
 
 def fence(conn: sa.Connection, *, grain: GrainKey, epoch: int, now: dt.datetime) -> None:
@@ -175,3 +179,31 @@ async def claim_fenced(engine: sa.Engine, fn: Callable[[sa.Connection], R], *, w
         except sa.exc.IntegrityError:
             continue  # another replica inserted the first row at the same moment
     raise StoreUnavailable(f"could not claim {what}: repeated conflicts")
+
+
+async def together(
+    engine: sa.Engine,
+    items: Sequence[F],
+    fn: Callable[[sa.Connection, Sequence[F]], Sequence[object]],
+    *,
+    what: str,
+) -> list[object | Exception]:
+    """``fn`` over many grains' items (it fences them: ``fence_all``) in one transaction,
+    an outcome per item. If that fails (one of them was fenced, say), each runs on its
+    own, so that it fails alone; a database that cannot be reached fails them all (each
+    caller retries)."""
+    if len(items) == 1:
+        return list(await in_transaction(engine, lambda conn: fn(conn, items)))
+    try:
+        return list(await in_transaction(engine, lambda conn: fn(conn, items)))
+    except StoreUnavailable as err:
+        return [err] * len(items)
+    except Exception:  # noqa: BLE001 - tried again one by one, which says whose it was
+        log.info("a batch of %d %s failed; each on its own", len(items), what)
+    outcomes: list[object | Exception] = []
+    for item in items:
+        try:
+            outcomes.append((await together(engine, [item], fn, what=what))[0])
+        except Exception as err:  # noqa: BLE001 - this item's own failure
+            outcomes.append(err)
+    return outcomes

@@ -24,7 +24,6 @@ from actors.pipeline.ports import (
     Admission,
     Loaded,
     StoredSchedule,
-    StoreUnavailable,
 )
 from actors.pipeline.schedules import ScheduleState
 from actors.pipeline.timers import TimerKey
@@ -32,13 +31,13 @@ from services.placement import shard_of_grain
 from services.store import schedule_rows
 from services.store.coalesce import Batcher, Coalescer
 from services.store.fencing import (
-    Fenced,
     claim_fenced,
     claim_key,
     fence,
     fence_all,
     in_transaction,
     rest,
+    together,
 )
 from services.store.grain_reads import (
     TASK_COLUMNS,
@@ -66,8 +65,6 @@ from services.store.task_writes import (
 
 log = logging.getLogger("wsched.store.tasks")
 R = TypeVar("R")
-#: A batched item: a grain's, with its fencing row's epoch.
-B = TypeVar("B", bound=Fenced)
 
 #: Grains claimed and read per activation transaction at most.
 ACTIVATION_BATCH = 256
@@ -174,33 +171,7 @@ class SqlTaskStore:
             fence_all(conn, items)
             return [item.write(conn) for item in items]
 
-        return await self._together(items, write_all, what="fenced writes")
-
-    async def _together(
-        self,
-        items: Sequence[B],
-        fn: Callable[[sa.Connection, Sequence[B]], Sequence[object]],
-        *,
-        what: str,
-    ) -> list[object | Exception]:
-        """``fn`` over many grains' items in one transaction. If that fails (one of them
-        was fenced, say), each runs on its own, so that it fails alone; a database that
-        cannot be reached fails them all (each caller retries)."""
-        if len(items) == 1:
-            return list(await self._run(lambda conn: fn(conn, items)))
-        try:
-            return list(await self._run(lambda conn: fn(conn, items)))
-        except StoreUnavailable as err:
-            return [err] * len(items)
-        except Exception:  # noqa: BLE001 - tried again one by one, which says whose it was
-            log.info("a batch of %d %s failed; each on its own", len(items), what)
-        outcomes: list[object | Exception] = []
-        for item in items:
-            try:
-                outcomes.append((await self._together([item], fn, what=what))[0])
-            except Exception as err:  # noqa: BLE001 - this item's own failure
-                outcomes.append(err)
-        return outcomes
+        return await together(self._engine, items, write_all, what="fenced writes")
 
     async def load_schedules(
         self, *, grain: GrainKey, ids: Sequence[str] | None = None
@@ -357,7 +328,7 @@ class SqlTaskStore:
 
     async def _fire_many(self, items: Sequence[ToFire]) -> list[object | Exception]:
         """Many grains' firings in one transaction (``grain_reads.fire_many``)."""
-        return await self._together(items, fire_many, what="firings")
+        return await together(self._engine, items, fire_many, what="firings")
 
     async def flush(
         self,

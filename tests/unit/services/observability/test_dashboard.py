@@ -20,6 +20,7 @@ from services.scheduler.forwarder import ForwarderStats
 from services.scheduler.metrics import GrainMetrics, ScalerCollector, SchedulerCollector
 from services.scheduler.scaler import ScalerStats
 from services.scheduler.shard_forwarder import ShardStats
+from services.scheduler.waking import WakingStats
 
 DASHBOARD = (
     Path(__file__).resolve().parents[4]
@@ -52,6 +53,10 @@ class _NoGrains:
 
     def shard_stats(self) -> Mapping[int, ShardStats]:
         return {}
+
+    @property
+    def waking(self) -> WakingStats:
+        return WakingStats()
 
 
 class _NoScaling:

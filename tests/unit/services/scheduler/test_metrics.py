@@ -11,6 +11,7 @@ from actors.runtime import KindStats
 from services.scheduler.forwarder import ForwarderStats
 from services.scheduler.metrics import SchedulerCollector
 from services.scheduler.shard_forwarder import ShardStats
+from services.scheduler.waking import WakingStats
 
 KEY = GrainKey(pipeline_id="p1")
 
@@ -35,6 +36,10 @@ class Sources:
 
     def shard_stats(self) -> Mapping[int, ShardStats]:
         return {4: ShardStats(lag=12, dropped=3, stalls=1)}
+
+    @property
+    def waking(self) -> WakingStats:
+        return WakingStats(woken=5, forgotten=1, failed=2)
 
 
 def scrape(snapshots: Mapping[GrainKey, GrainSnapshot]) -> str:
@@ -66,6 +71,8 @@ def test_grain_series_come_from_the_snapshot() -> None:
         'wsched_shard_lag{shard="4"} 12.0',
         'wsched_shard_dropped_records_total{shard="4"} 3.0',
         'wsched_shard_stalls_total{shard="4"} 1.0',
+        "wsched_grains_woken_total 5.0",
+        "wsched_grain_wakeups_failed_total 2.0",
     ):
         assert line in text
     assert 'status="backlog"' not in text
