@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     grain_activations: int = Field(default=64, ge=1, le=1024)
     #: A grain resting with timers or schedules is woken this long before the soonest
     #: (and its pipeline's ``scaling.lead_s``): room for the once-a-second scan of the
-    #: wake-up index and for its activation to wait its turn in a herd.
-    grain_wake_margin_s: float = Field(default=15.0, ge=1, le=3600)
+    #: wake-up index and for its activation to wait its turn in a herd (10,000 grains
+    #: woken at one moment take about 40 s on two cores).
+    grain_wake_margin_s: float = Field(default=60.0, ge=1, le=3600)
     kafka_bootstrap: str | None = None
     database_url: str | None = None
     operator_key: SecretStr = SecretStr("dev-operator-key")

@@ -134,7 +134,7 @@ class Timing:
     #: soonest is further off than ``deactivate_after_s``; it is woken this much before
     #: it (and the pipeline's ``lead_s``): the wake-up index's scan period, and an
     #: activation's time in a herd.
-    wake_margin_s: float = 15.0
+    wake_margin_s: float = 60.0
     #: How often a grain compares its schedules' versions with the store (a lost
     #: ``ScheduleChanged`` record); None: its replica does it for all its grains.
     schedule_resync_s: float | None = 30.0

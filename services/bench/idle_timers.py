@@ -26,7 +26,7 @@ from services.bench.system import BenchFailed, Say, Tenant
 Report = dict[str, Any]
 
 #: Channels the polls are spread over (one HTTP/2 connection each).
-_CHANNELS = 16
+_CHANNELS = 64
 
 
 def submit_due_at(
@@ -121,7 +121,12 @@ async def _until_handed_out(
                 for t in reply.tasks
             ],
         )
-        await stub.Report(done, metadata=auth, timeout=30)
+        for _ in range(3):  # not the figure: a report lost is a task run again later
+            try:
+                await stub.Report(done, metadata=auth, timeout=30)
+                return
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(1)
         return
 
 

@@ -21,7 +21,7 @@ from services.deploy.scaling import ScalingPolicy
 from services.placement import TopicMode, shard_of
 from services.store import schedule_rows, wakeups
 from services.store.coalesce import Coalescer
-from services.store.control import TokenDigests, utcnow, worker_token_digests
+from services.store.control import TokenDigests, utcnow, worker_token_digests_of
 from services.store.schema import applications, grain_owners, pipelines, schedules, tasks, tenants
 from services.store.shard_offsets import shard_key
 from services.store.sql import chunks
@@ -109,6 +109,11 @@ class PipelineDirectory:
         self._wall_clock = wall_clock
         self._window_tasks = window_tasks
         self._configs: Coalescer[str, PipelineConfig | None] = Coalescer(self._configs_of)
+        #: The first polls of many pipelines' workers read their tokens together.
+        self._digests: Coalescer[str, TokenDigests | None] = Coalescer(
+            lambda ids: asyncio.to_thread(worker_token_digests_of, self._engine, ids),
+            max_batch=500,
+        )
         self._token_ttl_s = token_ttl_s
         #: pipeline id -> its token digests (None: no such pipeline), least recently used
         #: first: bounded, so a flood of made-up pipeline ids cannot grow it.
@@ -276,7 +281,7 @@ class PipelineDirectory:
 
     async def _read_digests(self, pipeline_id: str, cached: _Digests | None) -> _Digests:
         try:
-            digests = await asyncio.to_thread(worker_token_digests, self._engine, pipeline_id)
+            digests = await self._digests.get(pipeline_id)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
             if cached is None:
                 raise StoreUnavailable("worker tokens cannot be read now") from err

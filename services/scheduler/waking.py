@@ -1,7 +1,8 @@
 """Waking resting grains: the replica's side of the wake-up index (``store/wakeups.py``).
 
-Once a second the replica reads the wake-ups of the shards it owns that are due, and
-activates each grain it hosts (the activation's claim clears the row). A grain of a
+Once a second the replica reads the wake-ups of the shards it owns that are due (a page
+of 1,000 at a time, all of them), and activates each grain it hosts (the activation's
+claim clears the row; activations wait their turn, ``WSCHED_GRAIN_ACTIVATIONS``). A grain of a
 pipeline that is no longer ready has its wake-up cleared instead, so it is not read
 again every second; hosting that pipeline again activates such a grain if it holds
 timers or schedules (``PipelineDirectory.with_work``). A pipeline made ready a moment ago
@@ -43,7 +44,8 @@ class Waking:
         ready: Callable[[str], Awaitable[bool]],
         clock: Callable[[], dt.datetime],
         period_s: float = 1.0,
-        batch: int = 500,
+        batch: int = 1000,
+        max_waking: int = 20_000,
     ) -> None:
         """``wake``: activate a hosted grain (True), or say it is not hosted here (False)
         or not yet (None); ``ready``: whether a pipeline is ready (hosted by its shard's
@@ -55,6 +57,7 @@ class Waking:
         self._clock = clock
         self._period_s = period_s
         self._batch = batch
+        self._max_waking = max_waking
         #: Grains being woken now: a pass does not start a second activation of one.
         self._waking: set[GrainKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -74,27 +77,36 @@ class Waking:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def once(self) -> int:
-        """Read the due wake-ups and start waking those not being woken; how many were
-        started."""
+        """Read the due wake-ups, a page at a time, and start waking those not being
+        woken (their activations wait their turn: ``WSCHED_GRAIN_ACTIVATIONS``); how many
+        were started. At most ``max_waking`` are woken at once."""
         shards = set(self._shards())
         if not shards:
             return 0
         now = self._clock()
-
-        def read() -> list[WakeUp]:
-            with self._engine.connect() as conn:
-                return wakeups.due(conn, shards=shards, now=now, limit=self._batch)
-
         started = 0
-        for wake_up in await asyncio.to_thread(read):
-            if wake_up.grain in self._waking:
-                continue
-            self._waking.add(wake_up.grain)
-            task = asyncio.create_task(self._one(wake_up), name=f"wake {wake_up.grain}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            started += 1
+        last: WakeUp | None = None
+        while len(self._waking) < self._max_waking:
+
+            def read(after: WakeUp | None = last) -> list[WakeUp]:
+                with self._engine.connect() as conn:
+                    return wakeups.due(conn, shards=shards, now=now, limit=self._batch, after=after)
+
+            page = await asyncio.to_thread(read)
+            for wake_up in page:
+                if wake_up.grain not in self._waking:
+                    self._start(wake_up)
+                    started += 1
+            if len(page) < self._batch:
+                break
+            last = page[-1]
         return started
+
+    def _start(self, wake_up: WakeUp) -> None:
+        self._waking.add(wake_up.grain)
+        task = asyncio.create_task(self._one(wake_up), name=f"wake {wake_up.grain}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _one(self, wake_up: WakeUp) -> None:
         try:

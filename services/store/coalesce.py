@@ -131,6 +131,10 @@ class _Drains:
         self._running: set[asyncio.Task[None]] = set()
 
     def start(self, drain: Callable[[], Coroutine[None, None, None]]) -> None:
+        # A drain that found the queue empty has ended, but its done callback (which
+        # forgets it) runs only at the loop's next turn: counted as running, it would
+        # leave this call in the queue with no drain to take it, for ever.
+        self._running = {task for task in self._running if not task.done()}
         if len(self._running) >= self._concurrency:
             return  # a running drain takes the call with its next batch
         task = asyncio.create_task(drain(), name="coalesce")

@@ -29,19 +29,26 @@ class WakeUp:
 
 
 def due(
-    conn: sa.Connection, *, shards: Collection[int], now: dt.datetime, limit: int
+    conn: sa.Connection,
+    *,
+    shards: Collection[int],
+    now: dt.datetime,
+    limit: int,
+    after: WakeUp | None = None,
 ) -> list[WakeUp]:
-    """The wake-ups of ``shards`` due at ``now``, soonest first, at most ``limit``."""
+    """The wake-ups of ``shards`` due at ``now``, soonest first, at most ``limit``;
+    ``after``: the last of the previous page."""
     if not shards:
         return []
+    query = sa.select(grain_owners.c.grain_id, grain_owners.c.wake_at).where(
+        grain_owners.c.shard.in_(sorted(shards)),
+        grain_owners.c.wake_at <= to_db(now),
+    )
+    if after is not None:
+        seen = sa.tuple_(grain_owners.c.wake_at, grain_owners.c.grain_id)
+        query = query.where(seen > sa.tuple_(to_db(after.wake_at), str(after.grain)))
     rows = conn.execute(
-        sa.select(grain_owners.c.grain_id, grain_owners.c.wake_at)
-        .where(
-            grain_owners.c.shard.in_(sorted(shards)),
-            grain_owners.c.wake_at <= to_db(now),
-        )
-        .order_by(grain_owners.c.wake_at)
-        .limit(limit)
+        query.order_by(grain_owners.c.wake_at, grain_owners.c.grain_id).limit(limit)
     )
     found: list[WakeUp] = []
     for row in rows:

@@ -21,6 +21,7 @@ from services.store.control._pipelines import (
     TokenDigests,
     pipeline_names,
     worker_token_digests,
+    worker_token_digests_of,
 )
 from services.store.control._quotas import QuotaMethods
 from services.store.control._schedules import ScheduleMethods
@@ -94,6 +95,7 @@ __all__ = [
     "pipeline_names",
     "utcnow",
     "worker_token_digests",
+    "worker_token_digests_of",
 ]
 
 

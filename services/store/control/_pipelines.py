@@ -45,7 +45,7 @@ from services.store.schema import (
     tasks,
     tenants,
 )
-from services.store.sql import from_db, from_db_required, to_db
+from services.store.sql import chunks, from_db, from_db_required, to_db
 from services.store.tokens import TokenUnreadable
 
 
@@ -397,20 +397,30 @@ class TokenDigests:
 
 def worker_token_digests(engine: sa.Engine, pipeline_id: str) -> TokenDigests | None:
     """The pipeline's worker token digests (None if it is gone)."""
-    query = sa.select(
-        pipelines.c.worker_token_hash,
-        pipelines.c.previous_token_hash,
-        pipelines.c.previous_token_until,
-    ).where(pipelines.c.id == pipeline_id)
+    return worker_token_digests_of(engine, [pipeline_id])[pipeline_id]
+
+
+def worker_token_digests_of(
+    engine: sa.Engine, pipeline_ids: Sequence[str]
+) -> dict[str, TokenDigests | None]:
+    """``worker_token_digests`` of many pipelines, one statement per 500: the first polls
+    of thousands of pipelines' workers (a replica's restart) read them together."""
+    found: dict[str, TokenDigests | None] = dict.fromkeys(pipeline_ids)
     with engine.connect() as conn:
-        row = conn.execute(query).first()
-    if row is None:
-        return None
-    return TokenDigests(
-        current=row.worker_token_hash,
-        previous=row.previous_token_hash,
-        previous_until=from_db(row.previous_token_until),
-    )
+        for chunk in chunks(list(pipeline_ids)):
+            query = sa.select(
+                pipelines.c.id,
+                pipelines.c.worker_token_hash,
+                pipelines.c.previous_token_hash,
+                pipelines.c.previous_token_until,
+            ).where(pipelines.c.id.in_(chunk))
+            for row in conn.execute(query):
+                found[row.id] = TokenDigests(
+                    current=row.worker_token_hash,
+                    previous=row.previous_token_hash,
+                    previous_until=from_db(row.previous_token_until),
+                )
+    return found
 
 
 def pipeline_names(engine: sa.Engine, pipeline_id: str) -> PipelineNameRow | None:

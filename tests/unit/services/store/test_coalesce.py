@@ -139,3 +139,17 @@ async def test_with_room_for_two_batches_a_second_call_does_not_wait_for_the_fir
     writes.gate.set()
     assert [await call for call in calls] == ["A", "B", "C", "D"]
     assert writes.batches[2:] == [["c", "d"]]
+
+
+async def test_a_call_right_after_the_last_one_answered_is_not_left_in_the_queue() -> None:
+    """The drain that answered the first call has ended when the second arrives, but the
+    loop has not yet run its done callback: the second call must start a drain of its own
+    (it waited for ever before)."""
+
+    async def answer(keys: Sequence[str]) -> Mapping[str, str]:
+        return {key: key.upper() for key in keys}
+
+    coalescer: Coalescer[str, str] = Coalescer(answer)
+    async with asyncio.timeout(1):  # not wait_for: its extra task would hide the race
+        for key in ("a", "b", "c"):
+            assert await coalescer.get(key) == key.upper()
