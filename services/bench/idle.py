@@ -68,6 +68,9 @@ class Options:
     #: Then give each pipeline one task due a few minutes ahead, all at one moment: idle
     #: with grains resting on their wake-ups, and how late each is handed out.
     timers: bool = False
+    #: The replica's ``WSCHED_GRAIN_WAKE_MARGIN_S``: a grain rests only if its task is due
+    #: later than its idle timeout plus this.
+    wake_margin_s: float = 60.0
 
 
 def run(
@@ -77,6 +80,7 @@ def run(
     env = {
         "WSCHED_QUOTA_MAX_PIPELINES": "0",
         "WSCHED_GRAIN_IDLE_TIMEOUT_S": str(options.idle_timeout_s),
+        "WSCHED_GRAIN_WAKE_MARGIN_S": str(options.wake_margin_s),
     }
     with bench_system("idle", cache=cache, say=say, components=components, env=env) as system:
         engine = make_engine(system.database_url)
@@ -125,8 +129,10 @@ def _with_timers(
 ) -> Report:
     """``idle_timers.py``: rest with a task due later each, then the herd at its due time."""
     count = len(tokens)
-    # Room for the submits (about 100 a second), the grains' rest and the measurement.
-    due_at = time.time() + count / 50 + options.idle_timeout_s + options.measure_s + 60
+    # Room for the submits (about 100 a second), the grains' rest (only for a task due
+    # later than the idle timeout plus the wake margin) and the measurement.
+    ahead = options.idle_timeout_s + options.wake_margin_s + options.measure_s + 60
+    due_at = time.time() + count / 50 + ahead
     report: Report = {
         "submit_s": round(
             idle_timers.submit_due_at(

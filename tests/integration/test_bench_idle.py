@@ -25,7 +25,9 @@ def test_a_small_idle_bench_with_a_failover_reports_every_figure(
         pids={"kafka": kafka_broker.pid or 0, "tidb": tidb_server.pid or 0},
     )
     report = idle.run(
-        idle.Options(pipelines=6, measure_s=1, idle_timeout_s=1, failover=True, timers=True),
+        idle.Options(
+            pipelines=6, measure_s=1, idle_timeout_s=1, failover=True, timers=True, wake_margin_s=5
+        ),
         cache=infra_cache,
         say=lambda _text: None,
         components=components,

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from protos.wsched.v1 import events_pb2, worker_pb2_grpc
 from services.infra.process import free_port
 from services.kafka.admin import KafkaTopicAdmin
+from services.kafka.producer import KafkaProducer
 from services.placement import Route, TopicMode, shard_of
 from services.scheduler.host import SchedulerHost
 from services.settings import Settings
@@ -151,6 +152,15 @@ async def submit(kafka_bootstrap: str) -> AsyncIterator[object]:
 
 
 Submit = Callable[[ReadyPipeline, Mapping[str, Mapping[str, object]]], Awaitable[None]]
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[KafkaProducer]:
+    """The API's producer: submits, cancels and schedule changes as the API sends them."""
+    running = KafkaProducer(bootstrap=kafka_bootstrap)
+    await running.start()
+    yield running
+    await running.stop()
 
 
 def settings_for(kafka_bootstrap: str, tidb_url: str, group: str) -> Settings:

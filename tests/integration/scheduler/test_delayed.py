@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -21,14 +21,6 @@ from services.store.schema import task_timers, tasks
 from tests.integration.scheduler.conftest import ReadyPipeline, settings_for, stub, wait_hosted
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[KafkaProducer]:
-    running = KafkaProducer(bootstrap=kafka_bootstrap)
-    await running.start()
-    yield running
-    await running.stop()
 
 
 def task(task_id: str, *, due_in_s: float = 0, expires_in_s: float = 0) -> OutgoingTask:

@@ -10,7 +10,6 @@ import datetime as dt
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
@@ -44,14 +43,6 @@ def settings(kafka_bootstrap: str, tidb_url: str, kafka_group: str) -> Settings:
     return settings_for(kafka_bootstrap, tidb_url, kafka_group).model_copy(
         update={"grain_idle_timeout_s": 1.0, "grain_wake_margin_s": 2.0}
     )
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[KafkaProducer]:
-    running = KafkaProducer(bootstrap=kafka_bootstrap)
-    await running.start()
-    yield running
-    await running.stop()
 
 
 def route(pipeline: ReadyPipeline) -> Route:

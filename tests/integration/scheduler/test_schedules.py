@@ -9,7 +9,6 @@ import datetime as dt
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -40,14 +39,6 @@ EVERY_SECOND: dict[str, Any] = {
     "data_json": '{"tick":true}',
     "catchup": {"window_s": 3600.0, "policy": "all", "after_pause": False},
 }
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[KafkaProducer]:
-    running = KafkaProducer(bootstrap=kafka_bootstrap)
-    await running.start()
-    yield running
-    await running.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ import sqlalchemy as sa
 
 from actors.pipeline.book import TaskBook
 from actors.pipeline.model import GrainKey, Outcome, PipelineConfig, Report
-from services.store import migrate
 from services.store.schema import grain_owners, schedules, task_attempts, tasks
 from services.store.sql import duplicates_fail_at_once, from_db_required
 from services.store.tasks import SqlTaskStore
@@ -87,14 +85,6 @@ class SqlStoreUnderTest:
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
         return {GrainKey.parse(row.grain_id): from_db_required(row.wake_at) for row in rows}
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(database_url)
-    migrate.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 class TestSqlTaskStore(

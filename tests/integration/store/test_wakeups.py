@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +12,7 @@ import sqlalchemy as sa
 from actors.pipeline.model import GrainKey
 from services.placement import shard_of, shard_of_grain
 from services.scheduler.directory import PipelineDirectory
-from services.store import migrate, wakeups
+from services.store import wakeups
 from services.store.schema import pipelines, schedules
 from services.store.tasks import SqlTaskStore
 from services.store.wakeups import WakeUp
@@ -22,14 +21,6 @@ from tests.ports.task_store import NOW, new
 pytestmark = pytest.mark.integration
 
 HOUR = dt.timedelta(hours=1)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(database_url)
-    migrate.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
