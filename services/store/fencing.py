@@ -61,24 +61,15 @@ def fence_many(conn: sa.Connection, pairs: Sequence[tuple[str, int]], *, now: dt
 _AWAKE = {"wake_at": None, "shard": None}
 
 
-def rest(
-    conn: sa.Connection,
-    *,
-    grain: GrainKey,
-    epoch: int,
-    shard: int,
-    wake_at: dt.datetime,
-    now: dt.datetime,
-) -> None:
-    """Write the wake-up of a grain that deactivates with timers or schedules, fenced:
-    StaleEpoch if another replica claimed it since (that one writes its own)."""
-    touched = conn.execute(
+def set_wake(conn: sa.Connection, *, grain: GrainKey, shard: int, wake_at: dt.datetime) -> None:
+    """Write the wake-up of a grain that deactivates with timers or schedules. Run after
+    its fencing row was checked (``fence_all``) in the same transaction: a grain claimed
+    elsewhere since writes nothing (that one writes its own when it rests)."""
+    conn.execute(
         sa.update(grain_owners)
-        .where(grain_owners.c.grain_id == str(grain), grain_owners.c.epoch == epoch)
-        .values(shard=shard, wake_at=to_db(wake_at), updated_at=to_db(now))
+        .where(grain_owners.c.grain_id == str(grain))
+        .values(shard=shard, wake_at=to_db(wake_at))
     )
-    if touched.rowcount != 1:
-        raise StaleEpoch(f"{grain} is no longer at epoch {epoch}")
 
 
 class Fenced(Protocol):

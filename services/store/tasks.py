@@ -36,7 +36,7 @@ from services.store.fencing import (
     fence,
     fence_all,
     in_transaction,
-    rest,
+    set_wake,
     together,
 )
 from services.store.grain_reads import (
@@ -118,10 +118,15 @@ class SqlTaskStore:
         return await self._run(lambda conn: load_grain(conn, grain))
 
     async def rest(self, *, grain: GrainKey, epoch: int, wake_at: dt.datetime) -> None:
-        now = self._clock()
+        """Fenced; shares a transaction with other grains' writes (``admit``): a herd of
+        grains going to rest at once is a few transactions, not one each."""
         shard = shard_of_grain(grain)
-        await self._run(
-            lambda conn: rest(conn, grain=grain, epoch=epoch, shard=shard, wake_at=wake_at, now=now)
+
+        def write(conn: sa.Connection) -> None:
+            set_wake(conn, grain=grain, shard=shard, wake_at=wake_at)
+
+        await self._writes.submit(
+            _Fenced(grain=grain, epoch=epoch, now=self._clock(), weight=1, write=write)
         )
 
     async def activate(self, *, grain: GrainKey, owner: str, timers: int) -> Activation:

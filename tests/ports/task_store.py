@@ -414,6 +414,25 @@ class TimerContract:
         await store.claim(grain=GRAIN, owner="c")
         assert await under_test.wake_ups() == {}
 
+    async def test_grains_resting_at_once_are_each_fenced_by_their_own_grain(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        store = under_test.store
+        grains = [GrainKey(pipeline_id=f"0190-rest-{i}") for i in range(4)]
+        epochs = [await store.claim(grain=grain, owner="a") for grain in grains]
+        await store.claim(grain=grains[1], owner="b")  # the second moved away
+        wake_ats = [NOW + dt.timedelta(minutes=i + 1) for i in range(4)]
+        outcomes = await asyncio.gather(
+            *(
+                store.rest(grain=g, epoch=e, wake_at=w)
+                for g, e, w in zip(grains, epochs, wake_ats, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], StaleEpoch)
+        assert [outcomes[i] for i in (0, 2, 3)] == [None, None, None]
+        assert await under_test.wake_ups() == {grains[i]: wake_ats[i] for i in (0, 2, 3)}
+
     async def test_firing_reads_the_task_and_its_next_state_ends_the_timer(
         self, under_test: StoreUnderTest
     ) -> None:
