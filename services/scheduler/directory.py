@@ -114,6 +114,9 @@ class PipelineDirectory:
             lambda ids: asyncio.to_thread(worker_token_digests_of, self._engine, ids),
             max_batch=500,
         )
+        #: The readiness lookups of many pipelines (wake-ups of pipelines not hosted here,
+        #: changes announced together) go together.
+        self._ready: Coalescer[str, Hosting | None] = Coalescer(self._ready_of, max_batch=500)
         self._token_ttl_s = token_ttl_s
         #: pipeline id -> its token digests (None: no such pipeline), least recently used
         #: first: bounded, so a flood of made-up pipeline ids cannot grow it.
@@ -172,8 +175,13 @@ class PipelineDirectory:
 
     async def ready_pipeline(self, pipeline_id: str) -> Hosting | None:
         """How a pipeline is hosted, if it is ready (one that is gone or being deleted is
-        not)."""
-        return (await self._hosting(pipelines.c.id == pipeline_id)).get(pipeline_id)
+        not); asked for many pipelines at once, one read for them all (``coalesce.py``)."""
+        return await self._ready.get(pipeline_id)
+
+    async def _ready_of(self, pipeline_ids: Sequence[str]) -> dict[str, Hosting | None]:
+        found: dict[str, Hosting | None] = dict.fromkeys(pipeline_ids)
+        found.update(await self._hosting(pipelines.c.id.in_(list(pipeline_ids))))
+        return found
 
     async def _hosting(self, which: sa.ColumnElement[bool]) -> dict[str, Hosting]:
         query = (

@@ -4,7 +4,6 @@ scheduler replica on real Kafka and TiDB, and a worker's gRPC stub to it."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import json
 import time
@@ -27,7 +26,7 @@ from services.placement import Route, TopicMode, shard_of
 from services.scheduler.host import SchedulerHost
 from services.settings import Settings
 from services.store import migrate
-from services.store.schema import pipelines
+from tests.fixtures.rows import insert_pipeline
 
 if TYPE_CHECKING:
     from tests.integration.scheduler.cluster import Replica
@@ -72,34 +71,15 @@ async def create_ready_pipeline(
     while shard is not None and shard_of(pipeline_id) != shard:
         pipeline_id = str(uuid.uuid4())
     token = f"wst_{uuid.uuid4().hex}"
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    with engine.begin() as conn:
-        conn.execute(
-            sa.insert(pipelines)
-            .values(
-                id=pipeline_id,
-                tenant_id="t",
-                application_id="a",
-                name="p",
-                live_name=None,
-                chart="charts/examples/echo",
-                values_json="{}",
-                partitions=partitions,
-                topic=TopicMode.SHARED.value if shared else TopicMode.DEDICATED.value,
-                scaling_json="{}",
-                max_attempts=3,
-                lease_timeout_s=lease_timeout_s,
-                retention_s=3600,
-                state="ready",
-                state_reason="",
-                deployment_json="{}",
-                worker_token_hash=hashlib.sha256(token.encode()).hexdigest(),
-                shard=shard_of(pipeline_id),
-                created_at=now,
-                updated_at=now,
-            )
-            .values(**columns)
-        )
+    insert_pipeline(
+        engine,
+        pipeline_id,
+        token=token,
+        partitions=partitions,
+        topic=TopicMode.SHARED.value if shared else TopicMode.DEDICATED.value,
+        lease_timeout_s=lease_timeout_s,
+        **columns,
+    )
     admin = KafkaTopicAdmin(bootstrap=kafka_bootstrap)
     route = Route(pipeline_id, TopicMode.SHARED if shared else TopicMode.DEDICATED)
     if shared:

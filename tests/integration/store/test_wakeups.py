@@ -4,18 +4,18 @@ to a rewrite, the API's nudge, and which pipelines a new owner activates at take
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 
 import pytest
 import sqlalchemy as sa
 
 from actors.pipeline.model import GrainKey
-from services.placement import shard_of, shard_of_grain
+from services.placement import shard_of_grain
 from services.scheduler.directory import PipelineDirectory
 from services.store import wakeups
-from services.store.schema import pipelines, schedules
+from services.store.schema import schedules
 from services.store.tasks import SqlTaskStore
 from services.store.wakeups import WakeUp
+from tests.fixtures.rows import insert_pipeline
 from tests.ports.task_store import NOW, new
 
 pytestmark = pytest.mark.integration
@@ -87,34 +87,6 @@ async def test_a_nudge_makes_only_a_resting_grain_due(
         assert wakeups.resting(conn, ["p-resting", "p-active", "p-unknown"]) == {"p-resting"}
 
 
-def insert_pipeline(engine: sa.Engine, pipeline_id: str) -> None:
-    now = NOW.replace(tzinfo=None)
-    with engine.begin() as conn:
-        conn.execute(
-            sa.insert(pipelines).values(
-                id=pipeline_id,
-                tenant_id="t",
-                application_id="a",
-                name=pipeline_id,
-                chart="charts/examples/echo",
-                values_json="{}",
-                partitions=1,
-                topic="shared",
-                scaling_json="{}",
-                max_attempts=3,
-                lease_timeout_s=30,
-                retention_s=3600,
-                state="ready",
-                state_reason="",
-                deployment_json="{}",
-                worker_token_hash=hashlib.sha256(pipeline_id.encode()).hexdigest(),
-                shard=shard_of(pipeline_id),
-                created_at=now,
-                updated_at=now,
-            )
-        )
-
-
 async def test_a_takeover_activates_grains_with_timers_unless_they_rest(
     engine: sa.Engine, store: SqlTaskStore
 ) -> None:
@@ -122,7 +94,7 @@ async def test_a_takeover_activates_grains_with_timers_unless_they_rest(
     if no wake-up will bring it back (its replica died while it was active)."""
     names = ["queued", "timer-active", "timer-resting", "schedule-resting", "empty"]
     for name in names:
-        insert_pipeline(engine, name)
+        insert_pipeline(engine, name, topic="shared")
     for name, due_in_s in (("queued", 0), ("timer-active", 3600), ("timer-resting", 3600)):
         grain = GrainKey(pipeline_id=name)
         epoch = await store.claim(grain=grain, owner="a")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,10 @@ from services.placement import shard_of
 from services.scheduler.directory import PipelineDirectory
 from services.store import migrate
 from services.store.control import ControlStore
-from services.store.schema import grain_owners, pipelines
+from services.store.schema import grain_owners
 from services.store.shard_offsets import shard_key
 from services.store.tokens import TokenCipher
+from tests.fixtures.rows import insert_pipeline
 
 TOKEN = "wst_secret"
 
@@ -29,31 +29,9 @@ TOKEN = "wst_secret"
 def engine(tmp_path: Path) -> sa.Engine:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate.upgrade(engine)
-    now = dt.datetime(2026, 11, 26)
-    with engine.begin() as conn:
-        conn.execute(
-            pipelines.insert().values(
-                id="p1",
-                tenant_id="t",
-                application_id="a",
-                name="p",
-                live_name="p",
-                chart="./c",
-                values_json="{}",
-                partitions=2,
-                scaling_json="{}",
-                max_attempts=3,
-                lease_timeout_s=30,
-                retention_s=60,
-                state="ready",
-                state_reason="",
-                deployment_json="{}",
-                worker_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest(),
-                shard=0,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+    insert_pipeline(
+        engine, "p1", token=TOKEN, live_name="p", chart="./c", partitions=2, retention_s=60, shard=0
+    )
     return engine
 
 
@@ -157,3 +135,20 @@ async def test_a_shards_owner_is_read_once_for_many_redirects_until_it_is_stale(
     assert await directory.owner_address("p1") == "a:1"  # cached
     await asyncio.sleep(0.25)
     assert await directory.owner_address("p1") == "b:2"
+
+
+async def test_readiness_asked_for_many_pipelines_at_once_answers_each(
+    engine: sa.Engine,
+) -> None:
+    insert_pipeline(engine, "p2", state="deleting")
+    insert_pipeline(engine, "p3", topic="shared")
+    directory = PipelineDirectory(engine=engine, window_tasks=10)
+    hosted = await asyncio.gather(
+        *(directory.ready_pipeline(p) for p in ("p1", "p2", "p3", "no-such-pipeline"))
+    )
+    assert [(h.partitions, h.shared) if h else None for h in hosted] == [
+        (2, False),
+        None,
+        (1, True),
+        None,
+    ]
