@@ -211,7 +211,11 @@ def bench_schedules(
     ] = None,
     delayed: Annotated[
         int | None,
-        typer.Option(help="Delayed tasks due over 10 min, 0 skips (default 1,000,000)."),
+        typer.Option(help="Delayed tasks, 0 skips (default 1,000,000)."),
+    ] = None,
+    delayed_span: Annotated[
+        float | None,
+        typer.Option(help="Seconds over which the delayed tasks fall due (default 600)."),
     ] = None,
     dispatch: Annotated[
         int | None,
@@ -225,7 +229,11 @@ def bench_schedules(
 
     report = triggers.run(
         triggers.Options.build(
-            schedules=schedules, quick=quick, delayed=delayed, dispatch=dispatch
+            schedules=schedules,
+            quick=quick,
+            delayed=delayed,
+            dispatch=dispatch,
+            delayed_span_s=delayed_span,
         ),
         cache=Cache(root=_settings().cache_dir),
         say=lambda text: console.print(f"[cyan]bench-schedules[/]: {text}"),

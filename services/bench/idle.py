@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from protos.wsched.v1 import worker_pb2, worker_pb2_grpc
 from services.bench import idle_timers
-from services.bench.measure import CpuUse, scrape, settled_rss_mb
+from services.bench.measure import CpuUse, open_files, scrape, settled_rss_mb
 from services.bench.report import machine
 from services.bench.system import (
     BenchFailed,
@@ -166,11 +166,14 @@ def _idle(system: System, seconds: float) -> Report:
         time.sleep(seconds)
     wall = cpu.seconds.pop("wall")
     cpu.seconds.pop("bench processes", None)
-    return {
+    report: Report = {
         "cpu_percent": {name: round(100 * s / wall, 1) for name, s in cpu.seconds.items()},
         "scheduler_rss_mb": round(settled_rss_mb(system.scheduler_pid), 1),
         "kafka_rss_mb": round(settled_rss_mb(system.pids["kafka"]), 1),
     }
+    # What a topic of its own costs the broker: the files its partitions keep open.
+    report["kafka_open_files"], report["kafka_open_files_limit"] = open_files(system.pids["kafka"])
+    return report
 
 
 def _statements(engine: sa.Engine) -> dict[str, int]:

@@ -73,6 +73,23 @@ def tree_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def open_files(pid: int) -> tuple[int, int | None]:
+    """(files open, the soft limit on them) of the process of ``pid`` or, when it is a
+    launcher script, of its busiest descendant (Kafka's JVM): what bounds the partitions
+    a broker can hold."""
+    best: tuple[int, int | None] = (0, None)
+    for member in (pid, *descendants(pid)):
+        try:
+            count = len(os.listdir(f"/proc/{member}/fd"))
+            limits = Path(f"/proc/{member}/limits").read_text().splitlines()
+        except OSError:
+            continue
+        soft = next((line.split()[3] for line in limits if line.startswith("Max open files")), "")
+        if count > best[0]:
+            best = (count, int(soft) if soft.isdigit() else None)
+    return best
+
+
 class CpuUse:
     """CPU seconds each named process used inside the block; ``bench processes`` is the
     client and the workers, counted once they have been waited for (``RUSAGE_CHILDREN``)."""

@@ -99,6 +99,7 @@ class Options:
         quick: bool,
         delayed: int | None = None,
         dispatch: int | None = None,
+        delayed_span_s: float | None = None,
     ) -> Options:
         base = (
             cls(
@@ -117,6 +118,8 @@ class Options:
         )
         base = replace(base, schedules=schedules) if schedules is not None else base
         base = replace(base, delayed=delayed) if delayed is not None else base
+        if delayed_span_s is not None:
+            base = replace(base, delayed_span_s=delayed_span_s)
         return replace(base, dispatch_schedules=dispatch) if dispatch is not None else base
 
 
@@ -309,6 +312,7 @@ def _delayed_phase(run: Run, options: Options) -> Report:
     counted, started = _delayed_lateness(system.database_url, pipeline.id)
     return {
         "tasks": options.delayed,
+        "due_per_s": round(options.delayed / options.delayed_span_s, 1),
         "workers": options.workers,
         "submitted_s": round(summary["last_ack_unix"] - summary["first_submit_unix"], 1),
         "counted": counted,
@@ -425,7 +429,8 @@ def _delayed_lines(delayed: Report | None) -> list[str]:
         return []
     late = delayed["start_lateness_ms"]
     return [
-        f"delayed: {delayed['tasks']:,} tasks (submitted in {delayed['submitted_s']} s), "
+        f"delayed: {delayed['tasks']:,} tasks, {delayed['due_per_s']:,} due a second "
+        f"(submitted in {delayed['submitted_s']} s), "
         f"{delayed['workers']} workers, {delayed['started']:,} of {delayed['counted']:,} started",
         f"  due to lease ms: p50 {late['p50']}, p99 {late['p99']}, max {late['max']}",
         f"  scheduler RSS MB: peak {delayed['scheduler_rss_mb']}, idle "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
 
-from services.bench.measure import cpu_seconds, descendants, tree_cpu_seconds
+from services.bench.measure import cpu_seconds, descendants, open_files, tree_cpu_seconds
 
 
 def test_a_tree_holds_the_children_and_their_children() -> None:
@@ -28,3 +29,20 @@ def test_a_tree_holds_the_children_and_their_children() -> None:
 def test_a_gone_process_has_no_tree() -> None:
     assert descendants(2**22 + 1) == []
     assert tree_cpu_seconds(2**22 + 1) == 0.0
+
+
+def test_open_files_are_those_of_the_launched_process_with_its_limit() -> None:
+    """A launcher script's child holds the files (Kafka's JVM): that one is counted."""
+    code = "import time; files = [open('/dev/null') for _ in range(50)]; time.sleep(30)"
+    launcher = f'exec 3</dev/null; {sys.executable} -c "{code}"; exit 0'
+    with subprocess.Popen(["bash", "-c", launcher], start_new_session=True) as shell:
+        try:
+            deadline = time.monotonic() + 10
+            while open_files(shell.pid)[0] < 50 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            count, limit = open_files(shell.pid)
+            assert count >= 53  # its 50, stdin/out/err
+            assert limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        finally:
+            os.killpg(shell.pid, signal.SIGKILL)
+    assert open_files(2**22 + 1) == (0, None)
