@@ -175,7 +175,12 @@ class SharedKafkaReader:
             if self._paused:
                 self._consumer.pause(*self._paused)
         else:
-            self._consumer.unsubscribe()
+            # No unsubscribe: it races aiokafka's group coordination task while the broker
+            # is away, whose assertion then breaks the consumer for good (``_renew`` stays
+            # as the safety net). The last assignment stays, paused: nothing is fetched.
+            held = self._consumer.assignment()
+            if held:
+                self._consumer.pause(*held)
         applied, self._applied = self._applied, asyncio.Event()
         applied.set()
 

@@ -31,6 +31,8 @@ class FakeConsumer:
         self.assigned: list[TopicPartition] = []
         self.sought: dict[TopicPartition, int] = {}
         self.stopped = False
+        self.paused: set[TopicPartition] = set()
+        self.unsubscribed = False
         FakeConsumer.made.append(self)
 
     async def start(self) -> None: ...
@@ -44,7 +46,14 @@ class FakeConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.sought[tp] = offset
 
-    def unsubscribe(self) -> None: ...
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def unsubscribe(self) -> None:
+        self.unsubscribed = True
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, Any]:
         await asyncio.sleep(0.001)
@@ -73,5 +82,32 @@ async def test_a_broken_consumer_is_replaced_and_reading_resumes_where_it_was(
         assert [r.offset for r in got[0]] == [41]
         first, second = FakeConsumer.made[:2]
         assert first.stopped and second.assigned == [TP]
+    finally:
+        await reader.stop()
+
+
+async def test_with_no_partition_wanted_the_last_assignment_stays_paused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No unsubscribe: with the broker away it races the group coordination task, whose
+    assertion breaks the consumer for good (the case above)."""
+    FakeConsumer.made = []
+    monkeypatch.setattr(shared, "AIOKafkaConsumer", FakeConsumer)
+    reader = SharedKafkaReader(bootstrap="unused:9092", group_id="g")
+    await reader.start()
+    try:
+        consumer = FakeConsumer.made[0]
+        consumer.broken = False
+        view = reader.view("t")
+        view.assign([0])
+        async with asyncio.timeout(5):
+            while consumer.assigned != [TP]:
+                await asyncio.sleep(0.001)
+        view.assign([])
+        async with asyncio.timeout(5):
+            while not consumer.paused:
+                await asyncio.sleep(0.001)
+        assert consumer.paused == {TP} and consumer.assigned == [TP]
+        assert not consumer.unsubscribed
     finally:
         await reader.stop()
