@@ -19,11 +19,19 @@ T = TypeVar("T")
 CHUNK = 500
 
 
+_COMBINE = dt.datetime.combine
+
+
 def to_db(value: dt.datetime | None) -> dt.datetime | None:
-    """Timestamps are stored as naive UTC (DATETIME has no zone)."""
+    """Timestamps are stored as naive UTC (DATETIME has no zone). Called for every
+    timestamp of every row written, so built with ``combine``, not ``replace(tzinfo=None)``,
+    which is six times slower on CPython 3.11 (the profile of a grain writing 1,667 tasks
+    a second had this function at 7 % of the scheduler's samples)."""
     if value is None:
         return None
-    return value.astimezone(dt.UTC).replace(tzinfo=None)
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    return _COMBINE(value.date(), value.time())  # ``time()`` drops the zone
 
 
 def from_db(value: dt.datetime | None) -> dt.datetime | None:
@@ -114,6 +122,53 @@ def _insert_text(table: sa.Table, columns: tuple[str, ...], update: tuple[str, .
         sets = ", ".join(f"`{name}` = VALUES(`{name}`)" for name in update)
         text += f" ON DUPLICATE KEY UPDATE {sets}"
     return text
+
+
+def delete_keys(
+    conn: sa.Connection,
+    table: sa.Table,
+    *,
+    where: Mapping[str, Any],
+    columns: Sequence[str],
+    keys: Sequence[Sequence[Any]],
+) -> None:
+    """Delete the rows matching ``where`` whose ``columns`` hold one of ``keys``: one
+    ``(a, b) IN ((..), ..)`` statement per chunk. On MySQL/TiDB its text is built once per
+    shape and the keys go as driver parameters (``insert_rows``): the profile of a grain
+    ending 1,667 timers a second showed SQLAlchemy building an ``OR`` of ``AND``s per
+    chunk taking 15 % of the scheduler's samples."""
+    if not keys:
+        return
+    fixed = tuple(where)
+    unknown = set(fixed) | set(columns)
+    unknown -= set(table.c.keys())
+    if unknown:
+        raise ValueError(f"{table.name} has no column(s) {sorted(unknown)}")
+    for chunk in chunks(keys):
+        if conn.dialect.name == "mysql":
+            row = "(" + ", ".join("%s" for _ in columns) + ")"
+            text = (
+                f"DELETE FROM `{table.name}` WHERE "  # noqa: S608 (names checked)
+                + "".join(f"`{name}` = %s AND " for name in fixed)
+                + "("
+                + ", ".join(f"`{name}`" for name in columns)
+                + ") IN ("
+                + ", ".join(row for _ in chunk)
+                + ")"
+            )
+            params = [_driver_value(where[name]) for name in fixed]
+            for key in chunk:
+                params.extend(map(_driver_value, key))
+            conn.exec_driver_sql(text, tuple(params))
+        else:
+            conn.execute(
+                sa.delete(table).where(
+                    *(table.c[name] == value for name, value in where.items()),
+                    sa.tuple_(*(table.c[name] for name in columns)).in_(
+                        [tuple(key) for key in chunk]
+                    ),
+                )
+            )
 
 
 #: Per engine: whether a duplicate key fails the statement (True) or only the commit.

@@ -28,7 +28,14 @@ from services.store.schema import (
     task_timers,
     tasks,
 )
-from services.store.sql import chunks, duplicates_fail_at_once, insert_rows, to_db, upsert
+from services.store.sql import (
+    chunks,
+    delete_keys,
+    duplicates_fail_at_once,
+    insert_rows,
+    to_db,
+    upsert,
+)
 
 log = logging.getLogger("wsched.store.tasks")
 
@@ -221,21 +228,13 @@ WAITING = (Status.QUEUED.value, Status.SCHEDULED.value)
 def end_timers(conn: sa.Connection, pipeline_id: str, timers: Sequence[TimerKey]) -> None:
     """Delete these timer rows (a task's timer ends with the write of its next state, or
     when it is cancelled)."""
-    for chunk in chunks(timers):
-        conn.execute(
-            sa.delete(task_timers).where(
-                task_timers.c.pipeline_id == pipeline_id,
-                sa.or_(
-                    *(
-                        sa.and_(
-                            task_timers.c.due_at == to_db(due_at),
-                            task_timers.c.task_id == task_id,
-                        )
-                        for due_at, task_id in chunk
-                    )
-                ),
-            )
-        )
+    delete_keys(
+        conn,
+        task_timers,
+        where={"pipeline_id": pipeline_id},
+        columns=("due_at", "task_id"),
+        keys=[(to_db(due_at), task_id) for due_at, task_id in timers],
+    )
 
 
 def save_offsets(conn: sa.Connection, *, grain: GrainKey, offsets: Mapping[int, int]) -> None:
