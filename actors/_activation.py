@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -196,6 +197,26 @@ class Activation:
         dropped = sum(1 for envelope in pending if envelope.reply is None)
         if dropped:
             _log.warning("%s: dropped %d told message(s): %s", self.grain, dropped, err)
+
+    async def serve_waiting(self, wanted: Callable[[object], bool]) -> int:
+        """``ActorContext.serve_waiting``: from inside the handler of the message in hand."""
+        taken = [env for env in self.mailbox if wanted(env.message) and not env.abandoned()]
+        if not taken or self.stop is not None:
+            return 0
+        ids = {id(env) for env in taken}
+        kept = [env for env in self.mailbox if id(env) not in ids]
+        self.mailbox.clear()
+        self.mailbox.extend(kept)
+        served = 0
+        for envelope in taken:
+            if self.stop is not None:
+                # Stopping after the message in hand: the rest go back, in their order.
+                self.mailbox.extendleft(reversed(taken[served:]))
+                break
+            await self._handle(envelope)
+            served += 1
+        self._busy = True  # the message in hand is still being handled
+        return served
 
     # -- the run loop -----------------------------------------------------------------
 

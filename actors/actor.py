@@ -68,6 +68,8 @@ class _Host(Protocol):
 
     def request_stop(self, reason: str) -> None: ...
 
+    async def serve_waiting(self, wanted: Callable[[object], bool]) -> int: ...
+
 
 class ActorContext:
     """Given to the factory with the key: the actor's handle on the runtime."""
@@ -111,6 +113,17 @@ class ActorContext:
         """Deliver ``message`` every ``interval_s``, counted from the end of handling the
         previous one, so slow ticks never pile up."""
         return self._host.start_timer(interval_s, message, repeat=True)
+
+    async def serve_waiting(self, wanted: Callable[[object], bool]) -> int:
+        """Handle now, in mailbox order, the messages waiting in the mailbox for which
+        ``wanted`` is true, as if they had come before the one in hand; how many.
+
+        For a handler that runs long in steps (a grain admitting a large batch in
+        transactions): between two steps, when its state is whole, it lets the messages
+        that must not wait for the rest (polls, reports) through. The handler must be
+        able to take them at that point; nothing else is reordered.
+        """
+        return await self._host.serve_waiting(wanted)
 
     def self_stop(self, reason: str = Reason.STOPPED) -> None:
         """Deactivate after the current message. Queued messages are rejected with

@@ -111,6 +111,11 @@ TICK, FLUSH, TIMER, REST = _Tick(), _Flush(), _Timer(), _Rest()
 #: The messages after which the grain publishes a snapshot; polls, heartbeats and
 #: reports are the hot path and show up at the next tick or flush instead.
 _PUBLISHED_AFTER = (Admit, SyncSchedules, _Tick, _Flush, _Timer)
+#: What a grain lets through between the transactions of a large admission (a backlog of
+#: tasks due later being admitted must not hold back the tasks due now, nor the workers
+#: running them): polls, reports and what makes them durable. Ticks and timers wait: the
+#: admission fires due timers itself before each transaction.
+_BETWEEN_CHUNKS = (Poll, Withdraw, Heartbeat, ReportBatch, Stats, _Flush)
 #: Messages the actor sends itself: a failure is logged, nobody waits for a reply.
 _OWN = (_Tick, _Flush, _Timer, _Rest)
 
@@ -248,6 +253,7 @@ class PipelineActor(Actor[object, Any]):
             observe_dispatch=self._observe_dispatch,
             events=self._events,
             schedule_resync_s=self._timing.schedule_resync_s,
+            between_chunks=self._between_chunks,
         )
         self._offsets = await self._fenced(self._core.activate())
         self._publish()
@@ -400,6 +406,14 @@ class PipelineActor(Actor[object, Any]):
 
     async def _admit(self, msg: Admit) -> AdmitResult:
         return await self.core.admit(msg.batch)
+
+    async def _between_chunks(self) -> None:
+        """Between two transactions of an admission: the waiting polls and reports (and
+        heartbeats, flushes) are handled, then the reports made durable, so workers keep
+        going while a large batch is admitted."""
+        await self._ctx.serve_waiting(lambda message: isinstance(message, _BETWEEN_CHUNKS))
+        if self._core is not None and not self._core.fenced and self._core.reports_waiting:
+            await self._core.flush()
 
     async def _poll(self, msg: Poll) -> asyncio.Future[list[Grant]]:
         return self.core.poll(worker=msg.worker, max_tasks=msg.max_tasks, max_bytes=msg.max_bytes)

@@ -85,10 +85,14 @@ class PipelineCore:
         observe_dispatch: Callable[[float], None] | None = None,
         events: EventSink | None = None,
         schedule_resync_s: float | None = 30.0,
+        between_chunks: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         """``schedule_resync_s``: how often the grain compares its schedules' versions with
-        the store; None when its replica does that for all its grains."""
+        the store; None when its replica does that for all its grains. ``between_chunks``:
+        awaited between two transactions of an admission taken in chunks (its actor lets
+        workers' polls and reports through there)."""
         self.config = config
+        self._between_chunks = between_chunks
         self._schedule_resync_s = schedule_resync_s
         #: Told what each committed write changed (D6); None: nobody listens.
         self._events = events
@@ -240,13 +244,19 @@ class PipelineCore:
         """Admit in transactions of ``ADMIT_CHUNK`` tasks while timers wait, due timers fired
         before each: a backlog being admitted (tasks due later, most of them) must not hold
         back tasks due now. The offsets go with the last transaction; a crash in between
-        replays the batch, and admission is idempotent. With no timers: one transaction."""
+        replays the batch, and admission is idempotent. With no timers: one transaction.
+
+        Between two chunks the state is whole (each chunk is applied as it commits), and
+        ``between_chunks`` runs: workers need not wait for the whole batch either."""
         size = ADMIT_CHUNK if len(self.book.timers) else max(len(new), 1)
         starts = range(0, len(new), size) if new else range(1)
         admitted: list[Task] = []
         duplicates: list[str] = []
         conflicts: list[str] = []
         for start in starts:
+            if start and self._between_chunks is not None:
+                self.publish()
+                await self._between_chunks()
             await self.timer_firing.fire()
             last = start + size >= len(new)
             part = await self._store_admit(
@@ -491,6 +501,11 @@ class PipelineCore:
                 now=self._clock.wall(),
             )
         )
+
+    @property
+    def reports_waiting(self) -> bool:
+        """Whether reports wait for the next flush to be acknowledged."""
+        return bool(self._durable)
 
     @property
     def wants_flush(self) -> bool:

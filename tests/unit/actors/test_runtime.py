@@ -58,6 +58,21 @@ class After:
     repeat: bool = False
 
 
+@dataclass(frozen=True)
+class LetThrough:
+    """Hold the actor until ``gate`` is set, then handle at once the waiting ``Fail``
+    messages and ``Echo`` messages whose value is text (``ActorContext.serve_waiting``)."""
+
+    gate: asyncio.Event
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _let_through(message: object) -> bool:
+    return isinstance(message, Fail) or (
+        isinstance(message, Echo) and isinstance(message.value, str)
+    )
+
+
 class Who:
     """Answers the incarnation."""
 
@@ -111,6 +126,12 @@ class Probe(Actor[object, object]):
                     if repeat
                     else self.context.schedule(delay_s, inner)
                 )
+            case LetThrough(gate, entered):
+                entered.set()
+                await gate.wait()
+                served = await self.context.serve_waiting(_let_through)
+                self.journal.append(f"{self.name} let {served} through")
+                return served
             case Who():
                 return self.context.incarnation
             case StopSelf():
@@ -158,7 +179,7 @@ def probe(key: str = "a") -> GrainId:
     return GrainId(kind="probe", key=key)
 
 
-async def entered(block: Block) -> None:
+async def entered(block: Block | LetThrough) -> None:
     await asyncio.wait_for(block.entered.wait(), GUARD_S)
 
 
@@ -237,6 +258,49 @@ async def test_messages_are_handled_in_arrival_order(world: World) -> None:
     await world.system.ask(probe(), Echo("end"))
 
     assert world.journal[1:] == [f"a#1 got {n}" for n in [*range(30), "end"]]
+
+
+async def test_a_handler_lets_the_wanted_waiting_messages_through_in_their_order(
+    world: World,
+) -> None:
+    world.add_kind()
+    hold = LetThrough(gate=asyncio.Event())
+    held = asyncio.create_task(world.system.ask(probe(), hold))
+    await entered(hold)
+    for value in (1, "a", 2, "b"):
+        world.system.tell(probe(), Echo(value))
+    hold.gate.set()
+    assert await held == 2
+    await world.system.ask(probe(), Echo("end"))
+
+    assert world.journal[1:] == [
+        "a#1 got a",
+        "a#1 got b",
+        "a#1 let 2 through",
+        "a#1 got 1",
+        "a#1 got 2",
+        "a#1 got end",
+    ]
+
+
+async def test_a_message_let_through_that_fails_leaves_the_rest_to_the_next_instance(
+    world: World,
+) -> None:
+    """A failed receive stops the actor after the message in hand: the messages taken
+    out after it go back in their order, to the next incarnation, as they would have."""
+    world.add_kind()
+    hold = LetThrough(gate=asyncio.Event())
+    held = asyncio.create_task(world.system.ask(probe(), hold))
+    await entered(hold)
+    failing = asyncio.create_task(world.system.ask(probe(), Fail(RuntimeError("boom"))))
+    asks = [asyncio.create_task(world.system.ask(probe(), Echo(v))) for v in ("a", "b")]
+    await asyncio.sleep(0)
+    hold.gate.set()
+    assert await held == 1
+    with pytest.raises(RuntimeError, match="boom"):
+        await failing
+    assert await asyncio.gather(*asks) == ["a", "b"]
+    assert [line for line in world.journal if "got" in line] == ["a#2 got a", "a#2 got b"]
 
 
 async def test_tell_returns_at_once_and_its_failure_is_logged_not_raised(

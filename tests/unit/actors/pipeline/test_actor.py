@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -14,11 +16,22 @@ from actors.pipeline.actor import (
     Admit,
     PipelineActor,
     Poll,
+    ReportBatch,
     Timing,
     grain_id,
 )
+from actors.pipeline.core import ADMIT_CHUNK
 from actors.pipeline.memory import InMemoryTaskStore
-from actors.pipeline.model import AdmitBatch, GrainKey, GrainSnapshot, NewTask
+from actors.pipeline.model import (
+    AdmitBatch,
+    GrainKey,
+    GrainSnapshot,
+    NewTask,
+    Outcome,
+    Report,
+    Status,
+)
+from actors.pipeline.ports import Admission
 from actors.runtime import ActorContext, ActorSystem, FakeClock, KindConfig
 from tests.unit.actors.pipeline.grains import Configs, new_task
 
@@ -104,3 +117,67 @@ async def test_a_fenced_grain_withdraws_its_snapshot(world: World) -> None:
     await world.clock.advance(TIMING.flush_s)
     assert not world.system.is_active(grain_id(KEY))
     assert KEY not in world.snapshots
+
+
+class GatedStore(InMemoryTaskStore):
+    """Each admission of a full chunk waits for its own gate: a slow database."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[asyncio.Event] = []
+        self.chunk_started = asyncio.Event()
+
+    async def admit(self, **kwargs: Any) -> Admission:
+        if len(kwargs["tasks"]) == ADMIT_CHUNK:
+            gate = asyncio.Event()
+            self.gates.append(gate)
+            self.chunk_started.set()
+            await gate.wait()
+        return await super().admit(**kwargs)
+
+
+async def test_a_poll_and_a_report_go_between_the_transactions_of_a_large_admission(
+    world: World,
+) -> None:
+    """Tasks due later being admitted in chunks (timers exist) do not hold back a worker:
+    its poll is answered, and its report made durable, before the admission ends."""
+    store = GatedStore()
+    world.store = store
+    grain = grain_id(KEY)
+    later = dt.timedelta(hours=1)
+    await world.system.ask(
+        grain, Admit(batch=AdmitBatch(new=(new(0), new_task(1, due_at=T0 + later))))
+    )
+    backlog = tuple(new_task(i, due_at=T0 + later) for i in range(2, 2 + 3 * ADMIT_CHUNK))
+    admission = asyncio.create_task(world.system.ask(grain, Admit(batch=AdmitBatch(new=backlog))))
+
+    async def next_chunk() -> None:
+        async with asyncio.timeout(5):
+            await store.chunk_started.wait()
+        store.chunk_started.clear()
+
+    await next_chunk()
+    poll = asyncio.create_task(
+        world.system.ask(grain, Poll(worker="w", max_tasks=1, max_bytes=1 << 20))
+    )
+    await asyncio.sleep(0.01)
+    assert not poll.done()  # it waits in the mailbox behind the admission
+    store.gates[0].set()  # the first chunk commits
+    async with asyncio.timeout(5):
+        grants = await (await poll)
+    assert [grant.task.id for grant in grants] == ["t0"]
+    await next_chunk()
+    report = Report(token=grants[0].token, outcome=Outcome.SUCCEEDED)
+    acked = asyncio.create_task(world.system.ask(grain, ReportBatch(reports=(report,))))
+    await asyncio.sleep(0.01)
+    store.gates[1].set()  # the second chunk commits; the report goes next, then a flush
+    async with asyncio.timeout(5):
+        _acks, durable = await acked
+        await durable
+    await next_chunk()
+    assert not admission.done()  # its third chunk waits for its gate
+    assert store.rows[(KEY.pipeline_id, "t0")].status is Status.SUCCEEDED
+    store.gates[2].set()
+    async with asyncio.timeout(5):
+        result = await admission
+    assert result.admitted == 3 * ADMIT_CHUNK
