@@ -49,6 +49,9 @@ from services.store.schema import pipelines as pipelines_table
 from services.store.schema import tasks as tasks_table
 
 Report = dict[str, Any]
+#: The issue's targets; a run that misses one keeps its processes' logs.
+TAKEOVER_TARGET_S = 60.0
+LATE_TARGET_MS = 1000.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +118,11 @@ def run(
                 if options.failover:
                     # The survivor stays up for the tasks that follow.
                     report["failover"] = _failover(system, tokens, say, survivors)
+                    if (
+                        report["failover"].get("all_polled_s", TAKEOVER_TARGET_S)
+                        >= TAKEOVER_TARGET_S
+                    ):
+                        system.shortfalls.append("the takeover missed its target")
                 report["one_task_each"] = _one_task_each(tenant, engine, ids, options, say)
                 if "all_admitted_s" not in report["one_task_each"]:
                     system.shortfalls.append("not every pipeline's task was admitted")
@@ -158,6 +166,8 @@ def _with_timers(
     report["lateness"] = idle_timers.lateness(system.grpc, tokens, due_at, say)
     if report["lateness"]["handed_out"] < count:
         system.shortfalls.append("not every delayed task was handed out")
+    elif report["lateness"].get("p99_ms", 0) > LATE_TARGET_MS:
+        system.shortfalls.append("delayed tasks were handed out more than a second late")
     return report
 
 
