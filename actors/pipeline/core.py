@@ -5,7 +5,8 @@ The four layers of a pipeline grain, from the inside out:
 - ``TaskBook`` (``book.py``): the pure state machine (window, leases, pending changes),
   no I/O and no clock.
 - ``PipelineCore`` (this module): the book plus its store calls, its clock and the
-  pollers waiting for tasks.
+  pollers waiting for tasks; admission (``admitting.py``), timer firing
+  (``timer_firing.py``) and schedule firing (``firing.py``) are helpers around it.
 - ``PipelineActor`` (``actor.py``): the mailbox that serialises calls into the core, so
   the core needs no locks.
 - ``GrainHandle`` (``services/scheduler/handle.py``): how code outside the actor talks to
@@ -21,12 +22,13 @@ import asyncio
 import datetime as dt
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from actors.pipeline.admitting import Admitting
 from actors.pipeline.book import Flush, TaskBook
-from actors.pipeline.events import PURGED, EventBatch, StatusChange, change_of
+from actors.pipeline.events import EventBatch, StatusChange, change_of
 from actors.pipeline.firing import ScheduleFiring
 from actors.pipeline.model import (
     AdmitBatch,
@@ -35,23 +37,18 @@ from actors.pipeline.model import (
     GrainSnapshot,
     Grant,
     LeaseToken,
-    NewTask,
     PipelineConfig,
-    Purge,
     Report,
     ReportAck,
-    Status,
     Task,
     Verdict,
 )
-from actors.pipeline.ports import Admission, EventSink, StaleEpoch, StoreUnavailable, TaskStore
+from actors.pipeline.ports import EventSink, StaleEpoch, StoreUnavailable, TaskStore
 from actors.pipeline.timer_firing import TimerFiring
 from actors.pipeline.timers import TimerKey
 
 log = logging.getLogger("wsched.actors.pipeline")
 R = TypeVar("R")
-#: Tasks per admission transaction while timers wait (``PipelineCore._admit_new``).
-ADMIT_CHUNK = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +89,6 @@ class PipelineCore:
         awaited between two transactions of an admission taken in chunks (its actor lets
         workers' polls and reports through there)."""
         self.config = config
-        self._between_chunks = between_chunks
         self._schedule_resync_s = schedule_resync_s
         #: Told what each committed write changed (D6); None: nobody listens.
         self._events = events
@@ -109,6 +105,7 @@ class PipelineCore:
         self.book = TaskBook(config=config, epoch=0)
         self.schedules = ScheduleFiring(self, resync_s=self._schedule_resync_s)
         self.timer_firing = TimerFiring(self)
+        self._admitting = Admitting(self, between_chunks=between_chunks)
         self._waiters: deque[_Waiter] = deque()
         self._durable: list[asyncio.Future[None]] = []
         self.fenced = False
@@ -210,135 +207,19 @@ class PipelineCore:
         as the batch's last write, so a replay after a crash skips what was admitted.
         """
         try:
-            return await self._admit(batch)
+            return await self._admitting.admit(batch)
         finally:
             # Each step's changes are recorded once committed: even when a later step
             # fails, what is durable is told.
             self.publish()
 
-    async def _admit(self, batch: AdmitBatch) -> AdmitResult:
-        # The offsets go with the batch's last write, so that a crash in between replays
-        # the cancels and requeues instead of skipping them.
-        later = bool(batch.cancels or batch.requeues or batch.purges)
-        admission = await self._admit_new(batch.new, {} if later else batch.offsets)
-        wall = self._clock.wall()
-        self.book.end_overdue(wall=wall)
-        cancelled = await self._cancel(batch.cancels, wall=wall)
-        requeued = await self._requeue(batch.requeues, wall=wall)
-        purged = await self._purge(batch.purges, wall=wall)
-        if later and batch.offsets:
-            await self._store_admit([], batch.offsets, wall=wall)
-        if batch.schedules:
-            await self.schedules.load(batch.schedules)
-        self._serve_waiters()
-        return AdmitResult(
-            admitted=len(admission.admitted),
-            duplicates=len(admission.duplicates),
-            conflicts=len(admission.conflicts),
-            cancelled=cancelled,
-            requeued=requeued,
-            purged=purged,
-        )
-
-    async def _admit_new(self, new: Sequence[NewTask], offsets: Mapping[int, int]) -> Admission:
-        """Admit in transactions of ``ADMIT_CHUNK`` tasks while timers wait, due timers fired
-        before each: a backlog being admitted (tasks due later, most of them) must not hold
-        back tasks due now. The offsets go with the last transaction; a crash in between
-        replays the batch, and admission is idempotent. With no timers: one transaction.
-
-        Between two chunks the state is whole (each chunk is applied as it commits), and
-        ``between_chunks`` runs: workers need not wait for the whole batch either."""
-        size = ADMIT_CHUNK if len(self.book.timers) else max(len(new), 1)
-        starts = range(0, len(new), size) if new else range(1)
-        admitted: list[Task] = []
-        duplicates: list[str] = []
-        conflicts: list[str] = []
-        for start in starts:
-            if start and self._between_chunks is not None:
-                self.publish()
-                await self._between_chunks()
-            await self.timer_firing.fire()
-            last = start + size >= len(new)
-            part = await self._store_admit(
-                new[start : start + size], offsets if last else {}, wall=self._clock.wall()
-            )
-            self.admitted(part.admitted, serve=True)
-            admitted += part.admitted
-            duplicates += part.duplicates
-            conflicts += part.conflicts
-        return Admission(admitted=admitted, duplicates=duplicates, conflicts=conflicts)
-
     def admitted(self, tasks: Sequence[Task], *, serve: bool = True) -> None:
         """Tasks now durable (submitted, or a schedule's runs) join the book."""
         self._stamp_ready(tasks)
         self.book.admit(tasks)
-        self._committed(tasks)
+        self.committed(tasks)
         if serve:
-            self._serve_waiters()
-
-    async def _store_admit(
-        self, tasks: Sequence[NewTask], offsets: Mapping[int, int], *, wall: dt.datetime
-    ) -> Admission:
-        return await self.guard(
-            self._store.admit(
-                grain=self.key,
-                epoch=self.epoch,
-                tasks=tasks,
-                offsets=offsets,
-                now=wall,
-            )
-        )
-
-    async def _cancel(self, task_ids: Sequence[str], *, wall: dt.datetime) -> int:
-        if not task_ids:
-            return 0
-        before = self.book.counts[Status.CANCELLED]
-        elsewhere = self.book.cancel(task_ids, wall=wall)
-        if elsewhere:
-            counts = await self.guard(
-                self._store.cancel_waiting(
-                    grain=self.key,
-                    epoch=self.epoch,
-                    task_ids=elsewhere,
-                    now=wall,
-                    retention_s=self.config.retention_s,
-                )
-            )
-            self.book.cancelled_in_store(counts)
-            if sum(counts.values()) == len(elsewhere):
-                # The store says how many, not which: only when every one was cancelled
-                # are the ids known (the others wait for their waiters' timeout).
-                self._unpublished += [change_of(i, Status.CANCELLED, 0) for i in elsewhere]
-        return int(self.book.counts[Status.CANCELLED] - before)
-
-    async def _requeue(self, task_ids: Sequence[str], *, wall: dt.datetime) -> int:
-        if not task_ids:
-            return 0
-        tasks = await self.guard(
-            self._store.requeue_dead(
-                grain=self.key,
-                epoch=self.epoch,
-                task_ids=task_ids,
-                now=wall,
-            )
-        )
-        self.book.requeued_from_store(tasks)
-        self._committed(tasks)
-        return len(tasks)
-
-    async def _purge(self, purges: Sequence[Purge], *, wall: dt.datetime) -> int:
-        """Dead tasks deleted at a tenant's request, in a fenced write like a requeue's:
-        the grain stays the one writer of task rows, and a requeue and a purge of one task
-        apply in the order the tenant sent them (same key, same partition)."""
-        if not purges:
-            return 0
-        purged = await self.guard(
-            self._store.purge_dead(grain=self.key, epoch=self.epoch, purges=purges, now=wall)
-        )
-        self.book.purged_from_store(purged)
-        if purged == len(purges):
-            self._unpublished += [change_of(p.task_id, PURGED, 0) for p in purges]
-        return purged
+            self.serve_waiters()
 
     async def page_in(self) -> None:
         """Refill the window from the store's backlog when it runs low."""
@@ -354,7 +235,7 @@ class PipelineCore:
         )
         self._stamp_ready(page)
         self.book.page_in(page, exhausted=len(page) < limit)
-        self._serve_waiters()
+        self.serve_waiters()
 
     # -- workers ------------------------------------------------------------------------
 
@@ -399,7 +280,7 @@ class PipelineCore:
         for task in tasks:
             task.ready_at = now
 
-    def _serve_waiters(self) -> None:
+    def serve_waiters(self) -> None:
         while self._waiters and self.book.ready_count:
             waiter = self._waiters.popleft()
             if waiter.future.done():
@@ -445,7 +326,7 @@ class PipelineCore:
         await self.timer_firing.refill()
         await self.page_in()
         self.book.end_overdue(wall=self._clock.wall())
-        self._serve_waiters()
+        self.serve_waiters()
 
     def next_timer_in(self) -> float | None:
         """Seconds until the soonest timer or schedule in memory is due (0 if it is), or None."""
@@ -459,7 +340,7 @@ class PipelineCore:
         """Due timers' tasks (``timer_firing.py``) join the window and go to waiters."""
         self._stamp_ready([task for _, task in fired])
         self.book.fired(fired)
-        self._serve_waiters()
+        self.serve_waiters()
 
     async def flush(self) -> None:
         """Write every change since the last flush in one fenced transaction."""
@@ -533,7 +414,7 @@ class PipelineCore:
         - events: none committed and not yet published.
 
         Long polls waiting here do not count: tasks reach them the moment they join the
-        window (``_serve_waiters`` after admission, firing and page-in, all of them
+        window (``serve_waiters`` after admission, firing and page-in, all of them
         messages or work a tickless grain has not got), and their timeout is their
         caller's (``GrainHandle.poll`` withdraws), so a waiter needs no tick.
         """
@@ -554,10 +435,15 @@ class PipelineCore:
 
     # -- live results (D6) ---------------------------------------------------------------
 
-    def _committed(self, tasks: Sequence[Task]) -> None:
+    def committed(self, tasks: Sequence[Task]) -> None:
         """Record the statuses of tasks a store call just made durable."""
         if self._events is not None:
             self._unpublished += [change_of(t.id, t.status, t.attempt) for t in tasks]
+
+    def record_changes(self, changes: Sequence[StatusChange]) -> None:
+        """Record changes a store call just made durable, known by id (a cancel's, a
+        purge's), for the next ``publish``."""
+        self._unpublished += changes
 
     def publish(self) -> None:
         """Tell the event sink what the committed writes since the last call changed.

@@ -20,7 +20,7 @@ from actors.pipeline.actor import (
     Timing,
     grain_id,
 )
-from actors.pipeline.core import ADMIT_CHUNK
+from actors.pipeline.admitting import ADMIT_CHUNK
 from actors.pipeline.memory import InMemoryTaskStore
 from actors.pipeline.model import (
     AdmitBatch,

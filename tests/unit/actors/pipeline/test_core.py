@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from actors.pipeline.core import ADMIT_CHUNK, GrainClock, PipelineCore
+from actors.pipeline.admitting import ADMIT_CHUNK
+from actors.pipeline.core import GrainClock, PipelineCore
 from actors.pipeline.memory import InMemoryTaskStore
 from actors.pipeline.model import (
     AdmitBatch,
