@@ -409,10 +409,12 @@ class PipelineActor(Actor[object, Any]):
 
     async def _between_chunks(self) -> None:
         """Between two transactions of an admission: the waiting polls and reports (and
-        heartbeats, flushes) are handled, then the reports made durable, so workers keep
-        going while a large batch is admitted."""
+        heartbeats, flushes) are handled, then the leases and reports made durable, so
+        workers keep going while a large batch is admitted."""
         await self._ctx.serve_waiting(lambda message: isinstance(message, _BETWEEN_CHUNKS))
-        if self._core is not None and not self._core.fenced and self._core.reports_waiting:
+        if self._core is not None and not self._core.fenced and self._core.book.dirty:
+            # The leases granted and the reports taken, durable before the next chunk: a
+            # lease not written when its replica dies is run again by the next owner.
             await self._core.flush()
 
     async def _poll(self, msg: Poll) -> asyncio.Future[list[Grant]]:

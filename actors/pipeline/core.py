@@ -384,11 +384,6 @@ class PipelineCore:
         )
 
     @property
-    def reports_waiting(self) -> bool:
-        """Whether reports wait for the next flush to be acknowledged."""
-        return bool(self._durable)
-
-    @property
     def wants_flush(self) -> bool:
         return self.book.dirty or bool(self._durable) or self.book.stats() != self._written_stats
 
