@@ -167,6 +167,9 @@ async def test_a_poll_and_a_report_go_between_the_transactions_of_a_large_admiss
         grants = await (await poll)
     assert [grant.task.id for grant in grants] == ["t0"]
     await next_chunk()
+    # The lease is written before the next chunk: were the replica to die during the
+    # rest of the admission, the next owner would not run t0 again at once.
+    assert store.rows[(KEY.pipeline_id, "t0")].status is Status.LEASED
     report = Report(token=grants[0].token, outcome=Outcome.SUCCEEDED)
     acked = asyncio.create_task(world.system.ask(grain, ReportBatch(reports=(report,))))
     await asyncio.sleep(0.01)
