@@ -122,6 +122,8 @@ class PipelineDirectory:
         #: first: bounded, so a flood of made-up pipeline ids cannot grow it.
         self._tokens: OrderedDict[str, _Digests] = OrderedDict()
         self._token_cache_size = token_cache_size
+        #: Bumped by every ``forget_token``: digests read since are not kept for long.
+        self._rotations = 0
         #: shard -> (its owner's address, until when it is trusted): the redirects of
         #: many workers asking the wrong replica cost one read per shard, not one each.
         self._shard_owners: dict[int, tuple[str, float]] = {}
@@ -263,7 +265,8 @@ class PipelineDirectory:
         return await asyncio.to_thread(read)
 
     async def authenticate(self, pipeline_id: str, token: str) -> bool:
-        """Check a worker token against its pipeline's digests, cached for ``token_ttl_s``.
+        """Check a worker token against its pipeline's digests, cached for ``token_ttl_s``
+        or until a rotation is announced (``forget_token``).
 
         A token rotated out is accepted until its grace period ends (checked on each call,
         so the cache never stretches it). A token that matches nothing cached is checked
@@ -281,21 +284,34 @@ class PipelineDirectory:
             or cached.fresh_until < now
             or _refused_long_ago(cached, token, now, wall)
         ):
-            cached = await self._read_digests(pipeline_id, cached)
+            cached = await self._read_digests(pipeline_id)
         self._tokens.move_to_end(pipeline_id)
         while len(self._tokens) > self._token_cache_size:
             self._tokens.popitem(last=False)
         return _accepts(cached.digests, token, wall)
 
-    async def _read_digests(self, pipeline_id: str, cached: _Digests | None) -> _Digests:
+    def forget_token(self, pipeline_id: str) -> None:
+        """The pipeline's worker token was rotated (``wsched.revocations``): its cached
+        digests may still call the old token current, past a grace shorter than the cache's
+        lifetime, so the next check reads them again. Dropped, not kept for an outage: the
+        pipeline's workers are then told to retry, never let in with a revoked token."""
+        self._tokens.pop(pipeline_id, None)
+        self._rotations += 1
+
+    async def _read_digests(self, pipeline_id: str) -> _Digests:
+        rotations = self._rotations
         try:
             digests = await self._digests.get(pipeline_id)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+            cached = self._tokens.get(pipeline_id)
             if cached is None:
                 raise StoreUnavailable("worker tokens cannot be read now") from err
             return cached
         now = time.monotonic()
-        fresh = _Digests(digests=digests, read_at=now, fresh_until=now + self._token_ttl_s)
+        # Begun before a rotation was announced, the read may hold the old digests: it
+        # answers this call, and the next one reads again.
+        ttl = self._token_ttl_s if rotations == self._rotations else 0.0
+        fresh = _Digests(digests=digests, read_at=now, fresh_until=now + ttl)
         self._tokens[pipeline_id] = fresh
         return fresh
 

@@ -29,6 +29,7 @@ from actors.runtime import ActorContext, ActorSystem, KindConfig, KindStats
 from protos.wsched.v1 import worker_pb2_grpc
 from services.kafka.admin import KafkaTopicAdmin, TopicError
 from services.kafka.event_publisher import KafkaEventPublisher
+from services.kafka.revocations import KafkaRevocationReader, RotationFeed
 from services.kafka.shared import ReaderOfItsOwn, SharedKafkaReader
 from services.observability import setup_tracing
 from services.placement import SHARED_TOPIC, shard_of_grain
@@ -103,6 +104,16 @@ class SchedulerHost:
         self._quarantine = SqlQuarantine(engine=self._engine)
         self._shard_offsets = SqlShardOffsets(engine=self._engine, clock=_utcnow)
         self._directory = PipelineDirectory(engine=self._engine, window_tasks=settings.window_tasks)
+        #: Worker token rotations (``wsched.revocations``): the directory reads a rotated
+        #: pipeline's digests again at once; without Kafka, when its cache expires.
+        self._rotations: RotationFeed = KafkaRevocationReader(
+            bootstrap=self._bootstrap,
+            admin=KafkaTopicAdmin(
+                bootstrap=self._bootstrap, replication_factor=settings.kafka_replication_factor
+            ),
+            client_id="wsched-scheduler-revocations",
+        )
+        self._rotations_task: asyncio.Task[None] | None = None
         self._system = ActorSystem()
         self._activations = asyncio.Semaphore(settings.grain_activations)
         self._system.register(
@@ -223,6 +234,9 @@ class SchedulerHost:
             every(self._schedule_resync_s, self.resync_schedules), name="resync"
         )
         self._waking_task = asyncio.create_task(self._waking.run(), name="wake-ups")
+        self._rotations_task = asyncio.create_task(
+            self._rotations.follow_rotations(self._directory.forget_token), name="token rotations"
+        )
         if needs_purge(self._engine):
             self._purge = asyncio.create_task(purge_forever(self._engine), name="purge")
         await self._start_http()
@@ -263,7 +277,7 @@ class SchedulerHost:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await self._http_task
-        for task in (self._purge, self._resync, self._waking_task):
+        for task in (self._purge, self._resync, self._waking_task, self._rotations_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

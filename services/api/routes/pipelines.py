@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from services.api.schemas import (
     RetryIn,
 )
 from services.deploy.helm import ChartNotAllowed
+from services.kafka.producer import BrokerUnavailable
 from services.placement import TopicMode
 from services.store.control import (
     Application,
@@ -42,6 +44,8 @@ from services.store.control import (
     PipelineStats,
     TokenUnavailable,
 )
+
+log = logging.getLogger("wsched.api.pipelines")
 
 router = APIRouter(
     prefix="/api/applications/{app}/pipelines", tags=["pipelines"], responses=TENANT_ERRORS
@@ -291,7 +295,8 @@ async def rotate_token(
 ) -> TokenRotated:
     """A new worker token, in this answer only. The workers are deployed again with it in
     the background; the current token stays valid for ``grace_s`` (for the workers still
-    running with it: give the redeploy time to finish)."""
+    running with it: give the redeploy time to finish), and no longer on any scheduler
+    replica once the rotation has reached it (``wsched.revocations``)."""
     application = await find_application(ctx, tenant.id, app)
     found = await find_pipeline(ctx, application, pipeline)
     grace = dt.timedelta(seconds=body.grace_s)
@@ -302,5 +307,15 @@ async def rotate_token(
     except TokenUnavailable as err:
         raise ApiError(409, "token_unavailable", str(err)) from err
     ctx.nudge(updated.id)
+    await _announce_rotation(ctx, updated.id)
     until = ctx.wall_clock() + grace if body.grace_s else None
     return TokenRotated(worker_token=token, previous_token_valid_until=until)
+
+
+async def _announce_rotation(ctx: Ctx, pipeline_id: str) -> None:
+    """Tell every scheduler replica to read the pipeline's token digests again. Kafka not
+    taking it is no failure of the rotation: the replicas' caches expire anyway (30 s)."""
+    try:
+        await ctx.revocations.announce_rotation(pipeline_id)
+    except BrokerUnavailable as err:
+        log.warning("pipeline %s: worker token rotation not announced: %s", pipeline_id, err)

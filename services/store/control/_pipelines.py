@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -47,6 +48,12 @@ from services.store.schema import (
 )
 from services.store.sql import chunks, from_db, from_db_required, to_db
 from services.store.tokens import TokenUnreadable
+
+log = logging.getLogger("wsched.store.pipelines")
+
+#: How many times a worker token rotation reads the current digest again after another
+#: rotation went first; each conflict is another rotation's success, so this is rarely hit.
+_ROTATION_ATTEMPTS = 5
 
 
 class PipelineMethods(StoreBase):
@@ -158,23 +165,41 @@ class PipelineMethods(StoreBase):
         self, pipeline: Pipeline, *, grace: dt.timedelta
     ) -> tuple[Pipeline, str]:
         """Issue a new worker token and mark the deployment pending, so the reconciler
-        deploys the workers again with it; the old token stays valid for ``grace``."""
+        deploys the workers again with it; the token it replaces stays valid for ``grace``.
+
+        The write is a compare-and-set on the current digest, read again after a conflict
+        (at most ``_ROTATION_ATTEMPTS`` times): two rotations at once apply one after the
+        other, and neither's token is lost. After two quick rotations the previous token
+        is the first one's (the token current just before the second), valid for the
+        second's grace; the one before it is no longer valid, whatever its grace was (a
+        pipeline keeps one previous token). Raises NotFound, or TokenUnavailable.
+        """
         if self._cipher is None:
             raise TokenUnavailable("this process has no key to encrypt worker tokens with")
-        current = worker_token_digests(self._engine, pipeline.id)
-        if current is None:
-            raise NotFound(f"pipeline {pipeline.name!r} no longer exists")
         token, digest = issue_secret(WORKER_TOKEN_PREFIX)
+        issued = {"worker_token_hash": digest, "worker_token_enc": self._cipher.encrypt(token)}
         until = self._grace_end(grace)
-        # Literal values, not a column reference: MySQL assigns SET clauses in order, so
-        # "previous = current" after "current = new" would copy the new digest.
-        changes = {
-            "worker_token_hash": digest,
-            "worker_token_enc": self._cipher.encrypt(token),
-            "previous_token_hash": current.current if until else None,
-            "previous_token_until": to_db(until),
-        }
-        return self.update_pipeline(pipeline, PipelineChanges(), extra=changes), token
+        for _ in range(_ROTATION_ATTEMPTS):
+            current = worker_token_digests(self._engine, pipeline.id)
+            if current is None:
+                raise NotFound(f"pipeline {pipeline.name!r} no longer exists")
+            # Literal values, not a column reference: MySQL assigns SET clauses in order, so
+            # "previous = current" after "current = new" would copy the new digest.
+            changes = {
+                **issued,
+                "previous_token_hash": current.current if until else None,
+                "previous_token_until": to_db(until),
+            }
+            unchanged = pipelines.c.worker_token_hash == current.current
+            updated = self._update_live(pipeline, changes, only_if=unchanged)
+            if updated is not None:
+                return updated, token
+            self._check_live(pipeline)
+            log.info("pipeline %s: worker token rotated meanwhile; read again", pipeline.id)
+        raise TokenUnavailable(
+            f"pipeline {pipeline.name!r}: its worker token was rotated by "
+            f"{_ROTATION_ATTEMPTS} other requests meanwhile; rotate it again"
+        )
 
     def worker_token(self, pipeline_id: str) -> str:
         """The pipeline's worker token in plain text, for a deployer to hand to its workers.
@@ -226,23 +251,40 @@ class PipelineMethods(StoreBase):
         A ``failed`` pipeline goes back to ``provisioning`` (the patch is how a tenant
         fixes what failed); a ``ready`` one stays ready, its deployment marked pending.
         """
-        values = {**changes.columns(), **(extra or {})}
-        values["updated_at"] = self._now()
+        updated = self._update_live(pipeline, {**changes.columns(), **(extra or {})})
+        if updated is None:
+            raise NotFound(f"pipeline {pipeline.name!r} is being deleted")
+        return updated
+
+    def _update_live(
+        self,
+        pipeline: Pipeline,
+        values: Mapping[str, Any],
+        *,
+        only_if: sa.ColumnElement[bool] | None = None,
+    ) -> Pipeline | None:
+        """``update_pipeline``'s write, also conditional on ``only_if`` (a compare-and-set);
+        the pipeline as written, or None when it is gone, being deleted, or ``only_if`` no
+        longer held."""
+        values = {**values, "updated_at": self._now()}
         values["deployment_json"] = _json(
             {**pipeline.deployment, "status": DEPLOYMENT_PENDING, "detail": ""}
         )
         if pipeline.state is PipelineState.FAILED:
             values["state"] = PipelineState.PROVISIONING.value
             values["state_reason"] = ""
-        live = pipelines.c.state != PipelineState.DELETING.value
+        where = [pipelines.c.id == pipeline.id, pipelines.c.state != PipelineState.DELETING.value]
+        if only_if is not None:
+            where.append(only_if)
         with self._engine.begin() as conn:
-            done = conn.execute(
-                pipelines.update().where(pipelines.c.id == pipeline.id, live).values(values)
-            ).rowcount
-        updated = self.pipeline_by_id(pipeline.id)
-        if not done or updated is None:
+            done = conn.execute(pipelines.update().where(*where).values(values)).rowcount
+        return self.pipeline_by_id(pipeline.id) if done else None
+
+    def _check_live(self, pipeline: Pipeline) -> None:
+        """NotFound when the pipeline is gone or being deleted (why a write missed it)."""
+        found = self.pipeline_by_id(pipeline.id)
+        if found is None or found.state is PipelineState.DELETING:
             raise NotFound(f"pipeline {pipeline.name!r} is being deleted")
-        return updated
 
     def _transition(
         self,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from services.kafka.revocations import MemoryRevocations
 from services.scheduler.directory import PipelineDirectory
 from tests.unit.services.api.conftest import Fakes
 from tests.unit.services.api.harness import OPERATOR, Api, assert_error, bearer
@@ -178,6 +179,9 @@ async def test_a_rotated_worker_token_is_redeployed_and_the_old_one_expires(
     )
     assert answer.status_code == 200, answer.text
     new = answer.json()["worker_token"]
+    revocations = api.ctx.revocations
+    assert isinstance(revocations, MemoryRevocations)
+    assert revocations.rotated == [pipeline["id"]]  # scheduler replicas read it again
     await api.settled()
     assert fakes.deployer.deployed[pipeline["id"]].revision == revision + 1  # redeployed
     assert api.store.worker_token(pipeline["id"]) == new  # what the deployer hands out

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from services.settings import Settings
-from services.store.control import ControlStore, NotFound, TokenUnavailable
+from services.store.control import (
+    ControlStore,
+    NotFound,
+    TokenDigests,
+    TokenUnavailable,
+    _pipelines,
+)
 from services.store.schema import pipelines
 from services.store.tokens import TokenCipher, derive_key
 from tests.unit.services.deploy.conftest import new_pipeline
+
+GRACE = dt.timedelta(minutes=5)
 
 
 def test_the_token_is_stored_encrypted_and_read_back_for_a_deployer(
@@ -65,3 +75,28 @@ def test_a_malformed_secret_key_is_refused_at_start_without_echoing_it(
         Settings()
     assert "Fernet.generate_key" in str(info.value)
     assert "not-a-fernet-key" not in str(info.value)
+
+
+def test_a_rotation_that_raced_with_another_loses_neither_token(
+    store: ControlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second rotation commits between the first one's read and its write: the first
+    reads again and goes after it, so the token each caller was handed stays valid (the
+    first's as current, the second's as previous, for the grace)."""
+    pipeline, original = new_pipeline(store)
+    read = _pipelines.worker_token_digests
+    other: list[str] = []
+
+    def read_then_race(engine: sa.Engine, pipeline_id: str) -> TokenDigests | None:
+        digests = read(engine, pipeline_id)
+        if not other:
+            other.append("racing")  # the racing rotation reads without racing again
+            other[0] = store.rotate_worker_token(pipeline, grace=GRACE)[1]
+        return digests
+
+    monkeypatch.setattr(_pipelines, "worker_token_digests", read_then_race)
+    _, mine = store.rotate_worker_token(pipeline, grace=GRACE)
+    assert store.worker_token(pipeline.id) == mine
+    assert store.verify_worker_token(pipeline_id=pipeline.id, token=mine)
+    assert store.verify_worker_token(pipeline_id=pipeline.id, token=other[0])
+    assert not store.verify_worker_token(pipeline_id=pipeline.id, token=original)

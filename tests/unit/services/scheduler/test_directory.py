@@ -13,10 +13,11 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from actors.pipeline.ports import StoreUnavailable
+from services.kafka.revocations import MemoryRevocations
 from services.placement import shard_of
 from services.scheduler.directory import PipelineDirectory
 from services.store import migrate
-from services.store.control import ControlStore
+from services.store.control import ControlStore, TokenDigests
 from services.store.schema import grain_owners
 from services.store.shard_offsets import shard_key
 from services.store.tokens import TokenCipher
@@ -91,6 +92,64 @@ async def test_a_rotated_token_is_accepted_for_its_grace_period_only(engine: sa.
     assert await directory.authenticate("p1", new)
     database_gone(engine)
     assert await directory.authenticate("p1", new)  # kept through an outage, as before
+    assert not await directory.authenticate("p1", TOKEN)
+
+
+@pytest.fixture
+def store(engine: sa.Engine) -> ControlStore:
+    return ControlStore(engine=engine, cipher=TokenCipher(key=Fernet.generate_key()))
+
+
+def rotate_now(store: ControlStore) -> None:
+    """Rotate p1's token with no grace: the old one is revoked at once."""
+    pipeline = store.pipeline_by_id("p1")
+    assert pipeline is not None
+    store.rotate_worker_token(pipeline, grace=dt.timedelta(0))
+
+
+async def test_an_announced_rotation_refuses_the_old_token_before_the_cache_expires(
+    engine: sa.Engine, store: ControlStore
+) -> None:
+    """The cached digests still call the old token current; the rotation heard on
+    ``wsched.revocations`` drops them, and nothing is left to answer an outage with."""
+    revocations = MemoryRevocations()
+    directory = PipelineDirectory(engine=engine, window_tasks=10, token_ttl_s=3600)
+    following = asyncio.create_task(revocations.follow_rotations(directory.forget_token))
+    await asyncio.sleep(0)
+    assert await directory.authenticate("p1", TOKEN)
+    rotate_now(store)
+    assert await directory.authenticate("p1", TOKEN)  # cached: what the announcement ends
+    await revocations.announce_rotation("p1")
+    assert not await directory.authenticate("p1", TOKEN)
+    await revocations.announce_rotation("p1")
+    database_gone(engine)
+    with pytest.raises(StoreUnavailable):  # retried by the workers, neither let in nor refused
+        await directory.authenticate("p1", TOKEN)
+    following.cancel()
+    await asyncio.gather(following, return_exceptions=True)
+
+
+async def test_digests_read_before_an_announced_rotation_answer_one_check_only(
+    engine: sa.Engine, store: ControlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of the old digests still in flight when the rotation is heard must not be
+    cached for the cache's lifetime."""
+    directory = PipelineDirectory(engine=engine, window_tasks=10, token_ttl_s=3600)
+    read, done, release = directory._digests.get, asyncio.Event(), asyncio.Event()
+
+    async def read_then_wait(pipeline_id: str) -> TokenDigests | None:
+        digests = await read(pipeline_id)
+        done.set()
+        await release.wait()
+        return digests
+
+    monkeypatch.setattr(directory._digests, "get", read_then_wait)
+    checking = asyncio.create_task(directory.authenticate("p1", TOKEN))
+    await done.wait()
+    rotate_now(store)
+    directory.forget_token("p1")
+    release.set()
+    assert await checking  # answered with what it read
     assert not await directory.authenticate("p1", TOKEN)
 
 
