@@ -24,7 +24,16 @@ from services.api.metrics import ApiMetrics
 from services.api.middleware import BodyLimit, RequestMetrics
 from services.api.quotas import EarlyRefusal, QuotaGuard, default_quotas
 from services.api.reconciler import Reconciler
-from services.api.routes import applications, bulk, live, pipelines, schedules, tasks, tenants
+from services.api.routes import (
+    applications,
+    bulk,
+    live,
+    pipelines,
+    schedules,
+    single_submit,
+    tasks,
+    tenants,
+)
 from services.api.tracing import TracedProducer, trace_requests
 from services.api.ui import routes as dashboard
 from services.api.ui.headers import DashboardHeaders
@@ -299,6 +308,7 @@ def create_app(
     for module in (tenants, applications, pipelines, tasks, bulk, schedules, live, dashboard):
         app.include_router(module.router)
     app.include_router(tenants.own)
+    single_submit.install(app)
     # The dashboard's script, styles and images, shipped in the package: no build step.
     app.mount("/ui/static", StaticFiles(directory=dashboard.STATIC), name="ui-static")
     _health_routes(app, settings=settings, engine=engine, registry=registry)

@@ -35,6 +35,7 @@ from services.live.source import EventSource
 from services.settings import Settings
 from services.store.control import (
     ControlStore,
+    ExistingTask,
     Pipeline,
     TaskRecord,
     Tenant,
@@ -147,6 +148,8 @@ class ApiContext:
     _last_known: LastKnown = field(init=False)
     #: Waiters' reads of task rows, many per statement.
     task_reads: BatchedReads[TaskRecord] = field(init=False)
+    #: Single submits' idempotency checks, many per statement (``services.api.submit``).
+    existing_reads: BatchedReads[ExistingTask] = field(init=False)
     #: Lookups under way, by key: requests that miss together share one read.
     _reading: dict[object, asyncio.Task[Any]] = field(init=False, default_factory=dict)
     #: Bumped by every ``forget_tenant``: a read begun before it is not remembered.
@@ -158,9 +161,16 @@ class ApiContext:
             secret=self.settings.effective_secret_key(), ttl_s=self.settings.ui_session_ttl_s
         )
         self.task_reads = BatchedReads(self._read_tasks)
+        self.existing_reads = BatchedReads(self._read_existing)
 
     async def _read_tasks(self, pipeline_id: str, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
         return await self.db(self.store.get_tasks, pipeline_id=pipeline_id, task_ids=task_ids)
+
+    async def _read_existing(
+        self, pipeline_id: str, task_ids: Sequence[str]
+    ) -> dict[str, ExistingTask]:
+        """Raises DatabaseUnavailable: each submit decides what an outage means to it."""
+        return await in_thread(self.store.existing_tasks, pipeline_id=pipeline_id, ids=task_ids)
 
     def database_unavailable(self, err: DatabaseUnavailable) -> Exception:
         return unavailable(

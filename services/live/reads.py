@@ -13,6 +13,7 @@ worse: a backlog became many small statements queued behind each other).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -31,6 +32,8 @@ class BatchedReads(Generic[T]):
         self._max_batch = max_batch
         self._pending: dict[str, dict[str, list[asyncio.Future[T | None]]]] = {}
         self._running = False
+        #: Kept: the event loop holds its tasks weakly.
+        self._drainer: asyncio.Task[None] | None = None
         self.statements = 0
 
     async def read(self, pipeline_id: str, task_id: str) -> T | None:
@@ -39,7 +42,11 @@ class BatchedReads(Generic[T]):
         self._pending.setdefault(pipeline_id, {}).setdefault(task_id, []).append(future)
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+            # In a context of its own: a statement for many requests is none of theirs
+            # (not the first one's caller in the fair pool, nor its trace).
+            self._drainer = asyncio.get_running_loop().create_task(
+                self._drain(), context=contextvars.Context()
+            )
         return await future
 
     async def _drain(self) -> None:

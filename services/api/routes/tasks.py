@@ -49,7 +49,7 @@ from services.api.submit import (
 from services.api.when import deadline, due_at, parse_duration, parse_run_at
 from services.kafka.producer import OutgoingTask
 from services.live.hub import wait_until_final
-from services.store.control import Pipeline, TaskRecord, new_id
+from services.store.control import Pipeline, TaskRecord, Tenant, new_id
 
 router = APIRouter(
     prefix="/api/applications/{app}/pipelines/{pipeline}", tags=["tasks"], responses=TENANT_ERRORS
@@ -168,24 +168,70 @@ async def submit_task(
     With ``run_at`` or ``delay`` the task is ``scheduled`` until it is due, then queued;
     with ``expires_at`` or ``expires_after``, an attempt not started by then never starts.
     """
+    when = _When(
+        run_at=run_at,
+        delay=delay,
+        expires_at=expires_at,
+        expires_after=expires_after,
+        max_attempts=max_attempts,
+        execution_timeout=execution_timeout,
+    )
+    return await submit_one(
+        ctx,
+        tenant,
+        app=app,
+        pipeline=pipeline,
+        raw=await request.body(),
+        task_id=task_id or idempotency_key,
+        when=when,
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _When:
+    """A single submit's query parameters other than its id, as FastAPI validated them."""
+
+    run_at: str | None = None
+    delay: str | None = None
+    expires_at: str | None = None
+    expires_after: str | None = None
+    max_attempts: int | None = None
+    execution_timeout: str | None = None
+
+
+async def submit_one(
+    ctx: Ctx,
+    tenant: Tenant,
+    *,
+    app: str,
+    pipeline: str,
+    raw: bytes,
+    task_id: str | None,
+    when: _When = _When(),  # frozen: one shared default is safe
+) -> JSONResponse:
+    """``POST <pipeline>``'s work once its parameters are read: by ``submit_task`` or,
+    without FastAPI's parameter solving, by ``SingleSubmitRoute``."""
     ctx.quotas.refuse_early(tenant)
-    raw = await request.body()
     parse_object(raw, max_bytes=ctx.limits.max_task_data_bytes)
     due_ms, expires_ms = _times(
-        ctx.limits, run_at=run_at, delay=delay, expires_at=expires_at, expires_after=expires_after
+        ctx.limits,
+        run_at=when.run_at,
+        delay=when.delay,
+        expires_at=when.expires_at,
+        expires_after=when.expires_after,
     )
-    timeout_s = _timeout_param(execution_timeout)
+    timeout_s = _timeout_param(when.execution_timeout)
     target = await resolve(ctx, tenant.id, app, pipeline)
     require_ready(target)
     expires_ms = expires_ms or _default_deadline_ms(target, due_ms)
-    client_id = _client_id(task_id or idempotency_key)
+    client_id = _client_id(task_id)
     task = OutgoingTask(
         id=client_id or new_id(),
         data=raw,
         data_sha256=digest(raw),
         due_at_ms=due_ms,
         expires_at_ms=expires_ms,
-        retry=RetryOverride(max_attempts=max_attempts) if max_attempts else None,
+        retry=RetryOverride(max_attempts=when.max_attempts) if when.max_attempts else None,
         execution_timeout_s=timeout_s,
     )
     await ctx.quotas.admit_submit(tenant, 1)
