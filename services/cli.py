@@ -63,6 +63,7 @@ def api() -> None:
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
         # Waiters (up to 60 s) and event streams (minutes) would otherwise hold a stop
         # until they end; cut, their clients ask again or resume with Last-Event-ID.
         timeout_graceful_shutdown=10,

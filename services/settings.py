@@ -173,6 +173,10 @@ class Settings(BaseSettings):
     #: ``text`` lines, or ``json``: one object a line with the task, pipeline and trace
     #: ids where known (README "Observability").
     log_format: Literal["text", "json"] = "text"
+    #: A log line per HTTP request answered (uvicorn's access log). Off by default: at a
+    #: thousand single submits a second it was a twentieth of the API's CPU, and the
+    #: request metrics (by route and status) and traces say what it would.
+    access_log: bool = False
     #: Where traces go, an OTLP/gRPC endpoint (``http://collector:4317``); unset: no
     #: spans are made at all.
     otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://\S+$")

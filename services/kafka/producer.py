@@ -283,7 +283,8 @@ class KafkaProducer:
                     )
                     future.add_done_callback(_retrieve)
                     futures.append(future)
-                await asyncio.gather(*futures)
+                # One record (a single submit): its own future, not a gathering of one.
+                await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
         except TimeoutError as err:
             acked = sum(1 for f in futures if f.done() and not f.cancelled() and not f.exception())
             raise BrokerUnavailable(
@@ -298,6 +299,8 @@ class KafkaProducer:
             ) from err
 
     async def _started(self) -> AIOKafkaProducer:
+        if self._producer is not None:  # every call but the first: no lock to take
+            return self._producer
         async with self._lock:
             if self._producer is not None:
                 return self._producer
