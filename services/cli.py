@@ -53,12 +53,15 @@ def api() -> None:
     import uvicorn
 
     from services.api.app import create_app
+    from services.heap import freeze_startup_heap
 
     settings = _settings()
     # JSON logs: uvicorn's loggers propagate to ours instead of its own text handlers.
     log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    app = create_app(settings)
+    freeze_startup_heap()
     uvicorn.run(
-        create_app(settings),
+        app,
         log_config=log_config,
         host=settings.http_host,
         port=settings.http_port,
