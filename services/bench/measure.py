@@ -90,13 +90,24 @@ def open_files(pid: int) -> tuple[int, int | None]:
     return best
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (``/proc/stat``:
+    all but idle and I/O wait), whoever the process."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:9]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 class CpuUse:
     """CPU seconds each named process used inside the block; ``bench processes`` is the
-    client and the workers, counted once they have been waited for (``RUSAGE_CHILDREN``)."""
+    client and the workers, counted once they have been waited for (``RUSAGE_CHILDREN``).
+    ``machine_busy_s``: the whole machine's, every process counted (is it saturated?)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self._pids = {name: pid for name, pid in pids.items() if pid}
         self.seconds: dict[str, float] = {}
+        self.machine_busy_s = 0.0
 
     @staticmethod
     def _children() -> float:
@@ -106,6 +117,7 @@ class CpuUse:
     def __enter__(self) -> CpuUse:
         self._before = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
         self._children_before = self._children()
+        self._machine_before = machine_busy_seconds()
         self._started = time.monotonic()
         return self
 
@@ -114,6 +126,7 @@ class CpuUse:
             self.seconds[name] = round(cpu_seconds(pid) - self._before[name], 1)
         self.seconds["bench processes"] = round(self._children() - self._children_before, 1)
         self.seconds["wall"] = round(time.monotonic() - self._started, 1)
+        self.machine_busy_s = round(machine_busy_seconds() - self._machine_before, 1)
 
 
 class PeakRss:
