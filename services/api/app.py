@@ -31,6 +31,7 @@ from services.api.routes import (
     pipelines,
     schedules,
     single_submit,
+    submits,
     tasks,
     tenants,
 )
@@ -305,7 +306,17 @@ def create_app(
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     app.add_middleware(FairShare)
     app.add_middleware(DashboardHeaders)
-    for module in (tenants, applications, pipelines, tasks, bulk, schedules, live, dashboard):
+    for module in (
+        tenants,
+        applications,
+        pipelines,
+        submits,
+        tasks,
+        bulk,
+        schedules,
+        live,
+        dashboard,
+    ):
         app.include_router(module.router)
     app.include_router(tenants.own)
     single_submit.install(app)

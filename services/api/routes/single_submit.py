@@ -27,7 +27,7 @@ from starlette.types import Scope
 
 from services.api.auth import require_tenant
 from services.api.context import ApiContext
-from services.api.routes import tasks
+from services.api.routes import submits
 
 #: The query parameters this route reads itself: any other goes to the declared route.
 _OWN_QUERY = frozenset({"id"})
@@ -63,7 +63,7 @@ async def _submit(request: Request) -> Response:
     ctx: ApiContext = request.app.state.ctx
     tenant = await require_tenant(request, ctx)
     params = request.path_params
-    return await tasks.submit_one(
+    return await submits.submit_one(
         ctx,
         tenant,
         app=params["app"],
@@ -77,7 +77,7 @@ def install(app: FastAPI) -> None:
     """Put the route before every other: call once the routers are included."""
     declared = next(
         route
-        for route in tasks.router.routes
-        if isinstance(route, APIRoute) and route.endpoint is tasks.submit_task
+        for route in submits.router.routes
+        if isinstance(route, APIRoute) and route.endpoint is submits.submit_task
     )
     app.router.routes.insert(0, SingleSubmitRoute(declared))
