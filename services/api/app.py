@@ -203,7 +203,9 @@ def create_app(
     registry = CollectorRegistry()
     metrics = ApiMetrics(registry=registry)
     own_producer = KafkaProducer(
-        bootstrap=settings.kafka_bootstrap or "", deadline_s=limits.produce_deadline_s
+        bootstrap=settings.kafka_bootstrap or "",
+        deadline_s=limits.produce_deadline_s,
+        linger_ms=settings.kafka_linger_ms,
     )
     own_tracing = (
         setup_tracing(
