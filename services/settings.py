@@ -61,8 +61,10 @@ class Settings(BaseSettings):
     #: woken at one moment take about 40 s on two cores).
     grain_wake_margin_s: float = Field(default=60.0, ge=1, le=3600)
     kafka_bootstrap: str | None = None
-    #: How long the API's producer waits for more records before it sends a batch.
-    kafka_linger_ms: int = Field(default=5, ge=0, le=1000)
+    #: How long the API's producer waits for more records before it sends a batch. 0:
+    #: records sent at once still batch while a request is in flight (measured: the same
+    #: throughput as 5 ms, and a lone client's single submits 30 % faster).
+    kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
     database_url: str | None = None
     operator_key: SecretStr = SecretStr("dev-operator-key")
     #: Encrypts the worker tokens kept for deployers (a Fernet key). Unset, it is derived
