@@ -27,10 +27,10 @@ from services.api.reconciler import Reconciler
 from services.api.routes import (
     applications,
     bulk,
+    fast_submit,
     live,
     pipelines,
     schedules,
-    single_submit,
     submits,
     tasks,
     tenants,
@@ -321,7 +321,7 @@ def create_app(
     ):
         app.include_router(module.router)
     app.include_router(tenants.own)
-    single_submit.install(app)
+    fast_submit.install(app)
     # The dashboard's script, styles and images, shipped in the package: no build step.
     app.mount("/ui/static", StaticFiles(directory=dashboard.STATIC), name="ui-static")
     _health_routes(app, settings=settings, engine=engine, registry=registry)

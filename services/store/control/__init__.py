@@ -58,6 +58,7 @@ from services.store.records import (
     hash_secret,
     issue_secret,
     new_id,
+    new_ids,
     utcnow,
 )
 
@@ -92,6 +93,7 @@ __all__ = [
     "hash_secret",
     "issue_secret",
     "new_id",
+    "new_ids",
     "pipeline_names",
     "utcnow",
     "worker_token_digests",
