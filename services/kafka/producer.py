@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from actors.pipeline.retry import RetryOverride
 from protos.wsched.v1 import events_pb2
@@ -186,6 +188,72 @@ def _retrieve(future: asyncio.Future[object]) -> None:
         future.exception()
 
 
+async def _send_one(producer: AIOKafkaProducer, record: Record) -> asyncio.Future[object]:
+    """One record through ``send``: it joins the batch already filling for its partition,
+    so concurrent single submits share produce requests."""
+    future: asyncio.Future[object] = await producer.send(
+        record.topic,
+        record.value,
+        key=record.key,
+        partition=record.partition,
+        headers=list(record.headers) or None,
+    )
+    future.add_done_callback(_retrieve)
+    return future
+
+
+async def _send_batched(
+    producer: AIOKafkaProducer,
+    records: Sequence[Record],
+    sent: list[tuple[asyncio.Future[object], int]],
+) -> None:
+    """Many records as whole batches, one future per batch (appended to ``sent`` with its
+    record count as it goes). Profiled under batch submits of 1,000, ``send`` per record
+    took about a fifth of the API's CPU: a metadata lookup that copies the topic's
+    partitions into a set, a future and a callback each, and resolving them all.
+
+    A keyed record without a partition goes where ``send`` would put it: the default
+    partitioner (murmur2 of the key) over the topic's partitions, so that every record
+    about a task, sent either way, lands on one partition in order."""
+    partitions: dict[str, list[int]] = {}
+    groups: dict[tuple[str, int], list[Record]] = {}
+    for record in records:
+        partition = record.partition
+        if partition is None:
+            if record.topic not in partitions:
+                partitions[record.topic] = sorted(await producer.partitions_for(record.topic))
+            partition = _PARTITIONER(record.key, partitions[record.topic], [])
+        groups.setdefault((record.topic, partition), []).append(record)
+    for (topic, partition), group in groups.items():
+        batch = producer.create_batch()
+        count = 0
+        for record in group:
+            headers = list(record.headers)
+            key, value = record.key, record.value
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is not None:
+                count += 1
+                continue
+            # Full: send it, and start the next with this record (the first record of a
+            # batch is always taken, as Kafka's own clients do).
+            sent.append((await _send_batch(producer, batch, topic, partition), count))
+            batch = producer.create_batch()
+            batch.append(timestamp=None, key=key, value=value, headers=headers)
+            count = 1
+        sent.append((await _send_batch(producer, batch, topic, partition), count))
+
+
+async def _send_batch(
+    producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int
+) -> asyncio.Future[object]:
+    batch.close()  # no other send joins it: its future is its records' alone
+    future: asyncio.Future[object] = await producer.send_batch(batch, topic, partition=partition)
+    future.add_done_callback(_retrieve)
+    return future
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
 class KafkaProducer:
     """The :class:`EventProducer` on Kafka: ``acks=all``, idempotent, byte-bounded batches.
 
@@ -269,24 +337,23 @@ class KafkaProducer:
 
     async def send(self, records: Sequence[Record]) -> None:
         """Produce ``records`` and wait for all their acks, within the deadline."""
-        futures: list[asyncio.Future[object]] = []
+        sent: list[tuple[asyncio.Future[object], int]] = []
         try:
             async with asyncio.timeout(self._deadline_s):
                 producer = await self._started()
-                for record in records:
-                    future = await producer.send(
-                        record.topic,
-                        record.value,
-                        key=record.key,
-                        partition=record.partition,
-                        headers=list(record.headers) or None,
-                    )
-                    future.add_done_callback(_retrieve)
-                    futures.append(future)
-                # One record (a single submit): its own future, not a gathering of one.
+                if len(records) == 1:
+                    sent.append((await _send_one(producer, records[0]), 1))
+                else:
+                    await _send_batched(producer, records, sent)
+                futures = [future for future, _ in sent]
+                # One future (a single submit): awaited alone, not gathered.
                 await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
         except TimeoutError as err:
-            acked = sum(1 for f in futures if f.done() and not f.cancelled() and not f.exception())
+            acked = sum(
+                count
+                for future, count in sent
+                if future.done() and not future.cancelled() and not future.exception()
+            )
             raise BrokerUnavailable(
                 f"Kafka at {self._bootstrap} acknowledged {acked} of {len(records)} records "
                 f"within {self._deadline_s:g} s"
