@@ -110,27 +110,40 @@ def _record(
 
 
 def submit_records(route: Route, tasks: Sequence[OutgoingTask], *, now_ms: int) -> list[Record]:
+    """One record per task, as ``_record`` makes them. The route's topic, partition and
+    headers are worked out once (each is computed from the pipeline id: a CRC and a
+    format per record were a tenth of the API's CPU under batch submits)."""
+    topic, partition, route_headers = route.topic, route.partition, route.headers
     records = []
     for task in tasks:
         event = _envelope(route.pipeline_id, task.id, now_ms)
-        event.submit.data = task.data
-        event.submit.due_at_ms = task.due_at_ms
-        event.submit.expires_at_ms = task.expires_at_ms
+        submit = event.submit
+        submit.data = task.data
+        submit.due_at_ms = task.due_at_ms
+        submit.expires_at_ms = task.expires_at_ms
         if task.retry is not None:
-            _put_retry(event.submit.retry, task.retry)
+            _put_retry(submit.retry, task.retry)
         if task.schedule_id is not None:
-            event.submit.schedule_id = task.schedule_id
-            event.submit.fire_at_ms = task.fire_at_ms
+            submit.schedule_id = task.schedule_id
+            submit.fire_at_ms = task.fire_at_ms
         if task.execution_timeout_s is not None:
-            event.submit.execution_timeout_s = task.execution_timeout_s
-        event.submit.data_sha256 = task.data_sha256
-        if task.trace_parent is None:
-            records.append(_record(route, task.id, event))
-            continue
-        # In the event, to be stored with the task; in the header, where Kafka tooling and
-        # other consumers look for it.
-        event.submit.trace_parent = task.trace_parent
-        records.append(_record(route, task.id, event, (TRACEPARENT, task.trace_parent.encode())))
+            submit.execution_timeout_s = task.execution_timeout_s
+        submit.data_sha256 = task.data_sha256
+        headers = route_headers
+        if task.trace_parent is not None:
+            # In the event, to be stored with the task; in the header, where Kafka tooling
+            # and other consumers look for it.
+            submit.trace_parent = task.trace_parent
+            headers = (*route_headers, (TRACEPARENT, task.trace_parent.encode()))
+        records.append(
+            Record(
+                topic=topic,
+                key=task.id.encode(),
+                value=event.SerializeToString(),
+                partition=partition,
+                headers=headers,
+            )
+        )
     return records
 
 
