@@ -61,6 +61,7 @@ bench: install bench-install provision
 	$(BIN)/wsched bench --json > $(BENCH_OUT)/ours.json
 	$(BIN)/wsched bench-celery --ours $(BENCH_OUT)/ours.json
 	$(BIN)/wsched bench-deploy
+	$(BIN)/wsched bench-worker
 
 protos: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \

@@ -247,8 +247,16 @@ class Tenant:
         self.http.headers["Authorization"] = f"Bearer {self.key}"
         self.http.post("/api/applications", json={"name": "bench"}).raise_for_status()
 
-    def pipeline(self, name: str, *, lease_timeout_s: int) -> Pipeline:
-        body = {"name": name, "chart": "charts/examples/echo", "lease_timeout_s": lease_timeout_s}
+    def pipeline(
+        self, name: str, *, lease_timeout_s: int, values: dict[str, Any] | None = None
+    ) -> Pipeline:
+        body: dict[str, Any] = {
+            "name": name,
+            "chart": "charts/examples/echo",
+            "lease_timeout_s": lease_timeout_s,
+        }
+        if values is not None:
+            body["values"] = values
         created = self.http.post("/api/applications/bench/pipelines", json=body)
         created.raise_for_status()
         path = f"/api/applications/bench/pipelines/{name}"
