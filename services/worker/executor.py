@@ -33,6 +33,7 @@ import signal
 import stat
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -409,11 +410,28 @@ def executor_main(listen: str | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    _watch_children_with_pidfds()
     try:
         asyncio.run(_main(settings, address))
     except ValueError as err:
         print(f"wsched executor: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+
+
+def _watch_children_with_pidfds() -> None:
+    """Before Python 3.12, asyncio waits for each subprocess on a thread of its own
+    (``ThreadedChildWatcher``): a thread started and joined per command. py-spy on an
+    executor running a shell per task showed that at an eighth of its CPU. A pidfd
+    (Linux 5.3+) is watched by the event loop itself, as 3.12 does by default."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # a kernel or a seccomp profile without pidfds: keep the default
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
 
 
 # -- the agent's side ---------------------------------------------------------------------
