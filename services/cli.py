@@ -136,9 +136,6 @@ def bench_worker(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     tasks: Annotated[int, typer.Option(min=1, help="Tasks per phase (cold, warm).")] = 5000,
     concurrency: Annotated[int, typer.Option(min=1, help="The agent's concurrency.")] = 32,
-    handler_workers: Annotated[
-        int, typer.Option(min=1, help="Python handler calls at once in the executor.")
-    ] = 4,
 ) -> None:
     """The real worker path: `wsched worker` + `wsched executor` on the echo chart, a shell
     per task and a Python handler, cold and warm, with each process's CPU per task."""
@@ -146,7 +143,7 @@ def bench_worker(
     from services.infra.cache import Cache
 
     report = worker_path.run(
-        worker_path.Options(tasks=tasks, concurrency=concurrency, handler_workers=handler_workers),
+        worker_path.Options(tasks=tasks, concurrency=concurrency),
         cache=Cache(root=_settings().cache_dir),
         say=lambda text: console.print(f"[cyan]bench-worker[/]: {text}"),
     )

@@ -7,7 +7,8 @@ pipelines, one after the other, each alone on the machine:
 
 - ``shell``: the echo chart as shipped, each task forking a shell (``printf``);
 - ``python``: the same chart with its step a Python handler
-  (``services.bench.handlers:echo``) in the executor's process pool.
+  (``services.bench.handlers:echo``) in the executor's process pool (its default size, 4:
+  the local deployer, like the chart, sets no other).
 
 For each, ``tasks`` tasks are submitted (batches of 1,000) the moment the pipeline is ready
 (``cold``: fresh processes, the handler not imported yet, the grain just activated), and
@@ -55,8 +56,6 @@ class Options:
     tasks: int = 5000
     #: The agent's concurrency (``agent.concurrency`` of the chart's values).
     concurrency: int = 32
-    #: Python handler calls at once in the executor (its process pool's size).
-    handler_workers: int = 4
     timeout_s: float = 600.0
 
 
@@ -69,7 +68,6 @@ def run(
     env = {
         "WSCHED_DEPLOYER": "local",
         "WSCHED_DATA_DIR": str(data_dir),
-        "WSCHED_WORKER_EXECUTOR_HANDLER_WORKERS": str(options.handler_workers),
     }
     try:
         with bench_system("worker", cache=cache, say=say, components=components, env=env) as system:
