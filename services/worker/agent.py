@@ -498,6 +498,7 @@ async def serve(settings: AgentSettings, pipelines: Sequence[ServedPipeline]) ->
     }
     tracing = _tracing(settings)
     slots = Slots(settings.concurrency)
+    runners: dict[str, TaskRunner] = {}
     try:
         if not await _until_ready(executors, stopping):
             return 0
@@ -508,10 +509,10 @@ async def serve(settings: AgentSettings, pipelines: Sequence[ServedPipeline]) ->
             settings.concurrency,
             settings.scheduler,
         )
-        agents = {
-            pipeline.id: Agent(
-                scheduler=clients[pipeline.id],
-                runner=TaskRunner(
+        runners.update(
+            (
+                pipeline.id,
+                TaskRunner(
                     definition=pipeline.definition,
                     executors=executors,
                     work_root=settings.workdir,
@@ -519,6 +520,13 @@ async def serve(settings: AgentSettings, pipelines: Sequence[ServedPipeline]) ->
                     max_result_bytes=settings.max_result_bytes,
                     steps=StepSpans(tracing=tracing) if tracing.enabled else None,
                 ),
+            )
+            for pipeline in pipelines
+        )
+        agents = {
+            pipeline.id: Agent(
+                scheduler=clients[pipeline.id],
+                runner=runners[pipeline.id],
                 options=AgentOptions.of(settings),
                 spans=_attempt_spans(settings, pipeline.id, tracing),
                 slots=slots,
@@ -536,6 +544,8 @@ async def serve(settings: AgentSettings, pipelines: Sequence[ServedPipeline]) ->
         log.error("worker stopped: %s", err)
         return 1
     finally:
+        for runner in runners.values():
+            await runner.close()  # the work directories kept for reuse
         await executors.close()
         for client in clients.values():
             await client.close()

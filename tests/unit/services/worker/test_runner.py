@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,8 @@ def task(data: object, task_id: str = "t1") -> TaskSpec:
 
 async def test_steps_run_in_order_and_the_result_is_the_last_stdout(tmp_path: Path) -> None:
     executors = FakeExecutors(script=echo_script)
-    outcome = await runner_for(executors, tmp_path)(task({"url": "http://x/a b"}))
+    runner = runner_for(executors, tmp_path)
+    outcome = await runner(task({"url": "http://x/a b"}))
     work_dir = executors.ran[0][1].work_dir
     assert [(e, c.text) for e, c in executors.ran] == [
         ("fetch", f"get 'http://x/a b' {work_dir}/in"),
@@ -91,7 +93,9 @@ async def test_steps_run_in_order_and_the_result_is_the_last_stdout(tmp_path: Pa
     assert outcome.outcome is Outcome.SUCCEEDED
     assert outcome.result == f"convert:cat {work_dir}/out".encode()
     assert all(executors.dirs_existed) and Path(work_dir).parent == tmp_path / "work"
-    assert not is_dir(work_dir)  # emptied afterwards
+    assert os.listdir(work_dir) == []  # left empty: kept for the next task
+    await runner.close()
+    assert not is_dir(work_dir)
     env = executors.ran[0][1].env
     assert env == {"WSCHED_TASK_ID": "t1", "WSCHED_TASK_ATTEMPT": "2", "WSCHED_WORK_DIR": work_dir}
 
@@ -102,11 +106,21 @@ async def test_only_the_last_command_may_return_a_large_stdout(tmp_path: Path) -
     assert [c.max_stdout_bytes for _, c in executors.ran] == [200, 200, 4096]
 
 
-async def test_each_task_gets_a_fresh_work_dir(tmp_path: Path) -> None:
-    executors = FakeExecutors(script=echo_script)
+@dataclass
+class SlowExecutors(FakeExecutors):
+    """Each command takes a moment: tasks gathered together are running at once."""
+
+    async def run(self, executor: str, command: Command) -> CommandResult:
+        await asyncio.sleep(0.01)
+        return await super().run(executor, command)
+
+
+async def test_tasks_running_at_once_get_work_dirs_of_their_own(tmp_path: Path) -> None:
+    executors = SlowExecutors(script=echo_script)
     runner = runner_for(executors, tmp_path)
     await asyncio.gather(runner(task({"url": "a"}, "t1")), runner(task({"url": "b"}, "t2")))
     assert len({c.work_dir for _, c in executors.ran}) == 2
+    await runner.close()
     assert list((tmp_path / "work").iterdir()) == []
 
 
@@ -212,6 +226,7 @@ async def test_a_missing_field_fails_before_anything_runs(tmp_path: Path) -> Non
     assert missing.outcome is Outcome.FAILED
     assert missing.error == "step 1 (fetch) needs the field 'url', which the task data lacks"
     assert not_json.outcome is Outcome.FAILED and "Expecting property name" in not_json.error
+    await runner.close()
     assert list((tmp_path / "work").iterdir()) == []
 
 
@@ -343,3 +358,27 @@ async def test_a_schedules_run_tells_its_steps_the_nominal_fire_time(tmp_path: P
     spec = TaskSpec(task_id="s@t", attempt=1, data=b'{"url": "u"}', fire_at="2026-11-26T12:00:00Z")
     await runner_for(executors, tmp_path)(spec)
     assert executors.ran[0][1].env["WSCHED_FIRE_AT"] == "2026-11-26T12:00:00Z"
+
+
+async def test_an_emptied_work_dir_is_reused_and_one_left_with_files_is_removed(
+    tmp_path: Path,
+) -> None:
+    executors = FakeExecutors(script=echo_script)
+    runner = runner_for(executors, tmp_path)
+    await runner(task({"url": "a"}, "t1"))
+    first = Path(executors.ran[-1][1].work_dir)
+    await runner(task({"url": "b"}, "t2"))
+    assert Path(executors.ran[-1][1].work_dir) == first  # empty: handed to the next task
+
+    # A task that leaves a file behind: its directory is removed, never handed on.
+    def leave_a_file(executor: str, command: Command) -> CommandResult:
+        (Path(command.work_dir) / "out").write_text("x")
+        return echo_script(executor, command)
+
+    leaving = FakeExecutors(script=leave_a_file)
+    runner = runner_for(leaving, tmp_path)
+    await runner(task({"url": "c"}, "t3"))
+    await runner(task({"url": "d"}, "t4"))
+    left, then = Path(leaving.ran[0][1].work_dir), Path(leaving.ran[3][1].work_dir)
+    assert left != then
+    assert not is_dir(str(left))
