@@ -24,6 +24,7 @@ declared route with the bytes it read, and pydantic validates it as the OpenAPI 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
@@ -42,23 +43,35 @@ from services.api.submit import plain_batch
 _OWN_QUERY = frozenset({"id"})
 
 
-class SingleSubmitRoute(Route):
-    """``POST <pipeline>[?id=...]``, answered as ``submit_task`` would (see the module)."""
+class _FrontRoute(Route):
+    """A POST route standing before ``declared`` (same path), labelled as it for the
+    request metrics and traces; ``takes`` says which of its requests it answers."""
 
-    def __init__(self, declared: APIRoute) -> None:
-        super().__init__(declared.path, _submit, methods=["POST"], include_in_schema=False)
+    def __init__(self, declared: APIRoute, endpoint: Callable[[Request], Awaitable[Response]]):
+        super().__init__(declared.path, endpoint, methods=["POST"], include_in_schema=False)
         self.declared = declared
 
+    def takes(self, scope: Scope) -> bool:
+        return True
+
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return Match.NONE, {}
-        if not _own_query(scope.get("query_string", b"")):
+        if scope["type"] != "http" or scope["method"] != "POST" or not self.takes(scope):
             return Match.NONE, {}
         match, child_scope = super().matches(scope)
         if match is not Match.FULL:
             return Match.NONE, {}
         child_scope["route"] = self.declared
         return match, child_scope
+
+
+class SingleSubmitRoute(_FrontRoute):
+    """``POST <pipeline>[?id=...]``, answered as ``submit_task`` would (see the module)."""
+
+    def __init__(self, declared: APIRoute) -> None:
+        super().__init__(declared, _submit)
+
+    def takes(self, scope: Scope) -> bool:
+        return _own_query(scope.get("query_string", b""))
 
 
 def _own_query(query: bytes) -> bool:
@@ -86,22 +99,12 @@ async def _submit(request: Request) -> Response:
 _ITEMS = "wsched.plain_batch"
 
 
-class BatchSubmitRoute(Route):
+class BatchSubmitRoute(_FrontRoute):
     """``POST <pipeline>/tasks``: the plain form answered here, any other body by the
     declared route (see the module)."""
 
     def __init__(self, declared: APIRoute) -> None:
-        super().__init__(declared.path, _submit_batch, methods=["POST"], include_in_schema=False)
-        self.declared = declared
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return Match.NONE, {}
-        match, child_scope = super().matches(scope)
-        if match is not Match.FULL:
-            return Match.NONE, {}
-        child_scope["route"] = self.declared
-        return match, child_scope
+        super().__init__(declared, _submit_batch)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The body limit (its size and nesting) was enforced by the middleware, as for any
