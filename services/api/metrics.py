@@ -67,7 +67,8 @@ class ApiMetrics:
         self.event_lag = Histogram(
             "wsched_api_event_lag_seconds",
             "From a grain's commit (its event's time) to the event's arrival in this API "
-            "process: the events topic's share of a waiter's wait.",
+            "process, for the pipelines it has waiters or live streams for (the others' "
+            "events are skipped undecoded): the events topic's share of a waiter's wait.",
             buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
             registry=registry,
         )

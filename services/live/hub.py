@@ -9,6 +9,7 @@ a final status: one primary-key read per change, never a poll loop per waiter.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -75,10 +76,12 @@ class Subscription:
 
 class LiveHub:
     def __init__(self, *, observe_lag: Callable[[int], None] = lambda _at_ms: None) -> None:
-        #: Called with each record's commit time (ms since the epoch) as it arrives.
+        #: Called with each delivered record's commit time (ms since the epoch).
         self._observe_lag = observe_lag
         self._waiters: dict[tuple[str, str], set[Waiter]] = {}
         self._subscribers: dict[str, set[Subscription]] = {}
+        #: Waiters and subscribers by pipeline, by the records' key: what ``wants`` takes.
+        self._watched: collections.Counter[bytes] = collections.Counter()
         #: Records delivered and waiters woken, for metrics and tests.
         self.delivered = 0
         self.woken = 0
@@ -92,13 +95,31 @@ class LiveHub:
         """Open SSE streams (subscriptions) of this process."""
         return sum(len(s) for s in self._subscribers.values())
 
+    def wants(self, pipeline_key: bytes) -> bool:
+        """Whether a record of this pipeline (its id, the record's key) has a waiter or a
+        subscriber here; the reader skips the others undecoded. A waiter registers before
+        it reads its row, so a record skipped before then is already in what it reads."""
+        return pipeline_key in self._watched
+
+    @contextlib.contextmanager
+    def _watching(self, pipeline_id: str) -> Iterator[None]:
+        key = pipeline_id.encode()
+        self._watched[key] += 1
+        try:
+            yield
+        finally:
+            self._watched[key] -= 1
+            if not self._watched[key]:
+                del self._watched[key]
+
     @contextlib.contextmanager
     def waiter(self, pipeline_id: str, task_id: str) -> Iterator[Waiter]:
         key = (pipeline_id, task_id)
         waiter = Waiter()
         self._waiters.setdefault(key, set()).add(waiter)
         try:
-            yield waiter
+            with self._watching(pipeline_id):
+                yield waiter
         finally:
             waiters = self._waiters[key]
             waiters.discard(waiter)
@@ -110,7 +131,8 @@ class LiveHub:
         subscription = Subscription()
         self._subscribers.setdefault(pipeline_id, set()).add(subscription)
         try:
-            yield subscription
+            with self._watching(pipeline_id):
+                yield subscription
         finally:
             subscribers = self._subscribers[pipeline_id]
             subscribers.discard(subscription)
@@ -142,7 +164,7 @@ class LiveHub:
         a waiter that missed an event in between answers at its timeout)."""
         while True:
             try:
-                await source.follow(self.deliver)
+                await source.follow(self.deliver, wants=self.wants)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # noqa: BLE001 - the reader is restarted, with a log

@@ -46,11 +46,18 @@ class Delivered:
 
 
 Deliver = Callable[[Delivered], None]
+#: Whether a pipeline's records are wanted, by its id as the records' key (UTF-8).
+Wants = Callable[[bytes], bool]
+
+
+def every_pipeline(_key: bytes) -> bool:
+    return True
 
 
 class EventSource(Protocol):
-    async def follow(self, deliver: Deliver) -> None:
-        """Call ``deliver`` for every record from the topic's end on; runs until cancelled."""
+    async def follow(self, deliver: Deliver, *, wants: Wants = every_pipeline) -> None:
+        """Call ``deliver`` for every record from the topic's end on whose pipeline
+        ``wants`` takes (the others are skipped undecoded); runs until cancelled."""
         ...
 
     async def end_offset(self, partition: int) -> int:
@@ -72,7 +79,7 @@ class MemoryEventLog:
     def __init__(self, *, partitions: int = EVENTS_PARTITIONS) -> None:
         self._logs: list[list[LiveEvent]] = [[] for _ in range(partitions)]
         self._starts = [0] * partitions
-        self._followers: list[Deliver] = []
+        self._followers: list[tuple[Deliver, Wants]] = []
         self.following = asyncio.Event()
 
     def partition_of(self, pipeline_id: str) -> int:
@@ -83,21 +90,24 @@ class MemoryEventLog:
         log = self._logs[partition]
         log.append(event)
         position = Position(partition=partition, offset=self._starts[partition] + len(log) - 1)
-        for deliver in list(self._followers):
-            deliver(Delivered(position=position, event=event))
+        key = event.pipeline_id.encode()
+        for deliver, wants in list(self._followers):
+            if wants(key):
+                deliver(Delivered(position=position, event=event))
         return position
 
     def forget(self, partition: int, count: int) -> None:
         del self._logs[partition][:count]
         self._starts[partition] += count
 
-    async def follow(self, deliver: Deliver) -> None:
-        self._followers.append(deliver)
+    async def follow(self, deliver: Deliver, *, wants: Wants = every_pipeline) -> None:
+        follower = (deliver, wants)
+        self._followers.append(follower)
         self.following.set()
         try:
             await asyncio.Event().wait()
         finally:
-            self._followers.remove(deliver)
+            self._followers.remove(follower)
 
     async def end_offset(self, partition: int) -> int:
         return self._starts[partition] + len(self._logs[partition])

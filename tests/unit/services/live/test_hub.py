@@ -137,3 +137,25 @@ async def test_the_hub_follows_the_source_and_restarts_a_failed_reader() -> None
         assert await waiter.woken(1)
     running.cancel()
     assert hub.delivered == 1
+
+
+async def test_only_watched_pipelines_records_are_delivered() -> None:
+    """The reader skips, undecoded, the records of pipelines nobody here waits for or
+    streams; a waiter or a subscriber makes its pipeline wanted until it leaves."""
+    log, hub = MemoryEventLog(), LiveHub()
+    running = asyncio.create_task(hub.run(log))
+    await asyncio.wait_for(log.following.wait(), 1)
+    assert not hub.wants(b"p")
+    log.append(event("p", ("t1", "succeeded")))
+    assert hub.delivered == 0
+    with hub.waiter("p", "t2") as waiter:
+        assert hub.wants(b"p") and not hub.wants(b"q")
+        log.append(event("q", ("t2", "succeeded")))  # another pipeline: skipped
+        log.append(event("p", ("t2", "succeeded")))
+        assert await waiter.woken(1)
+        with hub.subscribe("p"), hub.subscribe("q"):
+            assert hub.wants(b"q")
+        assert hub.wants(b"p") and not hub.wants(b"q")
+    assert not hub.wants(b"p")
+    running.cancel()
+    assert hub.delivered == 1
