@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import ConsumerRecord
 
 from services.kafka.producer import KafkaProducer, Record
 
@@ -124,7 +125,7 @@ async def test_our_producer_sends_many_records_as_whole_batches_where_send_would
     )
     await consumer.start()
     try:
-        got = []
+        got: list[ConsumerRecord[bytes, bytes]] = []
         while len(got) < 335:
             batches = await consumer.getmany(timeout_ms=10_000)
             assert batches, f"no records within 10 s after {len(got)}"
