@@ -1,7 +1,7 @@
 """The Helm deployer needs no more than the scheduler chart gives the API: run as a user
 bound only to the chart's rendered API ClusterRole, it prepares tenant namespaces and
-installs a chart (acting as the tenant), while a chart still cannot read a Secret the API
-itself cannot read either."""
+installs a chart (acting as the tenant) and deletes a tenant (its releases, then its
+namespace), while a chart still cannot read a Secret the API itself cannot read either."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet
 from kubernetes import client as k8s
 
 from services.deploy.helm import ChartAllowList, HelmDeployer, HelmOptions, names_from_store
+from services.deploy.naming import namespace_for
 from services.deploy.ports import DeployFailed
 from services.deploy.tenancy import TenantPolicy
 from services.infra.kube import KubeCluster
@@ -166,5 +167,28 @@ async def test_the_api_deploys_with_the_charts_rights_alone(
     with pytest.raises(DeployFailed, match="violates PodSecurity"):
         await deployer.deploy(privileged)
 
-    await deployer.remove(echo)
+    # Deleting the tenant, as the tenant-deletion worker does: every release first (the
+    # failed ones too), then the namespace, all under the chart's rights alone.
+    for pipeline in (echo, lookup, privileged):
+        await deployer.remove(pipeline)
     assert not await deployer.in_place(echo)
+    namespace = namespace_for(tenant.name)
+    with kube_cluster.api_client() as kube:
+        core = k8s.CoreV1Api(kube)
+        left = core.list_namespaced_secret(namespace, label_selector="owner=helm").items
+        assert left == []  # no release records: every release was uninstalled
+        # A namespace we did not prepare is never deleted, even if asked by name.
+        stranger = f"stranger-{uuid.uuid4().hex[:8]}"
+        body: Any = {"metadata": {"name": stranger}}
+        core.create_namespace(body)
+    await deployer.remove_tenant(stranger)
+    await deployer.remove_tenant(namespace)
+    with kube_cluster.api_client() as kube:
+        core = k8s.CoreV1Api(kube)
+        theirs: Any = core.read_namespace(stranger)
+        assert theirs.metadata.deletion_timestamp is None
+        # No namespace controller runs in the test cluster, so it stays Terminating.
+        ours: Any = core.read_namespace(namespace)
+        assert ours.metadata.deletion_timestamp is not None
+        assert ours.status.phase == "Terminating"
+        core.delete_namespace(stranger)
