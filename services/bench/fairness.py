@@ -13,7 +13,12 @@ clients and its worker run in a process of their own.
 
 Figures, per phase, for B: ``submit_p50/p99_ms`` (the POST until its 202) and
 ``end_to_end_p50/p99_ms`` (the POST's start until the worker's report of the task was
-acknowledged, terminal in TiDB); for A: tasks accepted and requests refused per second.
+acknowledged, terminal in TiDB), split into its hops: ``dispatch_p50/p99_ms`` (the 202
+until a poll handed the task to the worker: Kafka, admission, the long poll's wake-up)
+and ``report_p50/p99_ms`` (the report sent until acknowledged: the flush); for the
+database they share, ``database_write_p50/p99_ms`` (a one-row write transaction of this
+process every 50 ms, as small as a quiet grain's: how much the flood slows TiDB itself);
+for A: tasks accepted and requests refused per second.
 ``ratios`` divides B's p99s with the flood by B's alone: the goal is at most 1.5.
 Every client runs on this machine, so their CPU counts against the API's; each phase
 says how busy the whole machine was (``machine_busy_percent_of_all_cores``).
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from protos.wsched.v1 import worker_pb2
 from services.bench import system as sut
@@ -39,6 +45,7 @@ from services.bench.measure import CpuUse, percentile
 from services.bench.report import machine
 from services.bench.system import Pipeline, System, Tenant
 from services.infra.cache import Cache
+from services.store.engine import make_engine
 from services.worker.client import SchedulerClient
 
 Report = dict[str, Any]
@@ -72,8 +79,18 @@ class _Flood:
 
 
 @dataclass(kw_only=True)
+class _Worked:
+    """When each task reached the worker, was reported, and the report acknowledged."""
+
+    leased: dict[str, float] = field(default_factory=dict)
+    reported: dict[str, float] = field(default_factory=dict)
+    done: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
 class _Steady:
     started: dict[str, float] = field(default_factory=dict)
+    accepted: dict[str, float] = field(default_factory=dict)
     submit_ms: list[float] = field(default_factory=list)
     failed: int = 0
 
@@ -148,9 +165,14 @@ def _phase(
     label: str,
 ) -> Report:
     stop = threading.Event()
-    done: dict[str, float] = {}
+    worked = _Worked()
     flood = _Flood()
-    threads = [_thread(lambda: _work(system, steady, stop, done))]
+    writes: list[float] = []
+    threads = [
+        _thread(lambda: _work(system, steady, stop, worked)),
+        threading.Thread(target=_probe_database, args=(system, stop, writes), daemon=True),
+    ]
+    threads[-1].start()
     spawn = multiprocessing.get_context("spawn")
     counts, halt = spawn.Array("d", 4), spawn.Event()
     flooder = None
@@ -165,7 +187,7 @@ def _phase(
     with CpuUse(system.pids) as cpu:
         steady_run = _submit_steady(system.api, b.key, steady, options, label)
         drain_by = time.monotonic() + _DRAIN_S
-        while len(done.keys() & steady_run.started.keys()) < len(steady_run.started):
+        while len(worked.done.keys() & steady_run.started.keys()) < len(steady_run.started):
             if time.monotonic() > drain_by:
                 break
             time.sleep(0.1)
@@ -181,7 +203,26 @@ def _phase(
             failed=int(counts[2]),
             seconds=counts[3],
         )
-    return _figures(steady_run, done, flood, cpu, options)
+    return _figures(steady_run, worked, writes, flood, cpu, options)
+
+
+def _probe_database(system: System, stop: threading.Event, out: list[float]) -> None:
+    """Time a one-row write transaction every 50 ms until ``stop``: the database's own
+    latency, beside which B's hops can be read."""
+    engine = make_engine(system.database_url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("CREATE TABLE IF NOT EXISTS bench_probe (id INT PRIMARY KEY, n BIGINT)")
+            )
+            conn.execute(sa.text("REPLACE INTO bench_probe VALUES (1, 0)"))
+        while not stop.wait(0.05):
+            started = time.monotonic()
+            with engine.begin() as conn:
+                conn.execute(sa.text("UPDATE bench_probe SET n = n + 1 WHERE id = 1"))
+            out.append((time.monotonic() - started) * 1000)
+    finally:
+        engine.dispose()
 
 
 def _flood_process(
@@ -191,7 +232,7 @@ def _flood_process(
     stop = threading.Event()
     flood = _Flood()
     threads = [
-        _thread(lambda: _work(system, pipeline, stop, {})),
+        _thread(lambda: _work(system, pipeline, stop, _Worked())),
         _thread(lambda: _flood(system.api, key, pipeline, options, stop, flood)),
     ]
     halt.wait()
@@ -221,8 +262,10 @@ def _submit_steady(api: str, key: str, pipeline: Pipeline, options: Options, lab
             if answer.status_code != 202:
                 out.failed += 1
                 continue
-            out.submit_ms.append((time.monotonic() - started) * 1000)
+            now = time.monotonic()
+            out.submit_ms.append((now - started) * 1000)
             out.started[task_id] = started
+            out.accepted[task_id] = now
     return out
 
 
@@ -251,11 +294,9 @@ async def _flood(
     out.seconds = time.monotonic() - started
 
 
-async def _work(
-    system: System, pipeline: Pipeline, stop: threading.Event, done: dict[str, float]
-) -> None:
-    """Lease and report tasks succeeded until ``stop``; ``done`` gets each acknowledged
-    task's time."""
+async def _work(system: System, pipeline: Pipeline, stop: threading.Event, worked: _Worked) -> None:
+    """Lease and report tasks succeeded until ``stop``; ``worked`` gets each task's
+    times."""
     client = SchedulerClient(
         addresses=[system.grpc], pipeline_id=pipeline.id, token=pipeline.token, worker="bench"
     )
@@ -264,29 +305,42 @@ async def _work(
             reply = await client.poll(max_tasks=200, wait_ms=500)
             if not reply.tasks:
                 continue
+            leased = time.monotonic()
             results = [
                 worker_pb2.TaskResult(
                     lease_token=t.lease_token, outcome=worker_pb2.OUTCOME_SUCCEEDED
                 )
                 for t in reply.tasks
             ]
+            reporting = time.monotonic()
             answer = await client.report(results)
             now = time.monotonic()
             for task, ack in zip(reply.tasks, answer.acks, strict=True):
                 if ack.ack == worker_pb2.ACK_ACCEPTED:
-                    done[task.task_id] = now
+                    worked.leased[task.task_id] = leased
+                    worked.reported[task.task_id] = reporting
+                    worked.done[task.task_id] = now
     finally:
         await client.close()
 
 
 def _figures(
-    steady: _Steady, done: dict[str, float], flood: _Flood, cpu: CpuUse, options: Options
+    steady: _Steady,
+    worked: _Worked,
+    writes: list[float],
+    flood: _Flood,
+    cpu: CpuUse,
+    options: Options,
 ) -> Report:
     if not steady.submit_ms:
         raise sut.BenchFailed("no submit of tenant B was accepted")
+    done = worked.done
     ends = [(done[i] - t) * 1000 for i, t in steady.started.items() if i in done]
     if not ends:
         raise sut.BenchFailed("no task of tenant B ran")
+    ran = [i for i in steady.started if i in done]
+    dispatch = [(worked.leased[i] - steady.accepted[i]) * 1000 for i in ran]
+    report = [(done[i] - worked.reported[i]) * 1000 for i in ran]
     wall = cpu.seconds["wall"] or 1.0
     return {
         "b_tasks": len(steady.started),
@@ -296,6 +350,12 @@ def _figures(
         "submit_p99_ms": round(percentile(steady.submit_ms, 0.99), 1),
         "end_to_end_p50_ms": round(percentile(ends, 0.5), 1),
         "end_to_end_p99_ms": round(percentile(ends, 0.99), 1),
+        "dispatch_p50_ms": round(percentile(dispatch, 0.5), 1),
+        "dispatch_p99_ms": round(percentile(dispatch, 0.99), 1),
+        "report_p50_ms": round(percentile(report, 0.5), 1),
+        "report_p99_ms": round(percentile(report, 0.99), 1),
+        "database_write_p50_ms": round(percentile(writes, 0.5), 1) if writes else None,
+        "database_write_p99_ms": round(percentile(writes, 0.99), 1) if writes else None,
         "a_accepted_tasks_per_s": round(flood.accepted / (flood.seconds or 1.0), 1),
         "a_refused_requests_per_s": round(flood.refused / (flood.seconds or 1.0), 1),
         "a_failed_requests": flood.failed,

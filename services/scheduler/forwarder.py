@@ -142,6 +142,11 @@ class Forwarder:
         self._monotonic = monotonic
         self.stats = ForwarderStats()
         self._lag_due = 0.0
+        #: Kafka's copy of the offsets and the lag metric are kept in the background:
+        #: the next batch does not wait for their broker requests.
+        self._committing: asyncio.Task[None] | None = None
+        self._uncommitted: dict[int, int] = {}
+        self._lag_reader: asyncio.Task[None] | None = None
 
     async def run(self, start: Mapping[int, int]) -> None:
         """Forward until cancelled or the grain is fenced. ``start``: offsets from the store."""
@@ -161,10 +166,14 @@ class Forwarder:
                     await self._forward(build_batch(self.pipeline_id, records))
                 if self._monotonic() >= self._lag_due:
                     self._lag_due = self._monotonic() + LAG_INTERVAL_S
-                    await self._update_lag()
+                    if self._lag_reader is None or self._lag_reader.done():
+                        self._lag_reader = asyncio.create_task(self._update_lag())
         except StaleEpoch:
             log.info("pipeline %s: grain fenced, forwarder stops", self.pipeline_id)
         finally:
+            for task in (self._committing, self._lag_reader):
+                if task is not None:
+                    task.cancel()
             await self._consumer.stop()
 
     async def _forward(self, fetched: Fetched) -> None:
@@ -191,13 +200,19 @@ class Forwarder:
         self.stats.duplicates += result.duplicates
         self.stats.conflicts += result.conflicts
         self.stats.quarantined += len(fetched.quarantined)
-        await self._commit(fetched.batch.offsets)
+        self._uncommitted.update(fetched.batch.offsets)
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit())
 
-    async def _commit(self, offsets: Mapping[int, int]) -> None:
-        try:
-            await self._consumer.commit(offsets)
-        except Exception as err:  # noqa: BLE001 - Kafka's copy is informational only
-            log.info("pipeline %s: offset commit failed: %s", self.pipeline_id, err)
+    async def _commit(self) -> None:
+        """Commit the newest offsets to Kafka until none are left (its copy is for
+        Kafka's lag tooling only: a grain resumes from the offsets stored with it)."""
+        while self._uncommitted:
+            offsets, self._uncommitted = self._uncommitted, {}
+            try:
+                await self._consumer.commit(offsets)
+            except Exception as err:  # noqa: BLE001 - Kafka's copy is informational only
+                log.info("pipeline %s: offset commit failed: %s", self.pipeline_id, err)
 
     async def _update_lag(self) -> None:
         try:

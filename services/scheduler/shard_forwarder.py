@@ -12,6 +12,11 @@ partition's next offset fenced by the shard's epoch (``services/store/shard_offs
   still lack: the end of the last batch, or a stalled grain's first withheld record. A
   crash replays from there; the grains recognise what they already admitted (every
   admitted id is checked against memory and the store), so a replay makes no second task.
+- **Nothing but admission is on the live path.** The offset is stored, and the lag read,
+  in the background (one save at a time, of the newest offset, while the next batch is
+  read and admitted): a record of one pipeline no longer waits for the previous record's
+  offset write and Kafka commit, or the lag's broker request. Stored later, the offset
+  replays a batch or two more after a crash, recognised as above.
 - **A stalled grain blocks nobody.** The reader cannot pause the partition for one grain.
   A grain that has not admitted its records ``stall_after_s`` after its neighbours did is
   *stalled*: its admission goes on in the background, and its later records are withheld
@@ -32,9 +37,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from actors.pipeline.ports import StaleEpoch
@@ -120,9 +126,14 @@ class ShardForwarder:
         #: Every record below this offset was routed: admitted, dropped, or withheld
         #: from a stalled pipeline (whose catch-up reads it). None before the first batch.
         self._handed: int | None = None
+        #: Every record below this offset was admitted, dropped, or is a stalled
+        #: pipeline's (its stall holds the offset back): what may be stored.
+        self._routed: int | None = None
         self._stalled: dict[str, _Stall] = {}
         self._saved: int | None = None
         self._lag_due = 0.0
+        self._saver: asyncio.Task[None] | None = None
+        self._lag_reader: asyncio.Task[None] | None = None
 
     @property
     def stalled(self) -> frozenset[str]:
@@ -140,25 +151,29 @@ class ShardForwarder:
             if claim.next_offset is not None:
                 self._consumer.seek(self.shard, claim.next_offset)
             while True:
-                records = await self._consumer.getmany(
-                    timeout_ms=int(LAG_INTERVAL_S * 1000), max_records=self._max_records
-                )
+                records = await self._read()
                 batch = records.get(self.shard)
                 if batch:
                     await self._forward(batch)
-                    await self._save()
+                    self._routed = self._handed
+                    self._save_soon()
                 if self._monotonic() >= self._lag_due:
                     self._lag_due = self._monotonic() + LAG_INTERVAL_S
-                    await self._save()  # a catch-up that ended since moves it on
-                    await self._update_lag()
+                    self._save_soon()  # a catch-up that ended since moves it on
+                    if self._lag_reader is None or self._lag_reader.done():
+                        self._lag_reader = asyncio.create_task(self._update_lag())
         except StaleEpoch:
             log.info("shard %d: fenced, its forwarder stops", self.shard)
         finally:
-            for stall in self._stalled.values():
-                for task in (stall.task, stall.late):
-                    if task is not None:
-                        task.cancel()
+            self._cancel_background()
             await self._consumer.stop()
+
+    def _cancel_background(self) -> None:
+        tasks = [self._saver, self._lag_reader]
+        tasks += [task for stall in self._stalled.values() for task in (stall.task, stall.late)]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
 
     # -- the live stream ------------------------------------------------------------------
 
@@ -343,23 +358,54 @@ class ShardForwarder:
 
     # -- offsets and lag ------------------------------------------------------------------
 
-    async def _save(self) -> None:
-        """Store the lowest offset some grain may still lack, if it moved."""
-        if self._handed is None:
-            return
-        starts = [stall.from_offset for stall in self._stalled.values()]
-        next_offset = min([self._handed, *starts])
-        if next_offset == self._saved:
-            return
-        await self._retrying(
-            "offset",
-            lambda: self._offsets.save(self.shard, epoch=self._epoch, next_offset=next_offset),
+    async def _read(self) -> Mapping[int, Sequence[ConsumedRecord]]:
+        """The next records; StaleEpoch as soon as a save in the background is fenced,
+        even while no record comes."""
+        reading = asyncio.ensure_future(
+            self._consumer.getmany(
+                timeout_ms=int(LAG_INTERVAL_S * 1000), max_records=self._max_records
+            )
         )
-        self._saved = next_offset
         try:
-            await self._consumer.commit({self.shard: next_offset})
-        except Exception as err:  # noqa: BLE001 - Kafka's copy is informational only
-            log.info("shard %d: offset commit failed: %s", self.shard, err)
+            while (saver := self._saver) is not None and not saver.done():
+                await asyncio.wait({reading, saver}, return_when=asyncio.FIRST_COMPLETED)
+                if reading.done():
+                    break
+            self._raise_if_fenced()
+            return await reading
+        finally:
+            reading.cancel()
+
+    def _raise_if_fenced(self) -> None:
+        saver = self._saver
+        if saver is not None and saver.done() and not saver.cancelled():
+            saver.result()  # StaleEpoch: the only failure ``_save`` lets through
+
+    def _save_soon(self) -> None:
+        """Have the offset stored in the background, unless a save is under way (it goes
+        on to the newest offset when it ends); a save that was fenced ends the shard's
+        forwarder here (StaleEpoch)."""
+        if self._saver is not None and not self._saver.done():
+            return
+        self._raise_if_fenced()
+        self._saver = asyncio.create_task(self._save(), name=f"shard {self.shard} offset")
+
+    async def _save(self) -> None:
+        """Store the lowest offset some grain may still lack, while it moves."""
+        while self._routed is not None:
+            starts = [stall.from_offset for stall in self._stalled.values()]
+            next_offset = min([self._routed, *starts])
+            if next_offset == self._saved:
+                return
+            save = functools.partial(
+                self._offsets.save, self.shard, epoch=self._epoch, next_offset=next_offset
+            )
+            await self._retrying("offset", save)
+            self._saved = next_offset
+            try:
+                await self._consumer.commit({self.shard: next_offset})
+            except Exception as err:  # noqa: BLE001 - Kafka's copy is informational only
+                log.info("shard %d: offset commit failed: %s", self.shard, err)
 
     async def _update_lag(self) -> None:
         try:
