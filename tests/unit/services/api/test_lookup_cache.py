@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -120,4 +121,43 @@ async def test_requests_that_miss_together_share_one_read(
         *(api.client.post(SUBMIT, json={"n": n}, headers=bearer(key)) for n in range(10))
     )
     assert [a.status_code for a in answers] == [202] * 10
+    assert reads == {"tenant_by_key": 1, "find_pipeline": 1}
+
+
+async def test_a_lookup_past_half_its_age_is_read_again_while_it_answers(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, _ = await api.ready_pipeline()
+    now = [0.0]
+    monkeypatch.setattr(
+        api.ctx, "_last_known", type(api.ctx._last_known)(max_age_s=600, clock=lambda: now[0])
+    )
+    assert (await api.client.post(SUBMIT, json={"n": 0}, headers=bearer(key))).status_code == 202
+    reads = count_reads(api, monkeypatch)
+    # The database is slow now: a read waits until released.
+    release = threading.Event()
+    real = api.store.find_pipeline
+
+    def slow(*args: Any, **kw: Any) -> Any:
+        release.wait(5)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(api.store, "find_pipeline", slow)
+    now[0] = api.ctx.limits.lookup_cache_s * 0.75
+    # Past half its age, the remembered pipeline still answers at once ...
+    answer = await api.client.post(SUBMIT, json={"n": 1}, headers=bearer(key))
+    assert answer.status_code == 202
+    assert not release.is_set()
+    # ... while it is read again in the background, once for all the requests meanwhile.
+    assert (await api.client.post(SUBMIT, json={"n": 2}, headers=bearer(key))).status_code == 202
+    release.set()
+    async with asyncio.timeout(5):
+        while api.ctx._reading:
+            await asyncio.sleep(0.01)
+    assert reads == {"tenant_by_key": 1, "find_pipeline": 1}
+    # Read afresh: young again, so the next submits read nothing.
+    for n in range(3, 6):
+        assert (
+            await api.client.post(SUBMIT, json={"n": n}, headers=bearer(key))
+        ).status_code == 202
     assert reads == {"tenant_by_key": 1, "find_pipeline": 1}

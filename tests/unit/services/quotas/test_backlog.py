@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from services.quotas import BacklogGauge, QuotaStoreUnavailable
@@ -54,3 +55,21 @@ async def test_a_failed_read_keeps_the_last_reading() -> None:
 async def test_never_read_and_unreachable_counts_as_empty() -> None:
     gauge = BacklogGauge(read=Reader([None]), clock=Clock(), max_age_s=1.0)
     assert await gauge.current("t") == 0
+
+
+async def test_a_reading_past_half_its_age_is_read_again_while_it_answers() -> None:
+    read, clock = Reader([100, 40]), Clock()
+    gauge = BacklogGauge(read=read, clock=clock, max_age_s=1.0)
+    assert await gauge.current("t") == 100
+    gauge.added("t", 5)
+    clock.now = 0.6
+    # Answered from the reading at once; the read ahead runs in the background.
+    assert await gauge.current("t") == 105
+    assert read.reads == 1
+    await asyncio.sleep(0)  # the read ahead runs
+    gauge.added("t", 2)  # accepted after the read: not in what it read
+    assert await gauge.current("t") == 42
+    assert read.reads == 2
+    clock.now = 0.9  # the new reading is young: nothing more is read
+    assert await gauge.current("t") == 42
+    assert read.reads == 2
