@@ -47,6 +47,9 @@ class AgentSettings(BaseSettings):
     #: How long one poll waits for tasks (the scheduler caps it at 30 s).
     poll_wait_ms: int = Field(default=10_000, ge=100, le=30_000)
     poll_max_bytes: int = Field(default=1024 * 1024, ge=1)
+    #: While tasks keep coming, a poll waits up to this long for a quarter of the slots
+    #: to be free, so that polls carry several tasks each (0: poll at every free slot).
+    poll_linger_ms: int = Field(default=5, ge=0, le=1000)
     #: Results finished within this time of each other go in one report.
     report_linger_ms: int = Field(default=20, ge=0)
     report_batch: int = Field(default=100, ge=1, le=1000)

@@ -317,3 +317,32 @@ def test_slots_alone_ask_for_all_and_shared_idle_for_one() -> None:
     assert (slots.ask(found_tasks=False), slots.ask(found_tasks=True)) == (1, 8)
     # shared, a poll holding several slots takes only what is ready
     assert slots.long_poll(1) and not slots.long_poll(2)
+
+
+async def test_a_busy_poll_gathers_free_slots_for_a_moment() -> None:
+    slots, stopping = Slots(8), asyncio.Event()
+    assert await slots.take(8, stopping) == 8
+    slots.give(1)
+    # Fewer than ``gather`` free: it waits for more, and takes them together.
+    taking = asyncio.create_task(slots.take(8, stopping, gather=3, linger_s=5.0))
+    await asyncio.sleep(0.01)
+    assert not taking.done()
+    slots.give(2)
+    assert await asyncio.wait_for(taking, 1.0) == 3
+    # ... but no longer than the linger: then it takes what is free.
+    slots.give(1)
+    started = asyncio.get_running_loop().time()
+    assert await slots.take(8, stopping, gather=3, linger_s=0.05) == 1
+    assert asyncio.get_running_loop().time() - started >= 0.04
+
+
+async def test_a_busy_agent_polls_for_several_tasks_at_once() -> None:
+    scheduler = FakeScheduler(queue=[leased(f"t{i}") for i in range(40)])
+    runner = FakeRunner()
+    options = AgentOptions(
+        concurrency=8, grace_s=5.0, poll_wait_ms=100, poll_linger_s=0.05, report_linger_s=0.005
+    )
+    async with agent_running(scheduler, runner, options):
+        await scheduler.until(lambda: len(scheduler.reported()) == 40)
+    busy = [asked for asked in scheduler.polls[1:] if asked]
+    assert busy and min(busy) >= 2, scheduler.polls  # a quarter of 8, not one at a time
