@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -76,9 +75,10 @@ def api() -> None:
 @app.command()
 def scheduler() -> None:
     """Run a scheduler replica."""
+    from services import aio
     from services.scheduler.main import serve
 
-    asyncio.run(serve(_settings()))
+    aio.run(serve(_settings()))
 
 
 @app.command()

@@ -77,8 +77,11 @@ def run(
                     report[kind] = _pipeline_run(kind, system, tenant, data_dir, options, say)
             finally:
                 tenant.http.close()
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    except BaseException:
+        # The agents' and executors' logs are there (``logs/`` of each pipeline).
+        say(f"the workers' logs are kept in {data_dir}")
+        raise
+    shutil.rmtree(data_dir, ignore_errors=True)
     return report
 
 

@@ -43,6 +43,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from protos.wsched.v1 import worker_pb2
+from services import aio
 from services.observability import Tracing, configure_logging, log_context, setup_tracing
 from services.worker.client import SchedulerClient, WorkerRejected
 from services.worker.command import ExecutorError
@@ -57,6 +58,7 @@ from services.worker.settings import (
     WorkerSettings,
     explain,
 )
+from services.worker.slots import Slots, wait_any
 from services.worker.tracing import AttemptSpans, StepSpans
 
 log = logging.getLogger("wsched.worker")
@@ -122,82 +124,6 @@ class _Job:
         self.stop = why
         if self.task is not None:
             self.task.cancel()
-
-
-async def _wait_any(events: Sequence[asyncio.Event], timeout_s: float | None = None) -> None:
-    waiters = [asyncio.create_task(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-
-
-class Slots:
-    """The task slots of one agent process, shared by the poll loops of its pipelines.
-
-    A poll asks only for slots it holds: taken before the poll, the unused ones given back
-    when it answers, one more each time a task ends. So the pipelines together never run
-    more than ``capacity`` tasks. Alone, a pipeline asks for every free slot. Among
-    several, a pipeline whose last poll found nothing holds one slot while its long poll
-    waits (the next task still starts at once), and one whose last poll found tasks asks
-    for every free slot without waiting (only what is ready): an idle pipeline keeps one
-    slot from a busy one, no more, and two busy ones share what frees up in the order
-    they ask.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._free = capacity
-        self._freed = asyncio.Event()
-        self._sharers = 0
-
-    @property
-    def free(self) -> int:
-        return self._free
-
-    def join(self) -> None:
-        """One more pipeline polls with these slots."""
-        self._sharers += 1
-
-    def ask(self, *, found_tasks: bool) -> int:
-        """How many slots the next poll asks for (see the class)."""
-        return self.capacity if found_tasks or self._sharers <= 1 else 1
-
-    def long_poll(self, held: int) -> bool:
-        """Whether a poll holding ``held`` slots may wait for tasks: not when it would
-        keep more than one slot from the other pipelines meanwhile (it then only takes
-        what is ready, and its next poll, finding nothing, holds one slot and waits)."""
-        return held <= 1 or self._sharers <= 1
-
-    async def take(
-        self, most: int, stopping: asyncio.Event, *, gather: int = 1, linger_s: float = 0.0
-    ) -> int:
-        """Wait for a free slot, then up to ``linger_s`` more while fewer than ``gather``
-        are free, then take up to ``most`` of the free ones; 0 if ``stopping`` came
-        first."""
-        while self._free == 0 and not stopping.is_set():
-            self._freed.clear()
-            await _wait_any([self._freed, stopping])
-        if linger_s > 0 and self._free < min(gather, most):
-            deadline = asyncio.get_running_loop().time() + linger_s
-            while self._free < min(gather, most) and not stopping.is_set():
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    break
-                self._freed.clear()
-                await _wait_any([self._freed, stopping], timeout_s=left)
-        if stopping.is_set():
-            return 0
-        taken = min(most, self._free)
-        self._free -= taken
-        return taken
-
-    def give(self, count: int) -> None:
-        if count > 0:
-            self._free += count
-            self._freed.set()
 
 
 class Agent:
@@ -398,7 +324,7 @@ class Agent:
     async def _heartbeats(self) -> None:
         while True:
             self._lease_timeout_changed.clear()
-            await _wait_any([self._lease_timeout_changed], self._lease_timeout_s / 3)
+            await wait_any([self._lease_timeout_changed], self._lease_timeout_s / 3)
             if self._lease_timeout_changed.is_set():
                 continue  # the first poll's answer: beat on its schedule from now
             tokens = [*self._jobs, *self._reporter.pending_tokens()]
@@ -438,7 +364,7 @@ class Agent:
             )
         while self._jobs and not now.is_set() and loop.time() < deadline:
             self._slot_freed.clear()
-            await _wait_any([self._slot_freed, now], deadline - loop.time())
+            await wait_any([self._slot_freed, now], deadline - loop.time())
         await self._abandon()
         flush_s = max(deadline - loop.time(), self._options.final_flush_s)
         if not await self._reporter.flush(flush_s):
@@ -615,7 +541,7 @@ def worker_main() -> None:
         print(f"wsched worker: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     configure_logging(level=settings.log_level, log_format=settings.log_format)
-    raise SystemExit(asyncio.run(serve(settings, pipelines)))
+    raise SystemExit(aio.run(serve(settings, pipelines)))
 
 
 def _configured() -> tuple[AgentSettings, list[ServedPipeline]]:

@@ -410,6 +410,8 @@ def executor_main(listen: str | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    # Not on uvloop: libuv spawns with fork(), and a shell forked beside gRPC's threads
+    # crashed (SIGSEGV before its exec, measured); asyncio's subprocesses use vfork.
     _watch_children_with_pidfds()
     try:
         asyncio.run(_main(settings, address))

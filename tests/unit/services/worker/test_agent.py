@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from protos.wsched.v1 import worker_pb2
-from services.worker.agent import Agent, AgentOptions, Slots, check_executors
+from services.worker.agent import Agent, AgentOptions, check_executors
 from services.worker.client import WorkerRejected
 from services.worker.definition import DefinitionError, PipelineDefinition
 from services.worker.runner import Outcome, TaskOutcome, TaskSpec
+from services.worker.slots import Slots
 from tests.unit.services.worker.fakes import FakeScheduler, leased
 
 OPTIONS = AgentOptions(
