@@ -1,8 +1,8 @@
 """Running a process's event loop: uvloop where it is installed, else asyncio's own.
 
 The API has run on uvloop since uvicorn picks it (measured then: 4 % less API CPU for
-single submits, 9 % for batches). The scheduler replica, the worker agent and the
-agent start their loops here so they run on it too; grpc.aio, aiokafka and the
+single submits, 9 % for batches). The scheduler replica and the worker agent start
+their loops here so they run on it too; grpc.aio, aiokafka and the
 thread-pool hand-offs of the stores work on any asyncio loop. Not the executor: libuv
 spawns children with fork(), and shells forked beside gRPC's threads crashed (SIGSEGV
 between fork and exec, one task in a few hundred under ``wsched bench-worker``), where

@@ -361,11 +361,13 @@ class ShardForwarder:
     async def _read(self) -> Mapping[int, Sequence[ConsumedRecord]]:
         """The next records; StaleEpoch as soon as a save in the background is fenced,
         even while no record comes."""
-        reading = asyncio.ensure_future(
-            self._consumer.getmany(
-                timeout_ms=int(LAG_INTERVAL_S * 1000), max_records=self._max_records
-            )
+        fetch = self._consumer.getmany(
+            timeout_ms=int(LAG_INTERVAL_S * 1000), max_records=self._max_records
         )
+        if self._saver is None or self._saver.done():
+            self._raise_if_fenced()
+            return await fetch  # no save under way: nothing to watch beside the read
+        reading = asyncio.ensure_future(fetch)
         try:
             while (saver := self._saver) is not None and not saver.done():
                 await asyncio.wait({reading, saver}, return_when=asyncio.FIRST_COMPLETED)

@@ -66,10 +66,12 @@ class Slots:
         while self._free == 0 and not stopping.is_set():
             self._freed.clear()
             await wait_any([self._freed, stopping])
-        if linger_s > 0 and self._free < min(gather, most):
-            deadline = asyncio.get_running_loop().time() + linger_s
-            while self._free < min(gather, most) and not stopping.is_set():
-                left = deadline - asyncio.get_running_loop().time()
+        wanted = min(gather, most)
+        if linger_s > 0 and self._free < wanted:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + linger_s
+            while self._free < wanted and not stopping.is_set():
+                left = deadline - loop.time()
                 if left <= 0:
                     break
                 self._freed.clear()
