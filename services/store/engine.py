@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pymysql
 import sqlalchemy as sa
 
 
@@ -23,9 +24,33 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     connect_args: dict[str, Any] = {"connect_timeout": 3}
     if _plain_loopback(sa.make_url(url)):
         connect_args["ssl_disabled"] = True
-    return sa.create_engine(
+    engine = sa.create_engine(
         url, pool_pre_ping=True, pool_recycle=3600, connect_args=connect_args, **kwargs
     )
+    sa.event.listen(engine, "connect", _end_idle_transactions)
+    return engine
+
+
+#: How long TiDB lets one of our sessions sit idle inside a transaction before it ends
+#: the session (and the transaction with it). Our transactions send their statements
+#: back to back from one thread; a session idle that long belongs to a process that was
+#: frozen (SIGSTOP, a long GC pause, a partition) while holding row locks. Without this
+#: limit TiDB keeps those locks alive for the frozen process up to ``max-txn-ttl`` (an
+#: hour), and the replica that claims the frozen one's grains waits on its fencing row
+#: lock, ``innodb_lock_wait_timeout`` (50 s) after 50 s, instead of taking over.
+IDLE_TRANSACTION_TIMEOUT_S = 10
+_UNKNOWN_VARIABLE = 1193  # a MySQL server, which has no such setting
+
+
+def _end_idle_transactions(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"SET SESSION tidb_idle_transaction_timeout = {IDLE_TRANSACTION_TIMEOUT_S}")
+    except pymysql.err.MySQLError as err:
+        if err.args[0] != _UNKNOWN_VARIABLE:
+            raise
+    finally:
+        cursor.close()
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
