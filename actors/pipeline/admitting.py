@@ -6,6 +6,13 @@ batch follow, each a fenced write, and the offsets go with the batch's last writ
 crash in between replays the batch (admission is idempotent). While timers wait, the new
 tasks go in transactions of ``ADMIT_CHUNK`` with due timers fired before each, and
 ``between_chunks`` (the actor's: waiting polls and reports let through) runs between two.
+
+With a write delay (``PipelineConfig.write_delay_s``, design D2) the tasks that are due
+and fit the ready window are not written here: they are told from replays and resubmits
+by a read of the stored ids, held in memory and written by a flush, at their end or once
+the delay is past; the batch's offsets wait in the book (``TaskBook.hold``) until every
+task before them is written. The others (due later, or beyond the window) are written
+here as without a delay.
 """
 
 from __future__ import annotations
@@ -34,27 +41,79 @@ class Admitting:
 
     async def admit(self, batch: AdmitBatch) -> AdmitResult:
         core = self._core
+        holding = core.config.write_delay_s > 0 and bool(batch.offsets)
         # The offsets go with the batch's last write, so that a crash in between replays
         # the cancels and requeues instead of skipping them.
-        later = bool(batch.cancels or batch.requeues or batch.purges)
-        admission = await self._admit_new(batch.new, {} if later else batch.offsets)
+        later = holding or bool(batch.cancels or batch.requeues or batch.purges)
+        new: Sequence[NewTask] = batch.new
+        held = Admission(admitted=[])
+        if holding:
+            held, new = await self._hold_new(batch.new)
+        admission = await self._admit_new(new, {} if later else batch.offsets)
         wall = core.clock.wall()
         core.book.end_overdue(wall=wall)
         cancelled = await self._cancel(batch.cancels, wall=wall)
         requeued = await self._requeue(batch.requeues, wall=wall)
         purged = await self._purge(batch.purges, wall=wall)
-        if later and batch.offsets:
+        if holding:
+            # Stored by the flush that has written every task held before them.
+            core.book.hold([], batch.offsets, now=core.clock.monotonic())
+        elif later and batch.offsets:
             await self._store_admit([], batch.offsets, wall=wall)
         if batch.schedules:
             await core.schedules.load(batch.schedules)
         core.serve_waiters()
         return AdmitResult(
-            admitted=len(admission.admitted),
-            duplicates=len(admission.duplicates),
-            conflicts=len(admission.conflicts),
+            admitted=len(held.admitted) + len(admission.admitted),
+            duplicates=len(held.duplicates) + len(admission.duplicates),
+            conflicts=len(held.conflicts) + len(admission.conflicts),
             cancelled=cancelled,
             requeued=requeued,
             purged=purged,
+        )
+
+    async def _hold_new(self, new: Sequence[NewTask]) -> tuple[Admission, list[NewTask]]:
+        """Admit without a write the tasks of ``new`` that are due and fit the window; the
+        rest is returned, for ``_admit_new``. An id stored already, or held in memory, is a
+        duplicate (same data) or a conflict (the first submit stands), as at an insert."""
+        core = self._core
+        wall = core.clock.wall()
+        unique: dict[str, NewTask] = {}
+        for task in new:
+            unique.setdefault(task.id, task)  # a resubmit inside the batch: the first stands
+        room, room_bytes = core.book.window_room(), core.book.window_bytes_room()
+        fit: list[NewTask] = []
+        for task in unique.values():
+            size = len(task.data) + len(task.id)
+            if task.due_at > wall:
+                continue  # a timer: written, as it waits anyway
+            if len(fit) >= room or size > room_bytes:
+                break  # the window is full: the rest is written, and paged in later
+            fit.append(task)
+            room_bytes -= size
+        if not fit:
+            return Admission(admitted=[]), list(new)
+        stored = await core.guard(
+            core.store.stored_digests(grain=core.key, task_ids=[t.id for t in fit])
+        )
+        admitted: list[Task] = []
+        duplicates: list[str] = []
+        conflicts: list[str] = []
+        for task in fit:
+            digest = stored.get(task.id)
+            if digest is None:
+                held = core.book.held_task(task.id)
+                digest = held.data_sha256 if held is not None else None
+            if digest is not None:
+                (duplicates if digest == task.data_sha256 else conflicts).append(task.id)
+                continue
+            admitted.append(_unwritten(task))
+        core.admitted(admitted, serve=True)
+        core.book.hold(admitted, {}, now=core.clock.monotonic())
+        taken = {t.id for t in fit}
+        return (
+            Admission(admitted=admitted, duplicates=duplicates, conflicts=conflicts),
+            [t for t in new if t.id not in taken],
         )
 
     async def _admit_new(self, new: Sequence[NewTask], offsets: Mapping[int, int]) -> Admission:
@@ -153,3 +212,22 @@ class Admitting:
         if purged == len(purges):
             core.record_changes([change_of(p.task_id, PURGED, 0) for p in purges])
         return purged
+
+
+def _unwritten(new: NewTask) -> Task:
+    return Task(
+        id=new.id,
+        attempt=1,
+        status=Status.QUEUED,
+        data=new.data,
+        due_at=new.due_at,
+        created_at=new.created_at,
+        expires_at=new.expires_at,
+        retry=new.retry,
+        schedule_id=new.schedule_id,
+        fire_at=new.fire_at,
+        execution_timeout_s=new.execution_timeout_s,
+        trace_parent=new.trace_parent,
+        unwritten=True,
+        data_sha256=new.data_sha256,
+    )

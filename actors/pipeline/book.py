@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections import Counter, OrderedDict
+import math
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +49,16 @@ class _Lease:
     cancel_requested: bool = False
 
 
+@dataclass(kw_only=True)
+class _Held:
+    """An admitted batch of records some of whose tasks have no row yet (design D2): its
+    offsets are stored only once every task of it, and of the batches before it, is."""
+
+    since: float
+    offsets: Mapping[int, int]
+    unwritten: set[str]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Flush:
     """What one flush must write, taken from the book; given back if the write fails."""
@@ -56,9 +67,13 @@ class Flush:
     results: tuple[tuple[str, int, bytes], ...]
     #: Attempts that ended without ending their task (kept as history).
     attempts: tuple[AttemptRecord, ...] = ()
+    #: The next offset per partition, once this flush is durable (design D2).
+    offsets: Mapping[int, int] = field(default_factory=dict)
+    #: The held batches this flush writes the last tasks of (their offsets are above).
+    released: tuple[_Held, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.changes or self.results or self.attempts)
+        return bool(self.changes or self.results or self.attempts or self.offsets)
 
 
 @dataclass(kw_only=True)
@@ -87,6 +102,9 @@ class TaskBook:
     #: heap must not read further from the store until they are (``timers.py``).
     _unwritten_timers: set[str] = field(default_factory=set)
     _attempts: list[AttemptRecord] = field(default_factory=list)
+    #: Admitted batches, in order, whose offsets wait for their tasks' first writes (D2).
+    _held: deque[_Held] = field(default_factory=deque)
+    _held_of: dict[str, tuple[_Held, Task]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.timers = TimerHeap(capacity=self.config.timer_heap)
@@ -121,6 +139,10 @@ class TaskBook:
             return 0
         return max(0, self.config.window_tasks - len(self._ready))
 
+    def window_bytes_room(self) -> int:
+        """How many bytes of tasks the window can take before it is full."""
+        return max(0, self.config.window_bytes - self._ready_bytes)
+
     def wants_page(self) -> bool:
         """True when the window is below half and the store holds more queued tasks."""
         return self.stored_backlog > 0 and len(self._ready) < self.config.window_tasks // 2
@@ -141,6 +163,37 @@ class TaskBook:
                 self.timers.offer(task.id, task.due_at, task)
         overflow = self._fill(due)
         self.stored_backlog += len(overflow)
+
+    def hold(self, tasks: Sequence[Task], offsets: Mapping[int, int], *, now: float) -> None:
+        """Admitted records whose offsets wait for a flush (the write delay, design D2):
+        ``tasks`` (``unwritten``, already admitted) are written by the flush after they end
+        or after ``config.write_delay_s``, whichever comes first, and ``offsets`` are stored
+        with the flush that writes the last of them and of every batch held before."""
+        held = _Held(since=now, offsets=dict(offsets), unwritten={t.id for t in tasks})
+        self.totals["held"] += len(tasks)
+        self._held.append(held)
+        for task in tasks:
+            self._held_of[task.id] = (held, task)
+
+    def held_task(self, task_id: str) -> Task | None:
+        """The task of this id admitted and held in memory, with no row yet (D2)."""
+        found = self._held_of.get(task_id)
+        return found[1] if found is not None else None
+
+    @property
+    def holding(self) -> bool:
+        """Offsets wait to be stored (with tasks not written yet, or after them)."""
+        return bool(self._held)
+
+    def _pin(self, *, now: float) -> None:
+        """Tasks held longer than the write delay at monotonic ``now`` are written by the
+        next flush as they are then: queued or leased ("pinned")."""
+        for held in self._held:
+            if held.since + self.config.write_delay_s > now:
+                break
+            for task_id in held.unwritten:
+                if task_id not in self._dirty:
+                    self._mark(self._held_of[task_id][1])
 
     # -- timers -------------------------------------------------------------------------
 
@@ -234,7 +287,8 @@ class TaskBook:
         )
         self._move(Status.QUEUED, Status.LEASED)
         self.totals["dispatched"] += 1
-        self._mark(task)
+        if not task.unwritten:  # an unwritten one is written when it ends or is pinned
+            self._mark(task)
         timeout_s = task.execution_timeout_s or self.config.execution_timeout_s
         return Grant(token=token, task=task, execution_timeout_s=timeout_s)
 
@@ -386,7 +440,7 @@ class TaskBook:
         - no refill of the timer heap wanted: firing needs no tick (the actor arms a
           one-shot timer at the soonest due time);
         - no change, result or attempt waiting for a flush (a retry's unwritten timer is
-          one of them).
+          one of them), and no admitted batch whose offsets wait for a flush (D2).
 
         A pipeline with a backlog and no worker yet (its Deployment scaled to zero) is
         tickless: a replica holding thousands of them ticks each slowly.
@@ -398,6 +452,7 @@ class TaskBook:
             or self.dirty
             or self._unwritten_timers
             or self._ready_deadlines
+            or self._held
         )
 
     @property
@@ -484,19 +539,44 @@ class TaskBook:
     def dirty(self) -> bool:
         return bool(self._dirty or self._results or self._attempts)
 
-    def take_flush(self) -> Flush:
+    def take_flush(self, *, now: float = math.inf) -> Flush:
+        """What the next flush writes: every change, and tasks held past the write delay
+        at monotonic ``now`` (every held task when no time is given: a grain going away);
+        with the offsets of the held batches whose tasks are then all written."""
+        if self._held:
+            self._pin(now=now)
+        changes = tuple(self._dirty.values())
+        offsets: dict[int, int] = {}
+        released: list[_Held] = []
+        if self._held:
+            inserted = {c.id for c in changes if c.insert is not None}
+            for held in self._held:
+                if not held.unwritten <= inserted:
+                    break
+                offsets.update(held.offsets)
+                released.append(held)
         flush = Flush(
-            changes=tuple(self._dirty.values()),
+            changes=changes,
             results=tuple((tid, attempt, res) for tid, (attempt, res) in self._results.items()),
             attempts=tuple(self._attempts),
+            offsets=offsets,
+            released=tuple(released),
         )
         self._dirty, self._results, self._attempts = {}, {}, []
         self._unwritten_timers.clear()  # written by this flush (or given back if it fails)
         return flush
 
     def flushed(self, flush: Flush) -> None:
-        """A flush is durable: the timer rows it ended are no longer the tasks' to end."""
+        """A flush is durable: the timer rows it ended are no longer the tasks' to end,
+        the tasks it inserted have rows, and the batches it released are done with."""
         for change in flush.changes:
+            if change.insert is not None:
+                change.insert.unwritten = False
+                found = self._held_of.pop(change.id, None)
+                if found is not None:
+                    found[0].unwritten.discard(change.id)
+                    ended = change.status in TERMINAL
+                    self.totals["written_once" if ended else "pinned"] += 1
             if change.ended_timer is None:
                 continue
             lease = self._leases.get(change.id)
@@ -504,6 +584,9 @@ class TaskBook:
             task = task or self.timers.payload(change.id)
             if task is not None and task.timer == change.timer:
                 task.timer = None
+        for held in flush.released:
+            if self._held and self._held[0] is held:
+                self._held.popleft()
 
     def restore_flush(self, flush: Flush) -> None:
         """Give back a flush that failed; changes made since then stay newer."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -181,14 +182,14 @@ class PipelineCore:
         """Write the grain's wake-up (``TaskStore.rest``) before it deactivates with timers
         or schedules; any pending change is flushed first."""
         if self.wants_flush:
-            await self.flush()
+            await self.flush(everything=True)
         await self._store.rest(grain=self.key, epoch=self.epoch, wake_at=wake_at)
 
     async def deactivate(self) -> None:
         """Flush what changed and fail every waiter; a new owner takes over from the store."""
         try:
             if not self.fenced:
-                await self.flush()
+                await self.flush(everything=True)
         finally:
             self._release_waiters()
 
@@ -342,10 +343,13 @@ class PipelineCore:
         self.book.fired(fired)
         self.serve_waiters()
 
-    async def flush(self) -> None:
-        """Write every change since the last flush in one fenced transaction."""
+    async def flush(self, *, everything: bool = False) -> None:
+        """Write every change since the last flush in one fenced transaction, with the
+        tasks held in memory past the write delay (every one of them: ``everything``, as
+        the grain goes away) and the offsets that are then safe to store (design D2)."""
         waiting, self._durable = self._durable, []
-        taken: Flush = self.book.take_flush()
+        now = math.inf if everything else self._clock.monotonic()
+        taken: Flush = self.book.take_flush(now=now)
         stats = self.book.stats()
         started = self._clock.monotonic()
         try:
@@ -385,7 +389,12 @@ class PipelineCore:
 
     @property
     def wants_flush(self) -> bool:
-        return self.book.dirty or bool(self._durable) or self.book.stats() != self._written_stats
+        return (
+            self.book.dirty
+            or self.book.holding
+            or bool(self._durable)
+            or self.book.stats() != self._written_stats
+        )
 
     @property
     def tickless(self) -> bool:

@@ -198,6 +198,11 @@ class InMemoryTaskStore:
                 out.append(dataclasses.replace(row))
         return out
 
+    async def stored_digests(self, *, grain: GrainKey, task_ids: Sequence[str]) -> dict[str, bytes]:
+        self._check()
+        keys = ((tid, (grain.pipeline_id, tid)) for tid in task_ids)
+        return {tid: self.digests[key] for tid, key in keys if key in self.digests}
+
     async def page_queued(self, *, grain: GrainKey, after: str, limit: int) -> list[Task]:
         self._check()
         pipeline_id = grain.pipeline_id
@@ -244,7 +249,11 @@ class InMemoryTaskStore:
         self._check(grain, epoch)
         pipeline_id = grain.pipeline_id
         for change in flush.changes:
-            row = self.rows[(pipeline_id, change.id)]
+            key = (pipeline_id, change.id)
+            if change.insert is not None and key not in self.rows:
+                self.rows[key] = dataclasses.replace(change.insert, unwritten=False)
+                self.digests[key] = change.insert.data_sha256 or b""
+            row = self.rows[key]
             row.attempt, row.status, row.worker = change.attempt, change.status, change.worker
             row.due_at = change.due_at
             if change.status is Status.SCHEDULED:
@@ -258,6 +267,7 @@ class InMemoryTaskStore:
         for record in flush.attempts:
             self.attempts[(pipeline_id, record.task_id, record.attempt)] = record
         self.stats[pipeline_id] = dict(stats)
+        self.offsets.setdefault(grain, {}).update(flush.offsets)
 
     async def load_schedules(
         self, *, grain: GrainKey, ids: Sequence[str] | None = None

@@ -109,6 +109,12 @@ class PipelineConfig:
     #: How long one attempt may run (tasks without their own); None: the workers decide
     #: (the pipeline definition's ``timeout_s``, else the agent's setting).
     execution_timeout_s: float | None = None
+    #: How long a task admitted from a record may live in memory only (design D2): a task
+    #: that ends sooner is written once, at its end, with its result; one that waits or
+    #: runs longer is written ("pinned") by the first flush after it. 0: every task is
+    #: written at admission. Only for a pipeline whose grain stores its own offsets (a
+    #: topic of its own): the stored offsets stay behind every task not yet written.
+    write_delay_s: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -144,6 +150,10 @@ class Task:
     #: The W3C ``traceparent`` of its submit span, if the API traced it: the parent of
     #: each attempt's spans. Opaque here.
     trace_parent: str | None = None
+    #: Admitted without a row (the write delay, design D2): its next write inserts it.
+    unwritten: bool = False
+    #: The digest of ``data`` as submitted (set while ``unwritten``: the insert stores it).
+    data_sha256: bytes | None = None
 
     def expired(self, wall: dt.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= wall
@@ -272,6 +282,8 @@ class TaskChange:
     due_at: dt.datetime
     #: A timer row that fired in memory: this write ends it (``Task.timer``).
     timer: tuple[dt.datetime, str] | None = None
+    #: The task has no row yet: this write inserts it, with these immutable columns.
+    insert: Task | None = None
 
     @property
     def ended_timer(self) -> tuple[dt.datetime, str] | None:
@@ -302,6 +314,7 @@ class TaskChange:
             expire_at=expire_at,
             due_at=task.due_at,
             timer=task.timer,
+            insert=task if task.unwritten else None,
         )
 
 

@@ -146,6 +146,11 @@ class TaskStore(Protocol):
 
     async def page_queued(self, *, grain: GrainKey, after: str, limit: int) -> list[Task]: ...
 
+    async def stored_digests(self, *, grain: GrainKey, task_ids: Sequence[str]) -> dict[str, bytes]:
+        """The data digest of each of these tasks that has a row: an admission that holds
+        its tasks in memory (the write delay, design D2) tells replays and resubmits by it."""
+        ...
+
     async def page_timers(
         self, *, grain: GrainKey, after: TimerKey | None, limit: int
     ) -> list[TimerKey]:
@@ -171,7 +176,8 @@ class TaskStore(Protocol):
         stats: Mapping[str, int],
         now: dt.datetime,
     ) -> None:
-        """Write the changes, results and counters in one fenced transaction."""
+        """Write the changes (inserting the tasks that have no row yet), results, counters
+        and the flush's offsets in one fenced transaction."""
         ...
 
 

@@ -42,7 +42,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -91,8 +91,25 @@ def _succeeded(run: Run, pipeline: Pipeline, count: int, what: str) -> None:
 
 
 def _admitted(run: Run, pipeline: Pipeline) -> float:
-    key = ("wsched_tasks_total", (("event", "admitted"), ("pipeline", pipeline.id)))
-    return scrape(run.system.metrics).get(key, 0.0)
+    return _events(run, pipeline, ("admitted",))["admitted"]
+
+
+def _events(run: Run, pipeline: Pipeline, events: Sequence[str]) -> dict[str, float]:
+    samples = scrape(run.system.metrics)
+    labels = {event: (("event", event), ("pipeline", pipeline.id)) for event in events}
+    return {event: samples.get(("wsched_tasks_total", key), 0.0) for event, key in labels.items()}
+
+
+def _first_writes(run: Run, pipeline: Pipeline) -> dict[str, float]:
+    """How the phase's tasks got their rows: inserted at admission, or held in memory
+    (``WSCHED_WRITE_DELAY_MS``, design D2) and then written once at their end or pinned
+    (written before it, and again at it)."""
+    seen = _events(run, pipeline, ("admitted", "held", "written_once", "pinned"))
+    return {
+        "at_admission": seen["admitted"] - seen["held"],
+        "held_written_once": seen["written_once"],
+        "held_pinned": seen["pinned"],
+    }
 
 
 def _memory_phase(run: Run) -> Report:
@@ -164,6 +181,7 @@ def _throughput_phase(run: Run) -> Report:
                 "cpu_s": cpu.seconds,
                 # The client outruns the workers: most tasks wait behind a backlog.
                 "tidb_writes": writes,
+                "first_writes": _first_writes(run, pipeline),
             }
         },
     }
@@ -192,6 +210,7 @@ def _paced_phase(run: Run, rate: float) -> Report:
         _succeeded(run, pipeline, count, "every paced task succeeded")
         after = dispatch_buckets(run.system.metrics)
         writes = _writes_since(run, written, count)
+        first_writes = _first_writes(run, pipeline)
     return {
         "dispatch_p99_ms": round(histogram_quantile(0.99, before, after) * 1000, 2),
         "details": {
@@ -201,6 +220,7 @@ def _paced_phase(run: Run, rate: float) -> Report:
                 "dispatch_p50_ms": round(histogram_quantile(0.50, before, after) * 1000, 2),
                 # Half the peak rate: tasks hardly wait, the backlog stays near empty.
                 "tidb_writes": writes,
+                "first_writes": first_writes,
             }
         },
     }

@@ -98,6 +98,7 @@ class PipelineDirectory:
         *,
         engine: sa.Engine,
         window_tasks: int,
+        write_delay_s: float = 0.0,
         token_ttl_s: float = 30,
         token_cache_size: int = 10_000,
         owner_ttl_s: float = 2.0,
@@ -108,6 +109,7 @@ class PipelineDirectory:
         self._engine = engine
         self._wall_clock = wall_clock
         self._window_tasks = window_tasks
+        self._write_delay_s = write_delay_s
         self._configs: Coalescer[str, PipelineConfig | None] = Coalescer(self._configs_of)
         #: The first polls of many pipelines' workers read their tokens together.
         self._digests: Coalescer[str, TokenDigests | None] = Coalescer(
@@ -148,6 +150,7 @@ class PipelineDirectory:
                             pipelines.c.retention_s,
                             pipelines.c.scaling_json,
                             pipelines.c.execution_timeout_s,
+                            pipelines.c.topic,
                         ).where(pipelines.c.id.in_(chunk), pipelines.c.state == READY)
                     ):
                         found[row.id] = self._config(row)
@@ -165,6 +168,9 @@ class PipelineDirectory:
             window_tasks=self._window_tasks,
             lead_s=_lead_s(row.scaling_json),
             execution_timeout_s=row.execution_timeout_s,
+            # On the shared topic the shard's forwarder stores the offsets, and it does
+            # not yet hold them back for tasks kept in memory: those are written at once.
+            write_delay_s=self._write_delay_s if row.topic == "dedicated" else 0.0,
         )
 
     async def ready_pipelines(self, shards: Iterable[int]) -> dict[str, Hosting]:

@@ -103,7 +103,11 @@ class SchedulerHost:
         self._store = SqlTaskStore(engine=self._engine, clock=_utcnow)
         self._quarantine = SqlQuarantine(engine=self._engine)
         self._shard_offsets = SqlShardOffsets(engine=self._engine, clock=_utcnow)
-        self._directory = PipelineDirectory(engine=self._engine, window_tasks=settings.window_tasks)
+        self._directory = PipelineDirectory(
+            engine=self._engine,
+            window_tasks=settings.window_tasks,
+            write_delay_s=settings.write_delay_ms / 1000,
+        )
         #: Worker token rotations (``wsched.revocations``): the directory reads a rotated
         #: pipeline's digests again at once; without Kafka, when its cache expires.
         self._rotations: RotationFeed = KafkaRevocationReader(

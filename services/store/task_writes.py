@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -78,14 +79,7 @@ def insert_new(
                 return _insert_fresh(conn, pipeline_id, unique, {}, now=now)
         except sa.exc.IntegrityError:
             pass  # some are stored already: look them up, then insert the others
-    existing: dict[str, bytes] = {}
-    for chunk in chunks(list(unique)):
-        rows = conn.execute(
-            sa.select(tasks.c.id, tasks.c.data_sha256).where(
-                tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(chunk)
-            )
-        )
-        existing.update((row.id, row.data_sha256) for row in rows)
+    existing = stored_digests(conn, pipeline_id, list(unique))
     return _insert_fresh(conn, pipeline_id, unique, existing, now=now)
 
 
@@ -237,6 +231,47 @@ def end_timers(conn: sa.Connection, pipeline_id: str, timers: Sequence[TimerKey]
     )
 
 
+def _written_once(task: Task | None, *, now: dt.datetime) -> dict[str, Any]:
+    """The columns only the INSERT half of a flush's upsert writes: a task's own, when the
+    flush inserts it; else placeholders, never written over an existing row."""
+    if task is None:
+        return {
+            "data": b"",
+            "data_sha256": b"",
+            "created_at": to_db(now),
+            "expires_at": None,
+            "policy_json": None,
+            "schedule_id": None,
+            "fire_at": None,
+            "trace_parent": None,
+        }
+    return {
+        "data": task.data,
+        "data_sha256": task.data_sha256 or hashlib.sha256(task.data).digest(),
+        "created_at": to_db(task.created_at),
+        "expires_at": to_db(task.expires_at),
+        "policy_json": policy_to_json(task.retry, task.execution_timeout_s),
+        "schedule_id": task.schedule_id,
+        "fire_at": to_db(task.fire_at),
+        "trace_parent": task.trace_parent,
+    }
+
+
+def stored_digests(
+    conn: sa.Connection, pipeline_id: str, task_ids: Sequence[str]
+) -> dict[str, bytes]:
+    """The data digest of each of these tasks that has a row."""
+    found: dict[str, bytes] = {}
+    for chunk in chunks(list(task_ids)):
+        rows = conn.execute(
+            sa.select(tasks.c.id, tasks.c.data_sha256).where(
+                tasks.c.pipeline_id == pipeline_id, tasks.c.id.in_(chunk)
+            )
+        )
+        found.update((row.id, row.data_sha256) for row in rows)
+    return found
+
+
 def save_offsets(conn: sa.Connection, *, grain: GrainKey, offsets: Mapping[int, int]) -> None:
     if offsets:
         upsert(
@@ -274,11 +309,14 @@ def _fit_error(error: str | None) -> str | None:
     return encoded[-_ERROR_BYTES:].decode(errors="ignore")
 
 
-def write_changes(conn: sa.Connection, *, pipeline_id: str, flush: Flush, now: dt.datetime) -> None:
+def write_changes(conn: sa.Connection, *, grain: GrainKey, flush: Flush, now: dt.datetime) -> None:
     """Upsert the changed rows, each with its result when it ended with one: one statement
-    for a whole flush. ``worker`` and ``error`` are cut to their columns here too, though
-    the worker API bounds them: a value the column cannot hold would fail every flush of
-    the grain, its restarts' included, and stop the whole pipeline."""
+    for a whole flush. A task held in memory since its admission (design D2) is inserted
+    by it, with its data; the offsets its batch held back are stored with it. ``worker``
+    and ``error`` are cut to their columns here too, though the worker API bounds them: a
+    value the column cannot hold would fail every flush of the grain, its restarts'
+    included, and stop the whole pipeline."""
+    pipeline_id = grain.pipeline_id
     results = {tid: result for tid, _attempt, result in flush.results}
     if flush.changes:
         rows = [
@@ -296,10 +334,7 @@ def write_changes(conn: sa.Connection, *, pipeline_id: str, flush: Flush, now: d
                 "updated_at": to_db(now),
                 "due_at": to_db(c.due_at),
                 "result": results.pop(c.id, None),
-                # Required by the INSERT half of the upsert; never written over an existing row.
-                "data": b"",
-                "data_sha256": b"",
-                "created_at": to_db(now),
+                **_written_once(c.insert, now=now),
             }
             for c in flush.changes
         ]
@@ -321,6 +356,7 @@ def write_changes(conn: sa.Connection, *, pipeline_id: str, flush: Flush, now: d
             .where(tasks.c.pipeline_id == pipeline_id, tasks.c.id == tid)
             .values(result=result)
         )
+    save_offsets(conn, grain=grain, offsets=flush.offsets)
     history = [
         {
             "pipeline_id": pipeline_id,

@@ -60,6 +60,7 @@ from services.store.task_writes import (
     insert_new,
     purge_rows,
     save_offsets,
+    stored_digests,
     write_changes,
 )
 
@@ -297,6 +298,10 @@ class SqlTaskStore:
 
         return await self._run(purge)
 
+    async def stored_digests(self, *, grain: GrainKey, task_ids: Sequence[str]) -> dict[str, bytes]:
+        pipeline_id = grain.pipeline_id
+        return await self._run(lambda conn: stored_digests(conn, pipeline_id, task_ids))
+
     async def page_queued(self, *, grain: GrainKey, after: str, limit: int) -> list[Task]:
         pipeline_id = grain.pipeline_id
 
@@ -347,7 +352,7 @@ class SqlTaskStore:
         """Shares a transaction with other grains' admissions and flushes (``admit``)."""
 
         def write(conn: sa.Connection) -> None:
-            write_changes(conn, pipeline_id=grain.pipeline_id, flush=flush, now=now)
+            write_changes(conn, grain=grain, flush=flush, now=now)
             upsert(
                 conn,
                 pipeline_stats,

@@ -25,6 +25,7 @@ from actors.pipeline.model import (
     Purge,
     Report,
     Status,
+    Task,
     TaskChange,
 )
 from actors.pipeline.ports import Admission, StaleEpoch, TaskStore
@@ -544,6 +545,55 @@ class RetryPolicyContract:
         assert [t.retry for t in admission.admitted] == [own, None]
         page = await store.page_queued(grain=GRAIN, after="", limit=10)
         assert [(t.id, t.retry) for t in page] == [("task-00001", own), ("task-00002", None)]
+
+    async def test_a_flush_inserts_a_held_task_whole_and_stores_its_offsets(
+        self, under_test: StoreUnderTest
+    ) -> None:
+        """The write delay (D2): a task admitted without a row is inserted by the flush
+        that writes its end, with its data, digest and own policy, and the offsets that
+        waited for it go in the same transaction."""
+        store = under_test.store
+        own = RetryOverride(max_attempts=7, backoff=Backoff(initial_s=2, jitter=0))
+        epoch, _ = await claim_and_admit(store, new(2))  # one task with a row already
+        book = TaskBook(config=PipelineConfig(pipeline_id=PIPELINE, write_delay_s=5), epoch=epoch)
+        held = dataclasses.replace(new(1, b'{"n":7}'), retry=own, execution_timeout_s=9.0)
+        task = Task(
+            id=held.id,
+            attempt=1,
+            status=Status.QUEUED,
+            data=held.data,
+            due_at=NOW,
+            created_at=NOW,
+            retry=own,
+            execution_timeout_s=9.0,
+            unwritten=True,
+            data_sha256=held.data_sha256,
+        )
+        book.admit([task])
+        book.hold([task], {0: 12}, now=0)
+        assert await store.stored_digests(grain=GRAIN, task_ids=[held.id, "task-00002"]) == {
+            "task-00002": new(2).data_sha256
+        }
+        (grant,) = book.lease(worker="w1", max_tasks=1, max_bytes=1 << 20, now=0, wall=NOW)
+        book.report(Report(token=grant.token, outcome=Outcome.SUCCEEDED, result=b"r"), wall=NOW)
+        flush = book.take_flush(now=1)
+        assert flush.offsets == {0: 12}
+        await store.flush(grain=GRAIN, epoch=epoch, flush=flush, stats=book.stats(), now=NOW)
+        book.flushed(flush)
+        rows = await under_test.tasks()
+        assert (rows[held.id].status, rows[held.id].data) == ("succeeded", b'{"n":7}')
+        assert await under_test.results() == [(held.id, b"r")]
+        assert await store.stored_digests(grain=GRAIN, task_ids=[held.id]) == {
+            held.id: held.data_sha256
+        }
+        assert (await store.load(grain=GRAIN)).offsets == {0: 12}
+        assert not book.holding and not task.unwritten
+        # its own policy went with the insert: a requeue after death keeps it
+        await kill(store, epoch, held.id)
+        (requeued,) = await store.requeue_dead(
+            grain=GRAIN, epoch=epoch, task_ids=[held.id], now=NOW
+        )
+        assert (requeued.retry, requeued.execution_timeout_s) == (own, 9.0)
 
 
 SCHEDULE_DOC: dict[str, Any] = {

@@ -27,6 +27,8 @@ class Replica:
     log_dir: Path
     port: int = field(default_factory=free_port)
     service: Service | None = None
+    #: Settings of this replica's own, over the ones every replica gets.
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -41,6 +43,7 @@ class Replica:
             "WSCHED_REPLICA_NAME": self.name,
             "WSCHED_PLACEMENT_GROUP": self.group,
             "WSCHED_LOG_LEVEL": "INFO",
+            **self.settings,
         }
         self.service = Service(
             name=self.name,

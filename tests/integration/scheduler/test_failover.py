@@ -123,14 +123,19 @@ def check_execution_log(log: ExecutionLog, submitted: set[str]) -> None:
         assert len(tokens) == len(set(tokens)), f"{task_id} ran twice under one lease token"
 
 
+@pytest.mark.parametrize("write_delay_ms", [0, 500], ids=["written-at-admission", "held"])
 async def test_two_replicas_share_pipelines_and_survive_a_kill_9_under_load(
     replicas: list[Replica],
     spread: list[ReadyPipeline],
     engine: sa.Engine,
     submit: Submit,
     workers: ExecutionLog,
+    write_delay_ms: int,
 ) -> None:
+    """With a write delay (design D2) the victim held tasks in memory that had no row,
+    and its stored offsets stayed behind them: the survivor reads them again."""
     for replica in replicas:
+        replica.settings["WSCHED_WRITE_DELAY_MS"] = str(write_delay_ms)
         replica.start()
 
     before = await wait_shared(engine, spread, replicas)
