@@ -48,10 +48,9 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=25.0, gt=0, le=600)
     #: Ready tasks each pipeline grain keeps in memory; the rest stays in the store.
     window_tasks: int = Field(default=2000, ge=10, le=1_000_000)
-    #: How long a task admitted into the window may live in memory only, for pipelines
-    #: with a topic of their own (design D2): one that ends sooner is written once, at its
-    #: end. 0: every task is written at admission. A task is not visible to GET before its
-    #: first write.
+    #: How long a task admitted into the window may live in memory only (design D2): one
+    #: that ends sooner is written once, at its end. 0: every task is written at admission.
+    #: A task is not visible to GET before its first write.
     write_delay_ms: int = Field(default=0, ge=0, le=60_000)
     #: How long a pipeline's grain has nothing to do (no task ready, leased or due, no
     #: schedule) before it deactivates; the next record or report activates it. 0: never.

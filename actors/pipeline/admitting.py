@@ -41,7 +41,7 @@ class Admitting:
 
     async def admit(self, batch: AdmitBatch) -> AdmitResult:
         core = self._core
-        holding = core.config.write_delay_s > 0 and bool(batch.offsets)
+        holding = core.config.write_delay_s > 0 and bool(batch.offsets or batch.on_written)
         # The offsets go with the batch's last write, so that a crash in between replays
         # the cancels and requeues instead of skipping them.
         later = holding or bool(batch.cancels or batch.requeues or batch.purges)
@@ -56,8 +56,11 @@ class Admitting:
         requeued = await self._requeue(batch.requeues, wall=wall)
         purged = await self._purge(batch.purges, wall=wall)
         if holding:
-            # Stored by the flush that has written every task held before them.
-            core.book.hold([], batch.offsets, now=core.clock.monotonic())
+            # Stored (or told to the shared topic's forwarder) by the flush that has
+            # written every task held before them.
+            core.book.hold(
+                [], batch.offsets, now=core.clock.monotonic(), on_written=batch.on_written
+            )
         elif later and batch.offsets:
             await self._store_admit([], batch.offsets, wall=wall)
         if batch.schedules:
@@ -70,6 +73,7 @@ class Admitting:
             cancelled=cancelled,
             requeued=requeued,
             purged=purged,
+            held=holding,
         )
 
     async def _hold_new(self, new: Sequence[NewTask]) -> tuple[Admission, list[NewTask]]:
@@ -107,7 +111,7 @@ class Admitting:
             if digest is not None:
                 (duplicates if digest == task.data_sha256 else conflicts).append(task.id)
                 continue
-            admitted.append(_unwritten(task))
+            admitted.append(Task.admitted(task, status=Status.QUEUED, unwritten=True))
         core.admitted(admitted, serve=True)
         core.book.hold(admitted, {}, now=core.clock.monotonic())
         taken = {t.id for t in fit}
@@ -212,22 +216,3 @@ class Admitting:
         if purged == len(purges):
             core.record_changes([change_of(p.task_id, PURGED, 0) for p in purges])
         return purged
-
-
-def _unwritten(new: NewTask) -> Task:
-    return Task(
-        id=new.id,
-        attempt=1,
-        status=Status.QUEUED,
-        data=new.data,
-        due_at=new.due_at,
-        created_at=new.created_at,
-        expires_at=new.expires_at,
-        retry=new.retry,
-        schedule_id=new.schedule_id,
-        fire_at=new.fire_at,
-        execution_timeout_s=new.execution_timeout_s,
-        trace_parent=new.trace_parent,
-        unwritten=True,
-        data_sha256=new.data_sha256,
-    )

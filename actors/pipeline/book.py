@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import math
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from actors.pipeline.model import (
@@ -57,6 +57,8 @@ class _Held:
     since: float
     offsets: Mapping[int, int]
     unwritten: set[str]
+    #: A shared topic's forwarder, told once it is released (``AdmitBatch.on_written``).
+    on_written: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,12 +166,25 @@ class TaskBook:
         overflow = self._fill(due)
         self.stored_backlog += len(overflow)
 
-    def hold(self, tasks: Sequence[Task], offsets: Mapping[int, int], *, now: float) -> None:
+    def hold(
+        self,
+        tasks: Sequence[Task],
+        offsets: Mapping[int, int],
+        *,
+        now: float,
+        on_written: Callable[[], None] | None = None,
+    ) -> None:
         """Admitted records whose offsets wait for a flush (the write delay, design D2):
         ``tasks`` (``unwritten``, already admitted) are written by the flush after they end
         or after ``config.write_delay_s``, whichever comes first, and ``offsets`` are stored
-        with the flush that writes the last of them and of every batch held before."""
-        held = _Held(since=now, offsets=dict(offsets), unwritten={t.id for t in tasks})
+        with the flush that writes the last of them and of every batch held before, which
+        then calls ``on_written`` (``released``)."""
+        held = _Held(
+            since=now,
+            offsets=dict(offsets),
+            unwritten={t.id for t in tasks},
+            on_written=on_written,
+        )
         self.totals["held"] += len(tasks)
         self._held.append(held)
         for task in tasks:
@@ -587,6 +602,13 @@ class TaskBook:
         for held in flush.released:
             if self._held and self._held[0] is held:
                 self._held.popleft()
+
+    @staticmethod
+    def released(flush: Flush) -> None:
+        """Tell the shared topic's forwarders whose batches a durable flush released."""
+        for held in flush.released:
+            if held.on_written is not None:
+                held.on_written()
 
     def restore_flush(self, flush: Flush) -> None:
         """Give back a flush that failed; changes made since then stay newer."""

@@ -113,20 +113,7 @@ class InMemoryTaskStore:
             later = new.due_at > now
             if later:
                 self.timers.setdefault(pipeline_id, set()).add((new.due_at, new.id))
-            task = Task(
-                id=new.id,
-                attempt=1,
-                status=Status.SCHEDULED if later else Status.QUEUED,
-                data=new.data,
-                due_at=new.due_at,
-                created_at=new.created_at,
-                expires_at=new.expires_at,
-                retry=new.retry,
-                schedule_id=new.schedule_id,
-                fire_at=new.fire_at,
-                execution_timeout_s=new.execution_timeout_s,
-                trace_parent=new.trace_parent,
-            )
+            task = Task.admitted(new, status=Status.SCHEDULED if later else Status.QUEUED)
             self.rows[key], self.digests[key] = dataclasses.replace(task), new.data_sha256
             admitted.append(task)
         self.offsets.setdefault(grain, {}).update(offsets)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -112,8 +112,8 @@ class PipelineConfig:
     #: How long a task admitted from a record may live in memory only (design D2): a task
     #: that ends sooner is written once, at its end, with its result; one that waits or
     #: runs longer is written ("pinned") by the first flush after it. 0: every task is
-    #: written at admission. Only for a pipeline whose grain stores its own offsets (a
-    #: topic of its own): the stored offsets stay behind every task not yet written.
+    #: written at admission. The stored offsets (the grain's on a topic of its own, the
+    #: shard's on the shared topic) stay behind every task not yet written.
     write_delay_s: float = 0.0
 
 
@@ -154,6 +154,26 @@ class Task:
     unwritten: bool = False
     #: The digest of ``data`` as submitted (set while ``unwritten``: the insert stores it).
     data_sha256: bytes | None = None
+
+    @classmethod
+    def admitted(cls, new: NewTask, *, status: Status, unwritten: bool = False) -> Task:
+        """The first attempt of a submitted task, as admission makes it."""
+        return cls(
+            id=new.id,
+            attempt=1,
+            status=status,
+            data=new.data,
+            due_at=new.due_at,
+            created_at=new.created_at,
+            expires_at=new.expires_at,
+            retry=new.retry,
+            schedule_id=new.schedule_id,
+            fire_at=new.fire_at,
+            execution_timeout_s=new.execution_timeout_s,
+            trace_parent=new.trace_parent,
+            unwritten=unwritten,
+            data_sha256=new.data_sha256 if unwritten else None,
+        )
 
     def expired(self, wall: dt.datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= wall
@@ -206,6 +226,11 @@ class AdmitBatch:
     schedules: tuple[str, ...] = ()
     purges: tuple[Purge, ...] = ()
     offsets: Mapping[int, int] = field(default_factory=dict)
+    #: Set by a shared topic's forwarder, which stores the offsets itself: called once
+    #: every task of the batch has a row, when the grain held some in memory (the write
+    #: delay, design D2; ``AdmitResult.held``). Until then the forwarder's stored offset
+    #: stays at the batch's first record.
+    on_written: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         # A read-only copy: the caller's dict may change while the batch is in flight.
@@ -222,6 +247,9 @@ class AdmitResult:
     cancelled: int
     requeued: int
     purged: int = 0
+    #: Some of its tasks are in memory without a row: ``AdmitBatch.on_written`` is called
+    #: once they are written.
+    held: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

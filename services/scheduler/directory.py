@@ -168,9 +168,7 @@ class PipelineDirectory:
             window_tasks=self._window_tasks,
             lead_s=_lead_s(row.scaling_json),
             execution_timeout_s=row.execution_timeout_s,
-            # On the shared topic the shard's forwarder stores the offsets, and it does
-            # not yet hold them back for tasks kept in memory: those are written at once.
-            write_delay_s=self._write_delay_s if row.topic == "dedicated" else 0.0,
+            write_delay_s=self._write_delay_s,
         )
 
     async def ready_pipelines(self, shards: Iterable[int]) -> dict[str, Hosting]:

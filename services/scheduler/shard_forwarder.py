@@ -43,10 +43,18 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
+from actors.pipeline.model import AdmitBatch, AdmitResult
 from actors.pipeline.ports import StaleEpoch
 from services.kafka.consumer import ConsumedRecord, PartitionConsumer
 from services.scheduler.decode import pipeline_of
-from services.scheduler.forwarder import LAG_INTERVAL_S, Admit, ForwarderStats, Keep, build_batch
+from services.scheduler.forwarder import (
+    LAG_INTERVAL_S,
+    Admit,
+    Fetched,
+    ForwarderStats,
+    Keep,
+    build_batch,
+)
 from services.store.quarantine import Quarantined
 from services.store.shard_offsets import ShardClaim, shard_key
 
@@ -130,6 +138,10 @@ class ShardForwarder:
         #: pipeline's (its stall holds the offset back): what may be stored.
         self._routed: int | None = None
         self._stalled: dict[str, _Stall] = {}
+        #: Batches admitted by grains that hold some of their tasks in memory without a
+        #: row (the write delay, design D2): each holds the stored offset at its first
+        #: record until its grain has written them (``AdmitBatch.on_written``).
+        self._holds: dict[object, int] = {}
         self._saved: int | None = None
         self._lag_due = 0.0
         self._saver: asyncio.Task[None] | None = None
@@ -225,24 +237,50 @@ class ShardForwarder:
         with backoff until it does; StaleEpoch if the grain was claimed elsewhere."""
         stats = self.pipelines.setdefault(pipeline_id, ForwarderStats())
         fetched = build_batch(pipeline_id, {self.shard: records})
-        # The offsets are the shard's, stored by this forwarder, not by the grain.
-        batch = dataclasses.replace(fetched.batch, offsets={})
+        # The offsets are the shard's, stored by this forwarder, not by the grain; a grain
+        # that holds tasks in memory tells when they are written.
+        hold = object()
+        self._holds[hold] = records[0].offset
+        batch = dataclasses.replace(
+            fetched.batch, offsets={}, on_written=lambda: self._released(hold)
+        )
+        result: AdmitResult | None = None
+        try:
+            result = await self._admit_batch(pipeline_id, stats, fetched, batch, len(records))
+        finally:
+            if result is None or not result.held:
+                self._holds.pop(hold, None)
+        if result is None:
+            return
+        stats.admitted += result.admitted
+        stats.duplicates += result.duplicates
+        stats.conflicts += result.conflicts
+        stats.quarantined += len(fetched.quarantined)
+
+    async def _admit_batch(
+        self,
+        pipeline_id: str,
+        stats: ForwarderStats,
+        fetched: Fetched,
+        batch: AdmitBatch,
+        count: int,
+    ) -> AdmitResult | None:
+        """``batch`` admitted by the pipeline's grain, with retries; None if it is gone."""
         delay = 0.05
         while True:
             try:
                 admit = await self._route(pipeline_id)
                 if admit is None:
-                    self.stats.dropped += len(records)
+                    self.stats.dropped += count
                     log.info(
                         "shard %d: %d record(s) of pipeline %s dropped: it is gone",
                         self.shard,
-                        len(records),
+                        count,
                         pipeline_id,
                     )
-                    return
+                    return None
                 await self._keep(fetched.quarantined)
-                result = await admit(batch)
-                break
+                return await admit(batch)
             except StaleEpoch:
                 raise
             except Exception as err:  # noqa: BLE001 - any failure: keep the records, back off
@@ -257,10 +295,11 @@ class ShardForwarder:
                 )
                 await self._sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
-        stats.admitted += result.admitted
-        stats.duplicates += result.duplicates
-        stats.conflicts += result.conflicts
-        stats.quarantined += len(fetched.quarantined)
+
+    def _released(self, hold: object) -> None:
+        """A grain wrote the tasks it held of a batch: the stored offset may pass it (at
+        the next save: after the next batch, or within ``LAG_INTERVAL_S``)."""
+        self._holds.pop(hold, None)
 
     # -- stalled grains -------------------------------------------------------------------
 
@@ -396,7 +435,7 @@ class ShardForwarder:
         """Store the lowest offset some grain may still lack, while it moves."""
         while self._routed is not None:
             starts = [stall.from_offset for stall in self._stalled.values()]
-            next_offset = min([self._routed, *starts])
+            next_offset = min([self._routed, *starts, *self._holds.values()])
             if next_offset == self._saved:
                 return
             save = functools.partial(

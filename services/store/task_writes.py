@@ -123,23 +123,7 @@ def _insert_fresh(
         insert_rows(conn, task_timers, timer_chunk)
     same = [tid for tid, digest in existing.items() if digest == unique[tid].data_sha256]
     return Admission(
-        admitted=[
-            Task(
-                id=t.id,
-                attempt=1,
-                status=status[t.id],
-                data=t.data,
-                due_at=t.due_at,
-                created_at=t.created_at,
-                expires_at=t.expires_at,
-                retry=t.retry,
-                schedule_id=t.schedule_id,
-                fire_at=t.fire_at,
-                execution_timeout_s=t.execution_timeout_s,
-                trace_parent=t.trace_parent,
-            )
-            for t in fresh
-        ],
+        admitted=[Task.admitted(t, status=status[t.id]) for t in fresh],
         duplicates=same,
         conflicts=[tid for tid in existing if tid not in same],
     )

@@ -18,8 +18,10 @@ import sqlalchemy as sa
 from actors.pipeline.model import GrainKey
 from services.infra import tidb
 from services.infra.cache import Cache
+from services.placement import shard_of
 from services.store import migrate
 from services.store.schema import grain_owners, tasks
+from services.store.shard_offsets import shard_key
 from services.worker.client import SchedulerClient
 from tests.integration.scheduler.cluster import ApiProcess, ExecutionLog, Replica, run_worker
 from tests.integration.scheduler.conftest import ReadyPipeline, create_ready_pipeline
@@ -32,21 +34,33 @@ SPREAD_SHARDS = (0, 1, 32, 33)
 
 
 @pytest.fixture
-async def spread(engine: sa.Engine, kafka_bootstrap: str) -> list[ReadyPipeline]:
+async def spread(
+    engine: sa.Engine, kafka_bootstrap: str, request: pytest.FixtureRequest
+) -> list[ReadyPipeline]:
+    """Pipelines on shards both replicas get; on the shared topic if the test's ``topic``
+    parameter says so."""
+    callspec = getattr(request.node, "callspec", None)
+    shared = callspec is not None and callspec.params.get("topic") == "shared"
     return [
-        await create_ready_pipeline(engine, kafka_bootstrap, shard=shard) for shard in SPREAD_SHARDS
+        await create_ready_pipeline(engine, kafka_bootstrap, shard=shard, shared=shared)
+        for shard in SPREAD_SHARDS
     ]
 
 
 async def owners(engine: sa.Engine, pipelines: list[ReadyPipeline]) -> dict[str, str]:
-    keys = [str(GrainKey(pipeline_id=p.id)) for p in pipelines]
+    """Who owns each pipeline: its grain's fencing row, or on the shared topic its
+    shard's (a shared pipeline's grain is active only while it has work)."""
+    keys = {
+        shard_key(shard_of(p.id)) if p.shared else str(GrainKey(pipeline_id=p.id)): p.id
+        for p in pipelines
+    }
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(grain_owners.c.grain_id, grain_owners.c.owner).where(
-                grain_owners.c.grain_id.in_(keys)
+                grain_owners.c.grain_id.in_(list(keys))
             )
         ).all()
-    return {GrainKey.parse(row.grain_id).pipeline_id: row.owner for row in rows}
+    return {keys[row.grain_id]: row.owner for row in rows}
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
@@ -123,7 +137,11 @@ def check_execution_log(log: ExecutionLog, submitted: set[str]) -> None:
         assert len(tokens) == len(set(tokens)), f"{task_id} ran twice under one lease token"
 
 
-@pytest.mark.parametrize("write_delay_ms", [0, 500], ids=["written-at-admission", "held"])
+@pytest.mark.parametrize(
+    ("write_delay_ms", "topic"),
+    [(0, "dedicated"), (500, "dedicated"), (500, "shared")],
+    ids=["written-at-admission", "held", "held-on-the-shared-topic"],
+)
 async def test_two_replicas_share_pipelines_and_survive_a_kill_9_under_load(
     replicas: list[Replica],
     spread: list[ReadyPipeline],
@@ -131,9 +149,11 @@ async def test_two_replicas_share_pipelines_and_survive_a_kill_9_under_load(
     submit: Submit,
     workers: ExecutionLog,
     write_delay_ms: int,
+    topic: str,
 ) -> None:
     """With a write delay (design D2) the victim held tasks in memory that had no row,
-    and its stored offsets stayed behind them: the survivor reads them again."""
+    and its stored offsets (its grains' on a topic of their own, its shards' on the
+    shared topic) stayed behind them: the survivor reads them again."""
     for replica in replicas:
         replica.settings["WSCHED_WRITE_DELAY_MS"] = str(write_delay_ms)
         replica.start()

@@ -238,3 +238,20 @@ async def test_without_a_delay_tasks_are_written_at_admission_as_before() -> Non
     assert store.offsets[KEY] == {0: 1}
     await succeed(g, take(g))
     assert store.writes == {"t001": 2}  # the insert; the lease and the end in one flush
+
+
+async def test_a_shared_topic_batch_is_told_when_its_held_tasks_are_written() -> None:
+    """On the shared topic the shard's forwarder stores the offsets: the grain stores
+    none and calls the batch's ``on_written`` once every task it held is written."""
+    store, clock = Counting(), Clock()
+    g = await delayed(store, clock)
+    told: list[str] = []
+    first = AdmitBatch(new=(new(1),), on_written=lambda: told.append("first"))
+    second = AdmitBatch(new=(new(2),), on_written=lambda: told.append("second"))
+    assert (await g.admit(first)).held and (await g.admit(second)).held
+    one, two = take(g, 2)
+    await succeed(g, [two])
+    assert told == []  # the first batch's task has no row yet
+    await succeed(g, [one])
+    assert told == ["first", "second"]
+    assert not store.offsets.get(KEY)
