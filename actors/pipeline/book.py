@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from actors.pipeline.holding import Held, Holding
 from actors.pipeline.model import (
     TERMINAL,
     AttemptRecord,
@@ -49,18 +50,6 @@ class _Lease:
     cancel_requested: bool = False
 
 
-@dataclass(kw_only=True)
-class _Held:
-    """An admitted batch of records some of whose tasks have no row yet (design D2): its
-    offsets are stored only once every task of it, and of the batches before it, is."""
-
-    since: float
-    offsets: Mapping[int, int]
-    unwritten: set[str]
-    #: A shared topic's forwarder, told once it is released (``AdmitBatch.on_written``).
-    on_written: Callable[[], None] | None = None
-
-
 @dataclass(frozen=True, kw_only=True)
 class Flush:
     """What one flush must write, taken from the book; given back if the write fails."""
@@ -72,7 +61,7 @@ class Flush:
     #: The next offset per partition, once this flush is durable (design D2).
     offsets: Mapping[int, int] = field(default_factory=dict)
     #: The held batches this flush writes the last tasks of (their offsets are above).
-    released: tuple[_Held, ...] = ()
+    released: tuple[Held, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.changes or self.results or self.attempts or self.offsets)
@@ -105,8 +94,7 @@ class TaskBook:
     _unwritten_timers: set[str] = field(default_factory=set)
     _attempts: list[AttemptRecord] = field(default_factory=list)
     #: Admitted batches, in order, whose offsets wait for their tasks' first writes (D2).
-    _held: deque[_Held] = field(default_factory=deque)
-    _held_of: dict[str, tuple[_Held, Task]] = field(default_factory=dict)
+    _holding: Holding = field(default_factory=Holding)
 
     def __post_init__(self) -> None:
         self.timers = TimerHeap(capacity=self.config.timer_heap)
@@ -179,36 +167,17 @@ class TaskBook:
         or after ``config.write_delay_s``, whichever comes first, and ``offsets`` are stored
         with the flush that writes the last of them and of every batch held before, which
         then calls ``on_written`` (``released``)."""
-        held = _Held(
-            since=now,
-            offsets=dict(offsets),
-            unwritten={t.id for t in tasks},
-            on_written=on_written,
-        )
         self.totals["held"] += len(tasks)
-        self._held.append(held)
-        for task in tasks:
-            self._held_of[task.id] = (held, task)
+        self._holding.hold(tasks, offsets, now=now, on_written=on_written)
 
     def held_task(self, task_id: str) -> Task | None:
         """The task of this id admitted and held in memory, with no row yet (D2)."""
-        found = self._held_of.get(task_id)
-        return found[1] if found is not None else None
+        return self._holding.task(task_id)
 
     @property
     def holding(self) -> bool:
         """Offsets wait to be stored (with tasks not written yet, or after them)."""
-        return bool(self._held)
-
-    def _pin(self, *, now: float) -> None:
-        """Tasks held longer than the write delay at monotonic ``now`` are written by the
-        next flush as they are then: queued or leased ("pinned")."""
-        for held in self._held:
-            if held.since + self.config.write_delay_s > now:
-                break
-            for task_id in held.unwritten:
-                if task_id not in self._dirty:
-                    self._mark(self._held_of[task_id][1])
+        return bool(self._holding)
 
     # -- timers -------------------------------------------------------------------------
 
@@ -467,7 +436,7 @@ class TaskBook:
             or self.dirty
             or self._unwritten_timers
             or self._ready_deadlines
-            or self._held
+            or self._holding
         )
 
     @property
@@ -558,24 +527,21 @@ class TaskBook:
         """What the next flush writes: every change, and tasks held past the write delay
         at monotonic ``now`` (every held task when no time is given: a grain going away);
         with the offsets of the held batches whose tasks are then all written."""
-        if self._held:
-            self._pin(now=now)
-        changes = tuple(self._dirty.values())
         offsets: dict[int, int] = {}
-        released: list[_Held] = []
-        if self._held:
-            inserted = {c.id for c in changes if c.insert is not None}
-            for held in self._held:
-                if not held.unwritten <= inserted:
-                    break
-                offsets.update(held.offsets)
-                released.append(held)
+        released: tuple[Held, ...] = ()
+        if self._holding:
+            # Held past the delay: written as they are now, queued or leased ("pinned").
+            for task in self._holding.due(now=now, delay_s=self.config.write_delay_s):
+                if task.id not in self._dirty:
+                    self._mark(task)
+            inserted = {c.id for c in self._dirty.values() if c.insert is not None}
+            offsets, released = self._holding.releasable(inserted)
         flush = Flush(
-            changes=changes,
+            changes=tuple(self._dirty.values()),
             results=tuple((tid, attempt, res) for tid, (attempt, res) in self._results.items()),
             attempts=tuple(self._attempts),
             offsets=offsets,
-            released=tuple(released),
+            released=released,
         )
         self._dirty, self._results, self._attempts = {}, {}, []
         self._unwritten_timers.clear()  # written by this flush (or given back if it fails)
@@ -587,9 +553,7 @@ class TaskBook:
         for change in flush.changes:
             if change.insert is not None:
                 change.insert.unwritten = False
-                found = self._held_of.pop(change.id, None)
-                if found is not None:
-                    found[0].unwritten.discard(change.id)
+                if self._holding.written(change.id):
                     ended = change.status in TERMINAL
                     self.totals["written_once" if ended else "pinned"] += 1
             if change.ended_timer is None:
@@ -599,16 +563,7 @@ class TaskBook:
             task = task or self.timers.payload(change.id)
             if task is not None and task.timer == change.timer:
                 task.timer = None
-        for held in flush.released:
-            if self._held and self._held[0] is held:
-                self._held.popleft()
-
-    @staticmethod
-    def released(flush: Flush) -> None:
-        """Tell the shared topic's forwarders whose batches a durable flush released."""
-        for held in flush.released:
-            if held.on_written is not None:
-                held.on_written()
+        self._holding.release(flush.released)
 
     def restore_flush(self, flush: Flush) -> None:
         """Give back a flush that failed; changes made since then stay newer."""

@@ -368,7 +368,6 @@ class PipelineCore:
             raise
         if taken:
             self.book.flushed(taken)
-            self.book.released(taken)
             rows = len(taken.changes) + len(taken.results)
             self._observe_flush(rows, self._clock.monotonic() - started)
             self._unpublished += [change_of(c.id, c.status, c.attempt) for c in taken.changes]
