@@ -85,39 +85,45 @@ class Admitting:
         unique: dict[str, NewTask] = {}
         for task in new:
             unique.setdefault(task.id, task)  # a resubmit inside the batch: the first stands
-        room, room_bytes = core.book.window_room(), core.book.window_bytes_room()
-        fit: list[NewTask] = []
-        for task in unique.values():
-            size = len(task.data) + len(task.id)
-            if task.due_at > wall:
-                continue  # a timer: written, as it waits anyway
-            if len(fit) >= room or size > room_bytes:
-                break  # the window is full: the rest is written, and paged in later
-            fit.append(task)
-            room_bytes -= size
-        if not fit:
-            return Admission(admitted=[]), list(new)
-        stored = await core.guard(
-            core.store.stored_digests(grain=core.key, task_ids=[t.id for t in fit])
-        )
-        admitted: list[Task] = []
         duplicates: list[str] = []
         conflicts: list[str] = []
+        room, room_bytes = core.book.window_room(), core.book.window_bytes_room()
+        fit: list[NewTask] = []
+        full = False
+        for task in unique.values():
+            held = core.book.held_task(task.id)
+            if held is not None:  # a resubmit of a task held here: never a second one
+                (duplicates if held.data_sha256 == task.data_sha256 else conflicts).append(task.id)
+                continue
+            size = len(task.data) + len(task.id)
+            if full or task.due_at > wall:
+                continue  # a timer waits anyway, and a full window pages in: written now
+            if len(fit) >= room or size > room_bytes:
+                full = True
+                continue
+            fit.append(task)
+            room_bytes -= size
+        stored = (
+            await core.guard(
+                core.store.stored_digests(grain=core.key, task_ids=[t.id for t in fit])
+            )
+            if fit
+            else {}
+        )
+        admitted: list[Task] = []
         for task in fit:
             digest = stored.get(task.id)
-            if digest is None:
-                held = core.book.held_task(task.id)
-                digest = held.data_sha256 if held is not None else None
             if digest is not None:
                 (duplicates if digest == task.data_sha256 else conflicts).append(task.id)
                 continue
             admitted.append(Task.admitted(task, status=Status.QUEUED, unwritten=True))
-        core.admitted(admitted, serve=True)
-        core.book.hold(admitted, {}, now=core.clock.monotonic())
-        taken = {t.id for t in fit}
+        if admitted:
+            core.admitted(admitted, serve=True)
+            core.book.hold(admitted, {}, now=core.clock.monotonic())
+        done = {t.id for t in fit}.union(duplicates, conflicts)
         return (
             Admission(admitted=admitted, duplicates=duplicates, conflicts=conflicts),
-            [t for t in new if t.id not in taken],
+            [t for t in new if t.id not in done],
         )
 
     async def _admit_new(self, new: Sequence[NewTask], offsets: Mapping[int, int]) -> Admission:

@@ -255,3 +255,15 @@ async def test_a_shared_topic_batch_is_told_when_its_held_tasks_are_written() ->
     await succeed(g, [one])
     assert told == ["first", "second"]
     assert not store.offsets.get(KEY)
+
+
+async def test_a_resubmit_of_a_held_task_is_caught_when_the_window_is_full_too() -> None:
+    """With the window full the resubmit would be written at admission, as a backlog
+    task is: it must still meet the held first submit, not make a second task."""
+    store, clock = Counting(), Clock()
+    g = await delayed(store, clock, window_tasks=10)
+    await g.admit(AdmitBatch(new=tuple(new(i) for i in range(10)), offsets={0: 10}))
+    again = await g.admit(AdmitBatch(new=(new(3), new(50)), offsets={0: 12}))
+    assert (again.admitted, again.duplicates) == (1, 1)  # t050 beyond the window, written
+    assert {tid for _, tid in store.rows} == {"t050"}
+    assert g.book.stats()["queued"] == 11
