@@ -215,14 +215,17 @@ def end_timers(conn: sa.Connection, pipeline_id: str, timers: Sequence[TimerKey]
     )
 
 
-def _written_once(task: Task | None, *, now: dt.datetime) -> dict[str, Any]:
+def _written_once(task: Task | None, *, now: dt.datetime, inserts: bool) -> dict[str, Any]:
     """The columns only the INSERT half of a flush's upsert writes: a task's own, when the
-    flush inserts it; else placeholders, never written over an existing row."""
+    flush inserts it; else placeholders, never written over an existing row. The rows of
+    one statement share their columns: a flush that inserts no task (every flush without
+    a write delay) sends only the three the table requires."""
     if task is None:
+        required = {"data": b"", "data_sha256": b"", "created_at": to_db(now)}
+        if not inserts:
+            return required
         return {
-            "data": b"",
-            "data_sha256": b"",
-            "created_at": to_db(now),
+            **required,
             "expires_at": None,
             "policy_json": None,
             "schedule_id": None,
@@ -302,6 +305,7 @@ def write_changes(conn: sa.Connection, *, grain: GrainKey, flush: Flush, now: dt
     included, and stop the whole pipeline."""
     pipeline_id = grain.pipeline_id
     results = {tid: result for tid, _attempt, result in flush.results}
+    inserts = any(c.insert is not None for c in flush.changes)
     if flush.changes:
         rows = [
             {
@@ -318,7 +322,7 @@ def write_changes(conn: sa.Connection, *, grain: GrainKey, flush: Flush, now: dt
                 "updated_at": to_db(now),
                 "due_at": to_db(c.due_at),
                 "result": results.pop(c.id, None),
-                **_written_once(c.insert, now=now),
+                **_written_once(c.insert, now=now, inserts=inserts),
             }
             for c in flush.changes
         ]
