@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     #: How long a task admitted into the window may live in memory only (design D2): one
     #: that ends sooner is written once, at its end. 0: every task is written at admission.
     #: A task is not visible to GET before its first write.
-    write_delay_ms: int = Field(default=0, ge=0, le=60_000)
+    write_delay_ms: int = Field(default=500, ge=0, le=60_000)
     #: How long a pipeline's grain has nothing to do (no task ready, leased or due, no
     #: schedule) before it deactivates; the next record or report activates it. 0: never.
     grain_idle_timeout_s: float = Field(default=120.0, ge=0, le=86_400)

@@ -64,6 +64,8 @@ class Flush:
     released: tuple[Held, ...] = ()
 
     def __bool__(self) -> bool:
+        """Something to write. A flush may release held batches and write nothing: their
+        tasks were all stored before, and they have no offsets (the shared topic's)."""
         return bool(self.changes or self.results or self.attempts or self.offsets)
 
 

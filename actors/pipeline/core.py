@@ -366,8 +366,11 @@ class PipelineCore:
                 if not future.done():
                     future.set_exception(failure)
             raise
-        if taken:
+        if taken or taken.released:
+            # A flush may only release held batches whose tasks earlier writes stored (a
+            # shared-topic batch of timers): nothing to write, its forwarder still told.
             self.book.flushed(taken)
+        if taken:
             rows = len(taken.changes) + len(taken.results)
             self._observe_flush(rows, self._clock.monotonic() - started)
             self._unpublished += [change_of(c.id, c.status, c.attempt) for c in taken.changes]

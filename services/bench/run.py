@@ -285,6 +285,7 @@ def _backlog_phase(run: Run) -> Report:
     def backlog() -> float:
         return pipeline_gauge(run.system.metrics, "wsched_pipeline_backlog", pipeline.id)
 
+    written = _tidb_writes(run)
     with PeakRss(pid) as peak:
         summary = submit_client(run, pipeline, opts.backlog)
         until(lambda: backlog() >= opts.backlog, 600 + opts.backlog / 100, "the backlog admitted")
@@ -294,6 +295,8 @@ def _backlog_phase(run: Run) -> Report:
     # /stats reads the counters the grain flushes; give it a few flushes to catch up.
     with contextlib.suppress(BenchFailed):
         until(lambda: run.tenant.stats(pipeline)["backlog"] >= opts.backlog, 15, "/stats")
+    admission_writes = _writes_since(run, written, opts.backlog)
+    stats_backlog = run.tenant.stats(pipeline)["backlog"]
     return {
         "backlog_rss_mb": round(rss, 1),
         "details": {
@@ -301,9 +304,38 @@ def _backlog_phase(run: Run) -> Report:
                 "tasks": opts.backlog,
                 "admitted_tasks_per_s": round(opts.backlog / admitted_s, 1),
                 "peak_rss_mb": round(peak.peak_mb, 1),
-                "stats_backlog": run.tenant.stats(pipeline)["backlog"],
+                "stats_backlog": stats_backlog,
                 "grain_backlog": backlog(),
+                # Submitting and admitting the backlog, per task (no task has run yet).
+                "tidb_writes_at_admission": admission_writes,
+                "drain": _drain(run, pipeline, min(opts.tasks, opts.backlog // 10)),
             }
+        },
+    }
+
+
+def _drain(run: Run, pipeline: Pipeline, count: int) -> dict[str, Any]:
+    """The workers run ``count`` tasks from the front of the backlog, which stays nearly
+    whole behind them: what running a task costs TiDB behind a big backlog (the window
+    refilled from the store, each task updated at its end). Added to the writes of its
+    admission, it is a task's whole cost there; divided by the tasks that ended, as the
+    workers run on while they are stopped."""
+    if count <= 0:
+        return {}
+    run.say(f"backlog: the workers run {count:,} tasks from its front")
+    written = _tidb_writes(run)
+    with CpuUse(run.system.pids) as cpu, worker_processes(run, pipeline, run.options.workers):
+        _succeeded(run, pipeline, count, "the drained tasks")
+    time.sleep(3)  # the last reports' flushes, and the counters /stats reads
+    ended = run.tenant.succeeded(pipeline)
+    return {
+        "tasks_succeeded": ended,
+        "tidb_writes": _writes_since(run, written, ended),
+        "first_writes": _first_writes(run, pipeline),
+        "cpu_s_per_1000_tasks": {
+            name: round(seconds * 1000 / ended, 3)
+            for name, seconds in cpu.seconds.items()
+            if name not in ("wall", "bench processes")
         },
     }
 

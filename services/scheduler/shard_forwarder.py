@@ -143,6 +143,7 @@ class ShardForwarder:
         #: record until its grain has written them (``AdmitBatch.on_written``).
         self._holds: dict[object, int] = {}
         self._saved: int | None = None
+        self._reading = False
         self._lag_due = 0.0
         self._saver: asyncio.Task[None] | None = None
         self._lag_reader: asyncio.Task[None] | None = None
@@ -158,6 +159,7 @@ class ShardForwarder:
         )
         self._epoch, self._saved = claim.epoch, claim.next_offset
         await self._consumer.start()
+        self._reading = True
         try:
             self._consumer.assign([self.shard])
             if claim.next_offset is not None:
@@ -177,6 +179,7 @@ class ShardForwarder:
         except StaleEpoch:
             log.info("shard %d: fenced, its forwarder stops", self.shard)
         finally:
+            self._reading = False
             self._cancel_background()
             await self._consumer.stop()
 
@@ -297,9 +300,15 @@ class ShardForwarder:
                 delay = min(delay * 2, self._retry_max_s)
 
     def _released(self, hold: object) -> None:
-        """A grain wrote the tasks it held of a batch: the stored offset may pass it (at
-        the next save: after the next batch, or within ``LAG_INTERVAL_S``)."""
+        """A grain wrote the tasks it held of a batch: the stored offset may pass it, now.
+        Not at the next batch: a grain that then rests, with no batch coming, would have
+        its records replayed to the shard's next owner and be woken by them."""
         self._holds.pop(hold, None)
+        saver = self._saver
+        if not self._reading or (saver is not None and not saver.done()):
+            return  # stopped, or a save under way (it goes on to the newest offset)
+        if saver is None or (not saver.cancelled() and saver.exception() is None):
+            self._saver = asyncio.create_task(self._save(), name=f"shard {self.shard} offset")
 
     # -- stalled grains -------------------------------------------------------------------
 

@@ -267,3 +267,20 @@ async def test_a_resubmit_of_a_held_task_is_caught_when_the_window_is_full_too()
     assert (again.admitted, again.duplicates) == (1, 1)  # t050 beyond the window, written
     assert {tid for _, tid in store.rows} == {"t050"}
     assert g.book.stats()["queued"] == 11
+
+
+async def test_a_shared_topic_batch_of_timers_alone_is_told_at_the_next_flush() -> None:
+    """A batch whose tasks were all written at admission (timers) holds nothing, but its
+    forwarder waits behind any held batch before it: the next flush tells it, with
+    nothing to write, and the grain can then rest."""
+    store, clock = Counting(), Clock()
+    g = await delayed(store, clock)
+    told: list[str] = []
+    later = AdmitBatch(new=(new(1, due_in_s=3600),), on_written=lambda: told.append("later"))
+    assert (await g.admit(later)).held
+    assert store.writes == {"t001": 1} and told == []
+    assert g.wants_flush and not g.book.tickless
+    await g.flush()
+    assert told == ["later"]
+    assert store.writes == {"t001": 1}
+    assert not g.book.holding and g.book.tickless
