@@ -97,6 +97,10 @@ class TaskBook:
     _attempts: list[AttemptRecord] = field(default_factory=list)
     #: Admitted batches, in order, whose offsets wait for their tasks' first writes (D2).
     _holding: Holding = field(default_factory=Holding)
+    #: Leases of stored tasks not written yet, by task id, at the monotonic time of their
+    #: grant, oldest first (D2: a change is written once older than the write delay; a
+    #: task that ends sooner is updated once, at its end).
+    _unwritten_leases: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.timers = TimerHeap(capacity=self.config.timer_heap)
@@ -273,7 +277,12 @@ class TaskBook:
         )
         self._move(Status.QUEUED, Status.LEASED)
         self.totals["dispatched"] += 1
-        if not task.unwritten:  # an unwritten one is written when it ends or is pinned
+        if task.unwritten:
+            pass  # written when it ends or is pinned
+        elif self.config.write_delay_s > 0:
+            self._unwritten_leases.pop(task.id, None)  # a second grant goes to the end
+            self._unwritten_leases[task.id] = now
+        else:
             self._mark(task)
         timeout_s = task.execution_timeout_s or self.config.execution_timeout_s
         return Grant(token=token, task=task, execution_timeout_s=timeout_s)
@@ -297,6 +306,7 @@ class TaskBook:
             first = self._finished.get(token.task_id)
             return ReportAck.DUPLICATE if first == token else ReportAck.STALE
         del self._leases[token.task_id]
+        self._unwritten_leases.pop(token.task_id, None)  # its end is written instead
         task = lease.task
         status = _OUTCOME_STATUS[report.outcome]
         if lease.cancel_requested and status is not Status.SUCCEEDED:
@@ -531,6 +541,8 @@ class TaskBook:
         with the offsets of the held batches whose tasks are then all written."""
         offsets: dict[int, int] = {}
         released: tuple[Held, ...] = ()
+        if self._unwritten_leases:
+            self._mark_old_leases(now)
         if self._holding:
             # Held past the delay: written as they are now, queued or leased ("pinned").
             for task in self._holding.due(now=now, delay_s=self.config.write_delay_s):
@@ -548,6 +560,22 @@ class TaskBook:
         self._dirty, self._results, self._attempts = {}, {}, []
         self._unwritten_timers.clear()  # written by this flush (or given back if it fails)
         return flush
+
+    def _mark_old_leases(self, now: float) -> None:
+        """Leases of stored tasks granted ``write_delay_s`` or longer before ``now`` join
+        the flush (a crash before it runs those tasks again: at-least-once)."""
+        delay = self.config.write_delay_s
+        for task_id, granted in list(self._unwritten_leases.items()):
+            if granted + delay > now:
+                return
+            del self._unwritten_leases[task_id]
+            lease = self._leases.get(task_id)
+            if lease is not None and task_id not in self._dirty:
+                self._mark(lease.task)
+
+    @property
+    def unwritten_leases(self) -> bool:
+        return bool(self._unwritten_leases)
 
     def flushed(self, flush: Flush) -> None:
         """A flush is durable: the timer rows it ended are no longer the tasks' to end,

@@ -395,6 +395,7 @@ class PipelineCore:
         return (
             self.book.dirty
             or self.book.holding
+            or self.book.unwritten_leases
             or bool(self._durable)
             or self.book.stats() != self._written_stats
         )

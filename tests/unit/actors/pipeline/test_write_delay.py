@@ -284,3 +284,37 @@ async def test_a_shared_topic_batch_of_timers_alone_is_told_at_the_next_flush() 
     assert told == ["later"]
     assert store.writes == {"t001": 1}
     assert not g.book.holding and g.book.tickless
+
+
+async def test_a_stored_task_that_ends_within_the_delay_is_updated_once() -> None:
+    """A task written at admission (here: past a full window, then paged in) is not
+    written again at its grant: its lease and its end go out together, in the flush
+    that acknowledges the report."""
+    store, clock = Counting(), Clock()
+    g = await delayed(store, clock, window_tasks=10)
+    await g.admit(AdmitBatch(new=tuple(new(i) for i in range(11)), offsets={0: 11}))
+    assert store.writes == {"t010": 1}
+    await succeed(g, take(g, 10))
+    await g.tick()  # pages t010 in
+    (grant,) = take(g, 1)
+    assert grant.task.id == "t010"
+    clock.now += DELAY_S / 2
+    await g.flush()
+    assert store.status("t010") is Status.QUEUED  # its lease is not written yet
+    await succeed(g, [grant])
+    assert store.writes["t010"] == 2 and store.status("t010") is Status.SUCCEEDED
+
+
+async def test_a_lease_older_than_the_delay_is_written_and_the_end_again() -> None:
+    store, clock = Counting(), Clock()
+    g = await delayed(store, clock)
+    await g.admit(AdmitBatch(new=(new(1, due_in_s=0),)))  # no offsets: written at admission
+    assert store.writes == {"t001": 1}
+    (grant,) = take(g, 1)
+    await g.flush()
+    assert store.status("t001") is Status.QUEUED and g.wants_flush
+    clock.now += DELAY_S
+    await g.flush()
+    assert store.status("t001") is Status.LEASED and not g.book.unwritten_leases
+    await succeed(g, [grant])
+    assert store.writes["t001"] == 3 and store.status("t001") is Status.SUCCEEDED
