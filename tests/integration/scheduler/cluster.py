@@ -26,6 +26,7 @@ class Replica:
     group: str
     log_dir: Path
     port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     service: Service | None = None
     #: Settings of this replica's own, over the ones every replica gets.
     settings: dict[str, str] = field(default_factory=dict)
@@ -39,7 +40,7 @@ class Replica:
             "WSCHED_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "WSCHED_DATABASE_URL": self.database_url,
             "WSCHED_GRPC_PORT": str(self.port),
-            "WSCHED_METRICS_PORT": str(free_port()),
+            "WSCHED_METRICS_PORT": str(self.metrics_port),
             "WSCHED_REPLICA_NAME": self.name,
             "WSCHED_PLACEMENT_GROUP": self.group,
             "WSCHED_LOG_LEVEL": "INFO",
@@ -74,6 +75,13 @@ class Replica:
 
     def log(self) -> str:
         return self.service.log_tail(400) if self.service else ""
+
+    def counted(self, event: str) -> float:
+        """This replica's ``wsched_tasks_total`` of ``event``, over its pipelines."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+        prefix = f'wsched_tasks_total{{event="{event}",'
+        lines = [line for line in text.splitlines() if line.startswith(prefix)]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 @dataclass(kw_only=True)
