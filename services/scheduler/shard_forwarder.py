@@ -17,16 +17,11 @@ partition's next offset fenced by the shard's epoch (``services/store/shard_offs
   read and admitted): a record of one pipeline no longer waits for the previous record's
   offset write and Kafka commit, or the lag's broker request. Stored later, the offset
   replays a batch or two more after a crash, recognised as above.
-- **A stalled grain blocks nobody.** The reader cannot pause the partition for one grain.
-  A grain that has not admitted its records ``stall_after_s`` after its neighbours did is
-  *stalled*: its admission goes on in the background, and its later records are withheld
-  from the live stream. When the late admission ends, a grain with nothing withheld
-  rejoins the live stream at once (the common case: one of thousands of grains activated
-  at once, each with a record or two, waited its turn). Otherwise a catch-up reader (a
-  consumer of its own) reads the partition from its first withheld record, handing the
-  grain only its own records, until it reaches the live stream's position; the grain
-  then rejoins it. If no grain of a batch gets through (the store is down), nobody is
-  stalled: they all wait, as one grain with a topic of its own would.
+- **A stalled grain blocks nobody** (``shard_stalls.py``): a grain that has not admitted
+  its records ``stall_after_s`` after its neighbours did goes on in the background, its
+  later records withheld from the live stream and caught up on a reader of its own. If no
+  grain of a batch gets through (the store is down), nobody is stalled: they all wait,
+  as one grain with a topic of its own would.
 - **Unknown pipelines.** A record for a pipeline the replica does not host yet (it was
   made ready a moment ago) hosts it; one for a pipeline that is gone or being deleted is
   dropped (its rows are being purged) and counted.
@@ -55,6 +50,7 @@ from services.scheduler.forwarder import (
     Keep,
     build_batch,
 )
+from services.scheduler.shard_stalls import Stalls
 from services.store.quarantine import Quarantined
 from services.store.shard_offsets import ShardClaim, shard_key
 
@@ -85,18 +81,6 @@ class ShardStats:
     caught_up: int = 0
 
 
-@dataclasses.dataclass
-class _Stall:
-    #: The pipeline's first record not admitted: where a crash must replay from.
-    from_offset: int
-    #: The catch-up reading the withheld records, once the late admission has ended.
-    task: asyncio.Task[None] | None = None
-    #: The admission that was late, still running.
-    late: asyncio.Task[None] | None = None
-    #: The pipeline's first record withheld from the live stream; None: none yet.
-    withheld_from: int | None = None
-
-
 class ShardForwarder:
     def __init__(
         self,
@@ -118,7 +102,6 @@ class ShardForwarder:
         ``catch_up`` makes a consumer of its own for a stalled grain's catch-up."""
         self.shard = shard
         self._consumer = consumer
-        self._catch_up_consumer = catch_up
         self._offsets = offsets
         self._owner = owner
         self._route = route
@@ -137,7 +120,14 @@ class ShardForwarder:
         #: Every record below this offset was admitted, dropped, or is a stalled
         #: pipeline's (its stall holds the offset back): what may be stored.
         self._routed: int | None = None
-        self._stalled: dict[str, _Stall] = {}
+        self._stalls = Stalls(
+            shard=shard,
+            stats=self.stats,
+            catch_up=catch_up,
+            admit=self._admit,
+            live=lambda: self._handed,
+            max_records=max_records,
+        )
         #: Batches admitted by grains that hold some of their tasks in memory without a
         #: row (the write delay, design D2): each holds the stored offset at its first
         #: record until its grain has written them (``AdmitBatch.on_written``).
@@ -150,7 +140,7 @@ class ShardForwarder:
 
     @property
     def stalled(self) -> frozenset[str]:
-        return frozenset(self._stalled)
+        return self._stalls.pipelines()
 
     async def run(self) -> None:
         """Forward until cancelled or the shard is fenced (another replica claimed it)."""
@@ -184,11 +174,10 @@ class ShardForwarder:
             await self._consumer.stop()
 
     def _cancel_background(self) -> None:
-        tasks = [self._saver, self._lag_reader]
-        tasks += [task for stall in self._stalled.values() for task in (stall.task, stall.late)]
-        for task in tasks:
+        for task in (self._saver, self._lag_reader):
             if task is not None:
                 task.cancel()
+        self._stalls.cancel()
 
     # -- the live stream ------------------------------------------------------------------
 
@@ -199,7 +188,7 @@ class ShardForwarder:
             pipeline_id = record.pipeline_id or pipeline_of(record.value)
             if pipeline_id is None:
                 strays.append(record)
-            elif (stall := self._stalled.get(pipeline_id)) is None:
+            elif (stall := self._stalls.get(pipeline_id)) is None:
                 groups.setdefault(pipeline_id, []).append(record)
             elif stall.withheld_from is None:
                 stall.withheld_from = record.offset
@@ -217,7 +206,7 @@ class ShardForwarder:
             # Nobody got through: nobody waits on anybody (the store is down, say).
             done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         for task in waiting:
-            self._stall(admissions[task], groups[admissions[task]][0].offset, late=task)
+            self._stalls.stall(admissions[task], groups[admissions[task]][0].offset, late=task)
         for task in done:
             task.result()  # StaleEpoch ends the shard's forwarder
 
@@ -310,100 +299,6 @@ class ShardForwarder:
         if saver is None or (not saver.cancelled() and saver.exception() is None):
             self._saver = asyncio.create_task(self._save(), name=f"shard {self.shard} offset")
 
-    # -- stalled grains -------------------------------------------------------------------
-
-    def _stall(self, pipeline_id: str, from_offset: int, *, late: asyncio.Task[None]) -> None:
-        log.warning(
-            "shard %d: pipeline %s is stalled at @%d; its later records wait",
-            self.shard,
-            pipeline_id,
-            from_offset,
-        )
-        self.stats.stalls += 1
-        stall = _Stall(from_offset=from_offset, late=late)
-        self._stalled[pipeline_id] = stall
-        late.add_done_callback(lambda task: self._late_ended(pipeline_id, task))
-
-    def _late_ended(self, pipeline_id: str, task: asyncio.Task[None]) -> None:
-        """The late admission ended: rejoin the live stream at once if nothing was
-        withheld meanwhile (no ``await`` between the check and the rejoining), else catch
-        up from the first withheld record."""
-        stall = self._stalled.get(pipeline_id)
-        if stall is None or stall.late is not task or task.cancelled():
-            return
-        stall.late = None
-        if task.exception() is not None:
-            # Fenced (the only failure ``_admit`` lets through): the stored offset stays
-            # held back, and the shard's forwarder is fenced too at its next save.
-            log.warning("shard %d: pipeline %s: late admission failed", self.shard, pipeline_id)
-            return
-        if stall.withheld_from is None:
-            del self._stalled[pipeline_id]
-            self.stats.caught_up += 1
-            log.info("shard %d: pipeline %s admitted late, rejoined", self.shard, pipeline_id)
-            return
-        stall.from_offset = stall.withheld_from
-        self._start_catch_up(pipeline_id, stall)
-
-    def _start_catch_up(self, pipeline_id: str, stall: _Stall) -> None:
-        log.info(
-            "shard %d: pipeline %s catches up on its own reader from @%d",
-            self.shard,
-            pipeline_id,
-            stall.from_offset,
-        )
-        stall.task = asyncio.create_task(
-            self._catch_up(pipeline_id, stall), name=f"catch-up {pipeline_id}"
-        )
-        stall.task.add_done_callback(lambda task: self._caught_up(pipeline_id, task))
-
-    async def _catch_up(self, pipeline_id: str, stall: _Stall) -> None:
-        """Admit the pipeline's records from its first withheld one up to the live
-        stream's position, then let it rejoin the live stream. The check that it has
-        reached the live position and its rejoining happen with no ``await`` between, so
-        every record is either the catch-up's or the live stream's, never both or none."""
-        consumer = self._catch_up_consumer()
-        await consumer.start()
-        try:
-            consumer.assign([self.shard])
-            consumer.seek(self.shard, stall.from_offset)
-            carried: list[ConsumedRecord] = []  # the pipeline's records read, not admitted
-            read_to = stall.from_offset
-            while True:
-                live = self._handed if self._handed is not None else read_to
-                due = [r for r in carried if r.offset < live]
-                if due:
-                    carried = carried[len(due) :]
-                    await self._admit(pipeline_id, due)
-                    continue
-                if read_to >= live:
-                    break
-                records = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
-                for record in records.get(self.shard, ()):
-                    read_to = record.offset + 1
-                    if (record.pipeline_id or pipeline_of(record.value)) == pipeline_id:
-                        carried.append(record)
-            # Rejoin: what is left in ``carried`` is past the live position, and the live
-            # stream routes it now.
-            del self._stalled[pipeline_id]
-        finally:
-            await consumer.stop()
-
-    def _caught_up(self, pipeline_id: str, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is None:
-            self.stats.caught_up += 1
-            log.info("shard %d: pipeline %s caught up and rejoined", self.shard, pipeline_id)
-            return
-        # Fenced, or a failure of its own reader: try again from the same place (the
-        # stored offset has not moved past it).
-        log.warning("shard %d: pipeline %s: catch-up failed: %r", self.shard, pipeline_id, error)
-        stall = self._stalled.get(pipeline_id)
-        if stall is not None and stall.task is task and not isinstance(error, StaleEpoch):
-            self._start_catch_up(pipeline_id, stall)
-
     # -- offsets and lag ------------------------------------------------------------------
 
     async def _read(self) -> Mapping[int, Sequence[ConsumedRecord]]:
@@ -443,8 +338,7 @@ class ShardForwarder:
     async def _save(self) -> None:
         """Store the lowest offset some grain may still lack, while it moves."""
         while self._routed is not None:
-            starts = [stall.from_offset for stall in self._stalled.values()]
-            next_offset = min([self._routed, *starts, *self._holds.values()])
+            next_offset = min([self._routed, *self._stalls.starts(), *self._holds.values()])
             if next_offset == self._saved:
                 return
             save = functools.partial(
