@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
-import sqlalchemy as sa
 from fastapi import Depends, Request
 
 from services.api.errors import unavailable
@@ -43,6 +42,7 @@ from services.store.control import (
     hash_secret,
     utcnow,
 )
+from services.store.engine import UNREACHABLE
 
 if TYPE_CHECKING:
     from services.api.quotas import QuotaGuard
@@ -66,7 +66,7 @@ async def in_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     :class:`DatabaseUnavailable` (the routes answer 503), never a 500."""
     try:
         return await pool().run(fn, *args, **kwargs)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as err:
+    except UNREACHABLE as err:
         cause = getattr(err, "orig", None) or err
         raise DatabaseUnavailable(f"{type(err).__name__}: {cause}") from err
 

@@ -22,6 +22,7 @@ from services.placement import TopicMode, shard_of
 from services.store import schedule_rows, wakeups
 from services.store.coalesce import Coalescer
 from services.store.control import TokenDigests, utcnow, worker_token_digests_of
+from services.store.engine import UNREACHABLE
 from services.store.schema import applications, grain_owners, pipelines, schedules, tasks, tenants
 from services.store.shard_offsets import shard_key
 from services.store.sql import chunks
@@ -306,7 +307,7 @@ class PipelineDirectory:
         rotations = self._rotations
         try:
             digests = await self._digests.get(pipeline_id)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+        except UNREACHABLE as err:
             cached = self._tokens.get(pipeline_id)
             if cached is None:
                 raise StoreUnavailable("worker tokens cannot be read now") from err
@@ -346,7 +347,7 @@ class PipelineDirectory:
 
         try:
             owners = await asyncio.to_thread(read)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+        except UNREACHABLE as err:
             raise StoreUnavailable("the grain's owner cannot be read now") from err
         if key_of_shard in owners:
             expires = time.monotonic() + self._owner_ttl_s

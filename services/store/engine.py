@@ -7,6 +7,17 @@ from typing import Any
 import pymysql
 import sqlalchemy as sa
 
+#: The errors that mean "the database cannot be reached now", not "this statement is
+#: wrong": connecting failed or the connection went away (OperationalError,
+#: InterfaceError), or every pooled connection is busy past the pool's timeout while the
+#: database hangs (TimeoutError). Callers turn them into ``StoreUnavailable`` (retried,
+#: or an UNAVAILABLE / 503 answer), never into an internal error.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sa.exc.TimeoutError,
+)
+
 
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     """An engine for TiDB (``mysql+pymysql://``) or SQLite.

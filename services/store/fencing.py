@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from actors.pipeline.model import GrainKey
 from actors.pipeline.ports import StaleEpoch, StoreUnavailable
+from services.store.engine import UNREACHABLE
 from services.store.schema import grain_owners
 from services.store.sql import chunks, to_db
 
@@ -157,8 +158,8 @@ async def in_transaction(engine: sa.Engine, fn: Callable[[sa.Connection], R]) ->
 
     try:
         return await asyncio.to_thread(run)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
-        raise StoreUnavailable(str(err.orig or err)) from err
+    except UNREACHABLE as err:
+        raise StoreUnavailable(str(getattr(err, "orig", None) or err)) from err
 
 
 async def claim_fenced(engine: sa.Engine, fn: Callable[[sa.Connection], R], *, what: str) -> R:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from actors.pipeline.ports import StoreUnavailable
+from services.store.engine import UNREACHABLE
 from services.store.schema import quarantine
 from services.store.sql import to_db, upsert
 
@@ -55,8 +56,8 @@ class SqlQuarantine:
 
         try:
             await asyncio.to_thread(write)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
-            raise StoreUnavailable(str(err.orig or err)) from err
+        except UNREACHABLE as err:
+            raise StoreUnavailable(str(getattr(err, "orig", None) or err)) from err
 
     async def count(self, pipeline_id: str) -> int:
         def count() -> int:
