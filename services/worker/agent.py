@@ -48,7 +48,7 @@ from services.observability import Tracing, configure_logging, log_context, setu
 from services.worker.client import SchedulerClient, WorkerRejected
 from services.worker.command import ExecutorError
 from services.worker.definition import DefinitionError, PipelineDefinition, load_definition
-from services.worker.executor import ExecutorClients
+from services.worker.executor_client import ExecutorClients
 from services.worker.pipelines import ServedPipeline, load_pipelines
 from services.worker.reporter import Reporter, ReportPort
 from services.worker.runner import Outcome, TaskOutcome, TaskRunner, TaskSpec, failed

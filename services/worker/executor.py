@@ -27,14 +27,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import stat
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -46,11 +45,10 @@ from services.observability import TRACEPARENT_ENV, configure_logging, parent_co
 from services.worker.command import (
     Command,
     CommandResult,
-    ExecutorError,
     HandlerCall,
-    HandlerResult,
 )
 from services.worker.definition import check_handler
+from services.worker.executor_work import Refused, serve_work
 from services.worker.handlers import HandlerPools
 from services.worker.settings import ExecutorSettings, explain
 
@@ -226,11 +224,37 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
         self, request: executor_pb2.CallRequest, context: grpc.aio.ServicerContext
     ) -> executor_pb2.CallResponse:
         try:
+            return await self.call(request)
+        except Refused as refused:
+            await context.abort(refused.code, refused.details)
+            raise AssertionError("abort returned") from refused  # pragma: no cover
+
+    async def Run(
+        self, request: executor_pb2.RunRequest, context: grpc.aio.ServicerContext
+    ) -> executor_pb2.RunResponse:
+        try:
+            return await self.run(request)
+        except Refused as refused:
+            await context.abort(refused.code, refused.details)
+            raise AssertionError("abort returned") from refused  # pragma: no cover
+
+    async def Work(
+        self,
+        requests: AsyncIterator[executor_pb2.WorkRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[executor_pb2.WorkResponse]:
+        # An async generator itself: gRPC tells a streaming handler by its function.
+        async for response in serve_work(self, requests):
+            yield response
+
+    async def call(self, request: executor_pb2.CallRequest) -> executor_pb2.CallResponse:
+        """A handler call's answer; Refused for what the protocol refuses."""
+        try:
             check_handler(request.handler)
         except ValueError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
         if request.pool not in ("", "process", "thread"):
-            await context.abort(
+            raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT, f"pool {request.pool!r}: process or thread"
             )
         call = HandlerCall(
@@ -252,11 +276,10 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
             duration_ms=result.duration_ms,
         )
 
-    async def Run(
-        self, request: executor_pb2.RunRequest, context: grpc.aio.ServicerContext
-    ) -> executor_pb2.RunResponse:
+    async def run(self, request: executor_pb2.RunRequest) -> executor_pb2.RunResponse:
+        """A command's answer; Refused for what the protocol refuses."""
         if not request.command.strip():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the command is empty")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "the command is empty")
         command = Command(
             text=request.command,
             work_dir=request.work_dir,
@@ -265,27 +288,22 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
             max_stdout_bytes=request.max_stdout_bytes,
         )
         with in_step_context(command.env):
-            result = await self._run(command, context)
+            log.debug("running %.200r in %s", command.text, command.work_dir or ".")
+            try:
+                result = await run_command(
+                    command,
+                    max_stdout_bytes=self._settings.max_stdout_bytes,
+                    stderr_tail_bytes=self._settings.stderr_tail_bytes,
+                    groups=self.groups,
+                )
+            except OSError as err:  # no such work dir in this container, no /bin/sh ...
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"cannot start /bin/sh in {command.work_dir or '.'!r}: {err} "
+                    "(is the shared work volume mounted in this executor?)",
+                ) from None
+            log.debug("exit %d after %d ms", result.exit_code, result.duration_ms)
         return to_response(result)
-
-    async def _run(self, command: Command, context: grpc.aio.ServicerContext) -> CommandResult:
-        log.debug("running %.200r in %s", command.text, command.work_dir or ".")
-        try:
-            result = await run_command(
-                command,
-                max_stdout_bytes=self._settings.max_stdout_bytes,
-                stderr_tail_bytes=self._settings.stderr_tail_bytes,
-                groups=self.groups,
-            )
-        except OSError as err:  # no such work dir in this container, no /bin/sh ...
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"cannot start /bin/sh in {command.work_dir or '.'!r}: {err} "
-                "(is the shared work volume mounted in this executor?)",
-            )
-            raise AssertionError("abort returned") from err  # pragma: no cover
-        log.debug("exit %d after %d ms", result.exit_code, result.duration_ms)
-        return result
 
     def kill_all(self) -> None:
         for pgid in list(self.groups):
@@ -434,106 +452,6 @@ def _watch_children_with_pidfds() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
-
-
-# -- the agent's side ---------------------------------------------------------------------
-
-
-def _wire_ms(timeout_s: float | None) -> int:
-    """A timeout as the protocol's ``timeout_ms``: 0 for none, else at least 1."""
-    if timeout_s is None:
-        return 0
-    return min(max(1, math.ceil(timeout_s * 1000)), 2**32 - 1)
-
-
-class ExecutorClients:
-    """The agent's :class:`~services.worker.command.Executors`: a channel per executor."""
-
-    def __init__(self, *, addresses: Mapping[str, str], connect_timeout_s: float = 60.0) -> None:
-        self._addresses = dict(addresses)
-        self._connect_timeout_s = connect_timeout_s
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    def _channel(self, executor: str) -> grpc.aio.Channel:
-        if executor not in self._addresses:
-            raise ExecutorError(
-                f"no address for executor {executor!r}: add it to WSCHED_WORKER_EXECUTORS"
-            )
-        if executor not in self._channels:
-            self._channels[executor] = grpc.aio.insecure_channel(self._addresses[executor])
-        return self._channels[executor]
-
-    async def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Wait until every executor accepts connections; raise ExecutorError naming any
-        that does not within the time."""
-        for executor in self._addresses:
-            await self._ready(executor, self._connect_timeout_s if timeout_s is None else timeout_s)
-
-    async def _ready(self, executor: str, timeout_s: float) -> grpc.aio.Channel:
-        channel = self._channel(executor)
-        try:
-            await asyncio.wait_for(channel.channel_ready(), timeout_s)
-        except TimeoutError:
-            raise ExecutorError(
-                f"executor {executor!r} at {self._addresses[executor]} accepted no connection "
-                f"within {timeout_s:g} s: is `wsched executor` running there?"
-            ) from None
-        return channel
-
-    async def run(self, executor: str, command: Command) -> CommandResult:
-        # Bounded wait for a restarting executor; then the call fails fast if it drops.
-        wait_s = min(self._connect_timeout_s, command.timeout_s or self._connect_timeout_s)
-        channel = await self._ready(executor, wait_s)
-        timeout_ms = _wire_ms(command.timeout_s)
-        request = executor_pb2.RunRequest(
-            command=command.text,
-            work_dir=command.work_dir,
-            env=dict(command.env),
-            timeout_ms=timeout_ms,
-            max_stdout_bytes=command.max_stdout_bytes,
-        )
-        # The executor enforces the timeout; the deadline only guards against a hung one.
-        deadline = command.timeout_s + 30 if command.timeout_s is not None else None
-        try:
-            reply = await executor_pb2_grpc.ExecutorStub(channel).Run(request, timeout=deadline)
-        except grpc.aio.AioRpcError as err:
-            raise ExecutorError(
-                f"executor {executor!r} at {self._addresses[executor]}: "
-                f"{err.code().name}: {err.details()}"
-            ) from err
-        return from_response(reply)
-
-    async def call(self, executor: str, call: HandlerCall) -> HandlerResult:
-        wait_s = min(self._connect_timeout_s, call.timeout_s or self._connect_timeout_s)
-        channel = await self._ready(executor, wait_s)
-        request = executor_pb2.CallRequest(
-            handler=call.handler,
-            data=call.data,
-            pool=call.pool,
-            timeout_ms=_wire_ms(call.timeout_s),
-            max_result_bytes=call.max_result_bytes,
-            env=dict(call.env),
-        )
-        deadline = call.timeout_s + 30 if call.timeout_s is not None else None
-        try:
-            reply = await executor_pb2_grpc.ExecutorStub(channel).Call(request, timeout=deadline)
-        except grpc.aio.AioRpcError as err:
-            raise ExecutorError(
-                f"executor {executor!r} at {self._addresses[executor]}: "
-                f"{err.code().name}: {err.details()}"
-            ) from err
-        return HandlerResult(
-            result=reply.result,
-            error=reply.error,
-            timed_out=reply.timed_out,
-            non_retryable=reply.non_retryable,
-            duration_ms=reply.duration_ms,
-        )
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
 
 
 if __name__ == "__main__":

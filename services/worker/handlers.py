@@ -25,13 +25,15 @@ import inspect
 import json
 import multiprocessing
 import os
+import pickle
 import signal
+import socket
+import struct
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 from services.worker.command import HandlerCall, HandlerResult
@@ -104,24 +106,56 @@ def _encoded(value: Any, max_result_bytes: int) -> _Outcome:
     return _Outcome(result=result)
 
 
-def _serve(conn: Connection) -> None:
-    """A process worker's loop: one call at a time, until its pipe closes."""
+#: A message between the executor and a worker process: its length, then its pickle.
+_HEADER = struct.Struct("!Q")
+
+
+def _read_message(sock: socket.socket) -> Any:
+    """The next message on a worker's (blocking) socket; EOFError when it closed."""
+    header = _read_exactly(sock, _HEADER.size)
+    # The executor and its own worker processes only: nothing else writes on the socket.
+    return pickle.loads(_read_exactly(sock, _HEADER.unpack(header)[0]))  # noqa: S301
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise EOFError("the executor closed the worker's socket")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _framed(message: Any) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+def _serve(sock: socket.socket) -> None:
+    """A process worker's loop: one call at a time, until its socket closes."""
     os.setsid()  # its own process group: a kill at the timeout takes its children too
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the executor decides when it ends
-    conn.send(_READY)
+    sock.sendall(_framed(_READY))
+    env: dict[str, str] = {}
     while True:
         try:
-            handler, data, max_result_bytes, env = conn.recv()
+            handler, data, max_result_bytes, call_env = _read_message(sock)
         except (EOFError, OSError):
             return
-        os.environ.update(env)
-        conn.send(invoke(handler, data, max_result_bytes))
+        if call_env != env:  # the task's variables: set only what changed
+            os.environ.update(call_env)
+            env = call_env
+        sock.sendall(_framed(invoke(handler, data, max_result_bytes)))
 
 
 @dataclass(kw_only=True, eq=False)  # compared and hashed by identity
 class _Worker:
     process: multiprocessing.process.BaseProcess
-    conn: Connection
+    #: The executor's end of the worker's socket (asyncio streams over it).
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
     #: It answered its last call: it may serve the next.
     reusable: bool = True
 
@@ -133,37 +167,57 @@ class _Worker:
                 os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)  # before its setsid, it was not a group yet
-        self.conn.close()
+        self.writer.close()
         self.process.join(timeout=1)  # SIGKILL: it is gone within milliseconds
 
+    async def exchange(self, message: tuple[Any, ...]) -> _Outcome:
+        """Send a call and read its outcome, in the executor's event loop: no thread
+        hand-off each way (a third of a no-op call's cost in the executor, measured)."""
+        self.writer.write(_framed(message))
+        try:
+            header = await self.reader.readexactly(_HEADER.size)
+            body = await self.reader.readexactly(_HEADER.unpack(header)[0])
+            outcome = pickle.loads(body)  # noqa: S301 - from the executor's own worker
+        except asyncio.IncompleteReadError as err:
+            raise EOFError("the handler's worker closed its socket") from err
+        if not isinstance(outcome, _Outcome):
+            raise EOFError("the handler's worker answered out of turn")
+        return outcome
 
-def _start_worker() -> _Worker:
-    """A new worker process, once it is ready: its interpreter's start-up (a second or so
-    on a busy machine) must not count against the first call's timeout."""
-    parent, child = _CONTEXT.Pipe()
+
+def _start_process() -> tuple[multiprocessing.process.BaseProcess, socket.socket]:
+    """A new worker process and the executor's end of its socket, once it is ready: its
+    interpreter's start-up (a second or so on a busy machine) must not count against the
+    first call's timeout. Blocking: run on a thread."""
+    parent, child = socket.socketpair()
     process = _CONTEXT.Process(target=_serve, args=(child,), daemon=True, name="wsched-handler")
-    process.start()
-    child.close()
-    worker = _Worker(process=process, conn=parent)
     try:
-        ready = parent.poll(_START_S) and parent.recv() == _READY
-    except (EOFError, OSError):
+        process.start()
+    finally:
+        child.close()
+    try:
+        parent.settimeout(_START_S)
+        ready = _read_message(parent) == _READY
+    except (EOFError, OSError, pickle.UnpicklingError):
         ready = False
     if not ready:
-        worker.kill()
+        _kill_process(process)
+        parent.close()
         raise OSError(
             f"a handler worker process did not start within {_START_S:g} s "
             f"(exit code {process.exitcode})"
         )
-    return worker
+    parent.settimeout(None)
+    return process, parent
 
 
-def _exchange(conn: Connection, message: tuple[Any, ...]) -> _Outcome:
-    conn.send(message)
-    outcome = conn.recv()
-    if not isinstance(outcome, _Outcome):
-        raise EOFError("the handler's worker answered out of turn")
-    return outcome
+def _kill_process(process: multiprocessing.process.BaseProcess) -> None:
+    if process.pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(process.pid, signal.SIGKILL)
+    process.join(timeout=1)
 
 
 def _result(outcome: _Outcome, started: float) -> HandlerResult:
@@ -175,9 +229,13 @@ def _result(outcome: _Outcome, started: float) -> HandlerResult:
     )
 
 
-def _kill_unwanted(started: asyncio.Future[_Worker]) -> None:
+def _kill_unwanted(
+    started: asyncio.Future[tuple[multiprocessing.process.BaseProcess, socket.socket]],
+) -> None:
     if not started.cancelled() and started.exception() is None:
-        started.result().kill()
+        process, sock = started.result()
+        _kill_process(process)
+        sock.close()
 
 
 class ProcessPool:
@@ -187,8 +245,8 @@ class ProcessPool:
         self._slots = asyncio.Semaphore(size)
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
-        # Threads that wait on the workers' pipes; never the loop's default executor.
-        self._waiters = ThreadPoolExecutor(max_workers=size, thread_name_prefix="handler-pipe")
+        # Threads that start the workers; never the loop's default executor.
+        self._starters = ThreadPoolExecutor(max_workers=size, thread_name_prefix="handler-start")
 
     async def call(self, call: HandlerCall, *, max_result_bytes: int) -> HandlerResult:
         async with self._slots:
@@ -208,23 +266,29 @@ class ProcessPool:
 
     async def _start(self) -> _Worker:
         """A new worker; one whose caller was cancelled meanwhile is killed once started."""
-        starting = asyncio.get_running_loop().run_in_executor(self._waiters, _start_worker)
+        starting = asyncio.get_running_loop().run_in_executor(self._starters, _start_process)
         try:
-            return await asyncio.shield(starting)
+            process, sock = await asyncio.shield(starting)
         except asyncio.CancelledError:
             starting.add_done_callback(_kill_unwanted)
             raise
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            _kill_process(process)
+            sock.close()
+            raise
+        return _Worker(process=process, reader=reader, writer=writer)
 
     async def _exchange(
         self, worker: _Worker, call: HandlerCall, max_result_bytes: int
     ) -> HandlerResult:
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
         message = (call.handler, call.data, max_result_bytes, dict(call.env))
         worker.reusable = False  # until it answers
-        exchange = loop.run_in_executor(self._waiters, _exchange, worker.conn, message)
         try:
-            outcome = await asyncio.wait_for(exchange, call.timeout_s)
+            async with asyncio.timeout(call.timeout_s):
+                outcome = await worker.exchange(message)
         except TimeoutError:
             return HandlerResult(timed_out=True, duration_ms=_ms_since(started))
         except (EOFError, OSError):
@@ -241,7 +305,7 @@ class ProcessPool:
             worker.kill()
         self._idle.clear()
         self._busy.clear()
-        self._waiters.shutdown(wait=False, cancel_futures=True)
+        self._starters.shutdown(wait=False, cancel_futures=True)
 
 
 class ThreadPool:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/wsched/v1/executor.proto\x12\twsched.v1\"\xc2\x01\n\x0b\x43\x61llRequest\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x18\n\x10max_result_bytes\x18\x05 \x01(\x04\x12,\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x1f.wsched.v1.CallRequest.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x0c\x43\x61llResponse\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x11\n\ttimed_out\x18\x03 \x01(\x08\x12\x15\n\rnon_retryable\x18\x04 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x04\"\xb6\x01\n\nRunRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x10\n\x08work_dir\x18\x02 \x01(\t\x12+\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1e.wsched.v1.RunRequest.EnvEntry\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x18\n\x10max_stdout_bytes\x18\x05 \x01(\x04\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x0bRunResponse\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x12\x1a\n\x12stdout_total_bytes\x18\x03 \x01(\x04\x12\x13\n\x0bstderr_tail\x18\x04 \x01(\x0c\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\x0e\n\x06killed\x18\x06 \x01(\x08\x12\x0e\n\x06signal\x18\x07 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x08 \x01(\x04\x32y\n\x08\x45xecutor\x12\x34\n\x03Run\x12\x15.wsched.v1.RunRequest\x1a\x16.wsched.v1.RunResponse\x12\x37\n\x04\x43\x61ll\x12\x16.wsched.v1.CallRequest\x1a\x17.wsched.v1.CallResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/wsched/v1/executor.proto\x12\twsched.v1\"l\n\x08WorkItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12$\n\x03run\x18\x02 \x01(\x0b\x32\x15.wsched.v1.RunRequestH\x00\x12&\n\x04\x63\x61ll\x18\x03 \x01(\x0b\x32\x16.wsched.v1.CallRequestH\x00\x42\x06\n\x04work\"A\n\x0bWorkRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.wsched.v1.WorkItem\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\"\x8f\x01\n\x08WorkDone\x12\n\n\x02id\x18\x01 \x01(\x04\x12%\n\x03run\x18\x02 \x01(\x0b\x32\x16.wsched.v1.RunResponseH\x00\x12\'\n\x04\x63\x61ll\x18\x03 \x01(\x0b\x32\x17.wsched.v1.CallResponseH\x00\x12\x0c\n\x04\x63ode\x18\x04 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\tB\x08\n\x06\x61nswer\"1\n\x0cWorkResponse\x12!\n\x04\x64one\x18\x01 \x03(\x0b\x32\x13.wsched.v1.WorkDone\"\xc2\x01\n\x0b\x43\x61llRequest\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04pool\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x18\n\x10max_result_bytes\x18\x05 \x01(\x04\x12,\n\x03\x65nv\x18\x06 \x03(\x0b\x32\x1f.wsched.v1.CallRequest.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x0c\x43\x61llResponse\x12\x0e\n\x06result\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x11\n\ttimed_out\x18\x03 \x01(\x08\x12\x15\n\rnon_retryable\x18\x04 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x04\"\xb6\x01\n\nRunRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x10\n\x08work_dir\x18\x02 \x01(\t\x12+\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1e.wsched.v1.RunRequest.EnvEntry\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x18\n\x10max_stdout_bytes\x18\x05 \x01(\x04\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x0bRunResponse\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x12\x1a\n\x12stdout_total_bytes\x18\x03 \x01(\x04\x12\x13\n\x0bstderr_tail\x18\x04 \x01(\x0c\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\x0e\n\x06killed\x18\x06 \x01(\x08\x12\x0e\n\x06signal\x18\x07 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x08 \x01(\x04\x32\xb6\x01\n\x08\x45xecutor\x12\x34\n\x03Run\x12\x15.wsched.v1.RunRequest\x1a\x16.wsched.v1.RunResponse\x12\x37\n\x04\x43\x61ll\x12\x16.wsched.v1.CallRequest\x1a\x17.wsched.v1.CallResponse\x12;\n\x04Work\x12\x16.wsched.v1.WorkRequest\x1a\x17.wsched.v1.WorkResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLREQUEST_ENVENTRY']._serialized_options = b'8\001'
   _globals['_RUNREQUEST_ENVENTRY']._loaded_options = None
   _globals['_RUNREQUEST_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_CALLREQUEST']._serialized_start=47
-  _globals['_CALLREQUEST']._serialized_end=241
-  _globals['_CALLREQUEST_ENVENTRY']._serialized_start=199
-  _globals['_CALLREQUEST_ENVENTRY']._serialized_end=241
-  _globals['_CALLRESPONSE']._serialized_start=243
-  _globals['_CALLRESPONSE']._serialized_end=351
-  _globals['_RUNREQUEST']._serialized_start=354
-  _globals['_RUNREQUEST']._serialized_end=536
-  _globals['_RUNREQUEST_ENVENTRY']._serialized_start=199
-  _globals['_RUNREQUEST_ENVENTRY']._serialized_end=241
-  _globals['_RUNRESPONSE']._serialized_start=539
-  _globals['_RUNRESPONSE']._serialized_end=708
-  _globals['_EXECUTOR']._serialized_start=710
-  _globals['_EXECUTOR']._serialized_end=831
+  _globals['_WORKITEM']._serialized_start=46
+  _globals['_WORKITEM']._serialized_end=154
+  _globals['_WORKREQUEST']._serialized_start=156
+  _globals['_WORKREQUEST']._serialized_end=221
+  _globals['_WORKDONE']._serialized_start=224
+  _globals['_WORKDONE']._serialized_end=367
+  _globals['_WORKRESPONSE']._serialized_start=369
+  _globals['_WORKRESPONSE']._serialized_end=418
+  _globals['_CALLREQUEST']._serialized_start=421
+  _globals['_CALLREQUEST']._serialized_end=615
+  _globals['_CALLREQUEST_ENVENTRY']._serialized_start=573
+  _globals['_CALLREQUEST_ENVENTRY']._serialized_end=615
+  _globals['_CALLRESPONSE']._serialized_start=617
+  _globals['_CALLRESPONSE']._serialized_end=725
+  _globals['_RUNREQUEST']._serialized_start=728
+  _globals['_RUNREQUEST']._serialized_end=910
+  _globals['_RUNREQUEST_ENVENTRY']._serialized_start=573
+  _globals['_RUNREQUEST_ENVENTRY']._serialized_end=615
+  _globals['_RUNRESPONSE']._serialized_start=913
+  _globals['_RUNRESPONSE']._serialized_end=1082
+  _globals['_EXECUTOR']._serialized_start=1085
+  _globals['_EXECUTOR']._serialized_end=1267
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,12 @@ In a pod every executor is its own container (its own image: wget, tesseract ...
 listening on a localhost port or a Unix socket in the shared volume; locally the
 executors are processes on the same machine. The agent sends each command of a
 pipeline step to the step's executor. Cancelling the call kills the command.
+
+An agent sends its runs and calls over one `Work` stream per executor (the unary
+`Run` and `Call` are kept for older agents, and an agent falls back to them when an
+older executor answers `Work` with UNIMPLEMENTED). A unary call costs each side
+about as much CPU as a no-op handler's whole task, and an agent of 32 slots has
+several at once: one message carries all of them.
 """
 
 from collections import abc as _abc
@@ -23,6 +29,119 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class WorkItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___RunRequest: ...
+    @_builtins.property
+    def call(self) -> Global___CallRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        run: Global___RunRequest | None = ...,
+        call: Global___CallRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "run", b"run", "work", b"work"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "id", b"id", "run", b"run", "work", b"work"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_work: _TypeAlias = _typing.Literal["run", "call"]  # noqa: Y015
+    _WhichOneofArgType_work: _TypeAlias = _typing.Literal["work", b"work"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_work) -> _WhichOneofReturnType_work | None: ...
+
+Global___WorkItem: _TypeAlias = WorkItem  # noqa: Y015
+
+@_typing.final
+class WorkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkItem]: ...
+    @_builtins.property
+    def cancel(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """ids of items sent before: stop them, answer nothing"""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___WorkItem] | None = ...,
+        cancel: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkRequest: _TypeAlias = WorkRequest  # noqa: Y015
+
+@_typing.final
+class WorkDone(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    code: _builtins.int
+    """Non-zero: the item was refused or failed as its unary call would have with this
+    gRPC status code (3 INVALID_ARGUMENT, 9 FAILED_PRECONDITION ...); no answer then.
+    """
+    details: _builtins.str
+    @_builtins.property
+    def run(self) -> Global___RunResponse: ...
+    @_builtins.property
+    def call(self) -> Global___CallResponse: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        run: Global___RunResponse | None = ...,
+        call: Global___CallResponse | None = ...,
+        code: _builtins.int = ...,
+        details: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "call", b"call", "run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "call", b"call", "code", b"code", "details", b"details", "id", b"id", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_answer: _TypeAlias = _typing.Literal["run", "call"]  # noqa: Y015
+    _WhichOneofArgType_answer: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_answer) -> _WhichOneofReturnType_answer | None: ...
+
+Global___WorkDone: _TypeAlias = WorkDone  # noqa: Y015
+
+@_typing.final
+class WorkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def done(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkDone]: ...
+    def __init__(
+        self,
+        *,
+        done: _abc.Iterable[Global___WorkDone] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkResponse: _TypeAlias = WorkResponse  # noqa: Y015
 
 @_typing.final
 class CallRequest(_message.Message):

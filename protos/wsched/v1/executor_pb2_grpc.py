@@ -44,6 +44,11 @@ class ExecutorStub:
                 request_serializer=protos_dot_wsched_dot_v1_dot_executor__pb2.CallRequest.SerializeToString,
                 response_deserializer=protos_dot_wsched_dot_v1_dot_executor__pb2.CallResponse.FromString,
                 _registered_method=True)
+        self.Work = channel.stream_stream(
+                '/wsched.v1.Executor/Work',
+                request_serializer=protos_dot_wsched_dot_v1_dot_executor__pb2.WorkRequest.SerializeToString,
+                response_deserializer=protos_dot_wsched_dot_v1_dot_executor__pb2.WorkResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServicer:
@@ -70,6 +75,19 @@ class ExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Work(self, request_iterator, context):
+        """Runs and calls over one stream: a request carries the items the agent has for
+        the executor at that moment (an id each, unique on the stream) and the ids it
+        cancels; a response carries the items that ended since the last one. Each item
+        behaves as its unary call would: cancelling it (or ending the stream, or the
+        connection dropping, for every item still running) kills its command or its
+        handler's process, and what the unary call would refuse with a status is answered
+        with that status's code and details.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +100,11 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.Call,
                     request_deserializer=protos_dot_wsched_dot_v1_dot_executor__pb2.CallRequest.FromString,
                     response_serializer=protos_dot_wsched_dot_v1_dot_executor__pb2.CallResponse.SerializeToString,
+            ),
+            'Work': grpc.stream_stream_rpc_method_handler(
+                    servicer.Work,
+                    request_deserializer=protos_dot_wsched_dot_v1_dot_executor__pb2.WorkRequest.FromString,
+                    response_serializer=protos_dot_wsched_dot_v1_dot_executor__pb2.WorkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +161,33 @@ class Executor:
             '/wsched.v1.Executor/Call',
             protos_dot_wsched_dot_v1_dot_executor__pb2.CallRequest.SerializeToString,
             protos_dot_wsched_dot_v1_dot_executor__pb2.CallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Work(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/wsched.v1.Executor/Work',
+            protos_dot_wsched_dot_v1_dot_executor__pb2.WorkRequest.SerializeToString,
+            protos_dot_wsched_dot_v1_dot_executor__pb2.WorkResponse.FromString,
             options,
             channel_credentials,
             insecure,

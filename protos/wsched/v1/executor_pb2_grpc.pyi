@@ -7,6 +7,12 @@ In a pod every executor is its own container (its own image: wget, tesseract ...
 listening on a localhost port or a Unix socket in the shared volume; locally the
 executors are processes on the same machine. The agent sends each command of a
 pipeline step to the step's executor. Cancelling the call kills the command.
+
+An agent sends its runs and calls over one `Work` stream per executor (the unary
+`Run` and `Call` are kept for older agents, and an agent falls back to them when an
+older executor answers `Work` with UNIMPLEMENTED). A unary call costs each side
+about as much CPU as a no-op handler's whole task, and an agent of 32 slots has
+several at once: one message carries all of them.
 """
 
 from collections import abc as _abc
@@ -50,6 +56,15 @@ class ExecutorStub:
     replaced. With `pool: "thread"` it runs on a thread, which cannot be killed: past
     its timeout the call answers `timed_out` and the thread is left to finish.
     """
+    Work: _grpc.StreamStreamMultiCallable[_executor_pb2.WorkRequest, _executor_pb2.WorkResponse]
+    """Runs and calls over one stream: a request carries the items the agent has for
+    the executor at that moment (an id each, unique on the stream) and the ids it
+    cancels; a response carries the items that ended since the last one. Each item
+    behaves as its unary call would: cancelling it (or ending the stream, or the
+    connection dropping, for every item still running) kills its command or its
+    handler's process, and what the unary call would refuse with a status is answered
+    with that status's code and details.
+    """
 
 @_typing.type_check_only
 class ExecutorAsyncStub(ExecutorStub):
@@ -66,6 +81,15 @@ class ExecutorAsyncStub(ExecutorStub):
     call past its timeout (or cancelled) has its process group killed and its worker
     replaced. With `pool: "thread"` it runs on a thread, which cannot be killed: past
     its timeout the call answers `timed_out` and the thread is left to finish.
+    """
+    Work: _aio.StreamStreamMultiCallable[_executor_pb2.WorkRequest, _executor_pb2.WorkResponse]  # type: ignore[assignment]
+    """Runs and calls over one stream: a request carries the items the agent has for
+    the executor at that moment (an id each, unique on the stream) and the ids it
+    cancels; a response carries the items that ended since the last one. Each item
+    behaves as its unary call would: cancelling it (or ending the stream, or the
+    connection dropping, for every item still running) kills its command or its
+    handler's process, and what the unary call would refuse with a status is answered
+    with that status's code and details.
     """
 
 class ExecutorServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +116,21 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         call past its timeout (or cancelled) has its process group killed and its worker
         replaced. With `pool: "thread"` it runs on a thread, which cannot be killed: past
         its timeout the call answers `timed_out` and the thread is left to finish.
+        """
+
+    @_abc_1.abstractmethod
+    def Work(
+        self,
+        request_iterator: _MaybeAsyncIterator[_executor_pb2.WorkRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_pb2.WorkResponse], _abc.AsyncIterator[_executor_pb2.WorkResponse]]:
+        """Runs and calls over one stream: a request carries the items the agent has for
+        the executor at that moment (an id each, unique on the stream) and the ids it
+        cancels; a response carries the items that ended since the last one. Each item
+        behaves as its unary call would: cancelling it (or ending the stream, or the
+        connection dropping, for every item still running) kills its command or its
+        handler's process, and what the unary call would refuse with a status is answered
+        with that status's code and details.
         """
 
 def add_ExecutorServicer_to_server(servicer: ExecutorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

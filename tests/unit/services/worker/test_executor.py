@@ -12,7 +12,8 @@ import pytest
 
 from services.infra.process import free_port
 from services.worker.command import Command, ExecutorError, HandlerCall
-from services.worker.executor import ExecutorClients, run_command, serve
+from services.worker.executor import run_command, serve
+from services.worker.executor_client import ExecutorClients
 from services.worker.settings import ExecutorSettings
 
 
