@@ -466,5 +466,5 @@ class PipelineActor(Actor[object, Any]):
 
     async def _flush(self, _: _Flush) -> None:
         self._flush_timer = None
-        if self.core.wants_flush:
+        if self.core.wants_flush():
             await self.core.flush()

@@ -429,7 +429,8 @@ class TaskBook:
         """Nothing in the book waits for time to pass or for a write; ready tasks may wait
         for a worker, which comes as a message (a poll).
 
-        - no lease: nothing to expire (``expire``);
+        - no lease: nothing to expire (``expire``), and none waiting for the write delay
+          (``leases_due``), which a flush at the fast pace then writes;
         - no ready task with a deadline: nothing to sweep (``end_overdue``);
         - the window at least half full, or nothing more in the store: nothing to page in
           (``wants_page``); a poll that takes tasks leaves a lease, which ends this;
@@ -579,6 +580,13 @@ class TaskBook:
     @property
     def unwritten_leases(self) -> bool:
         return bool(self._unwritten_leases)
+
+    def leases_due(self, *, now: float) -> bool:
+        """Some lease of a stored task is due to be written at monotonic ``now`` (granted
+        ``write_delay_s`` or longer before it). The oldest grant comes first: it alone
+        tells, so a grain whose leases are all younger is not flushed for them."""
+        oldest = next(iter(self._unwritten_leases.values()), None)
+        return oldest is not None and oldest + self.config.write_delay_s <= now
 
     def flushed(self, flush: Flush) -> None:
         """A flush is durable: the timer rows it ended are no longer the tasks' to end,

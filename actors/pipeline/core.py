@@ -181,7 +181,7 @@ class PipelineCore:
     async def rest(self, wake_at: dt.datetime) -> None:
         """Write the grain's wake-up (``TaskStore.rest``) before it deactivates with timers
         or schedules; any pending change is flushed first."""
-        if self.wants_flush:
+        if self.wants_flush(everything=True):
             await self.flush(everything=True)
         await self._store.rest(grain=self.key, epoch=self.epoch, wake_at=wake_at)
 
@@ -348,8 +348,7 @@ class PipelineCore:
         tasks held in memory past the write delay (every one of them: ``everything``, as
         the grain goes away) and the offsets that are then safe to store (design D2)."""
         waiting, self._durable = self._durable, []
-        now = math.inf if everything else self._clock.monotonic()
-        taken: Flush = self.book.take_flush(now=now)
+        taken: Flush = self.book.take_flush(now=self._flush_time(everything=everything))
         stats = self.book.stats()
         started = self._clock.monotonic()
         try:
@@ -390,15 +389,22 @@ class PipelineCore:
             )
         )
 
-    @property
-    def wants_flush(self) -> bool:
+    def wants_flush(self, *, everything: bool = False) -> bool:
+        """Whether ``flush`` (with the same ``everything``) has something to do. A lease
+        younger than the write delay is not yet: a grain whose only change is one is not
+        flushed each tick for it, and the first flush after it is old writes it."""
         return (
             self.book.dirty
             or self.book.holding
-            or self.book.unwritten_leases
+            or self.book.leases_due(now=self._flush_time(everything=everything))
             or bool(self._durable)
             or self.book.stats() != self._written_stats
         )
+
+    def _flush_time(self, *, everything: bool) -> float:
+        """The monotonic time a flush writes the held tasks and leases older than the write
+        delay at: past every delay (``math.inf``) when everything goes, as the grain does."""
+        return math.inf if everything else self._clock.monotonic()
 
     @property
     def tickless(self) -> bool:

@@ -194,10 +194,10 @@ async def test_counters_reach_the_store_even_when_only_admission_changed_them() 
     g = core(store, clock)
     await g.activate()
     await g.admit(AdmitBatch(new=(new(1), new(2))))
-    assert g.wants_flush
+    assert g.wants_flush()
     await g.flush()
     assert store.stats["p"]["backlog"] == 2
-    assert not g.wants_flush  # nothing changed since
+    assert not g.wants_flush()  # nothing changed since
 
 
 # -- timers: tasks that are not due yet ---------------------------------------------------

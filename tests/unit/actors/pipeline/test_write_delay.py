@@ -279,7 +279,7 @@ async def test_a_shared_topic_batch_of_timers_alone_is_told_at_the_next_flush() 
     later = AdmitBatch(new=(new(1, due_in_s=3600),), on_written=lambda: told.append("later"))
     assert (await g.admit(later)).held
     assert store.writes == {"t001": 1} and told == []
-    assert g.wants_flush and not g.book.tickless
+    assert g.wants_flush() and not g.book.tickless
     await g.flush()
     assert told == ["later"]
     assert store.writes == {"t001": 1}
@@ -312,9 +312,30 @@ async def test_a_lease_older_than_the_delay_is_written_and_the_end_again() -> No
     assert store.writes == {"t001": 1}
     (grant,) = take(g, 1)
     await g.flush()
-    assert store.status("t001") is Status.QUEUED and g.wants_flush
+    assert store.status("t001") is Status.QUEUED and g.book.unwritten_leases
+    assert not g.wants_flush()  # the lease alone, younger than the delay
     clock.now += DELAY_S
+    assert g.wants_flush()
     await g.flush()
     assert store.status("t001") is Status.LEASED and not g.book.unwritten_leases
     await succeed(g, [grant])
     assert store.writes["t001"] == 3 and store.status("t001") is Status.SUCCEEDED
+
+
+async def test_a_young_lease_alone_wants_no_flush_but_keeps_its_grain_awake() -> None:
+    """A lease younger than the delay is no reason for a flush each tick; but its grain is
+    neither tickless nor quiescent, so it keeps its fast pace (and flushes) until the
+    lease is old enough to be written, and it cannot rest before."""
+    store, clock = Counting(), Clock()
+    g = await delayed(store, clock)
+    await g.admit(AdmitBatch(new=(new(1, due_in_s=0),)))  # no offsets: written at admission
+    take(g, 1)
+    await g.flush()
+    assert not g.wants_flush() and g.wants_flush(everything=True)
+    assert not g.tickless and not g.quiescent
+    clock.now += DELAY_S / 2
+    assert not g.wants_flush()
+    clock.now += DELAY_S / 2
+    assert g.wants_flush()
+    await g.flush()
+    assert store.status("t001") is Status.LEASED and not g.wants_flush()
