@@ -293,11 +293,8 @@ class ShardForwarder:
         Not at the next batch: a grain that then rests, with no batch coming, would have
         its records replayed to the shard's next owner and be woken by them."""
         self._holds.pop(hold, None)
-        saver = self._saver
-        if not self._reading or (saver is not None and not saver.done()):
-            return  # stopped, or a save under way (it goes on to the newest offset)
-        if saver is None or (not saver.cancelled() and saver.exception() is None):
-            self._saver = asyncio.create_task(self._save(), name=f"shard {self.shard} offset")
+        if self._reading:  # not once stopped
+            self._save_soon(raise_if_fenced=False)
 
     # -- offsets and lag ------------------------------------------------------------------
 
@@ -326,13 +323,19 @@ class ShardForwarder:
         if saver is not None and saver.done() and not saver.cancelled():
             saver.result()  # StaleEpoch: the only failure ``_save`` lets through
 
-    def _save_soon(self) -> None:
+    def _save_soon(self, *, raise_if_fenced: bool = True) -> None:
         """Have the offset stored in the background, unless a save is under way (it goes
-        on to the newest offset when it ends); a save that was fenced ends the shard's
-        forwarder here (StaleEpoch)."""
-        if self._saver is not None and not self._saver.done():
+        on to the newest offset when it ends). A save that was fenced ends the shard's
+        forwarder here (StaleEpoch); with ``raise_if_fenced=False`` (a grain's callback)
+        no save starts after one that failed or was cancelled, and the reading loop
+        raises."""
+        saver = self._saver
+        if saver is not None and not saver.done():
             return
-        self._raise_if_fenced()
+        if raise_if_fenced:
+            self._raise_if_fenced()
+        elif saver is not None and (saver.cancelled() or saver.exception() is not None):
+            return
         self._saver = asyncio.create_task(self._save(), name=f"shard {self.shard} offset")
 
     async def _save(self) -> None:
