@@ -196,6 +196,15 @@ def _writes_since(run: Run, before: dict[str, float] | None, tasks: int) -> dict
     return writes_per_task(before, after, tasks) if before and after else {}
 
 
+def _cpu_per_1000_tasks(cpu: CpuUse, tasks: int) -> dict[str, float]:
+    """The CPU seconds each of the system's processes used per 1,000 of ``tasks``."""
+    return {
+        name: round(seconds * 1000 / tasks, 3)
+        for name, seconds in cpu.seconds.items()
+        if name not in ("wall", "bench processes")
+    }
+
+
 def _paced_phase(run: Run, rate: float) -> Report:
     opts = run.options
     batches = max(2, round(rate * opts.paced_s / opts.batch))
@@ -223,11 +232,7 @@ def _paced_phase(run: Run, rate: float) -> Report:
                 # Half the peak rate: tasks hardly wait, the backlog stays near empty.
                 "tidb_writes": writes,
                 "first_writes": first_writes,
-                "cpu_s_per_1000_tasks": {
-                    name: round(seconds * 1000 / count, 3)
-                    for name, seconds in cpu.seconds.items()
-                    if name not in ("wall", "bench processes")
-                },
+                "cpu_s_per_1000_tasks": _cpu_per_1000_tasks(cpu, count),
             }
         },
     }
@@ -332,11 +337,7 @@ def _drain(run: Run, pipeline: Pipeline, count: int) -> dict[str, Any]:
         "tasks_succeeded": ended,
         "tidb_writes": _writes_since(run, written, ended),
         "first_writes": _first_writes(run, pipeline),
-        "cpu_s_per_1000_tasks": {
-            name: round(seconds * 1000 / ended, 3)
-            for name, seconds in cpu.seconds.items()
-            if name not in ("wall", "bench processes")
-        },
+        "cpu_s_per_1000_tasks": _cpu_per_1000_tasks(cpu, ended),
     }
 
 
