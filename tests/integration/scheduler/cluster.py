@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from protos.wsched.v1 import worker_pb2
+from services.bench.measure import scrape
 from services.infra.process import Service, free_port, port_open
 from services.worker.client import SchedulerClient
 from tests.integration.scheduler.conftest import ReadyPipeline
@@ -78,10 +79,12 @@ class Replica:
 
     def counted(self, event: str) -> float:
         """This replica's ``wsched_tasks_total`` of ``event``, over its pipelines."""
-        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
-        prefix = f'wsched_tasks_total{{event="{event}",'
-        lines = [line for line in text.splitlines() if line.startswith(prefix)]
-        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+        samples = scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        return sum(
+            value
+            for (name, labels), value in samples.items()
+            if name == "wsched_tasks_total" and ("event", event) in labels
+        )
 
 
 @dataclass(kw_only=True)
