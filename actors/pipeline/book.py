@@ -4,34 +4,34 @@ It holds a bounded window of ready tasks, the leases in flight and the changes n
 flushed, and answers polls, heartbeats, reports, cancels and lease expiry. It does no
 I/O and reads no clock: ``PipelineCore`` (``core.py``) passes in the time (monotonic for
 lease deadlines, wall for timestamps) and does the durable writes the book asks for.
+
+Its state and the steps all its parts take are ``BookState`` (``book_state.py``); what a
+flush writes is ``book_flush.py``, how tasks end other than by a report (deadlines,
+lease expiry, retries, cancels) ``book_endings.py``; the window, polls, heartbeats and
+reports are here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import math
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
-from actors.pipeline.holding import Held, Holding
+from actors.pipeline.book_endings import BookEndings
+from actors.pipeline.book_flush import BookFlushing
+from actors.pipeline.book_state import Lease
 from actors.pipeline.model import (
     TERMINAL,
-    AttemptRecord,
     Grant,
     LeaseToken,
     Outcome,
-    PipelineConfig,
     Report,
     ReportAck,
     Status,
     Task,
-    TaskChange,
     Verdict,
 )
-from actors.pipeline.retry import RetryOverride
-from actors.pipeline.timers import Taken, TimerHeap, TimerKey
+from actors.pipeline.timers import Taken, TimerKey
 
 _OUTCOME_STATUS = {
     Outcome.SUCCEEDED: Status.SUCCEEDED,
@@ -42,68 +42,10 @@ _OUTCOME_STATUS = {
 _RECENT_FINISHED = 100_000
 
 
-@dataclass(kw_only=True)
-class _Lease:
-    task: Task
-    token: LeaseToken
-    deadline: float
-    cancel_requested: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class Flush:
-    """What one flush must write, taken from the book; given back if the write fails."""
-
-    changes: tuple[TaskChange, ...]
-    results: tuple[tuple[str, int, bytes], ...]
-    #: Attempts that ended without ending their task (kept as history).
-    attempts: tuple[AttemptRecord, ...] = ()
-    #: The next offset per partition, once this flush is durable (design D2).
-    offsets: Mapping[int, int] = field(default_factory=dict)
-    #: The held batches this flush writes the last tasks of (their offsets are above).
-    released: tuple[Held, ...] = ()
-
-    def __bool__(self) -> bool:
-        """Something to write. A flush may release held batches and write nothing: their
-        tasks were all stored before, and they have no offsets (the shared topic's)."""
-        return bool(self.changes or self.results or self.attempts or self.offsets)
-
-
-@dataclass(kw_only=True)
-class TaskBook:
-    config: PipelineConfig
-    epoch: int
-    counts: Counter[Status] = field(default_factory=Counter)
-    #: Monotonic totals for metrics: admitted, dispatched, retried, dead, ...
-    totals: Counter[str] = field(default_factory=Counter)
-    #: Queued tasks that are in the store but not in the window.
-    stored_backlog: int = 0
-    #: Paging cursor over the store's queued tasks (ordered by id).
-    page_after: str = ""
-    #: Tasks not due yet (the soonest of them; the store keeps the rest).
-    timers: TimerHeap = field(init=False)
-    _ready: OrderedDict[str, Task] = field(default_factory=OrderedDict)
-    _ready_bytes: int = 0
-    #: Ready tasks with a deadline (``expires_at``): the sweep and ``tickless`` look at
-    #: the window only when there are any.
-    _ready_deadlines: int = 0
-    _leases: dict[str, _Lease] = field(default_factory=dict)
-    _dirty: dict[str, TaskChange] = field(default_factory=dict)
-    _results: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    _finished: OrderedDict[str, LeaseToken] = field(default_factory=OrderedDict)
-    #: Retries whose timer the heap did not keep and whose row is not written yet: the
-    #: heap must not read further from the store until they are (``timers.py``).
-    _unwritten_timers: set[str] = field(default_factory=set)
-    _attempts: list[AttemptRecord] = field(default_factory=list)
-    #: Admitted batches, in order, whose offsets wait for their tasks' first writes (D2).
-    _holding: Holding = field(default_factory=Holding)
-    #: Leases of stored tasks not written yet, by task id, at the monotonic time of their
-    #: grant, oldest first (D2: a change is written once older than the write delay; a
-    #: task that ends sooner is updated once, at its end).
-    _unwritten_leases: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.timers = TimerHeap(capacity=self.config.timer_heap)
+class TaskBook(BookFlushing, BookEndings):
+    """The book: its state (``BookState``), what a flush writes (``BookFlushing``), how
+    tasks end other than by a report (``BookEndings``), and here the window, polls,
+    heartbeats and reports that join them."""
 
     # -- loading -------------------------------------------------------------------------
 
@@ -115,7 +57,7 @@ class TaskBook:
         """Take over leases granted by an earlier incarnation, each with a fresh timeout."""
         for task in tasks:
             token = LeaseToken(task_id=task.id, attempt=task.attempt, epoch=task.lease_epoch or 0)
-            self._leases[task.id] = _Lease(
+            self._leases[task.id] = Lease(
                 task=task, token=token, deadline=now + self.config.lease_timeout_s
             )
 
@@ -241,12 +183,6 @@ class TaskBook:
                 overflow.append(task)
         return overflow
 
-    def _take_ready(self, task_id: str) -> Task:
-        task = self._ready.pop(task_id)
-        self._ready_bytes -= task.size
-        self._ready_deadlines -= task.expires_at is not None
-        return task
-
     # -- polls, heartbeats, reports -----------------------------------------------------
 
     def lease(
@@ -272,7 +208,7 @@ class TaskBook:
         task.status, task.started_at, task.worker = Status.LEASED, wall, worker
         task.lease_epoch = self.epoch
         token = LeaseToken(task_id=task.id, attempt=task.attempt, epoch=self.epoch)
-        self._leases[task.id] = _Lease(
+        self._leases[task.id] = Lease(
             task=task, token=token, deadline=now + self.config.lease_timeout_s
         )
         self._move(Status.QUEUED, Status.LEASED)
@@ -329,100 +265,12 @@ class TaskBook:
             self._results[task.id] = (task.attempt, report.result)
         return ReportAck.ACCEPTED
 
-    def _finish(self, task: Task, status: Status, *, wall: dt.datetime, error: str | None) -> None:
-        task.status, task.finished_at, task.error = status, wall, error
-        self.totals[status.value] += 1
-        self._mark(task)
-
     def _remember_finished(self, token: LeaseToken) -> None:
         self._finished[token.task_id] = token
         if len(self._finished) > _RECENT_FINISHED:
             self._finished.popitem(last=False)
 
-    # -- time and cancels ---------------------------------------------------------------
-
-    def end_overdue(self, *, wall: dt.datetime) -> int:
-        """Ready tasks whose deadline passed end ``expired``; they are never handed out.
-
-        Tasks beyond the window meet the same end when they reach it.
-        """
-        if not self._ready_deadlines:
-            return 0  # no ready task has a deadline: nothing to scan the window for
-        overdue = [task_id for task_id, task in self._ready.items() if task.expired(wall)]
-        for task_id in overdue:
-            self._end_overdue(self._take_ready(task_id), wall=wall, was=Status.QUEUED)
-        return len(overdue)
-
-    def _end_overdue(self, task: Task, *, wall: dt.datetime, was: Status) -> None:
-        deadline = task.expires_at.isoformat() if task.expires_at else "its deadline"
-        error = f"the deadline {deadline} passed before attempt {task.attempt} started"
-        self._finish(task, Status.EXPIRED, wall=wall, error=error)
-        self._move(was, Status.EXPIRED)
-
-    def next_deadline(self) -> float | None:
-        return min((lease.deadline for lease in self._leases.values()), default=None)
-
-    def expire(self, *, now: float, wall: dt.datetime) -> list[Task]:
-        """Leases past their deadline: requeued with attempt + 1, or dead after the last."""
-        expired = [lease for lease in self._leases.values() if lease.deadline <= now]
-        for lease in expired:
-            del self._leases[lease.task.id]
-            task = lease.task
-            if lease.cancel_requested:
-                self._finish(task, Status.CANCELLED, wall=wall, error="cancelled; lease expired")
-                self._move(Status.LEASED, Status.CANCELLED)
-            else:
-                error = f"lease expired on attempt {task.attempt} (the worker went silent)"
-                self._retry_or_bury(task, wall=wall, error=error, outcome="lease_lost")
-        return [lease.task for lease in expired]
-
-    def _retry_or_bury(self, task: Task, *, wall: dt.datetime, error: str, outcome: str) -> None:
-        """A failed or lost attempt: the next one after the backoff, or dead after the last.
-
-        The next attempt is a timer like a delayed task's (``scheduled``, ``attempt + 1``,
-        a new due time), written with the next flush; the error stays visible meanwhile.
-        """
-        own = task.retry or RetryOverride()
-        limit = own.max_attempts or self.config.max_attempts
-        backoff = own.backoff or self.config.backoff
-        if task.attempt >= limit:
-            self._finish(
-                task, Status.DEAD, wall=wall, error=f"attempt {task.attempt} of {limit}: {error}"
-            )
-            self._move(Status.LEASED, Status.DEAD)
-            return
-        pause = backoff.delay_s(failed_attempt=task.attempt, task_id=task.id)
-        if task.expired(wall + dt.timedelta(seconds=pause)):
-            # The next attempt could not start before the deadline: end here, keeping why.
-            self._finish(
-                task,
-                Status.EXPIRED,
-                wall=wall,
-                error=f"{error}; no attempt left before the deadline",
-            )
-            self._move(Status.LEASED, Status.EXPIRED)
-            return
-        self._attempts.append(
-            AttemptRecord(
-                task_id=task.id,
-                attempt=task.attempt,
-                worker=task.worker,
-                started_at=task.started_at,
-                ended_at=wall,
-                outcome=outcome,
-                error=error,
-                expire_at=wall + dt.timedelta(seconds=self.config.retention_s),
-            )
-        )
-        task.attempt += 1
-        task.due_at = wall + dt.timedelta(seconds=pause)
-        task.status, task.error = Status.SCHEDULED, error
-        task.worker, task.started_at, task.lease_epoch, task.ready_at = None, None, None, None
-        self._move(Status.LEASED, Status.SCHEDULED)
-        self.totals["retried"] += 1
-        self._mark(task)
-        if not self.timers.offer(task.id, task.due_at, task):
-            self._unwritten_timers.add(task.id)
+    # -- idle and quiescent -------------------------------------------------------------
 
     @property
     def tickless(self) -> bool:
@@ -461,47 +309,7 @@ class TaskBook:
         """
         return not (self._ready or self.stored_backlog) and self.tickless
 
-    @property
-    def has_unwritten_timers(self) -> bool:
-        return bool(self._unwritten_timers)
-
-    def cancel(self, task_ids: Iterable[str], *, wall: dt.datetime) -> list[str]:
-        """Cancel tasks the book holds; return the ids it does not hold (for the store)."""
-        elsewhere: list[str] = []
-        for task_id in task_ids:
-            if task_id in self._ready:
-                task = self._take_ready(task_id)
-                self._finish(task, Status.CANCELLED, wall=wall, error="cancelled")
-                self._move(Status.QUEUED, Status.CANCELLED)
-            elif task_id in self._leases:
-                self._leases[task_id].cancel_requested = True
-            elif self._cancel_unwritten_retry(task_id, wall=wall):
-                pass
-            elif task_id in self.timers:
-                self.timers.remove(task_id)
-                elsewhere.append(task_id)  # its row and timer row are the store's to end
-            elif task_id not in self._dirty:
-                elsewhere.append(task_id)
-        return elsewhere
-
-    def _cancel_unwritten_retry(self, task_id: str, *, wall: dt.datetime) -> bool:
-        """A retry made since the last flush is only in memory (its row still says leased,
-        so the store could not cancel it): end it here, in the same pending change."""
-        pending = self._dirty.get(task_id)
-        if pending is None or pending.status is not Status.SCHEDULED:
-            return False
-        self.timers.remove(task_id)
-        self._unwritten_timers.discard(task_id)
-        self._dirty[task_id] = dataclasses.replace(
-            pending,
-            status=Status.CANCELLED,
-            error="cancelled",
-            finished_at=wall,
-            expire_at=wall + dt.timedelta(seconds=self.config.retention_s),
-        )
-        self._move(Status.SCHEDULED, Status.CANCELLED)
-        self.totals["cancelled"] += 1
-        return True
+    # -- what the store changed ---------------------------------------------------------
 
     def requeued_from_store(self, tasks: Sequence[Task]) -> None:
         """Dead tasks the store put back in the queue with a fresh attempt count."""
@@ -523,98 +331,7 @@ class TaskBook:
             if status is Status.QUEUED:
                 self.stored_backlog = max(0, self.stored_backlog - count)
 
-    # -- flushing ----------------------------------------------------------------------
-
-    def _mark(self, task: Task) -> None:
-        self._dirty[task.id] = TaskChange.of(task, retention_s=self.config.retention_s)
-
-    def _move(self, old: Status, new: Status, count: int = 1) -> None:
-        self.counts[old] -= count
-        self.counts[new] += count
-
-    @property
-    def dirty(self) -> bool:
-        return bool(self._dirty or self._results or self._attempts)
-
-    def take_flush(self, *, now: float = math.inf) -> Flush:
-        """What the next flush writes: every change, and tasks held past the write delay
-        at monotonic ``now`` (every held task when no time is given: a grain going away);
-        with the offsets of the held batches whose tasks are then all written."""
-        offsets: dict[int, int] = {}
-        released: tuple[Held, ...] = ()
-        if self._unwritten_leases:
-            self._mark_old_leases(now)
-        if self._holding:
-            # Held past the delay: written as they are now, queued or leased ("pinned").
-            for task in self._holding.due(now=now, delay_s=self.config.write_delay_s):
-                if task.id not in self._dirty:
-                    self._mark(task)
-            inserted = {c.id for c in self._dirty.values() if c.insert is not None}
-            offsets, released = self._holding.releasable(inserted)
-        flush = Flush(
-            changes=tuple(self._dirty.values()),
-            results=tuple((tid, attempt, res) for tid, (attempt, res) in self._results.items()),
-            attempts=tuple(self._attempts),
-            offsets=offsets,
-            released=released,
-        )
-        self._dirty, self._results, self._attempts = {}, {}, []
-        self._unwritten_timers.clear()  # written by this flush (or given back if it fails)
-        return flush
-
-    def _mark_old_leases(self, now: float) -> None:
-        """Leases of stored tasks granted ``write_delay_s`` or longer before ``now`` join
-        the flush (a crash before it runs those tasks again: at-least-once)."""
-        delay = self.config.write_delay_s
-        # From the front (the oldest grant), each taken as it is looked at: a flush costs
-        # the leases it writes, not a copy of every lease in flight.
-        while self._unwritten_leases:
-            task_id, granted = next(iter(self._unwritten_leases.items()))
-            if granted + delay > now:
-                return
-            del self._unwritten_leases[task_id]
-            lease = self._leases.get(task_id)
-            if lease is not None and task_id not in self._dirty:
-                self._mark(lease.task)
-
-    @property
-    def unwritten_leases(self) -> bool:
-        return bool(self._unwritten_leases)
-
-    def leases_due(self, *, now: float) -> bool:
-        """Some lease of a stored task is due to be written at monotonic ``now`` (granted
-        ``write_delay_s`` or longer before it). The oldest grant comes first: it alone
-        tells, so a grain whose leases are all younger is not flushed for them."""
-        oldest = next(iter(self._unwritten_leases.values()), None)
-        return oldest is not None and oldest + self.config.write_delay_s <= now
-
-    def flushed(self, flush: Flush) -> None:
-        """A flush is durable: the timer rows it ended are no longer the tasks' to end,
-        the tasks it inserted have rows, and the batches it released are done with."""
-        for change in flush.changes:
-            if change.insert is not None:
-                change.insert.unwritten = False
-                if self._holding.written(change.id):
-                    ended = change.status in TERMINAL
-                    self.totals["written_once" if ended else "pinned"] += 1
-            if change.ended_timer is None:
-                continue
-            lease = self._leases.get(change.id)
-            task = lease.task if lease else self._ready.get(change.id)
-            task = task or self.timers.payload(change.id)
-            if task is not None and task.timer == change.timer:
-                task.timer = None
-        self._holding.release(flush.released)
-
-    def restore_flush(self, flush: Flush) -> None:
-        """Give back a flush that failed; changes made since then stay newer."""
-        for change in flush.changes:
-            self._dirty.setdefault(change.id, change)
-            if change.status is Status.SCHEDULED and change.id not in self.timers:
-                self._unwritten_timers.add(change.id)
-        for task_id, attempt, result in flush.results:
-            self._results.setdefault(task_id, (attempt, result))
-        self._attempts[:0] = flush.attempts
+    # -- what the book holds ------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
         out = {status.value: self.counts.get(status, 0) for status in Status}

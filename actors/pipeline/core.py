@@ -2,8 +2,9 @@
 
 The four layers of a pipeline grain, from the inside out:
 
-- ``TaskBook`` (``book.py``): the pure state machine (window, leases, pending changes),
-  no I/O and no clock.
+- ``TaskBook`` (``book.py``, with its parts ``book_state.py``, ``book_flush.py`` and
+  ``book_endings.py``): the pure state machine (window, leases, pending changes), no
+  I/O and no clock.
 - ``PipelineCore`` (this module): the book plus its store calls, its clock and the
   pollers waiting for tasks; admission (``admitting.py``), timer firing
   (``timer_firing.py``) and schedule firing (``firing.py``) are helpers around it.
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from actors.pipeline.admitting import Admitting
-from actors.pipeline.book import Flush, TaskBook
+from actors.pipeline.book import TaskBook
+from actors.pipeline.book_flush import Flush
 from actors.pipeline.events import EventBatch, StatusChange, change_of
 from actors.pipeline.firing import ScheduleFiring
 from actors.pipeline.model import (

@@ -11,7 +11,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from actors.pipeline.book import Flush
+from actors.pipeline.book_flush import Flush
 from actors.pipeline.events import EventBatch
 from actors.pipeline.model import AttemptRecord, GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.ports import (

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from actors.pipeline.book import Flush
+from actors.pipeline.book_flush import Flush
 from actors.pipeline.events import EventBatch
 from actors.pipeline.model import GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.schedules import ScheduleSpec, ScheduleState

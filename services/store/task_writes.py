@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
-from actors.pipeline.book import Flush
+from actors.pipeline.book_flush import Flush
 from actors.pipeline.model import GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.ports import Admission
 from actors.pipeline.retry import Backoff, RetryOverride

@@ -17,7 +17,7 @@ from typing import TypeVar, cast
 
 import sqlalchemy as sa
 
-from actors.pipeline.book import Flush
+from actors.pipeline.book_flush import Flush
 from actors.pipeline.model import GrainKey, NewTask, Purge, Status, Task
 from actors.pipeline.ports import (
     Activation,

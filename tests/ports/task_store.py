@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from actors.pipeline.book import Flush, TaskBook
+from actors.pipeline.book import TaskBook
+from actors.pipeline.book_flush import Flush
 from actors.pipeline.model import (
     GrainKey,
     NewTask,

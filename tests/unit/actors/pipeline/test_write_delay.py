@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from actors.pipeline.book import Flush
+from actors.pipeline.book_flush import Flush
 from actors.pipeline.core import PipelineCore
 from actors.pipeline.memory import InMemoryTaskStore
 from actors.pipeline.model import (
