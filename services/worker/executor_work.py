@@ -96,6 +96,8 @@ class _Stream:
     async def _next_answers(self, closing: bool) -> tuple[list[executor_pb2.WorkDone], bool]:
         """The answers ready now, up to a message's budget (waiting for the first)."""
         answer = await self._answers.get()
+        if self._answers.empty() and self._running:
+            await asyncio.sleep(0)  # answers that end in this turn of the loop join it
         batch: list[executor_pb2.WorkDone] = []
         size = 0
         while True:
