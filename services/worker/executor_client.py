@@ -195,8 +195,8 @@ class ExecutorClients:
         self._works: dict[str, _Work] = {}
         #: Executors that answered ``Work`` with UNIMPLEMENTED (older images).
         self._unary: set[str] = set()
-        #: Held while a stream is opened: items that come meanwhile share it.
-        self._opening: dict[str, asyncio.Lock] = {}
+        #: A stream being opened: items that come meanwhile wait for it together.
+        self._opening: dict[str, asyncio.Task[_Work]] = {}
 
     def _describe(self, executor: str) -> str:
         return f"executor {executor!r} at {self._addresses[executor]}"
@@ -285,17 +285,23 @@ class ExecutorClients:
         return done
 
     async def _open(self, executor: str, timeout_s: float | None) -> _Work:
-        """The executor's stream, opened once it accepts connections (by the first item
-        that needs it; those that come meanwhile wait for it)."""
-        async with self._opening.setdefault(executor, asyncio.Lock()):
-            work = self._works.get(executor)
-            if work is not None and work.broken is None:
-                return work
-            channel = await self._ready(executor, self._wait_s(timeout_s))
-            if work is not None:
-                await work.close()
-            work = self._works[executor] = _Work(channel, describe=self._describe(executor))
-            return work
+        """The executor's stream, opened once it accepts connections by the first item
+        that needs it; the items that come meanwhile wait for the same opening (and so
+        set out together, in one message)."""
+        opening = self._opening.get(executor)
+        if opening is None:
+            opening = asyncio.create_task(self._reopen(executor, timeout_s))
+            self._opening[executor] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(executor, None))
+        return await asyncio.shield(opening)
+
+    async def _reopen(self, executor: str, timeout_s: float | None) -> _Work:
+        channel = await self._ready(executor, self._wait_s(timeout_s))
+        old = self._works.pop(executor, None)
+        if old is not None:
+            await old.close()
+        work = self._works[executor] = _Work(channel, describe=self._describe(executor))
+        return work
 
     @contextlib.contextmanager
     def _unary_errors(self, executor: str) -> Iterator[None]:
