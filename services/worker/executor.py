@@ -33,8 +33,9 @@ import stat
 import sys
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from opentelemetry import context as otel_context
@@ -53,6 +54,7 @@ from services.worker.handlers import HandlerPools
 from services.worker.settings import ExecutorSettings, explain
 
 log = logging.getLogger("wsched.executor")
+_T = TypeVar("_T")
 
 _READ_CHUNK = 64 * 1024
 #: After the shell ended, how long to wait for its pipes to close (an escaped child may
@@ -223,20 +225,12 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
     async def Call(
         self, request: executor_pb2.CallRequest, context: grpc.aio.ServicerContext
     ) -> executor_pb2.CallResponse:
-        try:
-            return await self.call(request)
-        except Refused as refused:
-            await context.abort(refused.code, refused.details)
-            raise AssertionError("abort returned") from refused  # pragma: no cover
+        return await _unary(self.call(request), context)
 
     async def Run(
         self, request: executor_pb2.RunRequest, context: grpc.aio.ServicerContext
     ) -> executor_pb2.RunResponse:
-        try:
-            return await self.run(request)
-        except Refused as refused:
-            await context.abort(refused.code, refused.details)
-            raise AssertionError("abort returned") from refused  # pragma: no cover
+        return await _unary(self.run(request), context)
 
     async def Work(
         self,
@@ -309,6 +303,15 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
         for pgid in list(self.groups):
             _kill_group(pgid)
         self.handlers.close()
+
+
+async def _unary(answer: Awaitable[_T], context: grpc.aio.ServicerContext) -> _T:
+    """A unary call's answer; what the protocol refuses aborts it with its status."""
+    try:
+        return await answer
+    except Refused as refused:
+        await context.abort(refused.code, refused.details)
+        raise AssertionError("abort returned") from refused  # pragma: no cover
 
 
 def to_response(result: CommandResult) -> executor_pb2.RunResponse:
