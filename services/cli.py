@@ -415,7 +415,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 def worker() -> None:
     """Run a worker agent: poll a pipeline's tasks (or those of the pipelines listed in
     WSCHED_WORKER_PIPELINES) and run their steps (WSCHED_WORKER_*)."""
-    from services.worker.agent import worker_main
+    from services.worker.agent_process import worker_main
 
     worker_main()
 

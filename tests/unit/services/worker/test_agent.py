@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from protos.wsched.v1 import worker_pb2
-from services.worker.agent import Agent, AgentOptions, check_executors
+from services.worker.agent import Agent, AgentOptions
+from services.worker.agent_process import check_executors
 from services.worker.client import WorkerRejected
 from services.worker.definition import DefinitionError, PipelineDefinition
 from services.worker.runner import Outcome, TaskOutcome, TaskSpec

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.worker import agent
+from services.worker import agent_process
 from services.worker.definition import DefinitionError
 from services.worker.pipelines import load_pipelines
 
@@ -98,10 +98,10 @@ def test_the_single_pipeline_variables_cannot_be_mixed_in(
     monkeypatch.setenv("T", "wst_t")
     monkeypatch.setenv("WSCHED_WORKER_PIPELINES", str(path))
     monkeypatch.setenv("WSCHED_WORKER_EXECUTORS", "sh=unix:///tmp/sh.sock")
-    settings, served = agent._configured()
+    settings, served = agent_process._configured()
     assert [p.id for p in served] == ["a"] and settings.executor_addresses() == {
         "sh": "unix:///tmp/sh.sock"
     }
     monkeypatch.setenv("WSCHED_WORKER_PIPELINE_ID", "b")
     with pytest.raises(ValueError, match="WSCHED_WORKER_PIPELINE_ID is set with"):
-        agent._configured()
+        agent_process._configured()
