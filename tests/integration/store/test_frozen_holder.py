@@ -35,7 +35,9 @@ def engine(tidb_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[sa.Engine
 def test_every_session_carries_the_idle_transaction_limit(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         limit = conn.execute(sa.text("SELECT @@tidb_idle_transaction_timeout")).scalar_one()
+        baselines = conn.execute(sa.text("SELECT @@tidb_use_plan_baselines")).scalar_one()
     assert int(limit) == IDLE_S
+    assert int(baselines) == 0  # no lookup of plan bindings for our statements
 
 
 async def test_a_claim_takes_over_from_a_frozen_holder_of_the_fencing_row(
