@@ -122,8 +122,9 @@ class _Work:
             return await future
         except asyncio.CancelledError:
             if self._waiting.pop(key, None) is not None:
-                if item in self._items:
-                    self._items.remove(item)  # not sent yet: nothing to stop
+                unsent = [queued for queued in self._items if queued is not item]
+                if len(unsent) < len(self._items):
+                    self._items = unsent  # not sent yet: nothing to stop
                 else:
                     self._cancels.append(key)
                     self._wake.set()

@@ -161,14 +161,8 @@ class _Worker:
 
     def kill(self) -> None:
         """Kill the worker's whole process group (the handler and anything it started)."""
-        pid = self.process.pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)  # before its setsid, it was not a group yet
         self.writer.close()
-        self.process.join(timeout=1)  # SIGKILL: it is gone within milliseconds
+        _kill_process(self.process)
 
     async def exchange(self, message: tuple[Any, ...]) -> _Outcome:
         """Send a call and read its outcome, in the executor's event loop: no thread
@@ -212,12 +206,13 @@ def _start_process() -> tuple[multiprocessing.process.BaseProcess, socket.socket
 
 
 def _kill_process(process: multiprocessing.process.BaseProcess) -> None:
+    """Kill a worker process's whole group (the handler and anything it started)."""
     if process.pid is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(process.pid, signal.SIGKILL)
-    process.join(timeout=1)
+            os.kill(process.pid, signal.SIGKILL)  # before its setsid, it was not a group yet
+    process.join(timeout=1)  # SIGKILL: it is gone within milliseconds
 
 
 def _result(outcome: _Outcome, started: float) -> HandlerResult:
