@@ -240,6 +240,13 @@ def bench_schedules(
         float | None,
         typer.Option(help="Seconds over which the delayed tasks fall due (default 600)."),
     ] = None,
+    delayed_lead: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds from the phase's start to the first due time (default 60): "
+            "time for the submit, and for the scheduler to admit the tasks first."
+        ),
+    ] = None,
     dispatch: Annotated[
         int | None,
         typer.Option(help="Schedules fired with workers running, 0 skips (default 10,000)."),
@@ -257,6 +264,7 @@ def bench_schedules(
             delayed=delayed,
             dispatch=dispatch,
             delayed_span_s=delayed_span,
+            delayed_lead_s=delayed_lead,
         ),
         cache=Cache(root=_settings().cache_dir),
         say=lambda text: console.print(f"[cyan]bench-schedules[/]: {text}"),

@@ -100,6 +100,7 @@ class Options:
         delayed: int | None = None,
         dispatch: int | None = None,
         delayed_span_s: float | None = None,
+        delayed_lead_s: float | None = None,
     ) -> Options:
         base = (
             cls(
@@ -120,6 +121,8 @@ class Options:
         base = replace(base, delayed=delayed) if delayed is not None else base
         if delayed_span_s is not None:
             base = replace(base, delayed_span_s=delayed_span_s)
+        if delayed_lead_s is not None:
+            base = replace(base, delayed_lead_s=delayed_lead_s)
         return replace(base, dispatch_schedules=dispatch) if dispatch is not None else base
 
 
