@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.bench.measure import cpu_seconds, descendants
+from services.bench.measure import cpu_seconds, descendants, scrape, tidb_writes
 from services.bench.report import Report, machine
 from services.bench.system import (
     BenchFailed,
@@ -121,9 +121,14 @@ def _pipeline_run(
         if system.pids.get(name):
             own[name] = functools.partial(cpu_seconds, system.pids[name])
     before = {name: read() for name, read in own.items()}
+    writes_before = _writes(system)
     warm = _phase(tenant, pipeline, options, done_before=options.tasks, start=options.tasks)
     per_1000 = {
         name: round((read() - before[name]) * 1000 / options.tasks, 3) for name, read in own.items()
+    }
+    writes = {
+        name: round((value - writes_before[name]) * 1000 / options.tasks, 1)
+        for name, value in _writes(system).items()
     }
     return {
         "concurrency": options.concurrency,
@@ -132,7 +137,18 @@ def _pipeline_run(
         "warm_cpu_s_per_1000_tasks": per_1000,
         "warm_cpu_s_per_1000_tasks_worker_side": round(per_1000["agent"] + per_1000["executor"], 3),
         "warm_cpu_s_per_1000_tasks_all": round(sum(per_1000.values()), 3),
+        "warm_writes_per_1000_tasks": writes,
     }
+
+
+def _writes(system: System) -> dict[str, float]:
+    """The grains' flushes (the scheduler's count) and TiDB's write transactions so far:
+    a report is acknowledged once its flush commits, so small reports cost transactions."""
+    samples = scrape(system.metrics)
+    found = {"flushes": samples.get(("wsched_flush_seconds_count", ()), 0.0)}
+    if system.tidb_metrics:
+        found["tidb_transactions"] = tidb_writes(system.tidb_metrics)["txns"]
+    return found
 
 
 def _phase(

@@ -38,5 +38,8 @@ def test_quick_schedule_bench_reports_every_figure(
     assert delayed["tasks"] == 2000
     assert 0 < delayed["started"] <= delayed["counted"] <= 2000
     assert delayed["start_lateness_ms"]["p99"] is not None
+    late = delayed["late_over_1s_by_window"]
+    assert sum(window["late_over_1s"] for window in late) <= delayed["started"]
+    assert all(window["max_ms"] > 1000 and window["from_s"] % 10 == 0 for window in late)
     text = triggers.render(report)
     assert "triggers admitted/s" in text and "Dapr" in text

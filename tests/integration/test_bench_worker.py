@@ -37,4 +37,8 @@ def test_a_small_worker_bench_runs_both_pipelines_and_reports_every_figure(
         assert cpu["agent"] > 0, cpu
         assert cpu["executor"] > 0, cpu
         assert set(cpu) == {"agent", "executor", "scheduler", "api"}
+        # 200 tasks reported done were made durable by at least one flush and transaction.
+        writes = figures["warm_writes_per_1000_tasks"]
+        assert writes["flushes"] > 0, writes
+        assert writes.get("tidb_transactions", 1) > 0, writes
     assert "load_average_1m" in report["machine"]
