@@ -42,6 +42,12 @@ _OUTCOME_STATUS = {
 _RECENT_FINISHED = 100_000
 
 
+def _grant(token: LeaseToken) -> int:
+    """A finished grant as it is remembered: its epoch and attempt in one int (its task
+    id is the key). 100,000 of them took 19 MB as tokens, 9 MB as ints."""
+    return (token.epoch << 32) | token.attempt
+
+
 class TaskBook(BookFlushing, BookEndings):
     """The book: its state (``BookState``), what a flush writes (``BookFlushing``), how
     tasks end other than by a report (``BookEndings``), and here the window, polls,
@@ -240,7 +246,7 @@ class TaskBook(BookFlushing, BookEndings):
         lease = self._leases.get(token.task_id)
         if lease is None or lease.token != token:
             first = self._finished.get(token.task_id)
-            return ReportAck.DUPLICATE if first == token else ReportAck.STALE
+            return ReportAck.DUPLICATE if first == _grant(token) else ReportAck.STALE
         del self._leases[token.task_id]
         self._unwritten_leases.pop(token.task_id, None)  # its end is written instead
         task = lease.task
@@ -266,7 +272,7 @@ class TaskBook(BookFlushing, BookEndings):
         return ReportAck.ACCEPTED
 
     def _remember_finished(self, token: LeaseToken) -> None:
-        self._finished[token.task_id] = token
+        self._finished[token.task_id] = _grant(token)
         if len(self._finished) > _RECENT_FINISHED:
             self._finished.popitem(last=False)
 

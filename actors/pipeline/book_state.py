@@ -59,7 +59,8 @@ class BookState:
     _leases: dict[str, Lease] = field(default_factory=dict)
     _dirty: dict[str, TaskChange] = field(default_factory=dict)
     _results: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    _finished: OrderedDict[str, LeaseToken] = field(default_factory=OrderedDict)
+    #: Recently finished grants by task id: (epoch << 32) | attempt (``book._grant``).
+    _finished: OrderedDict[str, int] = field(default_factory=OrderedDict)
     #: Retries whose timer the heap did not keep and whose row is not written yet: the
     #: heap must not read further from the store until they are (``timers.py``).
     _unwritten_timers: set[str] = field(default_factory=set)
