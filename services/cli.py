@@ -243,8 +243,8 @@ def bench_schedules(
     delayed_lead: Annotated[
         float | None,
         typer.Option(
-            help="Seconds from the phase's start to the first due time (default 60): "
-            "time for the submit, and for the scheduler to admit the tasks first."
+            help="Seconds from the delayed phase's start to the first due time (default: "
+            "the tasks / 4,000, 60 at least, so the scheduler admits them all first)."
         ),
     ] = None,
     dispatch: Annotated[
