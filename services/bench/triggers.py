@@ -328,6 +328,7 @@ def _delayed_phase(run: Run, options: Options) -> Report:
         time.sleep(max(0.0, last - time.time()) + 10)
     counted, started = _delayed_lateness(system.database_url, pipeline.id)
     tail = _late_by_window(system.database_url, pipeline.id, first=first)
+    analyzed = _analyze_jobs(system.database_url, since=first - options.lead_s, first=first)
     return {
         "tasks": options.delayed,
         "due_per_s": round(options.delayed / options.delayed_span_s, 1),
@@ -338,6 +339,7 @@ def _delayed_phase(run: Run, options: Options) -> Report:
         "started": len(started),
         "start_lateness_ms": _ms(started),
         "late_over_1s_by_window": tail,
+        "tidb_analyze_jobs": analyzed,
         "scheduler_rss_mb": round(peak.peak_mb, 1),
         "idle_rss_mb": round(idle, 1),
         "rss_over_idle_mb": round(peak.peak_mb - idle, 1),
@@ -387,6 +389,35 @@ def _late_by_window(
     return [
         {"from_s": int(w) * window_s, "late_over_1s": int(n), "max_ms": round(m / 1000, 1)}
         for w, n, m in rows
+    ]
+
+
+def _analyze_jobs(database_url: str, *, since: float, first: float) -> list[dict[str, Any]] | None:
+    """TiDB's statistics jobs (its automatic ``ANALYZE`` of a table after many changes)
+    that started during the phase: when (seconds after the first due time; negative:
+    before it), how long, on which table. They take CPU on the machine the phase runs
+    on. None when TiDB does not say (``mysql.analyze_jobs`` unreadable)."""
+    query = sa.text(
+        "SELECT table_name, UNIX_TIMESTAMP(start_time), UNIX_TIMESTAMP(end_time), state "
+        "FROM mysql.analyze_jobs WHERE start_time >= FROM_UNIXTIME(:since) "
+        "ORDER BY start_time"
+    )
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(query, {"since": int(since)}).all()
+    except sa.exc.SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+    return [
+        {
+            "table": str(table),
+            "from_s": round(float(start) - first, 1),
+            "seconds": round(float(end) - float(start), 1) if end is not None else None,
+            "state": str(state),
+        }
+        for table, start, end, state in rows
     ]
 
 
@@ -485,6 +516,11 @@ def _delayed_lines(delayed: Report | None) -> list[str]:
             f"  due {w['from_s']}-{w['from_s'] + 10} s into the span: "
             f"{w['late_over_1s']:,} started over 1 s late (latest {w['max_ms']:,} ms)"
             for w in delayed.get("late_over_1s_by_window", [])
+        ),
+        *(
+            f"  TiDB analyzed {job['table']} from {job['from_s']} s into the span "
+            f"for {job['seconds']} s ({job['state']})"
+            for job in delayed.get("tidb_analyze_jobs") or []
         ),
         f"  scheduler RSS MB: peak {delayed['scheduler_rss_mb']}, idle "
         f"{delayed['idle_rss_mb']} (+{delayed['rss_over_idle_mb']})",
